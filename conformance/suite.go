@@ -1,0 +1,245 @@
+package conformance
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+
+	"github.com/fp4moe/fp4moe/casefile"
+	"github.com/fp4moe/fp4moe/moe"
+)
+
+// GoldenEnv names the environment variable that overrides where the golden cases are.
+const GoldenEnv = "FP4MOE_GOLDEN"
+
+// GoldenDir returns the directory of the public golden cases: $FP4MOE_GOLDEN, else
+// ../shared/golden beside the module root (the directory holding go.mod, found upward from the
+// working directory).
+func GoldenDir() (string, error) {
+	if d := os.Getenv(GoldenEnv); d != "" {
+		return d, nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			g := filepath.Join(dir, "..", "shared", "golden")
+			if _, err := os.Stat(g); err != nil {
+				return "", fmt.Errorf("golden cases not found at %s (set %s): %w", g, GoldenEnv, err)
+			}
+			return g, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the working directory; set " + GoldenEnv)
+		}
+		dir = parent
+	}
+}
+
+// GoldenFiles returns the paths of the golden case files, sorted.
+func GoldenFiles(tb testing.TB) []string {
+	tb.Helper()
+	dir, err := GoldenDir()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	if err != nil || len(files) == 0 {
+		tb.Fatalf("no golden cases in %s: %v", dir, err)
+	}
+	sort.Strings(files)
+	return files
+}
+
+// GoldenCases loads every fp4moe-case/1 file of the golden directory.
+func GoldenCases(tb testing.TB) []*casefile.Case {
+	tb.Helper()
+	var cases []*casefile.Case
+	for _, f := range GoldenFiles(tb) {
+		v, err := casefile.Open(f)
+		if err != nil {
+			tb.Fatalf("%s: %v", f, err)
+		}
+		if c, ok := v.(*casefile.Case); ok {
+			cases = append(cases, c)
+		}
+	}
+	if len(cases) == 0 {
+		tb.Fatal("no fp4moe-case/1 files among the golden cases")
+	}
+	return cases
+}
+
+// TestBackend runs the conformance suite against b: every golden case within its tolerance,
+// the float32-input path equal to the quantized path, random calls against Reference,
+// bitwise-reproducible outputs, a layer reused across batch sizes, and invalid calls rejected
+// with the output untouched.
+func TestBackend(t *testing.T, b moe.Backend) {
+	t.Run("golden", func(t *testing.T) {
+		for _, c := range GoldenCases(t) {
+			t.Run(c.Name, func(t *testing.T) {
+				r, err := RunCase(b, c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !r.Pass {
+					t.Fatalf("%v", r)
+				}
+				if !c.Config.ApplyRouterWeightOnInput {
+					checkFloatInput(t, b, c, r.Output)
+				}
+			})
+		}
+	})
+	t.Run("random", func(t *testing.T) {
+		for _, s := range RandomSpecs(1, 24) {
+			t.Run(s.Name, func(t *testing.T) {
+				c := Generate(s)
+				r, err := RunCase(b, c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !r.Pass {
+					t.Fatalf("%+v: %v", s, r)
+				}
+			})
+		}
+	})
+	t.Run("deterministic", func(t *testing.T) {
+		c := Generate(Spec{Name: "det", M: 37, K: 256, I: 256, E: 6, TopK: 3, Activation: moe.SwiGLUOAI, Bias: true, Dup: true, Seed: 7})
+		first, err := RunCase(b, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			again, err := RunCase(b, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := countDiffF(first.Output, again.Output); d != 0 {
+				t.Fatalf("run %d: %d of %d outputs differ bitwise from the first run", i+1, d, len(again.Output))
+			}
+		}
+	})
+	t.Run("reuse", func(t *testing.T) { testReuse(t, b) })
+	t.Run("errors", func(t *testing.T) { testErrors(t, b) })
+}
+
+// checkFloatInput runs the case from its float32 input: the layer's own quantization must
+// reproduce the case's FP8 input exactly, so the output must equal the quantized path's.
+func checkFloatInput(t *testing.T, b moe.Backend, c *casefile.Case, want []float32) {
+	t.Helper()
+	l, err := b.NewLayer(&c.Weights, c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	batch := c.Batch
+	batch.X = c.X
+	out := make([]float32, len(want))
+	if err := l.Forward(out, &batch); err != nil {
+		t.Fatal(err)
+	}
+	if d := countDiffF(out, want); d != 0 {
+		t.Fatalf("float32-input path: %d of %d outputs differ from the FP8-input path (rel L2 %.3e)", d, len(out), RelL2(out, want))
+	}
+}
+
+// testReuse runs one layer on batches of growing and shrinking size and compares each output
+// with a fresh layer's.
+func testReuse(t *testing.T, b moe.Backend) {
+	base := Generate(Spec{Name: "reuse", M: 300, K: 256, I: 128, E: 8, TopK: 2, Seed: 11})
+	l, err := b.NewLayer(&base.Weights, base.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, m := range []int{1, 300, 7, 128, 0, 64, 1} {
+		batch := sub(&base.Batch, base.Weights.K, m)
+		out := make([]float32, m*base.Weights.K)
+		if err := l.Forward(out, batch); err != nil {
+			t.Fatalf("M=%d: %v", m, err)
+		}
+		want := base.Expected[:m*base.Weights.K]
+		if m > 0 && RelL2(out, want) > 1e-3 {
+			t.Fatalf("M=%d on a reused layer: rel L2 %.3e", m, RelL2(out, want))
+		}
+	}
+}
+
+// sub returns the first m tokens of a batch.
+func sub(b *moe.Batch, k, m int) *moe.Batch {
+	return &moe.Batch{M: m, TopK: b.TopK, A1q: b.A1q[:m*k], A1qScale: b.A1qScale[:m*k/moe.ActGroup],
+		TopKIDs: b.TopKIDs[:m*b.TopK], TopKWeights: b.TopKWeights[:m*b.TopK]}
+}
+
+// testErrors checks that invalid calls return an error naming the tensor and leave the output
+// untouched.
+func testErrors(t *testing.T, b moe.Backend) {
+	c := Generate(Spec{Name: "errors", M: 5, K: 256, I: 128, E: 4, TopK: 2, Seed: 3})
+	K := c.Weights.K
+	l, err := b.NewLayer(&c.Weights, c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cases := []struct {
+		name   string
+		mutate func(b *moe.Batch)
+		out    int
+	}{
+		{"id too large", func(b *moe.Batch) { b.TopKIDs = clone(b.TopKIDs); b.TopKIDs[3] = 4 }, 5 * K},
+		{"id below -1", func(b *moe.Batch) { b.TopKIDs = clone(b.TopKIDs); b.TopKIDs[0] = -2 }, 5 * K},
+		{"short a1q", func(b *moe.Batch) { b.A1q = b.A1q[:len(b.A1q)-1] }, 5 * K},
+		{"short a1q_scale", func(b *moe.Batch) { b.A1qScale = b.A1qScale[:1] }, 5 * K},
+		{"short topk_weights", func(b *moe.Batch) { b.TopKWeights = b.TopKWeights[:9] }, 5 * K},
+		{"short x", func(b *moe.Batch) { b.X = make([]float32, 4*K) }, 5 * K},
+		{"topk 0", func(b *moe.Batch) { b.TopK = 0 }, 5 * K},
+		{"negative M", func(b *moe.Batch) { b.M = -1 }, 5 * K},
+		{"short output", func(b *moe.Batch) {}, 5*K - 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			batch := c.Batch
+			tc.mutate(&batch)
+			out := make([]float32, tc.out)
+			for i := range out {
+				out[i] = float32(math.Pi)
+			}
+			err := l.Forward(out, &batch)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for i, v := range out {
+				if v != float32(math.Pi) {
+					t.Fatalf("output[%d] changed to %v on error %v", i, v, err)
+				}
+			}
+		})
+	}
+	// The layer still works after rejected calls.
+	out := make([]float32, 5*K)
+	if err := l.Forward(out, &c.Batch); err != nil || RelL2(out, c.Expected) > 1e-3 {
+		t.Fatalf("after errors: %v, rel L2 %.3e", err, RelL2(out, c.Expected))
+	}
+	// Invalid layers are rejected at creation.
+	bad := c.Weights
+	bad.W2Scale = bad.W2Scale[1:]
+	if _, err := b.NewLayer(&bad, c.Config); err == nil {
+		t.Fatal("NewLayer accepted a short w2_scale")
+	}
+	cfg := c.Config
+	cfg.ExpertMap = []int32{0, 1, 9}
+	if _, err := b.NewLayer(&c.Weights, cfg); err == nil {
+		t.Fatal("NewLayer accepted an expert map entry outside [-1, E)")
+	}
+}
+
+func clone[T any](s []T) []T { return append([]T(nil), s...) }
