@@ -56,17 +56,17 @@ type Quant struct {
 	Name string
 	// Y (R, C) float32 inputs of the FP8 group quantizer (groups of 128), with the expected
 	// codes and scales for both scale formats and the packed ue8m0 export (R, ceil(C/512)).
-	R, C                   int
-	Y                      []float32
-	QCeil, QFloat32        []uint8
-	SCeil, SFloat32        []float32
-	PackedUE8M0            []int32
+	R, C            int
+	Y               []float32
+	QCeil, QFloat32 []uint8
+	SCeil, SFloat32 []float32
+	PackedUE8M0     []int32
 	// W (WR, 256) float32 inputs of the MXFP4 quantizer with the expected packed codes,
 	// E8M0 scales and dequantized values.
-	WR, WC                 int
-	W                      []float32
-	WPacked, WScales       []uint8
-	WDequant               []float32
+	WR, WC           int
+	W                []float32
+	WPacked, WScales []uint8
+	WDequant         []float32
 }
 
 // Open reads a file of either format; the result is a *Case or a *Quant.
