@@ -1,0 +1,138 @@
+// Command fp4moe checks the fused FP8 × MXFP4 MoE expert layer against case files.
+//
+// Usage:
+//
+//	fp4moe check [--backend native|cuda] [--threads N] [--block-m N] FILE...
+//
+// check runs every fp4moe-case/1 file on the backend and prints one line per case: its name,
+// the relative L2 error against the file's float32-precision reference ("expected") and against
+// its bf16-engine reference ("expected_bf16"), the tolerance, and PASS or FAIL (the backend's
+// precision is float32 accumulation, so "expected" decides). For fp4moe-quant/1 files it checks
+// the FP8 group quantizers, the packed ue8m0 export and the MXFP4 codec bit for bit and prints
+// one line per vector set with its mismatch count.
+//
+// Exit status: 0 when everything passes, 1 when a check fails, 2 when a file is unreadable,
+// malformed or inconsistent (or the arguments are wrong); each such file gets a one-line error
+// and the other files are still checked.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/fp4moe/fp4moe/casefile"
+	"github.com/fp4moe/fp4moe/conformance"
+	"github.com/fp4moe/fp4moe/cudaops"
+	"github.com/fp4moe/fp4moe/moe"
+	"github.com/fp4moe/fp4moe/native"
+)
+
+const usage = `usage: fp4moe check [--backend native|cuda] [--threads N] [--block-m N] FILE...
+
+commands:
+  check   run fp4moe-case/1 and fp4moe-quant/1 files and report PASS or FAIL
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "check":
+		return check(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "fp4moe: unknown command %q\n%s", args[0], usage)
+	return 2
+}
+
+// backendFor returns the named backend.
+func backendFor(name string, threads, blockM int) (moe.Backend, error) {
+	switch name {
+	case "native":
+		return native.Backend{Options: native.Options{Threads: threads, BlockM: blockM}}, nil
+	case "cuda":
+		if _, err := cudaops.Open(); err != nil {
+			return nil, err
+		}
+		return cudaops.Backend{}, nil
+	}
+	return nil, fmt.Errorf("unknown backend %q (want native or cuda)", name)
+}
+
+func check(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	backend := fs.String("backend", "native", "backend that runs the cases: native or cuda")
+	threads := fs.Int("threads", 0, "goroutines of the native backend (0: GOMAXPROCS)")
+	blockM := fs.Int("block-m", 0, "row alignment of the native backend's permuted layout (0: default)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "fp4moe check: no files given")
+		return 2
+	}
+	b, err := backendFor(*backend, *threads, *blockM)
+	if err != nil {
+		fmt.Fprintf(stderr, "fp4moe check: %v\n", err)
+		return 2
+	}
+	status := 0
+	worse := func(s int) {
+		if s > status {
+			status = s
+		}
+	}
+	for _, path := range fs.Args() {
+		v, err := casefile.Open(path)
+		if err != nil {
+			fmt.Fprintf(stderr, "fp4moe check: %s: %v\n", path, oneLine(err))
+			worse(2)
+			continue
+		}
+		switch c := v.(type) {
+		case *casefile.Case:
+			r, err := conformance.RunCase(b, c)
+			if err != nil {
+				fmt.Fprintf(stderr, "fp4moe check: %s: %v\n", path, oneLine(err))
+				worse(2)
+				continue
+			}
+			fmt.Fprintln(stdout, r)
+			if !r.Pass {
+				worse(1)
+			}
+		case *casefile.Quant:
+			for _, q := range conformance.CheckQuant(c) {
+				fmt.Fprintf(stdout, "%s: %v\n", c.Name, q)
+				if !q.Pass() {
+					worse(1)
+				}
+			}
+		}
+	}
+	return status
+}
+
+// oneLine keeps an error message on one line.
+func oneLine(err error) string {
+	s := err.Error()
+	out := make([]rune, 0, len(s))
+	for _, r := range s {
+		if r == '\n' || r == '\r' {
+			r = ' '
+		}
+		out = append(out, r)
+	}
+	return string(out)
+}
