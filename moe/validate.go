@@ -59,12 +59,25 @@ func prod(s []int) int {
 	return n
 }
 
-// checkLen reports a ShapeError when a flat slice does not hold prod(want) elements.
-func checkLen(name string, n int, want ...int) error {
-	if n != prod(want) {
-		return &ShapeError{Tensor: name, Got: []int{n}, Want: want, Reason: fmt.Sprintf("%d elements, expected %d", n, prod(want))}
+// checkLen reports a ShapeError when a flat slice of n elements does not hold an (a, b)
+// matrix; checkLen3 does the same for (a, b, c). They take fixed arguments so that the checks
+// of every Forward allocate nothing.
+func checkLen(name string, n, a, b int) error {
+	if n != a*b {
+		return lenError(name, n, []int{a, b})
 	}
 	return nil
+}
+
+func checkLen3(name string, n, a, b, c int) error {
+	if n != a*b*c {
+		return lenError(name, n, []int{a, b, c})
+	}
+	return nil
+}
+
+func lenError(name string, n int, want []int) error {
+	return &ShapeError{Tensor: name, Got: []int{n}, Want: want, Reason: fmt.Sprintf("%d elements, expected %d", n, prod(want))}
 }
 
 // maxDim bounds every dimension so that no size product can overflow an int.
@@ -93,16 +106,16 @@ func (w *Weights) Validate() error {
 	}
 	E, K, I := w.E, w.K, w.I
 	for _, c := range []struct {
-		name string
-		n    int
-		want []int
+		name    string
+		n       int
+		a, b, c int
 	}{
-		{"w13", len(w.W13), []int{E, 2 * I, K / 2}},
-		{"w13_scale", len(w.W13Scale), []int{E, 2 * I, K / WeightBlock}},
-		{"w2", len(w.W2), []int{E, K, I / 2}},
-		{"w2_scale", len(w.W2Scale), []int{E, K, I / WeightBlock}},
+		{"w13", len(w.W13), E, 2 * I, K / 2},
+		{"w13_scale", len(w.W13Scale), E, 2 * I, K / WeightBlock},
+		{"w2", len(w.W2), E, K, I / 2},
+		{"w2_scale", len(w.W2Scale), E, K, I / WeightBlock},
 	} {
-		if err := checkLen(c.name, c.n, c.want...); err != nil {
+		if err := checkLen3(c.name, c.n, c.a, c.b, c.c); err != nil {
 			return err
 		}
 	}
