@@ -290,6 +290,13 @@ func (l *Layer) gemm1(wk int, it gemmItem) {
 	rowBytes, rowScales := K/2, K/moe.WeightBlock
 	rows := int(it.r1 - it.r0)
 	a := l.af[int(it.r0)*K : int(it.r1)*K]
+	if l.perm.Counts[it.e] <= smallRows {
+		for c := int(it.c0); c < int(it.c1); c++ {
+			row := int(it.e)*N + c
+			dotMXFP4(l.h[int(it.r0)*N+c:], N, a, K, rows, w.W13[row*rowBytes:(row+1)*rowBytes], w.W13Scale[row*rowScales:(row+1)*rowScales])
+		}
+		return
+	}
 	panel := l.ws[wk].panel
 	for c := int(it.c0); c < int(it.c1); c += panelRows {
 		n := min(panelRows, int(it.c1)-c)
@@ -308,13 +315,20 @@ func (l *Layer) gemm2(wk int, it gemmItem) {
 	rowBytes, rowScales := I/2, I/moe.WeightBlock
 	rows := int(it.r1 - it.r0)
 	a := l.h[int(it.r0)*N : (int(it.r1)-1)*N+I]
-	panel := l.ws[wk].panel
-	for c := int(it.c0); c < int(it.c1); c += panelRows {
-		n := min(panelRows, int(it.c1)-c)
-		first := int(it.e)*K + c
-		decodeRows(panel[:n*I], w.W2[first*rowBytes:(first+n)*rowBytes], w.W2Scale[first*rowScales:(first+n)*rowScales])
-		dst := l.af[int(it.r0)*K+c : (int(it.r1)-1)*K+c+n]
-		sgemm.Sgemm(blas.NoTrans, blas.Trans, rows, n, I, 1, a, N, panel[:n*I], I, 0, dst, K)
+	if l.perm.Counts[it.e] <= smallRows {
+		for c := int(it.c0); c < int(it.c1); c++ {
+			row := int(it.e)*K + c
+			dotMXFP4(l.af[int(it.r0)*K+c:], K, a, N, rows, w.W2[row*rowBytes:(row+1)*rowBytes], w.W2Scale[row*rowScales:(row+1)*rowScales])
+		}
+	} else {
+		panel := l.ws[wk].panel
+		for c := int(it.c0); c < int(it.c1); c += panelRows {
+			n := min(panelRows, int(it.c1)-c)
+			first := int(it.e)*K + c
+			decodeRows(panel[:n*I], w.W2[first*rowBytes:(first+n)*rowBytes], w.W2Scale[first*rowScales:(first+n)*rowScales])
+			dst := l.af[int(it.r0)*K+c : (int(it.r1)-1)*K+c+n]
+			sgemm.Sgemm(blas.NoTrans, blas.Trans, rows, n, I, 1, a, N, panel[:n*I], I, 0, dst, K)
+		}
 	}
 	if w.W2Bias != nil {
 		bias := w.W2Bias[int(it.e)*K : (int(it.e)+1)*K]

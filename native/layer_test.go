@@ -145,7 +145,9 @@ func TestSteadyStateAllocs(t *testing.T) {
 	}
 }
 
-// TestThreadsAgree checks that thread count, chunking and alignment give bitwise-equal output.
+// TestThreadsAgree checks that thread count and alignment give bitwise-equal output, and that
+// chunking (which changes how many rows each expert gets at once, and so its kernel) stays
+// within rounding of the unchunked result.
 func TestThreadsAgree(t *testing.T) {
 	w, b := benchLayer(50, 256, 256, 6, 3)
 	var first []float32
@@ -161,6 +163,17 @@ func TestThreadsAgree(t *testing.T) {
 		l.Close()
 		if first == nil {
 			first = out
+			continue
+		}
+		if o.ChunkRows != 0 {
+			var num, den float64
+			for i := range out {
+				d := float64(out[i] - first[i])
+				num, den = num+d*d, den+float64(first[i])*float64(first[i])
+			}
+			if math.Sqrt(num/den) > 1e-5 {
+				t.Fatalf("options %+v: rel L2 %.3e from the unchunked run", o, math.Sqrt(num/den))
+			}
 			continue
 		}
 		for i := range out {
