@@ -11,29 +11,38 @@ import (
 
 	"github.com/fp4moe/fp4moe/casefile"
 	"github.com/fp4moe/fp4moe/moe"
+	"github.com/fp4moe/fp4moe/native"
 )
 
 // GoldenEnv names the environment variable that overrides where the golden cases are.
 const GoldenEnv = "FP4MOE_GOLDEN"
 
 // GoldenDir returns the directory of the public golden cases: $FP4MOE_GOLDEN, else
-// ../shared/golden beside the module root (the directory holding go.mod, found upward from the
-// working directory).
+// ../shared/golden beside the module root.
 func GoldenDir() (string, error) {
 	if d := os.Getenv(GoldenEnv); d != "" {
 		return d, nil
 	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	g := filepath.Join(root, "..", "shared", "golden")
+	if _, err := os.Stat(g); err != nil {
+		return "", fmt.Errorf("golden cases not found at %s (set %s): %w", g, GoldenEnv, err)
+	}
+	return g, nil
+}
+
+// moduleRoot returns the directory holding go.mod, found upward from the working directory.
+func moduleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			g := filepath.Join(dir, "..", "shared", "golden")
-			if _, err := os.Stat(g); err != nil {
-				return "", fmt.Errorf("golden cases not found at %s (set %s): %w", g, GoldenEnv, err)
-			}
-			return g, nil
+			return dir, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
@@ -43,7 +52,8 @@ func GoldenDir() (string, error) {
 	}
 }
 
-// GoldenFiles returns the paths of the golden case files, sorted.
+// GoldenFiles returns the paths of the case files, sorted: the golden directory's, then the
+// module's own testdata/cases (made by the same independent generator, see its README).
 func GoldenFiles(tb testing.TB) []string {
 	tb.Helper()
 	dir, err := GoldenDir()
@@ -55,6 +65,11 @@ func GoldenFiles(tb testing.TB) []string {
 		tb.Fatalf("no golden cases in %s: %v", dir, err)
 	}
 	sort.Strings(files)
+	if root, err := moduleRoot(); err == nil {
+		extra, _ := filepath.Glob(filepath.Join(root, "testdata", "cases", "*.safetensors"))
+		sort.Strings(extra)
+		files = append(files, extra...)
+	}
 	return files
 }
 
@@ -133,9 +148,20 @@ func TestBackend(t *testing.T, b moe.Backend) {
 }
 
 // checkFloatInput runs the case from its float32 input: the layer's own quantization must
-// reproduce the case's FP8 input exactly, so the output must equal the quantized path's.
+// reproduce the case's FP8 input exactly, so the output must equal the quantized path's. A case
+// whose input was quantized with another scale format than its requant (native's quantizer,
+// checked bit for bit by the quant vectors, tells) has no float32-input counterpart and is
+// skipped.
 func checkFloatInput(t *testing.T, b moe.Backend, c *casefile.Case, want []float32) {
 	t.Helper()
+	M, K := c.Batch.M, c.Weights.K
+	q := make([]uint8, M*K)
+	s := make([]float32, M*K/moe.ActGroup)
+	native.QuantizeFP8Rows(q, s, c.X, M, K, moe.ActGroup, c.Config.ScaleFormat)
+	if countDiff(q, c.Batch.A1q) != 0 || countDiffF(s, c.Batch.A1qScale) != 0 {
+		t.Logf("a1q was not quantized with scale format %v: float32-input path not compared", c.Config.ScaleFormat)
+		return
+	}
 	l, err := b.NewLayer(&c.Weights, c.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -243,3 +269,27 @@ func testErrors(t *testing.T, b moe.Backend) {
 }
 
 func clone[T any](s []T) []T { return append([]T(nil), s...) }
+
+// TestQuant checks native's quantizers bit for bit against every fp4moe-quant/1 file.
+func TestQuant(t *testing.T) {
+	n := 0
+	for _, f := range GoldenFiles(t) {
+		v, err := casefile.Open(f)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		q, ok := v.(*casefile.Quant)
+		if !ok {
+			continue
+		}
+		n++
+		for _, r := range CheckQuant(q) {
+			if !r.Pass() {
+				t.Errorf("%s: %v", f, r)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no fp4moe-quant/1 files")
+	}
+}

@@ -15,3 +15,5 @@ func TestConformanceOptions(t *testing.T) {
 		t.Run("", func(t *testing.T) { conformance.TestBackend(t, native.Backend{Options: o}) })
 	}
 }
+
+func TestQuantVectors(t *testing.T) { conformance.TestQuant(t) }
