@@ -2,6 +2,12 @@ module github.com/fp4moe/fp4moe
 
 go 1.26
 
+// gorgonia.org/tensor v0.9.24 pins go4.org/unsafe/assume-no-moving-gc at a 2022 version whose
+// init panics on Go >= 1.20 ("hasn't been updated to assert that it's safe against the go1.26
+// runtime"). This later version asks the runtime whether the heap can move instead, and works
+// on Go 1.26. Keep it until tensor updates its own requirement.
+require go4.org/unsafe/assume-no-moving-gc v0.0.0-20231121144256-b99613f794b6 // indirect
+
 require (
 	github.com/chewxy/hm v1.0.0
 	gonum.org/v1/gonum v0.17.0
@@ -21,7 +27,6 @@ require (
 	github.com/leesper/go_rng v0.0.0-20190531154944-a612b043e353 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
 	github.com/xtgo/set v1.0.0 // indirect
-	go4.org/unsafe/assume-no-moving-gc v0.0.0-20231121144256-b99613f794b6 // indirect
 	golang.org/x/xerrors v0.0.0-20200804184101-5ec99f83aff1 // indirect
 	google.golang.org/protobuf v1.28.0 // indirect
 	gorgonia.org/dawson v1.2.0 // indirect
