@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -118,7 +119,7 @@ func get[T safetensors.Elem](r *reader, name string, d safetensors.DType, want .
 		r.err = invalid("tensor %q has dtype %s, expected %s", name, info.DType, d)
 		return nil
 	}
-	if !sameShape(info.Shape, want) {
+	if !slices.Equal(info.Shape, want) {
 		r.err = invalid("tensor %q has shape %v, expected %v", name, info.Shape, want)
 		return nil
 	}
@@ -146,18 +147,6 @@ func (r *reader) shape(name string, d safetensors.DType, rank int) []int {
 		return info.Shape
 	}
 	return nil
-}
-
-func sameShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func readCase(f *safetensors.File, name string) (*Case, error) {

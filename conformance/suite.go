@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"testing"
 
@@ -188,7 +189,7 @@ func testReuse(t *testing.T, b moe.Backend) {
 	}
 	defer l.Close()
 	for _, m := range []int{1, 300, 7, 128, 0, 64, 1} {
-		batch := sub(&base.Batch, base.Weights.K, m)
+		batch := base.Batch.Slice(base.Weights.K, 0, m)
 		out := make([]float32, m*base.Weights.K)
 		if err := l.Forward(out, batch); err != nil {
 			t.Fatalf("M=%d: %v", m, err)
@@ -198,12 +199,6 @@ func testReuse(t *testing.T, b moe.Backend) {
 			t.Fatalf("M=%d on a reused layer: rel L2 %.3e", m, RelL2(out, want))
 		}
 	}
-}
-
-// sub returns the first m tokens of a batch.
-func sub(b *moe.Batch, k, m int) *moe.Batch {
-	return &moe.Batch{M: m, TopK: b.TopK, A1q: b.A1q[:m*k], A1qScale: b.A1qScale[:m*k/moe.ActGroup],
-		TopKIDs: b.TopKIDs[:m*b.TopK], TopKWeights: b.TopKWeights[:m*b.TopK]}
 }
 
 // testErrors checks that invalid calls return an error naming the tensor and leave the output
@@ -221,8 +216,8 @@ func testErrors(t *testing.T, b moe.Backend) {
 		mutate func(b *moe.Batch)
 		out    int
 	}{
-		{"id too large", func(b *moe.Batch) { b.TopKIDs = clone(b.TopKIDs); b.TopKIDs[3] = 4 }, 5 * K},
-		{"id below -1", func(b *moe.Batch) { b.TopKIDs = clone(b.TopKIDs); b.TopKIDs[0] = -2 }, 5 * K},
+		{"id too large", func(b *moe.Batch) { b.TopKIDs = slices.Clone(b.TopKIDs); b.TopKIDs[3] = 4 }, 5 * K},
+		{"id below -1", func(b *moe.Batch) { b.TopKIDs = slices.Clone(b.TopKIDs); b.TopKIDs[0] = -2 }, 5 * K},
 		{"short a1q", func(b *moe.Batch) { b.A1q = b.A1q[:len(b.A1q)-1] }, 5 * K},
 		{"short a1q_scale", func(b *moe.Batch) { b.A1qScale = b.A1qScale[:1] }, 5 * K},
 		{"short topk_weights", func(b *moe.Batch) { b.TopKWeights = b.TopKWeights[:9] }, 5 * K},
@@ -267,8 +262,6 @@ func testErrors(t *testing.T, b moe.Backend) {
 		t.Fatal("NewLayer accepted an expert map entry outside [-1, E)")
 	}
 }
-
-func clone[T any](s []T) []T { return append([]T(nil), s...) }
 
 // TestQuant checks native's quantizers bit for bit against every fp4moe-quant/1 file.
 func TestQuant(t *testing.T) {

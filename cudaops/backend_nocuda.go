@@ -14,9 +14,9 @@ type Device struct {
 	Major, Minor int
 }
 
-// Open returns an error wrapping ErrNoCUDA: this build has no CUDA support (build with -tags cuda).
+// Open returns an error wrapping ErrNoCUDA: this build has no CUDA support (build with -tags cudaops).
 func Open() (*Device, error) {
-	return nil, fmt.Errorf("%w: built without the cuda tag", ErrNoCUDA)
+	return nil, fmt.Errorf("%w: built without the cudaops build tag", ErrNoCUDA)
 }
 
 // NewLayer returns an error wrapping ErrNoCUDA.

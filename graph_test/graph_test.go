@@ -3,6 +3,7 @@ package graphtest
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -86,12 +87,6 @@ func nativeOutput(t *testing.T, c *casefile.Case, b *moe.Batch) []float32 {
 	return out
 }
 
-// subBatch returns tokens [0, m) of a batch.
-func subBatch(b *moe.Batch, k, m int) *moe.Batch {
-	return &moe.Batch{M: m, TopK: b.TopK, A1q: b.A1q[:m*k], A1qScale: b.A1qScale[:m*k/moe.ActGroup],
-		TopKIDs: b.TopKIDs[:m*b.TopK], TopKWeights: b.TopKWeights[:m*b.TopK]}
-}
-
 // TestExpertsInMachines runs the experts op under both VMs for M = 1 ... 300, several runs per
 // graph with Reset and new inputs each time, against the native layer (bitwise) and the
 // float64 reference.
@@ -119,7 +114,7 @@ func TestExpertsInMachines(t *testing.T) {
 				defer func() { machine.Close() }()
 				// Run 1: the first m tokens; run 2: the last m tokens; run 3: the first again.
 				for run, off := range []int{0, 300 - m, 0} {
-					b := shiftBatch(&c.Batch, K, off, m)
+					b := c.Batch.Slice(K, off, off+m)
 					in.let(t, b, K)
 					if err := machine.RunAll(); err != nil {
 						t.Fatalf("run %d: %v", run, err)
@@ -139,12 +134,6 @@ func TestExpertsInMachines(t *testing.T) {
 			})
 		}
 	}
-}
-
-// shiftBatch returns tokens [off, off+m) of a batch.
-func shiftBatch(b *moe.Batch, k, off, m int) *moe.Batch {
-	return &moe.Batch{M: m, TopK: b.TopK, A1q: b.A1q[off*k : (off+m)*k], A1qScale: b.A1qScale[off*k/moe.ActGroup : (off+m)*k/moe.ActGroup],
-		TopKIDs: b.TopKIDs[off*b.TopK : (off+m)*b.TopK], TopKWeights: b.TopKWeights[off*b.TopK : (off+m)*b.TopK]}
 }
 
 // TestTwoLayersNotMerged puts two experts ops with the same inputs but different parameters in
@@ -365,7 +354,7 @@ func TestMoEBlock(t *testing.T) {
 					t.Fatal(err)
 				}
 				wantIDs, want := moeBlock64(c, x, wr, br, topk)
-				if g := gotIDs.(*tensor.Dense).Data().([]int32); !equal(g, wantIDs) {
+				if g := gotIDs.(*tensor.Dense).Data().([]int32); !slices.Equal(g, wantIDs) {
 					t.Fatalf("run %d: routed ids %v, float64 routing gives %v", run, g, wantIDs)
 				}
 				if e := conformance.RelL2(read(t, got), want); e > 1e-3 {
@@ -375,18 +364,6 @@ func TestMoEBlock(t *testing.T) {
 			}
 		})
 	}
-}
-
-func equal[T comparable](a, b []T) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // moeBlock64 computes the block in float64: router logits, top-k then softmax, the input's FP8
@@ -452,7 +429,7 @@ func TestRouting(t *testing.T) {
 		ids := make([]int32, tc.r.TopK)
 		w := make([]float32, tc.r.TopK)
 		tc.r.Select(ids, w, logits)
-		if !equal(ids, tc.ids) {
+		if !slices.Equal(ids, tc.ids) {
 			t.Fatalf("%s: ids %v, want %v", tc.name, ids, tc.ids)
 		}
 		for i := range w {
@@ -466,7 +443,7 @@ func TestRouting(t *testing.T) {
 	z := 1 + math.E + math.E*math.E
 	ids, w := make([]int32, 2), make([]float32, 2)
 	op.Routing{TopK: 2}.Select(ids, w, l)
-	if !equal(ids, []int32{2, 1}) || math.Abs(float64(w[0])-math.E*math.E/z) > 1e-7 || math.Abs(float64(w[1])-math.E/z) > 1e-7 {
+	if !slices.Equal(ids, []int32{2, 1}) || math.Abs(float64(w[0])-math.E*math.E/z) > 1e-7 || math.Abs(float64(w[1])-math.E/z) > 1e-7 {
 		t.Fatalf("softmax-topk: %v %v", ids, w)
 	}
 	op.Routing{TopK: 2, Renormalize: true}.Select(ids, w, l)

@@ -258,3 +258,17 @@ func (s StageTimes) Total() time.Duration {
 type StageTimer interface {
 	StageTimes() StageTimes
 }
+
+// Slice returns tokens [t0, t1) of a batch whose rows have k columns, sharing its memory.
+func (b *Batch) Slice(k, t0, t1 int) *Batch {
+	s := &Batch{M: t1 - t0, TopK: b.TopK,
+		TopKIDs: b.TopKIDs[t0*b.TopK : t1*b.TopK], TopKWeights: b.TopKWeights[t0*b.TopK : t1*b.TopK]}
+	if b.X != nil {
+		s.X = b.X[t0*k : t1*k]
+	}
+	if b.A1q != nil {
+		s.A1q = b.A1q[t0*k : t1*k]
+		s.A1qScale = b.A1qScale[t0*k/ActGroup : t1*k/ActGroup]
+	}
+	return s
+}

@@ -2,6 +2,7 @@ package native
 
 import (
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/fp4moe/fp4moe/moe"
@@ -57,7 +58,7 @@ func TestPermute(t *testing.T) {
 			// Permute twice to check that reused slices are fully rewritten.
 			p.Permute([]int32{0, 0, 0, 0, 0, 0, 0, 0}, 8/c.topk, c.topk, &moe.Config{}, c.e, 3)
 			p.Permute(c.ids, len(c.ids)/c.topk, c.topk, &cfg, c.e, c.blockM)
-			if !eq(p.Counts, c.counts) || !eq(p.Offsets, c.offsets) || !eq(p.InvPerm, c.invPerm) || !eq(p.ExpertIDs, c.expertIDs) {
+			if !slices.Equal(p.Counts, c.counts) || !slices.Equal(p.Offsets, c.offsets) || !slices.Equal(p.InvPerm, c.invPerm) || !slices.Equal(p.ExpertIDs, c.expertIDs) {
 				t.Fatalf("counts %v offsets %v invPerm %v expertIDs %v\nwant   %v         %v         %v         %v",
 					p.Counts, p.Offsets, p.InvPerm, p.ExpertIDs, c.counts, c.offsets, c.invPerm, c.expertIDs)
 			}
@@ -77,18 +78,6 @@ func TestPermute(t *testing.T) {
 			}
 		})
 	}
-}
-
-func eq[T comparable](a, b []T) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestActivate(t *testing.T) {

@@ -191,24 +191,14 @@ func run(layers, tokens int, seed uint64, verbose bool) (float64, error) {
 		fmt.Printf("tiny MoE model: vocab %d, hidden %d, %d layers of %d experts (top-%d, swigluoai), %d tokens\n",
 			m.vocab, m.hidden, layers, m.experts, m.topk, tokens)
 		for t := range min(tokens, 4) {
-			fmt.Printf("token %2d -> argmax %2d (float64 run: %2d)\n", toks[t], argmax(got[t*m.vocab:(t+1)*m.vocab]), argmax64(want[t*m.vocab:(t+1)*m.vocab]))
+			fmt.Printf("token %2d -> argmax %2d (float64 run: %2d)\n", toks[t], argmax(got[t*m.vocab:(t+1)*m.vocab]), argmax(want[t*m.vocab:(t+1)*m.vocab]))
 		}
 		fmt.Printf("logits rel L2 against the float64 model: %.3e\n", rel)
 	}
 	return rel, nil
 }
 
-func argmax(v []float32) int {
-	b := 0
-	for i := range v {
-		if v[i] > v[b] {
-			b = i
-		}
-	}
-	return b
-}
-
-func argmax64(v []float64) int {
+func argmax[T float32 | float64](v []T) int {
 	b := 0
 	for i := range v {
 		if v[i] > v[b] {
