@@ -214,3 +214,29 @@ func TestPackUE8M0(t *testing.T) {
 		}
 	}
 }
+
+func TestBF16(t *testing.T) {
+	cases := []struct {
+		f    float32
+		want uint16
+	}{
+		{1, 0x3F80}, {-2, 0xC000}, {0, 0}, {float32(math.Inf(1)), 0x7F80},
+		{math.Float32frombits(0x3F808000), 0x3F80}, // tie to even (down)
+		{math.Float32frombits(0x3F818000), 0x3F82}, // tie to even (up)
+		{math.Float32frombits(0x3F808001), 0x3F81},
+		{math.MaxFloat32, 0x7F80}, // rounds to infinity
+	}
+	for _, c := range cases {
+		if got := EncodeBF16(c.f); got != c.want {
+			t.Errorf("EncodeBF16(%v) = %#04x, want %#04x", c.f, got, c.want)
+		}
+	}
+	if v := DecodeBF16(EncodeBF16(float32(math.NaN()))); v == v {
+		t.Error("NaN did not survive bf16")
+	}
+	for _, b := range []uint16{0x3F80, 0xC2F7, 0x0001, 0x8000} {
+		if EncodeBF16(DecodeBF16(b)) != b {
+			t.Errorf("bf16 %#04x does not round-trip", b)
+		}
+	}
+}

@@ -70,12 +70,21 @@ func NewEntry[T Elem](name string, d DType, shape []int, v []T) Entry {
 
 // Write writes a safetensors file holding the entries, in the given order, and the metadata.
 func Write(w io.Writer, entries []Entry, metadata map[string]string) error {
+	return WriteFunc(w, entries, metadata, func(i int) ([]byte, error) { return entries[i].Data, nil })
+}
+
+// WriteFunc writes a safetensors file whose tensors are described by entries (their Data is
+// ignored) and whose bytes data(i) returns, one tensor at a time in order, so that a file larger
+// than memory can be written. Each data(i) must return exactly the bytes its shape and dtype
+// need.
+func WriteFunc(w io.Writer, entries []Entry, metadata map[string]string, data func(i int) ([]byte, error)) error {
 	head := map[string]any{}
 	if len(metadata) > 0 {
 		head["__metadata__"] = metadata
 	}
 	var off int64
-	for _, e := range entries {
+	sizes := make([]int64, len(entries))
+	for i, e := range entries {
 		if e.Name == "__metadata__" || head[e.Name] != nil {
 			return fmt.Errorf("safetensors: duplicate or reserved tensor name %q", e.Name)
 		}
@@ -84,16 +93,17 @@ func Write(w io.Writer, entries []Entry, metadata map[string]string) error {
 		}
 		n := int64(e.DType.Size())
 		for _, d := range e.Shape {
+			if d < 0 {
+				return fmt.Errorf("safetensors: tensor %q has shape %v", e.Name, e.Shape)
+			}
 			n *= int64(d)
-		}
-		if n != int64(len(e.Data)) {
-			return fmt.Errorf("safetensors: tensor %q: %s shape %v needs %d bytes, has %d", e.Name, e.DType, e.Shape, n, len(e.Data))
 		}
 		shape := e.Shape
 		if shape == nil {
 			shape = []int{}
 		}
 		head[e.Name] = map[string]any{"dtype": e.DType, "shape": shape, "data_offsets": []int64{off, off + n}}
+		sizes[i] = n
 		off += n
 	}
 	hb, err := json.Marshal(head)
@@ -111,8 +121,15 @@ func Write(w io.Writer, entries []Entry, metadata map[string]string) error {
 	if _, err := w.Write(hb); err != nil {
 		return err
 	}
-	for _, e := range entries {
-		if _, err := w.Write(e.Data); err != nil {
+	for i, e := range entries {
+		b, err := data(i)
+		if err != nil {
+			return err
+		}
+		if int64(len(b)) != sizes[i] {
+			return fmt.Errorf("safetensors: tensor %q: %s shape %v needs %d bytes, has %d", e.Name, e.DType, e.Shape, sizes[i], len(b))
+		}
+		if _, err := w.Write(b); err != nil {
 			return err
 		}
 	}

@@ -258,10 +258,18 @@ func (f *File) ReadInto(t *Info, dst []byte) error {
 	if int64(len(dst)) != t.End-t.Begin {
 		return fmt.Errorf("safetensors: tensor %q has %d bytes, buffer %d", t.Name, t.End-t.Begin, len(dst))
 	}
+	return f.ReadRange(t, 0, dst)
+}
+
+// ReadRange reads len(dst) bytes of t starting at byte off of the tensor's data.
+func (f *File) ReadRange(t *Info, off int64, dst []byte) error {
+	if off < 0 || off+int64(len(dst)) > t.End-t.Begin {
+		return fmt.Errorf("safetensors: range [%d, %d) outside tensor %q of %d bytes", off, off+int64(len(dst)), t.Name, t.End-t.Begin)
+	}
 	if len(dst) == 0 {
 		return nil
 	}
-	n, err := f.r.ReadAt(dst, f.dataOff+t.Begin)
+	n, err := f.r.ReadAt(dst, f.dataOff+t.Begin+off)
 	f.read.Add(int64(n))
 	if n == len(dst) {
 		return nil

@@ -1,8 +1,10 @@
-// Command fp4moe checks the fused FP8 × MXFP4 MoE expert layer against case files.
+// Command fp4moe checks the fused FP8 × MXFP4 MoE expert layer against case files and
+// quantizes expert weights to MXFP4.
 //
 // Usage:
 //
 //	fp4moe check [--backend native|cuda] [--threads N] [--block-m N] FILE...
+//	fp4moe quantize [--layout openai|huggingface|fp4moe] IN.safetensors OUT.safetensors
 //
 // check runs every fp4moe-case/1 file on the backend and prints one line per case: its name,
 // the relative L2 error against the file's float32-precision reference ("expected") and against
@@ -14,6 +16,12 @@
 // Exit status: 0 when everything passes, 1 when a check fails, 2 when a file is unreadable,
 // malformed or inconsistent (or the arguments are wrong); each such file gets a one-line error
 // and the other files are still checked.
+//
+// quantize reads float32 or bf16 expert weights and writes them as MXFP4 (OCP MX rounding, see
+// docs/numerics.md) in GPT-OSS's OpenAI or Hugging Face layout, which package gptoss loads, or
+// in this project's packed layout (w13, w13_scale, w2, w2_scale), with a progress bar; every
+// other tensor is copied. It reads one expert at a time. Exit status 0, or 2 with a one-line
+// error.
 package main
 
 import (
@@ -30,9 +38,11 @@ import (
 )
 
 const usage = `usage: fp4moe check [--backend native|cuda] [--threads N] [--block-m N] FILE...
+       fp4moe quantize [--layout openai|huggingface|fp4moe] IN.safetensors OUT.safetensors
 
 commands:
-  check   run fp4moe-case/1 and fp4moe-quant/1 files and report PASS or FAIL
+  check      run fp4moe-case/1 and fp4moe-quant/1 files and report PASS or FAIL
+  quantize   convert float32/bf16 expert weights to MXFP4
 `
 
 func main() {
@@ -47,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "check":
 		return check(args[1:], stdout, stderr)
+	case "quantize":
+		return quantize(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

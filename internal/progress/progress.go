@@ -37,6 +37,13 @@ func (b *Bar) Add(n int64) {
 	b.draw(false)
 }
 
+// Done returns the units of work recorded so far.
+func (b *Bar) Done() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.done
+}
+
 // Finish draws the full bar and ends its line.
 func (b *Bar) Finish() {
 	b.mu.Lock()
