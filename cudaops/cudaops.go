@@ -6,17 +6,17 @@
 // which needs cuDNN 7/8 headers and libraries, and a managed-memory arena per tape machine), and
 // every graph program that links this backend links Gorgonia, so the two must not share a tag.
 //
-// Status: the device is opened and identified; the kernels of the five stages are not yet
-// part of the package, so NewLayer returns an error wrapping ErrNotImplemented on a GPU too.
+// The kernels (kernels/*.cu) are built into kernels/moe.fatbin by kernels/build.sh on a machine
+// with nvcc (sm_90a SASS and compute_90 PTX) and embedded; kernels/manifest.txt records the
+// sources' hashes, which CI compares with the sources. FP4MOE_FATBIN loads another fatbin.
+//
+//go:generate bash kernels/build.sh
 package cudaops
 
 import "errors"
 
 // ErrNoCUDA is returned when the package was built without the cuda tag or no GPU is usable.
 var ErrNoCUDA = errors.New("cudaops: CUDA backend not available")
-
-// ErrNotImplemented is returned for work the CUDA backend cannot do yet.
-var ErrNotImplemented = errors.New("cudaops: not implemented")
 
 // Backend is the CUDA backend. Its zero value uses device 0.
 type Backend struct{}

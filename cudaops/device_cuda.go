@@ -3,21 +3,48 @@
 package cudaops
 
 import (
+	_ "embed"
+	"errors"
 	"fmt"
+	"os"
+	"runtime"
 	"sync"
 
-	"github.com/fp4moe/fp4moe/moe"
 	"gorgonia.org/cu"
 )
 
-// Device describes the opened GPU.
+// FatbinEnv names the environment variable that loads the kernels from a fatbin file instead
+// of the embedded one (to build and test kernels in one step on a GPU machine).
+const FatbinEnv = "FP4MOE_FATBIN"
+
+//go:embed kernels/moe.fatbin
+var embeddedFatbin []byte
+
+// Device is the opened GPU: device 0, its primary context, and the kernels' module.
 type Device struct {
 	Name         string
 	Major, Minor int
-	dev          cu.Device
+	SMs          int
+	// Fatbin says where the kernels came from: "embedded" or the path in FP4MOE_FATBIN.
+	Fatbin string
+
+	dev cu.Device
+	ctx cu.CUContext
+	mod cu.Module
+	fn  kernels
+}
+
+// kernels are the module's functions.
+type kernels struct {
+	prepare, route, permute, gemm, actQuant, reduce cu.Function
 }
 
 var open = sync.OnceValues(func() (*Device, error) {
+	if !handlesFit() {
+		return nil, errors.New("cudaops: gorgonia.org/cu's handle types changed size; the launcher cannot read them")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	n, err := cu.NumDevices()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoCUDA, err)
@@ -25,30 +52,61 @@ var open = sync.OnceValues(func() (*Device, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("%w: no CUDA device", ErrNoCUDA)
 	}
-	dev, err := cu.GetDevice(0)
-	if err != nil {
+	d := &Device{Fatbin: "embedded"}
+	if d.dev, err = cu.GetDevice(0); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoCUDA, err)
 	}
-	name, err := dev.Name()
-	if err != nil {
+	if d.Name, err = d.dev.Name(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoCUDA, err)
 	}
-	major, minor, err := dev.ComputeCapability()
-	if err != nil {
+	if d.Major, d.Minor, err = d.dev.ComputeCapability(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoCUDA, err)
 	}
-	return &Device{Name: name, Major: major, Minor: minor, dev: dev}, nil
+	if d.SMs, err = d.dev.Attribute(cu.MultiprocessorCount); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoCUDA, err)
+	}
+	if d.Major != 9 {
+		return nil, fmt.Errorf("%w: %s has compute capability %d.%d; the kernels are built for Hopper (9.0)", ErrNoCUDA, d.Name, d.Major, d.Minor)
+	}
+	if d.ctx, err = d.dev.RetainPrimaryCtx(); err != nil {
+		return nil, fmt.Errorf("%w: primary context: %v", ErrNoCUDA, err)
+	}
+	if err := cu.SetCurrentContext(d.ctx); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoCUDA, err)
+	}
+	image := embeddedFatbin
+	if p := os.Getenv(FatbinEnv); p != "" {
+		if image, err = os.ReadFile(p); err != nil {
+			return nil, fmt.Errorf("cudaops: %s: %w", FatbinEnv, err)
+		}
+		d.Fatbin = p
+	}
+	if d.mod, err = cu.LoadData(string(image)); err != nil {
+		return nil, fmt.Errorf("cudaops: loading the kernels (%s): %v", d.Fatbin, err)
+	}
+	for name, f := range map[string]*cu.Function{
+		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_permute": &d.fn.permute,
+		"moe_gemm": &d.fn.gemm, "moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce,
+	} {
+		if *f, err = d.mod.Function(name); err != nil {
+			return nil, fmt.Errorf("cudaops: kernel %s: %v", name, err)
+		}
+	}
+	return d, nil
 })
 
-// Open opens device 0 once and describes it.
+// Open opens device 0 once: its primary context and the kernels. Without a usable Hopper GPU it
+// returns an error wrapping ErrNoCUDA.
 func Open() (*Device, error) { return open() }
 
-// NewLayer opens the device and returns an error wrapping ErrNotImplemented: the kernels are
-// not part of this version.
-func (Backend) NewLayer(w *moe.Weights, cfg moe.Config) (moe.Layer, error) {
-	d, err := Open()
-	if err != nil {
-		return nil, err
+// bind locks the calling goroutine to its OS thread and makes the device's context current
+// there; the returned function undoes the lock. Every method that calls the driver starts with
+// it, because contexts are current per OS thread and Gorgonia runs ops on unlocked goroutines.
+func (d *Device) bind() (func(), error) {
+	runtime.LockOSThread()
+	if err := cu.SetCurrentContext(d.ctx); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("cudaops: making the context current: %v", err)
 	}
-	return nil, fmt.Errorf("%w: expert kernels for %s (sm_%d%d)", ErrNotImplemented, d.Name, d.Major, d.Minor)
+	return runtime.UnlockOSThread, nil
 }

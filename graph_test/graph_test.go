@@ -73,9 +73,10 @@ func read(t *testing.T, v G.Value) []float32 {
 	return append([]float32(nil), d.Data().([]float32)...)
 }
 
-func nativeOutput(t *testing.T, c *casefile.Case, b *moe.Batch) []float32 {
+// backendOutput runs a batch directly on the backend the ops use (op.DefaultBackend).
+func backendOutput(t *testing.T, c *casefile.Case, b *moe.Batch) []float32 {
 	t.Helper()
-	l, err := native.NewLayer(&c.Weights, c.Config, native.Options{})
+	l, err := op.DefaultBackend().NewLayer(&c.Weights, c.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,8 +89,8 @@ func nativeOutput(t *testing.T, c *casefile.Case, b *moe.Batch) []float32 {
 }
 
 // TestExpertsInMachines runs the experts op under both VMs for M = 1 ... 300, several runs per
-// graph with Reset and new inputs each time, against the native layer (bitwise) and the
-// float64 reference.
+// graph with Reset and new inputs each time, against its backend's layer run directly
+// (bitwise) and the float64 reference.
 func TestExpertsInMachines(t *testing.T) {
 	c := conformance.Generate(conformance.Spec{Name: "graph", M: 300, K: 256, I: 256, E: 8, TopK: 2,
 		Activation: moe.SwiGLUOAI, Clamp: true, Limit: 7, Bias: true, HStd: 4, Seed: 5})
@@ -120,10 +121,10 @@ func TestExpertsInMachines(t *testing.T) {
 						t.Fatalf("run %d: %v", run, err)
 					}
 					res := read(t, got)
-					want := nativeOutput(t, c, b)
+					want := backendOutput(t, c, b)
 					for i := range want {
 						if math.Float32bits(res[i]) != math.Float32bits(want[i]) {
-							t.Fatalf("run %d M=%d: output[%d] = %v, native layer gives %v", run, m, i, res[i], want[i])
+							t.Fatalf("run %d M=%d: output[%d] = %v, the backend's layer gives %v", run, m, i, res[i], want[i])
 						}
 					}
 					if e := conformance.RelL2(res, c.Expected[off*K:(off+m)*K]); e > 1e-3 {
@@ -185,7 +186,7 @@ func TestTwoLayersNotMerged(t *testing.T) {
 	}
 	cc := *ca
 	cc.Config = cfgC
-	for i, want := range [][]float32{nativeOutput(t, ca, &ca.Batch), nativeOutput(t, cb, &ca.Batch), nativeOutput(t, &cc, &ca.Batch)} {
+	for i, want := range [][]float32{backendOutput(t, ca, &ca.Batch), backendOutput(t, cb, &ca.Batch), backendOutput(t, &cc, &ca.Batch)} {
 		if got := read(t, vals[i]); conformance.RelL2(got, want) != 0 {
 			t.Fatalf("op %d: rel L2 %.3e from its own layer's output", i, conformance.RelL2(got, want))
 		}

@@ -28,7 +28,6 @@ import (
 	"sync"
 
 	"github.com/fp4moe/fp4moe/moe"
-	"github.com/fp4moe/fp4moe/native"
 )
 
 // Layer binds one expert layer's weights and configuration to a backend. One Layer may serve
@@ -51,8 +50,8 @@ type Option func(*Layer)
 // WithBackend selects the backend that runs the layer (default: DefaultBackend()).
 func WithBackend(b moe.Backend) Option { return func(l *Layer) { l.backend = b } }
 
-// DefaultBackend returns the pure-Go backend.
-func DefaultBackend() moe.Backend { return native.Backend{} }
+// BackendEnv names the environment variable that forces a backend: "native" or "cuda".
+const BackendEnv = "FP4MOE_BACKEND"
 
 // NewLayer validates the weights and configuration and returns a Layer. The weights are read
 // in place and must not change while the layer is in use.

@@ -1,0 +1,60 @@
+// Shared helpers of the layer's kernels. Every kernel parameter is 8 bytes wide (pointers,
+// long long, double), so the Go side can pass each as one 64-bit word.
+#pragma once
+#include <cuda_fp8.h>
+#include <stdint.h>
+
+typedef long long i64;
+typedef unsigned char u8;
+
+#define MOE_GROUP 128   // activation scale group
+#define MOE_BLOCK 32    // MXFP4 weight block
+#define MOE_BM 32       // row alignment of expert segments and token tile of the GEMMs
+
+// Activations, scale formats: the values of moe.Activation and moe.ScaleFormat.
+#define ACT_SILU 0
+#define ACT_SWIGLUSTEP 1
+#define ACT_SWIGLUOAI 2
+#define FMT_CEIL_UE8M0 0
+#define FMT_FLOAT32 1
+
+// E8M0 scale byte -> float: 2^(s-127), 2^-127 as a subnormal for s = 0, NaN for s = 255.
+__device__ __forceinline__ float e8m0_to_float(unsigned s) {
+  if (s == 0) return __int_as_float(0x00400000);
+  if (s == 255) return __int_as_float(0x7fc00000);
+  return __int_as_float(s << 23);
+}
+
+// Four E2M1 codes (the low 16 bits of p: element i in bits 4i..4i+3) -> four E4M3 bytes
+// (element i in byte i). Every E2M1 value is exact in E4M3: the magnitude goes through an
+// 8-entry byte table with a byte permute, the sign bit moves to bit 7 of its byte.
+__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t p) {
+  // magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 as E4M3 bytes
+  const uint32_t lo = 0x3C383000u, hi = 0x4C484440u;
+  uint32_t mag = __byte_perm(lo, hi, p & 0x7777u);
+  uint32_t sgn = ((p & 0x8u) << 4) | ((p & 0x80u) << 8) | ((p & 0x800u) << 12) | ((p & 0x8000u) << 16);
+  return mag | sgn;
+}
+
+// The FP8 group scale: s = max(amax, 1e-10) / 448 in float32, rounded up to a power of two
+// (exactly, from the bits) for ceil_ue8m0. NaN stays NaN.
+__device__ __forceinline__ float group_scale(float amax, i64 fmt) {
+  float s = fmaxf(amax, 1e-10f) / 448.0f;
+  if (fmt == FMT_CEIL_UE8M0 && s == s) {
+    uint32_t b = __float_as_uint(s);
+    if (b & 0x7fffffu) b = ((b & 0x7f800000u) + 0x800000u) & 0x7f800000u;
+    s = __uint_as_float(b);
+  }
+  return s;
+}
+
+// float -> FP8 e4m3fn: clamp to ±448, round to nearest even, NaN kept.
+__device__ __forceinline__ u8 to_e4m3(float v) {
+  return (u8)__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}

@@ -1,0 +1,126 @@
+// Routing metadata and the permute: per-expert counts, segment offsets aligned to MOE_BM rows,
+// the GEMM tile list, expert_ids, row_pair and inv_perm with rows in ascending (t, k) order
+// inside each segment, and the gather of input rows and scales into the permuted layout.
+#include "common.cuh"
+
+#define ROUTE_THREADS 1024
+
+// Exclusive scan over the block (one value per thread); *total receives the sum.
+__device__ __forceinline__ int block_exclusive_scan(int v, int* buf, int* total) {
+  const int tid = threadIdx.x;
+  buf[tid] = v;
+  __syncthreads();
+  for (int off = 1; off < ROUTE_THREADS; off <<= 1) {
+    int add = tid >= off ? buf[tid - off] : 0;
+    __syncthreads();
+    buf[tid] += add;
+    __syncthreads();
+  }
+  int incl = buf[tid];
+  *total = buf[ROUTE_THREADS - 1];
+  __syncthreads();
+  return incl - v;
+}
+
+// The local expert of pair i, -1 when skipped; an id outside [-1, Eg) counts as an error.
+__device__ __forceinline__ int local_expert(const int* ids, const int* expert_map, i64 i, i64 Eg, int* err, bool count_err) {
+  const int id = ids[i];
+  if (id < -1 || id >= Eg) {
+    if (count_err) atomicAdd(err, 1);
+    return -1;
+  }
+  if (id < 0) return -1;
+  return expert_map ? expert_map[id] : id;
+}
+
+// One block of ROUTE_THREADS threads; dynamic shared memory (2E + ROUTE_THREADS) ints, E <= 1024.
+// tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number.
+extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
+moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
+          int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
+          int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
+          int* __restrict__ ntiles, int* __restrict__ err) {
+  extern __shared__ int smem[];
+  int* scount = smem;
+  int* scursor = smem + E;
+  int* sbuf = smem + 2 * E;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const i64 P = M * topk;
+  if (tid < E) scount[tid] = 0;
+  if (tid == 0) *err = 0;
+  __syncthreads();
+  for (i64 i = tid; i < P; i += ROUTE_THREADS) {
+    int le = local_expert(ids, expert_map, i, Eg, err, true);
+    if (le >= 0) atomicAdd(&scount[le], 1);
+  }
+  __syncthreads();
+  const int cnt = tid < E ? scount[tid] : 0;
+  const int aligned = (cnt + MOE_BM - 1) / MOE_BM * MOE_BM;
+  int msum, tiles_total;
+  const int off = block_exclusive_scan(aligned, sbuf, &msum);
+  const int toff = block_exclusive_scan(aligned / MOE_BM, sbuf, &tiles_total);
+  if (tid < E) {
+    counts[tid] = cnt;
+    offsets[tid] = off;
+    scursor[tid] = off;
+    for (int j = 0; j < aligned / MOE_BM; j++) {
+      tiles[2 * (toff + j)] = tid;
+      tiles[2 * (toff + j) + 1] = off + j * MOE_BM;
+    }
+  }
+  if (tid == 0) {
+    offsets[E] = msum;
+    *ntiles = tiles_total;
+  }
+  for (int r = tid; r < msum; r += ROUTE_THREADS) {
+    expert_ids[r] = -1;
+    row_pair[r] = -1;
+  }
+  __syncthreads();
+  // Stable scatter: pairs in chunks of ROUTE_THREADS; inside a warp, lanes with the same
+  // expert are ranked by lane; warps take their rows in warp order.
+  for (i64 base = 0; base < P; base += ROUTE_THREADS) {
+    const i64 i = base + tid;
+    const int le = i < P ? local_expert(ids, expert_map, i, Eg, err, false) : -2;
+    const unsigned peers = __match_any_sync(0xffffffffu, le);
+    const int rank = __popc(peers & ((1u << lane) - 1u));
+    const bool last = (31 - __clz(peers)) == lane;
+    for (int w = 0; w < ROUTE_THREADS / 32; w++) {
+      if (warp == w) {
+        const int c = le >= 0 ? scursor[le] : 0;
+        __syncwarp();
+        if (le >= 0) {
+          const int row = c + rank;
+          expert_ids[row] = le;
+          row_pair[row] = (int)i;
+          inv_perm[i] = row;
+          if (last) scursor[le] = c + __popc(peers);
+        } else if (le == -1) {
+          inv_perm[i] = -1;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// Gathers the FP8 row and scales of every real row of the permuted layout; padding rows get
+// zeros. grid.x = the largest possible M_sum, block = 128.
+extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* __restrict__ a1s,
+                                       const int* __restrict__ row_pair, const int* __restrict__ offsets,
+                                       i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+  const i64 r = blockIdx.x;
+  if (r >= offsets[E]) return;
+  const int pair = row_pair[r];
+  const i64 G = K / MOE_GROUP;
+  uint4* dst = reinterpret_cast<uint4*>(a1q_perm + r * K);
+  if (pair < 0) {
+    for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = make_uint4(0, 0, 0, 0);
+    for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = 0.f;
+    return;
+  }
+  const i64 t = pair / topk;
+  const uint4* src = reinterpret_cast<const uint4*>(a1q + t * K);
+  for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = src[j];
+  for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = a1s[t * G + g];
+}

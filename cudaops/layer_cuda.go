@@ -1,0 +1,534 @@
+//go:build cudaops
+
+package cudaops
+
+import (
+	"fmt"
+	"math"
+	"time"
+	"unsafe"
+
+	"github.com/fp4moe/fp4moe/moe"
+	"gorgonia.org/cu"
+)
+
+// Launch constants shared with the kernels (kernels/common.cuh, gemm_fp8fp4.cu, route.cu).
+const (
+	segmentRows  = 32   // MOE_BM: row alignment of expert segments and token tile of the GEMMs
+	gemmRows     = 64   // GEMM_ROWS: weight rows per GEMM block
+	routeThreads = 1024 // ROUTE_THREADS
+	maxExperts   = 1024 // local experts the routing kernel handles
+)
+
+// NewLayer validates the weights and configuration, opens the device, and uploads the weights.
+func (b Backend) NewLayer(w *moe.Weights, cfg moe.Config) (moe.Layer, error) {
+	return NewLayer(w, cfg)
+}
+
+// Layer is the CUDA layer: the expert weights on the device, one stream, and a workspace that
+// grows with the batch and is reused. It is not safe for concurrent use.
+type Layer struct {
+	dev       *Device
+	E, K, I   int
+	cfg       moe.Config
+	eg        int
+	stream    cu.Stream
+	weights   cu.DevicePtr // one allocation: W13, S13, W2, S2, biases, expert map
+	w13, s13  cu.DevicePtr
+	w2, s2    cu.DevicePtr
+	b13, b2   cu.DevicePtr // 0 when absent
+	expertMap cu.DevicePtr // 0 when absent
+	ws        workspace
+	closed    bool
+	// Host-path stage timing: events recorded between the stages of Forward, read after its
+	// final synchronization (never recorded by ForwardDevice or Capture).
+	events [7]cu.Event
+	timing bool
+	times  moe.StageTimes
+}
+
+// NewLayer is Backend.NewLayer with the concrete type.
+func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
+	if err := w.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(w.E); err != nil {
+		return nil, err
+	}
+	if w.E > maxExperts {
+		return nil, &moe.ConfigError{Msg: fmt.Sprintf("the CUDA backend handles at most %d local experts, got %d", maxExperts, w.E)}
+	}
+	d, err := Open()
+	if err != nil {
+		return nil, err
+	}
+	unbind, err := d.bind()
+	if err != nil {
+		return nil, err
+	}
+	defer unbind()
+	l := &Layer{dev: d, E: w.E, K: w.K, I: w.I, cfg: cfg, eg: cfg.GlobalExperts(w.E)}
+	if l.stream, err = cu.MakeStream(cu.NonBlocking); err != nil {
+		return nil, fmt.Errorf("cudaops: stream: %v", err)
+	}
+	for i := range l.events {
+		if l.events[i], err = cu.MakeEvent(cu.DefaultEvent); err != nil {
+			l.stream.Destroy()
+			return nil, fmt.Errorf("cudaops: event: %v", err)
+		}
+	}
+	// One allocation for every weight tensor, each at a 256-byte aligned offset.
+	var a arena
+	o13, os13, o2, os2 := a.take(len(w.W13)), a.take(len(w.W13Scale)), a.take(len(w.W2)), a.take(len(w.W2Scale))
+	var ob13, ob2, omap int64 = -1, -1, -1
+	if w.W13Bias != nil {
+		ob13 = a.take(4 * len(w.W13Bias))
+	}
+	if w.W2Bias != nil {
+		ob2 = a.take(4 * len(w.W2Bias))
+	}
+	if cfg.ExpertMap != nil {
+		omap = a.take(4 * len(cfg.ExpertMap))
+	}
+	if l.weights, err = cu.MemAlloc(a.size); err != nil {
+		l.stream.Destroy()
+		return nil, fmt.Errorf("cudaops: allocating %d bytes for the weights: %v", a.size, err)
+	}
+	at := func(off int64) cu.DevicePtr { return l.weights + cu.DevicePtr(off) }
+	l.w13, l.s13, l.w2, l.s2 = at(o13), at(os13), at(o2), at(os2)
+	uploads := []struct {
+		dst cu.DevicePtr
+		src unsafe.Pointer
+		n   int
+	}{
+		{l.w13, unsafe.Pointer(&w.W13[0]), len(w.W13)}, {l.s13, unsafe.Pointer(&w.W13Scale[0]), len(w.W13Scale)},
+		{l.w2, unsafe.Pointer(&w.W2[0]), len(w.W2)}, {l.s2, unsafe.Pointer(&w.W2Scale[0]), len(w.W2Scale)},
+	}
+	if ob13 >= 0 {
+		l.b13 = at(ob13)
+		uploads = append(uploads, struct {
+			dst cu.DevicePtr
+			src unsafe.Pointer
+			n   int
+		}{l.b13, unsafe.Pointer(&w.W13Bias[0]), 4 * len(w.W13Bias)})
+	}
+	if ob2 >= 0 {
+		l.b2 = at(ob2)
+		uploads = append(uploads, struct {
+			dst cu.DevicePtr
+			src unsafe.Pointer
+			n   int
+		}{l.b2, unsafe.Pointer(&w.W2Bias[0]), 4 * len(w.W2Bias)})
+	}
+	if omap >= 0 {
+		l.expertMap = at(omap)
+		uploads = append(uploads, struct {
+			dst cu.DevicePtr
+			src unsafe.Pointer
+			n   int
+		}{l.expertMap, unsafe.Pointer(&cfg.ExpertMap[0]), 4 * len(cfg.ExpertMap)})
+	}
+	for _, u := range uploads {
+		if err := cu.MemcpyHtoD(u.dst, u.src, int64(u.n)); err != nil {
+			l.release()
+			return nil, fmt.Errorf("cudaops: uploading the weights: %v", err)
+		}
+	}
+	return l, nil
+}
+
+// arena hands out 256-byte aligned offsets in one allocation.
+type arena struct{ size int64 }
+
+func (a *arena) take(n int) int64 {
+	off := a.size
+	a.size += (int64(n) + 255) &^ 255
+	return off
+}
+
+// workspace holds the device buffers of a forward, sized for up to m tokens of up to p routed
+// pairs, and the pinned staging memory of the host path.
+type workspace struct {
+	m, p, rows, tiles int
+	mem               cu.DevicePtr
+	size              int64
+	// inputs and output
+	x, a1q, a1s, ids, tw, out cu.DevicePtr
+	// permuted layout and intermediates
+	a1qPerm, a1sPerm, h, a2q, a2s, z cu.DevicePtr
+	// routing metadata
+	counts, offsets, expertIDs, rowPair, invPerm, tileList, ntiles, errs cu.DevicePtr
+	host                                                                 pinned
+}
+
+// bounds returns, for p routed pairs, the most rows the permuted layout can take and the most
+// GEMM tiles: Σ_e roundup(count_e, 32) <= p + min(p, E)·31.
+func (l *Layer) bounds(p int) (rows, tiles int) {
+	rows = p + min(p, l.E)*(segmentRows-1)
+	rows = (rows + segmentRows - 1) / segmentRows * segmentRows
+	return rows, rows / segmentRows
+}
+
+// ensure grows the workspace to hold m tokens with topk experts each.
+func (l *Layer) ensure(m, topk int) error {
+	p := m * topk
+	if m <= l.ws.m && p <= l.ws.p && l.ws.mem != 0 {
+		return nil
+	}
+	m, p = max(m, l.ws.m, 1), max(p, l.ws.p, 1)
+	rows, tiles := l.bounds(p)
+	K, I := int64(l.K), int64(l.I)
+	var a arena
+	ws := workspace{m: m, p: p, rows: rows, tiles: tiles}
+	offs := []int64{
+		a.take(m * l.K * 4), a.take(m * l.K), a.take(m * l.K / 32), a.take(p * 4), a.take(p * 4), a.take(m * l.K * 4),
+		a.take(rows * l.K), a.take(rows * l.K / 32), a.take(int(int64(rows) * 2 * I * 4)), a.take(rows * l.I), a.take(rows * l.I / 32),
+		a.take(int(int64(rows) * K * 4)),
+		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(4), a.take(4),
+	}
+	mem, err := cu.MemAlloc(a.size)
+	if err != nil {
+		return fmt.Errorf("cudaops: allocating a %d-byte workspace for %d tokens × %d experts: %v", a.size, m, topk, err)
+	}
+	host, err := allocPinned(m*l.K*4 + m*l.K + m*l.K/32 + 2*p*4)
+	if err != nil {
+		cu.MemFree(mem)
+		return err
+	}
+	l.freeWorkspace()
+	ws.mem, ws.size, ws.host = mem, a.size, host
+	ptrs := []*cu.DevicePtr{&ws.x, &ws.a1q, &ws.a1s, &ws.ids, &ws.tw, &ws.out, &ws.a1qPerm, &ws.a1sPerm, &ws.h, &ws.a2q, &ws.a2s, &ws.z,
+		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.ntiles, &ws.errs}
+	for i, p := range ptrs {
+		*p = mem + cu.DevicePtr(offs[i])
+	}
+	l.ws = ws
+	return nil
+}
+
+func (l *Layer) freeWorkspace() {
+	if l.ws.mem != 0 {
+		cu.MemFree(l.ws.mem)
+	}
+	l.ws.host.free()
+	l.ws = workspace{}
+}
+
+// DeviceBatch is a batch whose tensors are in device memory (same shapes and dtypes as
+// moe.Batch): X (M, K) float32, or A1q (M, K) FP8 and A1qScale (M, K/128) float32; TopKIDs and
+// TopKWeights (M, TopK) int32 and float32. Unused pointers are 0.
+type DeviceBatch struct {
+	M, TopK              int
+	X, A1q, A1qScale     cu.DevicePtr
+	TopKIDs, TopKWeights cu.DevicePtr
+}
+
+// Forward validates the batch on the host, copies it to the device through pinned memory, runs
+// the layer and copies the output back. On error out is untouched.
+func (l *Layer) Forward(out []float32, b *moe.Batch) error {
+	if l.closed {
+		return fmt.Errorf("cudaops: layer is closed")
+	}
+	if err := b.Validate(&moe.Weights{E: l.E, K: l.K, I: l.I}, &l.cfg); err != nil {
+		return err
+	}
+	if len(out) != b.M*l.K {
+		return &moe.ShapeError{Tensor: "output", Got: []int{len(out)}, Want: []int{b.M, l.K}}
+	}
+	if b.M == 0 {
+		return nil
+	}
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return err
+	}
+	defer unbind()
+	if err := l.ensure(b.M, b.TopK); err != nil {
+		return err
+	}
+	ws := &l.ws
+	// Stage the inputs in pinned memory, then copy them asynchronously.
+	host := ws.host.bytes()
+	off := 0
+	stage := func(dst cu.DevicePtr, src unsafe.Pointer, n int) error {
+		copy(host[off:off+n], unsafe.Slice((*byte)(src), n))
+		err := cu.MemcpyHtoDAsync(dst, unsafe.Pointer(&host[off]), int64(n), l.stream)
+		off += n
+		return err
+	}
+	db := DeviceBatch{M: b.M, TopK: b.TopK, TopKIDs: ws.ids, TopKWeights: ws.tw}
+	errs := []error{
+		stage(ws.ids, unsafe.Pointer(&b.TopKIDs[0]), 4*len(b.TopKIDs)),
+		stage(ws.tw, unsafe.Pointer(&b.TopKWeights[0]), 4*len(b.TopKWeights)),
+	}
+	if b.X != nil {
+		db.X = ws.x
+		errs = append(errs, stage(ws.x, unsafe.Pointer(&b.X[0]), 4*len(b.X)))
+	} else {
+		db.A1q, db.A1qScale = ws.a1q, ws.a1s
+		errs = append(errs, stage(ws.a1q, unsafe.Pointer(&b.A1q[0]), len(b.A1q)),
+			stage(ws.a1s, unsafe.Pointer(&b.A1qScale[0]), 4*len(b.A1qScale)))
+	}
+	for _, e := range errs {
+		if e != nil {
+			return fmt.Errorf("cudaops: copying the batch: %v", e)
+		}
+	}
+	l.timing = true
+	err = l.launchAll(&db, ws.out)
+	l.timing = false
+	if err != nil {
+		return err
+	}
+	res := host[:4*len(out)]
+	if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&res[0]), ws.out, int64(len(res)), l.stream); err != nil {
+		return fmt.Errorf("cudaops: copying the output: %v", err)
+	}
+	if err := l.stream.Synchronize(); err != nil {
+		return fmt.Errorf("cudaops: forward: %v", err)
+	}
+	copy(out, unsafe.Slice((*float32)(unsafe.Pointer(&res[0])), len(out)))
+	l.readTimes(b.X != nil)
+	return nil
+}
+
+// StageTimes returns the device time of each stage of the last host-path Forward, measured
+// with events between the stages (Permute includes routing).
+func (l *Layer) StageTimes() moe.StageTimes { return l.times }
+
+func (l *Layer) readTimes(prepared bool) {
+	var d [6]time.Duration
+	for i := range d {
+		if ms, err := l.events[i].Elapsed(l.events[i+1]); err == nil {
+			d[i] = time.Duration(ms * float64(time.Millisecond))
+		}
+	}
+	l.times = moe.StageTimes{Prepare: d[0], Permute: d[1], GEMM1: d[2], Activation: d[3], GEMM2: d[4], Reduce: d[5]}
+	if !prepared {
+		l.times.Prepare = 0
+	}
+}
+
+// mark records timing event i on the stream during a host-path Forward.
+func (l *Layer) mark(i int) error {
+	if !l.timing {
+		return nil
+	}
+	if err := l.events[i].Record(l.stream); err != nil {
+		return fmt.Errorf("cudaops: event: %v", err)
+	}
+	return nil
+}
+
+// ForwardDevice runs the layer on a batch in device memory and writes out, (M, K) float32 in
+// device memory, on the layer's stream, without synchronizing: the call returns once the work
+// is queued, and the stream (Stream) orders what follows. Expert ids are checked on the device:
+// an invalid id is skipped and counted, and DeviceErrors reports the count of the last forward.
+func (l *Layer) ForwardDevice(out cu.DevicePtr, b DeviceBatch) error {
+	if l.closed {
+		return fmt.Errorf("cudaops: layer is closed")
+	}
+	if b.M < 0 || b.TopK < 1 || (l.cfg.ApplyRouterWeightOnInput && b.TopK != 1) {
+		return &moe.ConfigError{Msg: fmt.Sprintf("device batch with M = %d, topk = %d", b.M, b.TopK)}
+	}
+	if (b.X == 0 && (b.A1q == 0 || b.A1qScale == 0)) || b.TopKIDs == 0 || b.TopKWeights == 0 || out == 0 {
+		return &moe.ConfigError{Msg: "device batch without input, routing or output"}
+	}
+	if b.M == 0 {
+		return nil
+	}
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return err
+	}
+	defer unbind()
+	if err := l.ensure(b.M, b.TopK); err != nil {
+		return err
+	}
+	return l.launchAll(&b, out)
+}
+
+// DeviceErrors waits for the stream and returns how many expert ids of the last forward were
+// outside [-1, NumGlobalExperts) (and skipped).
+func (l *Layer) DeviceErrors() (int, error) {
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return 0, err
+	}
+	defer unbind()
+	var n int32
+	if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&n), l.ws.errs, 4, l.stream); err != nil {
+		return 0, err
+	}
+	return int(n), l.stream.Synchronize()
+}
+
+// Stream returns the layer's stream.
+func (l *Layer) Stream() cu.Stream { return l.stream }
+
+// launchAll queues the stages on the stream: prepare (float input), route, permute, GEMM1,
+// activation + requant, GEMM2, reduce. The workspace must hold the batch.
+func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
+	ws := &l.ws
+	f := &l.dev.fn
+	M, K, I, E, topk := int64(b.M), int64(l.K), int64(l.I), int64(l.E), int64(b.TopK)
+	P := int(M * topk)
+	rows, tiles := l.bounds(P)
+	u := func(p cu.DevicePtr) uint64 { return uint64(p) }
+	i := func(v int64) uint64 { return uint64(v) }
+	fl := func(v float32) uint64 { return math.Float64bits(float64(v)) }
+	flag := func(b bool) uint64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	blocks := func(n, per int64) int { return int((n + per - 1) / per) }
+	a1q, a1s := b.A1q, b.A1qScale
+	if err := l.mark(0); err != nil {
+		return err
+	}
+	if b.X != 0 {
+		a1q, a1s = ws.a1q, ws.a1s
+		if err := launch(f.prepare, dim3{blocks(M*K/128, 4), 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+			u(b.X), u(b.TopKWeights), u(a1q), u(a1s), i(M), i(K), i(topk), i(int64(l.cfg.ScaleFormat)), flag(l.cfg.ApplyRouterWeightOnInput)); err != nil {
+			return fmt.Errorf("cudaops: prepare: %w", err)
+		}
+	}
+	if err := l.mark(1); err != nil {
+		return err
+	}
+	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+routeThreads)), l.stream,
+		u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
+		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs)); err != nil {
+		return fmt.Errorf("cudaops: route: %w", err)
+	}
+	if err := launch(f.permute, dim3{rows, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+		u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm)); err != nil {
+		return fmt.Errorf("cudaops: permute: %w", err)
+	}
+	if err := l.mark(2); err != nil {
+		return err
+	}
+	if err := launch(f.gemm, dim3{int(2 * I / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
+		u(l.w13), u(l.s13), u(ws.a1qPerm), u(ws.a1sPerm), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets),
+		u(l.b13), u(ws.h), i(2*I), i(K)); err != nil {
+		return fmt.Errorf("cudaops: GEMM1: %w", err)
+	}
+	if err := l.mark(3); err != nil {
+		return err
+	}
+	// GEMM1 added its bias in its epilogue; the activation kernel gets none.
+	limit, clamp := l.cfg.Limit()
+	if err := launch(f.actQuant, dim3{blocks(int64(rows)*I/128, 4), 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+		u(ws.h), u(ws.expertIDs), u(ws.offsets), 0, u(ws.a2q), u(ws.a2s), i(E), i(I),
+		i(int64(l.cfg.Activation)), flag(clamp), fl(limit), fl(l.cfg.Alpha), fl(l.cfg.Beta), i(int64(l.cfg.ScaleFormat))); err != nil {
+		return fmt.Errorf("cudaops: activation: %w", err)
+	}
+	if err := l.mark(4); err != nil {
+		return err
+	}
+	if err := launch(f.gemm, dim3{int(K / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
+		u(l.w2), u(l.s2), u(ws.a2q), u(ws.a2s), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets),
+		u(l.b2), u(ws.z), i(K), i(I)); err != nil {
+		return fmt.Errorf("cudaops: GEMM2: %w", err)
+	}
+	if err := l.mark(5); err != nil {
+		return err
+	}
+	if err := launch(f.reduce, dim3{int(M) * blocks(K, 512), 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+		u(ws.z), u(ws.invPerm), u(b.TopKWeights), u(out), i(M), i(K), i(topk), flag(l.cfg.ApplyRouterWeightOnInput)); err != nil {
+		return fmt.Errorf("cudaops: reduce: %w", err)
+	}
+	return l.mark(6)
+}
+
+// release frees the layer's device memory and stream.
+func (l *Layer) release() {
+	l.freeWorkspace()
+	if l.weights != 0 {
+		cu.MemFree(l.weights)
+		l.weights = 0
+	}
+	for i := range l.events {
+		cu.DestroyEvent(&l.events[i])
+	}
+	l.stream.Destroy()
+}
+
+// Close frees the layer's device memory.
+func (l *Layer) Close() error {
+	if l.closed {
+		return nil
+	}
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return err
+	}
+	defer unbind()
+	l.stream.Synchronize()
+	l.release()
+	l.closed = true
+	return nil
+}
+
+// Graph is a forward captured into a CUDA graph: one launch replays every stage. It is tied to
+// the workspace it was captured with; capture again after the layer ran a larger batch.
+type Graph struct {
+	l    *Layer
+	exec *graphExec
+	mem  cu.DevicePtr
+}
+
+// Capture records a ForwardDevice of b into out as a graph (nothing runs until Launch).
+func (l *Layer) Capture(out cu.DevicePtr, b DeviceBatch) (*Graph, error) {
+	if b.M < 1 {
+		return nil, &moe.ConfigError{Msg: "capturing an empty batch"}
+	}
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return nil, err
+	}
+	defer unbind()
+	if err := l.ensure(b.M, b.TopK); err != nil {
+		return nil, err
+	}
+	if err := beginCapture(l.stream); err != nil {
+		return nil, err
+	}
+	lerr := l.launchAll(&b, out)
+	exec, err := endCapture(l.stream)
+	if lerr != nil {
+		exec.destroy()
+		return nil, lerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &Graph{l: l, exec: exec, mem: l.ws.mem}, nil
+}
+
+// Launch replays the captured forward on the layer's stream.
+func (g *Graph) Launch() error {
+	if g.exec == nil || g.l.closed || g.l.ws.mem != g.mem {
+		return fmt.Errorf("cudaops: graph is closed or its layer's workspace changed; capture again")
+	}
+	unbind, err := g.l.dev.bind()
+	if err != nil {
+		return err
+	}
+	defer unbind()
+	return g.exec.launch(g.l.stream)
+}
+
+// Close destroys the graph.
+func (g *Graph) Close() error {
+	unbind, err := g.l.dev.bind()
+	if err != nil {
+		return err
+	}
+	defer unbind()
+	err = g.exec.destroy()
+	g.exec = nil
+	return err
+}

@@ -1,0 +1,213 @@
+//go:build cudaops
+
+package cudaops
+
+import (
+	"math"
+	"testing"
+	"unsafe"
+
+	"github.com/fp4moe/fp4moe/conformance"
+	"github.com/fp4moe/fp4moe/moe"
+	"github.com/fp4moe/fp4moe/native"
+	"gorgonia.org/cu"
+)
+
+func TestConformance(t *testing.T) { conformance.TestBackend(t, Backend{}) }
+
+func mustLayer(t *testing.T, w *moe.Weights, cfg moe.Config) *Layer {
+	t.Helper()
+	l, err := NewLayer(w, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func forward(t *testing.T, l moe.Layer, b *moe.Batch, k int) []float32 {
+	t.Helper()
+	out := make([]float32, b.M*k)
+	if err := l.Forward(out, b); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestAgainstNative compares larger random calls with the native backend.
+func TestAgainstNative(t *testing.T) {
+	specs := []conformance.Spec{
+		{M: 200, K: 1024, I: 512, E: 16, TopK: 4, Activation: moe.SwiGLUOAI, Clamp: true, Limit: 7, Bias: true, HStd: 3, Seed: 1},
+		{M: 1, K: 2944, I: 2944, E: 8, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, HStd: 2, Seed: 2},
+		{M: 64, K: 512, I: 256, E: 40, TopK: 8, GlobalExperts: 64, NegIDs: 0.2, Dup: true, ScaleFormat: moe.Float32, Seed: 3},
+	}
+	for _, s := range specs {
+		c := conformance.Generate(s)
+		l := mustLayer(t, &c.Weights, c.Config)
+		nl, err := native.NewLayer(&c.Weights, c.Config, native.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, want := forward(t, l, &c.Batch, s.K), forward(t, nl, &c.Batch, s.K)
+		nl.Close()
+		e := conformance.RelL2(got, want)
+		t.Logf("M=%d K=%d I=%d E=%d top%d: rel L2 against native %.2e, against float64 %.2e", s.M, s.K, s.I, s.E, s.TopK, e, conformance.RelL2(got, c.Expected))
+		if e > 1e-3 || conformance.RelL2(got, c.Expected) > 1e-3 {
+			t.Fatalf("rel L2 %.3e against native", e)
+		}
+	}
+}
+
+// TestPoisonedWorkspace fills the whole workspace with 0xFF bytes (FP8 and float32 NaN) before
+// a forward: the output must be bitwise the clean run's.
+func TestPoisonedWorkspace(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 77, K: 512, I: 256, E: 8, TopK: 3, Bias: true, Activation: moe.SwiGLUOAI, Seed: 4})
+	l := mustLayer(t, &c.Weights, c.Config)
+	clean := forward(t, l, &c.Batch, c.Weights.K)
+	for run := range 3 {
+		unbind, err := l.dev.bind()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cu.MemsetD8(l.ws.mem, 0xFF, l.ws.size); err != nil {
+			t.Fatal(err)
+		}
+		unbind()
+		b := c.Batch
+		if run == 1 {
+			b.X = c.X // the float32 path too
+		}
+		got := forward(t, l, &b, c.Weights.K)
+		for i := range got {
+			if math.Float32bits(got[i]) != math.Float32bits(clean[i]) {
+				t.Fatalf("run %d: output[%d] = %v after poisoning, %v clean", run, i, got[i], clean[i])
+			}
+		}
+	}
+}
+
+// TestMemoryStable runs 1000 forwards of varying size and checks that device memory stays put.
+func TestMemoryStable(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 64, K: 256, I: 256, E: 8, TopK: 2, Seed: 5})
+	l := mustLayer(t, &c.Weights, c.Config)
+	out := make([]float32, 64*256)
+	// The first forward has the largest batch, so the workspace has its final size after it.
+	if err := l.Forward(out, &c.Batch); err != nil {
+		t.Fatal(err)
+	}
+	free0, _, _ := memInfo(t, l)
+	for i := range 1000 {
+		m := 1 + (i*37)%64
+		if err := l.Forward(out[:m*256], c.Batch.Slice(256, 0, m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	free1, _, _ := memInfo(t, l)
+	if free1 != free0 {
+		t.Fatalf("free device memory went from %d to %d bytes over 1000 forwards", free0, free1)
+	}
+}
+
+func memInfo(t *testing.T, l *Layer) (int64, int64, error) {
+	unbind, err := l.dev.bind()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unbind()
+	return cu.MemInfo()
+}
+
+// TestDeviceForwardAndGraph runs the device-resident path directly and as a replayed CUDA
+// graph, and checks both against the host path; an invalid id is skipped and counted.
+func TestDeviceForwardAndGraph(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 19, K: 256, I: 128, E: 6, TopK: 2, Bias: true, Seed: 6})
+	l := mustLayer(t, &c.Weights, c.Config)
+	K := c.Weights.K
+	want := forward(t, l, &c.Batch, K)
+	unbind, err := l.dev.bind()
+	if err != nil {
+		t.Fatal(err)
+	}
+	alloc := func(p unsafe.Pointer, n int) cu.DevicePtr {
+		d, err := cu.MemAlloc(int64(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p != nil {
+			if err := cu.MemcpyHtoD(d, p, int64(n)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Cleanup(func() { cu.MemFree(d) })
+		return d
+	}
+	b := c.Batch
+	db := DeviceBatch{M: b.M, TopK: b.TopK,
+		A1q: alloc(unsafe.Pointer(&b.A1q[0]), len(b.A1q)), A1qScale: alloc(unsafe.Pointer(&b.A1qScale[0]), 4*len(b.A1qScale)),
+		TopKIDs: alloc(unsafe.Pointer(&b.TopKIDs[0]), 4*len(b.TopKIDs)), TopKWeights: alloc(unsafe.Pointer(&b.TopKWeights[0]), 4*len(b.TopKWeights))}
+	out := alloc(nil, 4*b.M*K)
+	unbind()
+	read := func() []float32 {
+		unbind, _ := l.dev.bind()
+		defer unbind()
+		if err := l.stream.Synchronize(); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]float32, b.M*K)
+		if err := cu.MemcpyDtoH(unsafe.Pointer(&got[0]), out, int64(4*len(got))); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	same := func(what string, got []float32) {
+		for i := range got {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+				t.Fatalf("%s: output[%d] = %v, host path %v", what, i, got[i], want[i])
+			}
+		}
+	}
+	if err := l.ForwardDevice(out, db); err != nil {
+		t.Fatal(err)
+	}
+	same("ForwardDevice", read())
+	g, err := l.Capture(out, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	unbind, _ = l.dev.bind()
+	cu.MemsetD8(out, 0xFF, int64(4*b.M*K))
+	unbind()
+	for range 3 {
+		if err := g.Launch(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	same("graph replay", read())
+	if n, err := l.DeviceErrors(); err != nil || n != 0 {
+		t.Fatalf("DeviceErrors = %d, %v", n, err)
+	}
+	// An id out of range on the device: skipped and counted.
+	bad := append([]int32(nil), b.TopKIDs...)
+	bad[3] = 99
+	unbind, _ = l.dev.bind()
+	cu.MemcpyHtoD(db.TopKIDs, unsafe.Pointer(&bad[0]), int64(4*len(bad)))
+	unbind()
+	if err := l.ForwardDevice(out, db); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := l.DeviceErrors(); err != nil || n != 1 {
+		t.Fatalf("DeviceErrors = %d, %v; want 1", n, err)
+	}
+}
+
+func TestOpen(t *testing.T) {
+	d, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("device %s, compute capability %d.%d, %d SMs, kernels %s", d.Name, d.Major, d.Minor, d.SMs, d.Fatbin)
+	if d.Major != 9 {
+		t.Fatalf("compute capability %d.%d, expected a Hopper GPU (9.x)", d.Major, d.Minor)
+	}
+}
