@@ -5,6 +5,7 @@
 //
 //	fp4moe check [--backend native|cuda] [--threads N] [--block-m N] FILE...
 //	fp4moe quantize [--layout openai|huggingface|fp4moe] IN.safetensors OUT.safetensors
+//	fp4moe bench [--shapes ...] [--m ...] [--routing uniform,zipf] [--csv FILE]
 //
 // check runs every fp4moe-case/1 file on the backend and prints one line per case: its name,
 // the relative L2 error against the file's float32-precision reference ("expected") and against
@@ -22,6 +23,10 @@
 // in this project's packed layout (w13, w13_scale, w2, w2_scale), with a progress bar; every
 // other tensor is copied. It reads one expert at a time. Exit status 0, or 2 with a one-line
 // error.
+//
+// bench (builds with -tags cudaops) times the CUDA backend on GPT-OSS-120B, DeepSeek-V3 and
+// Qwen3-30B-A3B expert shapes with CUDA-graph replay and prints and writes (CSV) per-call
+// medians with the weight floor of the same run; docs/perf.md records its runs.
 package main
 
 import (
@@ -39,10 +44,12 @@ import (
 
 const usage = `usage: fp4moe check [--backend native|cuda] [--threads N] [--block-m N] FILE...
        fp4moe quantize [--layout openai|huggingface|fp4moe] IN.safetensors OUT.safetensors
+       fp4moe bench [--shapes ...] [--m ...] [--routing uniform,zipf] [--csv FILE]   (tag cudaops)
 
 commands:
   check      run fp4moe-case/1 and fp4moe-quant/1 files and report PASS or FAIL
   quantize   convert float32/bf16 expert weights to MXFP4
+  bench      time the CUDA backend on real model shapes (builds with -tags cudaops)
 `
 
 func main() {
@@ -59,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return check(args[1:], stdout, stderr)
 	case "quantize":
 		return quantize(args[1:], stdout, stderr)
+	case "bench":
+		return bench(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -1,0 +1,260 @@
+//go:build cudaops
+
+package main
+
+import (
+	"encoding/csv"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fp4moe/fp4moe/cudaops"
+	"github.com/fp4moe/fp4moe/moe"
+)
+
+// benchShape is an expert layer of a real model (K and I padded to multiples of 128).
+type benchShape struct {
+	name       string
+	k, i, e, n int
+}
+
+var benchShapes = []benchShape{
+	{"gptoss120b", 2944, 2944, 128, 4},
+	{"deepseekv3", 7168, 2048, 256, 8},
+	{"qwen3-30b-a3b", 2048, 768, 128, 8},
+}
+
+const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
+                    [--routing uniform,zipf] [--csv FILE] [--min-time 300ms] [--seed 1]
+
+Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
+batches with different routings so that small batches read their weights from memory, not L2.
+Per row: median µs, weight bytes of the touched experts, achieved GB/s and TFLOP/s
+(2·M·topk·3·K·I FLOPs), and the weight floor (those bytes over the device-to-device copy
+bandwidth measured in the same run) with the ratio to it.
+`
+
+func bench(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, benchUsage) }
+	shapes := fs.String("shapes", "gptoss120b,deepseekv3,qwen3-30b-a3b", "shapes to run")
+	ms := fs.String("m", "1,8,64,512,4096,16384", "token counts")
+	routings := fs.String("routing", "uniform,zipf", "routings: uniform, zipf")
+	csvPath := fs.String("csv", "", "write the rows as CSV to this file")
+	minTime := fs.Duration("min-time", 300*time.Millisecond, "time spent timing each row, at least")
+	seed := fs.Uint64("seed", 1, "seed of weights, inputs and routing")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	d, err := cudaops.Open()
+	if err != nil {
+		fmt.Fprintf(stderr, "fp4moe bench: %v\n", err)
+		return 2
+	}
+	copyBW, err := cudaops.MeasureCopy(2<<30, 10)
+	if err != nil {
+		fmt.Fprintf(stderr, "fp4moe bench: measuring copy bandwidth: %v\n", err)
+		return 2
+	}
+	fmt.Fprintf(stdout, "device %s (%d SMs), kernels %s; device-to-device copy %.0f GB/s (read + write)\n", d.Name, d.SMs, d.Fatbin, copyBW/1e9)
+	var w *csv.Writer
+	if *csvPath != "" {
+		f, err := os.Create(*csvPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "fp4moe bench: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		w = csv.NewWriter(f)
+		defer w.Flush()
+		w.Write([]string{"device", "date", "shape", "K", "I", "E", "topk", "routing", "M", "experts_touched", "weight_bytes",
+			"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches"})
+	}
+	fmt.Fprintf(stdout, "%-14s %-8s %6s %5s %9s %11s %9s %8s %9s %7s\n", "shape", "routing", "M", "exp", "weight MB", "median µs", "GB/s", "TFLOP/s", "floor µs", "×floor")
+	for _, name := range strings.Split(*shapes, ",") {
+		var s *benchShape
+		for i := range benchShapes {
+			if benchShapes[i].name == name {
+				s = &benchShapes[i]
+			}
+		}
+		if s == nil {
+			fmt.Fprintf(stderr, "fp4moe bench: unknown shape %q\n", name)
+			return 2
+		}
+		l, err := cudaops.NewLayer(randomWeights(*s, *seed), moe.GPTOSSConfig())
+		if err != nil {
+			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.name, err)
+			return 2
+		}
+		for _, routing := range strings.Split(*routings, ",") {
+			for _, mstr := range strings.Split(*ms, ",") {
+				m, err := strconv.Atoi(mstr)
+				if err != nil || m < 1 {
+					fmt.Fprintf(stderr, "fp4moe bench: bad M %q\n", mstr)
+					return 2
+				}
+				r, err := benchRow(l, *s, routing, m, *seed, *minTime, copyBW)
+				if err != nil {
+					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.name, routing, m, err)
+					return 2
+				}
+				fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f\n", s.name, routing, m, r.experts,
+					r.bytes/1e6, us(r.median), r.bytes/r.median.Seconds()/1e9, r.flops/r.median.Seconds()/1e12, us(r.floor), r.median.Seconds()/r.floor.Seconds())
+				if w != nil {
+					w.Write([]string{d.Name, time.Now().UTC().Format("2006-01-02"), s.name, itoa(s.k), itoa(s.i), itoa(s.e), itoa(s.n), routing, itoa(m),
+						ff(r.experts), ff(r.bytes), ff(us(r.median)), ff(us(r.p10)), ff(us(r.p90)), ff(r.bytes / r.median.Seconds() / 1e9),
+						ff(r.flops / r.median.Seconds() / 1e12), ff(copyBW / 1e9), ff(us(r.floor)), ff(r.median.Seconds() / r.floor.Seconds()), itoa(r.launches)})
+				}
+			}
+		}
+		l.Close()
+	}
+	return 0
+}
+
+func itoa(v int) string          { return strconv.Itoa(v) }
+func ff(v float64) string        { return strconv.FormatFloat(v, 'g', 6, 64) }
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+type benchResult struct {
+	median, p10, p90, floor time.Duration
+	experts, bytes, flops   float64
+	launches                int
+}
+
+// benchRow times one (shape, routing, M) over rotated batches.
+func benchRow(l *cudaops.Layer, s benchShape, routing string, m int, seed uint64, minTime time.Duration, copyBW float64) (benchResult, error) {
+	rotate := 8
+	if m*s.n >= 4*s.e {
+		rotate = 2 // every expert is touched anyway
+	}
+	perExpert := float64(2*s.i*s.k/2 + 2*s.i*s.k/32 + s.k*s.i/2 + s.k*s.i/32)
+	var res benchResult
+	var graphs []*cudaops.Graph
+	var bufs []*cudaops.DeviceBuffers
+	defer func() {
+		for _, g := range graphs {
+			g.Close()
+		}
+		for _, b := range bufs {
+			b.Free()
+		}
+	}()
+	for r := range rotate {
+		b, touched, err := randomBatch(s, routing, m, seed+uint64(1000*m+r))
+		if err != nil {
+			return res, err
+		}
+		res.experts += float64(touched) / float64(rotate)
+		buf, err := l.Upload(b)
+		if err != nil {
+			return res, err
+		}
+		bufs = append(bufs, buf)
+	}
+	for _, buf := range bufs {
+		g, err := l.Capture(buf.Out, buf.Batch)
+		if err != nil {
+			return res, err
+		}
+		graphs = append(graphs, g)
+	}
+	warm, err := l.TimeGraphs(graphs, len(graphs)) // warm-up
+	if err != nil {
+		return res, err
+	}
+	per := warm[len(warm)-1]
+	n := int(minTime / max(per, time.Microsecond))
+	n = max(10, min(n, 400))
+	ts, err := l.TimeGraphs(graphs, n)
+	if err != nil {
+		return res, err
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+	res.median, res.p10, res.p90, res.launches = ts[len(ts)/2], ts[len(ts)/10], ts[len(ts)*9/10], n
+	res.bytes = res.experts * perExpert
+	res.flops = 2 * float64(m) * float64(s.n) * 3 * float64(s.k) * float64(s.i)
+	res.floor = time.Duration(res.bytes / copyBW * 1e9)
+	return res, nil
+}
+
+// randomWeights draws weights quickly: random E2M1 bytes, scales near 2^-4.
+func randomWeights(s benchShape, seed uint64) *moe.Weights {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	fill := func(n int, scale bool) []uint8 {
+		b := make([]uint8, n)
+		for i := 0; i+8 <= n; i += 8 {
+			v := rng.Uint64()
+			for j := range 8 {
+				x := uint8(v >> (8 * j))
+				if scale {
+					x = 118 + x%8
+				}
+				b[i+j] = x
+			}
+		}
+		return b
+	}
+	return &moe.Weights{E: s.e, K: s.k, I: s.i,
+		W13: fill(s.e*2*s.i*s.k/2, false), W13Scale: fill(s.e*2*s.i*s.k/32, true),
+		W2: fill(s.e*s.k*s.i/2, false), W2Scale: fill(s.e*s.k*s.i/32, true)}
+}
+
+// randomBatch draws m tokens of FP8 input and a routing: uniform (topk distinct experts) or
+// Zipf (expert popularity ∝ 1/rank^1.2, distinct per token). It returns the experts touched.
+func randomBatch(s benchShape, routing string, m int, seed uint64) (*moe.Batch, int, error) {
+	rng := rand.New(rand.NewPCG(seed, 11))
+	b := &moe.Batch{M: m, TopK: s.n, A1q: make([]uint8, m*s.k), A1qScale: make([]float32, m*s.k/128),
+		TopKIDs: make([]int32, m*s.n), TopKWeights: make([]float32, m*s.n)}
+	for i := range b.A1q {
+		b.A1q[i] = uint8(rng.IntN(0x7F)) | uint8(rng.IntN(2))<<7 // no NaN codes
+	}
+	for i := range b.A1qScale {
+		b.A1qScale[i] = 1.0 / 64
+	}
+	var cdf []float64
+	perm := rng.Perm(s.e)
+	switch routing {
+	case "uniform":
+	case "zipf":
+		sum := 0.0
+		for r := range s.e {
+			sum += 1 / math.Pow(float64(r+1), 1.2)
+			cdf = append(cdf, sum)
+		}
+		for r := range cdf {
+			cdf[r] /= sum
+		}
+	default:
+		return nil, 0, fmt.Errorf("unknown routing %q (want uniform or zipf)", routing)
+	}
+	touched := map[int32]bool{}
+	for t := range m {
+		used := map[int32]bool{}
+		for k := 0; k < s.n; {
+			var e int32
+			if cdf == nil {
+				e = int32(rng.IntN(s.e))
+			} else {
+				e = int32(perm[sort.SearchFloat64s(cdf, rng.Float64())])
+			}
+			if used[e] {
+				continue
+			}
+			used[e], touched[e] = true, true
+			b.TopKIDs[t*s.n+k] = e
+			b.TopKWeights[t*s.n+k] = 1 / float32(s.n)
+			k++
+		}
+	}
+	return b, len(touched), nil
+}

@@ -1,0 +1,203 @@
+//go:build cudaops
+
+package cudaops
+
+import (
+	"fmt"
+	"sort"
+	"time"
+	"unsafe"
+
+	"github.com/fp4moe/fp4moe/moe"
+	"gorgonia.org/cu"
+)
+
+// DeviceBuffers is device memory holding one batch (and room for its output), as Upload makes
+// it. Free releases it.
+type DeviceBuffers struct {
+	Batch DeviceBatch
+	Out   cu.DevicePtr // (M, K) float32
+	mem   cu.DevicePtr
+	dev   *Device
+}
+
+// Upload copies a host batch into new device memory laid out as a DeviceBatch, with an output
+// buffer for a layer of hidden size k.
+func (l *Layer) Upload(b *moe.Batch) (*DeviceBuffers, error) {
+	if err := b.Validate(&moe.Weights{E: l.E, K: l.K, I: l.I}, &l.cfg); err != nil {
+		return nil, err
+	}
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return nil, err
+	}
+	defer unbind()
+	var a arena
+	parts := []struct {
+		p unsafe.Pointer
+		n int
+	}{{ptr(b.X), 4 * len(b.X)}, {ptr(b.A1q), len(b.A1q)}, {ptr(b.A1qScale), 4 * len(b.A1qScale)},
+		{ptr(b.TopKIDs), 4 * len(b.TopKIDs)}, {ptr(b.TopKWeights), 4 * len(b.TopKWeights)}, {nil, 4 * b.M * l.K}}
+	offs := make([]int64, len(parts))
+	for i, p := range parts {
+		offs[i] = a.take(p.n)
+	}
+	mem, err := cu.MemAlloc(max(a.size, 1))
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: allocating %d bytes for a batch: %v", a.size, err)
+	}
+	d := &DeviceBuffers{mem: mem, dev: l.dev}
+	at := make([]cu.DevicePtr, len(parts))
+	for i, p := range parts {
+		if p.n == 0 {
+			continue
+		}
+		at[i] = mem + cu.DevicePtr(offs[i])
+		if p.p != nil {
+			if err := cu.MemcpyHtoD(at[i], p.p, int64(p.n)); err != nil {
+				cu.MemFree(mem)
+				return nil, fmt.Errorf("cudaops: uploading a batch: %v", err)
+			}
+		}
+	}
+	d.Batch = DeviceBatch{M: b.M, TopK: b.TopK, X: at[0], A1q: at[1], A1qScale: at[2], TopKIDs: at[3], TopKWeights: at[4]}
+	d.Out = at[5]
+	return d, nil
+}
+
+func ptr[T any](s []T) unsafe.Pointer {
+	if len(s) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&s[0])
+}
+
+// Download copies n float32 values from device memory.
+func (d *DeviceBuffers) Download(n int) ([]float32, error) {
+	unbind, err := d.dev.bind()
+	if err != nil {
+		return nil, err
+	}
+	defer unbind()
+	out := make([]float32, n)
+	if n > 0 {
+		if err := cu.MemcpyDtoH(unsafe.Pointer(&out[0]), d.Out, int64(4*n)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Free releases the buffers.
+func (d *DeviceBuffers) Free() error {
+	unbind, err := d.dev.bind()
+	if err != nil {
+		return err
+	}
+	defer unbind()
+	return cu.MemFree(d.mem)
+}
+
+// TimeGraphs launches the graphs round-robin, launches times in all, and returns the device
+// time of each launch, measured with events on the layer's stream.
+func (l *Layer) TimeGraphs(gs []*Graph, launches int) ([]time.Duration, error) {
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return nil, err
+	}
+	defer unbind()
+	evs := make([]cu.Event, launches+1)
+	for i := range evs {
+		if evs[i], err = cu.MakeEvent(cu.DefaultEvent); err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		for i := range evs {
+			cu.DestroyEvent(&evs[i])
+		}
+	}()
+	if err := evs[0].Record(l.stream); err != nil {
+		return nil, err
+	}
+	for i := range launches {
+		g := gs[i%len(gs)]
+		if g.l != l || g.exec == nil || g.mem != l.ws.mem {
+			return nil, fmt.Errorf("cudaops: graph %d does not belong to this layer's current workspace", i%len(gs))
+		}
+		if err := g.exec.launch(l.stream); err != nil {
+			return nil, err
+		}
+		if err := evs[i+1].Record(l.stream); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.stream.Synchronize(); err != nil {
+		return nil, err
+	}
+	ts := make([]time.Duration, launches)
+	for i := range ts {
+		ms, err := evs[i].Elapsed(evs[i+1])
+		if err != nil {
+			return nil, err
+		}
+		ts[i] = time.Duration(ms * float64(time.Millisecond))
+	}
+	return ts, nil
+}
+
+// MeasureCopy returns the device-to-device copy bandwidth, bytes read plus bytes written per
+// second, of an n-byte copy: the median of reps copies timed with events.
+func MeasureCopy(n int64, reps int) (float64, error) {
+	d, err := Open()
+	if err != nil {
+		return 0, err
+	}
+	unbind, err := d.bind()
+	if err != nil {
+		return 0, err
+	}
+	defer unbind()
+	src, err := cu.MemAlloc(n)
+	if err != nil {
+		return 0, err
+	}
+	defer cu.MemFree(src)
+	dst, err := cu.MemAlloc(n)
+	if err != nil {
+		return 0, err
+	}
+	defer cu.MemFree(dst)
+	s, err := cu.MakeStream(cu.NonBlocking)
+	if err != nil {
+		return 0, err
+	}
+	defer s.Destroy()
+	if err := cu.MemsetD8Async(src, 0x5A, n, s); err != nil {
+		return 0, err
+	}
+	a, _ := cu.MakeEvent(cu.DefaultEvent)
+	b, _ := cu.MakeEvent(cu.DefaultEvent)
+	defer cu.DestroyEvent(&a)
+	defer cu.DestroyEvent(&b)
+	var ms []float64
+	for i := range reps + 2 {
+		a.Record(s)
+		if err := cu.MemcpyDtoDAsync(dst, src, n, s); err != nil {
+			return 0, err
+		}
+		b.Record(s)
+		if err := s.Synchronize(); err != nil {
+			return 0, err
+		}
+		t, err := a.Elapsed(b)
+		if err != nil {
+			return 0, err
+		}
+		if i >= 2 { // two warm-up copies
+			ms = append(ms, t)
+		}
+	}
+	sort.Float64s(ms)
+	return 2 * float64(n) / (ms[len(ms)/2] / 1e3), nil
+}
