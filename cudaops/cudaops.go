@@ -18,8 +18,29 @@ import "errors"
 // ErrNoCUDA is returned when the package was built without the cuda tag or no GPU is usable.
 var ErrNoCUDA = errors.New("cudaops: CUDA backend not available")
 
-// Backend is the CUDA backend. Its zero value uses device 0.
-type Backend struct{}
+// Backend is the CUDA backend. Its zero value uses device 0 and picks kernels by batch size.
+type Backend struct{ Options Options }
+
+// Options tune the CUDA backend; the zero value picks defaults. No option changes results
+// beyond float32 rounding.
+type Options struct {
+	// GEMM selects the grouped GEMM kernel (default GEMMAuto).
+	GEMM GEMMKernel
+}
+
+// GEMMKernel names a grouped GEMM kernel.
+type GEMMKernel uint8
+
+const (
+	// GEMMAuto picks GEMMDecode when the batch routes at most 8 rows per local expert on
+	// average, else GEMMTiled.
+	GEMMAuto GEMMKernel = iota
+	// GEMMTiled: 64 weight rows by 32 tokens per block.
+	GEMMTiled
+	// GEMMDecode: 16 weight rows per block, K split over 4 warps, weights and tokens streamed
+	// through cp.async rings in shared memory, one 8-token fragment per pass.
+	GEMMDecode
+)
 
 // Name returns "cuda".
 func (Backend) Name() string { return "cuda" }

@@ -36,7 +36,7 @@ type Device struct {
 
 // kernels are the module's functions.
 type kernels struct {
-	prepare, route, permute, gemm, actQuant, reduce cu.Function
+	prepare, route, permute, gemm, gemmDec, actQuant, reduce cu.Function
 }
 
 var open = sync.OnceValues(func() (*Device, error) {
@@ -86,7 +86,7 @@ var open = sync.OnceValues(func() (*Device, error) {
 	}
 	for name, f := range map[string]*cu.Function{
 		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_permute": &d.fn.permute,
-		"moe_gemm": &d.fn.gemm, "moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce,
+		"moe_gemm": &d.fn.gemm, "moe_gemm_dec": &d.fn.gemmDec, "moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce,
 	} {
 		if *f, err = d.mod.Function(name); err != nil {
 			return nil, fmt.Errorf("cudaops: kernel %s: %v", name, err)

@@ -22,13 +22,19 @@ const (
 
 // NewLayer validates the weights and configuration, opens the device, and uploads the weights.
 func (b Backend) NewLayer(w *moe.Weights, cfg moe.Config) (moe.Layer, error) {
-	return NewLayer(w, cfg)
+	l, err := NewLayer(w, cfg)
+	if err != nil {
+		return nil, err
+	}
+	l.opt = b.Options
+	return l, nil
 }
 
 // Layer is the CUDA layer: the expert weights on the device, one stream, and a workspace that
 // grows with the batch and is reused. It is not safe for concurrent use.
 type Layer struct {
 	dev       *Device
+	opt       Options
 	E, K, I   int
 	cfg       moe.Config
 	eg        int
@@ -398,7 +404,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(1); err != nil {
 		return err
 	}
-	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+routeThreads)), l.stream,
+	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)), l.stream,
 		u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs)); err != nil {
 		return fmt.Errorf("cudaops: route: %w", err)
@@ -410,9 +416,15 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(2); err != nil {
 		return err
 	}
-	if err := launch(f.gemm, dim3{int(2 * I / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
-		u(l.w13), u(l.s13), u(ws.a1qPerm), u(ws.a1sPerm), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets),
-		u(l.b13), u(ws.h), i(2*I), i(K)); err != nil {
+	gemm := func(w, sc, x, xs, bias, out cu.DevicePtr, n, kd int64) error {
+		if l.useDecode(P) {
+			return launch(f.gemmDec, dim3{int(n / 16), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
+				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))
+		}
+		return launch(f.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
+			u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))
+	}
+	if err := gemm(l.w13, l.s13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -428,9 +440,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := launch(f.gemm, dim3{int(K / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
-		u(l.w2), u(l.s2), u(ws.a2q), u(ws.a2s), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets),
-		u(l.b2), u(ws.z), i(K), i(I)); err != nil {
+	if err := gemm(l.w2, l.s2, ws.a2q, ws.a2s, l.b2, ws.z, K, I); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {
@@ -441,6 +451,17 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		return fmt.Errorf("cudaops: reduce: %w", err)
 	}
 	return l.mark(6)
+}
+
+// useDecode reports whether a batch of p routed pairs uses the decode-shaped GEMM.
+func (l *Layer) useDecode(p int) bool {
+	switch l.opt.GEMM {
+	case GEMMTiled:
+		return false
+	case GEMMDecode:
+		return true
+	}
+	return p <= 8*l.E
 }
 
 // release frees the layer's device memory and stream.

@@ -13,7 +13,14 @@ import (
 	"gorgonia.org/cu"
 )
 
-func TestConformance(t *testing.T) { conformance.TestBackend(t, Backend{}) }
+func TestConformance(t *testing.T) {
+	for _, k := range []struct {
+		name string
+		g    GEMMKernel
+	}{{"auto", GEMMAuto}, {"tiled", GEMMTiled}, {"decode", GEMMDecode}} {
+		t.Run(k.name, func(t *testing.T) { conformance.TestBackend(t, Backend{Options: Options{GEMM: k.g}}) })
+	}
+}
 
 func mustLayer(t *testing.T, w *moe.Weights, cfg moe.Config) *Layer {
 	t.Helper()

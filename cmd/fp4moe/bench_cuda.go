@@ -51,6 +51,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	csvPath := fs.String("csv", "", "write the rows as CSV to this file")
 	minTime := fs.Duration("min-time", 300*time.Millisecond, "time spent timing each row, at least")
 	seed := fs.Uint64("seed", 1, "seed of weights, inputs and routing")
+	stages := fs.Bool("stages", false, "also print each stage's device time (host-path forward, median of 5)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -109,6 +110,15 @@ func bench(args []string, stdout, stderr io.Writer) int {
 				}
 				fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f\n", s.name, routing, m, r.experts,
 					r.bytes/1e6, us(r.median), r.bytes/r.median.Seconds()/1e9, r.flops/r.median.Seconds()/1e12, us(r.floor), r.median.Seconds()/r.floor.Seconds())
+				if *stages {
+					st, err := stageTimes(l, *s, routing, m, *seed)
+					if err != nil {
+						fmt.Fprintf(stderr, "fp4moe bench: stages: %v\n", err)
+						return 2
+					}
+					fmt.Fprintf(stdout, "    stages µs: permute+route %.1f  GEMM1 %.1f  activation %.1f  GEMM2 %.1f  reduce %.1f  (sum %.1f)\n",
+						us(st.Permute), us(st.GEMM1), us(st.Activation), us(st.GEMM2), us(st.Reduce), us(st.Total()))
+				}
 				if w != nil {
 					w.Write([]string{d.Name, time.Now().UTC().Format("2006-01-02"), s.name, itoa(s.k), itoa(s.i), itoa(s.e), itoa(s.n), routing, itoa(m),
 						ff(r.experts), ff(r.bytes), ff(us(r.median)), ff(us(r.p10)), ff(us(r.p90)), ff(r.bytes / r.median.Seconds() / 1e9),
@@ -257,4 +267,36 @@ func randomBatch(s benchShape, routing string, m int, seed uint64) (*moe.Batch, 
 		}
 	}
 	return b, len(touched), nil
+}
+
+// stageTimes runs the first batch of a row through the host path five times and returns the
+// median device time of each stage.
+func stageTimes(l *cudaops.Layer, s benchShape, routing string, m int, seed uint64) (moe.StageTimes, error) {
+	b, _, err := randomBatch(s, routing, m, seed+uint64(1000*m))
+	if err != nil {
+		return moe.StageTimes{}, err
+	}
+	out := make([]float32, m*s.k)
+	var all []moe.StageTimes
+	for range 5 {
+		if err := l.Forward(out, b); err != nil {
+			return moe.StageTimes{}, err
+		}
+		all = append(all, l.StageTimes())
+	}
+	med := func(f func(moe.StageTimes) time.Duration) time.Duration {
+		v := make([]time.Duration, len(all))
+		for i, st := range all {
+			v[i] = f(st)
+		}
+		sort.Slice(v, func(i, j int) bool { return v[i] < v[j] })
+		return v[len(v)/2]
+	}
+	return moe.StageTimes{
+		Permute:    med(func(s moe.StageTimes) time.Duration { return s.Permute }),
+		GEMM1:      med(func(s moe.StageTimes) time.Duration { return s.GEMM1 }),
+		Activation: med(func(s moe.StageTimes) time.Duration { return s.Activation }),
+		GEMM2:      med(func(s moe.StageTimes) time.Duration { return s.GEMM2 }),
+		Reduce:     med(func(s moe.StageTimes) time.Duration { return s.Reduce }),
+	}, nil
 }

@@ -80,3 +80,131 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
     }
   }
 }
+
+// The streaming variant (decode-shaped batches). A block owns 16 weight rows and one token
+// tile; its STREAM_WARPS warps split K (group q, 128 elements, goes to warp q % STREAM_WARPS)
+// and each walks its groups through a STREAM_STAGES-deep ring in shared memory filled by
+// cp.async copies: the 16 rows' 64 bytes and 4 scales, the 8 tokens' 128 bytes and scales. The
+// warps' partial sums are added in warp order, so results do not depend on timing. A pass
+// computes one 8-token fragment; a tile with more tokens takes more passes (decode tiles hold
+// one or two tokens).
+//
+// Inside each 32-element block the MMA's k order is permuted, identically for weights and
+// tokens (a dot product does not depend on the order of its terms): thread t of a quad feeds
+// logical k 4t..4t+3 with elements 8t..8t+3 and logical k 16+4t..16+4t+3 with elements
+// 8t+4..8t+7. One 4-byte read of a weight row (bytes 4t..4t+3 of the block) and one 8-byte read
+// of a token row (bytes 8t..8t+7) then fill whole fragments.
+#define STREAM_WARPS 4
+#define STREAM_STAGES 4
+#define STREAM_WROW 80   // weight row bytes in the ring: 64 of data, padded for conflict-free reads
+#define STREAM_XROW 160  // token row bytes in the ring: 128 of data, padded likewise
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+struct StreamStage {
+  u8 w[16][STREAM_WROW];  // 16 weight rows × 64 bytes (4 blocks of 32 E2M1 values)
+  u8 x[8][STREAM_XROW];   // 8 token rows × 128 FP8 values
+  u8 s[16][4];            // the rows' 4 E8M0 scales
+  float xs[8];            // the tokens' activation scales of this group
+};
+
+// grid = (N / 16, tile bound), block = 32 * STREAM_WARPS.
+extern "C" __global__ void __launch_bounds__(STREAM_WARPS * 32)
+moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
+             const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
+             const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+  __shared__ __align__(16) StreamStage ring[STREAM_WARPS][STREAM_STAGES];
+  __shared__ float part[STREAM_WARPS][4][32];
+  if ((int)blockIdx.y >= *ntiles) return;
+  const int e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
+  const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const i64 nb = (i64)blockIdx.x * 16;  // the block's first weight row
+  const i64 KB = Kd / MOE_BLOCK, G = Kd / MOE_GROUP;
+  const u8* wrow = W + ((i64)e * N + nb) * (Kd / 2);
+  const u8* srow = Ws + ((i64)e * N + nb) * KB;
+  StreamStage* st = ring[warp];
+  const i64 mine = (G - warp + STREAM_WARPS - 1) / STREAM_WARPS;  // groups of this warp
+  const float b0 = bias ? bias[(i64)e * N + nb + g] : 0.f;
+  const float b1 = bias ? bias[(i64)e * N + nb + g + 8] : 0.f;
+  for (int j = 0; 8 * j < nvalid; j++) {
+    const i64 tok0 = row0 + 8 * j;
+    // Stage i holds this warp's i-th group q = warp + i * STREAM_WARPS.
+    auto issue = [&](i64 i) {
+      StreamStage& d = st[i % STREAM_STAGES];
+      const i64 q = warp + i * STREAM_WARPS;
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int c = lane + 32 * h;
+        cp_async16(&d.w[c >> 2][16 * (c & 3)], wrow + (i64)(c >> 2) * (Kd / 2) + q * 64 + 16 * (c & 3));
+        cp_async16(&d.x[c >> 3][16 * (c & 7)], X + (tok0 + (c >> 3)) * Kd + q * MOE_GROUP + 16 * (c & 7));
+      }
+      if (lane < 16) cp_async4(&d.s[lane][0], srow + (i64)lane * KB + q * 4);
+      else if (lane < 24) cp_async4(&d.xs[lane - 16], Xs + (tok0 + lane - 16) * G + q);
+    };
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < STREAM_STAGES - 1; i++) {
+      if (i < mine) issue(i);
+      cp_async_commit();
+    }
+    for (i64 i = 0; i < mine; i++) {
+      if (i + STREAM_STAGES - 1 < mine) issue(i + STREAM_STAGES - 1);
+      cp_async_commit();
+      cp_async_wait<STREAM_STAGES - 1>();
+      __syncwarp();
+      const StreamStage& d = st[i % STREAM_STAGES];
+      const float xs0 = d.xs[2 * t], xs1 = d.xs[2 * t + 1];
+#pragma unroll
+      for (int b = 0; b < 4; b++) {
+        const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[g][16 * b + 4 * t]);
+        const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[g + 8][16 * b + 4 * t]);
+        const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][32 * b + 8 * t]);
+        const float ws0 = e8m0_to_float(d.s[g][b]), ws1 = e8m0_to_float(d.s[g + 8][b]);
+        const uint32_t a[4] = {e2m1x4_to_e4m3x4(wa & 0xffffu), e2m1x4_to_e4m3x4(wb & 0xffffu),
+                               e2m1x4_to_e4m3x4(wa >> 16), e2m1x4_to_e4m3x4(wb >> 16)};
+        const uint32_t bb[2] = {xv.x, xv.y};
+        float dd[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_e4m3(dd, a, bb);
+        acc[0] += dd[0] * (ws0 * xs0);
+        acc[1] += dd[1] * (ws0 * xs1);
+        acc[2] += dd[2] * (ws1 * xs0);
+        acc[3] += dd[3] * (ws1 * xs1);
+      }
+      __syncwarp();  // every lane is done with this slot before it is refilled
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int c = 0; c < 4; c++) part[warp][c][lane] = acc[c];
+    __syncthreads();
+    if (warp == 0) {
+      float v[4];
+#pragma unroll
+      for (int c = 0; c < 4; c++) {
+        float s = 0.f;
+#pragma unroll
+        for (int w = 0; w < STREAM_WARPS; w++) s += part[w][c][lane];
+        v[c] = s;
+      }
+#pragma unroll
+      for (int c = 0; c < 2; c++) {
+        const int col = 8 * j + 2 * t + c;
+        if (col < nvalid) {
+          out[(i64)(row0 + col) * N + nb + g] = v[c] + b0;
+          out[(i64)(row0 + col) * N + nb + g + 8] = v[2 + c] + b1;
+        }
+      }
+    }
+    __syncthreads();  // part and the ring are reused by the next pass
+  }
+}

@@ -5,21 +5,33 @@
 
 #define ROUTE_THREADS 1024
 
-// Exclusive scan over the block (one value per thread); *total receives the sum.
+// Exclusive scan over the block (one value per thread): a shuffle scan inside each warp, the
+// warps' totals scanned by warp 0. buf holds at least 32 ints; *total receives the sum.
 __device__ __forceinline__ int block_exclusive_scan(int v, int* buf, int* total) {
-  const int tid = threadIdx.x;
-  buf[tid] = v;
-  __syncthreads();
-  for (int off = 1; off < ROUTE_THREADS; off <<= 1) {
-    int add = tid >= off ? buf[tid - off] : 0;
-    __syncthreads();
-    buf[tid] += add;
-    __syncthreads();
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  int incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += n;
   }
-  int incl = buf[tid];
-  *total = buf[ROUTE_THREADS - 1];
+  if (lane == 31) buf[warp] = incl;
   __syncthreads();
-  return incl - v;
+  if (warp == 0) {
+    int w = buf[lane], wincl = w;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int n = __shfl_up_sync(0xffffffffu, wincl, o);
+      if (lane >= o) wincl += n;
+    }
+    buf[lane] = wincl - w;  // exclusive prefix of the warps' totals
+    if (lane == 31) buf[32] = wincl;
+  }
+  __syncthreads();
+  const int res = buf[warp] + incl - v;
+  *total = buf[32];
+  __syncthreads();
+  return res;
 }
 
 // The local expert of pair i, -1 when skipped; an id outside [-1, Eg) counts as an error.
@@ -33,7 +45,7 @@ __device__ __forceinline__ int local_expert(const int* ids, const int* expert_ma
   return expert_map ? expert_map[id] : id;
 }
 
-// One block of ROUTE_THREADS threads; dynamic shared memory (2E + ROUTE_THREADS) ints, E <= 1024.
+// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints, E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number.
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
 moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
@@ -85,7 +97,8 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     const unsigned peers = __match_any_sync(0xffffffffu, le);
     const int rank = __popc(peers & ((1u << lane) - 1u));
     const bool last = (31 - __clz(peers)) == lane;
-    for (int w = 0; w < ROUTE_THREADS / 32; w++) {
+    const int warps = (int)min((i64)ROUTE_THREADS, P - base + 31) / 32;  // warps holding pairs
+    for (int w = 0; w < warps; w++) {
       if (warp == w) {
         const int c = le >= 0 ? scursor[le] : 0;
         __syncwarp();
