@@ -461,7 +461,7 @@ func (l *Layer) useDecode(p int) bool {
 	case GEMMDecode:
 		return true
 	}
-	return p <= 8*l.E
+	return p <= 16*l.E
 }
 
 // release frees the layer's device memory and stream.

@@ -52,7 +52,13 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	minTime := fs.Duration("min-time", 300*time.Millisecond, "time spent timing each row, at least")
 	seed := fs.Uint64("seed", 1, "seed of weights, inputs and routing")
 	stages := fs.Bool("stages", false, "also print each stage's device time (host-path forward, median of 5)")
+	gemmName := fs.String("gemm", "auto", "grouped GEMM kernel: auto, tiled or decode")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	kernel, ok := map[string]cudaops.GEMMKernel{"auto": cudaops.GEMMAuto, "tiled": cudaops.GEMMTiled, "decode": cudaops.GEMMDecode}[*gemmName]
+	if !ok {
+		fmt.Fprintf(stderr, "fp4moe bench: unknown GEMM kernel %q\n", *gemmName)
 		return 2
 	}
 	d, err := cudaops.Open()
@@ -65,7 +71,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fp4moe bench: measuring copy bandwidth: %v\n", err)
 		return 2
 	}
-	fmt.Fprintf(stdout, "device %s (%d SMs), kernels %s; device-to-device copy %.0f GB/s (read + write)\n", d.Name, d.SMs, d.Fatbin, copyBW/1e9)
+	fmt.Fprintf(stdout, "device %s (%d SMs), kernels %s, GEMM %s; device-to-device copy %.0f GB/s (read + write)\n", d.Name, d.SMs, d.Fatbin, *gemmName, copyBW/1e9)
 	var w *csv.Writer
 	if *csvPath != "" {
 		f, err := os.Create(*csvPath)
@@ -91,11 +97,12 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fp4moe bench: unknown shape %q\n", name)
 			return 2
 		}
-		l, err := cudaops.NewLayer(randomWeights(*s, *seed), moe.GPTOSSConfig())
+		ml, err := cudaops.Backend{Options: cudaops.Options{GEMM: kernel}}.NewLayer(randomWeights(*s, *seed), moe.GPTOSSConfig())
 		if err != nil {
 			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.name, err)
 			return 2
 		}
+		l := ml.(*cudaops.Layer)
 		for _, routing := range strings.Split(*routings, ",") {
 			for _, mstr := range strings.Split(*ms, ",") {
 				m, err := strconv.Atoi(mstr)
