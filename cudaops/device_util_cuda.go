@@ -98,15 +98,16 @@ func (d *DeviceBuffers) Free() error {
 	return cu.MemFree(d.mem)
 }
 
-// TimeGraphs launches the graphs round-robin, launches times in all, and returns the device
-// time of each launch, measured with events on the layer's stream.
-func (l *Layer) TimeGraphs(gs []*Graph, launches int) ([]time.Duration, error) {
+// TimeGraphs measures the graphs' device time per launch: rounds rounds of per launches each
+// (round-robin over gs), with events only around each round, so the GPU runs a round back to
+// back whatever the cost of submitting a launch; it returns each round's mean per launch.
+func (l *Layer) TimeGraphs(gs []*Graph, rounds, per int) ([]time.Duration, error) {
 	unbind, err := l.dev.bind()
 	if err != nil {
 		return nil, err
 	}
 	defer unbind()
-	evs := make([]cu.Event, launches+1)
+	evs := make([]cu.Event, rounds+1)
 	for i := range evs {
 		if evs[i], err = cu.MakeEvent(cu.DefaultEvent); err != nil {
 			return nil, err
@@ -120,28 +121,32 @@ func (l *Layer) TimeGraphs(gs []*Graph, launches int) ([]time.Duration, error) {
 	if err := evs[0].Record(l.stream); err != nil {
 		return nil, err
 	}
-	for i := range launches {
-		g := gs[i%len(gs)]
-		if g.l != l || g.exec == nil || g.mem != l.ws.mem {
-			return nil, fmt.Errorf("cudaops: graph %d does not belong to this layer's current workspace", i%len(gs))
+	n := 0
+	for r := range rounds {
+		for range per {
+			g := gs[n%len(gs)]
+			n++
+			if g.l != l || g.exec == nil || g.mem != l.ws.mem {
+				return nil, fmt.Errorf("cudaops: a graph does not belong to this layer's current workspace")
+			}
+			if err := g.exec.launch(l.stream); err != nil {
+				return nil, err
+			}
 		}
-		if err := g.exec.launch(l.stream); err != nil {
-			return nil, err
-		}
-		if err := evs[i+1].Record(l.stream); err != nil {
+		if err := evs[r+1].Record(l.stream); err != nil {
 			return nil, err
 		}
 	}
 	if err := l.stream.Synchronize(); err != nil {
 		return nil, err
 	}
-	ts := make([]time.Duration, launches)
+	ts := make([]time.Duration, rounds)
 	for i := range ts {
 		ms, err := evs[i].Elapsed(evs[i+1])
 		if err != nil {
 			return nil, err
 		}
-		ts[i] = time.Duration(ms * float64(time.Millisecond))
+		ts[i] = time.Duration(ms * float64(time.Millisecond) / float64(per))
 	}
 	return ts, nil
 }

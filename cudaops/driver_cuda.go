@@ -24,6 +24,11 @@ static CUresult fp4_set_max_dynamic_smem(CUfunction f, int bytes) {
 	return cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
 }
 
+// Prefer the largest shared-memory carveout of the unified L1/shared memory for f.
+static CUresult fp4_prefer_shared(CUfunction f) {
+	return cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100);
+}
+
 static CUresult fp4_host_alloc(void** p, size_t n) { return cuMemHostAlloc(p, n, 0); }
 static CUresult fp4_host_free(void* p) { return cuMemFreeHost(p); }
 
@@ -101,6 +106,12 @@ func launch(f cu.Function, grid, block dim3, smem int, s cu.Stream, args ...uint
 // setMaxDynamicSmem raises f's dynamic shared memory limit (above 48 KB needs it).
 func setMaxDynamicSmem(f cu.Function, bytes int) error {
 	return check("cuFuncSetAttribute", C.fp4_set_max_dynamic_smem(raw[C.CUfunction](f), C.int(bytes)))
+}
+
+// preferShared asks the driver to give f the largest shared-memory carveout, so that as many
+// blocks as its shared memory allows are resident on a multiprocessor.
+func preferShared(f cu.Function) error {
+	return check("cuFuncSetAttribute", C.fp4_prefer_shared(raw[C.CUfunction](f)))
 }
 
 // pinned is page-locked host memory, which asynchronous copies need to be asynchronous (and

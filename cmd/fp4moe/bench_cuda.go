@@ -32,10 +32,13 @@ var benchShapes = []benchShape{
 }
 
 const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
-                    [--routing uniform,zipf] [--csv FILE] [--min-time 300ms] [--seed 1]
+                    [--routing uniform,zipf] [--gemm auto|tiled|decode] [--stages] [--csv FILE]
+                    [--min-time 300ms] [--seed 1]
 
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
 batches with different routings so that small batches read their weights from memory, not L2.
+Replays run back to back in rounds (one per rotated batch) with events around each round only;
+the median is over rounds of the mean per call.
 Per row: median µs, weight bytes of the touched experts, achieved GB/s and TFLOP/s
 (2·M·topk·3·K·I FLOPs), and the weight floor (those bytes over the device-to-device copy
 bandwidth measured in the same run) with the ratio to it.
@@ -185,19 +188,20 @@ func benchRow(l *cudaops.Layer, s benchShape, routing string, m int, seed uint64
 		}
 		graphs = append(graphs, g)
 	}
-	warm, err := l.TimeGraphs(graphs, len(graphs)) // warm-up
+	// Rounds of len(graphs) back-to-back replays, timed with events around each round only.
+	warm, err := l.TimeGraphs(graphs, 2, len(graphs)) // warm-up
 	if err != nil {
 		return res, err
 	}
-	per := warm[len(warm)-1]
+	per := warm[len(warm)-1] * time.Duration(len(graphs))
 	n := int(minTime / max(per, time.Microsecond))
-	n = max(10, min(n, 400))
-	ts, err := l.TimeGraphs(graphs, n)
+	n = max(10, min(n, 200))
+	ts, err := l.TimeGraphs(graphs, n, len(graphs))
 	if err != nil {
 		return res, err
 	}
 	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
-	res.median, res.p10, res.p90, res.launches = ts[len(ts)/2], ts[len(ts)/10], ts[len(ts)*9/10], n
+	res.median, res.p10, res.p90, res.launches = ts[len(ts)/2], ts[len(ts)/10], ts[len(ts)*9/10], n*len(graphs)
 	res.bytes = res.experts * perExpert
 	res.flops = 2 * float64(m) * float64(s.n) * 3 * float64(s.k) * float64(s.i)
 	res.floor = time.Duration(res.bytes / copyBW * 1e9)

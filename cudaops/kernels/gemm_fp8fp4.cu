@@ -139,6 +139,7 @@ moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   const float b1 = bias ? bias[(i64)e * N + nb + g + 8] : 0.f;
   for (int j = 0; 8 * j < nvalid; j++) {
     const i64 tok0 = row0 + 8 * j;
+    const int live = min(8, nvalid - 8 * j);  // real tokens in this fragment
     // Stage i holds this warp's i-th group q = warp + i * STREAM_WARPS.
     auto issue = [&](i64 i) {
       StreamStage& d = st[i % STREAM_STAGES];
@@ -147,10 +148,12 @@ moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
       for (int h = 0; h < 2; h++) {
         const int c = lane + 32 * h;
         cp_async16(&d.w[c >> 2][16 * (c & 3)], wrow + (i64)(c >> 2) * (Kd / 2) + q * 64 + 16 * (c & 3));
-        cp_async16(&d.x[c >> 3][16 * (c & 7)], X + (tok0 + (c >> 3)) * Kd + q * MOE_GROUP + 16 * (c & 7));
+        // Only the fragment's real tokens are copied: the other columns of the MMA are never
+        // stored, so whatever the ring holds there cannot reach a result.
+        if ((c >> 3) < live) cp_async16(&d.x[c >> 3][16 * (c & 7)], X + (tok0 + (c >> 3)) * Kd + q * MOE_GROUP + 16 * (c & 7));
       }
       if (lane < 16) cp_async4(&d.s[lane][0], srow + (i64)lane * KB + q * 4);
-      else if (lane < 24) cp_async4(&d.xs[lane - 16], Xs + (tok0 + lane - 16) * G + q);
+      else if (lane - 16 < live) cp_async4(&d.xs[lane - 16], Xs + (tok0 + lane - 16) * G + q);
     };
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
