@@ -2,6 +2,11 @@
 // the build tag cudaops over gorgonia.org/cu. Without the tag, or on a machine without a usable
 // GPU, its Backend returns errors wrapping ErrNoCUDA and callers fall back to package native.
 //
+// A Layer keeps the expert weights on the device and runs the five stages as kernels on its own
+// stream: Forward takes host slices (validated on the host, staged through pinned memory),
+// ForwardDevice device pointers (queued without synchronising), and Capture records a forward
+// as a CUDA graph. docs/design.md describes the kernels; docs/perf.md their measured speed.
+//
 // The tag is not "cuda": that tag also switches on Gorgonia's own CUDA path (gorgonia.org/cu/dnn,
 // which needs cuDNN 7/8 headers and libraries, and a managed-memory arena per tape machine), and
 // every graph program that links this backend links Gorgonia, so the two must not share a tag.
@@ -15,7 +20,7 @@ package cudaops
 
 import "errors"
 
-// ErrNoCUDA is returned when the package was built without the cuda tag or no GPU is usable.
+// ErrNoCUDA is returned when the package was built without the cudaops tag or no GPU is usable.
 var ErrNoCUDA = errors.New("cudaops: CUDA backend not available")
 
 // Backend is the CUDA backend. Its zero value uses device 0 and picks kernels by batch size.
