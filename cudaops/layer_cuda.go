@@ -102,37 +102,26 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 	}
 	at := func(off int64) cu.DevicePtr { return l.weights + cu.DevicePtr(off) }
 	l.w13, l.s13, l.w2, l.s2 = at(o13), at(os13), at(o2), at(os2)
-	uploads := []struct {
+	type upload struct {
 		dst cu.DevicePtr
 		src unsafe.Pointer
 		n   int
-	}{
-		{l.w13, unsafe.Pointer(&w.W13[0]), len(w.W13)}, {l.s13, unsafe.Pointer(&w.W13Scale[0]), len(w.W13Scale)},
-		{l.w2, unsafe.Pointer(&w.W2[0]), len(w.W2)}, {l.s2, unsafe.Pointer(&w.W2Scale[0]), len(w.W2Scale)},
+	}
+	uploads := []upload{
+		{l.w13, ptr(w.W13), len(w.W13)}, {l.s13, ptr(w.W13Scale), len(w.W13Scale)},
+		{l.w2, ptr(w.W2), len(w.W2)}, {l.s2, ptr(w.W2Scale), len(w.W2Scale)},
 	}
 	if ob13 >= 0 {
 		l.b13 = at(ob13)
-		uploads = append(uploads, struct {
-			dst cu.DevicePtr
-			src unsafe.Pointer
-			n   int
-		}{l.b13, unsafe.Pointer(&w.W13Bias[0]), 4 * len(w.W13Bias)})
+		uploads = append(uploads, upload{l.b13, ptr(w.W13Bias), 4 * len(w.W13Bias)})
 	}
 	if ob2 >= 0 {
 		l.b2 = at(ob2)
-		uploads = append(uploads, struct {
-			dst cu.DevicePtr
-			src unsafe.Pointer
-			n   int
-		}{l.b2, unsafe.Pointer(&w.W2Bias[0]), 4 * len(w.W2Bias)})
+		uploads = append(uploads, upload{l.b2, ptr(w.W2Bias), 4 * len(w.W2Bias)})
 	}
 	if omap >= 0 {
 		l.expertMap = at(omap)
-		uploads = append(uploads, struct {
-			dst cu.DevicePtr
-			src unsafe.Pointer
-			n   int
-		}{l.expertMap, unsafe.Pointer(&cfg.ExpertMap[0]), 4 * len(cfg.ExpertMap)})
+		uploads = append(uploads, upload{l.expertMap, ptr(cfg.ExpertMap), 4 * len(cfg.ExpertMap)})
 	}
 	for _, u := range uploads {
 		if err := cu.MemcpyHtoD(u.dst, u.src, int64(u.n)); err != nil {
