@@ -40,15 +40,7 @@ func Convert(w io.Writer, f *safetensors.File, to Layout, progress func(done, to
 			}
 		}
 	}
-	type job struct {
-		src        *safetensors.Info
-		quantize   bool // the blocks of an expert weight, else a copy
-		transposed bool // Hugging Face float weights are (E, in, out)
-		scales     bool // the scales of the expert weight quantized just before
-	}
-	var out []safetensors.Entry
-	var jobs []job
-	total := 0
+	var outs []Output
 	for _, name := range f.Names() {
 		t := f.Info(name)
 		n, which, transposed := -1, 0, false
@@ -64,45 +56,78 @@ func Convert(w io.Writer, f *safetensors.File, to Layout, progress func(done, to
 			if r, ok := rename[name]; ok {
 				newName = r
 			}
-			out = append(out, safetensors.Entry{Name: newName, DType: t.DType, Shape: t.Shape})
-			jobs = append(jobs, job{src: t})
+			outs = append(outs, Output{Name: newName, Src: t})
+			continue
+		}
+		nm := to.Names(n)
+		o := Output{Name: nm.W1Blocks, ScalesName: nm.W1Scales, Src: t, Quantize: true, Transposed: transposed, Blocks: true}
+		if which == 2 {
+			o.Name, o.ScalesName = nm.W2Blocks, nm.W2Scales
+		}
+		outs = append(outs, o)
+	}
+	return WriteOutputs(w, f, outs, map[string]string{"format": "pt"}, progress)
+}
+
+// Output is one tensor of a file written by WriteOutputs: a copy of Src named Name, or, with
+// Quantize, Src's rows quantized to MXFP4: the codes named Name, shaped (E, rows, cols/32, 16)
+// with Blocks (the checkpoint layout) or (E, rows, cols/2) without (the packed layout), then the
+// E8M0 scales (E, rows, cols/32) named ScalesName. Transposed marks a weight stored
+// (E, cols, rows).
+type Output struct {
+	Name, ScalesName     string
+	Src                  *safetensors.Info
+	Quantize, Transposed bool
+	Blocks               bool
+}
+
+// WriteOutputs writes the outputs as a safetensors file, reading f one tensor (one expert, for
+// the weights it quantizes) at a time. Every output is checked before anything is written;
+// progress, if not nil, gets the rows quantized so far and their total.
+func WriteOutputs(w io.Writer, f *safetensors.File, outs []Output, metadata map[string]string, progress func(done, total int)) error {
+	var entries []safetensors.Entry
+	var from []int // the output behind each entry
+	total := 0
+	for k, o := range outs {
+		t := o.Src
+		if !o.Quantize {
+			entries, from = append(entries, safetensors.Entry{Name: o.Name, DType: t.DType, Shape: t.Shape}), append(from, k)
 			continue
 		}
 		if len(t.Shape) != 3 || (t.DType != safetensors.BF16 && t.DType != safetensors.F32) {
-			return fmt.Errorf("%w: expert weight %q is %s %v, expected BF16 or F32 (experts, rows, columns)", ErrFormat, name, t.DType, t.Shape)
+			return fmt.Errorf("%w: expert weight %q is %s %v, expected BF16 or F32 (experts, rows, columns)", ErrFormat, t.Name, t.DType, t.Shape)
 		}
 		E, R, C := t.Shape[0], t.Shape[1], t.Shape[2]
-		if transposed {
+		if o.Transposed {
 			R, C = C, R
 		}
 		if C%moe.WeightBlock != 0 {
-			return fmt.Errorf("%w: expert weight %q has rows of %d values, not a multiple of 32", ErrFormat, name, C)
+			return fmt.Errorf("%w: expert weight %q has rows of %d values, not a multiple of 32", ErrFormat, t.Name, C)
 		}
-		nm := to.Names(n)
-		blocks, scales := nm.W1Blocks, nm.W1Scales
-		if which == 2 {
-			blocks, scales = nm.W2Blocks, nm.W2Scales
+		codes := []int{E, R, C / 2}
+		if o.Blocks {
+			codes = []int{E, R, C / moe.WeightBlock, 16}
 		}
-		out = append(out,
-			safetensors.Entry{Name: blocks, DType: safetensors.U8, Shape: []int{E, R, C / moe.WeightBlock, 16}},
-			safetensors.Entry{Name: scales, DType: safetensors.U8, Shape: []int{E, R, C / moe.WeightBlock}})
-		jobs = append(jobs, job{src: t, quantize: true, transposed: transposed}, job{src: t, scales: true})
+		entries = append(entries,
+			safetensors.Entry{Name: o.Name, DType: safetensors.U8, Shape: codes},
+			safetensors.Entry{Name: o.ScalesName, DType: safetensors.U8, Shape: []int{E, R, C / moe.WeightBlock}})
+		from = append(from, k, k)
 		total += E * R
 	}
 	done := 0
 	var pendingScales []byte
-	return safetensors.WriteFunc(w, out, map[string]string{"format": "pt"}, func(i int) ([]byte, error) {
-		j := jobs[i]
+	return safetensors.WriteFunc(w, entries, metadata, func(i int) ([]byte, error) {
+		o := outs[from[i]]
 		switch {
-		case j.scales:
+		case !o.Quantize:
+			b := make([]byte, o.Src.End-o.Src.Begin)
+			return b, f.ReadInto(o.Src, b)
+		case i > 0 && from[i-1] == from[i]: // the scales of the weight quantized just before
 			s := pendingScales
 			pendingScales = nil
 			return s, nil
-		case !j.quantize:
-			b := make([]byte, j.src.End-j.src.Begin)
-			return b, f.ReadInto(j.src, b)
 		}
-		blocks, scales, err := QuantizeTensor(f, j.src, j.transposed, func(rows int) {
+		blocks, scales, err := QuantizeTensor(f, o.Src, o.Transposed, func(rows int) {
 			done += rows
 			if progress != nil {
 				progress(done, total)

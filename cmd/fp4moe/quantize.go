@@ -102,49 +102,11 @@ func detectLayout(f *safetensors.File) string {
 
 // convertPacked quantizes w13 and w2, in this project's layout, and copies the rest.
 func convertPacked(w io.Writer, f *safetensors.File, progress func(done, total int)) error {
-	type job struct {
-		src      *safetensors.Info
-		quantize bool // the packed codes of w13 or w2
-		scales   bool // the scales of the weight quantized just before
-	}
-	var entries []safetensors.Entry
-	var jobs []job
-	total := 0
+	var outs []gptoss.Output
 	for _, n := range f.Names() {
 		t := f.Info(n)
-		if (n == "w13" || n == "w2") && t.DType != safetensors.U8 {
-			if len(t.Shape) != 3 || t.Shape[2]%32 != 0 {
-				return fmt.Errorf("%s has shape %v, expected (experts, rows, columns) with columns a multiple of 32", n, t.Shape)
-			}
-			E, R, C := t.Shape[0], t.Shape[1], t.Shape[2]
-			entries = append(entries,
-				safetensors.Entry{Name: n, DType: safetensors.U8, Shape: []int{E, R, C / 2}},
-				safetensors.Entry{Name: n + "_scale", DType: safetensors.U8, Shape: []int{E, R, C / 32}})
-			jobs = append(jobs, job{src: t, quantize: true}, job{scales: true})
-			total += E * R
-			continue
-		}
-		entries = append(entries, safetensors.Entry{Name: n, DType: t.DType, Shape: t.Shape})
-		jobs = append(jobs, job{src: t})
+		quantize := (n == "w13" || n == "w2") && t.DType != safetensors.U8
+		outs = append(outs, gptoss.Output{Name: n, ScalesName: n + "_scale", Src: t, Quantize: quantize})
 	}
-	done := 0
-	var pending []byte
-	return safetensors.WriteFunc(w, entries, nil, func(i int) ([]byte, error) {
-		j := jobs[i]
-		switch {
-		case j.scales:
-			s := pending
-			pending = nil
-			return s, nil
-		case !j.quantize:
-			b := make([]byte, j.src.End-j.src.Begin)
-			return b, f.ReadInto(j.src, b)
-		}
-		blocks, scales, err := gptoss.QuantizeTensor(f, j.src, false, func(rows int) {
-			done += rows
-			progress(done, total)
-		})
-		pending = scales
-		return blocks, err
-	})
+	return gptoss.WriteOutputs(w, f, outs, nil, progress)
 }
