@@ -36,7 +36,7 @@ type Device struct {
 
 // kernels are the module's functions.
 type kernels struct {
-	prepare, route, permute, gemm, gemmDec, actQuant, reduce cu.Function
+	prepare, route, permute, permuteWG, gemm, gemmDec, gemmWgf, gemmWgp, wgTiles, foldRef, actQuant, reduce cu.Function
 }
 
 var open = sync.OnceValues(func() (*Device, error) {
@@ -85,8 +85,9 @@ var open = sync.OnceValues(func() (*Device, error) {
 		return nil, fmt.Errorf("cudaops: loading the kernels (%s): %v", d.Fatbin, err)
 	}
 	for name, f := range map[string]*cu.Function{
-		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_permute": &d.fn.permute,
-		"moe_gemm": &d.fn.gemm, "moe_gemm_dec": &d.fn.gemmDec, "moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce,
+		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_permute": &d.fn.permute, "moe_permute_wg": &d.fn.permuteWG,
+		"moe_gemm": &d.fn.gemm, "moe_gemm_dec": &d.fn.gemmDec, "moe_gemm_wgf": &d.fn.gemmWgf, "moe_gemm_wgp": &d.fn.gemmWgp, "moe_wg_tiles": &d.fn.wgTiles, "moe_fold_ref": &d.fn.foldRef,
+		"moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce,
 	} {
 		if *f, err = d.mod.Function(name); err != nil {
 			return nil, fmt.Errorf("cudaops: kernel %s: %v", name, err)
@@ -95,6 +96,13 @@ var open = sync.OnceValues(func() (*Device, error) {
 	// The streaming GEMM keeps 44.5 KB of shared memory per block; without a preference the
 	// driver may pick a carveout that fits fewer blocks per multiprocessor.
 	if err := preferShared(d.fn.gemmDec); err != nil {
+		return nil, err
+	}
+	// The wgmma GEMMs' rings take more than the default 48 KB of shared memory.
+	if err := setMaxDynamicSmem(d.fn.gemmWgf, wgfFSmem+wgfTokens*wgfMaxG); err != nil {
+		return nil, err
+	}
+	if err := setMaxDynamicSmem(d.fn.gemmWgp, wgfPSmem); err != nil {
 		return nil, err
 	}
 	return d, nil

@@ -18,6 +18,16 @@ const (
 	gemmRows     = 64   // GEMM_ROWS: weight rows per GEMM block
 	routeThreads = 1024 // ROUTE_THREADS
 	maxExperts   = 1024 // local experts the routing kernel handles
+	wgfRows      = 128  // WGF_ROWS: weight rows per block of the wgmma GEMM
+	wgfTokens    = 144  // WGF_TOK: the most tokens of its tiles
+	// WGF_FSMEM, the folding kernel's shared memory before its fold table (wgfTokens bytes per
+	// 128 columns of K): a 4-stage ring of 144·128 token bytes, 128·64 weight bytes and 128
+	// scale words, and three FP16 token buffers (8 k16 steps × 144 tokens × 32 bytes).
+	wgfFSmem = 4*(wgfTokens*128+wgfRows*64+wgfRows*4) + 3*8*wgfTokens*32
+	wgfMaxG  = 84 // the most 128-column groups whose fold table fits beside it (227 KB)
+	// WGF_PSMEM, the promoting kernel's: a 4-stage ring of 128·144 token bytes, 128·64 weight
+	// bytes, 128 scale words and 128 token scales, and two FP16 token buffers.
+	wgfPSmem = 4*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
 )
 
 // NewLayer validates the weights and configuration, opens the device, and uploads the weights.
@@ -44,8 +54,12 @@ type Layer struct {
 	w2, s2    cu.DevicePtr
 	b13, b2   cu.DevicePtr // 0 when absent
 	expertMap cu.DevicePtr // 0 when absent
-	ws        workspace
-	closed    bool
+	// The wgmma GEMM's per-row reference exponents (E·2I and E·K bytes), and whether every
+	// row's block scales fold exactly (else that kernel is not used).
+	ref13, ref2 cu.DevicePtr
+	foldable    bool
+	ws          workspace
+	closed      bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
 	events [7]cu.Event
@@ -96,6 +110,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 	if cfg.ExpertMap != nil {
 		omap = a.take(4 * len(cfg.ExpertMap))
 	}
+	oref13, oref2, obad := a.take(len(w.W13Scale)/(w.K/32)), a.take(len(w.W2Scale)/(w.I/32)), a.take(4)
 	if l.weights, err = cu.MemAlloc(a.size); err != nil {
 		l.stream.Destroy()
 		return nil, fmt.Errorf("cudaops: allocating %d bytes for the weights: %v", a.size, err)
@@ -129,7 +144,37 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 			return nil, fmt.Errorf("cudaops: uploading the weights: %v", err)
 		}
 	}
+	l.ref13, l.ref2 = at(oref13), at(oref2)
+	if l.foldable, err = l.foldRefs(at(obad)); err != nil {
+		l.release()
+		return nil, err
+	}
 	return l, nil
+}
+
+// foldRefs computes the wgmma GEMM's per-row reference exponents of both weights and reports
+// whether all rows fold exactly (bad is a 4-byte device word).
+func (l *Layer) foldRefs(bad cu.DevicePtr) (bool, error) {
+	if err := cu.MemsetD32Async(bad, 0, 1, l.stream); err != nil {
+		return false, fmt.Errorf("cudaops: %v", err)
+	}
+	for _, m := range []struct {
+		w, s, ref cu.DevicePtr
+		rows, kd  int64
+	}{{l.w13, l.s13, l.ref13, int64(l.E) * 2 * int64(l.I), int64(l.K)}, {l.w2, l.s2, l.ref2, int64(l.E) * int64(l.K), int64(l.I)}} {
+		if err := launch(l.dev.fn.foldRef, dim3{int((m.rows + 3) / 4), 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+			uint64(m.w), uint64(m.s), uint64(m.rows), uint64(m.kd), uint64(m.ref), uint64(bad)); err != nil {
+			return false, fmt.Errorf("cudaops: scale fold check: %w", err)
+		}
+	}
+	var n int32
+	if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&n), bad, 4, l.stream); err != nil {
+		return false, fmt.Errorf("cudaops: %v", err)
+	}
+	if err := l.stream.Synchronize(); err != nil {
+		return false, fmt.Errorf("cudaops: scale fold check: %v", err)
+	}
+	return n == 0, nil
 }
 
 // arena hands out 256-byte aligned offsets in one allocation.
@@ -144,16 +189,18 @@ func (a *arena) take(n int) int64 {
 // workspace holds the device buffers of a forward, sized for up to m tokens of up to p routed
 // pairs, and the pinned staging memory of the host path.
 type workspace struct {
-	m, p, rows, tiles int
-	mem               cu.DevicePtr
-	size              int64
+	m, p, rows, tiles, wtiles int
+	mem                       cu.DevicePtr
+	size                      int64
 	// inputs and output
 	x, a1q, a1s, ids, tw, out cu.DevicePtr
 	// permuted layout and intermediates
 	a1qPerm, a1sPerm, h, a2q, a2s, z cu.DevicePtr
 	// routing metadata
 	counts, offsets, expertIDs, rowPair, invPerm, tileList, ntiles, errs cu.DevicePtr
-	host                                                                 pinned
+	// the wgmma GEMM's tiles, and per tile and row whether and how the activation scales fold
+	wtileList, nwtiles, wflags, wtrow, wftab cu.DevicePtr
+	host                                     pinned
 }
 
 // bounds returns, for p routed pairs, the most rows the permuted layout can take and the most
@@ -164,6 +211,23 @@ func (l *Layer) bounds(p int) (rows, tiles int) {
 	return rows, rows / segmentRows
 }
 
+// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/144) <= p/144 + min(p, E).
+func (l *Layer) wgfTiles(p int) int { return p/wgfTokens + min(p, l.E) }
+
+// begin binds the device to the calling goroutine's thread and grows the workspace to hold m
+// tokens with topk experts each; the returned function unbinds.
+func (l *Layer) begin(m, topk int) (func(), error) {
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return nil, err
+	}
+	if err := l.ensure(m, topk); err != nil {
+		unbind()
+		return nil, err
+	}
+	return unbind, nil
+}
+
 // ensure grows the workspace to hold m tokens with topk experts each.
 func (l *Layer) ensure(m, topk int) error {
 	p := m * topk
@@ -172,14 +236,16 @@ func (l *Layer) ensure(m, topk int) error {
 	}
 	m, p = max(m, l.ws.m, 1), max(p, l.ws.p, 1)
 	rows, tiles := l.bounds(p)
+	wtiles := l.wgfTiles(p)
 	K, I := int64(l.K), int64(l.I)
 	var a arena
-	ws := workspace{m: m, p: p, rows: rows, tiles: tiles}
+	ws := workspace{m: m, p: p, rows: rows, tiles: tiles, wtiles: wtiles}
 	offs := []int64{
 		a.take(m * l.K * 4), a.take(m * l.K), a.take(m * l.K / 32), a.take(p * 4), a.take(p * 4), a.take(m * l.K * 4),
 		a.take(rows * l.K), a.take(rows * l.K / 32), a.take(int(int64(rows) * 2 * I * 4)), a.take(rows * l.I), a.take(rows * l.I / 32),
 		a.take(int(int64(rows) * K * 4)),
 		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(4), a.take(4),
+		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4), a.take(rows * max(l.K, l.I) / 128),
 	}
 	mem, err := cu.MemAlloc(a.size)
 	if err != nil {
@@ -193,7 +259,8 @@ func (l *Layer) ensure(m, topk int) error {
 	l.freeWorkspace()
 	ws.mem, ws.size, ws.host = mem, a.size, host
 	ptrs := []*cu.DevicePtr{&ws.x, &ws.a1q, &ws.a1s, &ws.ids, &ws.tw, &ws.out, &ws.a1qPerm, &ws.a1sPerm, &ws.h, &ws.a2q, &ws.a2s, &ws.z,
-		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.ntiles, &ws.errs}
+		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.ntiles, &ws.errs,
+		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wftab}
 	for i, p := range ptrs {
 		*p = mem + cu.DevicePtr(offs[i])
 	}
@@ -233,14 +300,11 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	if b.M == 0 {
 		return nil
 	}
-	unbind, err := l.dev.bind()
+	unbind, err := l.begin(b.M, b.TopK)
 	if err != nil {
 		return err
 	}
 	defer unbind()
-	if err := l.ensure(b.M, b.TopK); err != nil {
-		return err
-	}
 	ws := &l.ws
 	// Stage the inputs in pinned memory, then copy them asynchronously.
 	host := ws.host.bytes()
@@ -332,14 +396,11 @@ func (l *Layer) ForwardDevice(out cu.DevicePtr, b DeviceBatch) error {
 	if b.M == 0 {
 		return nil
 	}
-	unbind, err := l.dev.bind()
+	unbind, err := l.begin(b.M, b.TopK)
 	if err != nil {
 		return err
 	}
 	defer unbind()
-	if err := l.ensure(b.M, b.TopK); err != nil {
-		return err
-	}
 	return l.launchAll(&b, out)
 }
 
@@ -395,25 +456,49 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)), l.stream,
 		u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
-		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs)); err != nil {
+		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs),
+		u(ws.wtileList), u(ws.nwtiles)); err != nil {
 		return fmt.Errorf("cudaops: route: %w", err)
 	}
-	if err := launch(f.permute, dim3{rows, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+	kernel := l.kernel(P)
+	permute := f.permute
+	if kernel == GEMMWgmma {
+		permute = f.permuteWG
+	}
+	if err := launch(permute, dim3{rows, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
 		u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm)); err != nil {
 		return fmt.Errorf("cudaops: permute: %w", err)
 	}
 	if err := l.mark(2); err != nil {
 		return err
 	}
-	gemm := func(w, sc, x, xs, bias, out cu.DevicePtr, n, kd int64) error {
-		if l.useDecode(P) {
+	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64) error {
+		switch kernel {
+		case GEMMDecode:
 			return launch(f.gemmDec, dim3{int(n / 16), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))
+		case GEMMWgmma:
+			// Per tile, whether the activation scales fold into FP16; the tiles that fold, then
+			// the others. Without room for the fold table, every tile takes the promoting kernel.
+			grid := dim3{int(n / wgfRows), l.wgfTiles(P), 1}
+			args := []uint64{u(w), u(sc), u(ref), u(x), u(xs), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), u(ws.wftab), u(bias), u(out), i(n), i(kd)}
+			if kd/128 > wgfMaxG {
+				args[7] = 0
+			} else {
+				if err := launch(f.wgTiles, dim3{l.wgfTiles(P), 1, 1}, dim3{256, 1, 1}, 0, l.stream,
+					u(xs), u(ws.wtileList), u(ws.nwtiles), i(kd/128), u(ws.wflags), u(ws.wtrow), u(ws.wftab)); err != nil {
+					return err
+				}
+				if err := launch(f.gemmWgf, grid, dim3{256, 1, 1}, wgfFSmem+wgfTokens*int(kd/128), l.stream, args...); err != nil {
+					return err
+				}
+			}
+			return launch(f.gemmWgp, grid, dim3{256, 1, 1}, wgfPSmem, l.stream, args...)
 		}
 		return launch(f.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
 			u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))
 	}
-	if err := gemm(l.w13, l.s13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K); err != nil {
+	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -423,13 +508,14 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	limit, clamp := l.cfg.Limit()
 	if err := launch(f.actQuant, dim3{blocks(int64(rows)*I/128, 4), 1, 1}, dim3{128, 1, 1}, 0, l.stream,
 		u(ws.h), u(ws.expertIDs), u(ws.offsets), 0, u(ws.a2q), u(ws.a2s), i(E), i(I),
-		i(int64(l.cfg.Activation)), flag(clamp), fl(limit), fl(l.cfg.Alpha), fl(l.cfg.Beta), i(int64(l.cfg.ScaleFormat))); err != nil {
+		i(int64(l.cfg.Activation)), flag(clamp), fl(limit), fl(l.cfg.Alpha), fl(l.cfg.Beta), i(int64(l.cfg.ScaleFormat)),
+		flag(kernel == GEMMWgmma)); err != nil {
 		return fmt.Errorf("cudaops: activation: %w", err)
 	}
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, ws.a2q, ws.a2s, l.b2, ws.z, K, I); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {
@@ -442,16 +528,23 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	return l.mark(6)
 }
 
-// useDecode reports whether a batch of p routed pairs uses the decode-shaped GEMM.
-func (l *Layer) useDecode(p int) bool {
-	switch l.opt.GEMM {
-	case GEMMTiled:
-		return false
-	case GEMMDecode:
-		return true
+// kernel returns the grouped GEMM kernel for a batch of p routed pairs.
+func (l *Layer) kernel(p int) GEMMKernel {
+	k := l.opt.GEMM
+	if k == GEMMAuto {
+		k = GEMMWgmma
+		if p <= 16*l.E {
+			k = GEMMDecode
+		}
 	}
-	return p <= 16*l.E
+	if k == GEMMWgmma && !l.foldable {
+		k = GEMMTiled
+	}
+	return k
 }
+
+// Kernel returns the grouped GEMM kernel a batch of m tokens with topk experts each runs.
+func (l *Layer) Kernel(m, topk int) GEMMKernel { return l.kernel(m * topk) }
 
 // release frees the layer's device memory and stream.
 func (l *Layer) release() {
@@ -495,14 +588,11 @@ func (l *Layer) Capture(out cu.DevicePtr, b DeviceBatch) (*Graph, error) {
 	if b.M < 1 {
 		return nil, &moe.ConfigError{Msg: "capturing an empty batch"}
 	}
-	unbind, err := l.dev.bind()
+	unbind, err := l.begin(b.M, b.TopK)
 	if err != nil {
 		return nil, err
 	}
 	defer unbind()
-	if err := l.ensure(b.M, b.TopK); err != nil {
-		return nil, err
-	}
 	if err := beginCapture(l.stream); err != nil {
 		return nil, err
 	}

@@ -17,7 +17,7 @@ func TestConformance(t *testing.T) {
 	for _, k := range []struct {
 		name string
 		g    GEMMKernel
-	}{{"auto", GEMMAuto}, {"tiled", GEMMTiled}, {"decode", GEMMDecode}} {
+	}{{"auto", GEMMAuto}, {"tiled", GEMMTiled}, {"decode", GEMMDecode}, {"wgmma", GEMMWgmma}} {
 		t.Run(k.name, func(t *testing.T) { conformance.TestBackend(t, Backend{Options: Options{GEMM: k.g}}) })
 	}
 }
@@ -62,6 +62,105 @@ func TestAgainstNative(t *testing.T) {
 		if e > 1e-3 || conformance.RelL2(got, c.Expected) > 1e-3 {
 			t.Fatalf("rel L2 %.3e against native", e)
 		}
+	}
+}
+
+// TestWgmma runs the wgmma GEMM on batches whose experts take one or several tiles of many
+// widths, on both of its paths (folded and promoting activation scales), against native and
+// float64, twice (bitwise the same).
+func TestWgmma(t *testing.T) {
+	for _, s := range []conformance.Spec{
+		// ~150 rows per expert: one folded tile of 150 tokens.
+		{M: 300, K: 512, I: 256, E: 4, TopK: 2, Activation: moe.SwiGLUOAI, Clamp: true, Limit: 7, Bias: true, HStd: 2, Seed: 11},
+		// float32 scales: the promoting path, in passes of 128 and 22 tokens.
+		{M: 300, K: 384, I: 384, E: 4, TopK: 2, Activation: moe.SiLU, ScaleFormat: moe.Float32, Seed: 12},
+		// small tiles of every width, skipped and repeated ids
+		{M: 97, K: 256, I: 128, E: 16, TopK: 4, GlobalExperts: 20, NegIDs: 0.1, Dup: true, Seed: 13},
+		// ~350 rows per expert: split into three tiles
+		{M: 700, K: 256, I: 256, E: 2, TopK: 1, Activation: moe.SwiGLUStep, Seed: 15},
+	} {
+		c := conformance.Generate(s)
+		ml, err := Backend{Options: Options{GEMM: GEMMWgmma}}.NewLayer(&c.Weights, c.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := ml.(*Layer)
+		if k := l.Kernel(s.M, s.TopK); k != GEMMWgmma {
+			t.Fatalf("M=%d: kernel %d, want the wgmma GEMM", s.M, k)
+		}
+		nl, err := native.NewLayer(&c.Weights, c.Config, native.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, want := forward(t, l, &c.Batch, s.K), forward(t, nl, &c.Batch, s.K)
+		again := forward(t, l, &c.Batch, s.K)
+		nl.Close()
+		l.Close()
+		e, e64 := conformance.RelL2(got, want), conformance.RelL2(got, c.Expected)
+		t.Logf("M=%d K=%d I=%d E=%d top%d: rel L2 against native %.2e, against float64 %.2e", s.M, s.K, s.I, s.E, s.TopK, e, e64)
+		if e > 1e-4 || e64 > 1e-3 {
+			t.Fatalf("rel L2 %.3e against native, %.3e against float64", e, e64)
+		}
+		for i := range got {
+			if math.Float32bits(got[i]) != math.Float32bits(again[i]) {
+				t.Fatalf("output[%d]: %v, then %v", i, got[i], again[i])
+			}
+		}
+	}
+}
+
+// TestWgmmaScaleSpread gives one token a group scale 2^-20 times its others: the tokens' scales
+// cannot be folded exactly into FP16, so that tile takes the promoting path, with the right result.
+func TestWgmmaScaleSpread(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 200, K: 512, I: 256, E: 4, TopK: 2, Seed: 16})
+	b := c.Batch
+	b.A1qScale = append([]float32(nil), b.A1qScale...)
+	b.A1qScale[0] *= 1.0 / (1 << 20)
+	ml, err := Backend{Options: Options{GEMM: GEMMWgmma}}.NewLayer(&c.Weights, c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ml.Close()
+	nl, err := native.NewLayer(&c.Weights, c.Config, native.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	got, want := forward(t, ml, &b, 512), forward(t, nl, &b, 512)
+	if e := conformance.RelL2(got, want); e > 1e-4 {
+		t.Fatalf("rel L2 %.3e against native", e)
+	}
+}
+
+// TestWgmmaFoldFallback gives one weight row a nonzero block 30 binades below its largest:
+// the fold cannot hold it exactly, so the layer runs the tiled kernel, with the right result.
+func TestWgmmaFoldFallback(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 200, K: 256, I: 128, E: 4, TopK: 2, Seed: 14})
+	w := c.Weights
+	w.W13 = append([]uint8(nil), w.W13...)
+	w.W13Scale = append([]uint8(nil), w.W13Scale...)
+	for i := 16; i < 32; i++ {
+		w.W13[i] = 0x22 // row 0, block 1: every value 1
+	}
+	w.W13Scale[0] = 140
+	w.W13Scale[1] = 110
+	ml, err := Backend{Options: Options{GEMM: GEMMWgmma}}.NewLayer(&w, c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ml.Close()
+	l := ml.(*Layer)
+	if k := l.Kernel(200, 2); k != GEMMTiled {
+		t.Fatalf("kernel %d, want the tiled GEMM for weights the fold cannot hold", k)
+	}
+	nl, err := native.NewLayer(&w, c.Config, native.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	got, want := forward(t, l, &c.Batch, 256), forward(t, nl, &c.Batch, 256)
+	if e := conformance.RelL2(got, want); e > 1e-4 {
+		t.Fatalf("rel L2 %.3e against native", e)
 	}
 }
 

@@ -32,7 +32,7 @@ var benchShapes = []benchShape{
 }
 
 const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
-                    [--routing uniform,zipf] [--gemm auto|tiled|decode] [--stages] [--csv FILE]
+                    [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
                     [--min-time 300ms] [--seed 1]
 
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
@@ -55,11 +55,11 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	minTime := fs.Duration("min-time", 300*time.Millisecond, "time spent timing each row, at least")
 	seed := fs.Uint64("seed", 1, "seed of weights, inputs and routing")
 	stages := fs.Bool("stages", false, "also print each stage's device time (host-path forward, median of 5)")
-	gemmName := fs.String("gemm", "auto", "grouped GEMM kernel: auto, tiled or decode")
+	gemmName := fs.String("gemm", "auto", "grouped GEMM kernel: auto, tiled, decode or wgmma")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	kernel, ok := map[string]cudaops.GEMMKernel{"auto": cudaops.GEMMAuto, "tiled": cudaops.GEMMTiled, "decode": cudaops.GEMMDecode}[*gemmName]
+	kernel, ok := map[string]cudaops.GEMMKernel{"auto": cudaops.GEMMAuto, "tiled": cudaops.GEMMTiled, "decode": cudaops.GEMMDecode, "wgmma": cudaops.GEMMWgmma}[*gemmName]
 	if !ok {
 		fmt.Fprintf(stderr, "fp4moe bench: unknown GEMM kernel %q\n", *gemmName)
 		return 2

@@ -1,6 +1,6 @@
 // Activation + FP8 requant: for every real row of GEMM1's output h (gate h[:, :I], up h[:, I:],
 // plus the GEMM1 bias), y = act(g, u) in float32, then per group of 128: the group scale and
-// the E4M3 codes of y / s.
+// the E4M3 codes of y / s (with wg_order set, each chunk in the wgmma GEMM's order).
 #include "common.cuh"
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
@@ -9,7 +9,7 @@ __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-
 extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
                                          u8* __restrict__ a2q, float* __restrict__ a2s, i64 E, i64 I,
-                                         i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt) {
+                                         i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 wg_order) {
   const i64 G = I / MOE_GROUP;
   const i64 item = (i64)blockIdx.x * 4 + threadIdx.x / 32;
   const i64 r = item / G, grp = item % G;
@@ -17,17 +17,34 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
   const int e = expert_ids[r];
   if (e < 0) return;  // padding row: never read by a real result
   const int lane = threadIdx.x % 32;
-  const i64 j0 = grp * MOE_GROUP + 4 * lane;
-  const float4 g4 = *reinterpret_cast<const float4*>(h + r * 2 * I + j0);
-  const float4 u4 = *reinterpret_cast<const float4*>(h + r * 2 * I + I + j0);
-  float gv[4] = {g4.x, g4.y, g4.z, g4.w}, uv[4] = {u4.x, u4.y, u4.z, u4.w}, y[4];
+  // The lane's 4 columns of the group: 4·lane + i, or in the wgmma GEMM's order the columns
+  // whose fp16_slot is 4·lane + i, so that each lane stores 4 consecutive bytes either way.
+  int col[4];
+  float gv[4], uv[4], y[4];
+  const float* hr = h + r * 2 * I + grp * MOE_GROUP;
+  if (wg_order) {
+    const int w = lane >> 3, rr = (lane >> 1) & 3, b0 = 2 * (lane & 1);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      col[i] = 32 * (b0 + (i >> 1)) + 8 * w + 4 * (i & 1) + rr;
+      gv[i] = hr[col[i]];
+      uv[i] = hr[I + col[i]];
+    }
+  } else {
+    const float4 g4 = *reinterpret_cast<const float4*>(hr + 4 * lane);
+    const float4 u4 = *reinterpret_cast<const float4*>(hr + I + 4 * lane);
+    gv[0] = g4.x, gv[1] = g4.y, gv[2] = g4.z, gv[3] = g4.w;
+    uv[0] = u4.x, uv[1] = u4.y, uv[2] = u4.z, uv[3] = u4.w;
+#pragma unroll
+    for (int i = 0; i < 4; i++) col[i] = 4 * lane + i;
+  }
   const float L = (float)limit, A = (float)alpha, B = (float)beta;
 #pragma unroll
   for (int i = 0; i < 4; i++) {
     float gg = gv[i], uu = uv[i];
     if (bias) {
-      gg += bias[(i64)e * 2 * I + j0 + i];
-      uu += bias[(i64)e * 2 * I + I + j0 + i];
+      gg += bias[(i64)e * 2 * I + grp * MOE_GROUP + col[i]];
+      uu += bias[(i64)e * 2 * I + I + grp * MOE_GROUP + col[i]];
     }
     if (act == ACT_SILU) {
       if (clamp) {
@@ -43,13 +60,8 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
       y[i] = (uu + B) * gg * sigmoidf_(A * gg);
     }
   }
-  float amax = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; i++) amax = fmaxf(amax, fabsf(y[i]));
-  const float s = group_scale(warp_max(amax), fmt);
-  uint32_t q = 0;
-#pragma unroll
-  for (int i = 0; i < 4; i++) q |= (uint32_t)to_e4m3(y[i] / s) << (8 * i);
-  *reinterpret_cast<uint32_t*>(a2q + r * I + j0) = q;
+  uint32_t q;
+  const float s = quant_group(y, fmt, &q);
+  *reinterpret_cast<uint32_t*>(a2q + r * I + grp * MOE_GROUP + 4 * lane) = q;
   if (lane == 0) a2s[r * G + grp] = s;
 }

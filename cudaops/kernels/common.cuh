@@ -58,3 +58,29 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+
+// Group-quantizes the 128 values a warp holds (4 per lane) to FP8: returns the group's scale
+// (group_scale of the warp's largest magnitude) and the lane's 4 codes of v / s in *codes
+// (value i in byte i).
+__device__ __forceinline__ float quant_group(const float (&v)[4], i64 fmt, uint32_t* codes) {
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; i++) amax = fmaxf(amax, fabsf(v[i]));
+  const float s = group_scale(warp_max(amax), fmt);
+  uint32_t q = 0;
+#pragma unroll
+  for (int i = 0; i < 4; i++) q |= (uint32_t)to_e4m3(v[i] / s) << (8 * i);
+  *codes = q;
+  return s;
+}
+
+// The order of the wgmma GEMM's B operand (its tokens): each 128-column chunk of a row is 16
+// pieces of 8 values; piece 2j + h, slot 2b + c holds column 32b + 8(j/2) + 2(j%2) + h + 4c of
+// the chunk (k16 step j of the MMA, its K-core matrix h, the quad thread b that owns E8M0 block
+// b of the weights). fp16_slot maps a chunk column to its index (piece · 8 + slot). The
+// permute and activation kernels write FP8 rows in this order, so that the GEMM expands each
+// piece to FP16 with a 16-byte store to its core matrix row.
+__device__ __forceinline__ int fp16_slot(int a) {
+  const int b = a >> 5, e = a & 31, w = e >> 3, c = (e >> 2) & 1, rr = e & 3;
+  return (4 * w + rr) * 8 + 2 * b + c;
+}

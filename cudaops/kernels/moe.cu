@@ -2,5 +2,6 @@
 #include "prepare.cu"
 #include "route.cu"
 #include "gemm_fp8fp4.cu"
+#include "gemm_wgmma.cu"
 #include "activation.cu"
 #include "reduce.cu"

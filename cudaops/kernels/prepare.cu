@@ -19,13 +19,8 @@ extern "C" __global__ void moe_prepare(const float* __restrict__ x, const float*
 #pragma unroll
     for (int i = 0; i < 4; i++) v[i] *= w;
   }
-  float amax = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; i++) amax = fmaxf(amax, fabsf(v[i]));
-  const float s = group_scale(warp_max(amax), fmt);
-  uint32_t q = 0;
-#pragma unroll
-  for (int i = 0; i < 4; i++) q |= (uint32_t)to_e4m3(v[i] / s) << (8 * i);
+  uint32_t q;
+  const float s = quant_group(v, fmt, &q);
   reinterpret_cast<uint32_t*>(a1q + t * K + g * MOE_GROUP)[lane] = q;
   if (lane == 0) a1s[t * G + g] = s;
 }

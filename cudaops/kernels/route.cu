@@ -46,12 +46,14 @@ __device__ __forceinline__ int local_expert(const int* ids, const int* expert_ma
 }
 
 // One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints, E <= 1024.
-// tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number.
+// tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
+// wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number:
+// each expert's real rows split into ceil(count/144) tiles of equal size (the last smaller).
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
 moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
           int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
           int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
-          int* __restrict__ ntiles, int* __restrict__ err) {
+          int* __restrict__ ntiles, int* __restrict__ err, int* __restrict__ wtiles, int* __restrict__ nwtiles) {
   extern __shared__ int smem[];
   int* scount = smem;
   int* scursor = smem + E;
@@ -71,6 +73,9 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   int msum, tiles_total;
   const int off = block_exclusive_scan(aligned, sbuf, &msum);
   const int toff = block_exclusive_scan(aligned / MOE_BM, sbuf, &tiles_total);
+  int wtiles_total;
+  const int wn = (cnt + 143) / 144, wsize = wn ? (cnt + wn - 1) / wn : 0;
+  const int wtoff = block_exclusive_scan(wn, sbuf, &wtiles_total);
   if (tid < E) {
     counts[tid] = cnt;
     offsets[tid] = off;
@@ -79,10 +84,16 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
       tiles[2 * (toff + j)] = tid;
       tiles[2 * (toff + j) + 1] = off + j * MOE_BM;
     }
+    for (int j = 0; j < wn; j++) {
+      wtiles[3 * (wtoff + j)] = tid;
+      wtiles[3 * (wtoff + j) + 1] = off + j * wsize;
+      wtiles[3 * (wtoff + j) + 2] = min(wsize, cnt - j * wsize);
+    }
   }
   if (tid == 0) {
     offsets[E] = msum;
     *ntiles = tiles_total;
+    *nwtiles = wtiles_total;
   }
   for (int r = tid; r < msum; r += ROUTE_THREADS) {
     expert_ids[r] = -1;
@@ -135,5 +146,38 @@ extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* 
   const i64 t = pair / topk;
   const uint4* src = reinterpret_cast<const uint4*>(a1q + t * K);
   for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = src[j];
+  for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = a1s[t * G + g];
+}
+
+// moe_permute with each 128-column chunk of a row in the wgmma GEMM's order: value i of the
+// chunk goes to byte fp16_slot(i) (common.cuh). grid.x = the largest possible M_sum, block = 128.
+extern "C" __global__ void moe_permute_wg(const u8* __restrict__ a1q, const float* __restrict__ a1s,
+                                          const int* __restrict__ row_pair, const int* __restrict__ offsets,
+                                          i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+  const i64 r = blockIdx.x;
+  if (r >= offsets[E]) return;
+  const int pair = row_pair[r];
+  const i64 G = K / MOE_GROUP;
+  uint2* dst = reinterpret_cast<uint2*>(a1q_perm + r * K);
+  if (pair < 0) {
+    for (i64 j = threadIdx.x; j < K / 8; j += blockDim.x) dst[j] = make_uint2(0, 0);
+    for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = 0.f;
+    return;
+  }
+  const i64 t = pair / topk;
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(a1q + t * K);
+  // Piece p = 2j + h of chunk q holds, for each block b, bytes rr of the block's words 2w and
+  // 2w + 1 (columns 8w + rr and 8w + rr + 4), w = j/2, rr = 2(j%2) + h.
+  for (i64 p = threadIdx.x; p < K / 8; p += blockDim.x) {
+    const i64 q = p >> 4;
+    const int pj = (int)(p & 15), j = pj >> 1, h = pj & 1, w = j >> 1, rr = 2 * (j & 1) + h;
+    uint32_t v[4];
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+      const i64 o = q * 32 + b * 8 + 2 * w;  // word 2w of block b
+      v[b] = __byte_perm(__ldg(src + o), __ldg(src + o + 1), rr | ((rr + 4) << 4)) & 0xffffu;
+    }
+    dst[p] = make_uint2(v[0] | (v[1] << 16), v[2] | (v[3] << 16));
+  }
   for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = a1s[t * G + g];
 }

@@ -1,0 +1,551 @@
+// Grouped GEMM for prefill-sized batches on Hopper's FP16 warpgroup MMA (wgmma, sm_90a):
+//
+//   out[r, n] = Σ_k fp8(X[r, k]) · xs[r, k/128] · W[e, n, k] (+ bias[e, n])
+//
+// Why FP16: E2M1 and E4M3 values are exact in FP16, and the FP16 MMA sums its products in
+// float32, while the FP8 MMA keeps about 14 bits of the sum of one instruction's products (too
+// few for the 1e-3 contract once the requant to FP8 amplifies the error).
+//
+// The MXFP4 block scales are folded into the FP16 expansion: every weight row has a reference
+// exponent R (the largest E8M0 exponent among its blocks that hold a nonzero value, computed
+// once at upload by moe_fold_ref) and a block with exponent s enters the MMA as
+// E2M1 · 2^(s - R), which FP16 holds exactly while s - R >= -23. The upload check sends layers
+// whose rows span more than 24 binades (or hold a NaN scale) to the mma.sync kernels instead,
+// so the fold is always exact here. 2^(R-127) multiplies the result in the epilogue. The
+// activation scales, one per token per 128 columns, take one of two paths (below).
+//
+// A block: 128 weight rows (two warpgroups of 64, the MMA's M) × one tile of up to 160 tokens
+// of an expert (N; the route kernel splits an expert's rows into equal tiles, and the
+// instruction width is picked per tile from 16, 32, 64, 96, 112, 128, 144, 160).
+//
+// Two paths, chosen per tile. Folded (every token's activation scales are finite powers of two
+// within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the scales are
+// folded into the FP16 tokens relative to that largest exponent, exactly, so one float32
+// accumulator runs over all of K, the next chunk's MMAs queue behind the current ones, and the
+// epilogue applies 2^(R-127) · the token's largest scale. Promoting (any other scales): each
+// chunk's 8 k16 MMAs sum into a fresh float32 partial, which is multiplied by the tokens'
+// scales and added to the accumulator (per-128 promotion), in passes of up to 128 tokens. The
+// weights are the A operand in registers: thread t of a quad owns E8M0 block t of each 128-
+// element chunk, so one 16-byte shared-memory read per row feeds all 8 k16 steps. The tokens
+// are B: the permute and activation kernels wrote their FP8 rows in the order of fp16_slot
+// (common.cuh), the same permutation of k inside each block as the weights' (a dot product
+// does not depend on the order of its terms), so each 8-value piece expands to FP16 (exact) as
+// one 16-byte row of a core matrix of the MMA's K-major no-swizzle layout. A WGF_STAGES-deep
+// cp.async ring brings each chunk's tokens, weights, scales and token scales; while the tensor
+// cores run chunk q from one FP16 buffer, the threads expand chunk q+1's tokens into the other
+// and its weights into a second set of A registers.
+#include "common.cuh"
+#include "wgmma_f16.cuh"
+
+#define WGF_ROWS 128   // weight rows per block
+#define WGF_TOK 144    // most tokens per tile (the route kernel's wgmma tiles)
+#define WGF_PTOK 128   // most tokens per pass of the promoting kernel
+#define WGF_STAGES 4   // ring depth, in 128-element chunks (a power of two)
+#define WGF_XROW 144   // promoting kernel: token row bytes in the ring, padded for conflict-free reads
+#define WGF_SPAN 23    // the largest exponent distance the weight fold keeps exact
+
+// Folding kernel: a ring slot holds each thread's own copies (tokens with 16-byte chunk kc of
+// token tok at chunk kc ^ (tok % 8) of its row, for conflict-free reads), three FP16 B buffers
+// follow, then the tile's fold table (WGF_TOK · G bytes).
+struct WgfFStage {
+  u8 x[WGF_TOK * 128];    // the tokens' FP8 values of the chunk, in fp16_slot order, swizzled
+  u8 w[WGF_ROWS * 64];    // the rows' packed E2M1 codes of the chunk (4 blocks)
+  uint32_t s[WGF_ROWS];   // the rows' 4 E8M0 exponents of the chunk
+};
+#define WGF_FB (8 * WGF_TOK * 32)  // one FP16 B buffer: 8 k16 steps × WGF_TOK tokens × 32 bytes
+#define WGF_FSMEM (WGF_STAGES * (int)sizeof(WgfFStage) + 3 * WGF_FB)
+
+// Promoting kernel: ring slots, then two FP16 B buffers.
+struct WgfPStage {
+  u8 x[WGF_PTOK * WGF_XROW];  // the tokens' FP8 values of the chunk, in fp16_slot order
+  u8 w[WGF_ROWS * 64];
+  uint32_t s[WGF_ROWS];
+  float xs[WGF_PTOK];         // the tokens' activation scales of the chunk
+};
+#define WGF_PB (8 * WGF_PTOK * 32)
+#define WGF_PSMEM (WGF_STAGES * (int)sizeof(WgfPStage) + 2 * WGF_PB)
+
+// Per row: the reference exponent R of the fold (the largest E8M0 exponent of a block holding a
+// nonzero value; 127 for an all-zero row), and *bad set when a nonzero block lies more than
+// WGF_SPAN binades below R or any scale is NaN (255). W (rows, Kd/2), Ws (rows, Kd/32).
+// grid = ceil(rows / 4), block = 128 (a warp per row).
+extern "C" __global__ void moe_fold_ref(const u8* __restrict__ W, const u8* __restrict__ Ws, i64 rows, i64 Kd,
+                                        u8* __restrict__ ref, int* __restrict__ bad) {
+  const i64 r = (i64)blockIdx.x * 4 + threadIdx.x / 32;
+  if (r >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const i64 KB = Kd / MOE_BLOCK;
+  int hi = -1, lo = 256, nan = 0;
+  for (i64 b = lane; b < KB; b += 32) {
+    const uint4 v = *reinterpret_cast<const uint4*>(W + r * (Kd / 2) + b * 16);
+    const int s = Ws[r * KB + b];
+    nan |= s == 255;
+    if (((v.x | v.y | v.z | v.w) & 0x77777777u) != 0) {
+      hi = max(hi, s);
+      lo = min(lo, s);
+    }
+  }
+  hi = __reduce_max_sync(0xffffffffu, hi);
+  lo = __reduce_min_sync(0xffffffffu, lo);
+  nan = __reduce_or_sync(0xffffffffu, nan);
+  if (lane == 0) {
+    ref[r] = hi < 0 ? 127 : (u8)hi;
+    if (nan || (hi >= 0 && lo < hi - WGF_SPAN)) atomicOr(bad, 1);
+  }
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wgf_cp16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
+}
+__device__ __forceinline__ void wgf_cp4(void* smem, const void* gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
+}
+
+// Shared-memory matrix descriptor, no swizzle: start address, leading (K) and stride (N) byte
+// offsets between core matrices, all in 16-byte units.
+__device__ __forceinline__ uint64_t wgf_desc(const void* smem, unsigned lbo, unsigned sbo) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+  return (uint64_t)((a >> 4) & 0x3FFF) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) | ((uint64_t)((sbo >> 4) & 0x3FFF) << 32);
+}
+
+// Nibbles i and i+4 of p as an f16x2 (nibble i in the low half), each E2M1 value v as v · 2^-14:
+// the sign to bit 15, the 3 magnitude bits to the exponent's low bits and the mantissa's top bit.
+template <int i>
+__device__ __forceinline__ uint32_t wgf_e2m1_pair(uint32_t p) {
+  const uint32_t y = p >> (4 * i);
+  return ((y << 9) & 0x0E000E00u) | ((y << 12) & 0x80008000u);
+}
+__device__ __forceinline__ uint32_t wgf_hmul2(uint32_t a, uint32_t b) {
+  uint32_t r;
+  asm("mul.rn.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+// 2^(14 + d) as an f16x2 pair, d = s - R clamped to <= 0 (a zero block's scale may exceed R);
+// 0 below the exact range, which only zero blocks reach (moe_fold_ref checked the rest).
+__device__ __forceinline__ uint32_t wgf_mult(int s, int R) {
+  const int d = min(s - R, 0);
+  const uint32_t h = d >= -WGF_SPAN ? (uint32_t)(29 + d) << 10 : 0u;
+  return h | (h << 16);
+}
+
+// The A fragments of a chunk's 8 k16 steps from the thread's 16 bytes of rows g and g+8:
+// step j takes word j/2, nibble pairs (2(j%2), +4) and (2(j%2)+1, +4).
+__device__ __forceinline__ void wgf_convert_a(const uint4& pg, const uint4& ph, uint32_t mg, uint32_t mh, uint32_t (&a)[8][4]) {
+  const uint32_t wg[4] = {pg.x, pg.y, pg.z, pg.w}, wh[4] = {ph.x, ph.y, ph.z, ph.w};
+#pragma unroll
+  for (int w = 0; w < 4; w++) {
+    a[2 * w][0] = wgf_hmul2(wgf_e2m1_pair<0>(wg[w]), mg);
+    a[2 * w][1] = wgf_hmul2(wgf_e2m1_pair<0>(wh[w]), mh);
+    a[2 * w][2] = wgf_hmul2(wgf_e2m1_pair<1>(wg[w]), mg);
+    a[2 * w][3] = wgf_hmul2(wgf_e2m1_pair<1>(wh[w]), mh);
+    a[2 * w + 1][0] = wgf_hmul2(wgf_e2m1_pair<2>(wg[w]), mg);
+    a[2 * w + 1][1] = wgf_hmul2(wgf_e2m1_pair<2>(wh[w]), mh);
+    a[2 * w + 1][2] = wgf_hmul2(wgf_e2m1_pair<3>(wg[w]), mg);
+    a[2 * w + 1][3] = wgf_hmul2(wgf_e2m1_pair<3>(wh[w]), mh);
+  }
+}
+
+template <int NT>
+__device__ __forceinline__ void wgf_mma(float (&d)[NT / 2], const uint32_t (&a)[4], uint64_t desc, int acc) {
+  if constexpr (NT == 16) wgmma_f16_n16(d, a, desc, acc);
+  else if constexpr (NT == 32) wgmma_f16_n32(d, a, desc, acc);
+  else if constexpr (NT == 48) wgmma_f16_n48(d, a, desc, acc);
+  else if constexpr (NT == 64) wgmma_f16_n64(d, a, desc, acc);
+  else if constexpr (NT == 80) wgmma_f16_n80(d, a, desc, acc);
+  else if constexpr (NT == 96) wgmma_f16_n96(d, a, desc, acc);
+  else if constexpr (NT == 112) wgmma_f16_n112(d, a, desc, acc);
+  else if constexpr (NT == 128) wgmma_f16_n128(d, a, desc, acc);
+  else wgmma_f16_n144(d, a, desc, acc);
+}
+
+#endif
+
+// Per tile of the wgmma GEMM: can its tokens' activation scales fold exactly into FP16? Every
+// scale must be a finite power of two within 15 binades below its token's largest (the
+// ceil_ue8m0 format gives powers of two). flags[tile] = 1 if so; for every row of the tile,
+// trow[row] = that largest exponent (biased) and ftab[row, g] = 15 + (exponent of group g -
+// trow[row]) (0 when out of range, which only unfolded tiles hold). Xs (rows, G).
+// grid = tile bound, block = 256.
+extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
+                                        i64 G, int* __restrict__ flags, int* __restrict__ trow, u8* __restrict__ ftab) {
+  __shared__ int tmax[WGF_TOK];
+  if ((int)blockIdx.x >= *ntiles) return;
+  const int row0 = tiles[3 * blockIdx.x + 1], nvalid = tiles[3 * blockIdx.x + 2], g = (int)G;
+  const int tid = threadIdx.x;
+  for (int i = tid; i < nvalid; i += blockDim.x) tmax[i] = 0;
+  __syncthreads();
+  const float* xs = Xs + (i64)row0 * G;
+  int ok = 1;
+  for (int i = tid; i < nvalid * g; i += blockDim.x) {
+    const uint32_t b = __float_as_uint(xs[i]);
+    const int ex = (b >> 23) & 0xff;
+    ok &= (b & 0x807fffffu) == 0 && ex != 0 && ex != 255;
+    atomicMax(&tmax[i / g], ex);
+  }
+  __syncthreads();
+  for (int i = tid; i < nvalid * g; i += blockDim.x) {
+    const int d = (int)((__float_as_uint(xs[i]) >> 23) & 0xff) - tmax[i / g];
+    ok &= d >= -15;
+    ftab[(i64)row0 * G + i] = (u8)max(d + 15, 0);
+  }
+  for (int i = tid; i < nvalid; i += blockDim.x) trow[row0 + i] = tmax[i];
+  ok = __syncthreads_and(ok);
+  if (tid == 0) flags[blockIdx.x] = ok;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// The kernels' arguments and the block's tile.
+struct WgfArgs {
+  const u8 *W, *Ws, *ref, *X;
+  const float *Xs, *bias;
+  float* out;
+  i64 N, Kd, G, wrow0;  // wrow0: the block's first row of W viewed as (E·N, Kd/2)
+  int e;
+};
+
+// Orders a register array's uses around the asynchronous MMAs (no instructions).
+template <int N>
+__device__ __forceinline__ void wgf_keep(float (&v)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; i++) asm volatile("" : "+f"(v[i])::"memory");
+}
+__device__ __forceinline__ void wgf_keep(uint32_t (&a)[8][4]) {
+#pragma unroll
+  for (int j = 0; j < 8; j++)
+#pragma unroll
+    for (int k = 0; k < 4; k++) asm volatile("" : "+r"(a[j][k])::"memory");
+}
+
+// Eight k16 MMAs of one chunk: B buffer b (NT tokens), A fragments a.
+template <int NT>
+__device__ __forceinline__ void wgf_chunk(float (&d)[NT / 2], const uint32_t (&a)[8][4], const u8* b, bool first) {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+  for (int j = 0; j < 8; j++) wgf_mma<NT>(d, a[j], wgf_desc(b + j * NT * 32, 128, 256), (j > 0 || !first) ? 1 : 0);
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+// Eight FP8 values (a piece pair: 16 bytes as 4 words) -> two 16-byte FP16 core-matrix rows,
+// each value times the f16x2 multiplier m (exact) when MUL.
+template <bool MUL>
+__device__ __forceinline__ void wgf_expand(const uint4& v, uint32_t m, u8* d) {
+  const uint32_t in[4] = {v.x, v.y, v.z, v.w};
+  uint32_t o[8];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(in[i] & 0xffffu), __NV_E4M3);
+    const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(in[i] >> 16), __NV_E4M3);
+    o[2 * i] = (uint32_t)lo.x | ((uint32_t)lo.y << 16);
+    o[2 * i + 1] = (uint32_t)hi.x | ((uint32_t)hi.y << 16);
+    if constexpr (MUL) {
+      o[2 * i] = wgf_hmul2(o[2 * i], m);
+      o[2 * i + 1] = wgf_hmul2(o[2 * i + 1], m);
+    }
+  }
+  *reinterpret_cast<uint4*>(d) = make_uint4(o[0], o[1], o[2], o[3]);
+  *reinterpret_cast<uint4*>(d + 128) = make_uint4(o[4], o[5], o[6], o[7]);
+}
+
+// Stores acc · 2^(R - 127 + ts(col)) plus the bias for the real tokens. Thread (g, t) holds
+// rows wrow, wrow+8 and tokens 8i + 2t, 8i + 2t + 1.
+template <int NT, class TS>
+__device__ __forceinline__ void wgf_store(const WgfArgs& A, int row0, int nvalid, int wrow, int t, const int (&R)[2],
+                                          const float (&acc)[NT / 2], TS ts) {
+  const float b0 = A.bias ? A.bias[A.wrow0 + wrow] : 0.f;
+  const float b1 = A.bias ? A.bias[A.wrow0 + wrow + 8] : 0.f;
+  const i64 n = A.wrow0 - (i64)A.e * A.N + wrow;  // this thread's first row within the expert
+#pragma unroll
+  for (int i = 0; i < NT / 8; i++) {
+#pragma unroll
+    for (int c = 0; c < 2; c++) {
+      const int col = 8 * i + 2 * t + c;
+      if (col < nvalid) {
+        const int x = ts(col);
+        float* o = A.out + (i64)(row0 + col) * A.N + n;
+        o[0] = ldexpf(acc[4 * i + c], R[0] - 127 + x) + b0;
+        o[8] = ldexpf(acc[4 * i + 2 + c], R[1] - 127 + x) + b1;
+      }
+    }
+  }
+}
+
+// The folding path. Each thread copies, through the ring, exactly the bytes it later expands
+// (its tokens' 16-byte pieces, its two weight rows' 16 bytes; lanes t = 0, 1 of each quad the
+// quad's two scale words), so a chunk is ready for a thread after its own cp.async wait (and a
+// __syncwarp for the scale words): one block barrier per chunk remains, which publishes the
+// next chunk's FP16 B buffer and retires the buffer of the chunk before last (three buffers).
+template <int NT>
+struct WgfFold {
+  static constexpr int NA = NT / 2;
+  static constexpr int TOKC = (NT * 8 + 255) / 256;  // token pieces per thread
+  const WgfArgs& A;
+  u8* smem;
+  const u8* ftab;  // shared: the tile's fold table, NT · G bytes
+  int row0, nvalid, tid, wrow, t, tok0, kc;
+  const u8 *xp, *wp, *sp;
+
+  __device__ __forceinline__ WgfFold(const WgfArgs& a, u8* sm, int r0, int nv) : A(a), smem(sm), row0(r0), nvalid(nv) {
+    tid = threadIdx.x;
+    t = tid & 3;
+    wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
+    tok0 = (tid >> 6) * 8 + (tid & 7);  // task k: token tok0 + 32k, piece pair kc
+    kc = (tid >> 3) & 7;
+    xp = A.X + (i64)(row0 + min(tok0, nvalid - 1)) * A.Kd + 16 * kc;
+    wp = A.W + (A.wrow0 + wrow) * (A.Kd / 2) + 16 * t;
+    sp = A.Ws + (A.wrow0 + wrow + 8 * (t & 1)) * (A.Kd / MOE_BLOCK);
+    ftab = sm + WGF_STAGES * sizeof(WgfFStage) + 3 * WGF_FB;
+  }
+  __device__ __forceinline__ WgfFStage& stage(i64 q) const { return reinterpret_cast<WgfFStage*>(smem)[q & (WGF_STAGES - 1)]; }
+  __device__ __forceinline__ u8* bbuf(i64 q) const { return smem + WGF_STAGES * sizeof(WgfFStage) + (q % 3) * WGF_FB; }
+
+  __device__ __forceinline__ void issue(i64 q) const {
+    WgfFStage& s = stage(q);
+#pragma unroll
+    for (int k = 0; k < TOKC; k++) {
+      const int tok = tok0 + 32 * k;
+      if (tok < nvalid && tok < NT)
+        wgf_cp16(&s.x[tok * 128 + 16 * (kc ^ (tok & 7))], xp + (i64)32 * k * A.Kd + q * MOE_GROUP);
+    }
+    wgf_cp16(&s.w[wrow * 64 + 16 * t], wp + q * 64);
+    wgf_cp16(&s.w[(wrow + 8) * 64 + 16 * t], wp + 8 * (A.Kd / 2) + q * 64);
+    if (t < 2) wgf_cp4(&s.s[wrow + 8 * t], sp + 4 * q);
+  }
+
+  // Chunk q's own tokens -> FP16 times 2^(e - R_tok) into its B buffer; its own weights -> A.
+  __device__ __forceinline__ void convert(i64 q, const int (&R)[2], uint32_t (&a)[8][4]) const {
+    const WgfFStage& s = stage(q);
+    u8* b = bbuf(q);
+#pragma unroll
+    for (int k = 0; k < TOKC; k++) {
+      const int tok = tok0 + 32 * k;
+      if ((NT * 8) % 256 != 0 && tok >= NT) break;
+      const uint4 v = *reinterpret_cast<const uint4*>(&s.x[tok * 128 + 16 * (kc ^ (tok & 7))]);
+      const uint32_t f = ftab[tok * A.G + q];  // 15 + d, d >= -15
+      const uint32_t h = f ? f << 10 : 0x0200u;
+      wgf_expand<true>(v, h | (h << 16), b + kc * NT * 32 + (tok >> 3) * 256 + (tok & 7) * 16);
+    }
+    const uint4 pg = *reinterpret_cast<const uint4*>(&s.w[wrow * 64 + 16 * t]);
+    const uint4 ph = *reinterpret_cast<const uint4*>(&s.w[(wrow + 8) * 64 + 16 * t]);
+    const int sg = (s.s[wrow] >> (8 * t)) & 0xff, sh = (s.s[wrow + 8] >> (8 * t)) & 0xff;
+    wgf_convert_a(pg, ph, wgf_mult(sg, R[0]), wgf_mult(sh, R[1]), a);
+  }
+
+  __device__ __forceinline__ void run(const int (&R)[2], const int* tref) const {
+    float acc[NA];
+#pragma unroll
+    for (int i = 0; i < NA; i++) acc[i] = 0.f;
+    uint32_t a0[8][4], a1[8][4];
+#pragma unroll
+    for (int q = 0; q < WGF_STAGES - 1; q++) {
+      if (q < A.G) issue(q);
+      asm volatile("cp.async.commit_group;\n" ::);
+    }
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 2));
+    __syncthreads();  // the fold table (copied before this call) and every thread's chunk 0
+    convert(0, R, a0);
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    auto step = [&](i64 q, uint32_t(&cur)[8][4], uint32_t(&nxt)[8][4]) {
+      wgf_keep(acc);
+      wgf_chunk<NT>(acc, cur, bbuf(q), q == 0);
+      wgf_keep(acc);
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // chunk q-1's MMAs: nxt is free
+      wgf_keep(nxt);
+      asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 3));  // this thread's chunk q+1
+      __syncwarp();
+      if (q + 1 < A.G) convert(q + 1, R, nxt);
+      if (q + WGF_STAGES - 1 < A.G) issue(q + WGF_STAGES - 1);  // the slot of chunk q-1
+      asm volatile("cp.async.commit_group;\n" ::);
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+    };
+    for (i64 q = 0; q < A.G; q += 2) {
+      step(q, a0, a1);
+      if (q + 1 < A.G) step(q + 1, a1, a0);
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgf_keep(acc);
+    wgf_keep(a0);
+    wgf_keep(a1);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    wgf_store<NT>(A, row0, nvalid, wrow, t, R, acc, [&](int col) { return tref[col] - 127; });
+  }
+};
+
+// The promoting path, in passes of up to WGF_PTOK tokens: each chunk's MMAs into a fresh
+// partial, which is multiplied by the tokens' scales and added to the accumulator. Two block
+// barriers per chunk: chunk q+1's copies are visible to every thread, and its B buffer is
+// complete before the MMAs read it.
+template <int NT>
+struct WgfPromote {
+  static constexpr int NA = NT / 2;
+  static constexpr int TOKC = (NT * 8 + 255) / 256;
+  const WgfArgs& A;
+  u8* smem;
+  int row0, nvalid, tid, wrow, t, xtok;
+  const u8 *xp, *wp, *sp;
+  const float* xsp;
+
+  __device__ __forceinline__ WgfPromote(const WgfArgs& a, u8* sm, int r0, int nv) : A(a), smem(sm), row0(r0), nvalid(nv) {
+    tid = threadIdx.x;
+    t = tid & 3;
+    wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
+    xp = A.X + (i64)(row0 + min(tid >> 3, nvalid - 1)) * A.Kd + 16 * (tid & 7);
+    wp = A.W + (A.wrow0 + (tid >> 2)) * (A.Kd / 2) + 16 * (tid & 3);
+    sp = A.Ws + (A.wrow0 + min(tid, WGF_ROWS - 1)) * (A.Kd / MOE_BLOCK);
+    xtok = tid - WGF_ROWS;
+    xsp = A.Xs + (i64)(row0 + min(max(xtok, 0), nvalid - 1)) * A.G;
+  }
+  __device__ __forceinline__ WgfPStage& stage(i64 q) const { return reinterpret_cast<WgfPStage*>(smem)[q & (WGF_STAGES - 1)]; }
+  __device__ __forceinline__ u8* bbuf(i64 q) const { return smem + WGF_STAGES * sizeof(WgfPStage) + (q & 1) * WGF_PB; }
+
+  __device__ __forceinline__ void issue(i64 q) const {
+    WgfPStage& s = stage(q);
+#pragma unroll
+    for (int k = 0; k < TOKC; k++) {
+      const int tok = (tid >> 3) + 32 * k;
+      if (tok < nvalid && tok < NT) wgf_cp16(&s.x[tok * WGF_XROW + 16 * (tid & 7)], xp + (i64)32 * k * A.Kd + q * MOE_GROUP);
+    }
+    wgf_cp16(&s.w[(tid >> 2) * 64 + 16 * (tid & 3)], wp + q * 64);
+    wgf_cp16(&s.w[((tid >> 2) + 64) * 64 + 16 * (tid & 3)], wp + 64 * (A.Kd / 2) + q * 64);
+    if (tid < WGF_ROWS) wgf_cp4(&s.s[tid], sp + 4 * q);
+    else if (xtok < nvalid && xtok < NT) wgf_cp4(&s.xs[xtok], xsp + q);
+  }
+
+  __device__ __forceinline__ void convert(i64 q, const int (&R)[2], uint32_t (&a)[8][4]) const {
+    const WgfPStage& s = stage(q);
+    u8* b = bbuf(q);
+#pragma unroll
+    for (int k = 0; k < TOKC; k++) {
+      const int task = tid + 256 * k;
+      if ((NT * 8) % 256 != 0 && task >= NT * 8) break;
+      const int tok = (task >> 6) * 8 + (task & 7), j = (task >> 3) & 7;
+      const uint4 v = *reinterpret_cast<const uint4*>(&s.x[tok * WGF_XROW + 16 * j]);
+      wgf_expand<false>(v, 0, b + j * NT * 32 + (tok >> 3) * 256 + (tok & 7) * 16);
+    }
+    const uint4 pg = *reinterpret_cast<const uint4*>(&s.w[wrow * 64 + 16 * t]);
+    const uint4 ph = *reinterpret_cast<const uint4*>(&s.w[(wrow + 8) * 64 + 16 * t]);
+    const int sg = (s.s[wrow] >> (8 * t)) & 0xff, sh = (s.s[wrow + 8] >> (8 * t)) & 0xff;
+    wgf_convert_a(pg, ph, wgf_mult(sg, R[0]), wgf_mult(sh, R[1]), a);
+  }
+
+  __device__ __forceinline__ void run(const int (&R)[2]) const {
+    float acc[NA], part[NA];
+#pragma unroll
+    for (int i = 0; i < NA; i++) acc[i] = 0.f;
+    uint32_t a0[8][4], a1[8][4];
+#pragma unroll
+    for (int q = 0; q < WGF_STAGES - 1; q++) {
+      if (q < A.G) issue(q);
+      asm volatile("cp.async.commit_group;\n" ::);
+    }
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 2));
+    __syncthreads();
+    convert(0, R, a0);
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    auto step = [&](i64 q, uint32_t(&cur)[8][4], uint32_t(&nxt)[8][4]) {
+      wgf_chunk<NT>(part, cur, bbuf(q), true);
+      asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 3));
+      __syncthreads();  // chunk q+1 has landed; every thread waited for chunk q-1's MMAs
+      if (q + 1 < A.G) convert(q + 1, R, nxt);
+      if (q + WGF_STAGES - 1 < A.G) issue(q + WGF_STAGES - 1);
+      asm volatile("cp.async.commit_group;\n" ::);
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      wgf_keep(part);
+      wgf_keep(cur);
+      const WgfPStage& s = stage(q);
+#pragma unroll
+      for (int i = 0; i < NT / 8; i++) {
+        const float2 xs = *reinterpret_cast<const float2*>(&s.xs[8 * i + 2 * t]);
+        acc[4 * i + 0] = fmaf(part[4 * i + 0], xs.x, acc[4 * i + 0]);
+        acc[4 * i + 1] = fmaf(part[4 * i + 1], xs.y, acc[4 * i + 1]);
+        acc[4 * i + 2] = fmaf(part[4 * i + 2], xs.x, acc[4 * i + 2]);
+        acc[4 * i + 3] = fmaf(part[4 * i + 3], xs.y, acc[4 * i + 3]);
+      }
+      __syncthreads();  // chunk q+1's B buffer is complete
+    };
+    for (i64 q = 0; q < A.G; q += 2) {
+      step(q, a0, a1);
+      if (q + 1 < A.G) step(q + 1, a1, a0);
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    wgf_store<NT>(A, row0, nvalid, wrow, t, R, acc, [](int) { return 0; });
+  }
+};
+#endif
+
+// W (E, N, Kd/2) packed E2M1, Ws (E, N, Kd/32) E8M0, ref (E, N) the weight fold's reference
+// exponents, X (rows, Kd) FP8 with each chunk in fp16_slot order, Xs (rows, Kd/128), tiles
+// (expert, first row, rows) of up to WGF_TOK rows, flags/trow/ftab from moe_wg_tiles, bias
+// (E, N) or null, out (rows, N) float32. grid = (N / 128, tile bound), block = 256.
+// moe_gemm_wgf computes the tiles whose flag is set (dynamic shared memory WGF_FSMEM + WGF_TOK·G
+// bytes), moe_gemm_wgp the others (WGF_PSMEM bytes; every tile when flags is null), so a GEMM
+// launches both: two kernels rather than two branches of one, so that each gets its own
+// register allocation.
+#define WGF_SETUP                                                                                              \
+  if ((int)blockIdx.y >= *ntiles) return;                                                                      \
+  const int e = tiles[3 * blockIdx.y], row0 = tiles[3 * blockIdx.y + 1], nvalid = tiles[3 * blockIdx.y + 2];  \
+  const int tid = threadIdx.x;                                                                                 \
+  const i64 G = Kd / MOE_GROUP;                                                                                \
+  const WgfArgs args{W, Ws, ref, X, Xs, bias, out, N, Kd, G, (i64)e * N + (i64)blockIdx.x * WGF_ROWS, e};     \
+  const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);                             \
+  const int R[2] = {ref[args.wrow0 + wrow], ref[args.wrow0 + wrow + 8]};
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+moe_gemm_wgf(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ X,
+             const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
+             const int* __restrict__ flags, const int* __restrict__ trow, const u8* __restrict__ ftab,
+             const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // wgmma exists on sm_90a only; the compute_90 PTX traps
+  extern __shared__ __align__(1024) u8 wgf_smem[];
+  __shared__ int tref[WGF_TOK];
+  if ((int)blockIdx.y >= *ntiles || !flags[blockIdx.y]) return;
+  WGF_SETUP
+  // The tile's fold table and reference exponents into shared memory (the run's first barrier
+  // publishes them).
+  u8* ft = wgf_smem + WGF_STAGES * sizeof(WgfFStage) + 3 * WGF_FB;
+  for (int i = tid; i < nvalid * (int)G; i += 256) ft[i] = ftab[(i64)row0 * G + i];
+  for (int i = tid; i < nvalid; i += 256) tref[i] = trow[row0 + i];
+#define WGF_FOLD(nt) WgfFold<nt>(args, wgf_smem, row0, nvalid).run(R, tref)
+  if (nvalid <= 16) WGF_FOLD(16);
+  else if (nvalid <= 32) WGF_FOLD(32);
+  else if (nvalid <= 48) WGF_FOLD(48);
+  else if (nvalid <= 64) WGF_FOLD(64);
+  else if (nvalid <= 80) WGF_FOLD(80);
+  else if (nvalid <= 96) WGF_FOLD(96);
+  else if (nvalid <= 112) WGF_FOLD(112);
+  else if (nvalid <= 128) WGF_FOLD(128);
+  else WGF_FOLD(144);
+#undef WGF_FOLD
+#else
+  __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+moe_gemm_wgp(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ X,
+             const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
+             const int* __restrict__ flags, const int* __restrict__ trow, const u8* __restrict__ ftab,
+             const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) u8 wgf_smem[];
+  if ((int)blockIdx.y >= *ntiles || (flags && flags[blockIdx.y])) return;
+  WGF_SETUP
+  for (int p0 = 0; p0 < nvalid; p0 += WGF_PTOK) {
+    const int nv = min(WGF_PTOK, nvalid - p0);
+    if (p0 > 0) __syncthreads();  // the previous pass is done with the shared memory
+#define WGF_PROMOTE(nt) WgfPromote<nt>(args, wgf_smem, row0 + p0, nv).run(R)
+    if (nv <= 16) WGF_PROMOTE(16);
+    else if (nv <= 32) WGF_PROMOTE(32);
+    else if (nv <= 64) WGF_PROMOTE(64);
+    else WGF_PROMOTE(128);
+#undef WGF_PROMOTE
+  }
+#else
+  __trap();
+#endif
+}
+#undef WGF_SETUP
