@@ -36,6 +36,22 @@ __device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t p) {
   return mag | sgn;
 }
 
+// Nibbles i and i+4 of p (i = 0..3) as an f16x2 (nibble i in the low half), each E2M1 value v
+// as v · 2^-14: the sign to bit 15, the 3 magnitude bits to the exponent's low bits and the
+// mantissa's top bit (code 1, 0.5, lands on the subnormal 2^-15).
+template <int i>
+__device__ __forceinline__ uint32_t e2m1_pair_f16(uint32_t p) {
+  const uint32_t y = p >> (4 * i);
+  return ((y << 9) & 0x0E000E00u) | ((y << 12) & 0x80008000u);
+}
+
+// Bytes i and j of the 8 bytes (lo, hi) as FP8 E4M3 -> an f16x2 (byte i in the low half), exact.
+__device__ __forceinline__ uint32_t e4m3_pair_f16(uint32_t lo, uint32_t hi, int i, int j) {
+  const uint32_t pair = __byte_perm(lo, hi, (unsigned)(i | (j << 4)));
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(pair & 0xffffu), __NV_E4M3);
+  return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+
 // The FP8 group scale: s = max(amax, 1e-10) / 448 in float32, rounded up to a power of two
 // (exactly, from the bits) for ceil_ue8m0. NaN stays NaN.
 __device__ __forceinline__ float group_scale(float amax, i64 fmt) {

@@ -15,6 +15,14 @@
 #define GEMM_TOK MOE_BM              // token columns per block
 #define GEMM_NF (GEMM_TOK / 8)       // n8 fragments per warp
 
+// d += A · B, m16n8k16, f16 operands, float32 accumulation.
+__device__ __forceinline__ void mma_f16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
 __device__ __forceinline__ void mma_e4m3(float d[4], const uint32_t a[4], const uint32_t b[2]) {
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -89,11 +97,15 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 // computes one 8-token fragment; a tile with more tokens takes more passes (decode tiles hold
 // one or two tokens).
 //
-// Inside each 32-element block the MMA's k order is permuted, identically for weights and
-// tokens (a dot product does not depend on the order of its terms): thread t of a quad feeds
-// logical k 4t..4t+3 with elements 8t..8t+3 and logical k 16+4t..16+4t+3 with elements
-// 8t+4..8t+7. One 4-byte read of a weight row (bytes 4t..4t+3 of the block) and one 8-byte read
-// of a token row (bytes 8t..8t+7) then fill whole fragments.
+// Each 32-element block is two FP16 MMAs (mma.sync m16n8k16, float32 accumulation; E2M1 and
+// E4M3 are exact in FP16, and FP16 is the MMA path the FP8 mma.sync runs on anyway on sm_90),
+// with the k order inside the block permuted identically for weights and tokens (a dot product
+// does not depend on the order of its terms): in step s, thread t of a quad feeds logical k
+// 2t + c with element 8t + 2s + 4c and logical k 2t + 8 + c with element 8t + 2s + 1 + 4c. One
+// 4-byte read of a weight row (bytes 4t..4t+3 of the block: nibble pairs (i, i+4) become f16x2
+// registers with a few bit operations) and one 8-byte read of a token row (bytes 8t..8t+7) fill
+// both steps' fragments. The E2M1 expansion carries a factor 2^-14 that the block's scale
+// product takes back.
 #define STREAM_WARPS 4
 #define STREAM_STAGES 4
 #define STREAM_WROW 80   // weight row bytes in the ring: 64 of data, padded for conflict-free reads
@@ -167,18 +179,24 @@ moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
       cp_async_wait<STREAM_STAGES - 1>();
       __syncwarp();
       const StreamStage& d = st[i % STREAM_STAGES];
-      const float xs0 = d.xs[2 * t], xs1 = d.xs[2 * t + 1];
+      const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;  // 2^14: the expansion's factor
 #pragma unroll
       for (int b = 0; b < 4; b++) {
         const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[g][16 * b + 4 * t]);
         const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[g + 8][16 * b + 4 * t]);
         const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][32 * b + 8 * t]);
         const float ws0 = e8m0_to_float(d.s[g][b]), ws1 = e8m0_to_float(d.s[g + 8][b]);
-        const uint32_t a[4] = {e2m1x4_to_e4m3x4(wa & 0xffffu), e2m1x4_to_e4m3x4(wb & 0xffffu),
-                               e2m1x4_to_e4m3x4(wa >> 16), e2m1x4_to_e4m3x4(wb >> 16)};
-        const uint32_t bb[2] = {xv.x, xv.y};
         float dd[4] = {0.f, 0.f, 0.f, 0.f};
-        mma_e4m3(dd, a, bb);
+        {
+          const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
+          const uint32_t bb[2] = {e4m3_pair_f16(xv.x, xv.y, 0, 4), e4m3_pair_f16(xv.x, xv.y, 1, 5)};
+          mma_f16(dd, a, bb);
+        }
+        {
+          const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
+          const uint32_t bb[2] = {e4m3_pair_f16(xv.x, xv.y, 2, 6), e4m3_pair_f16(xv.x, xv.y, 3, 7)};
+          mma_f16(dd, a, bb);
+        }
         acc[0] += dd[0] * (ws0 * xs0);
         acc[1] += dd[1] * (ws0 * xs1);
         acc[2] += dd[2] * (ws1 * xs0);

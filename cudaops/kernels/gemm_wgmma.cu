@@ -109,13 +109,6 @@ __device__ __forceinline__ uint64_t wgf_desc(const void* smem, unsigned lbo, uns
   return (uint64_t)((a >> 4) & 0x3FFF) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) | ((uint64_t)((sbo >> 4) & 0x3FFF) << 32);
 }
 
-// Nibbles i and i+4 of p as an f16x2 (nibble i in the low half), each E2M1 value v as v · 2^-14:
-// the sign to bit 15, the 3 magnitude bits to the exponent's low bits and the mantissa's top bit.
-template <int i>
-__device__ __forceinline__ uint32_t wgf_e2m1_pair(uint32_t p) {
-  const uint32_t y = p >> (4 * i);
-  return ((y << 9) & 0x0E000E00u) | ((y << 12) & 0x80008000u);
-}
 __device__ __forceinline__ uint32_t wgf_hmul2(uint32_t a, uint32_t b) {
   uint32_t r;
   asm("mul.rn.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
@@ -135,14 +128,14 @@ __device__ __forceinline__ void wgf_convert_a(const uint4& pg, const uint4& ph, 
   const uint32_t wg[4] = {pg.x, pg.y, pg.z, pg.w}, wh[4] = {ph.x, ph.y, ph.z, ph.w};
 #pragma unroll
   for (int w = 0; w < 4; w++) {
-    a[2 * w][0] = wgf_hmul2(wgf_e2m1_pair<0>(wg[w]), mg);
-    a[2 * w][1] = wgf_hmul2(wgf_e2m1_pair<0>(wh[w]), mh);
-    a[2 * w][2] = wgf_hmul2(wgf_e2m1_pair<1>(wg[w]), mg);
-    a[2 * w][3] = wgf_hmul2(wgf_e2m1_pair<1>(wh[w]), mh);
-    a[2 * w + 1][0] = wgf_hmul2(wgf_e2m1_pair<2>(wg[w]), mg);
-    a[2 * w + 1][1] = wgf_hmul2(wgf_e2m1_pair<2>(wh[w]), mh);
-    a[2 * w + 1][2] = wgf_hmul2(wgf_e2m1_pair<3>(wg[w]), mg);
-    a[2 * w + 1][3] = wgf_hmul2(wgf_e2m1_pair<3>(wh[w]), mh);
+    a[2 * w][0] = wgf_hmul2(e2m1_pair_f16<0>(wg[w]), mg);
+    a[2 * w][1] = wgf_hmul2(e2m1_pair_f16<0>(wh[w]), mh);
+    a[2 * w][2] = wgf_hmul2(e2m1_pair_f16<1>(wg[w]), mg);
+    a[2 * w][3] = wgf_hmul2(e2m1_pair_f16<1>(wh[w]), mh);
+    a[2 * w + 1][0] = wgf_hmul2(e2m1_pair_f16<2>(wg[w]), mg);
+    a[2 * w + 1][1] = wgf_hmul2(e2m1_pair_f16<2>(wh[w]), mh);
+    a[2 * w + 1][2] = wgf_hmul2(e2m1_pair_f16<3>(wg[w]), mg);
+    a[2 * w + 1][3] = wgf_hmul2(e2m1_pair_f16<3>(wh[w]), mh);
   }
 }
 
