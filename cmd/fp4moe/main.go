@@ -6,6 +6,7 @@
 //	fp4moe check [--backend native|cuda] [--threads N] [--block-m N] FILE...
 //	fp4moe quantize [--layout openai|huggingface|fp4moe] IN.safetensors OUT.safetensors
 //	fp4moe bench [--shapes ...] [--m ...] [--routing uniform,zipf] [--csv FILE]
+//	fp4moe plot [--out DIR] [--format svg|png] [--peers FILE] [--fp8-tflops R] BENCH.csv...
 //
 // check runs every fp4moe-case/1 file on the backend and prints one line per case: its name,
 // the relative L2 error against the file's float32-precision reference ("expected") and against
@@ -27,6 +28,9 @@
 // bench (builds with -tags cudaops) times the CUDA backend on GPT-OSS-120B, DeepSeek-V3 and
 // Qwen3-30B-A3B expert shapes with CUDA-graph replay and prints and writes (CSV) per-call
 // medians with the weight floor of the same run; docs/perf.md records its runs.
+//
+// plot draws bench CSV files as one log-log chart per shape (time per call against M, with
+// the weight floor, optionally the FP8 compute floor and other implementations' points) as SVG or PNG.
 package main
 
 import (
@@ -45,11 +49,13 @@ import (
 const usage = `usage: fp4moe check [--backend native|cuda] [--threads N] [--block-m N] FILE...
        fp4moe quantize [--layout openai|huggingface|fp4moe] IN.safetensors OUT.safetensors
        fp4moe bench [--shapes ...] [--m ...] [--routing uniform,zipf] [--csv FILE]   (tag cudaops)
+       fp4moe plot [--out DIR] [--format svg|png] [--peers FILE] [--fp8-tflops R] BENCH.csv...
 
 commands:
   check      run fp4moe-case/1 and fp4moe-quant/1 files and report PASS or FAIL
   quantize   convert float32/bf16 expert weights to MXFP4
   bench      time the CUDA backend on real model shapes (builds with -tags cudaops)
+  plot       draw bench CSV files as log-log charts, one per shape
 `
 
 func main() {
@@ -68,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return quantize(args[1:], stdout, stderr)
 	case "bench":
 		return bench(args[1:], stdout, stderr)
+	case "plot":
+		return plotCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
