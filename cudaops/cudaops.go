@@ -18,7 +18,10 @@
 //go:generate bash kernels/build.sh
 package cudaops
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // ErrNoCUDA is returned when the package was built without the cudaops tag or no GPU is usable.
 var ErrNoCUDA = errors.New("cudaops: CUDA backend not available")
@@ -53,6 +56,22 @@ const (
 	// when this kernel is asked for.
 	GEMMWgmma
 )
+
+// String returns the kernel's name as fp4moe bench --gemm spells it: auto, tiled, decode or
+// wgmma.
+func (k GEMMKernel) String() string {
+	switch k {
+	case GEMMAuto:
+		return "auto"
+	case GEMMTiled:
+		return "tiled"
+	case GEMMDecode:
+		return "decode"
+	case GEMMWgmma:
+		return "wgmma"
+	}
+	return fmt.Sprintf("GEMMKernel(%d)", uint8(k))
+}
 
 // Name returns "cuda".
 func (Backend) Name() string { return "cuda" }

@@ -41,7 +41,7 @@ Replays run back to back in rounds (one per rotated batch) with events around ea
 the median is over rounds of the mean per call.
 Per row: median µs, weight bytes of the touched experts, achieved GB/s and TFLOP/s
 (2·M·topk·3·K·I FLOPs), and the weight floor (those bytes over the device-to-device copy
-bandwidth measured in the same run) with the ratio to it.
+bandwidth measured in the same run) with the ratio to it, and the grouped GEMM kernel that ran.
 `
 
 func bench(args []string, stdout, stderr io.Writer) int {
@@ -86,9 +86,9 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		w = csv.NewWriter(f)
 		defer w.Flush()
 		w.Write([]string{"device", "date", "shape", "K", "I", "E", "topk", "routing", "M", "experts_touched", "weight_bytes",
-			"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches"})
+			"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm"})
 	}
-	fmt.Fprintf(stdout, "%-14s %-8s %6s %5s %9s %11s %9s %8s %9s %7s\n", "shape", "routing", "M", "exp", "weight MB", "median µs", "GB/s", "TFLOP/s", "floor µs", "×floor")
+	fmt.Fprintf(stdout, "%-14s %-8s %6s %5s %9s %11s %9s %8s %9s %7s  %s\n", "shape", "routing", "M", "exp", "weight MB", "median µs", "GB/s", "TFLOP/s", "floor µs", "×floor", "GEMM")
 	for _, name := range strings.Split(*shapes, ",") {
 		var s *benchShape
 		for i := range benchShapes {
@@ -118,8 +118,9 @@ func bench(args []string, stdout, stderr io.Writer) int {
 					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.name, routing, m, err)
 					return 2
 				}
-				fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f\n", s.name, routing, m, r.experts,
-					r.bytes/1e6, us(r.median), r.bytes/r.median.Seconds()/1e9, r.flops/r.median.Seconds()/1e12, us(r.floor), r.median.Seconds()/r.floor.Seconds())
+				gemm := l.Kernel(m, s.n).String()
+				fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f  %s\n", s.name, routing, m, r.experts,
+					r.bytes/1e6, us(r.median), r.bytes/r.median.Seconds()/1e9, r.flops/r.median.Seconds()/1e12, us(r.floor), r.median.Seconds()/r.floor.Seconds(), gemm)
 				if *stages {
 					st, err := stageTimes(l, *s, routing, m, *seed)
 					if err != nil {
@@ -132,7 +133,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 				if w != nil {
 					w.Write([]string{d.Name, time.Now().UTC().Format("2006-01-02"), s.name, itoa(s.k), itoa(s.i), itoa(s.e), itoa(s.n), routing, itoa(m),
 						ff(r.experts), ff(r.bytes), ff(us(r.median)), ff(us(r.p10)), ff(us(r.p90)), ff(r.bytes / r.median.Seconds() / 1e9),
-						ff(r.flops / r.median.Seconds() / 1e12), ff(copyBW / 1e9), ff(us(r.floor)), ff(r.median.Seconds() / r.floor.Seconds()), itoa(r.launches)})
+						ff(r.flops / r.median.Seconds() / 1e12), ff(copyBW / 1e9), ff(us(r.floor)), ff(r.median.Seconds() / r.floor.Seconds()), itoa(r.launches), gemm})
 				}
 			}
 		}
