@@ -11,7 +11,7 @@ mkdir -p /tmp/b "$OUT/k"
 tar xzf devbin/bins.tgz -C /tmp/b
 echo "binaries from $(cat /tmp/b/COMMIT | tr '\n' ' ')on $(nvidia-smi --query-gpu=name --format=csv,noheader)"
 bash cudaops/kernels/build.sh "$OUT/k" > /dev/null || { tail -30 "$OUT/k/ptxas.log"; exit 1; }
-grep -E "Compiling entry|Used" "$OUT/k/ptxas.log" | paste - - | sed -E 's/ptxas info +: //g' | grep -E "sm_90a" > "$OUT/registers.txt"
+awk "/Compiling entry function/ { f = \$6; a = \$8 } /bytes stack frame/ { sp = \$0 } /Used [0-9]+ registers/ { if (a ~ /sm_90a/) print f, \$5, \$6, sp }" "$OUT/k/ptxas.log" > "$OUT/registers.txt"
 export FP4MOE_FATBIN=$OUT/k/moe.fatbin
 G=$PWD/.devicework/golden
 sum() { printf '%-10s %s\n' "$1" "$2" >> "$OUT/summary.txt"; }
@@ -29,6 +29,6 @@ else
 	timeout 400 /tmp/b/fp4moe bench --routing uniform,zipf --min-time 100ms --csv "$OUT/bench.csv" > "$OUT/bench.log" 2>&1; sum bench "rc=$?"
 fi
 grep -E "^(--- FAIL|FAIL)" "$OUT/cudaops.log" | head -5
-cat "$OUT/registers.txt" | sed -E 's/Compiling entry function //' | cut -c1-120
+cut -c1-140 "$OUT/registers.txt"
 cat "$OUT/bench.log"
 cat "$OUT/summary.txt"
