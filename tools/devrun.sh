@@ -11,7 +11,7 @@ mkdir -p /tmp/b "$OUT/k"
 tar xzf devbin/bins.tgz -C /tmp/b
 echo "binaries from $(cat /tmp/b/COMMIT | tr '\n' ' ')on $(nvidia-smi --query-gpu=name --format=csv,noheader)"
 bash cudaops/kernels/build.sh "$OUT/k" > /dev/null || { tail -30 "$OUT/k/ptxas.log"; exit 1; }
-awk "/Compiling entry function/ { f = \$6; a = \$8 } /bytes stack frame/ { sp = \$0 } /Used [0-9]+ registers/ { if (a ~ /sm_90a/) print f, \$5, \$6, sp }" "$OUT/k/ptxas.log" > "$OUT/registers.txt"
+awk "/Compiling entry function/ { f = \$7; a = \$9 } /bytes stack frame/ { sp = \$0 } /Used [0-9]+ registers/ { if (a ~ /sm_90a/) print f, \$5, \$6, sp }" "$OUT/k/ptxas.log" > "$OUT/registers.txt"
 export FP4MOE_FATBIN=$OUT/k/moe.fatbin
 G=$PWD/.devicework/golden
 sum() { printf '%-10s %s\n' "$1" "$2" >> "$OUT/summary.txt"; }
