@@ -32,6 +32,28 @@ func mustLayer(t *testing.T, w *moe.Weights, cfg moe.Config) *Layer {
 	return l
 }
 
+// wgmmaLayer is mustLayer with the wgmma GEMM asked for.
+func wgmmaLayer(t *testing.T, w *moe.Weights, cfg moe.Config) *Layer {
+	t.Helper()
+	ml, err := Backend{Options: Options{GEMM: GEMMWgmma}}.NewLayer(w, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ml.Close() })
+	return ml.(*Layer)
+}
+
+// nativeOutput runs b on the native backend, the comparison for the GPU's outputs.
+func nativeOutput(t *testing.T, w *moe.Weights, cfg moe.Config, b *moe.Batch) []float32 {
+	t.Helper()
+	nl, err := native.NewLayer(w, cfg, native.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	return forward(t, nl, b, w.K)
+}
+
 func forward(t *testing.T, l moe.Layer, b *moe.Batch, k int) []float32 {
 	t.Helper()
 	out := make([]float32, b.M*k)
@@ -51,12 +73,7 @@ func TestAgainstNative(t *testing.T) {
 	for _, s := range specs {
 		c := conformance.Generate(s)
 		l := mustLayer(t, &c.Weights, c.Config)
-		nl, err := native.NewLayer(&c.Weights, c.Config, native.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, want := forward(t, l, &c.Batch, s.K), forward(t, nl, &c.Batch, s.K)
-		nl.Close()
+		got, want := forward(t, l, &c.Batch, s.K), nativeOutput(t, &c.Weights, c.Config, &c.Batch)
 		e := conformance.RelL2(got, want)
 		t.Logf("M=%d K=%d I=%d E=%d top%d: rel L2 against native %.2e, against float64 %.2e", s.M, s.K, s.I, s.E, s.TopK, e, conformance.RelL2(got, c.Expected))
 		if e > 1e-3 || conformance.RelL2(got, c.Expected) > 1e-3 {
@@ -80,21 +97,12 @@ func TestWgmma(t *testing.T) {
 		{M: 700, K: 256, I: 256, E: 2, TopK: 1, Activation: moe.SwiGLUStep, Seed: 15},
 	} {
 		c := conformance.Generate(s)
-		ml, err := Backend{Options: Options{GEMM: GEMMWgmma}}.NewLayer(&c.Weights, c.Config)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l := ml.(*Layer)
+		l := wgmmaLayer(t, &c.Weights, c.Config)
 		if k := l.Kernel(s.M, s.TopK); k != GEMMWgmma {
 			t.Fatalf("M=%d: kernel %d, want the wgmma GEMM", s.M, k)
 		}
-		nl, err := native.NewLayer(&c.Weights, c.Config, native.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, want := forward(t, l, &c.Batch, s.K), forward(t, nl, &c.Batch, s.K)
+		got, want := forward(t, l, &c.Batch, s.K), nativeOutput(t, &c.Weights, c.Config, &c.Batch)
 		again := forward(t, l, &c.Batch, s.K)
-		nl.Close()
 		l.Close()
 		e, e64 := conformance.RelL2(got, want), conformance.RelL2(got, c.Expected)
 		t.Logf("M=%d K=%d I=%d E=%d top%d: rel L2 against native %.2e, against float64 %.2e", s.M, s.K, s.I, s.E, s.TopK, e, e64)
@@ -116,17 +124,8 @@ func TestWgmmaScaleSpread(t *testing.T) {
 	b := c.Batch
 	b.A1qScale = append([]float32(nil), b.A1qScale...)
 	b.A1qScale[0] *= 1.0 / (1 << 20)
-	ml, err := Backend{Options: Options{GEMM: GEMMWgmma}}.NewLayer(&c.Weights, c.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ml.Close()
-	nl, err := native.NewLayer(&c.Weights, c.Config, native.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
-	got, want := forward(t, ml, &b, 512), forward(t, nl, &b, 512)
+	l := wgmmaLayer(t, &c.Weights, c.Config)
+	got, want := forward(t, l, &b, 512), nativeOutput(t, &c.Weights, c.Config, &b)
 	if e := conformance.RelL2(got, want); e > 1e-4 {
 		t.Fatalf("rel L2 %.3e against native", e)
 	}
@@ -144,21 +143,11 @@ func TestWgmmaFoldFallback(t *testing.T) {
 	}
 	w.W13Scale[0] = 140
 	w.W13Scale[1] = 110
-	ml, err := Backend{Options: Options{GEMM: GEMMWgmma}}.NewLayer(&w, c.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ml.Close()
-	l := ml.(*Layer)
+	l := wgmmaLayer(t, &w, c.Config)
 	if k := l.Kernel(200, 2); k != GEMMTiled {
 		t.Fatalf("kernel %d, want the tiled GEMM for weights the fold cannot hold", k)
 	}
-	nl, err := native.NewLayer(&w, c.Config, native.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
-	got, want := forward(t, l, &c.Batch, 256), forward(t, nl, &c.Batch, 256)
+	got, want := forward(t, l, &c.Batch, 256), nativeOutput(t, &w, c.Config, &c.Batch)
 	if e := conformance.RelL2(got, want); e > 1e-4 {
 		t.Fatalf("rel L2 %.3e against native", e)
 	}

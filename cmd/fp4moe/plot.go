@@ -220,8 +220,7 @@ func drawShape(path, shape string, rows []chartRow, peers []peerPoint, fp8 float
 		return keys[i].device+keys[i].routing < keys[j].device+keys[j].routing
 	})
 	for i, k := range keys {
-		xy := series[k]
-		sort.Slice(xy, func(a, b int) bool { return xy[a].X < xy[b].X })
+		xy := byX(series[k])
 		l, s, err := plotter.NewLinePoints(xy)
 		if err != nil {
 			return err
@@ -241,8 +240,7 @@ func drawShape(path, shape string, rows []chartRow, peers []peerPoint, fp8 float
 		for m, f := range floors[d] {
 			xy = append(xy, plotter.XY{X: float64(m), Y: f})
 		}
-		sort.Slice(xy, func(a, b int) bool { return xy[a].X < xy[b].X })
-		l, err := plotter.NewLine(xy)
+		l, err := plotter.NewLine(byX(xy))
 		if err != nil {
 			return err
 		}
@@ -309,6 +307,12 @@ func uniqueMs(rows []chartRow) []int {
 	}
 	sort.Ints(ms)
 	return ms
+}
+
+// byX sorts points by X, so that lines join them in order of M.
+func byX(xy plotter.XYs) plotter.XYs {
+	sort.Slice(xy, func(a, b int) bool { return xy[a].X < xy[b].X })
+	return xy
 }
 
 // plotColor is the i-th colour of plotutil's palette.
