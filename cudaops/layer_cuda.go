@@ -18,13 +18,14 @@ const (
 	gemmRows     = 64   // GEMM_ROWS: weight rows per GEMM block
 	routeThreads = 1024 // ROUTE_THREADS
 	maxExperts   = 1024 // local experts the routing kernel handles
-	wgfRows      = 128  // WGF_ROWS: weight rows per block of the wgmma GEMM
-	wgfTokens    = 144  // WGF_TOK: the most tokens of its tiles
-	// WGF_FSMEM, the folding kernel's shared memory before its fold table (wgfTokens bytes per
-	// 128 columns of K): a 4-stage ring of 144·128 token bytes, 128·64 weight bytes and 128
-	// scale words, and three FP16 token buffers (8 k16 steps × 144 tokens × 32 bytes).
-	wgfFSmem = 4*(wgfTokens*128+wgfRows*64+wgfRows*4) + 3*8*wgfTokens*32
-	wgfMaxG  = 84 // the most 128-column groups whose fold table fits beside it (227 KB)
+	// fusedPermutePairs: up to this many routed pairs, the routing kernel gathers the rows
+	// itself (decode batches; one block copies them all).
+	fusedPermutePairs = 64
+	wgfRows           = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
+	wgfTokens         = 144 // WGF_TOK: the most tokens of its tiles
+	// WGB_SMEM, the staged-token folding kernel's: a 4-stage ring of 144 FP16 token rows of a
+	// chunk (256 bytes each), 128·64 weight bytes and 128 scale words.
+	wgbSmem = 4 * (wgfTokens*256 + wgfRows*64 + wgfRows*4)
 	// WGF_PSMEM, the promoting kernel's: a 4-stage ring of 128·144 token bytes, 128·64 weight
 	// bytes, 128 scale words and 128 token scales, and two FP16 token buffers.
 	wgfPSmem = 4*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
@@ -199,8 +200,11 @@ type workspace struct {
 	// routing metadata
 	counts, offsets, expertIDs, rowPair, invPerm, tileList, ntiles, errs cu.DevicePtr
 	// the wgmma GEMM's tiles, and per tile and row whether and how the activation scales fold
-	wtileList, nwtiles, wflags, wtrow, wftab cu.DevicePtr
-	host                                     pinned
+	wtileList, nwtiles, wflags, wtrow cu.DevicePtr
+	// the wgmma GEMM's tokens staged as FP16 (moe_wg_tiles), chunk-major, xbStride bytes a chunk
+	xb       cu.DevicePtr
+	xbStride int64
+	host     pinned
 }
 
 // bounds returns, for p routed pairs, the most rows the permuted layout can take and the most
@@ -245,7 +249,8 @@ func (l *Layer) ensure(m, topk int) error {
 		a.take(rows * l.K), a.take(rows * l.K / 32), a.take(int(int64(rows) * 2 * I * 4)), a.take(rows * l.I), a.take(rows * l.I / 32),
 		a.take(int(int64(rows) * K * 4)),
 		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(4), a.take(4),
-		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4), a.take(rows * max(l.K, l.I) / 128),
+		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4),
+		a.take((rows + wgfTokens) * max(l.K, l.I) * 2),
 	}
 	mem, err := cu.MemAlloc(a.size)
 	if err != nil {
@@ -260,10 +265,13 @@ func (l *Layer) ensure(m, topk int) error {
 	ws.mem, ws.size, ws.host = mem, a.size, host
 	ptrs := []*cu.DevicePtr{&ws.x, &ws.a1q, &ws.a1s, &ws.ids, &ws.tw, &ws.out, &ws.a1qPerm, &ws.a1sPerm, &ws.h, &ws.a2q, &ws.a2s, &ws.z,
 		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.ntiles, &ws.errs,
-		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wftab}
+		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.xb}
 	for i, p := range ptrs {
 		*p = mem + cu.DevicePtr(offs[i])
 	}
+	// A tile's last MMA columns may lie past the layout's rows (they are never stored): the
+	// staging keeps wgfTokens spare rows per chunk.
+	ws.xbStride = int64(rows+wgfTokens) * 256
 	l.ws = ws
 	return nil
 }
@@ -454,20 +462,28 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(1); err != nil {
 		return err
 	}
+	kernel := l.kernel(P)
+	// Small decode batches: the routing block also gathers the rows (one launch fewer).
+	fused := kernel == GEMMDecode && P <= fusedPermutePairs
+	var gather [5]uint64
+	if fused {
+		gather = [5]uint64{u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm)}
+	}
 	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)), l.stream,
 		u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs),
-		u(ws.wtileList), u(ws.nwtiles)); err != nil {
+		u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), gather[0], gather[1], gather[2], gather[3], gather[4]); err != nil {
 		return fmt.Errorf("cudaops: route: %w", err)
 	}
-	kernel := l.kernel(P)
 	permute := f.permute
 	if kernel == GEMMWgmma {
 		permute = f.permuteWG
 	}
-	if err := launch(permute, dim3{rows, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
-		u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm)); err != nil {
-		return fmt.Errorf("cudaops: permute: %w", err)
+	if !fused {
+		if err := launch(permute, dim3{rows, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+			u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm)); err != nil {
+			return fmt.Errorf("cudaops: permute: %w", err)
+		}
 	}
 	if err := l.mark(2); err != nil {
 		return err
@@ -478,22 +494,19 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			return launch(f.gemmDec, dim3{int(n / 16), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))
 		case GEMMWgmma:
-			// Per tile, whether the activation scales fold into FP16; the tiles that fold, then
-			// the others. Without room for the fold table, every tile takes the promoting kernel.
+			// Per tile, whether the activation scales fold into FP16 (and if so its FP16 tokens);
+			// the tiles that fold, then the others.
 			grid := dim3{int(n / wgfRows), l.wgfTiles(P), 1}
-			args := []uint64{u(w), u(sc), u(ref), u(x), u(xs), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), u(ws.wftab), u(bias), u(out), i(n), i(kd)}
-			if kd/128 > wgfMaxG {
-				args[7] = 0
-			} else {
-				if err := launch(f.wgTiles, dim3{l.wgfTiles(P), 1, 1}, dim3{256, 1, 1}, 0, l.stream,
-					u(xs), u(ws.wtileList), u(ws.nwtiles), i(kd/128), u(ws.wflags), u(ws.wtrow), u(ws.wftab)); err != nil {
-					return err
-				}
-				if err := launch(f.gemmWgf, grid, dim3{256, 1, 1}, wgfFSmem+wgfTokens*int(kd/128), l.stream, args...); err != nil {
-					return err
-				}
+			if err := launch(f.wgTiles, dim3{l.wgfTiles(P), 1, 1}, dim3{256, 1, 1}, 0, l.stream,
+				u(xs), u(ws.wtileList), u(ws.nwtiles), i(kd/128), u(ws.wflags), u(ws.wtrow), u(x), u(ws.xb), i(ws.xbStride)); err != nil {
+				return err
 			}
-			return launch(f.gemmWgp, grid, dim3{256, 1, 1}, wgfPSmem, l.stream, args...)
+			if err := launch(f.gemmWgb, grid, dim3{256, 1, 1}, wgbSmem, l.stream,
+				u(w), u(sc), u(ref), u(ws.xb), i(ws.xbStride), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), u(bias), u(out), i(n), i(kd)); err != nil {
+				return err
+			}
+			return launch(f.gemmWgp, grid, dim3{256, 1, 1}, wgfPSmem, l.stream,
+				u(w), u(sc), u(ref), u(x), u(xs), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(bias), u(out), i(n), i(kd))
 		}
 		return launch(f.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
 			u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))

@@ -10,7 +10,8 @@ OUT=${OUT:-/tmp/out}
 mkdir -p /tmp/b "$OUT/k"
 tar xzf devbin/bins.tgz -C /tmp/b
 echo "binaries from $(cat /tmp/b/COMMIT | tr '\n' ' ')on $(nvidia-smi --query-gpu=name --format=csv,noheader)"
-bash cudaops/kernels/build.sh "$OUT/k" > /dev/null || { tail -30 "$OUT/k/ptxas.log"; exit 1; }
+# Kernels already built into $OUT/k by an earlier step of the same call are reused.
+[ -f "$OUT/k/moe.fatbin" ] || bash cudaops/kernels/build.sh "$OUT/k" > /dev/null || { tail -30 "$OUT/k/ptxas.log"; exit 1; }
 awk "/Compiling entry function/ { f = \$7; a = \$9 } /bytes stack frame/ { sp = \$0 } /Used [0-9]+ registers/ { if (a ~ /sm_90a/) print f, \$5, \$6, sp }" "$OUT/k/ptxas.log" > "$OUT/registers.txt"
 export FP4MOE_FATBIN=$OUT/k/moe.fatbin
 G=$PWD/.devicework/golden
@@ -32,3 +33,7 @@ grep -E "^(--- FAIL|FAIL)" "$OUT/cudaops.log" | head -5
 cut -c1-140 "$OUT/registers.txt"
 cat "$OUT/bench.log"
 cat "$OUT/summary.txt"
+# Few files come back from the machine: the logs travel as one archive, beside the fatbin, its
+# manifest, the bench CSV, the register report and the summary.
+cp "$OUT/k/moe.fatbin" "$OUT/k/manifest.txt" "$OUT/"
+(cd "$OUT" && tar czf logs.tgz --remove-files *.log k)

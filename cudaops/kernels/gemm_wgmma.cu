@@ -14,26 +14,29 @@
 // so the fold is always exact here. 2^(R-127) multiplies the result in the epilogue. The
 // activation scales, one per token per 128 columns, take one of two paths (below).
 //
-// A block: 128 weight rows (two warpgroups of 64, the MMA's M) × one tile of up to 160 tokens
-// of an expert (N; the route kernel splits an expert's rows into equal tiles, and the
-// instruction width is picked per tile from 16, 32, 64, 96, 112, 128, 144, 160).
+// A block: 128 weight rows (two warpgroups of 64, the MMA's M) × one tile of up to 144 tokens
+// of an expert (N; the route kernel splits an expert's rows into equal tiles that start at
+// multiples of 8 rows, and the instruction width is picked per tile, a multiple of 16 up to 144).
 //
-// Two paths, chosen per tile. Folded (every token's activation scales are finite powers of two
-// within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the scales are
-// folded into the FP16 tokens relative to that largest exponent, exactly, so one float32
+// Two paths, chosen per tile by moe_wg_tiles. Folded (every token's activation scales are finite
+// powers of two within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the
+// scales are folded into FP16 tokens relative to that largest exponent, exactly. moe_wg_tiles
+// writes those FP16 tokens once per GEMM, already in the MMA's core-matrix layout, so the GEMM
+// (moe_gemm_wgb) copies them into shared memory without touching them in registers; one float32
 // accumulator runs over all of K, the next chunk's MMAs queue behind the current ones, and the
-// epilogue applies 2^(R-127) · the token's largest scale. Promoting (any other scales): each
-// chunk's 8 k16 MMAs sum into a fresh float32 partial, which is multiplied by the tokens'
-// scales and added to the accumulator (per-128 promotion), in passes of up to 128 tokens. The
-// weights are the A operand in registers: thread t of a quad owns E8M0 block t of each 128-
-// element chunk, so one 16-byte shared-memory read per row feeds all 8 k16 steps. The tokens
-// are B: the permute and activation kernels wrote their FP8 rows in the order of fp16_slot
-// (common.cuh), the same permutation of k inside each block as the weights' (a dot product
-// does not depend on the order of its terms), so each 8-value piece expands to FP16 (exact) as
-// one 16-byte row of a core matrix of the MMA's K-major no-swizzle layout. A WGF_STAGES-deep
-// cp.async ring brings each chunk's tokens, weights, scales and token scales; while the tensor
-// cores run chunk q from one FP16 buffer, the threads expand chunk q+1's tokens into the other
-// and its weights into a second set of A registers.
+// epilogue applies 2^(R-127) · the token's largest scale. Promoting (any other scales,
+// moe_gemm_wgp): each chunk's 8 k16 MMAs sum into a fresh float32 partial, which is multiplied
+// by the tokens' scales and added to the accumulator (per-128 promotion), in passes of up to 128
+// tokens, the tokens expanded from FP8 inside the GEMM. The weights are the A operand in
+// registers: thread t of a quad owns E8M0 block t of each 128-element chunk, so one 16-byte
+// shared-memory read per row feeds all 8 k16 steps. The tokens are B: the permute and
+// activation kernels wrote their FP8 rows in the order of fp16_slot (common.cuh), the same
+// permutation of k inside each block as the weights' (a dot product does not depend on the
+// order of its terms), so each 8-value piece expands to FP16 (exact) as one 16-byte row of a
+// core matrix of the MMA's K-major no-swizzle layout. A WGF_STAGES-deep cp.async ring brings
+// each chunk's tokens, weights and scales; while the tensor cores run chunk q, the threads
+// convert chunk q+1's weights into a second set of A registers (the structs below say how each
+// path synchronises).
 #include "common.cuh"
 #include "wgmma_f16.cuh"
 
@@ -43,17 +46,6 @@
 #define WGF_STAGES 4   // ring depth, in 128-element chunks (a power of two)
 #define WGF_XROW 144   // promoting kernel: token row bytes in the ring, padded for conflict-free reads
 #define WGF_SPAN 23    // the largest exponent distance the weight fold keeps exact
-
-// Folding kernel: a ring slot holds each thread's own copies (tokens with 16-byte chunk kc of
-// token tok at chunk kc ^ (tok % 8) of its row, for conflict-free reads), three FP16 B buffers
-// follow, then the tile's fold table (WGF_TOK · G bytes).
-struct WgfFStage {
-  u8 x[WGF_TOK * 128];    // the tokens' FP8 values of the chunk, in fp16_slot order, swizzled
-  u8 w[WGF_ROWS * 64];    // the rows' packed E2M1 codes of the chunk (4 blocks)
-  uint32_t s[WGF_ROWS];   // the rows' 4 E8M0 exponents of the chunk
-};
-#define WGF_FB (8 * WGF_TOK * 32)  // one FP16 B buffer: 8 k16 steps × WGF_TOK tokens × 32 bytes
-#define WGF_FSMEM (WGF_STAGES * (int)sizeof(WgfFStage) + 3 * WGF_FB)
 
 // Promoting kernel: ring slots, then two FP16 B buffers.
 struct WgfPStage {
@@ -154,39 +146,6 @@ __device__ __forceinline__ void wgf_mma(float (&d)[NT / 2], const uint32_t (&a)[
 
 #endif
 
-// Per tile of the wgmma GEMM: can its tokens' activation scales fold exactly into FP16? Every
-// scale must be a finite power of two within 15 binades below its token's largest (the
-// ceil_ue8m0 format gives powers of two). flags[tile] = 1 if so; for every row of the tile,
-// trow[row] = that largest exponent (biased) and ftab[row, g] = 15 + (exponent of group g -
-// trow[row]) (0 when out of range, which only unfolded tiles hold). Xs (rows, G).
-// grid = tile bound, block = 256.
-extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
-                                        i64 G, int* __restrict__ flags, int* __restrict__ trow, u8* __restrict__ ftab) {
-  __shared__ int tmax[WGF_TOK];
-  if ((int)blockIdx.x >= *ntiles) return;
-  const int row0 = tiles[3 * blockIdx.x + 1], nvalid = tiles[3 * blockIdx.x + 2], g = (int)G;
-  const int tid = threadIdx.x;
-  for (int i = tid; i < nvalid; i += blockDim.x) tmax[i] = 0;
-  __syncthreads();
-  const float* xs = Xs + (i64)row0 * G;
-  int ok = 1;
-  for (int i = tid; i < nvalid * g; i += blockDim.x) {
-    const uint32_t b = __float_as_uint(xs[i]);
-    const int ex = (b >> 23) & 0xff;
-    ok &= (b & 0x807fffffu) == 0 && ex != 0 && ex != 255;
-    atomicMax(&tmax[i / g], ex);
-  }
-  __syncthreads();
-  for (int i = tid; i < nvalid * g; i += blockDim.x) {
-    const int d = (int)((__float_as_uint(xs[i]) >> 23) & 0xff) - tmax[i / g];
-    ok &= d >= -15;
-    ftab[(i64)row0 * G + i] = (u8)max(d + 15, 0);
-  }
-  for (int i = tid; i < nvalid; i += blockDim.x) trow[row0 + i] = tmax[i];
-  ok = __syncthreads_and(ok);
-  if (tid == 0) flags[blockIdx.x] = ok;
-}
-
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // The kernels' arguments and the block's tile.
 struct WgfArgs {
@@ -262,109 +221,6 @@ __device__ __forceinline__ void wgf_store(const WgfArgs& A, int row0, int nvalid
     }
   }
 }
-
-// The folding path. Each thread copies, through the ring, exactly the bytes it later expands
-// (its tokens' 16-byte pieces, its two weight rows' 16 bytes; lanes t = 0, 1 of each quad the
-// quad's two scale words), so a chunk is ready for a thread after its own cp.async wait (and a
-// __syncwarp for the scale words): one block barrier per chunk remains, which publishes the
-// next chunk's FP16 B buffer and retires the buffer of the chunk before last (three buffers).
-template <int NT>
-struct WgfFold {
-  static constexpr int NA = NT / 2;
-  static constexpr int TOKC = (NT * 8 + 255) / 256;  // token pieces per thread
-  const WgfArgs& A;
-  u8* smem;
-  const u8* ftab;  // shared: the tile's fold table, NT · G bytes
-  int row0, nvalid, tid, wrow, t, tok0, kc;
-  const u8 *xp, *wp, *sp;
-
-  __device__ __forceinline__ WgfFold(const WgfArgs& a, u8* sm, int r0, int nv) : A(a), smem(sm), row0(r0), nvalid(nv) {
-    tid = threadIdx.x;
-    t = tid & 3;
-    wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
-    tok0 = (tid >> 6) * 8 + (tid & 7);  // task k: token tok0 + 32k, piece pair kc
-    kc = (tid >> 3) & 7;
-    xp = A.X + (i64)(row0 + min(tok0, nvalid - 1)) * A.Kd + 16 * kc;
-    wp = A.W + (A.wrow0 + wrow) * (A.Kd / 2) + 16 * t;
-    sp = A.Ws + (A.wrow0 + wrow + 8 * (t & 1)) * (A.Kd / MOE_BLOCK);
-    ftab = sm + WGF_STAGES * sizeof(WgfFStage) + 3 * WGF_FB;
-  }
-  __device__ __forceinline__ WgfFStage& stage(i64 q) const { return reinterpret_cast<WgfFStage*>(smem)[q & (WGF_STAGES - 1)]; }
-  __device__ __forceinline__ u8* bbuf(i64 q) const { return smem + WGF_STAGES * sizeof(WgfFStage) + (q % 3) * WGF_FB; }
-
-  __device__ __forceinline__ void issue(i64 q) const {
-    WgfFStage& s = stage(q);
-#pragma unroll
-    for (int k = 0; k < TOKC; k++) {
-      const int tok = tok0 + 32 * k;
-      if (tok < nvalid && tok < NT)
-        wgf_cp16(&s.x[tok * 128 + 16 * (kc ^ (tok & 7))], xp + (i64)32 * k * A.Kd + q * MOE_GROUP);
-    }
-    wgf_cp16(&s.w[wrow * 64 + 16 * t], wp + q * 64);
-    wgf_cp16(&s.w[(wrow + 8) * 64 + 16 * t], wp + 8 * (A.Kd / 2) + q * 64);
-    if (t < 2) wgf_cp4(&s.s[wrow + 8 * t], sp + 4 * q);
-  }
-
-  // Chunk q's own tokens -> FP16 times 2^(e - R_tok) into its B buffer; its own weights -> A.
-  __device__ __forceinline__ void convert(i64 q, const int (&R)[2], uint32_t (&a)[8][4]) const {
-    const WgfFStage& s = stage(q);
-    u8* b = bbuf(q);
-#pragma unroll
-    for (int k = 0; k < TOKC; k++) {
-      const int tok = tok0 + 32 * k;
-      if ((NT * 8) % 256 != 0 && tok >= NT) break;
-      const uint4 v = *reinterpret_cast<const uint4*>(&s.x[tok * 128 + 16 * (kc ^ (tok & 7))]);
-      const uint32_t f = ftab[tok * A.G + q];  // 15 + d, d >= -15
-      const uint32_t h = f ? f << 10 : 0x0200u;
-      wgf_expand<true>(v, h | (h << 16), b + kc * NT * 32 + (tok >> 3) * 256 + (tok & 7) * 16);
-    }
-    const uint4 pg = *reinterpret_cast<const uint4*>(&s.w[wrow * 64 + 16 * t]);
-    const uint4 ph = *reinterpret_cast<const uint4*>(&s.w[(wrow + 8) * 64 + 16 * t]);
-    const int sg = (s.s[wrow] >> (8 * t)) & 0xff, sh = (s.s[wrow + 8] >> (8 * t)) & 0xff;
-    wgf_convert_a(pg, ph, wgf_mult(sg, R[0]), wgf_mult(sh, R[1]), a);
-  }
-
-  __device__ __forceinline__ void run(const int (&R)[2], const int* tref) const {
-    float acc[NA];
-#pragma unroll
-    for (int i = 0; i < NA; i++) acc[i] = 0.f;
-    uint32_t a0[8][4], a1[8][4];
-#pragma unroll
-    for (int q = 0; q < WGF_STAGES - 1; q++) {
-      if (q < A.G) issue(q);
-      asm volatile("cp.async.commit_group;\n" ::);
-    }
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 2));
-    __syncthreads();  // the fold table (copied before this call) and every thread's chunk 0
-    convert(0, R, a0);
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
-    auto step = [&](i64 q, uint32_t(&cur)[8][4], uint32_t(&nxt)[8][4]) {
-      wgf_keep(acc);
-      wgf_chunk<NT>(acc, cur, bbuf(q), q == 0);
-      wgf_keep(acc);
-      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // chunk q-1's MMAs: nxt is free
-      wgf_keep(nxt);
-      asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 3));  // this thread's chunk q+1
-      __syncwarp();
-      if (q + 1 < A.G) convert(q + 1, R, nxt);
-      if (q + WGF_STAGES - 1 < A.G) issue(q + WGF_STAGES - 1);  // the slot of chunk q-1
-      asm volatile("cp.async.commit_group;\n" ::);
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      __syncthreads();
-    };
-    for (i64 q = 0; q < A.G; q += 2) {
-      step(q, a0, a1);
-      if (q + 1 < A.G) step(q + 1, a1, a0);
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    wgf_keep(acc);
-    wgf_keep(a0);
-    wgf_keep(a1);
-    asm volatile("cp.async.wait_group 0;\n" ::);
-    wgf_store<NT>(A, row0, nvalid, wrow, t, R, acc, [&](int col) { return tref[col] - 127; });
-  }
-};
 
 // The promoting path, in passes of up to WGF_PTOK tokens: each chunk's MMAs into a fresh
 // partial, which is multiplied by the tokens' scales and added to the accumulator. Two block
@@ -468,16 +324,116 @@ struct WgfPromote {
     wgf_store<NT>(A, row0, nvalid, wrow, t, R, acc, [](int) { return 0; });
   }
 };
+
+// The folding path with staged tokens (moe_gemm_wgb): moe_wg_tiles already wrote the tile's
+// tokens as FP16 in the MMA's core-matrix layout, so a ring slot is copied, not converted. Each
+// thread copies NT/16 16-byte pieces of the chunk's B block and its own two weight rows and
+// scale words; one block barrier per chunk publishes chunk q+1 (every thread waited for its
+// copies and fenced them for the async proxy) and retires chunk q-1's slot (every warpgroup
+// waited for its MMAs), so the copies of chunk q+S-1 go there.
+struct WgbStage {
+  u8 b[WGF_TOK * 256];   // the tokens' FP16 values of the chunk, 8-row groups of 16 core matrices
+  u8 w[WGF_ROWS * 64];   // the rows' packed E2M1 codes of the chunk (4 blocks)
+  uint32_t s[WGF_ROWS];  // the rows' 4 E8M0 exponents of the chunk
+};
+#define WGB_SMEM (WGF_STAGES * (int)sizeof(WgbStage))
+
+template <int NT>
+struct WgbFold {
+  static constexpr int NA = NT / 2;
+  const WgfArgs& A;
+  u8* smem;
+  const u8* xb;  // the tile's staged tokens, chunk 0
+  i64 cstride;
+  int row0, nvalid, tid, wrow, t;
+  const u8 *wp, *sp;
+
+  __device__ __forceinline__ WgbFold(const WgfArgs& a, u8* sm, const u8* xbase, i64 cs, int r0, int nv)
+      : A(a), smem(sm), cstride(cs), row0(r0), nvalid(nv) {
+    tid = threadIdx.x;
+    t = tid & 3;
+    wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
+    xb = xbase + (i64)(row0 >> 3) * 2048;
+    wp = A.W + (A.wrow0 + wrow) * (A.Kd / 2) + 16 * t;
+    sp = A.Ws + (A.wrow0 + wrow + 8 * (t & 1)) * (A.Kd / MOE_BLOCK);
+  }
+  __device__ __forceinline__ WgbStage& stage(i64 q) const { return reinterpret_cast<WgbStage*>(smem)[q & (WGF_STAGES - 1)]; }
+
+  __device__ __forceinline__ void issue(i64 q) const {
+    WgbStage& s = stage(q);
+    const u8* src = xb + q * cstride;
+#pragma unroll
+    for (int k = 0; k < NT / 16; k++) wgf_cp16(&s.b[(tid + 256 * k) * 16], src + (tid + 256 * k) * 16);
+    wgf_cp16(&s.w[wrow * 64 + 16 * t], wp + q * 64);
+    wgf_cp16(&s.w[(wrow + 8) * 64 + 16 * t], wp + 8 * (A.Kd / 2) + q * 64);
+    if (t < 2) wgf_cp4(&s.s[wrow + 8 * t], sp + 4 * q);
+  }
+
+  __device__ __forceinline__ void convert(i64 q, const int (&R)[2], uint32_t (&a)[8][4]) const {
+    const WgbStage& s = stage(q);
+    const uint4 pg = *reinterpret_cast<const uint4*>(&s.w[wrow * 64 + 16 * t]);
+    const uint4 ph = *reinterpret_cast<const uint4*>(&s.w[(wrow + 8) * 64 + 16 * t]);
+    const int sg = (s.s[wrow] >> (8 * t)) & 0xff, sh = (s.s[wrow + 8] >> (8 * t)) & 0xff;
+    wgf_convert_a(pg, ph, wgf_mult(sg, R[0]), wgf_mult(sh, R[1]), a);
+  }
+
+  // Eight k16 MMAs of chunk q: step j reads core matrices 2j, 2j+1 of every 8-row group.
+  __device__ __forceinline__ void mma(float (&d)[NA], const uint32_t (&a)[8][4], i64 q) const {
+    const u8* b = stage(q).b;
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int j = 0; j < 8; j++) wgf_mma<NT>(d, a[j], wgf_desc(b + j * 256, 128, 2048), (j > 0 || q > 0) ? 1 : 0);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  }
+
+  __device__ __forceinline__ void run(const int (&R)[2], const int* tref) const {
+    float acc[NA];
+#pragma unroll
+    for (int i = 0; i < NA; i++) acc[i] = 0.f;
+    uint32_t a0[8][4], a1[8][4];
+#pragma unroll
+    for (int q = 0; q < WGF_STAGES - 1; q++) {
+      if (q < A.G) issue(q);
+      asm volatile("cp.async.commit_group;\n" ::);
+    }
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 2));
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();  // chunk 0 and the tile's reference exponents
+    convert(0, R, a0);
+    auto step = [&](i64 q, uint32_t(&cur)[8][4], uint32_t(&nxt)[8][4]) {
+      wgf_keep(acc);
+      mma(acc, cur, q);
+      wgf_keep(acc);
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // chunk q-1's MMAs: nxt is free
+      wgf_keep(nxt);
+      asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 3));  // this thread's chunk q+1
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      if (q + WGF_STAGES - 1 < A.G) issue(q + WGF_STAGES - 1);  // the slot of chunk q-1
+      asm volatile("cp.async.commit_group;\n" ::);
+      if (q + 1 < A.G) convert(q + 1, R, nxt);
+    };
+    for (i64 q = 0; q < A.G; q += 2) {
+      step(q, a0, a1);
+      if (q + 1 < A.G) step(q + 1, a1, a0);
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgf_keep(acc);
+    wgf_keep(a0);
+    wgf_keep(a1);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    wgf_store<NT>(A, row0, nvalid, wrow, t, R, acc, [&](int col) { return tref[col] - 127; });
+  }
+};
 #endif
 
 // W (E, N, Kd/2) packed E2M1, Ws (E, N, Kd/32) E8M0, ref (E, N) the weight fold's reference
 // exponents, X (rows, Kd) FP8 with each chunk in fp16_slot order, Xs (rows, Kd/128), tiles
-// (expert, first row, rows) of up to WGF_TOK rows, flags/trow/ftab from moe_wg_tiles, bias
-// (E, N) or null, out (rows, N) float32. grid = (N / 128, tile bound), block = 256.
-// moe_gemm_wgf computes the tiles whose flag is set (dynamic shared memory WGF_FSMEM + WGF_TOK·G
-// bytes), moe_gemm_wgp the others (WGF_PSMEM bytes; every tile when flags is null), so a GEMM
-// launches both: two kernels rather than two branches of one, so that each gets its own
-// register allocation.
+// (expert, first row, rows) of up to WGF_TOK rows, flags from moe_wg_tiles, bias (E, N) or
+// null, out (rows, N) float32. grid = (N / 128, tile bound), block = 256. moe_gemm_wgp computes
+// the tiles whose flag is clear (every tile when flags is null), with WGF_PSMEM bytes of dynamic
+// shared memory; moe_gemm_wgb (below) the others: two kernels rather than two branches of one,
+// so that each gets its own register allocation.
 #define WGF_SETUP                                                                                              \
   if ((int)blockIdx.y >= *ntiles) return;                                                                      \
   const int e = tiles[3 * blockIdx.y], row0 = tiles[3 * blockIdx.y + 1], nvalid = tiles[3 * blockIdx.y + 2];  \
@@ -488,42 +444,10 @@ struct WgfPromote {
   const int R[2] = {ref[args.wrow0 + wrow], ref[args.wrow0 + wrow + 8]};
 
 extern "C" __global__ void __launch_bounds__(256, 1)
-moe_gemm_wgf(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ X,
-             const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
-             const int* __restrict__ flags, const int* __restrict__ trow, const u8* __restrict__ ftab,
-             const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // wgmma exists on sm_90a only; the compute_90 PTX traps
-  extern __shared__ __align__(1024) u8 wgf_smem[];
-  __shared__ int tref[WGF_TOK];
-  if ((int)blockIdx.y >= *ntiles || !flags[blockIdx.y]) return;
-  WGF_SETUP
-  // The tile's fold table and reference exponents into shared memory (the run's first barrier
-  // publishes them).
-  u8* ft = wgf_smem + WGF_STAGES * sizeof(WgfFStage) + 3 * WGF_FB;
-  for (int i = tid; i < nvalid * (int)G; i += 256) ft[i] = ftab[(i64)row0 * G + i];
-  for (int i = tid; i < nvalid; i += 256) tref[i] = trow[row0 + i];
-#define WGF_FOLD(nt) WgfFold<nt>(args, wgf_smem, row0, nvalid).run(R, tref)
-  if (nvalid <= 16) WGF_FOLD(16);
-  else if (nvalid <= 32) WGF_FOLD(32);
-  else if (nvalid <= 48) WGF_FOLD(48);
-  else if (nvalid <= 64) WGF_FOLD(64);
-  else if (nvalid <= 80) WGF_FOLD(80);
-  else if (nvalid <= 96) WGF_FOLD(96);
-  else if (nvalid <= 112) WGF_FOLD(112);
-  else if (nvalid <= 128) WGF_FOLD(128);
-  else WGF_FOLD(144);
-#undef WGF_FOLD
-#else
-  __trap();
-#endif
-}
-
-extern "C" __global__ void __launch_bounds__(256, 1)
 moe_gemm_wgp(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ X,
              const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
-             const int* __restrict__ flags, const int* __restrict__ trow, const u8* __restrict__ ftab,
-             const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+             const int* __restrict__ flags, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // wgmma exists on sm_90a only; the compute_90 PTX traps
   extern __shared__ __align__(1024) u8 wgf_smem[];
   if ((int)blockIdx.y >= *ntiles || (flags && flags[blockIdx.y])) return;
   WGF_SETUP
@@ -542,3 +466,86 @@ moe_gemm_wgp(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
 #endif
 }
 #undef WGF_SETUP
+
+// Per tile of the wgmma GEMM: can its tokens' activation scales fold exactly into FP16? Every
+// scale must be a finite power of two within 15 binades below its token's largest (the
+// ceil_ue8m0 format gives powers of two). flags[tile] = 1 if so; for every row of the tile,
+// trow[row] = that largest exponent (biased). Xs (rows, G).
+// When the tile folds, the block also stages its tokens for moe_gemm_wgb: X (rows,
+// 128·G) FP8 in fp16_slot order -> xb, FP16 times 2^(exponent - trow), chunk q of row r at
+// xb + q·cstride + (r/8)·2048 + c·128 + (r%8)·16 for its 16 8-value pieces c (8-row core
+// matrices of the MMA's K-major layout; every tile starts at a multiple of 8 rows).
+// grid = tile bound, block = 256.
+extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
+                                        i64 G, int* __restrict__ flags, int* __restrict__ trow, const u8* __restrict__ X,
+                                        u8* __restrict__ xb, i64 cstride) {
+  __shared__ int tmax[WGF_TOK];
+  if ((int)blockIdx.x >= *ntiles) return;
+  const int row0 = tiles[3 * blockIdx.x + 1], nvalid = tiles[3 * blockIdx.x + 2], g = (int)G;
+  const int tid = threadIdx.x;
+  for (int i = tid; i < nvalid; i += blockDim.x) tmax[i] = 0;
+  __syncthreads();
+  const float* xs = Xs + (i64)row0 * G;
+  int ok = 1;
+  for (int i = tid; i < nvalid * g; i += blockDim.x) {
+    const uint32_t b = __float_as_uint(xs[i]);
+    const int ex = (b >> 23) & 0xff;
+    ok &= (b & 0x807fffffu) == 0 && ex != 0 && ex != 255;
+    atomicMax(&tmax[i / g], ex);
+  }
+  __syncthreads();
+  for (int i = tid; i < nvalid * g; i += blockDim.x) ok &= (int)((__float_as_uint(xs[i]) >> 23) & 0xff) - tmax[i / g] >= -15;
+  for (int i = tid; i < nvalid; i += blockDim.x) trow[row0 + i] = tmax[i];
+  ok = __syncthreads_and(ok);
+  if (tid == 0) flags[blockIdx.x] = ok;
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if (!ok) return;
+  // Work item (q, 8-row group, piece pair kc, row in group): consecutive threads write
+  // consecutive 16-byte core-matrix rows.
+  const int ng = (nvalid + 7) / 8;
+  const i64 Kd = G * MOE_GROUP;
+  for (int it = tid; it < g * ng * 64; it += blockDim.x) {
+    const int i = it & 7, kc = (it >> 3) & 7, gq = it >> 6, gr = gq % ng, q = gq / ng;
+    const int r = gr * 8 + i;
+    if (r >= nvalid) continue;
+    const i64 row = row0 + r;
+    const uint4 v = *reinterpret_cast<const uint4*>(X + row * Kd + (i64)q * MOE_GROUP + 16 * kc);
+    const uint32_t f = (uint32_t)max((int)((__float_as_uint(xs[(i64)r * G + q]) >> 23) & 0xff) - tmax[r] + 15, 0);
+    const uint32_t h = f ? f << 10 : 0x0200u;
+    wgf_expand<true>(v, h | (h << 16), xb + q * cstride + (row >> 3) * 2048 + 2 * kc * 128 + (row & 7) * 16);
+  }
+#endif
+}
+
+// The folding kernel, for the tiles whose flag is set: the tokens from xb (moe_wg_tiles' staging,
+// chunk stride cstride bytes), trow from moe_wg_tiles, the rest as moe_gemm_wgp. block = 256,
+// dynamic shared memory WGB_SMEM.
+extern "C" __global__ void __launch_bounds__(256, 1)
+moe_gemm_wgb(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
+             i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
+             const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) u8 wgf_smem[];
+  __shared__ int tref[WGF_TOK];
+  if ((int)blockIdx.y >= *ntiles || !flags[blockIdx.y]) return;
+  const int e = tiles[3 * blockIdx.y], row0 = tiles[3 * blockIdx.y + 1], nvalid = tiles[3 * blockIdx.y + 2];
+  const int tid = threadIdx.x;
+  const WgfArgs args{W, Ws, ref, nullptr, nullptr, bias, out, N, Kd, Kd / MOE_GROUP, (i64)e * N + (i64)blockIdx.x * WGF_ROWS, e};
+  const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
+  const int R[2] = {ref[args.wrow0 + wrow], ref[args.wrow0 + wrow + 8]};
+  for (int i = tid; i < nvalid; i += 256) tref[i] = trow[row0 + i];
+#define WGB_FOLD(nt) WgbFold<nt>(args, wgf_smem, xb, cstride, row0, nvalid).run(R, tref)
+  if (nvalid <= 16) WGB_FOLD(16);
+  else if (nvalid <= 32) WGB_FOLD(32);
+  else if (nvalid <= 48) WGB_FOLD(48);
+  else if (nvalid <= 64) WGB_FOLD(64);
+  else if (nvalid <= 80) WGB_FOLD(80);
+  else if (nvalid <= 96) WGB_FOLD(96);
+  else if (nvalid <= 112) WGB_FOLD(112);
+  else if (nvalid <= 128) WGB_FOLD(128);
+  else WGB_FOLD(144);
+#undef WGB_FOLD
+#else
+  __trap();
+#endif
+}

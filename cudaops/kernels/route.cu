@@ -47,13 +47,19 @@ __device__ __forceinline__ int local_expert(const int* ids, const int* expert_ma
 
 // One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints, E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
-// wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number:
-// each expert's real rows split into ceil(count/144) tiles of equal size (the last smaller).
+// wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
+// (when wg is set): each expert's real rows split into ceil(count/144) tiles of equal size rounded
+// up to 8 rows (the last smaller). With a1q_perm set, the block also gathers each routed pair's FP8 row and scales
+// (a1q, a1s: (M, K), (M, K/128)) into its row, as moe_permute does for real rows; padding rows
+// are left as they are (no kernel lets them reach a result). For small batches only: one block
+// copies every row.
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
 moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
           int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
           int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
-          int* __restrict__ ntiles, int* __restrict__ err, int* __restrict__ wtiles, int* __restrict__ nwtiles) {
+          int* __restrict__ ntiles, int* __restrict__ err, int* __restrict__ wtiles, int* __restrict__ nwtiles, i64 wg,
+          const u8* __restrict__ a1q, const float* __restrict__ a1s, i64 K, u8* __restrict__ a1q_perm,
+          float* __restrict__ a1s_perm) {
   extern __shared__ int smem[];
   int* scount = smem;
   int* scursor = smem + E;
@@ -73,9 +79,11 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   int msum, tiles_total;
   const int off = block_exclusive_scan(aligned, sbuf, &msum);
   const int toff = block_exclusive_scan(aligned / MOE_BM, sbuf, &tiles_total);
-  int wtiles_total;
-  const int wn = (cnt + 143) / 144, wsize = wn ? (cnt + wn - 1) / wn : 0;
-  const int wtoff = block_exclusive_scan(wn, sbuf, &wtiles_total);
+  int wtiles_total = 0, wtoff = 0;
+  // Tile sizes round up to 8 rows, so every tile starts at a multiple of 8 (the staged FP16
+  // tokens' 8-row core matrices); (wn-1)·wsize < cnt still holds, as wsize <= 144.
+  const int wn = wg ? (cnt + 143) / 144 : 0, wsize = wn ? ((cnt + wn - 1) / wn + 7) / 8 * 8 : 0;
+  if (wg) wtoff = block_exclusive_scan(wn, sbuf, &wtiles_total);
   if (tid < E) {
     counts[tid] = cnt;
     offsets[tid] = off;
@@ -124,6 +132,21 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
         }
       }
       __syncthreads();
+    }
+  }
+  if (a1q_perm) {
+    // inv_perm, written above by this block, is visible after the last barrier.
+    const i64 G = K / MOE_GROUP, chunks = K / 16;
+    for (i64 idx = tid; idx < P * chunks; idx += ROUTE_THREADS) {
+      const i64 i = idx / chunks, j = idx % chunks;
+      const int row = inv_perm[i];
+      if (row >= 0)
+        reinterpret_cast<uint4*>(a1q_perm + (i64)row * K)[j] = reinterpret_cast<const uint4*>(a1q + (i / topk) * K)[j];
+    }
+    for (i64 idx = tid; idx < P * G; idx += ROUTE_THREADS) {
+      const i64 i = idx / G, g = idx % G;
+      const int row = inv_perm[i];
+      if (row >= 0) a1s_perm[(i64)row * G + g] = a1s[(i / topk) * G + g];
     }
   }
 }
