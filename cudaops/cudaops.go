@@ -40,7 +40,7 @@ type Options struct {
 type GEMMKernel uint8
 
 const (
-	// GEMMAuto picks GEMMDecode when the batch routes at most 16 rows per local expert on
+	// GEMMAuto picks GEMMDecode when the batch routes fewer than 8 rows per local expert on
 	// average (the crossover measured on an H200, docs/perf.md), else GEMMWgmma, or GEMMTiled
 	// for weights the wgmma kernel cannot take exactly (see GEMMWgmma).
 	GEMMAuto GEMMKernel = iota

@@ -519,7 +519,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	// GEMM1 added its bias in its epilogue; the activation kernel gets none.
 	limit, clamp := l.cfg.Limit()
-	if err := launch(f.actQuant, dim3{blocks(int64(rows)*I/128, 4), 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+	if err := launch(f.actQuant, dim3{rows, blocks(I/128, 4), 1}, dim3{128, 1, 1}, 0, l.stream,
 		u(ws.h), u(ws.expertIDs), u(ws.offsets), 0, u(ws.a2q), u(ws.a2s), i(E), i(I),
 		i(int64(l.cfg.Activation)), flag(clamp), fl(limit), fl(l.cfg.Alpha), fl(l.cfg.Beta), i(int64(l.cfg.ScaleFormat)),
 		flag(kernel == GEMMWgmma)); err != nil {
@@ -546,7 +546,7 @@ func (l *Layer) kernel(p int) GEMMKernel {
 	k := l.opt.GEMM
 	if k == GEMMAuto {
 		k = GEMMWgmma
-		if p <= 16*l.E {
+		if p < 8*l.E {
 			k = GEMMDecode
 		}
 	}

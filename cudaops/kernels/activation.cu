@@ -5,15 +5,15 @@
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 
-// One warp per (row, group), 4 values per lane. grid.x = ceil(rows bound * I/128 / 4), block = 128.
+// One warp per (row, group), 4 values per lane: grid = (rows bound, ceil(I/128 / 4)), block = 128
+// (the block's four warps take four groups of one row).
 extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
                                          u8* __restrict__ a2q, float* __restrict__ a2s, i64 E, i64 I,
                                          i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 wg_order) {
   const i64 G = I / MOE_GROUP;
-  const i64 item = (i64)blockIdx.x * 4 + threadIdx.x / 32;
-  const i64 r = item / G, grp = item % G;
-  if (r >= offsets[E]) return;
+  const i64 r = blockIdx.x, grp = (i64)blockIdx.y * 4 + threadIdx.x / 32;
+  if (grp >= G || r >= offsets[E]) return;
   const int e = expert_ids[r];
   if (e < 0) return;  // padding row: never read by a real result
   const int lane = threadIdx.x % 32;
