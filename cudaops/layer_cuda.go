@@ -201,7 +201,7 @@ type workspace struct {
 	counts, offsets, expertIDs, rowPair, invPerm, tileList, ntiles, errs cu.DevicePtr
 	// the wgmma GEMM's tiles, and per tile and row whether and how the activation scales fold
 	wtileList, nwtiles, wflags, wtrow cu.DevicePtr
-	// the wgmma GEMM's tokens staged as FP16 (moe_wg_tiles), chunk-major, xbStride bytes a chunk
+	// the wgmma GEMM's tokens staged as FP16 (moe_wg_stage), chunk-major, xbStride bytes a chunk
 	xb       cu.DevicePtr
 	xbStride int64
 	host     pinned
@@ -469,7 +469,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if fused {
 		gather = [5]uint64{u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm)}
 	}
-	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)), l.stream,
+	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+32*E), l.stream,
 		u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs),
 		u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), gather[0], gather[1], gather[2], gather[3], gather[4]); err != nil {
@@ -498,7 +498,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			// the tiles that fold, then the others.
 			grid := dim3{int(n / wgfRows), l.wgfTiles(P), 1}
 			if err := launch(f.wgTiles, dim3{l.wgfTiles(P), 1, 1}, dim3{256, 1, 1}, 0, l.stream,
-				u(xs), u(ws.wtileList), u(ws.nwtiles), i(kd/128), u(ws.wflags), u(ws.wtrow), u(x), u(ws.xb), i(ws.xbStride)); err != nil {
+				u(xs), u(ws.wtileList), u(ws.nwtiles), i(kd/128), u(ws.wflags), u(ws.wtrow)); err != nil {
+				return err
+			}
+			if err := launch(f.wgStage, dim3{l.wgfTiles(P), int(kd / 128), 1}, dim3{256, 1, 1}, 0, l.stream,
+				u(x), u(xs), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), i(kd/128), u(ws.xb), i(ws.xbStride)); err != nil {
 				return err
 			}
 			if err := launch(f.gemmWgb, grid, dim3{256, 1, 1}, wgbSmem, l.stream,

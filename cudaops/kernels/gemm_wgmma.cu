@@ -20,7 +20,7 @@
 //
 // Two paths, chosen per tile by moe_wg_tiles. Folded (every token's activation scales are finite
 // powers of two within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the
-// scales are folded into FP16 tokens relative to that largest exponent, exactly. moe_wg_tiles
+// scales are folded into FP16 tokens relative to that largest exponent, exactly. moe_wg_stage
 // writes those FP16 tokens once per GEMM, already in the MMA's core-matrix layout, so the GEMM
 // (moe_gemm_wgb) copies them into shared memory without touching them in registers; one float32
 // accumulator runs over all of K, the next chunk's MMAs queue behind the current ones, and the
@@ -325,7 +325,7 @@ struct WgfPromote {
   }
 };
 
-// The folding path with staged tokens (moe_gemm_wgb): moe_wg_tiles already wrote the tile's
+// The folding path with staged tokens (moe_gemm_wgb): moe_wg_stage already wrote the tile's
 // tokens as FP16 in the MMA's core-matrix layout, so a ring slot is copied, not converted. Each
 // thread copies NT/16 16-byte pieces of the chunk's B block and its own two weight rows and
 // scale words; one block barrier per chunk publishes chunk q+1 (every thread waited for its
@@ -470,15 +470,9 @@ moe_gemm_wgp(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
 // Per tile of the wgmma GEMM: can its tokens' activation scales fold exactly into FP16? Every
 // scale must be a finite power of two within 15 binades below its token's largest (the
 // ceil_ue8m0 format gives powers of two). flags[tile] = 1 if so; for every row of the tile,
-// trow[row] = that largest exponent (biased). Xs (rows, G).
-// When the tile folds, the block also stages its tokens for moe_gemm_wgb: X (rows,
-// 128·G) FP8 in fp16_slot order -> xb, FP16 times 2^(exponent - trow), chunk q of row r at
-// xb + q·cstride + (r/8)·2048 + c·128 + (r%8)·16 for its 16 8-value pieces c (8-row core
-// matrices of the MMA's K-major layout; every tile starts at a multiple of 8 rows).
-// grid = tile bound, block = 256.
+// trow[row] = that largest exponent (biased). Xs (rows, G). grid = tile bound, block = 256.
 extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
-                                        i64 G, int* __restrict__ flags, int* __restrict__ trow, const u8* __restrict__ X,
-                                        u8* __restrict__ xb, i64 cstride) {
+                                        i64 G, int* __restrict__ flags, int* __restrict__ trow) {
   __shared__ int tmax[WGF_TOK];
   if ((int)blockIdx.x >= *ntiles) return;
   const int row0 = tiles[3 * blockIdx.x + 1], nvalid = tiles[3 * blockIdx.x + 2], g = (int)G;
@@ -498,26 +492,47 @@ extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int*
   for (int i = tid; i < nvalid; i += blockDim.x) trow[row0 + i] = tmax[i];
   ok = __syncthreads_and(ok);
   if (tid == 0) flags[blockIdx.x] = ok;
+}
+
+// Stages chunk q = blockIdx.y of every folding tile's tokens for moe_gemm_wgb: X (rows, 128·G)
+// FP8 in fp16_slot order, Xs (rows, G), flags and trow from moe_wg_tiles -> xb, FP16 times
+// 2^(exponent - trow), chunk q of row r at xb + q·cstride + (r/8)·2048 + c·128 + (r%8)·16 for its
+// 16 8-value pieces c (8-row core matrices of the MMA's K-major layout; every tile starts at a
+// multiple of 8 rows). The rows pass through shared memory, so that both the reads (128 bytes
+// of a row) and the writes (16-byte core-matrix rows of consecutive rows) are contiguous.
+// grid = (tile bound, G), block = 256.
+extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* __restrict__ Xs, const int* __restrict__ tiles,
+                                        const int* __restrict__ ntiles, const int* __restrict__ flags, const int* __restrict__ trow,
+                                        i64 G, u8* __restrict__ xb, i64 cstride) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  if (!ok) return;
-  // Work item (q, 8-row group, piece pair kc, row in group): consecutive threads write
-  // consecutive 16-byte core-matrix rows.
-  const int ng = (nvalid + 7) / 8;
+  __shared__ __align__(16) u8 xs_[WGF_TOK * 128];
+  if ((int)blockIdx.x >= *ntiles || !flags[blockIdx.x]) return;
+  const int row0 = tiles[3 * blockIdx.x + 1], nvalid = tiles[3 * blockIdx.x + 2], q = blockIdx.y;
+  const int tid = threadIdx.x;
   const i64 Kd = G * MOE_GROUP;
-  for (int it = tid; it < g * ng * 64; it += blockDim.x) {
-    const int i = it & 7, kc = (it >> 3) & 7, gq = it >> 6, gr = gq % ng, q = gq / ng;
-    const int r = gr * 8 + i;
-    if (r >= nvalid) continue;
-    const i64 row = row0 + r;
-    const uint4 v = *reinterpret_cast<const uint4*>(X + row * Kd + (i64)q * MOE_GROUP + 16 * kc);
-    const uint32_t f = (uint32_t)max((int)((__float_as_uint(xs[(i64)r * G + q]) >> 23) & 0xff) - tmax[r] + 15, 0);
-    const uint32_t h = f ? f << 10 : 0x0200u;
-    wgf_expand<true>(v, h | (h << 16), xb + q * cstride + (row >> 3) * 2048 + 2 * kc * 128 + (row & 7) * 16);
+  // Piece kc of row r at piece kc ^ (r % 8) of its shared row: conflict-free reads below.
+  for (int it = tid; it < nvalid * 8; it += 256) {
+    const int r = it >> 3, kc = it & 7;
+    *reinterpret_cast<uint4*>(&xs_[r * 128 + 16 * (kc ^ (r & 7))]) =
+        *reinterpret_cast<const uint4*>(X + (i64)(row0 + r) * Kd + (i64)q * MOE_GROUP + 16 * kc);
   }
+  __syncthreads();
+  u8* out = xb + q * cstride + (i64)(row0 >> 3) * 2048;
+  const int ng = (nvalid + 7) / 8;
+  for (int it = tid; it < ng * 64; it += 256) {  // (8-row group, piece kc, row in group)
+    const int i = it & 7, kc = (it >> 3) & 7, gr = it >> 6, r = gr * 8 + i;
+    if (r >= nvalid) continue;
+    const uint4 v = *reinterpret_cast<const uint4*>(&xs_[r * 128 + 16 * (kc ^ i)]);
+    const int f = max((int)((__float_as_uint(Xs[(i64)(row0 + r) * G + q]) >> 23) & 0xff) - trow[row0 + r] + 15, 0);
+    const uint32_t h = f ? (uint32_t)f << 10 : 0x0200u;
+    wgf_expand<true>(v, h | (h << 16), out + gr * 2048 + 2 * kc * 128 + i * 16);
+  }
+#else
+  __trap();
 #endif
 }
 
-// The folding kernel, for the tiles whose flag is set: the tokens from xb (moe_wg_tiles' staging,
+// The folding kernel, for the tiles whose flag is set: the tokens from xb (moe_wg_stage's staging,
 // chunk stride cstride bytes), trow from moe_wg_tiles, the rest as moe_gemm_wgp. block = 256,
 // dynamic shared memory WGB_SMEM.
 extern "C" __global__ void __launch_bounds__(256, 1)

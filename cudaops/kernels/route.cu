@@ -45,7 +45,7 @@ __device__ __forceinline__ int local_expert(const int* ids, const int* expert_ma
   return expert_map ? expert_map[id] : id;
 }
 
-// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints, E <= 1024.
+// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 32E bytes, E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/144) tiles of equal size rounded
@@ -64,9 +64,11 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   int* scount = smem;
   int* scursor = smem + E;
   int* sbuf = smem + 2 * E;
+  u8* wcnt = reinterpret_cast<u8*>(smem + 2 * E + 33);  // (E, 32): pairs of expert e in warp w of a chunk
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const i64 P = M * topk;
   if (tid < E) scount[tid] = 0;
+  for (i64 k = tid; k < 8 * E; k += ROUTE_THREADS) reinterpret_cast<uint32_t*>(wcnt)[k] = 0;
   if (tid == 0) *err = 0;
   __syncthreads();
   for (i64 i = tid; i < P; i += ROUTE_THREADS) {
@@ -108,31 +110,47 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     row_pair[r] = -1;
   }
   __syncthreads();
-  // Stable scatter: pairs in chunks of ROUTE_THREADS; inside a warp, lanes with the same
-  // expert are ranked by lane; warps take their rows in warp order.
+  // Stable scatter, pairs in chunks of ROUTE_THREADS: inside a warp, lanes with the same expert
+  // are ranked by lane (match); across the chunk's warps, by the counts of the earlier warps,
+  // which the warps' leaders leave in wcnt[e][w] (one byte each); scursor[e] then moves past the
+  // chunk's pairs of expert e. Three barriers per chunk.
   for (i64 base = 0; base < P; base += ROUTE_THREADS) {
     const i64 i = base + tid;
     const int le = i < P ? local_expert(ids, expert_map, i, Eg, err, false) : -2;
     const unsigned peers = __match_any_sync(0xffffffffu, le);
     const int rank = __popc(peers & ((1u << lane) - 1u));
-    const bool last = (31 - __clz(peers)) == lane;
-    const int warps = (int)min((i64)ROUTE_THREADS, P - base + 31) / 32;  // warps holding pairs
-    for (int w = 0; w < warps; w++) {
-      if (warp == w) {
-        const int c = le >= 0 ? scursor[le] : 0;
-        __syncwarp();
-        if (le >= 0) {
-          const int row = c + rank;
-          expert_ids[row] = le;
-          row_pair[row] = (int)i;
-          inv_perm[i] = row;
-          if (last) scursor[le] = c + __popc(peers);
-        } else if (le == -1) {
-          inv_perm[i] = -1;
-        }
+    if (le >= 0 && rank == 0) wcnt[le * 32 + warp] = (u8)__popc(peers);
+    __syncthreads();
+    if (le >= 0) {
+      const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + le * 32);
+      int before = 0;
+#pragma unroll
+      for (int k = 0; k < 8; k++) {  // bytes of the warps below this one
+        const int lo = 4 * k;
+        const uint32_t mask = warp >= lo + 4 ? 0xffffffffu : warp <= lo ? 0u : (1u << (8 * (warp - lo))) - 1u;
+        before = (int)__dp4a(wc[k] & mask, 0x01010101u, (unsigned)before);
       }
-      __syncthreads();
+      const int row = scursor[le] + before + rank;
+      expert_ids[row] = le;
+      row_pair[row] = (int)i;
+      inv_perm[i] = row;
+    } else if (le == -1) {
+      inv_perm[i] = -1;
     }
+    int total = 0;
+    if (tid < E) {
+      const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + tid * 32);
+#pragma unroll
+      for (int k = 0; k < 8; k++) total = (int)__dp4a(wc[k], 0x01010101u, (unsigned)total);
+    }
+    __syncthreads();
+    if (tid < E) {
+      scursor[tid] += total;
+      uint32_t* wc = reinterpret_cast<uint32_t*>(wcnt + tid * 32);
+#pragma unroll
+      for (int k = 0; k < 8; k++) wc[k] = 0;
+    }
+    __syncthreads();
   }
   if (a1q_perm) {
     // inv_perm, written above by this block, is visible after the last barrier.
