@@ -45,7 +45,7 @@ __device__ __forceinline__ int local_expert(const int* ids, const int* expert_ma
   return expert_map ? expert_map[id] : id;
 }
 
-// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 32E bytes, E <= 1024.
+// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 36E bytes, E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/144) tiles of equal size rounded
@@ -64,11 +64,11 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   int* scount = smem;
   int* scursor = smem + E;
   int* sbuf = smem + 2 * E;
-  u8* wcnt = reinterpret_cast<u8*>(smem + 2 * E + 33);  // (E, 32): pairs of expert e in warp w of a chunk
+  u8* wcnt = reinterpret_cast<u8*>(smem + 2 * E + 33);  // (E, 36): pairs of expert e in warp w of a chunk
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const i64 P = M * topk;
   if (tid < E) scount[tid] = 0;
-  for (i64 k = tid; k < 8 * E; k += ROUTE_THREADS) reinterpret_cast<uint32_t*>(wcnt)[k] = 0;
+  for (i64 k = tid; k < 9 * E; k += ROUTE_THREADS) reinterpret_cast<uint32_t*>(wcnt)[k] = 0;
   if (tid == 0) *err = 0;
   __syncthreads();
   for (i64 i = tid; i < P; i += ROUTE_THREADS) {
@@ -112,17 +112,18 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   __syncthreads();
   // Stable scatter, pairs in chunks of ROUTE_THREADS: inside a warp, lanes with the same expert
   // are ranked by lane (match); across the chunk's warps, by the counts of the earlier warps,
-  // which the warps' leaders leave in wcnt[e][w] (one byte each); scursor[e] then moves past the
-  // chunk's pairs of expert e. Three barriers per chunk.
+  // which the warps' leaders leave in wcnt[e][w] (one byte each, rows of 36 bytes so that the
+  // rows of a warp's different experts start in different banks); scursor[e] then moves past
+  // the chunk's pairs of expert e. Three barriers per chunk.
   for (i64 base = 0; base < P; base += ROUTE_THREADS) {
     const i64 i = base + tid;
     const int le = i < P ? local_expert(ids, expert_map, i, Eg, err, false) : -2;
     const unsigned peers = __match_any_sync(0xffffffffu, le);
     const int rank = __popc(peers & ((1u << lane) - 1u));
-    if (le >= 0 && rank == 0) wcnt[le * 32 + warp] = (u8)__popc(peers);
+    if (le >= 0 && rank == 0) wcnt[le * 36 + warp] = (u8)__popc(peers);
     __syncthreads();
     if (le >= 0) {
-      const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + le * 32);
+      const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + le * 36);
       int before = 0;
 #pragma unroll
       for (int k = 0; k < 8; k++) {  // bytes of the warps below this one
@@ -139,14 +140,14 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     }
     int total = 0;
     if (tid < E) {
-      const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + tid * 32);
+      const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + tid * 36);
 #pragma unroll
       for (int k = 0; k < 8; k++) total = (int)__dp4a(wc[k], 0x01010101u, (unsigned)total);
     }
     __syncthreads();
     if (tid < E) {
       scursor[tid] += total;
-      uint32_t* wc = reinterpret_cast<uint32_t*>(wcnt + tid * 32);
+      uint32_t* wc = reinterpret_cast<uint32_t*>(wcnt + tid * 36);
 #pragma unroll
       for (int k = 0; k < 8; k++) wc[k] = 0;
     }
