@@ -93,10 +93,7 @@ __device__ __forceinline__ float quant_group(const float (&v)[4], i64 fmt, uint3
 // The order of the wgmma GEMM's B operand (its tokens): each 128-column chunk of a row is 16
 // pieces of 8 values; piece 2j + h, slot 2b + c holds column 32b + 8(j/2) + 2(j%2) + h + 4c of
 // the chunk (k16 step j of the MMA, its K-core matrix h, the quad thread b that owns E8M0 block
-// b of the weights). fp16_slot maps a chunk column to its index (piece · 8 + slot). The
-// permute and activation kernels write FP8 rows in this order, so that the GEMM expands each
-// piece to FP16 with a 16-byte store to its core matrix row.
-__device__ __forceinline__ int fp16_slot(int a) {
-  const int b = a >> 5, e = a & 31, w = e >> 3, c = (e >> 2) & 1, rr = e & 3;
-  return (4 * w + rr) * 8 + 2 * b + c;
-}
+// b of the weights). This order is called fp16_slot: column a = 32b + 8w + 4c + rr (rr < 4)
+// of a chunk goes to index (piece · 8 + slot) = (4w + rr) · 8 + 2b + c. The permute and
+// activation kernels write FP8 rows in this order (each computes the inverse mapping inline),
+// so that 16 bytes expand to FP16 as one 16-byte row of a core matrix.

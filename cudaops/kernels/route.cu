@@ -71,6 +71,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   for (i64 k = tid; k < 9 * E; k += ROUTE_THREADS) reinterpret_cast<uint32_t*>(wcnt)[k] = 0;
   if (tid == 0) *err = 0;
   __syncthreads();
+#pragma unroll 4
   for (i64 i = tid; i < P; i += ROUTE_THREADS) {
     int le = local_expert(ids, expert_map, i, Eg, err, true);
     if (le >= 0) atomicAdd(&scount[le], 1);
@@ -115,9 +116,11 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   // which the warps' leaders leave in wcnt[e][w] (one byte each, rows of 36 bytes so that the
   // rows of a warp's different experts start in different banks); scursor[e] then moves past
   // the chunk's pairs of expert e. Three barriers per chunk.
+  int le_next = tid < P ? local_expert(ids, expert_map, tid, Eg, err, false) : -2;
   for (i64 base = 0; base < P; base += ROUTE_THREADS) {
     const i64 i = base + tid;
-    const int le = i < P ? local_expert(ids, expert_map, i, Eg, err, false) : -2;
+    const int le = le_next;  // the next chunk's ids load while this one is placed
+    le_next = i + ROUTE_THREADS < P ? local_expert(ids, expert_map, i + ROUTE_THREADS, Eg, err, false) : -2;
     const unsigned peers = __match_any_sync(0xffffffffu, le);
     const int rank = __popc(peers & ((1u << lane) - 1u));
     if (le >= 0 && rank == 0) wcnt[le * 36 + warp] = (u8)__popc(peers);
