@@ -73,5 +73,24 @@ func (k GEMMKernel) String() string {
 	return fmt.Sprintf("GEMMKernel(%d)", uint8(k))
 }
 
+// autoDecodeRows is GEMMAuto's crossover: batches routing fewer routed rows than this per local
+// expert on average take GEMMDecode (measured, docs/perf.md).
+const autoDecodeRows = 8
+
+// resolve returns the kernel that k runs for p routed pairs over e local experts, with
+// foldable telling whether the layer's weights fold exactly into the wgmma kernel's FP16.
+func (k GEMMKernel) resolve(p, e int, foldable bool) GEMMKernel {
+	if k == GEMMAuto {
+		k = GEMMWgmma
+		if p < autoDecodeRows*e {
+			k = GEMMDecode
+		}
+	}
+	if k == GEMMWgmma && !foldable {
+		k = GEMMTiled
+	}
+	return k
+}
+
 // Name returns "cuda".
 func (Backend) Name() string { return "cuda" }

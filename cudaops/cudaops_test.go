@@ -9,3 +9,30 @@ func TestGEMMKernelString(t *testing.T) {
 		}
 	}
 }
+
+func TestGEMMKernelResolve(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		k        GEMMKernel
+		p, e     int
+		foldable bool
+		want     GEMMKernel
+	}{
+		{"auto/decode at 1 pair", GEMMAuto, 1, 128, true, GEMMDecode},
+		{"auto/decode below 8 rows per expert", GEMMAuto, 8*128 - 1, 128, true, GEMMDecode},
+		{"auto/wgmma at 8 rows per expert", GEMMAuto, 8 * 128, 128, true, GEMMWgmma},
+		{"auto/wgmma at prefill", GEMMAuto, 16384, 128, true, GEMMWgmma},
+		{"auto/tiled when the weights do not fold", GEMMAuto, 16384, 128, false, GEMMTiled},
+		{"auto/decode even when the weights do not fold", GEMMAuto, 4, 128, false, GEMMDecode},
+		{"wgmma asked, weights fold", GEMMWgmma, 4, 128, true, GEMMWgmma},
+		{"wgmma asked, weights do not fold", GEMMWgmma, 16384, 128, false, GEMMTiled},
+		{"decode asked at prefill", GEMMDecode, 16384, 128, true, GEMMDecode},
+		{"tiled asked", GEMMTiled, 1, 128, true, GEMMTiled},
+		{"auto/expert parallel shard of 32 experts", GEMMAuto, 255, 32, true, GEMMDecode},
+		{"auto/expert parallel shard, 8 rows each", GEMMAuto, 256, 32, true, GEMMWgmma},
+	} {
+		if got := c.k.resolve(c.p, c.e, c.foldable); got != c.want {
+			t.Errorf("%s: %v.resolve(%d, %d, %v) = %v, want %v", c.name, c.k, c.p, c.e, c.foldable, got, c.want)
+		}
+	}
+}

@@ -546,19 +546,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 }
 
 // kernel returns the grouped GEMM kernel for a batch of p routed pairs.
-func (l *Layer) kernel(p int) GEMMKernel {
-	k := l.opt.GEMM
-	if k == GEMMAuto {
-		k = GEMMWgmma
-		if p < 8*l.E {
-			k = GEMMDecode
-		}
-	}
-	if k == GEMMWgmma && !l.foldable {
-		k = GEMMTiled
-	}
-	return k
-}
+func (l *Layer) kernel(p int) GEMMKernel { return l.opt.GEMM.resolve(p, l.E, l.foldable) }
 
 // Kernel returns the grouped GEMM kernel a batch of m tokens with topk experts each runs.
 func (l *Layer) Kernel(m, topk int) GEMMKernel { return l.kernel(m * topk) }
