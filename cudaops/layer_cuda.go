@@ -242,6 +242,12 @@ func (l *Layer) ensure(m, topk int) error {
 	rows, tiles := l.bounds(p)
 	wtiles := l.wgfTiles(p)
 	K, I := int64(l.K), int64(l.I)
+	// The wgmma GEMM's staged tokens, only when a batch this workspace holds can take that
+	// kernel (the choice only moves towards it as p grows).
+	xbBytes := 0
+	if l.kernel(p) == GEMMWgmma {
+		xbBytes = (rows + wgfTokens) * max(l.K, l.I) * 2
+	}
 	var a arena
 	ws := workspace{m: m, p: p, rows: rows, tiles: tiles, wtiles: wtiles}
 	offs := []int64{
@@ -250,7 +256,7 @@ func (l *Layer) ensure(m, topk int) error {
 		a.take(int(int64(rows) * K * 4)),
 		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(4), a.take(4),
 		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4),
-		a.take((rows + wgfTokens) * max(l.K, l.I) * 2),
+		a.take(xbBytes),
 	}
 	mem, err := cu.MemAlloc(a.size)
 	if err != nil {
@@ -497,11 +503,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			// Per tile, whether the activation scales fold into FP16 (and if so its FP16 tokens);
 			// the tiles that fold, then the others.
 			grid := dim3{int(n / wgfRows), l.wgfTiles(P), 1}
-			if err := launch(f.wgTiles, dim3{l.wgfTiles(P), 1, 1}, dim3{256, 1, 1}, 0, l.stream,
+			if err := launch(f.wgTiles, dim3{grid.y, 1, 1}, dim3{256, 1, 1}, 0, l.stream,
 				u(xs), u(ws.wtileList), u(ws.nwtiles), i(kd/128), u(ws.wflags), u(ws.wtrow)); err != nil {
 				return err
 			}
-			if err := launch(f.wgStage, dim3{l.wgfTiles(P), int(kd / 128), 1}, dim3{256, 1, 1}, 0, l.stream,
+			if err := launch(f.wgStage, dim3{grid.y, int(kd / 128), 1}, dim3{256, 1, 1}, 0, l.stream,
 				u(x), u(xs), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), i(kd/128), u(ws.xb), i(ws.xbStride)); err != nil {
 				return err
 			}
