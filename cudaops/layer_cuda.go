@@ -201,6 +201,8 @@ type workspace struct {
 	counts, offsets, expertIDs, rowPair, invPerm, tileList, ntiles, errs cu.DevicePtr
 	// the wgmma GEMM's tiles, and per tile and row whether and how the activation scales fold
 	wtileList, nwtiles, wflags, wtrow cu.DevicePtr
+	// the tiles whose scales do not fold (moe_wg_tiles' list for the promoting kernel), and their number
+	wplist, nwplist cu.DevicePtr
 	// the wgmma GEMM's tokens staged as FP16 (moe_wg_stage), chunk-major, xbStride bytes a chunk
 	xb       cu.DevicePtr
 	xbStride int64
@@ -255,7 +257,7 @@ func (l *Layer) ensure(m, topk int) error {
 		a.take(rows * l.K), a.take(rows * l.K / 32), a.take(int(int64(rows) * 2 * I * 4)), a.take(rows * l.I), a.take(rows * l.I / 32),
 		a.take(int(int64(rows) * K * 4)),
 		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(4), a.take(4),
-		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4),
+		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4), a.take(wtiles * 4), a.take(4),
 		a.take(xbBytes),
 	}
 	mem, err := cu.MemAlloc(a.size)
@@ -271,7 +273,7 @@ func (l *Layer) ensure(m, topk int) error {
 	ws.mem, ws.size, ws.host = mem, a.size, host
 	ptrs := []*cu.DevicePtr{&ws.x, &ws.a1q, &ws.a1s, &ws.ids, &ws.tw, &ws.out, &ws.a1qPerm, &ws.a1sPerm, &ws.h, &ws.a2q, &ws.a2s, &ws.z,
 		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.ntiles, &ws.errs,
-		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.xb}
+		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wplist, &ws.nwplist, &ws.xb}
 	for i, p := range ptrs {
 		*p = mem + cu.DevicePtr(offs[i])
 	}
@@ -503,8 +505,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			// Per tile, whether the activation scales fold into FP16 (and if so its FP16 tokens);
 			// the tiles that fold, then the others.
 			grid := dim3{int(n / wgfRows), l.wgfTiles(P), 1}
+			if err := cu.MemsetD32Async(ws.nwplist, 0, 1, l.stream); err != nil {
+				return fmt.Errorf("cudaops: %v", err)
+			}
 			if err := launch(f.wgTiles, dim3{grid.y, 1, 1}, dim3{256, 1, 1}, 0, l.stream,
-				u(xs), u(ws.wtileList), u(ws.nwtiles), i(kd/128), u(ws.wflags), u(ws.wtrow)); err != nil {
+				u(xs), u(ws.wtileList), u(ws.nwtiles), i(kd/128), u(ws.wflags), u(ws.wtrow), u(ws.wplist), u(ws.nwplist)); err != nil {
 				return err
 			}
 			if err := launch(f.wgStage, dim3{grid.y, int(kd / 128), 1}, dim3{256, 1, 1}, 0, l.stream,
@@ -515,8 +520,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 				u(w), u(sc), u(ref), u(ws.xb), i(ws.xbStride), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), u(bias), u(out), i(n), i(kd)); err != nil {
 				return err
 			}
-			return launch(f.gemmWgp, grid, dim3{256, 1, 1}, wgfPSmem, l.stream,
-				u(w), u(sc), u(ref), u(x), u(xs), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(bias), u(out), i(n), i(kd))
+			// The promoting kernel walks the list of tiles that do not fold: about four waves of blocks
+			// when every tile is on it, a few idle blocks when none is.
+			py := min(l.wgfTiles(P), max(8, (4*l.dev.SMs+grid.x-1)/grid.x))
+			return launch(f.gemmWgp, dim3{grid.x, py, 1}, dim3{256, 1, 1}, wgfPSmem, l.stream,
+				u(w), u(sc), u(ref), u(x), u(xs), u(ws.wtileList), u(ws.wplist), u(ws.nwplist), u(bias), u(out), i(n), i(kd))
 		}
 		return launch(f.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
 			u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))

@@ -429,50 +429,53 @@ struct WgbFold {
 
 // W (E, N, Kd/2) packed E2M1, Ws (E, N, Kd/32) E8M0, ref (E, N) the weight fold's reference
 // exponents, X (rows, Kd) FP8 with each chunk in fp16_slot order, Xs (rows, Kd/128), tiles
-// (expert, first row, rows) of up to WGF_TOK rows, flags from moe_wg_tiles, bias (E, N) or
-// null, out (rows, N) float32. grid = (N / 128, tile bound), block = 256. moe_gemm_wgp computes
-// the tiles whose flag is clear (every tile when flags is null), with WGF_PSMEM bytes of dynamic
-// shared memory; moe_gemm_wgb (below) the others: two kernels rather than two branches of one,
-// so that each gets its own register allocation.
-#define WGF_SETUP                                                                                              \
-  if ((int)blockIdx.y >= *ntiles) return;                                                                      \
-  const int e = tiles[3 * blockIdx.y], row0 = tiles[3 * blockIdx.y + 1], nvalid = tiles[3 * blockIdx.y + 2];  \
-  const int tid = threadIdx.x;                                                                                 \
-  const i64 G = Kd / MOE_GROUP;                                                                                \
-  const WgfArgs args{W, Ws, ref, X, Xs, bias, out, N, Kd, G, (i64)e * N + (i64)blockIdx.x * WGF_ROWS, e};     \
-  const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);                             \
-  const int R[2] = {ref[args.wrow0 + wrow], ref[args.wrow0 + wrow + 8]};
-
+// (expert, first row, rows) of up to WGF_TOK rows, bias (E, N) or null, out (rows, N) float32.
+// moe_gemm_wgp computes the tiles that moe_wg_tiles listed in plist (*nplist of them; the
+// tiles whose activation scales do not fold), block (x, y) taking list entries y, y + grid.y,
+// ...: grid = (N / 128, any), block = 256, WGF_PSMEM bytes of dynamic shared memory. moe_gemm_wgb
+// (below) computes the others: two kernels rather than two branches of one, so that each gets
+// its own register allocation, and a compact list so that the promoting kernel costs little
+// when no tile needs it.
 extern "C" __global__ void __launch_bounds__(256, 1)
 moe_gemm_wgp(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ X,
-             const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
-             const int* __restrict__ flags, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+             const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ plist,
+             const int* __restrict__ nplist, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // wgmma exists on sm_90a only; the compute_90 PTX traps
   extern __shared__ __align__(1024) u8 wgf_smem[];
-  if ((int)blockIdx.y >= *ntiles || (flags && flags[blockIdx.y])) return;
-  WGF_SETUP
-  for (int p0 = 0; p0 < nvalid; p0 += WGF_PTOK) {
-    const int nv = min(WGF_PTOK, nvalid - p0);
-    if (p0 > 0) __syncthreads();  // the previous pass is done with the shared memory
+  const int tid = threadIdx.x;
+  const i64 G = Kd / MOE_GROUP;
+  const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
+  bool first = true;
+  for (int idx = blockIdx.y; idx < *nplist; idx += gridDim.y) {
+    const int tile = plist[idx];
+    const int e = tiles[3 * tile], row0 = tiles[3 * tile + 1], nvalid = tiles[3 * tile + 2];
+    const WgfArgs args{W, Ws, ref, X, Xs, bias, out, N, Kd, G, (i64)e * N + (i64)blockIdx.x * WGF_ROWS, e};
+    const int R[2] = {ref[args.wrow0 + wrow], ref[args.wrow0 + wrow + 8]};
+    for (int p0 = 0; p0 < nvalid; p0 += WGF_PTOK) {
+      const int nv = min(WGF_PTOK, nvalid - p0);
+      if (!first) __syncthreads();  // the previous pass is done with the shared memory
+      first = false;
 #define WGF_PROMOTE(nt) WgfPromote<nt>(args, wgf_smem, row0 + p0, nv).run(R)
-    if (nv <= 16) WGF_PROMOTE(16);
-    else if (nv <= 32) WGF_PROMOTE(32);
-    else if (nv <= 64) WGF_PROMOTE(64);
-    else WGF_PROMOTE(128);
+      if (nv <= 16) WGF_PROMOTE(16);
+      else if (nv <= 32) WGF_PROMOTE(32);
+      else if (nv <= 64) WGF_PROMOTE(64);
+      else WGF_PROMOTE(128);
 #undef WGF_PROMOTE
+    }
   }
 #else
   __trap();
 #endif
 }
-#undef WGF_SETUP
 
 // Per tile of the wgmma GEMM: can its tokens' activation scales fold exactly into FP16? Every
 // scale must be a finite power of two within 15 binades below its token's largest (the
 // ceil_ue8m0 format gives powers of two). flags[tile] = 1 if so; for every row of the tile,
-// trow[row] = that largest exponent (biased). Xs (rows, G). grid = tile bound, block = 256.
+// trow[row] = that largest exponent (biased); the tiles that do not fold are appended to plist
+// (*nplist, zeroed before the launch, counts them). Xs (rows, G). grid = tile bound, block = 256.
 extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
-                                        i64 G, int* __restrict__ flags, int* __restrict__ trow) {
+                                        i64 G, int* __restrict__ flags, int* __restrict__ trow, int* __restrict__ plist,
+                                        int* __restrict__ nplist) {
   __shared__ int tmax[WGF_TOK];
   if ((int)blockIdx.x >= *ntiles) return;
   const int row0 = tiles[3 * blockIdx.x + 1], nvalid = tiles[3 * blockIdx.x + 2], g = (int)G;
@@ -491,7 +494,10 @@ extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int*
   for (int i = tid; i < nvalid * g; i += blockDim.x) ok &= (int)((__float_as_uint(xs[i]) >> 23) & 0xff) - tmax[i / g] >= -15;
   for (int i = tid; i < nvalid; i += blockDim.x) trow[row0 + i] = tmax[i];
   ok = __syncthreads_and(ok);
-  if (tid == 0) flags[blockIdx.x] = ok;
+  if (tid == 0) {
+    flags[blockIdx.x] = ok;
+    if (!ok) plist[atomicAdd(nplist, 1)] = blockIdx.x;  // list order varies; each tile's result does not
+  }
 }
 
 // Stages chunk q = blockIdx.y of every folding tile's tokens for moe_gemm_wgb: X (rows, 128·G)
