@@ -21,8 +21,10 @@ const (
 	// fusedPermutePairs: up to this many routed pairs, the routing kernel gathers the rows
 	// itself (decode batches; one block copies them all).
 	fusedPermutePairs = 64
-	wgfRows           = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
-	wgfTokens         = 144 // WGF_TOK: the most tokens of its tiles
+	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
+	scatterPairs = 4096
+	wgfRows      = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
+	wgfTokens    = 144 // WGF_TOK: the most tokens of its tiles
 	// WGB_SMEM, the staged-token folding kernel's: a 4-stage ring of 144 FP16 token rows of a
 	// chunk (256 bytes each), 128·64 weight bytes and 128 scale words.
 	wgbSmem = 4 * (wgfTokens*256 + wgfRows*64 + wgfRows*4)
@@ -199,6 +201,8 @@ type workspace struct {
 	a1qPerm, a1sPerm, h, a2q, a2s, z cu.DevicePtr
 	// routing metadata
 	counts, offsets, expertIDs, rowPair, invPerm, tileList, ntiles, errs cu.DevicePtr
+	// per chunk of 1024 routed pairs, each expert's pairs in the chunks before it (moe_route_scatter)
+	routePre cu.DevicePtr
 	// the wgmma GEMM's tiles, and per tile and row whether and how the activation scales fold
 	wtileList, nwtiles, wflags, wtrow cu.DevicePtr
 	// the tiles whose scales do not fold (moe_wg_tiles' list for the promoting kernel), and their number
@@ -258,6 +262,7 @@ func (l *Layer) ensure(m, topk int) error {
 		a.take(int(int64(rows) * K * 4)),
 		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(4), a.take(4),
 		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4), a.take(wtiles * 4), a.take(4),
+		a.take((p + routeThreads - 1) / routeThreads * l.E * 4),
 		a.take(xbBytes),
 	}
 	mem, err := cu.MemAlloc(a.size)
@@ -273,7 +278,7 @@ func (l *Layer) ensure(m, topk int) error {
 	ws.mem, ws.size, ws.host = mem, a.size, host
 	ptrs := []*cu.DevicePtr{&ws.x, &ws.a1q, &ws.a1s, &ws.ids, &ws.tw, &ws.out, &ws.a1qPerm, &ws.a1sPerm, &ws.h, &ws.a2q, &ws.a2s, &ws.z,
 		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.ntiles, &ws.errs,
-		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wplist, &ws.nwplist, &ws.xb}
+		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wplist, &ws.nwplist, &ws.routePre, &ws.xb}
 	for i, p := range ptrs {
 		*p = mem + cu.DevicePtr(offs[i])
 	}
@@ -473,15 +478,28 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	kernel := l.kernel(P)
 	// Small decode batches: the routing block also gathers the rows (one launch fewer).
 	fused := kernel == GEMMDecode && P <= fusedPermutePairs
+	// Prefill-sized ones (more than scatterPairs): the routing block counts, and one block per
+	// 1024 pairs places them, so that the scattered stores spread over the SMs.
 	var gather [5]uint64
 	if fused {
 		gather = [5]uint64{u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm)}
 	}
+	spread := P > scatterPairs
+	pre := uint64(0)
+	if spread {
+		pre = u(ws.routePre)
+	}
 	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E), l.stream,
 		u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs),
-		u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), gather[0], gather[1], gather[2], gather[3], gather[4]); err != nil {
+		u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), gather[0], gather[1], gather[2], gather[3], gather[4], pre); err != nil {
 		return fmt.Errorf("cudaops: route: %w", err)
+	}
+	if spread {
+		if err := launch(f.routeScatter, dim3{blocks(int64(P), routeThreads), 1, 1}, dim3{routeThreads, 1, 1}, int(40*E), l.stream,
+			u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)), u(ws.offsets), pre, u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm)); err != nil {
+			return fmt.Errorf("cudaops: route: %w", err)
+		}
 	}
 	permute := f.permute
 	if kernel == GEMMWgmma {

@@ -45,6 +45,22 @@ __device__ __forceinline__ int local_expert(const int* ids, const int* expert_ma
   return expert_map ? expert_map[id] : id;
 }
 
+// The rank of a pair among the pairs of its expert le in a chunk of ROUTE_THREADS pairs (one
+// per thread): inside a warp by lane (peers, from match), across the warps by the counts of the
+// earlier warps, which the warps' leaders left in wcnt[le][w] (one byte each, rows of 36 bytes
+// so that the rows of a warp's different experts start in different banks).
+__device__ __forceinline__ int chunk_rank(const u8* wcnt, int le, int warp, int rank) {
+  const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + le * 36);
+  int before = 0;
+#pragma unroll
+  for (int k = 0; k < 8; k++) {  // bytes of the warps below this one
+    const int lo = 4 * k;
+    const uint32_t mask = warp >= lo + 4 ? 0xffffffffu : warp <= lo ? 0u : (1u << (8 * (warp - lo))) - 1u;
+    before = (int)__dp4a(wc[k] & mask, 0x01010101u, (unsigned)before);
+  }
+  return before + rank;
+}
+
 // One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 36E bytes, E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
@@ -52,14 +68,16 @@ __device__ __forceinline__ int local_expert(const int* ids, const int* expert_ma
 // up to 8 rows (the last smaller). With a1q_perm set, the block also gathers each routed pair's FP8 row and scales
 // (a1q, a1s: (M, K), (M, K/128)) into its row, as moe_permute does for real rows; padding rows
 // are left as they are (no kernel lets them reach a result). For small batches only: one block
-// copies every row.
+// copies every row. With pre set, the block only counts (and writes into pre, (P/ROUTE_THREADS
+// rounded up) × E ints, each chunk's counts of the chunks before it) and leaves the placing of
+// the pairs to moe_route_scatter.
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
 moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
           int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
           int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
           int* __restrict__ ntiles, int* __restrict__ err, int* __restrict__ wtiles, int* __restrict__ nwtiles, i64 wg,
           const u8* __restrict__ a1q, const float* __restrict__ a1s, i64 K, u8* __restrict__ a1q_perm,
-          float* __restrict__ a1s_perm) {
+          float* __restrict__ a1s_perm, int* __restrict__ pre) {
   extern __shared__ int smem[];
   int* scount = smem;
   int* scursor = smem + E;
@@ -71,12 +89,25 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   for (i64 k = tid; k < 9 * E; k += ROUTE_THREADS) reinterpret_cast<uint32_t*>(wcnt)[k] = 0;
   if (tid == 0) *err = 0;
   __syncthreads();
+  if (pre) {
+    // Per chunk of ROUTE_THREADS pairs, the counts of the chunks before it, for moe_route_scatter.
+    for (i64 base = 0, k = 0; base < P; base += ROUTE_THREADS, k++) {
+      if (tid < E) pre[k * E + tid] = scount[tid];
+      __syncthreads();
+      if (base + tid < P) {
+        const int le = local_expert(ids, expert_map, base + tid, Eg, err, true);
+        if (le >= 0) atomicAdd(&scount[le], 1);
+      }
+      __syncthreads();
+    }
+  } else {
 #pragma unroll 4
-  for (i64 i = tid; i < P; i += ROUTE_THREADS) {
-    int le = local_expert(ids, expert_map, i, Eg, err, true);
-    if (le >= 0) atomicAdd(&scount[le], 1);
+    for (i64 i = tid; i < P; i += ROUTE_THREADS) {
+      int le = local_expert(ids, expert_map, i, Eg, err, true);
+      if (le >= 0) atomicAdd(&scount[le], 1);
+    }
+    __syncthreads();
   }
-  __syncthreads();
   const int cnt = tid < E ? scount[tid] : 0;
   const int aligned = (cnt + MOE_BM - 1) / MOE_BM * MOE_BM;
   int msum, tiles_total;
@@ -116,6 +147,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   // which the warps' leaders leave in wcnt[e][w] (one byte each, rows of 36 bytes so that the
   // rows of a warp's different experts start in different banks); scursor[e] then moves past
   // the chunk's pairs of expert e. Three barriers per chunk.
+  if (pre) return;  // moe_route_scatter places the pairs
   int le_next = tid < P ? local_expert(ids, expert_map, tid, Eg, err, false) : -2;
   for (i64 base = 0; base < P; base += ROUTE_THREADS) {
     const i64 i = base + tid;
@@ -126,15 +158,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     if (le >= 0 && rank == 0) wcnt[le * 36 + warp] = (u8)__popc(peers);
     __syncthreads();
     if (le >= 0) {
-      const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + le * 36);
-      int before = 0;
-#pragma unroll
-      for (int k = 0; k < 8; k++) {  // bytes of the warps below this one
-        const int lo = 4 * k;
-        const uint32_t mask = warp >= lo + 4 ? 0xffffffffu : warp <= lo ? 0u : (1u << (8 * (warp - lo))) - 1u;
-        before = (int)__dp4a(wc[k] & mask, 0x01010101u, (unsigned)before);
-      }
-      const int row = scursor[le] + before + rank;
+      const int row = scursor[le] + chunk_rank(wcnt, le, warp, rank);
       expert_ids[row] = le;
       row_pair[row] = (int)i;
       inv_perm[i] = row;
@@ -170,6 +194,37 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
       const int row = inv_perm[i];
       if (row >= 0) a1s_perm[(i64)row * G + g] = a1s[(i / topk) * G + g];
     }
+  }
+}
+
+// Places the pairs of chunk blockIdx.x (ROUTE_THREADS pairs, one per thread) as moe_route's
+// scatter does, from the segment offsets and pre (moe_route with pre set): expert_ids, row_pair
+// and inv_perm of its pairs. Chunks are independent, so the stores spread over the SMs.
+// grid = ceil(P / ROUTE_THREADS), block = ROUTE_THREADS, dynamic shared memory 4E + 36E bytes.
+extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
+moe_route_scatter(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
+                  const int* __restrict__ offsets, const int* __restrict__ pre, int* __restrict__ expert_ids,
+                  int* __restrict__ row_pair, int* __restrict__ inv_perm) {
+  extern __shared__ int smem[];
+  int* sbase = smem;
+  u8* wcnt = reinterpret_cast<u8*>(smem + E);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const i64 P = M * topk, c = blockIdx.x, i = c * ROUTE_THREADS + tid;
+  if (tid < E) sbase[tid] = offsets[tid] + pre[c * E + tid];
+  for (i64 k = tid; k < 9 * E; k += ROUTE_THREADS) reinterpret_cast<uint32_t*>(wcnt)[k] = 0;
+  const int le = i < P ? local_expert(ids, expert_map, i, Eg, nullptr, false) : -2;
+  const unsigned peers = __match_any_sync(0xffffffffu, le);
+  const int rank = __popc(peers & ((1u << lane) - 1u));
+  __syncthreads();  // wcnt zeroed
+  if (le >= 0 && rank == 0) wcnt[le * 36 + warp] = (u8)__popc(peers);
+  __syncthreads();
+  if (le >= 0) {
+    const int row = sbase[le] + chunk_rank(wcnt, le, warp, rank);
+    expert_ids[row] = le;
+    row_pair[row] = (int)i;
+    inv_perm[i] = row;
+  } else if (le == -1) {
+    inv_perm[i] = -1;
   }
 }
 
