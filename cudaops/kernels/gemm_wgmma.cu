@@ -222,6 +222,29 @@ __device__ __forceinline__ void wgf_store(const WgfArgs& A, int row0, int nvalid
   }
 }
 
+// This thread's A fragments of a chunk from a ring stage: its rows wrow and wrow + 8 (packed
+// E2M1 codes w, 64 bytes a row; E8M0 words s, one a row), piece t, each block's scale folded
+// against the rows' reference exponents R (wgf_mult), expanded to FP16 (wgf_convert_a).
+__device__ __forceinline__ void wgf_load_a(const u8* w, const uint32_t* s, int wrow, int t, const int (&R)[2],
+                                           uint32_t (&a)[8][4]) {
+  const uint4 pg = *reinterpret_cast<const uint4*>(&w[wrow * 64 + 16 * t]);
+  const uint4 ph = *reinterpret_cast<const uint4*>(&w[(wrow + 8) * 64 + 16 * t]);
+  const int sg = (s[wrow] >> (8 * t)) & 0xff, sh = (s[wrow + 8] >> (8 * t)) & 0xff;
+  wgf_convert_a(pg, ph, wgf_mult(sg, R[0]), wgf_mult(sh, R[1]), a);
+}
+
+// The start of a WGF_STAGES-deep cp.async ring over G chunks: this thread's copies of chunks
+// 0 .. WGF_STAGES-2 (one commit group each, empty past G), then the wait for chunk 0's.
+template <class Issue>
+__device__ __forceinline__ void wgf_ring_start(i64 G, Issue issue) {
+#pragma unroll
+  for (int q = 0; q < WGF_STAGES - 1; q++) {
+    if (q < G) issue(q);
+    asm volatile("cp.async.commit_group;\n" ::);
+  }
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 2));
+}
+
 // The promoting path, in passes of up to WGF_PTOK tokens: each chunk's MMAs into a fresh
 // partial, which is multiplied by the tokens' scales and added to the accumulator. Two block
 // barriers per chunk: chunk q+1's copies are visible to every thread, and its B buffer is
@@ -273,10 +296,7 @@ struct WgfPromote {
       const uint4 v = *reinterpret_cast<const uint4*>(&s.x[tok * WGF_XROW + 16 * j]);
       wgf_expand<false>(v, 0, b + j * NT * 32 + (tok >> 3) * 256 + (tok & 7) * 16);
     }
-    const uint4 pg = *reinterpret_cast<const uint4*>(&s.w[wrow * 64 + 16 * t]);
-    const uint4 ph = *reinterpret_cast<const uint4*>(&s.w[(wrow + 8) * 64 + 16 * t]);
-    const int sg = (s.s[wrow] >> (8 * t)) & 0xff, sh = (s.s[wrow + 8] >> (8 * t)) & 0xff;
-    wgf_convert_a(pg, ph, wgf_mult(sg, R[0]), wgf_mult(sh, R[1]), a);
+    wgf_load_a(s.w, s.s, wrow, t, R, a);
   }
 
   __device__ __forceinline__ void run(const int (&R)[2]) const {
@@ -284,12 +304,7 @@ struct WgfPromote {
 #pragma unroll
     for (int i = 0; i < NA; i++) acc[i] = 0.f;
     uint32_t a0[8][4], a1[8][4];
-#pragma unroll
-    for (int q = 0; q < WGF_STAGES - 1; q++) {
-      if (q < A.G) issue(q);
-      asm volatile("cp.async.commit_group;\n" ::);
-    }
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 2));
+    wgf_ring_start(A.G, [&](int q) { issue(q); });
     __syncthreads();
     convert(0, R, a0);
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -371,10 +386,7 @@ struct WgbFold {
 
   __device__ __forceinline__ void convert(i64 q, const int (&R)[2], uint32_t (&a)[8][4]) const {
     const WgbStage& s = stage(q);
-    const uint4 pg = *reinterpret_cast<const uint4*>(&s.w[wrow * 64 + 16 * t]);
-    const uint4 ph = *reinterpret_cast<const uint4*>(&s.w[(wrow + 8) * 64 + 16 * t]);
-    const int sg = (s.s[wrow] >> (8 * t)) & 0xff, sh = (s.s[wrow + 8] >> (8 * t)) & 0xff;
-    wgf_convert_a(pg, ph, wgf_mult(sg, R[0]), wgf_mult(sh, R[1]), a);
+    wgf_load_a(s.w, s.s, wrow, t, R, a);
   }
 
   // Eight k16 MMAs of chunk q: step j reads core matrices 2j, 2j+1 of every 8-row group.
@@ -391,12 +403,7 @@ struct WgbFold {
 #pragma unroll
     for (int i = 0; i < NA; i++) acc[i] = 0.f;
     uint32_t a0[8][4], a1[8][4];
-#pragma unroll
-    for (int q = 0; q < WGF_STAGES - 1; q++) {
-      if (q < A.G) issue(q);
-      asm volatile("cp.async.commit_group;\n" ::);
-    }
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 2));
+    wgf_ring_start(A.G, [&](int q) { issue(q); });
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();  // chunk 0 and the tile's reference exponents
     convert(0, R, a0);

@@ -61,6 +61,32 @@ __device__ __forceinline__ int chunk_rank(const u8* wcnt, int le, int warp, int 
   return before + rank;
 }
 
+// Copies token t's FP8 row (K bytes, as K/16 16-byte pieces) and its K/128 scales into
+// permuted row r, the pieces and scales from j0 in steps of dj (the caller's threads).
+__device__ __forceinline__ void gather_row(const u8* __restrict__ a1q, const float* __restrict__ a1s, i64 t, i64 r, i64 K,
+                                           u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, int j0, int dj) {
+  const uint4* src = reinterpret_cast<const uint4*>(a1q + t * K);
+  uint4* dst = reinterpret_cast<uint4*>(a1q_perm + r * K);
+  for (i64 j = j0; j < K / 16; j += dj) dst[j] = src[j];
+  const i64 G = K / MOE_GROUP;
+  for (i64 g = j0; g < G; g += dj) a1s_perm[r * G + g] = a1s[t * G + g];
+}
+
+// The token of permuted row r (blockIdx.x), or -1 for a row past offsets[E] or a padding row,
+// whose K FP8 bytes and K/128 scales this block then zeroes.
+__device__ __forceinline__ i64 permute_token(const int* __restrict__ row_pair, const int* __restrict__ offsets, i64 E, i64 K,
+                                             i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+  const i64 r = blockIdx.x;
+  if (r >= offsets[E]) return -1;
+  const int pair = row_pair[r];
+  if (pair >= 0) return pair / topk;
+  uint4* dst = reinterpret_cast<uint4*>(a1q_perm + r * K);
+  for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = make_uint4(0, 0, 0, 0);
+  const i64 G = K / MOE_GROUP;
+  for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = 0.f;
+  return -1;
+}
+
 // One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 36E bytes, E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
@@ -181,18 +207,10 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     __syncthreads();
   }
   if (a1q_perm) {
-    // inv_perm, written above by this block, is visible after the last barrier.
-    const i64 G = K / MOE_GROUP, chunks = K / 16;
-    for (i64 idx = tid; idx < P * chunks; idx += ROUTE_THREADS) {
-      const i64 i = idx / chunks, j = idx % chunks;
+    // inv_perm, written above by this block, is visible after the last barrier. One warp a pair.
+    for (i64 i = warp; i < P; i += ROUTE_THREADS / 32) {
       const int row = inv_perm[i];
-      if (row >= 0)
-        reinterpret_cast<uint4*>(a1q_perm + (i64)row * K)[j] = reinterpret_cast<const uint4*>(a1q + (i / topk) * K)[j];
-    }
-    for (i64 idx = tid; idx < P * G; idx += ROUTE_THREADS) {
-      const i64 i = idx / G, g = idx % G;
-      const int row = inv_perm[i];
-      if (row >= 0) a1s_perm[(i64)row * G + g] = a1s[(i / topk) * G + g];
+      if (row >= 0) gather_row(a1q, a1s, i / topk, row, K, a1q_perm, a1s_perm, lane, 32);
     }
   }
 }
@@ -233,41 +251,22 @@ moe_route_scatter(const int* __restrict__ ids, const int* __restrict__ expert_ma
 extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* __restrict__ a1s,
                                        const int* __restrict__ row_pair, const int* __restrict__ offsets,
                                        i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
-  const i64 r = blockIdx.x;
-  if (r >= offsets[E]) return;
-  const int pair = row_pair[r];
-  const i64 G = K / MOE_GROUP;
-  uint4* dst = reinterpret_cast<uint4*>(a1q_perm + r * K);
-  if (pair < 0) {
-    for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = make_uint4(0, 0, 0, 0);
-    for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = 0.f;
-    return;
-  }
-  const i64 t = pair / topk;
-  const uint4* src = reinterpret_cast<const uint4*>(a1q + t * K);
-  for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = src[j];
-  for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = a1s[t * G + g];
+  const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
+  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, threadIdx.x, blockDim.x);
 }
 
-// moe_permute with each 128-column chunk of a row in the wgmma GEMM's order: value i of the
-// chunk goes to byte fp16_slot(i) (common.cuh). grid.x = the largest possible M_sum, block = 128.
+// moe_permute with the bytes of each 128-column chunk of a row reordered for the wgmma GEMM's
+// token expansion: 16-byte piece p = 2j + h of chunk q holds, for each of the chunk's four
+// 32-column blocks b, bytes rr of the block's words 2w and 2w + 1 (columns 8w + rr and
+// 8w + rr + 4), w = j/2, rr = 2(j%2) + h. grid.x = the largest possible M_sum, block = 128.
 extern "C" __global__ void moe_permute_wg(const u8* __restrict__ a1q, const float* __restrict__ a1s,
                                           const int* __restrict__ row_pair, const int* __restrict__ offsets,
                                           i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+  const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
+  if (t < 0) return;
   const i64 r = blockIdx.x;
-  if (r >= offsets[E]) return;
-  const int pair = row_pair[r];
-  const i64 G = K / MOE_GROUP;
-  uint2* dst = reinterpret_cast<uint2*>(a1q_perm + r * K);
-  if (pair < 0) {
-    for (i64 j = threadIdx.x; j < K / 8; j += blockDim.x) dst[j] = make_uint2(0, 0);
-    for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = 0.f;
-    return;
-  }
-  const i64 t = pair / topk;
   const uint32_t* src = reinterpret_cast<const uint32_t*>(a1q + t * K);
-  // Piece p = 2j + h of chunk q holds, for each block b, bytes rr of the block's words 2w and
-  // 2w + 1 (columns 8w + rr and 8w + rr + 4), w = j/2, rr = 2(j%2) + h.
+  uint2* dst = reinterpret_cast<uint2*>(a1q_perm + r * K);
   for (i64 p = threadIdx.x; p < K / 8; p += blockDim.x) {
     const i64 q = p >> 4;
     const int pj = (int)(p & 15), j = pj >> 1, h = pj & 1, w = j >> 1, rr = 2 * (j & 1) + h;
@@ -279,5 +278,6 @@ extern "C" __global__ void moe_permute_wg(const u8* __restrict__ a1q, const floa
     }
     dst[p] = make_uint2(v[0] | (v[1] << 16), v[2] | (v[3] << 16));
   }
+  const i64 G = K / MOE_GROUP;
   for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = a1s[t * G + g];
 }
