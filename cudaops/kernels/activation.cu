@@ -5,63 +5,77 @@
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 
-// One warp per (row, group), 4 values per lane: grid = (rows bound, ceil(I/128 / 4)), block = 128
-// (the block's four warps take four groups of one row).
+// act(g, u) of one value, the GEMM1 bias already added.
+__device__ __forceinline__ float act_value(float gg, float uu, i64 act, i64 clamp, float L, float A, float B) {
+  if (act == ACT_SILU) {
+    if (clamp) {
+      gg = fminf(gg, L);
+      uu = fmaxf(-L, fminf(uu, L));
+    }
+    return gg * sigmoidf_(gg) * uu;
+  }
+  if (act == ACT_SWIGLUSTEP) return fminf(gg * sigmoidf_(gg), 7.f) * fmaxf(-7.f, fminf(uu, 7.f));
+  gg = fminf(gg, L);
+  uu = fmaxf(-L, fminf(uu, L));
+  return (uu + B) * gg * sigmoidf_(A * gg);
+}
+
+// The group's codes in the wgmma GEMM's order (fp16_slot, common.cuh), from each lane's codes of
+// columns 4·lane .. 4·lane + 3: byte i of lane l gets column 32(b0 + i/2) + 8w + 4(i%2) + rr
+// (w = l/8, rr = (l/2)%4, b0 = 2(l%2)), which lane 8(b0 + i/2) + 2w + i%2 holds as its byte rr.
+__device__ __forceinline__ uint32_t wg_reorder(uint32_t q, int lane) {
+  const int w = lane >> 3, rr = (lane >> 1) & 3, b0 = 2 * (lane & 1);
+  uint32_t out = 0;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const uint32_t v = __shfl_sync(0xffffffffu, q, 8 * (b0 + (i >> 1)) + 2 * w + (i & 1));
+    out |= ((v >> (8 * rr)) & 0xffu) << (8 * i);
+  }
+  return out;
+}
+
+// One warp per row and two groups of it (grp and grp + 4), 4 consecutive columns per lane and
+// group, both groups' loads issued before either is computed: grid = (rows bound, ceil(I/128 / 8)),
+// block = 128 (the block's four warps take groups 8·blockIdx.y + warp and 8·blockIdx.y + warp + 4
+// of one row).
 extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
                                          u8* __restrict__ a2q, float* __restrict__ a2s, i64 E, i64 I,
                                          i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 wg_order) {
   const i64 G = I / MOE_GROUP;
-  const i64 r = blockIdx.x, grp = (i64)blockIdx.y * 4 + threadIdx.x / 32;
-  if (grp >= G || r >= offsets[E]) return;
+  const i64 r = blockIdx.x, grp0 = (i64)blockIdx.y * 8 + threadIdx.x / 32;
+  if (grp0 >= G || r >= offsets[E]) return;
   const int e = expert_ids[r];
   if (e < 0) return;  // padding row: never read by a real result
   const int lane = threadIdx.x % 32;
-  // The lane's 4 columns of the group: 4·lane + i, or in the wgmma GEMM's order the columns
-  // whose fp16_slot is 4·lane + i, so that each lane stores 4 consecutive bytes either way.
-  int col[4];
-  float gv[4], uv[4], y[4];
-  const float* hr = h + r * 2 * I + grp * MOE_GROUP;
-  if (wg_order) {
-    const int w = lane >> 3, rr = (lane >> 1) & 3, b0 = 2 * (lane & 1);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      col[i] = 32 * (b0 + (i >> 1)) + 8 * w + 4 * (i & 1) + rr;
-      gv[i] = hr[col[i]];
-      uv[i] = hr[I + col[i]];
-    }
-  } else {
-    const float4 g4 = *reinterpret_cast<const float4*>(hr + 4 * lane);
-    const float4 u4 = *reinterpret_cast<const float4*>(hr + I + 4 * lane);
-    gv[0] = g4.x, gv[1] = g4.y, gv[2] = g4.z, gv[3] = g4.w;
-    uv[0] = u4.x, uv[1] = u4.y, uv[2] = u4.z, uv[3] = u4.w;
-#pragma unroll
-    for (int i = 0; i < 4; i++) col[i] = 4 * lane + i;
+  const bool two = grp0 + 4 < G;
+  const float* hr = h + r * 2 * I + grp0 * MOE_GROUP + 4 * lane;
+  float4 g4[2], u4[2];
+  g4[0] = *reinterpret_cast<const float4*>(hr);
+  u4[0] = *reinterpret_cast<const float4*>(hr + I);
+  if (two) {
+    g4[1] = *reinterpret_cast<const float4*>(hr + 4 * MOE_GROUP);
+    u4[1] = *reinterpret_cast<const float4*>(hr + I + 4 * MOE_GROUP);
   }
   const float L = (float)limit, A = (float)alpha, B = (float)beta;
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
-    float gg = gv[i], uu = uv[i];
+  for (int k = 0; k < 2; k++) {
+    if (k == 1 && !two) break;
+    const i64 grp = grp0 + 4 * k;
+    float gv[4] = {g4[k].x, g4[k].y, g4[k].z, g4[k].w}, uv[4] = {u4[k].x, u4[k].y, u4[k].z, u4[k].w};
     if (bias) {
-      gg += bias[(i64)e * 2 * I + grp * MOE_GROUP + col[i]];
-      uu += bias[(i64)e * 2 * I + I + grp * MOE_GROUP + col[i]];
+      const float* br = bias + (i64)e * 2 * I + grp * MOE_GROUP + 4 * lane;
+      const float4 bg = *reinterpret_cast<const float4*>(br), bu = *reinterpret_cast<const float4*>(br + I);
+      gv[0] += bg.x, gv[1] += bg.y, gv[2] += bg.z, gv[3] += bg.w;
+      uv[0] += bu.x, uv[1] += bu.y, uv[2] += bu.z, uv[3] += bu.w;
     }
-    if (act == ACT_SILU) {
-      if (clamp) {
-        gg = fminf(gg, L);
-        uu = fmaxf(-L, fminf(uu, L));
-      }
-      y[i] = gg * sigmoidf_(gg) * uu;
-    } else if (act == ACT_SWIGLUSTEP) {
-      y[i] = fminf(gg * sigmoidf_(gg), 7.f) * fmaxf(-7.f, fminf(uu, 7.f));
-    } else {
-      gg = fminf(gg, L);
-      uu = fmaxf(-L, fminf(uu, L));
-      y[i] = (uu + B) * gg * sigmoidf_(A * gg);
-    }
+    float y[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) y[i] = act_value(gv[i], uv[i], act, clamp, L, A, B);
+    uint32_t q;
+    const float s = quant_group(y, fmt, &q);
+    if (wg_order) q = wg_reorder(q, lane);
+    *reinterpret_cast<uint32_t*>(a2q + r * I + grp * MOE_GROUP + 4 * lane) = q;
+    if (lane == 0) a2s[r * G + grp] = s;
   }
-  uint32_t q;
-  const float s = quant_group(y, fmt, &q);
-  *reinterpret_cast<uint32_t*>(a2q + r * I + grp * MOE_GROUP + 4 * lane) = q;
-  if (lane == 0) a2s[r * G + grp] = s;
 }
