@@ -26,8 +26,9 @@ const (
 	wgfRows      = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
 	wgfTokens    = 144 // WGF_TOK: the most tokens of its tiles
 	// WGB_SMEM, the staged-token folding kernel's: a 4-stage ring of 144 FP16 token rows of a
-	// chunk (256 bytes each), 128·64 weight bytes and 128 scale words.
-	wgbSmem = 4 * (wgfTokens*256 + wgfRows*64 + wgfRows*4)
+	// chunk (256 bytes each), 128·64 weight bytes and 128 scale words, then a FULL and an EMPTY
+	// mbarrier per stage.
+	wgbSmem = 4*(wgfTokens*256+wgfRows*64+wgfRows*4) + 2*4*8
 	// WGF_PSMEM, the promoting kernel's: a 4-stage ring of 128·144 token bytes, 128·64 weight
 	// bytes, 128 scale words and 128 token scales, and two FP16 token buffers.
 	wgfPSmem = 4*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32

@@ -90,6 +90,17 @@ extern "C" __global__ void moe_fold_ref(const u8* __restrict__ W, const u8* __re
 __device__ __forceinline__ void wgf_cp16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
 }
+// cp.async of 16 bytes from gmem + OFF to shared address dst + OFF (one base register each).
+template <int OFF>
+__device__ __forceinline__ void wgf_cp16_at(uint32_t dst, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0+%2], [%1+%2], 16;\n" ::"r"(dst), "l"(gmem), "n"(OFF));
+}
+__device__ __forceinline__ void wgf_cp16_s(uint32_t dst, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+}
+__device__ __forceinline__ void wgf_cp4_s(uint32_t dst, const void* gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem));
+}
 __device__ __forceinline__ void wgf_cp4(void* smem, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
 }
@@ -346,42 +357,88 @@ struct WgfPromote {
 // scale words; one block barrier per chunk publishes chunk q+1 (every thread waited for its
 // copies and fenced them for the async proxy) and retires chunk q-1's slot (every warpgroup
 // waited for its MMAs), so the copies of chunk q+S-1 go there.
+// mbarrier and bulk-copy helpers (shared::cta addresses).
+__device__ __forceinline__ void wgb_bar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void wgb_bar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void wgb_bar_expect(uint32_t bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void wgb_bar_wait(uint32_t bar, unsigned parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWGB_WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WGB_WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+// bytes (a multiple of 16) from global src to shared dst, completing on mbarrier bar.
+__device__ __forceinline__ void wgb_bulk(uint32_t dst, const void* src, unsigned bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+
 struct WgbStage {
   u8 b[WGF_TOK * 256];   // the tokens' FP16 values of the chunk, 8-row groups of 16 core matrices
   u8 w[WGF_ROWS * 64];   // the rows' packed E2M1 codes of the chunk (4 blocks)
   uint32_t s[WGF_ROWS];  // the rows' 4 E8M0 exponents of the chunk
 };
-#define WGB_SMEM (WGF_STAGES * (int)sizeof(WgbStage))
+// The ring, then a FULL and an EMPTY mbarrier per stage.
+#define WGB_SMEM (WGF_STAGES * (int)sizeof(WgbStage) + 2 * WGF_STAGES * 8)
 
 template <int NT>
 struct WgbFold {
   static constexpr int NA = NT / 2;
+  static constexpr uint32_t SSZ = sizeof(WgbStage);
   const WgfArgs& A;
   u8* smem;
-  const u8* xb;  // the tile's staged tokens, chunk 0
   i64 cstride;
   int row0, nvalid, tid, wrow, t;
-  const u8 *wp, *sp;
+  // Per thread, computed once: the sources of its copies (tokens of chunk 0, weight rows wrow
+  // and wrow + 8, scale words), their destinations in stage 0 (shared addresses), and the
+  // MMAs' B descriptor of stage 0; a chunk adds q · cstride or q · 64 / q · 4 to the sources
+  // and (q mod WGF_STAGES) · SSZ to the destinations.
+  const u8 *tsrc, *wp, *wp8, *sp;
+  uint32_t s0, wdst, sdst, full, empty;
+  uint64_t bdesc;
 
   __device__ __forceinline__ WgbFold(const WgfArgs& a, u8* sm, const u8* xbase, i64 cs, int r0, int nv)
       : A(a), smem(sm), cstride(cs), row0(r0), nvalid(nv) {
     tid = threadIdx.x;
     t = tid & 3;
     wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
-    xb = xbase + (i64)(row0 >> 3) * 2048;
+    tsrc = xbase + (i64)(row0 >> 3) * 2048;
     wp = A.W + (A.wrow0 + wrow) * (A.Kd / 2) + 16 * t;
+    wp8 = wp + 8 * (A.Kd / 2);
     sp = A.Ws + (A.wrow0 + wrow + 8 * (t & 1)) * (A.Kd / MOE_BLOCK);
+    s0 = (uint32_t)__cvta_generic_to_shared(smem);
+    full = s0 + WGF_STAGES * SSZ;
+    empty = full + 8 * WGF_STAGES;
+    wdst = s0 + (uint32_t)offsetof(WgbStage, w) + wrow * 64 + 16 * t;
+    sdst = s0 + (uint32_t)offsetof(WgbStage, s) + (wrow + 8 * t) * 4;
+    bdesc = wgf_desc(smem, 128, 2048);
   }
   __device__ __forceinline__ WgbStage& stage(i64 q) const { return reinterpret_cast<WgbStage*>(smem)[q & (WGF_STAGES - 1)]; }
+  __device__ __forceinline__ uint32_t soff(i64 q) const { return (uint32_t)(q & (WGF_STAGES - 1)) * SSZ; }
 
+  // Thread 0: chunk q's NT·256 token bytes (contiguous in the staging) into its stage by one
+  // bulk copy that completes on the stage's FULL barrier, once every warp has released the
+  // stage's previous chunk (q - WGF_STAGES) on its EMPTY barrier.
+  __device__ __forceinline__ void tokens(i64 q) const {
+    const uint32_t st = (uint32_t)(q & (WGF_STAGES - 1));
+    if (q >= WGF_STAGES) wgb_bar_wait(empty + 8 * st, (unsigned)((q / WGF_STAGES - 1) & 1));
+    wgb_bar_expect(full + 8 * st, NT * 256);
+    wgb_bulk(s0 + st * SSZ, tsrc + q * cstride, NT * 256, full + 8 * st);
+  }
+
+  // This thread's weight bytes and (quad lanes t < 2) scale words of chunk q: exactly what it
+  // and its quad convert, so a __syncwarp after its wait publishes them.
   __device__ __forceinline__ void issue(i64 q) const {
-    WgbStage& s = stage(q);
-    const u8* src = xb + q * cstride;
-#pragma unroll
-    for (int k = 0; k < NT / 16; k++) wgf_cp16(&s.b[(tid + 256 * k) * 16], src + (tid + 256 * k) * 16);
-    wgf_cp16(&s.w[wrow * 64 + 16 * t], wp + q * 64);
-    wgf_cp16(&s.w[(wrow + 8) * 64 + 16 * t], wp + 8 * (A.Kd / 2) + q * 64);
-    if (t < 2) wgf_cp4(&s.s[wrow + 8 * t], sp + 4 * q);
+    const uint32_t o = soff(q);
+    wgf_cp16_s(wdst + o, wp + q * 64);
+    wgf_cp16_s(wdst + o + 8 * 64, wp8 + q * 64);
+    if (t < 2) wgf_cp4_s(sdst + o, sp + 4 * q);
   }
 
   __device__ __forceinline__ void convert(i64 q, const int (&R)[2], uint32_t (&a)[8][4]) const {
@@ -389,34 +446,45 @@ struct WgbFold {
     wgf_load_a(s.w, s.s, wrow, t, R, a);
   }
 
-  // Eight k16 MMAs of chunk q: step j reads core matrices 2j, 2j+1 of every 8-row group.
+  // Eight k16 MMAs of chunk q: step j reads core matrices 2j, 2j+1 of every 8-row group (the
+  // descriptor's address field, in 16-byte units, advances by 16 per step).
   __device__ __forceinline__ void mma(float (&d)[NA], const uint32_t (&a)[8][4], i64 q) const {
-    const u8* b = stage(q).b;
+    const uint64_t d0 = bdesc + (soff(q) >> 4);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int j = 0; j < 8; j++) wgf_mma<NT>(d, a[j], wgf_desc(b + j * 256, 128, 2048), (j > 0 || q > 0) ? 1 : 0);
+    for (int j = 0; j < 8; j++) wgf_mma<NT>(d, a[j], d0 + 16 * j, (j > 0 || q > 0) ? 1 : 0);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
   }
 
+  // No block barrier in the loop: the tokens of chunk q are waited on FULL, the weights by
+  // each thread's own cp.async groups. Per step: MMAs(q); wait for MMAs(q-1) (nxt and chunk
+  // q-1's tokens are free: each warp's lane 0 arrives on that stage's EMPTY); thread 0 brings
+  // chunk q+2's tokens; this thread's chunk q+1 weights landed (__syncwarp for the quad's
+  // scales); copies of chunk q+3's weights; chunk q+1's conversion.
   __device__ __forceinline__ void run(const int (&R)[2], const int* tref) const {
     float acc[NA];
 #pragma unroll
     for (int i = 0; i < NA; i++) acc[i] = 0.f;
     uint32_t a0[8][4], a1[8][4];
+    if (tid == 0) {
+      tokens(0);
+      if (A.G > 1) tokens(1);
+    }
     wgf_ring_start(A.G, [&](int q) { issue(q); });
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();  // chunk 0 and the tile's reference exponents
+    __syncwarp();
     convert(0, R, a0);
     auto step = [&](i64 q, uint32_t(&cur)[8][4], uint32_t(&nxt)[8][4]) {
+      wgb_bar_wait(full + 8 * (uint32_t)(q & (WGF_STAGES - 1)), (unsigned)((q / WGF_STAGES) & 1));
       wgf_keep(acc);
       mma(acc, cur, q);
       wgf_keep(acc);
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // chunk q-1's MMAs: nxt is free
       wgf_keep(nxt);
+      if (q >= 1 && (tid & 31) == 0) wgb_bar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
+      if (tid == 0 && q + 2 < A.G) tokens(q + 2);
       asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 3));  // this thread's chunk q+1
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      __syncthreads();
-      if (q + WGF_STAGES - 1 < A.G) issue(q + WGF_STAGES - 1);  // the slot of chunk q-1
+      __syncwarp();
+      if (q + WGF_STAGES - 1 < A.G) issue(q + WGF_STAGES - 1);  // the weights of chunk q-1's stage
       asm volatile("cp.async.commit_group;\n" ::);
       if (q + 1 < A.G) convert(q + 1, R, nxt);
     };
@@ -562,6 +630,12 @@ moe_gemm_wgb(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
   const int R[2] = {ref[args.wrow0 + wrow], ref[args.wrow0 + wrow + 8]};
   for (int i = tid; i < nvalid; i += 256) tref[i] = trow[row0 + i];
+  if (tid < 2 * WGF_STAGES) {
+    const uint32_t bars = (uint32_t)__cvta_generic_to_shared(wgf_smem + WGF_STAGES * sizeof(WgbStage));
+    wgb_bar_init(bars + 8 * tid, tid < WGF_STAGES ? 1 : 8);  // FULL: thread 0's arrival; EMPTY: one per warp
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  __syncthreads();  // the barriers and the tile's reference exponents
 #define WGB_FOLD(nt) WgbFold<nt>(args, wgf_smem, xb, cstride, row0, nvalid).run(R, tref)
   if (nvalid <= 16) WGB_FOLD(16);
   else if (nvalid <= 32) WGB_FOLD(32);
