@@ -352,11 +352,11 @@ struct WgfPromote {
 };
 
 // The folding path with staged tokens (moe_gemm_wgb): moe_wg_stage already wrote the tile's
-// tokens as FP16 in the MMA's core-matrix layout, so a ring slot is copied, not converted. Each
-// thread copies NT/16 16-byte pieces of the chunk's B block and its own two weight rows and
-// scale words; one block barrier per chunk publishes chunk q+1 (every thread waited for its
-// copies and fenced them for the async proxy) and retires chunk q-1's slot (every warpgroup
-// waited for its MMAs), so the copies of chunk q+S-1 go there.
+// tokens as FP16 in the MMA's core-matrix layout, contiguous per chunk, so a stage's tokens are
+// one bulk copy, not a conversion. No block barrier after the start: the MMAs of chunk q wait
+// for its tokens on the stage's FULL mbarrier, each warp releases a stage on its EMPTY mbarrier
+// once its warpgroup's MMAs of that chunk are done, and the weights and scales a thread
+// converts are its own (and its quad's) cp.async copies.
 // mbarrier and bulk-copy helpers (shared::cta addresses).
 __device__ __forceinline__ void wgb_bar_init(uint32_t bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
