@@ -84,8 +84,17 @@ __device__ __forceinline__ float quant_group(const float (&v)[4], i64 fmt, uint3
   for (int i = 0; i < 4; i++) amax = fmaxf(amax, fabsf(v[i]));
   const float s = group_scale(warp_max(amax), fmt);
   uint32_t q = 0;
+  // A power-of-two scale with a normal reciprocal (ceil_ue8m0 gives one): v · (1/s) is v / s
+  // exactly, both being the rounding of the same exact value; otherwise the division.
+  const uint32_t eb = __float_as_uint(s) >> 23;
+  if (fmt == FMT_CEIL_UE8M0 && eb >= 1 && eb <= 253) {
+    const float r = __uint_as_float((254u - eb) << 23);
 #pragma unroll
-  for (int i = 0; i < 4; i++) q |= (uint32_t)to_e4m3(v[i] / s) << (8 * i);
+    for (int i = 0; i < 4; i++) q |= (uint32_t)to_e4m3(v[i] * r) << (8 * i);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; i++) q |= (uint32_t)to_e4m3(v[i] / s) << (8 * i);
+  }
   *codes = q;
   return s;
 }
