@@ -25,13 +25,14 @@ const (
 	scatterPairs = 4096
 	wgfRows      = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
 	wgfTokens    = 144 // WGF_TOK: the most tokens of its tiles
-	// WGB_SMEM, the staged-token folding kernel's: a 4-stage ring of 144 FP16 token rows of a
-	// chunk (256 bytes each), 128·64 weight bytes and 128 scale words, then a FULL and an EMPTY
-	// mbarrier per stage.
-	wgbSmem = 4*(wgfTokens*256+wgfRows*64+wgfRows*4) + 2*4*8
-	// WGF_PSMEM, the promoting kernel's: a 4-stage ring of 128·144 token bytes, 128·64 weight
-	// bytes, 128 scale words and 128 token scales, and two FP16 token buffers.
-	wgfPSmem = 4*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
+	wgfStages    = 4   // WGF_STAGES: the depth of both wgmma kernels' shared-memory rings
+	// WGB_SMEM, the staged-token folding kernel's: a ring of 144 FP16 token rows of a chunk (256
+	// bytes each), 128·64 weight bytes and 128 scale words per stage, then a FULL and an EMPTY
+	// mbarrier (8 bytes each) per stage.
+	wgbSmem = wgfStages*(wgfTokens*256+wgfRows*64+wgfRows*4) + 2*wgfStages*8
+	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
+	// scale words and 128 token scales per stage, and two FP16 token buffers.
+	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
 )
 
 // NewLayer validates the weights and configuration, opens the device, and uploads the weights.
