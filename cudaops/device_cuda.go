@@ -93,8 +93,8 @@ var open = sync.OnceValues(func() (*Device, error) {
 			return nil, fmt.Errorf("cudaops: kernel %s: %v", name, err)
 		}
 	}
-	// The streaming GEMM keeps 44.5 KB of shared memory per block; without a preference the
-	// driver may pick a carveout that fits fewer blocks per multiprocessor.
+	// The streaming GEMM: the largest shared-memory carveout, so that as many blocks as its
+	// shared memory allows (six) are resident on a multiprocessor.
 	if err := preferShared(d.fn.gemmDec); err != nil {
 		return nil, err
 	}

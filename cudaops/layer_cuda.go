@@ -33,7 +33,25 @@ const (
 	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
 	// scale words and 128 token scales per stage, and two FP16 token buffers.
 	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
+	// The streaming (decode) GEMM (DEC_WARPS, DEC_STAGES, DEC_BLOCKS, DEC_SMEM): 4 warps a block,
+	// each with a 3-stage ring of its own (a stage: 16 weight rows of 80 bytes, 8 token rows of
+	// 160, 16 scale words, 8 token scales), then the warps' partial sums; 6 blocks per SM.
+	decWarps  = 4
+	decBlocks = 6
+	decSmem   = decWarps*3*(16*80+8*160+16*4+8*4) + decWarps*4*32*4
 )
+
+// decSplit returns how many warps share each 16 weight rows of the streaming GEMM for n rows
+// and a bound of tiles: the largest of 4, 2, 1 whose grid fits on the device in one wave, else 1.
+func (l *Layer) decSplit(n int64, tiles int) int {
+	units := int(n/16) * tiles
+	for _, s := range []int{4, 2} {
+		if units*s/decWarps <= decBlocks*l.dev.SMs {
+			return s
+		}
+	}
+	return 1
+}
 
 // NewLayer validates the weights and configuration, opens the device, and uploads the weights.
 func (b Backend) NewLayer(w *moe.Weights, cfg moe.Config) (moe.Layer, error) {
@@ -63,6 +81,9 @@ type Layer struct {
 	// row's block scales fold exactly (else that kernel is not used).
 	ref13, ref2 cu.DevicePtr
 	foldable    bool
+	// Whether a weight scale byte is 0 (2^-127, subnormal) or 255 (NaN): then the streaming
+	// GEMM converts scales with those cases, else straight from the exponent bits.
+	exactScales bool
 	ws          workspace
 	closed      bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
@@ -149,6 +170,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 			return nil, fmt.Errorf("cudaops: uploading the weights: %v", err)
 		}
 	}
+	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
 	l.ref13, l.ref2 = at(oref13), at(oref2)
 	if l.foldable, err = l.foldRefs(at(obad)); err != nil {
 		l.release()
@@ -180,6 +202,16 @@ func (l *Layer) foldRefs(bad cu.DevicePtr) (bool, error) {
 		return false, fmt.Errorf("cudaops: scale fold check: %v", err)
 	}
 	return n == 0, nil
+}
+
+// specialScales reports whether an E8M0 scale byte is 0 or 255.
+func specialScales(s []uint8) bool {
+	for _, v := range s {
+		if v == 0 || v == 255 {
+			return true
+		}
+	}
+	return false
 }
 
 // arena hands out 256-byte aligned offsets in one allocation.
@@ -519,8 +551,10 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64) error {
 		switch kernel {
 		case GEMMDecode:
-			return launch(f.gemmDec, dim3{int(n / 16), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
-				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))
+			split := l.decSplit(n, tiles)
+			return launch(f.gemmDec, dim3{int(n) * split / (16 * decWarps), tiles, 1}, dim3{32 * decWarps, 1, 1}, decSmem, l.stream,
+				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
+				i(int64(split)), flag(l.exactScales))
 		case GEMMWgmma:
 			// Per tile, whether the activation scales fold into FP16 (and if so its FP16 tokens);
 			// the tiles that fold, then the others.

@@ -153,6 +153,95 @@ func TestWgmmaFoldFallback(t *testing.T) {
 	}
 }
 
+// TestDecodeScales runs the streaming GEMM on weights without and with special E8M0 scale
+// bytes (0: 2^-127, 255: NaN), which take its exact scale conversion, against native: the same
+// values, NaN in the same outputs.
+func TestDecodeScales(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		set   map[int]uint8 // W13Scale index -> byte
+		exact bool
+	}{
+		{"plain", nil, false},
+		{"zero scale", map[int]uint8{3: 0, 70: 0}, true},
+		{"NaN scale", map[int]uint8{5: 255}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, m := range []int{1, 5, 40} {
+				c := conformance.Generate(conformance.Spec{M: m, K: 512, I: 256, E: 4, TopK: 2, Activation: moe.SwiGLUOAI, Bias: true, Seed: 21})
+				w := c.Weights
+				w.W13Scale = append([]uint8(nil), w.W13Scale...)
+				for i, v := range tc.set {
+					w.W13Scale[i] = v
+				}
+				ml, err := Backend{Options: Options{GEMM: GEMMDecode}}.NewLayer(&w, c.Config)
+				if err != nil {
+					t.Fatal(err)
+				}
+				l := ml.(*Layer)
+				if l.exactScales != tc.exact {
+					t.Fatalf("exactScales %v, want %v", l.exactScales, tc.exact)
+				}
+				got := forward(t, l, &c.Batch, 512)
+				l.Close()
+				want := nativeOutput(t, &w, c.Config, &c.Batch)
+				var g, n []float32
+				nans := 0
+				for i := range got {
+					if gn, wn := math.IsNaN(float64(got[i])), math.IsNaN(float64(want[i])); gn || wn {
+						if gn != wn {
+							t.Fatalf("M=%d output[%d] = %v, native %v", m, i, got[i], want[i])
+						}
+						nans++
+						continue
+					}
+					g, n = append(g, got[i]), append(n, want[i])
+				}
+				if nan := tc.set[5] == 255; (!nan && nans > 0) || (nan && m == 40 && nans == 0) {
+					t.Fatalf("M=%d: %d NaN outputs", m, nans)
+				}
+				if e := conformance.RelL2(g, n); e > 1e-4 {
+					t.Fatalf("M=%d: rel L2 %.3e against native", m, e)
+				}
+			}
+		})
+	}
+}
+
+// TestDecodeSplits runs the streaming GEMM at batch sizes whose grids split each 16 weight rows
+// over 4, 2 and 1 warps, against native and twice (bitwise the same).
+func TestDecodeSplits(t *testing.T) {
+	seen := map[int]bool{}
+	for _, m := range []int{1, 4, 12} {
+		s := conformance.Spec{M: m, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 31}
+		c := conformance.Generate(s)
+		ml, err := Backend{Options: Options{GEMM: GEMMDecode}}.NewLayer(&c.Weights, c.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := ml.(*Layer)
+		_, tiles := l.bounds(m * s.TopK)
+		split := l.decSplit(int64(2*s.I), tiles)
+		seen[split] = true
+		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
+		l.Close()
+		want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
+		e := conformance.RelL2(got, want)
+		t.Logf("M=%d: split %d, rel L2 against native %.2e", m, split, e)
+		if e > 1e-4 {
+			t.Fatalf("M=%d: rel L2 %.3e against native", m, e)
+		}
+		for i := range got {
+			if math.Float32bits(got[i]) != math.Float32bits(again[i]) {
+				t.Fatalf("M=%d output[%d]: %v, then %v", m, i, got[i], again[i])
+			}
+		}
+	}
+	if len(seen) != 3 {
+		t.Fatalf("splits %v, want 4, 2 and 1", seen)
+	}
+}
+
 // TestPoisonedWorkspace fills the whole workspace with 0xFF bytes (FP8 and float32 NaN) before
 // a forward: the output must be bitwise the clean run's.
 func TestPoisonedWorkspace(t *testing.T) {

@@ -5,18 +5,22 @@
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 
-// act(g, u) of one value, the GEMM1 bias already added.
+// min(x, l) and clamp(x, -l, l) that keep a NaN x (as torch.clamp does; fminf would drop it).
+__device__ __forceinline__ float min_nan(float x, float l) { return x > l ? l : x; }
+__device__ __forceinline__ float clamp_nan(float x, float l) { return x > l ? l : (x < -l ? -l : x); }
+
+// act(g, u) of one value, the GEMM1 bias already added. A NaN input gives NaN.
 __device__ __forceinline__ float act_value(float gg, float uu, i64 act, i64 clamp, float L, float A, float B) {
   if (act == ACT_SILU) {
     if (clamp) {
-      gg = fminf(gg, L);
-      uu = fmaxf(-L, fminf(uu, L));
+      gg = min_nan(gg, L);
+      uu = clamp_nan(uu, L);
     }
     return gg * sigmoidf_(gg) * uu;
   }
-  if (act == ACT_SWIGLUSTEP) return fminf(gg * sigmoidf_(gg), 7.f) * fmaxf(-7.f, fminf(uu, 7.f));
-  gg = fminf(gg, L);
-  uu = fmaxf(-L, fminf(uu, L));
+  if (act == ACT_SWIGLUSTEP) return min_nan(gg * sigmoidf_(gg), 7.f) * clamp_nan(uu, 7.f);
+  gg = min_nan(gg, L);
+  uu = clamp_nan(uu, L);
   return (uu + B) * gg * sigmoidf_(A * gg);
 }
 

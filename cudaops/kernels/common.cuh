@@ -55,7 +55,7 @@ __device__ __forceinline__ uint32_t e4m3_pair_f16(uint32_t lo, uint32_t hi, int 
 // The FP8 group scale: s = max(amax, 1e-10) / 448 in float32, rounded up to a power of two
 // (exactly, from the bits) for ceil_ue8m0. NaN stays NaN.
 __device__ __forceinline__ float group_scale(float amax, i64 fmt) {
-  float s = fmaxf(amax, 1e-10f) / 448.0f;
+  float s = (amax != amax ? amax : fmaxf(amax, 1e-10f)) / 448.0f;
   if (fmt == FMT_CEIL_UE8M0 && s == s) {
     uint32_t b = __float_as_uint(s);
     if (b & 0x7fffffu) b = ((b & 0x7f800000u) + 0x800000u) & 0x7f800000u;
@@ -80,9 +80,16 @@ __device__ __forceinline__ float warp_max(float v) {
 // (value i in byte i).
 __device__ __forceinline__ float quant_group(const float (&v)[4], i64 fmt, uint32_t* codes) {
   float amax = 0.f;
+  bool nan = false;
 #pragma unroll
-  for (int i = 0; i < 4; i++) amax = fmaxf(amax, fabsf(v[i]));
-  const float s = group_scale(warp_max(amax), fmt);
+  for (int i = 0; i < 4; i++) {
+    amax = fmaxf(amax, fabsf(v[i]));
+    nan |= v[i] != v[i];
+  }
+  // fmaxf drops NaN; a group holding one has a NaN amax, hence a NaN scale and NaN codes.
+  amax = warp_max(amax);
+  if (__any_sync(0xffffffffu, nan)) amax = __int_as_float(0x7fc00000);
+  const float s = group_scale(amax, fmt);
   uint32_t q = 0;
   // A power-of-two scale with a normal reciprocal (ceil_ue8m0 gives one): v · (1/s) is v / s
   // exactly, both being the rounding of the same exact value; otherwise the division.

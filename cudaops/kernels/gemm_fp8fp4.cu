@@ -89,13 +89,15 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
   }
 }
 
-// The streaming variant (decode-shaped batches). A block owns 16 weight rows and one token
-// tile; its STREAM_WARPS warps split K (group q, 128 elements, goes to warp q % STREAM_WARPS)
-// and each walks its groups through a STREAM_STAGES-deep ring in shared memory filled by
-// cp.async copies: the 16 rows' 64 bytes and 4 scales, the 8 tokens' 128 bytes and scales. The
-// warps' partial sums are added in warp order, so results do not depend on timing. A pass
-// computes one 8-token fragment; a tile with more tokens takes more passes (decode tiles hold
-// one or two tokens).
+// The streaming variant (decode-shaped batches). A block is DEC_WARPS warps on 16 · DEC_WARPS / S
+// consecutive weight rows of one token tile: S warps share each 16 rows, warp r of them taking
+// the groups (128 elements) q ≡ r mod S, and their partial sums are added in the order of r, so
+// the result does not depend on timing. The host picks S = 4, 2 or 1, the largest whose grid
+// still fits on the device in one wave, so that small batches keep every SM streaming. Each warp
+// walks its groups through a DEC_STAGES-deep ring of its own in shared memory filled by cp.async
+// copies: the 16 rows' 64 bytes and 4 scales, the tile's tokens' 128 bytes and scales (only the
+// real tokens). A pass computes one 8-token fragment; a tile with more tokens takes more passes
+// (decode tiles hold one or two tokens).
 //
 // Each 32-element block is two FP16 MMAs (mma.sync m16n8k16, float32 accumulation; E2M1 and
 // E4M3 are exact in FP16, and FP16 is the MMA path the FP8 mma.sync runs on anyway on sm_90),
@@ -104,10 +106,13 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 // 2t + c with element 8t + 2s + 4c and logical k 2t + 8 + c with element 8t + 2s + 1 + 4c. One
 // 4-byte read of a weight row (bytes 4t..4t+3 of the block: nibble pairs (i, i+4) become f16x2
 // registers with a few bit operations) and one 8-byte read of a token row (bytes 8t..8t+7) fill
-// both steps' fragments. The E2M1 expansion carries a factor 2^-14 that the block's scale
-// product takes back.
-#define STREAM_WARPS 4
-#define STREAM_STAGES 4
+// both steps' fragments. Each block's product is multiplied by its weight scale into the group's
+// partial sum, which the tokens' scales (and 2^14, the E2M1 expansion's factor) multiply into the
+// accumulator. With EXACT false (the layer has no scale byte 0 or 255, checked at upload) a
+// scale is 2^(s-127) straight from its bits.
+#define DEC_WARPS 4
+#define DEC_STAGES 3
+#define DEC_BLOCKS 6     // blocks per SM the register bound asks for
 #define STREAM_WROW 80   // weight row bytes in the ring: 64 of data, padded for conflict-free reads
 #define STREAM_XROW 160  // token row bytes in the ring: 128 of data, padded likewise
 
@@ -129,65 +134,89 @@ struct StreamStage {
   u8 s[16][4];            // the rows' 4 E8M0 scales
   float xs[8];            // the tokens' activation scales of this group
 };
+// The dynamic shared memory: the warps' rings, then their partial sums (S > 1).
+#define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(StreamStage) + DEC_WARPS * 4 * 32 * 4)
 
-// grid = (N / 16, tile bound), block = 32 * STREAM_WARPS. Five blocks per SM: the shared memory
-// (44.5 KB a block) allows five, and the register bound that asks for (91 a thread, no spills)
-// lets five hold their rings in flight instead of the four that 125 registers allowed.
-extern "C" __global__ void __launch_bounds__(STREAM_WARPS * 32, 5)
-moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
-             const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
-             const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
-  __shared__ __align__(16) StreamStage ring[STREAM_WARPS][STREAM_STAGES];
-  __shared__ float part[STREAM_WARPS][4][32];
-  if ((int)blockIdx.y >= *ntiles) return;
-  const int e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
-  const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);
+// Scale byte b of a word of four E8M0 scales as a float.
+template <bool EXACT>
+__device__ __forceinline__ float dec_scale(uint32_t word, int b) {
+  const uint32_t s = (word >> (8 * b)) & 0xffu;
+  if constexpr (EXACT) return e8m0_to_float(s);
+  else return __uint_as_float(s << 23);
+}
+
+template <int S, bool EXACT>
+__device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
+                                         const float* __restrict__ Xs, int e, int row0, int nvalid,
+                                         const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+  extern __shared__ __align__(16) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const i64 nb = (i64)blockIdx.x * 16;  // the block's first weight row
+  const int r = warp % S;  // this warp's share of K
+  const i64 nb = (i64)blockIdx.x * (16 * DEC_WARPS / S) + (warp / S) * 16;  // the warp's first weight row
   const i64 KB = Kd / MOE_BLOCK, G = Kd / MOE_GROUP;
-  const u8* wrow = W + ((i64)e * N + nb) * (Kd / 2);
-  const u8* srow = Ws + ((i64)e * N + nb) * KB;
-  StreamStage* st = ring[warp];
-  const i64 mine = (G - warp + STREAM_WARPS - 1) / STREAM_WARPS;  // groups of this warp
+  const int mine = (int)((G - r + S - 1) / S);  // groups of this warp
+  StreamStage* const st = reinterpret_cast<StreamStage*>(dec_smem) + warp * DEC_STAGES;
+  float(*const red)[4][32] = reinterpret_cast<float(*)[4][32]>(dec_smem + DEC_WARPS * DEC_STAGES * sizeof(StreamStage));
+  // This lane's copy sources at the warp's first group: weight rows lane/4 and lane/4 + 8 (16
+  // bytes each), the scales of row lane (lanes < 16).
+  const u8* const wp0 = W + ((i64)e * N + nb + (lane >> 2)) * (Kd / 2) + 16 * (lane & 3) + 64 * r;
+  const u8* const sp0 = Ws + ((i64)e * N + nb + (lane & 15)) * KB + 4 * r;
+  const i64 w8 = 8 * (Kd / 2);
+  // The lane's ring addresses: weight rows, token rows, scale word or token scale.
+  u8* const dw = &st[0].w[lane >> 2][16 * (lane & 3)];
+  u8* const dx = &st[0].x[lane >> 3][16 * (lane & 7)];
+  u8* const ds = lane < 16 ? &st[0].s[lane][0] : reinterpret_cast<u8*>(&st[0].xs[lane - 16]);
   const float b0 = bias ? bias[(i64)e * N + nb + g] : 0.f;
   const float b1 = bias ? bias[(i64)e * N + nb + g + 8] : 0.f;
   for (int j = 0; 8 * j < nvalid; j++) {
     const i64 tok0 = row0 + 8 * j;
     const int live = min(8, nvalid - 8 * j);  // real tokens in this fragment
-    // Stage i holds this warp's i-th group q = warp + i * STREAM_WARPS.
-    auto issue = [&](i64 i) {
-      StreamStage& d = st[i % STREAM_STAGES];
-      const i64 q = warp + i * STREAM_WARPS;
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int c = lane + 32 * h;
-        cp_async16(&d.w[c >> 2][16 * (c & 3)], wrow + (i64)(c >> 2) * (Kd / 2) + q * 64 + 16 * (c & 3));
+    // Token rows lane/8 and lane/8 + 4 (16 bytes each), the scale of token lane - 16.
+    const u8* xq = X + (tok0 + (lane >> 3)) * Kd + 16 * (lane & 7) + MOE_GROUP * r;
+    const float* xsq = Xs + (tok0 + max(lane - 16, 0)) * G + r;
+    const u8* wq = wp0;
+    const u8* sq = sp0;
+    const bool x0 = (lane >> 3) < live, x1 = (lane >> 3) + 4 < live, xs = lane >= 16 && lane - 16 < live;
+    int islot = 0, left = mine;
+    // Copies the warp's next group into the next slot (nothing once all are issued), one commit group.
+    auto issue = [&]() {
+      if (left > 0) {
+        const int o = islot * (int)sizeof(StreamStage);
+        cp_async16(dw + o, wq);
+        cp_async16(dw + o + 8 * STREAM_WROW, wq + w8);
         // Only the fragment's real tokens are copied: the other columns of the MMA are never
         // stored, so whatever the ring holds there cannot reach a result.
-        if ((c >> 3) < live) cp_async16(&d.x[c >> 3][16 * (c & 7)], X + (tok0 + (c >> 3)) * Kd + q * MOE_GROUP + 16 * (c & 7));
+        if (x0) cp_async16(dx + o, xq);
+        if (x1) cp_async16(dx + o + 4 * STREAM_XROW, xq + 4 * Kd);
+        if (lane < 16) cp_async4(ds + o, sq);
+        else if (xs) cp_async4(ds + o, xsq);
+        wq += 64 * S;
+        sq += 4 * S;
+        xq += MOE_GROUP * S;
+        xsq += S;
+        islot = islot + 1 == DEC_STAGES ? 0 : islot + 1;
+        left--;
       }
-      if (lane < 16) cp_async4(&d.s[lane][0], srow + (i64)lane * KB + q * 4);
-      else if (lane - 16 < live) cp_async4(&d.xs[lane - 16], Xs + (tok0 + lane - 16) * G + q);
+      cp_async_commit();
     };
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int i = 0; i < STREAM_STAGES - 1; i++) {
-      if (i < mine) issue(i);
-      cp_async_commit();
-    }
-    for (i64 i = 0; i < mine; i++) {
-      if (i + STREAM_STAGES - 1 < mine) issue(i + STREAM_STAGES - 1);
-      cp_async_commit();
-      cp_async_wait<STREAM_STAGES - 1>();
+    for (int i = 0; i < DEC_STAGES - 1; i++) issue();
+    int cslot = 0;
+    for (int i = 0; i < mine; i++) {
+      issue();
+      cp_async_wait<DEC_STAGES - 1>();
       __syncwarp();
-      const StreamStage& d = st[i % STREAM_STAGES];
-      const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;  // 2^14: the expansion's factor
+      const StreamStage& d = st[cslot];
+      cslot = cslot + 1 == DEC_STAGES ? 0 : cslot + 1;
+      const uint32_t sg = *reinterpret_cast<const uint32_t*>(&d.s[g][0]);
+      const uint32_t sh = *reinterpret_cast<const uint32_t*>(&d.s[g + 8][0]);
+      float part[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int b = 0; b < 4; b++) {
         const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[g][16 * b + 4 * t]);
         const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[g + 8][16 * b + 4 * t]);
         const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][32 * b + 8 * t]);
-        const float ws0 = e8m0_to_float(d.s[g][b]), ws1 = e8m0_to_float(d.s[g + 8][b]);
         float dd[4] = {0.f, 0.f, 0.f, 0.f};
         {
           const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
@@ -199,35 +228,67 @@ moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
           const uint32_t bb[2] = {e4m3_pair_f16(xv.x, xv.y, 2, 6), e4m3_pair_f16(xv.x, xv.y, 3, 7)};
           mma_f16(dd, a, bb);
         }
-        acc[0] += dd[0] * (ws0 * xs0);
-        acc[1] += dd[1] * (ws0 * xs1);
-        acc[2] += dd[2] * (ws1 * xs0);
-        acc[3] += dd[3] * (ws1 * xs1);
+        const float ws0 = dec_scale<EXACT>(sg, b), ws1 = dec_scale<EXACT>(sh, b);
+        part[0] += dd[0] * ws0;
+        part[1] += dd[1] * ws0;
+        part[2] += dd[2] * ws1;
+        part[3] += dd[3] * ws1;
       }
+      const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;  // 2^14: the expansion's factor
+      acc[0] += part[0] * xs0;
+      acc[1] += part[1] * xs1;
+      acc[2] += part[2] * xs0;
+      acc[3] += part[3] * xs1;
       __syncwarp();  // every lane is done with this slot before it is refilled
     }
     cp_async_wait<0>();
+    if constexpr (S > 1) {
 #pragma unroll
-    for (int c = 0; c < 4; c++) part[warp][c][lane] = acc[c];
-    __syncthreads();
-    if (warp == 0) {
-      float v[4];
+      for (int c = 0; c < 4; c++) red[warp][c][lane] = acc[c];
+      __syncthreads();
+      if (r == 0) {
 #pragma unroll
-      for (int c = 0; c < 4; c++) {
-        float s = 0.f;
+        for (int c = 0; c < 4; c++) {
+          float v = acc[c];
 #pragma unroll
-        for (int w = 0; w < STREAM_WARPS; w++) s += part[w][c][lane];
-        v[c] = s;
+          for (int k = 1; k < S; k++) v += red[warp + k][c][lane];
+          acc[c] = v;
+        }
       }
+    }
+    if (r == 0) {
 #pragma unroll
       for (int c = 0; c < 2; c++) {
         const int col = 8 * j + 2 * t + c;
         if (col < nvalid) {
-          out[(i64)(row0 + col) * N + nb + g] = v[c] + b0;
-          out[(i64)(row0 + col) * N + nb + g + 8] = v[2 + c] + b1;
+          out[(i64)(row0 + col) * N + nb + g] = acc[c] + b0;
+          out[(i64)(row0 + col) * N + nb + g + 8] = acc[2 + c] + b1;
         }
       }
     }
-    __syncthreads();  // part and the ring are reused by the next pass
+    if constexpr (S > 1) __syncthreads();  // the partial sums are read before the next pass writes them
+    __syncwarp();
+  }
+}
+
+// grid = (N · S / (16 · DEC_WARPS), tile bound), block = 32 · DEC_WARPS, dynamic shared memory
+// DEC_SMEM; split = S (1, 2 or 4); exact != 0 when a weight scale byte may be 0 or 255.
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, DEC_BLOCKS)
+moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
+             const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
+             const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,
+             i64 split, i64 exact) {
+  if ((int)blockIdx.y >= *ntiles) return;
+  const int e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
+  const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);
+  if (split == 4) {
+    if (exact) gemm_dec<4, true>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+    else gemm_dec<4, false>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+  } else if (split == 2) {
+    if (exact) gemm_dec<2, true>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+    else gemm_dec<2, false>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+  } else {
+    if (exact) gemm_dec<1, true>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+    else gemm_dec<1, false>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
   }
 }
