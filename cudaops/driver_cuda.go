@@ -10,14 +10,34 @@ package cudaops
 /*
 #cgo LDFLAGS: -lcuda
 #include <cuda.h>
+#include <string.h>
 
-// Every kernel parameter of this package is 8 bytes wide; vals holds them in order.
+// Every kernel parameter of this package is 8 bytes wide; vals holds them in order. Every launch
+// allows programmatic dependent launch: the kernel may start while the previous kernel on the
+// stream still runs (once all of that kernel's blocks have asked for it), and waits for it
+// itself (pdl_begin in kernels/common.cuh, which every kernel of the module calls first).
 static CUresult fp4_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                            unsigned smem, CUstream s, unsigned long long* vals, int n) {
 	void* ptrs[32];
 	if (n > 32) return CUDA_ERROR_INVALID_VALUE;
 	for (int i = 0; i < n; i++) ptrs[i] = &vals[i];
-	return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, s, ptrs, 0);
+	CUlaunchAttribute attr;
+	memset(&attr, 0, sizeof attr);
+	attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+	attr.value.programmaticStreamSerializationAllowed = 1;
+	CUlaunchConfig cfg;
+	memset(&cfg, 0, sizeof cfg);
+	cfg.gridDimX = gx;
+	cfg.gridDimY = gy;
+	cfg.gridDimZ = gz;
+	cfg.blockDimX = bx;
+	cfg.blockDimY = by;
+	cfg.blockDimZ = bz;
+	cfg.sharedMemBytes = smem;
+	cfg.hStream = s;
+	cfg.attrs = &attr;
+	cfg.numAttrs = 1;
+	return cuLaunchKernelEx(&cfg, f, ptrs, 0);
 }
 
 static CUresult fp4_set_max_dynamic_smem(CUfunction f, int bytes) {
@@ -99,7 +119,7 @@ func launch(f cu.Function, grid, block dim3, smem int, s cu.Stream, args ...uint
 	for i, a := range args {
 		vals[i] = C.ulonglong(a)
 	}
-	return check("cuLaunchKernel", C.fp4_launch(raw[C.CUfunction](f), C.uint(grid.x), C.uint(grid.y), C.uint(grid.z),
+	return check("cuLaunchKernelEx", C.fp4_launch(raw[C.CUfunction](f), C.uint(grid.x), C.uint(grid.y), C.uint(grid.z),
 		C.uint(block.x), C.uint(block.y), C.uint(block.z), C.uint(smem), raw[C.CUstream](s), &vals[0], C.int(len(args))))
 }
 

@@ -46,6 +46,7 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
                                          u8* __restrict__ a2q, float* __restrict__ a2s, i64 E, i64 I,
                                          i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 wg_order) {
+  pdl_begin();
   const i64 G = I / MOE_GROUP;
   const i64 r = blockIdx.x, grp0 = (i64)blockIdx.y * 8 + threadIdx.x / 32;
   if (grp0 >= G || r >= offsets[E]) return;

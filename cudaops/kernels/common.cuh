@@ -18,6 +18,15 @@ typedef unsigned char u8;
 #define FMT_CEIL_UE8M0 0
 #define FMT_FLOAT32 1
 
+// Programmatic dependent launch (every kernel is launched with it, one after another on the
+// layer's stream): wait until the previous kernel has finished and its writes are visible (at
+// once when there is none), then let the next kernel's blocks launch into the room this one
+// leaves, so that its launch overlaps this kernel's work. Called first by every kernel.
+__device__ __forceinline__ void pdl_begin() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
 // E8M0 scale byte -> float: 2^(s-127), 2^-127 as a subnormal for s = 0, NaN for s = 255.
 __device__ __forceinline__ float e8m0_to_float(unsigned s) {
   if (s == 0) return __int_as_float(0x00400000);

@@ -36,6 +36,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_WARPS * 32)
 moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
          const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
          const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+  pdl_begin();
   if ((int)blockIdx.y >= *ntiles) return;
   const int e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
   const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);
@@ -278,6 +279,7 @@ moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
              const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
              const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,
              i64 split, i64 exact) {
+  pdl_begin();
   if ((int)blockIdx.y >= *ntiles) return;
   const int e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
   const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);

@@ -63,6 +63,7 @@ struct WgfPStage {
 // grid = ceil(rows / 4), block = 128 (a warp per row).
 extern "C" __global__ void moe_fold_ref(const u8* __restrict__ W, const u8* __restrict__ Ws, i64 rows, i64 Kd,
                                         u8* __restrict__ ref, int* __restrict__ bad) {
+  pdl_begin();
   const i64 r = (i64)blockIdx.x * 4 + threadIdx.x / 32;
   if (r >= rows) return;
   const int lane = threadIdx.x % 32;
@@ -515,6 +516,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 moe_gemm_wgp(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ X,
              const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ plist,
              const int* __restrict__ nplist, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+  pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // wgmma exists on sm_90a only; the compute_90 PTX traps
   extern __shared__ __align__(1024) u8 wgf_smem[];
   const int tid = threadIdx.x;
@@ -551,6 +553,7 @@ moe_gemm_wgp(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
 extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int* __restrict__ tiles, const int* __restrict__ ntiles,
                                         i64 G, int* __restrict__ flags, int* __restrict__ trow, int* __restrict__ plist,
                                         int* __restrict__ nplist) {
+  pdl_begin();
   __shared__ int tmax[WGF_TOK];
   if ((int)blockIdx.x >= *ntiles) return;
   const int row0 = tiles[3 * blockIdx.x + 1], nvalid = tiles[3 * blockIdx.x + 2], g = (int)G;
@@ -585,6 +588,7 @@ extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int*
 extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* __restrict__ Xs, const int* __restrict__ tiles,
                                         const int* __restrict__ ntiles, const int* __restrict__ flags, const int* __restrict__ trow,
                                         i64 G, u8* __restrict__ xb, i64 cstride) {
+  pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __shared__ __align__(16) u8 xs_[WGF_TOK * 128];
   if ((int)blockIdx.x >= *ntiles || !flags[blockIdx.x]) return;
@@ -620,6 +624,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 moe_gemm_wgb(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
              i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
              const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+  pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) u8 wgf_smem[];
   __shared__ int tref[WGF_TOK];

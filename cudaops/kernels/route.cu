@@ -104,6 +104,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
           int* __restrict__ ntiles, int* __restrict__ err, int* __restrict__ wtiles, int* __restrict__ nwtiles, i64 wg,
           const u8* __restrict__ a1q, const float* __restrict__ a1s, i64 K, u8* __restrict__ a1q_perm,
           float* __restrict__ a1s_perm, int* __restrict__ pre) {
+  pdl_begin();
   extern __shared__ int smem[];
   int* scount = smem;
   int* scursor = smem + E;
@@ -223,6 +224,7 @@ extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
 moe_route_scatter(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
                   const int* __restrict__ offsets, const int* __restrict__ pre, int* __restrict__ expert_ids,
                   int* __restrict__ row_pair, int* __restrict__ inv_perm) {
+  pdl_begin();
   extern __shared__ int smem[];
   int* sbase = smem;
   u8* wcnt = reinterpret_cast<u8*>(smem + E);
@@ -251,6 +253,7 @@ moe_route_scatter(const int* __restrict__ ids, const int* __restrict__ expert_ma
 extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* __restrict__ a1s,
                                        const int* __restrict__ row_pair, const int* __restrict__ offsets,
                                        i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+  pdl_begin();
   const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
   if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, threadIdx.x, blockDim.x);
 }
@@ -262,6 +265,7 @@ extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* 
 extern "C" __global__ void moe_permute_wg(const u8* __restrict__ a1q, const float* __restrict__ a1s,
                                           const int* __restrict__ row_pair, const int* __restrict__ offsets,
                                           i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+  pdl_begin();
   const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
   if (t < 0) return;
   const i64 r = blockIdx.x;
