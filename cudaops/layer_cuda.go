@@ -171,6 +171,12 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
+	// A copy from pageable memory may return before its bytes land; the kernels below run on the
+	// layer's non-blocking stream, so wait for the copies first.
+	if err := cu.Synchronize(); err != nil {
+		l.release()
+		return nil, fmt.Errorf("cudaops: uploading the weights: %v", err)
+	}
 	l.ref13, l.ref2 = at(oref13), at(oref2)
 	if l.foldable, err = l.foldRefs(at(obad)); err != nil {
 		l.release()
