@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# On the GPU machine, with .devicework/ab (tools/abstage.sh) and .devicework/golden (a copy of
+# ../shared/golden) carried: builds every variant's fatbin from its own kernel sources (in
+# parallel), then per variant runs the cudaops tests (TESTRE, default the conformance suite with
+# the golden cases, against-native, decode, wgmma, poison and device-forward tests) and, if they
+# pass, the bench (SHAPES, MS, MIN; CSV per variant under $OUT). Prints one table at the end,
+# rows of all variants side by side, and each variant's register report.
+#   MS=1,64,4096 bash tools/abrun.sh main wide
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+G=$PWD/.devicework/golden
+mkdir -p "$OUT"
+echo "card: $(nvidia-smi --query-gpu=name --format=csv,noheader)"
+for n in "$@"; do
+	mkdir -p /tmp/ab/$n/bin && tar xJf .devicework/ab/$n/bin.txz -C /tmp/ab/$n/bin
+	(cd .devicework/ab/$n/kernels && bash build.sh /tmp/ab/$n > /dev/null 2>&1 || echo "build $n failed") &
+done
+wait
+: > "$OUT/summary.txt"
+for n in "$@"; do
+	awk '/Compiling entry function/ { f = $7; a = $9 } /Used [0-9]+ registers/ { if (a ~ /sm_90a/) print f, $5, $6 } /spill/ { if ($0 !~ / 0 bytes spill/) print "  " $0 }' \
+		/tmp/ab/$n/ptxas.log | sed "s/^/$n /" > "$OUT/reg-$n.txt"
+	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
+	t0=$(date +%s)
+	(cd cudaops && FP4MOE_GOLDEN=$G timeout 200 /tmp/ab/$n/bin/cudaops.test \
+		-test.run "${TESTRE:-TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward|TestWeightLayout}" > "$OUT/test-$n.log" 2>&1)
+	rc=$?
+	echo "$n tests rc=$rc $(($(date +%s) - t0))s $(grep -E '^(--- FAIL|FAIL|panic)' "$OUT/test-$n.log" | head -3 | tr '\n' ' ')" | tee -a "$OUT/summary.txt"
+	[ $rc = 0 ] || continue
+	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPES:-gptoss120b,deepseekv3}" --m "${MS:-1,8,64,512,4096}" --routing uniform \
+		--min-time "${MIN:-100ms}" --csv "$OUT/ab-$n.csv" > "$OUT/bench-$n.log" 2>&1
+	echo "$n bench rc=$? $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n.log")" | tee -a "$OUT/summary.txt"
+done
+for n in "$@"; do
+	[ -f "$OUT/ab-$n.csv" ] && awk -F, -v v="$n" 'NR > 1 { printf "%-10s %-14s M=%-6s %9.1f us %7.1f TF %7.0f GB/s\n", v, $3, $9, $12, $16, $15 }' "$OUT/ab-$n.csv"
+done | sort -k2,2 -k3,3 -s | tee -a "$OUT/summary.txt"
+cat "$OUT"/reg-*.txt | grep -E "gemm|spill" | cut -c1-120
+(cd "$OUT" && tar czf logs.tgz --remove-files test-*.log bench-*.log reg-*.txt)
