@@ -27,12 +27,19 @@ for n in "$@"; do
 	rc=$?
 	echo "$n tests rc=$rc $(($(date +%s) - t0))s $(grep -E '^(--- FAIL|FAIL|panic)' "$OUT/test-$n.log" | head -3 | tr '\n' ' ')" | tee -a "$OUT/summary.txt"
 	[ $rc = 0 ] || continue
+	# SM clock, power and temperature every 200 ms while the bench runs (sustained tensor load
+	# may lower the clock).
+	nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 200 > "$OUT/clk-$n.log" 2> /dev/null &
+	clk=$!
 	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPES:-gptoss120b,deepseekv3}" --m "${MS:-1,8,64,512,4096}" --routing uniform \
 		--min-time "${MIN:-100ms}" --csv "$OUT/ab-$n.csv" > "$OUT/bench-$n.log" 2>&1
-	echo "$n bench rc=$? $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n.log")" | tee -a "$OUT/summary.txt"
+	rc=$?
+	kill $clk 2> /dev/null
+	echo "$n bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n.log"); SM MHz min/median/max, W max: $(sort -t, -k1n "$OUT/clk-$n.log" |
+		awk -F, '{ c[NR] = $1; if ($2 > w) w = $2 } END { if (NR) printf "%d/%d/%d, %.0f", c[1], c[int((NR + 1) / 2)], c[NR], w }')" | tee -a "$OUT/summary.txt"
 done
 for n in "$@"; do
 	[ -f "$OUT/ab-$n.csv" ] && awk -F, -v v="$n" 'NR > 1 { printf "%-10s %-14s M=%-6s %9.1f us %7.1f TF %7.0f GB/s\n", v, $3, $9, $12, $16, $15 }' "$OUT/ab-$n.csv"
 done | sort -k2,2 -k3,3 -s | tee -a "$OUT/summary.txt"
 cat "$OUT"/reg-*.txt | grep -E "gemm|spill" | cut -c1-120
-(cd "$OUT" && tar czf logs.tgz --remove-files test-*.log bench-*.log reg-*.txt)
+(cd "$OUT" && tar czf logs.tgz --remove-files test-*.log bench-*.log clk-*.log reg-*.txt)
