@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""SASS of the decode GEMM (moe_gemm_dec) with this machine's nvcc (sm_90, no GPU needed): the
+instructions of each inner loop (one per instantiation), and an opcode histogram of one of them.
+The fatbin is built by a newer nvcc on the GPU machine, whose code is somewhat better, so the
+counts here are for comparing versions of the source, not for absolute numbers. The FP8 tiled
+kernel (mma.sync e4m3 needs nvcc >= 12.4) is left out. Usage:
+    python3 tools/localsass.py [REF]   # REF: a git ref; the working tree by default"""
+import collections, os, re, subprocess, sys, tempfile
+
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ref = sys.argv[1] if len(sys.argv) > 1 else None
+d = tempfile.mkdtemp()
+for f in ("common.cuh", "gemm_fp8fp4.cu"):
+    path = "cudaops/kernels/" + f
+    src = subprocess.run(["git", "-C", root, "show", f"{ref}:{path}"], capture_output=True, text=True, check=True).stdout if ref \
+        else open(os.path.join(root, path)).read()
+    if f == "gemm_fp8fp4.cu":
+        a = src.index('extern "C" __global__ void __launch_bounds__(GEMM_WARPS * 32)')
+        b = src.index("// The streaming variant")
+        src = src[:a] + src[b:]
+    open(os.path.join(d, f), "w").write(src)
+cubin = os.path.join(d, "g.cubin")
+r = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-std=c++17", "-O3", "-Xptxas", "-v", "-o", cubin,
+                    os.path.join(d, "gemm_fp8fp4.cu")], capture_output=True, text=True)
+if r.returncode:
+    sys.exit(r.stderr)
+print("\n".join(l for l in r.stderr.splitlines() if "registers" in l or "spill" in l))
+sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True).stdout
+ins = []
+for l in sass.splitlines():
+    m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", l)
+    if m:
+        ins.append((int(m.group(1), 16), m.group(2).strip()))
+at = {a: i for i, (a, _) in enumerate(ins)}
+loops = []
+for i, (a, t) in enumerate(ins):
+    m = re.search(r"BRA (0x[0-9a-f]+)", t)
+    if m and int(m.group(1), 16) < a:
+        seg = ins[at[int(m.group(1), 16)]:i + 1]
+        mma = sum("HMMA" in x[1] for x in seg)
+        if mma:
+            loops.append((at[int(m.group(1), 16)], i, mma))
+# innermost loops: those containing no other loop
+inner = [l for l in loops if not any(o != l and l[0] <= o[0] and o[1] <= l[1] for o in loops)]
+for s, e, mma in inner:
+    n = e - s + 1
+    print(f"loop at {ins[s][0]:#x}: {n} instructions, {mma} HMMA, {8 * n / mma:.0f} per 128-column group")
+if inner:
+    s, e, mma = min(inner, key=lambda l: (l[1] - l[0] + 1) / l[2])
+    ops = collections.Counter((t.split()[1] if t.startswith("@") else t.split()[0]).split(".")[0] for _, t in ins[s:e + 1])
+    print("leanest:", ", ".join(f"{k} {v}" for k, v in ops.most_common()))
