@@ -3,6 +3,7 @@
 package cudaops
 
 import (
+	"fmt"
 	"math"
 	"testing"
 	"unsafe"
@@ -32,15 +33,25 @@ func mustLayer(t *testing.T, w *moe.Weights, cfg moe.Config) *Layer {
 	return l
 }
 
-// wgmmaLayer is mustLayer with the wgmma GEMM asked for.
-func wgmmaLayer(t *testing.T, w *moe.Weights, cfg moe.Config) *Layer {
+// kernelLayer is mustLayer with the grouped GEMM kernel k asked for.
+func kernelLayer(t *testing.T, w *moe.Weights, cfg moe.Config, k GEMMKernel) *Layer {
 	t.Helper()
-	ml, err := Backend{Options: Options{GEMM: GEMMWgmma}}.NewLayer(w, cfg)
+	ml, err := Backend{Options: Options{GEMM: k}}.NewLayer(w, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ml.Close() })
 	return ml.(*Layer)
+}
+
+// sameBits fails the test unless got and want hold the same float32 bits; what names the pair.
+func sameBits(t *testing.T, what string, got, want []float32) {
+	t.Helper()
+	for i := range got {
+		if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+			t.Fatalf("%s: output[%d] = %v, want %v", what, i, got[i], want[i])
+		}
+	}
 }
 
 // nativeOutput runs b on the native backend, the comparison for the GPU's outputs.
@@ -97,7 +108,7 @@ func TestWgmma(t *testing.T) {
 		{M: 700, K: 256, I: 256, E: 2, TopK: 1, Activation: moe.SwiGLUStep, Seed: 15},
 	} {
 		c := conformance.Generate(s)
-		l := wgmmaLayer(t, &c.Weights, c.Config)
+		l := kernelLayer(t, &c.Weights, c.Config, GEMMWgmma)
 		if k := l.Kernel(s.M, s.TopK); k != GEMMWgmma {
 			t.Fatalf("M=%d: kernel %d, want the wgmma GEMM", s.M, k)
 		}
@@ -109,11 +120,7 @@ func TestWgmma(t *testing.T) {
 		if e > 1e-4 || e64 > 1e-3 {
 			t.Fatalf("rel L2 %.3e against native, %.3e against float64", e, e64)
 		}
-		for i := range got {
-			if math.Float32bits(got[i]) != math.Float32bits(again[i]) {
-				t.Fatalf("output[%d]: %v, then %v", i, got[i], again[i])
-			}
-		}
+		sameBits(t, "second run against the first", again, got)
 	}
 }
 
@@ -124,7 +131,7 @@ func TestWgmmaScaleSpread(t *testing.T) {
 	b := c.Batch
 	b.A1qScale = append([]float32(nil), b.A1qScale...)
 	b.A1qScale[0] *= 1.0 / (1 << 20)
-	l := wgmmaLayer(t, &c.Weights, c.Config)
+	l := kernelLayer(t, &c.Weights, c.Config, GEMMWgmma)
 	got, want := forward(t, l, &b, 512), nativeOutput(t, &c.Weights, c.Config, &b)
 	if e := conformance.RelL2(got, want); e > 1e-4 {
 		t.Fatalf("rel L2 %.3e against native", e)
@@ -143,7 +150,7 @@ func TestWgmmaFoldFallback(t *testing.T) {
 	}
 	w.W13Scale[0] = 140
 	w.W13Scale[1] = 110
-	l := wgmmaLayer(t, &w, c.Config)
+	l := kernelLayer(t, &w, c.Config, GEMMWgmma)
 	if k := l.Kernel(200, 2); k != GEMMTiled {
 		t.Fatalf("kernel %d, want the tiled GEMM for weights the fold cannot hold", k)
 	}
@@ -174,11 +181,7 @@ func TestDecodeScales(t *testing.T) {
 				for i, v := range tc.set {
 					w.W13Scale[i] = v
 				}
-				ml, err := Backend{Options: Options{GEMM: GEMMDecode}}.NewLayer(&w, c.Config)
-				if err != nil {
-					t.Fatal(err)
-				}
-				l := ml.(*Layer)
+				l := kernelLayer(t, &w, c.Config, GEMMDecode)
 				if l.exactScales != tc.exact {
 					t.Fatalf("exactScales %v, want %v", l.exactScales, tc.exact)
 				}
@@ -216,11 +219,7 @@ func TestDecodeSplits(t *testing.T) {
 	for _, m := range []int{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64} {
 		s := conformance.Spec{M: m, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 31}
 		c := conformance.Generate(s)
-		ml, err := Backend{Options: Options{GEMM: GEMMDecode}}.NewLayer(&c.Weights, c.Config)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l := ml.(*Layer)
+		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		_, tiles := l.bounds(m * s.TopK)
 		split := l.decSplit(int64(2*s.I), tiles)
 		if seen[split] {
@@ -236,11 +235,7 @@ func TestDecodeSplits(t *testing.T) {
 		if e > 1e-4 {
 			t.Fatalf("M=%d: rel L2 %.3e against native", m, e)
 		}
-		for i := range got {
-			if math.Float32bits(got[i]) != math.Float32bits(again[i]) {
-				t.Fatalf("M=%d output[%d]: %v, then %v", m, i, got[i], again[i])
-			}
-		}
+		sameBits(t, fmt.Sprintf("M=%d, second run against the first", m), again, got)
 	}
 	if len(seen) != 3 {
 		t.Fatalf("splits %v, want 4, 2 and 1", seen)
@@ -267,11 +262,7 @@ func TestPoisonedWorkspace(t *testing.T) {
 			b.X = c.X // the float32 path too
 		}
 		got := forward(t, l, &b, c.Weights.K)
-		for i := range got {
-			if math.Float32bits(got[i]) != math.Float32bits(clean[i]) {
-				t.Fatalf("run %d: output[%d] = %v after poisoning, %v clean", run, i, got[i], clean[i])
-			}
-		}
+		sameBits(t, fmt.Sprintf("run %d after poisoning, against the clean run", run), got, clean)
 	}
 }
 
@@ -348,17 +339,10 @@ func TestDeviceForwardAndGraph(t *testing.T) {
 		}
 		return got
 	}
-	same := func(what string, got []float32) {
-		for i := range got {
-			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
-				t.Fatalf("%s: output[%d] = %v, host path %v", what, i, got[i], want[i])
-			}
-		}
-	}
 	if err := l.ForwardDevice(out, db); err != nil {
 		t.Fatal(err)
 	}
-	same("ForwardDevice", read())
+	sameBits(t, "ForwardDevice against the host path", read(), want)
 	g, err := l.Capture(out, db)
 	if err != nil {
 		t.Fatal(err)
@@ -372,7 +356,7 @@ func TestDeviceForwardAndGraph(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	same("graph replay", read())
+	sameBits(t, "graph replay against the host path", read(), want)
 	if n, err := l.DeviceErrors(); err != nil || n != 0 {
 		t.Fatalf("DeviceErrors = %d, %v", n, err)
 	}
