@@ -5,8 +5,7 @@
 #   bash tools/devrun.sh quick   # kernels, the cudaops suite without the slow tests, a short bench
 #   bash tools/devrun.sh full    # every suite, golden check, memcheck, the whole bench as CSV
 #   bash tools/devrun.sh tests   # full without the bench;  bash tools/devrun.sh bench: the bench alone
-#   bash tools/devrun.sh ab V... # per kernel variant V (FP4MOE_WGMMA=V; "default" for none): the
-#                                # wgmma tests (short timeout) and, if they pass, a prefill bench
+#   Kernel variants from several git refs: tools/abstage.sh and tools/abrun.sh.
 set -uo pipefail
 mode=${1:-quick}
 OUT=${OUT:-/tmp/out}
@@ -23,19 +22,8 @@ fi
 G=$PWD/.devicework/golden
 sum() { printf '%-10s %s\n' "$1" "$2" >> "$OUT/summary.txt"; }
 : > "$OUT/summary.txt"
-if [ "$mode" = ab ]; then
-	shift
-	for v in "$@"; do
-		env=""; [ "$v" = default ] || env="FP4MOE_WGMMA=$v"
-		(cd cudaops && env $env FP4MOE_GOLDEN=$G timeout 90 /tmp/b/cudaops.test -test.run 'TestWgmma|TestConformance' > "$OUT/ab-$v.log" 2>&1); rc=$?
-		sum "ab-$v" "tests rc=$rc"
-		[ $rc = 0 ] || continue
-		env $env timeout 150 /tmp/b/fp4moe bench --shapes gptoss120b,deepseekv3 --m 512,4096,16384 --routing uniform --min-time 150ms \
-			--csv "$OUT/ab-$v.csv" >> "$OUT/bench.log" 2>&1
-		awk -F, -v v="$v" 'NR > 1 { printf "%-10s %-12s M=%-6s %9.1f us %7.1f TFLOP/s\n", v, $3, $9, $12, $16 }' "$OUT/ab-$v.csv" >> "$OUT/summary.txt"
-	done
-elif [ "$mode" = quick ]; then
-	(cd cudaops && FP4MOE_GOLDEN=$G timeout 300 /tmp/b/cudaops.test -test.run 'TestConformance|TestAgainstNative|TestWgmma|TestPoison|TestDeviceForward' > "$OUT/cudaops.log" 2>&1); sum cudaops "rc=$?"
+if [ "$mode" = quick ]; then
+	(cd cudaops && FP4MOE_GOLDEN=$G timeout 300 /tmp/b/cudaops.test -test.run 'TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward' > "$OUT/cudaops.log" 2>&1); sum cudaops "rc=$?"
 	timeout 200 /tmp/b/fp4moe bench --shapes gptoss120b,deepseekv3 --m 1,64,4096 --routing uniform --min-time 100ms > "$OUT/bench.log" 2>&1; sum bench "rc=$?"
 else
 	[ "$mode" = bench ] || {
