@@ -24,9 +24,9 @@ const (
 	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
 	scatterPairs = 4096
 	wgfRows      = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
-	wgfTokens    = 144 // WGF_TOK: the most tokens of its tiles
+	wgfTokens    = 160 // WGF_TOK (MOE_WG_TOK): the most tokens of its tiles
 	wgfStages    = 4   // WGF_STAGES: the depth of both wgmma kernels' shared-memory rings
-	// WGB_SMEM, the staged-token folding kernel's: a ring of 144 FP16 token rows of a chunk (256
+	// WGB_SMEM, the staged-token folding kernel's: a ring of 160 FP16 token rows of a chunk (256
 	// bytes each), 128·64 weight bytes and 128 scale words per stage, then a FULL and an EMPTY
 	// mbarrier (8 bytes each) per stage.
 	wgbSmem = wgfStages*(wgfTokens*256+wgfRows*64+wgfRows*4) + 2*wgfStages*8
@@ -261,7 +261,7 @@ func (l *Layer) bounds(p int) (rows, tiles int) {
 	return rows, rows / segmentRows
 }
 
-// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/144) <= p/144 + min(p, E).
+// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/160) <= p/160 + min(p, E).
 func (l *Layer) wgfTiles(p int) int { return p/wgfTokens + min(p, l.E) }
 
 // begin binds the device to the calling goroutine's thread and grows the workspace to hold m

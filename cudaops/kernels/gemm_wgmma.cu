@@ -14,9 +14,9 @@
 // so the fold is always exact here. 2^(R-127) multiplies the result in the epilogue. The
 // activation scales, one per token per 128 columns, take one of two paths (below).
 //
-// A block: 128 weight rows (two warpgroups of 64, the MMA's M) × one tile of up to 144 tokens
+// A block: 128 weight rows (two warpgroups of 64, the MMA's M) × one tile of up to 160 tokens
 // of an expert (N; the route kernel splits an expert's rows into equal tiles that start at
-// multiples of 8 rows, and the instruction width is picked per tile, a multiple of 16 up to 144).
+// multiples of 8 rows, and the instruction width is picked per tile, a multiple of 16 up to 160).
 //
 // Two paths, chosen per tile by moe_wg_tiles. Folded (every token's activation scales are finite
 // powers of two within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the
@@ -41,7 +41,7 @@
 #include "wgmma_f16.cuh"
 
 #define WGF_ROWS 128   // weight rows per block
-#define WGF_TOK 144    // most tokens per tile (the route kernel's wgmma tiles)
+#define WGF_TOK MOE_WG_TOK  // most tokens per tile (the route kernel's wgmma tiles)
 #define WGF_PTOK 128   // most tokens per pass of the promoting kernel
 #define WGF_STAGES 4   // ring depth, in 128-element chunks (a power of two)
 #define WGF_XROW 144   // promoting kernel: token row bytes in the ring, padded for conflict-free reads
@@ -153,7 +153,8 @@ __device__ __forceinline__ void wgf_mma(float (&d)[NT / 2], const uint32_t (&a)[
   else if constexpr (NT == 96) wgmma_f16_n96(d, a, desc, acc);
   else if constexpr (NT == 112) wgmma_f16_n112(d, a, desc, acc);
   else if constexpr (NT == 128) wgmma_f16_n128(d, a, desc, acc);
-  else wgmma_f16_n144(d, a, desc, acc);
+  else if constexpr (NT == 144) wgmma_f16_n144(d, a, desc, acc);
+  else wgmma_f16_n160(d, a, desc, acc);
 }
 
 #endif
@@ -650,7 +651,8 @@ moe_gemm_wgb(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   else if (nvalid <= 96) WGB_FOLD(96);
   else if (nvalid <= 112) WGB_FOLD(112);
   else if (nvalid <= 128) WGB_FOLD(128);
-  else WGB_FOLD(144);
+  else if (nvalid <= 144) WGB_FOLD(144);
+  else WGB_FOLD(160);
 #undef WGB_FOLD
 #else
   __trap();

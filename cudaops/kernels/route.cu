@@ -90,7 +90,7 @@ __device__ __forceinline__ i64 permute_token(const int* __restrict__ row_pair, c
 // One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 36E bytes, E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
-// (when wg is set): each expert's real rows split into ceil(count/144) tiles of equal size rounded
+// (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
 // up to 8 rows (the last smaller). With a1q_perm set, the block also gathers each routed pair's FP8 row and scales
 // (a1q, a1s: (M, K), (M, K/128)) into its row, as moe_permute does for real rows; padding rows
 // are left as they are (no kernel lets them reach a result). For small batches only: one block
@@ -142,8 +142,8 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   const int toff = block_exclusive_scan(aligned / MOE_BM, sbuf, &tiles_total);
   int wtiles_total = 0, wtoff = 0;
   // Tile sizes round up to 8 rows, so every tile starts at a multiple of 8 (the staged FP16
-  // tokens' 8-row core matrices); (wn-1)·wsize < cnt still holds, as wsize <= 144.
-  const int wn = wg ? (cnt + 143) / 144 : 0, wsize = wn ? ((cnt + wn - 1) / wn + 7) / 8 * 8 : 0;
+  // tokens' 8-row core matrices); (wn-1)·wsize < cnt still holds, as wsize <= MOE_WG_TOK.
+  const int wn = wg ? (cnt + MOE_WG_TOK - 1) / MOE_WG_TOK : 0, wsize = wn ? ((cnt + wn - 1) / wn + 7) / 8 * 8 : 0;
   if (wg) wtoff = block_exclusive_scan(wn, sbuf, &wtiles_total);
   if (tid < E) {
     counts[tid] = cnt;
