@@ -177,6 +177,18 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		l.release()
 		return nil, fmt.Errorf("cudaops: uploading the weights: %v", err)
 	}
+	// The E2M1 codes into the kernels' device layout (e2m1_device_word in kernels/common.cuh).
+	for _, t := range []struct {
+		p     cu.DevicePtr
+		bytes int
+	}{{l.w13, len(w.W13)}, {l.w2, len(w.W2)}} {
+		words := int64(t.bytes / 4)
+		if err := launch(l.dev.fn.reencode, dim3{int(min((words+255)/256, int64(8*l.dev.SMs))), 1, 1}, dim3{256, 1, 1}, 0, l.stream,
+			uint64(t.p), uint64(words)); err != nil {
+			l.release()
+			return nil, fmt.Errorf("cudaops: weight layout: %w", err)
+		}
+	}
 	l.ref13, l.ref2 = at(oref13), at(oref2)
 	if l.foldable, err = l.foldRefs(at(obad)); err != nil {
 		l.release()

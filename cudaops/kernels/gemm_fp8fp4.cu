@@ -54,10 +54,12 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
     const i64 k0 = kb * MOE_BLOCK;
     // A: rows n0 and n0+8, k = k0 + 4t ... +3 and k0 + 16 + 4t ... +3 (2 packed bytes each).
     uint32_t a[4];
-    a[0] = e2m1x4_to_e4m3x4(*reinterpret_cast<const uint16_t*>(w0 + k0 / 2 + 2 * t));
-    a[1] = e2m1x4_to_e4m3x4(*reinterpret_cast<const uint16_t*>(w1 + k0 / 2 + 2 * t));
-    a[2] = e2m1x4_to_e4m3x4(*reinterpret_cast<const uint16_t*>(w0 + k0 / 2 + 8 + 2 * t));
-    a[3] = e2m1x4_to_e4m3x4(*reinterpret_cast<const uint16_t*>(w1 + k0 / 2 + 8 + 2 * t));
+    // (codes 4t..4t+3 are half t % 2 of device word t / 2, and of word t / 2 + 2 for +16)
+    const int wo = 4 * (t >> 1), h = t & 1;
+    a[0] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w0 + k0 / 2 + wo), h));
+    a[1] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w1 + k0 / 2 + wo), h));
+    a[2] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w0 + k0 / 2 + 8 + wo), h));
+    a[3] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w1 + k0 / 2 + 8 + wo), h));
     const float ws0 = e8m0_to_float(s0[kb]), ws1 = e8m0_to_float(s1[kb]);
 #pragma unroll
     for (int j = 0; j < GEMM_NF; j++) {

@@ -57,6 +57,13 @@ struct WgfPStage {
 #define WGF_PB (8 * WGF_PTOK * 32)
 #define WGF_PSMEM (WGF_STAGES * (int)sizeof(WgfPStage) + 2 * WGF_PB)
 
+// Rewrites n 32-bit words of E2M1 codes in place from the stored layout to the device layout
+// (e2m1_device_word, common.cuh); run once per weight tensor at upload. grid-stride, block 256.
+extern "C" __global__ void moe_reencode(uint32_t* __restrict__ w, i64 n) {
+  pdl_begin();
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) w[i] = e2m1_device_word(w[i]);
+}
+
 // Per row: the reference exponent R of the fold (the largest E8M0 exponent of a block holding a
 // nonzero value; 127 for an all-zero row), and *bad set when a nonzero block lies more than
 // WGF_SPAN binades below R or any scale is NaN (255). W (rows, Kd/2), Ws (rows, Kd/32).
@@ -73,7 +80,7 @@ extern "C" __global__ void moe_fold_ref(const u8* __restrict__ W, const u8* __re
     const uint4 v = *reinterpret_cast<const uint4*>(W + r * (Kd / 2) + b * 16);
     const int s = Ws[r * KB + b];
     nan |= s == 255;
-    if (((v.x | v.y | v.z | v.w) & 0x77777777u) != 0) {
+    if (((v.x | v.y | v.z | v.w) & E2M1_MAG_MASK) != 0) {
       hi = max(hi, s);
       lo = min(lo, s);
     }
