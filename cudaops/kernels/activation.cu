@@ -49,9 +49,9 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
   pdl_begin();
   const i64 G = I / MOE_GROUP;
   const i64 r = blockIdx.x, grp0 = (i64)blockIdx.y * 8 + threadIdx.x / 32;
-  if (grp0 >= G || r >= offsets[E]) return;
-  const int e = expert_ids[r];
-  if (e < 0) return;  // padding row: never read by a real result
+  if (grp0 >= G) return;
+  // The row's values load together with its segment bound and expert (one memory round trip,
+  // not three); a padding row's values (inside h, which holds the grid's rows) are dropped.
   const int lane = threadIdx.x % 32;
   const bool two = grp0 + 4 < G;
   const float* hr = h + r * 2 * I + grp0 * MOE_GROUP + 4 * lane;
@@ -62,6 +62,8 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     g4[1] = *reinterpret_cast<const float4*>(hr + 4 * MOE_GROUP);
     u4[1] = *reinterpret_cast<const float4*>(hr + I + 4 * MOE_GROUP);
   }
+  const int rows = offsets[E], e = expert_ids[r];
+  if (r >= rows || e < 0) return;  // padding row: never read by a real result
   const float L = (float)limit, A = (float)alpha, B = (float)beta;
 #pragma unroll
   for (int k = 0; k < 2; k++) {

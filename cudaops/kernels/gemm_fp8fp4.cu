@@ -150,8 +150,9 @@ __device__ __forceinline__ float dec_scale(uint32_t word, int b) {
 
 template <int S, bool EXACT>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
-                                         const float* __restrict__ Xs, int e, int row0, int nvalid,
-                                         const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+                                         const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
+                                         const int* __restrict__ offsets, const float* __restrict__ bias,
+                                         float* __restrict__ out, i64 N, i64 Kd) {
   extern __shared__ __align__(16) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int r = warp % S;  // this warp's share of K
@@ -171,43 +172,68 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   u8* const ds = lane < 16 ? &st[0].s[lane][0] : reinterpret_cast<u8*>(&st[0].xs[lane - 16]);
   const float b0 = bias ? bias[(i64)e * N + nb + g] : 0.f;
   const float b1 = bias ? bias[(i64)e * N + nb + g + 8] : 0.f;
+  // The weight rows' and scales' copies, one group per call into the next slot (nothing once
+  // all of the warp's groups are out).
+  const u8* wq = wp0;
+  const u8* sq = sp0;
+  int wslot = 0, wleft = mine;
+  auto issue_w = [&]() {
+    if (wleft > 0) {
+      const int o = wslot * (int)sizeof(StreamStage);
+      cp_async16(dw + o, wq);
+      cp_async16(dw + o + 8 * STREAM_WROW, wq + w8);
+      if (lane < 16) cp_async4(ds + o, sq);
+      wq += 64 * S;
+      sq += 4 * S;
+      wslot = wslot + 1 == DEC_STAGES ? 0 : wslot + 1;
+      wleft--;
+    }
+  };
+  // The first pass's first weights go out before the tile's row count is known (reading it is
+  // one more memory round trip, which they overlap).
+#pragma unroll
+  for (int i = 0; i < DEC_STAGES - 1; i++) issue_w();
+  const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);
   for (int j = 0; 8 * j < nvalid; j++) {
     const i64 tok0 = row0 + 8 * j;
     const int live = min(8, nvalid - 8 * j);  // real tokens in this fragment
     // Token rows lane/8 and lane/8 + 4 (16 bytes each), the scale of token lane - 16.
     const u8* xq = X + (tok0 + (lane >> 3)) * Kd + 16 * (lane & 7) + MOE_GROUP * r;
     const float* xsq = Xs + (tok0 + max(lane - 16, 0)) * G + r;
-    const u8* wq = wp0;
-    const u8* sq = sp0;
     const bool x0 = (lane >> 3) < live, x1 = (lane >> 3) + 4 < live, xs = lane >= 16 && lane - 16 < live;
-    int islot = 0, left = mine;
-    // Copies the warp's next group into the next slot (nothing once all are issued), one commit group.
-    auto issue = [&]() {
-      if (left > 0) {
-        const int o = islot * (int)sizeof(StreamStage);
-        cp_async16(dw + o, wq);
-        cp_async16(dw + o + 8 * STREAM_WROW, wq + w8);
-        // Only the fragment's real tokens are copied: the other columns of the MMA are never
-        // stored, so whatever the ring holds there cannot reach a result.
+    int xslot = 0, xleft = mine;
+    // The tokens' copies of the next group. Only the fragment's real tokens are copied: the other
+    // columns of the MMA are never stored, so whatever the ring holds there cannot reach a result.
+    auto issue_x = [&]() {
+      if (xleft > 0) {
+        const int o = xslot * (int)sizeof(StreamStage);
         if (x0) cp_async16(dx + o, xq);
         if (x1) cp_async16(dx + o + 4 * STREAM_XROW, xq + 4 * Kd);
-        if (lane < 16) cp_async4(ds + o, sq);
-        else if (xs) cp_async4(ds + o, xsq);
-        wq += 64 * S;
-        sq += 4 * S;
+        if (xs) cp_async4(ds + o, xsq);
         xq += MOE_GROUP * S;
         xsq += S;
-        islot = islot + 1 == DEC_STAGES ? 0 : islot + 1;
-        left--;
+        xslot = xslot + 1 == DEC_STAGES ? 0 : xslot + 1;
+        xleft--;
       }
-      cp_async_commit();
     };
+    if (j > 0) {
+      wq = wp0;
+      sq = sp0;
+      wslot = 0;
+      wleft = mine;
+    }
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int i = 0; i < DEC_STAGES - 1; i++) issue();
+    for (int i = 0; i < DEC_STAGES - 1; i++) {
+      if (j > 0) issue_w();
+      issue_x();
+      cp_async_commit();
+    }
     int cslot = 0;
     for (int i = 0; i < mine; i++) {
-      issue();
+      issue_w();
+      issue_x();
+      cp_async_commit();
       cp_async_wait<DEC_STAGES - 1>();
       __syncwarp();
       const StreamStage& d = st[cslot];
@@ -282,17 +308,20 @@ moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
              const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,
              i64 split, i64 exact) {
   pdl_begin();
-  if ((int)blockIdx.y >= *ntiles) return;
-  const int e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
-  const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);
+  // The tile count and the tile load together (the list holds the grid's tiles, so the entry is
+  // inside it even past the count).
+  const int nt = *ntiles, e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
+  if ((int)blockIdx.y >= nt) return;
+#define DEC_RUN(s, x) gemm_dec<s, x>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd)
   if (split == 4) {
-    if (exact) gemm_dec<4, true>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
-    else gemm_dec<4, false>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+    if (exact) DEC_RUN(4, true);
+    else DEC_RUN(4, false);
   } else if (split == 2) {
-    if (exact) gemm_dec<2, true>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
-    else gemm_dec<2, false>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+    if (exact) DEC_RUN(2, true);
+    else DEC_RUN(2, false);
   } else {
-    if (exact) gemm_dec<1, true>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
-    else gemm_dec<1, false>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+    if (exact) DEC_RUN(1, true);
+    else DEC_RUN(1, false);
   }
+#undef DEC_RUN
 }

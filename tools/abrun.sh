@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# On the GPU machine, with .devicework/ab (tools/abstage.sh) and .devicework/golden (a copy of
+# ../shared/golden) carried: builds every variant's fatbin from its own kernel sources (in
+# parallel), then per variant runs the cudaops tests (TESTRE, default the conformance suite with
+# the golden cases, against-native, decode, wgmma, poison and device-forward tests) and, if they
+# pass, the bench (SHAPES, MS, MIN; CSV per variant under $OUT). Prints one table at the end,
+# rows of all variants side by side, and each variant's register report.
+#   MS=1,64,4096 bash tools/abrun.sh main wide
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+G=$PWD/.devicework/golden
+mkdir -p "$OUT"
+echo "card: $(nvidia-smi --query-gpu=name --format=csv,noheader)"
+for n in "$@"; do
+	mkdir -p /tmp/ab/$n/bin && tar xJf .devicework/ab/$n/bin.txz -C /tmp/ab/$n/bin
+	(cd .devicework/ab/$n/kernels && bash build.sh /tmp/ab/$n > /dev/null 2>&1 || echo "build $n failed") &
+done
+wait
+: > "$OUT/summary.txt"
+for n in "$@"; do
+	awk '/Compiling entry function/ { f = $7; a = $9 } /Used [0-9]+ registers/ { if (a ~ /sm_90a/) print f, $5, $6 } /spill/ { if ($0 !~ / 0 bytes spill/) print "  " $0 }' \
+		/tmp/ab/$n/ptxas.log | sed "s/^/$n /" > "$OUT/reg-$n.txt"
+	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
+	t0=$(date +%s)
+	(cd cudaops && FP4MOE_GOLDEN=$G timeout 200 /tmp/ab/$n/bin/cudaops.test \
+		-test.run "${TESTRE:-TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward|TestWeightLayout}" > "$OUT/test-$n.log" 2>&1)
+	rc=$?
+	echo "$n tests rc=$rc $(($(date +%s) - t0))s $(grep -E '^(--- FAIL|FAIL|panic)' "$OUT/test-$n.log" | head -3 | tr '\n' ' ')" | tee -a "$OUT/summary.txt"
+	[ $rc = 0 ] || continue
+	# SM clock, power and temperature every 200 ms while the bench runs (sustained tensor load
+	# may lower the clock).
+	nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 200 > "$OUT/clk-$n.log" 2> /dev/null &
+	clk=$!
+	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPES:-gptoss120b,deepseekv3}" --m "${MS:-1,8,64,512,4096}" --routing uniform \
+		--min-time "${MIN:-100ms}" --csv "$OUT/ab-$n.csv" > "$OUT/bench-$n.log" 2>&1
+	rc=$?
+	kill $clk 2> /dev/null
+	echo "$n bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n.log"); SM MHz min/median/max, W max: $(sort -t, -k1n "$OUT/clk-$n.log" |
+		awk -F, '{ c[NR] = $1; if ($2 > w) w = $2 } END { if (NR) printf "%d/%d/%d, %.0f", c[1], c[int((NR + 1) / 2)], c[NR], w }')" | tee -a "$OUT/summary.txt"
+done
+for n in "$@"; do
+	[ -f "$OUT/ab-$n.csv" ] && awk -F, -v v="$n" 'NR > 1 { printf "%-10s %-14s M=%-6s %9.1f us %7.1f TF %7.0f GB/s\n", v, $3, $9, $12, $16, $15 }' "$OUT/ab-$n.csv"
+done | sort -k2,2 -k3,3 -s | tee -a "$OUT/summary.txt"
+cat "$OUT"/reg-*.txt | grep -E "gemm|spill" | cut -c1-120
+(cd "$OUT" && tar czf logs.tgz --remove-files test-*.log bench-*.log clk-*.log reg-*.txt)
