@@ -541,7 +541,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if spread {
 		pre = u(ws.routePre)
 	}
-	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E), l.stream,
+	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E+4*fusedPermutePairs), l.stream,
 		u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs),
 		u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), gather[0], gather[1], gather[2], gather[3], gather[4], pre); err != nil {

@@ -87,7 +87,8 @@ __device__ __forceinline__ i64 permute_token(const int* __restrict__ row_pair, c
   return -1;
 }
 
-// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 36E bytes, E <= 1024.
+// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints, 36E bytes and 64 ints
+// (the rows of the pairs it gathers: at most 64 pairs with a1q_perm set), E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
@@ -110,6 +111,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   int* scursor = smem + E;
   int* sbuf = smem + 2 * E;
   u8* wcnt = reinterpret_cast<u8*>(smem + 2 * E + 33);  // (E, 36): pairs of expert e in warp w of a chunk
+  int* srow = smem + 11 * E + 33;                        // the gathered pairs' rows (up to 64 pairs)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const i64 P = M * topk;
   if (tid < E) scount[tid] = 0;
@@ -184,14 +186,16 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     const int rank = __popc(peers & ((1u << lane) - 1u));
     if (le >= 0 && rank == 0) wcnt[le * 36 + warp] = (u8)__popc(peers);
     __syncthreads();
+    int row = -1;
     if (le >= 0) {
-      const int row = scursor[le] + chunk_rank(wcnt, le, warp, rank);
+      row = scursor[le] + chunk_rank(wcnt, le, warp, rank);
       expert_ids[row] = le;
       row_pair[row] = (int)i;
       inv_perm[i] = row;
     } else if (le == -1) {
       inv_perm[i] = -1;
     }
+    if (a1q_perm && i < P) srow[i] = row;
     int total = 0;
     if (tid < E) {
       const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + tid * 36);
@@ -208,9 +212,9 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     __syncthreads();
   }
   if (a1q_perm) {
-    // inv_perm, written above by this block, is visible after the last barrier. One warp a pair.
+    // The rows, in shared memory, are visible after the last barrier. One warp a pair.
     for (i64 i = warp; i < P; i += ROUTE_THREADS / 32) {
-      const int row = inv_perm[i];
+      const int row = srow[i];
       if (row >= 0) gather_row(a1q, a1s, i / topk, row, K, a1q_perm, a1s_perm, lane, 32);
     }
   }
