@@ -559,7 +559,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	if !fused {
 		if err := launch(permute, dim3{rows, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
-			u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm)); err != nil {
+			u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm), flag(kernel == GEMMDecode)); err != nil {
 			return fmt.Errorf("cudaops: permute: %w", err)
 		}
 	}
@@ -612,7 +612,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := launch(f.actQuant, dim3{rows, blocks(I/128, 8), 1}, dim3{128, 1, 1}, 0, l.stream,
 		u(ws.h), u(ws.expertIDs), u(ws.offsets), 0, u(ws.a2q), u(ws.a2s), i(E), i(I),
 		i(int64(l.cfg.Activation)), flag(clamp), fl(limit), fl(l.cfg.Alpha), fl(l.cfg.Beta), i(int64(l.cfg.ScaleFormat)),
-		flag(kernel == GEMMWgmma)); err != nil {
+		i(tokenOrder(kernel))); err != nil {
 		return fmt.Errorf("cudaops: activation: %w", err)
 	}
 	if err := l.mark(4); err != nil {
@@ -629,6 +629,18 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		return fmt.Errorf("cudaops: reduce: %w", err)
 	}
 	return l.mark(6)
+}
+
+// tokenOrder is the byte order in which the GEMM kernel k reads its FP8 tokens (the activation
+// kernel's order argument): 0 as stored, 1 the wgmma GEMM's, 2 the decode GEMM's.
+func tokenOrder(k GEMMKernel) int64 {
+	switch k {
+	case GEMMWgmma:
+		return 1
+	case GEMMDecode:
+		return 2
+	}
+	return 0
 }
 
 // kernel returns the grouped GEMM kernel for a batch of p routed pairs.

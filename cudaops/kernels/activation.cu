@@ -1,6 +1,7 @@
 // Activation + FP8 requant: for every real row of GEMM1's output h (gate h[:, :I], up h[:, I:],
 // plus the GEMM1 bias), y = act(g, u) in float32, then per group of 128: the group scale and
-// the E4M3 codes of y / s (with wg_order set, each chunk in the wgmma GEMM's order).
+// the E4M3 codes of y / s, in the byte order of the GEMM that reads them (order: 0 as they are, 1
+// each chunk in the wgmma GEMM's order, 2 the decode GEMM's, dec_order8).
 #include "common.cuh"
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
@@ -45,7 +46,7 @@ __device__ __forceinline__ uint32_t wg_reorder(uint32_t q, int lane) {
 extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
                                          u8* __restrict__ a2q, float* __restrict__ a2s, i64 E, i64 I,
-                                         i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 wg_order) {
+                                         i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 order) {
   pdl_begin();
   const i64 G = I / MOE_GROUP;
   const i64 r = blockIdx.x, grp0 = (i64)blockIdx.y * 8 + threadIdx.x / 32;
@@ -81,7 +82,11 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     for (int i = 0; i < 4; i++) y[i] = act_value(gv[i], uv[i], act, clamp, L, A, B);
     uint32_t q;
     const float s = quant_group(y, fmt, &q);
-    if (wg_order) q = wg_reorder(q, lane);
+    if (order == 1) q = wg_reorder(q, lane);
+    else if (order == 2) {  // the decode GEMM's order: pieces of 8 columns over two lanes
+      const uint32_t o = __shfl_xor_sync(0xffffffffu, q, 1);
+      q = lane & 1 ? __byte_perm(o, q, 0x7362) : __byte_perm(q, o, 0x5140);
+    }
     *reinterpret_cast<uint32_t*>(a2q + r * I + grp * MOE_GROUP + 4 * lane) = q;
     if (lane == 0) a2s[r * G + grp] = s;
   }

@@ -89,11 +89,22 @@ __device__ __forceinline__ uint32_t e2m1_pair_f16(uint32_t w) {
   else return ((w >> 3) & 0x0E000E00u) | ((w << 7) & 0x80008000u);
 }
 
-// Bytes i and j of the 8 bytes (lo, hi) as FP8 E4M3 -> an f16x2 (byte i in the low half), exact.
-__device__ __forceinline__ uint32_t e4m3_pair_f16(uint32_t lo, uint32_t hi, int i, int j) {
-  const uint32_t pair = __byte_perm(lo, hi, (unsigned)(i | (j << 4)));
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(pair & 0xffffu), __NV_E4M3);
-  return (uint32_t)h.x | ((uint32_t)h.y << 16);
+// The decode GEMM's token byte order: each 8-byte piece (elements 0..7 of its 8 columns) holds
+// elements 0, 4, 1, 5, 2, 6, 3, 7, so that the pairs the MMA steps take, (0, 4), (1, 5), (2, 6)
+// and (3, 7), are the 16-bit halves of its two words.
+__device__ __forceinline__ uint2 dec_order8(uint32_t lo, uint32_t hi) {
+  return make_uint2(__byte_perm(lo, hi, 0x5140), __byte_perm(lo, hi, 0x7362));
+}
+// The low or high 16 bits of w (two E4M3 codes) as an f16x2, exact.
+__device__ __forceinline__ uint32_t e4m3_lo_f16(uint32_t w) {
+  uint32_t h;
+  asm("{\n.reg .b16 l, u;\nmov.b32 {l, u}, %1;\ncvt.rn.f16x2.e4m3x2 %0, l;\n}" : "=r"(h) : "r"(w));
+  return h;
+}
+__device__ __forceinline__ uint32_t e4m3_hi_f16(uint32_t w) {
+  uint32_t h;
+  asm("{\n.reg .b16 l, u;\nmov.b32 {l, u}, %1;\ncvt.rn.f16x2.e4m3x2 %0, u;\n}" : "=r"(h) : "r"(w));
+  return h;
 }
 
 // The FP8 group scale: s = max(amax, 1e-10) / 448 in float32, rounded up to a power of two

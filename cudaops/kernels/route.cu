@@ -64,10 +64,17 @@ __device__ __forceinline__ int chunk_rank(const u8* wcnt, int le, int warp, int 
 // Copies token t's FP8 row (K bytes, as K/16 16-byte pieces) and its K/128 scales into
 // permuted row r, the pieces and scales from j0 in steps of dj (the caller's threads).
 __device__ __forceinline__ void gather_row(const u8* __restrict__ a1q, const float* __restrict__ a1s, i64 t, i64 r, i64 K,
-                                           u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, int j0, int dj) {
+                                           u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, int j0, int dj, bool dec) {
   const uint4* src = reinterpret_cast<const uint4*>(a1q + t * K);
   uint4* dst = reinterpret_cast<uint4*>(a1q_perm + r * K);
-  for (i64 j = j0; j < K / 16; j += dj) dst[j] = src[j];
+  for (i64 j = j0; j < K / 16; j += dj) {
+    uint4 v = src[j];
+    if (dec) {
+      const uint2 a = dec_order8(v.x, v.y), b = dec_order8(v.z, v.w);
+      v = make_uint4(a.x, a.y, b.x, b.y);
+    }
+    dst[j] = v;
+  }
   const i64 G = K / MOE_GROUP;
   for (i64 g = j0; g < G; g += dj) a1s_perm[r * G + g] = a1s[t * G + g];
 }
@@ -93,7 +100,8 @@ __device__ __forceinline__ i64 permute_token(const int* __restrict__ row_pair, c
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
 // up to 8 rows (the last smaller). With a1q_perm set, the block also gathers each routed pair's FP8 row and scales
-// (a1q, a1s: (M, K), (M, K/128)) into its row, as moe_permute does for real rows; padding rows
+// (a1q, a1s: (M, K), (M, K/128)) into its row in the decode GEMM's byte order (the only GEMM
+// that runs then), as moe_permute does for real rows; padding rows
 // are left as they are (no kernel lets them reach a result). For small batches only: one block
 // copies every row. With pre set, the block only counts (and writes into pre, (P/ROUTE_THREADS
 // rounded up) × E ints, each chunk's counts of the chunks before it) and leaves the placing of
@@ -215,7 +223,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     // The rows, in shared memory, are visible after the last barrier. One warp a pair.
     for (i64 i = warp; i < P; i += ROUTE_THREADS / 32) {
       const int row = srow[i];
-      if (row >= 0) gather_row(a1q, a1s, i / topk, row, K, a1q_perm, a1s_perm, lane, 32);
+      if (row >= 0) gather_row(a1q, a1s, i / topk, row, K, a1q_perm, a1s_perm, lane, 32, true);
     }
   }
 }
@@ -252,14 +260,15 @@ moe_route_scatter(const int* __restrict__ ids, const int* __restrict__ expert_ma
   }
 }
 
-// Gathers the FP8 row and scales of every real row of the permuted layout; padding rows get
-// zeros. grid.x = the largest possible M_sum, block = 128.
+// Gathers the FP8 row and scales of every real row of the permuted layout (with dec set, in the
+// decode GEMM's byte order, dec_order8); padding rows get zeros. grid.x = the largest possible
+// M_sum, block = 128.
 extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* __restrict__ a1s,
                                        const int* __restrict__ row_pair, const int* __restrict__ offsets,
-                                       i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+                                       i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, i64 dec) {
   pdl_begin();
   const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
-  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, threadIdx.x, blockDim.x);
+  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, threadIdx.x, blockDim.x, dec != 0);
 }
 
 // moe_permute with the bytes of each 128-column chunk of a row reordered for the wgmma GEMM's
