@@ -609,8 +609,8 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	// GEMM1 added its bias in its epilogue; the activation kernel gets none.
 	limit, clamp := l.cfg.Limit()
-	if err := launch(f.actQuant, dim3{rows, blocks(I/128, 8), 1}, dim3{128, 1, 1}, 0, l.stream,
-		u(ws.h), u(ws.expertIDs), u(ws.offsets), 0, u(ws.a2q), u(ws.a2s), i(E), i(I),
+	if err := launch(f.actQuant, dim3{P, blocks(I/128, 8), 1}, dim3{128, 1, 1}, 0, l.stream,
+		u(ws.h), u(ws.expertIDs), u(ws.invPerm), 0, u(ws.a2q), u(ws.a2s), i(int64(P)), i(I),
 		i(int64(l.cfg.Activation)), flag(clamp), fl(limit), fl(l.cfg.Alpha), fl(l.cfg.Beta), i(int64(l.cfg.ScaleFormat)),
 		i(tokenOrder(kernel))); err != nil {
 		return fmt.Errorf("cudaops: activation: %w", err)
