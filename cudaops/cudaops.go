@@ -49,7 +49,7 @@ const (
 	// GEMMDecode: FP16 mma.sync, 16 weight rows per block, K split over 4 warps, weights and
 	// tokens streamed through cp.async rings in shared memory, one 8-token fragment per pass.
 	GEMMDecode
-	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 128 weight rows by up to 144 tokens per block,
+	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 128 weight rows by up to 160 tokens per block,
 	// the E8M0 block scales folded exactly into the FP16 weights relative to a per-row
 	// reference exponent. Layers whose weight rows span more than 24 binades of nonzero block
 	// scales, or hold a NaN scale, cannot be folded exactly and run GEMMTiled instead, also

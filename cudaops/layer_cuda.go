@@ -24,9 +24,9 @@ const (
 	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
 	scatterPairs = 4096
 	wgfRows      = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
-	wgfTokens    = 144 // WGF_TOK: the most tokens of its tiles
+	wgfTokens    = 160 // WGF_TOK (MOE_WG_TOK): the most tokens of its tiles
 	wgfStages    = 4   // WGF_STAGES: the depth of both wgmma kernels' shared-memory rings
-	// WGB_SMEM, the staged-token folding kernel's: a ring of 144 FP16 token rows of a chunk (256
+	// WGB_SMEM, the staged-token folding kernel's: a ring of 160 FP16 token rows of a chunk (256
 	// bytes each), 128·64 weight bytes and 128 scale words per stage, then a FULL and an EMPTY
 	// mbarrier (8 bytes each) per stage.
 	wgbSmem = wgfStages*(wgfTokens*256+wgfRows*64+wgfRows*4) + 2*wgfStages*8
@@ -177,6 +177,18 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		l.release()
 		return nil, fmt.Errorf("cudaops: uploading the weights: %v", err)
 	}
+	// The E2M1 codes into the kernels' device layout (e2m1_device_word in kernels/common.cuh).
+	for _, t := range []struct {
+		p     cu.DevicePtr
+		bytes int
+	}{{l.w13, len(w.W13)}, {l.w2, len(w.W2)}} {
+		words := int64(t.bytes / 4)
+		if err := launch(l.dev.fn.reencode, dim3{int(min((words+255)/256, int64(8*l.dev.SMs))), 1, 1}, dim3{256, 1, 1}, 0, l.stream,
+			uint64(t.p), uint64(words)); err != nil {
+			l.release()
+			return nil, fmt.Errorf("cudaops: weight layout: %w", err)
+		}
+	}
 	l.ref13, l.ref2 = at(oref13), at(oref2)
 	if l.foldable, err = l.foldRefs(at(obad)); err != nil {
 		l.release()
@@ -261,7 +273,7 @@ func (l *Layer) bounds(p int) (rows, tiles int) {
 	return rows, rows / segmentRows
 }
 
-// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/144) <= p/144 + min(p, E).
+// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/160) <= p/160 + min(p, E).
 func (l *Layer) wgfTiles(p int) int { return p/wgfTokens + min(p, l.E) }
 
 // begin binds the device to the calling goroutine's thread and grows the workspace to hold m
@@ -529,7 +541,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if spread {
 		pre = u(ws.routePre)
 	}
-	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E), l.stream,
+	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E+4*fusedPermutePairs), l.stream,
 		u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs),
 		u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), gather[0], gather[1], gather[2], gather[3], gather[4], pre); err != nil {
@@ -547,7 +559,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	if !fused {
 		if err := launch(permute, dim3{rows, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
-			u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm)); err != nil {
+			u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm), flag(kernel == GEMMDecode)); err != nil {
 			return fmt.Errorf("cudaops: permute: %w", err)
 		}
 	}
@@ -597,10 +609,10 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	// GEMM1 added its bias in its epilogue; the activation kernel gets none.
 	limit, clamp := l.cfg.Limit()
-	if err := launch(f.actQuant, dim3{rows, blocks(I/128, 8), 1}, dim3{128, 1, 1}, 0, l.stream,
-		u(ws.h), u(ws.expertIDs), u(ws.offsets), 0, u(ws.a2q), u(ws.a2s), i(E), i(I),
+	if err := launch(f.actQuant, dim3{P, blocks(I/128, 8), 1}, dim3{128, 1, 1}, 0, l.stream,
+		u(ws.h), u(ws.expertIDs), u(ws.invPerm), 0, u(ws.a2q), u(ws.a2s), i(int64(P)), i(I),
 		i(int64(l.cfg.Activation)), flag(clamp), fl(limit), fl(l.cfg.Alpha), fl(l.cfg.Beta), i(int64(l.cfg.ScaleFormat)),
-		flag(kernel == GEMMWgmma)); err != nil {
+		i(tokenOrder(kernel))); err != nil {
 		return fmt.Errorf("cudaops: activation: %w", err)
 	}
 	if err := l.mark(4); err != nil {
@@ -617,6 +629,18 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		return fmt.Errorf("cudaops: reduce: %w", err)
 	}
 	return l.mark(6)
+}
+
+// tokenOrder is the byte order in which the GEMM kernel k reads its FP8 tokens (the activation
+// kernel's order argument): 0 as stored, 1 the wgmma GEMM's, 2 the decode GEMM's.
+func tokenOrder(k GEMMKernel) int64 {
+	switch k {
+	case GEMMWgmma:
+		return 1
+	case GEMMDecode:
+		return 2
+	}
+	return 0
 }
 
 // kernel returns the grouped GEMM kernel for a batch of p routed pairs.

@@ -242,6 +242,38 @@ func TestDecodeSplits(t *testing.T) {
 	}
 }
 
+// TestWeightLayout reads the uploaded W13 back: every 32-bit word holds its 8 E2M1 codes in the
+// kernels' device layout (code n's magnitude at bits MAG(n).., its sign at SGN(n), codes 4..7
+// 16 bits above codes 0..3).
+func TestWeightLayout(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 1, K: 256, I: 128, E: 2, TopK: 1, Seed: 41})
+	l := mustLayer(t, &c.Weights, c.Config)
+	unbind, err := l.dev.bind()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]uint32, len(c.Weights.W13)/4)
+	err = cu.MemcpyDtoH(unsafe.Pointer(&got[0]), l.w13, int64(len(c.Weights.W13)))
+	unbind()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mag, sgn := [4]uint{9, 0, 3, 12}, [4]uint{15, 6, 7, 8}
+	for i := range got {
+		var s, want uint32
+		for b := range 4 {
+			s |= uint32(c.Weights.W13[4*i+b]) << (8 * b)
+		}
+		for n := range uint(8) {
+			code, off := s>>(4*n)&0xf, 16*(n/4)
+			want |= (code&7)<<(mag[n%4]+off) | (code>>3)<<(sgn[n%4]+off)
+		}
+		if got[i] != want {
+			t.Fatalf("word %d (stored %#08x): device %#08x, want %#08x", i, s, got[i], want)
+		}
+	}
+}
+
 // TestPoisonedWorkspace fills the whole workspace with 0xFF bytes (FP8 and float32 NaN) before
 // a forward: the output must be bitwise the clean run's.
 func TestPoisonedWorkspace(t *testing.T) {

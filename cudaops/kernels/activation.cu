@@ -1,6 +1,7 @@
 // Activation + FP8 requant: for every real row of GEMM1's output h (gate h[:, :I], up h[:, I:],
 // plus the GEMM1 bias), y = act(g, u) in float32, then per group of 128: the group scale and
-// the E4M3 codes of y / s (with wg_order set, each chunk in the wgmma GEMM's order).
+// the E4M3 codes of y / s, in the byte order of the GEMM that reads them (order: 0 as they are, 1
+// each chunk in the wgmma GEMM's order, 2 the decode GEMM's, dec_order8).
 #include "common.cuh"
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
@@ -38,20 +39,21 @@ __device__ __forceinline__ uint32_t wg_reorder(uint32_t q, int lane) {
   return out;
 }
 
-// One warp per row and two groups of it (grp and grp + 4), 4 consecutive columns per lane and
-// group, both groups' loads issued before either is computed: grid = (rows bound, ceil(I/128 / 8)),
-// block = 128 (the block's four warps take groups 8·blockIdx.y + warp and 8·blockIdx.y + warp + 4
-// of one row).
+// One warp per routed pair's row and two groups of it (grp and grp + 4), 4 consecutive columns
+// per lane and group, both groups' loads issued before either is computed: grid = (P, ceil(I/128
+// / 8)), block = 128 (the block's four warps take groups 8·blockIdx.y + warp and 8·blockIdx.y +
+// warp + 4 of pair blockIdx.x's row, inv_perm[pair]; padding rows get no block). Two memory round
+// trips before the values: the row, then its values together with its expert (for the bias).
 extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
-                                         const int* __restrict__ offsets, const float* __restrict__ bias,
-                                         u8* __restrict__ a2q, float* __restrict__ a2s, i64 E, i64 I,
-                                         i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 wg_order) {
+                                         const int* __restrict__ inv_perm, const float* __restrict__ bias,
+                                         u8* __restrict__ a2q, float* __restrict__ a2s, i64 P, i64 I,
+                                         i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 order) {
   pdl_begin();
   const i64 G = I / MOE_GROUP;
-  const i64 r = blockIdx.x, grp0 = (i64)blockIdx.y * 8 + threadIdx.x / 32;
-  if (grp0 >= G || r >= offsets[E]) return;
-  const int e = expert_ids[r];
-  if (e < 0) return;  // padding row: never read by a real result
+  const i64 grp0 = (i64)blockIdx.y * 8 + threadIdx.x / 32;
+  if (grp0 >= G) return;
+  const i64 r = inv_perm[blockIdx.x];
+  if (r < 0) return;  // a pair without a local expert
   const int lane = threadIdx.x % 32;
   const bool two = grp0 + 4 < G;
   const float* hr = h + r * 2 * I + grp0 * MOE_GROUP + 4 * lane;
@@ -62,6 +64,7 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     g4[1] = *reinterpret_cast<const float4*>(hr + 4 * MOE_GROUP);
     u4[1] = *reinterpret_cast<const float4*>(hr + I + 4 * MOE_GROUP);
   }
+  const int e = bias ? expert_ids[r] : 0;
   const float L = (float)limit, A = (float)alpha, B = (float)beta;
 #pragma unroll
   for (int k = 0; k < 2; k++) {
@@ -79,7 +82,11 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     for (int i = 0; i < 4; i++) y[i] = act_value(gv[i], uv[i], act, clamp, L, A, B);
     uint32_t q;
     const float s = quant_group(y, fmt, &q);
-    if (wg_order) q = wg_reorder(q, lane);
+    if (order == 1) q = wg_reorder(q, lane);
+    else if (order == 2) {  // the decode GEMM's order: pieces of 8 columns over two lanes
+      const uint32_t o = __shfl_xor_sync(0xffffffffu, q, 1);
+      q = lane & 1 ? __byte_perm(o, q, 0x7362) : __byte_perm(q, o, 0x5140);
+    }
     *reinterpret_cast<uint32_t*>(a2q + r * I + grp * MOE_GROUP + 4 * lane) = q;
     if (lane == 0) a2s[r * G + grp] = s;
   }

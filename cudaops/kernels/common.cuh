@@ -10,6 +10,7 @@ typedef unsigned char u8;
 #define MOE_GROUP 128   // activation scale group
 #define MOE_BLOCK 32    // MXFP4 weight block
 #define MOE_BM 32       // row alignment of expert segments and token tile of the GEMMs
+#define MOE_WG_TOK 160  // most rows of a wgmma GEMM tile (moe_route splits larger segments)
 
 // Activations, scale formats: the values of moe.Activation and moe.ScaleFormat.
 #define ACT_SILU 0
@@ -45,20 +46,65 @@ __device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t p) {
   return mag | sgn;
 }
 
-// Nibbles i and i+4 of p (i = 0..3) as an f16x2 (nibble i in the low half), each E2M1 value v
-// as v · 2^-14: the sign to bit 15, the 3 magnitude bits to the exponent's low bits and the
-// mantissa's top bit (code 1, 0.5, lands on the subnormal 2^-15).
-template <int i>
-__device__ __forceinline__ uint32_t e2m1_pair_f16(uint32_t p) {
-  const uint32_t y = p >> (4 * i);
-  return ((y << 9) & 0x0E000E00u) | ((y << 12) & 0x80008000u);
+// The device layout of the weights' E2M1 codes. Upload (moe_reencode) rearranges the bits of
+// every aligned 32-bit word of a weight row, which holds 8 consecutive codes (code n in bits
+// 4n..4n+3 as stored: magnitude in the low 3 bits, sign in the top one), so that the FP16
+// expansion below takes fewer instructions: code n's magnitude goes to bits MAG(n)..MAG(n)+2
+// and its sign to bit SGN(n), codes 4..7 at the positions of codes 0..3 plus 16:
+//   n:    0   1   2   3
+//   MAG:  9   0   3  12
+//   SGN: 15   6   7   8
+// Codes 0 and 4 then sit exactly where an f16x2 holds them (one AND), codes 1 and 5 one shift
+// away (two instructions); codes 2, 6 and 3, 7 take four each, 11 instructions a word instead
+// of 16. Every kernel reads the weights through the helpers below.
+#define E2M1_MAG_MASK 0x7E3F7E3Fu  // the magnitude bits of a device word (nonzero test)
+
+// Code n of a standard word -> its bits in a device word (moe_reencode).
+__device__ __forceinline__ uint32_t e2m1_device_word(uint32_t s) {
+  const int mag[4] = {9, 0, 3, 12}, sgn[4] = {15, 6, 7, 8};
+  uint32_t d = 0;
+#pragma unroll
+  for (int n = 0; n < 8; n++) {
+    const uint32_t c = (s >> (4 * n)) & 0xfu, off = n < 4 ? 0u : 16u;
+    d |= (c & 7u) << (mag[n & 3] + off) | (c >> 3) << (sgn[n & 3] + off);
+  }
+  return d;
 }
 
-// Bytes i and j of the 8 bytes (lo, hi) as FP8 E4M3 -> an f16x2 (byte i in the low half), exact.
-__device__ __forceinline__ uint32_t e4m3_pair_f16(uint32_t lo, uint32_t hi, int i, int j) {
-  const uint32_t pair = __byte_perm(lo, hi, (unsigned)(i | (j << 4)));
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(pair & 0xffffu), __NV_E4M3);
-  return (uint32_t)h.x | ((uint32_t)h.y << 16);
+// Codes 4h..4h+3 of a device word, back in the stored 16-bit packing (code i in bits 4i..4i+3).
+__device__ __forceinline__ uint32_t e2m1_std16(uint32_t w, int h) {
+  const uint32_t x = w >> (16 * h);
+  return ((x >> 9) & 0x7u) | ((x >> 12) & 0x8u) | ((x << 4) & 0x70u) | ((x << 1) & 0x80u) | ((x << 5) & 0x700u) |
+         ((x << 4) & 0x800u) | (x & 0x7000u) | ((x << 7) & 0x8000u);
+}
+
+// Codes i and i+4 of a device word (i = 0..3) as an f16x2 (code i in the low half), each E2M1
+// value v as v · 2^-14: the sign in bit 15, the 3 magnitude bits in the exponent's low bits and
+// the mantissa's top bit (code 1, 0.5, lands on the subnormal 2^-15).
+template <int i>
+__device__ __forceinline__ uint32_t e2m1_pair_f16(uint32_t w) {
+  if constexpr (i == 0) return w & 0x8E008E00u;
+  else if constexpr (i == 1) return (w << 9) & 0x8E008E00u;
+  else if constexpr (i == 2) return ((w << 6) & 0x0E000E00u) | ((w << 8) & 0x80008000u);
+  else return ((w >> 3) & 0x0E000E00u) | ((w << 7) & 0x80008000u);
+}
+
+// The decode GEMM's token byte order: each 8-byte piece (elements 0..7 of its 8 columns) holds
+// elements 0, 4, 1, 5, 2, 6, 3, 7, so that the pairs the MMA steps take, (0, 4), (1, 5), (2, 6)
+// and (3, 7), are the 16-bit halves of its two words.
+__device__ __forceinline__ uint2 dec_order8(uint32_t lo, uint32_t hi) {
+  return make_uint2(__byte_perm(lo, hi, 0x5140), __byte_perm(lo, hi, 0x7362));
+}
+// The low or high 16 bits of w (two E4M3 codes) as an f16x2, exact.
+__device__ __forceinline__ uint32_t e4m3_lo_f16(uint32_t w) {
+  uint32_t h;
+  asm("{\n.reg .b16 l, u;\nmov.b32 {l, u}, %1;\ncvt.rn.f16x2.e4m3x2 %0, l;\n}" : "=r"(h) : "r"(w));
+  return h;
+}
+__device__ __forceinline__ uint32_t e4m3_hi_f16(uint32_t w) {
+  uint32_t h;
+  asm("{\n.reg .b16 l, u;\nmov.b32 {l, u}, %1;\ncvt.rn.f16x2.e4m3x2 %0, u;\n}" : "=r"(h) : "r"(w));
+  return h;
 }
 
 // The FP8 group scale: s = max(amax, 1e-10) / 448 in float32, rounded up to a power of two

@@ -54,10 +54,12 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
     const i64 k0 = kb * MOE_BLOCK;
     // A: rows n0 and n0+8, k = k0 + 4t ... +3 and k0 + 16 + 4t ... +3 (2 packed bytes each).
     uint32_t a[4];
-    a[0] = e2m1x4_to_e4m3x4(*reinterpret_cast<const uint16_t*>(w0 + k0 / 2 + 2 * t));
-    a[1] = e2m1x4_to_e4m3x4(*reinterpret_cast<const uint16_t*>(w1 + k0 / 2 + 2 * t));
-    a[2] = e2m1x4_to_e4m3x4(*reinterpret_cast<const uint16_t*>(w0 + k0 / 2 + 8 + 2 * t));
-    a[3] = e2m1x4_to_e4m3x4(*reinterpret_cast<const uint16_t*>(w1 + k0 / 2 + 8 + 2 * t));
+    // (codes 4t..4t+3 are half t % 2 of device word t / 2, and of word t / 2 + 2 for +16)
+    const int wo = 4 * (t >> 1), h = t & 1;
+    a[0] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w0 + k0 / 2 + wo), h));
+    a[1] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w1 + k0 / 2 + wo), h));
+    a[2] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w0 + k0 / 2 + 8 + wo), h));
+    a[3] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w1 + k0 / 2 + 8 + wo), h));
     const float ws0 = e8m0_to_float(s0[kb]), ws1 = e8m0_to_float(s1[kb]);
 #pragma unroll
     for (int j = 0; j < GEMM_NF; j++) {
@@ -138,6 +140,12 @@ struct StreamStage {
 // The dynamic shared memory: the warps' rings, then their partial sums (S > 1).
 #define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(StreamStage) + DEC_WARPS * 4 * 32 * 4)
 
+// A compile-time int as a value (to pass ring slots to generic lambdas).
+template <int V>
+struct Ic {
+  static constexpr int value = V;
+};
+
 // Scale byte b of a word of four E8M0 scales as a float.
 template <bool EXACT>
 __device__ __forceinline__ float dec_scale(uint32_t word, int b) {
@@ -148,8 +156,9 @@ __device__ __forceinline__ float dec_scale(uint32_t word, int b) {
 
 template <int S, bool EXACT>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
-                                         const float* __restrict__ Xs, int e, int row0, int nvalid,
-                                         const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+                                         const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
+                                         const int* __restrict__ offsets, const float* __restrict__ bias,
+                                         float* __restrict__ out, i64 N, i64 Kd) {
   extern __shared__ __align__(16) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int r = warp % S;  // this warp's share of K
@@ -169,47 +178,64 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   u8* const ds = lane < 16 ? &st[0].s[lane][0] : reinterpret_cast<u8*>(&st[0].xs[lane - 16]);
   const float b0 = bias ? bias[(i64)e * N + nb + g] : 0.f;
   const float b1 = bias ? bias[(i64)e * N + nb + g + 8] : 0.f;
+  // Copies of one of the warp's groups into ring slot SL: the weight rows and scales (issue_w),
+  // the tokens and their scales (issue_x). Slot and group are compile-time constants, the group
+  // counted from the bases below (which move by three groups at a time), so that every address
+  // is a register plus an immediate. Only the fragment's real tokens are copied: the other
+  // columns of the MMA are never stored, so whatever the ring holds there cannot reach a result.
+  const u8* wq = wp0;
+  const u8* sq = sp0;
+  const u8* xq = nullptr;
+  const float* xsq = nullptr;
+  bool x0 = false, x1 = false, xs = false;
+  auto issue_w = [&](auto slc, auto grp) {
+    constexpr int o = decltype(slc)::value * (int)sizeof(StreamStage), q = decltype(grp)::value;
+    cp_async16(dw + o, wq + q * 64 * S);
+    cp_async16(dw + o + 8 * STREAM_WROW, wq + w8 + q * 64 * S);
+    if (lane < 16) cp_async4(ds + o, sq + q * 4 * S);
+  };
+  auto issue_x = [&](auto slc, auto grp) {
+    constexpr int o = decltype(slc)::value * (int)sizeof(StreamStage), q = decltype(grp)::value;
+    if (x0) cp_async16(dx + o, xq + q * MOE_GROUP * S);
+    if (x1) cp_async16(dx + o + 4 * STREAM_XROW, xq + 4 * Kd + q * MOE_GROUP * S);
+    if (xs) cp_async4(ds + o, xsq + q * S);
+  };
+  // The first pass's first weights go out before the tile's row count is known (reading it is
+  // one more memory round trip, which they overlap).
+  static_assert(DEC_STAGES == 3, "the ring's slots are spelled out for 3 stages");
+  if (mine > 0) issue_w(Ic<0>{}, Ic<0>{});
+  if (mine > 1) issue_w(Ic<1>{}, Ic<1>{});
+  const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);
   for (int j = 0; 8 * j < nvalid; j++) {
     const i64 tok0 = row0 + 8 * j;
     const int live = min(8, nvalid - 8 * j);  // real tokens in this fragment
     // Token rows lane/8 and lane/8 + 4 (16 bytes each), the scale of token lane - 16.
-    const u8* xq = X + (tok0 + (lane >> 3)) * Kd + 16 * (lane & 7) + MOE_GROUP * r;
-    const float* xsq = Xs + (tok0 + max(lane - 16, 0)) * G + r;
-    const u8* wq = wp0;
-    const u8* sq = sp0;
-    const bool x0 = (lane >> 3) < live, x1 = (lane >> 3) + 4 < live, xs = lane >= 16 && lane - 16 < live;
-    int islot = 0, left = mine;
-    // Copies the warp's next group into the next slot (nothing once all are issued), one commit group.
-    auto issue = [&]() {
-      if (left > 0) {
-        const int o = islot * (int)sizeof(StreamStage);
-        cp_async16(dw + o, wq);
-        cp_async16(dw + o + 8 * STREAM_WROW, wq + w8);
-        // Only the fragment's real tokens are copied: the other columns of the MMA are never
-        // stored, so whatever the ring holds there cannot reach a result.
-        if (x0) cp_async16(dx + o, xq);
-        if (x1) cp_async16(dx + o + 4 * STREAM_XROW, xq + 4 * Kd);
-        if (lane < 16) cp_async4(ds + o, sq);
-        else if (xs) cp_async4(ds + o, xsq);
-        wq += 64 * S;
-        sq += 4 * S;
-        xq += MOE_GROUP * S;
-        xsq += S;
-        islot = islot + 1 == DEC_STAGES ? 0 : islot + 1;
-        left--;
+    xq = X + (tok0 + (lane >> 3)) * Kd + 16 * (lane & 7) + MOE_GROUP * r;
+    xsq = Xs + (tok0 + max(lane - 16, 0)) * G + r;
+    x0 = (lane >> 3) < live, x1 = (lane >> 3) + 4 < live, xs = lane >= 16 && lane - 16 < live;
+    if (j > 0) {
+      wq = wp0;
+      sq = sp0;
+      if (mine > 0) issue_w(Ic<0>{}, Ic<0>{});
+      if (mine > 1) issue_w(Ic<1>{}, Ic<1>{});
+    }
+    if (mine > 0) issue_x(Ic<0>{}, Ic<0>{});
+    cp_async_commit();
+    if (mine > 1) issue_x(Ic<1>{}, Ic<1>{});
+    cp_async_commit();
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    // Group i of the warp, in slot SL = i % 3: the copies of group i + 2 into slot (SL + 2) % 3
+    // (the slot group i - 1 used), then the wait for group i, then its MMAs.
+    auto step = [&](int i, auto slc) {
+      constexpr int SL = decltype(slc)::value;
+      if (i + DEC_STAGES - 1 < mine) {  // group i + 2, the bases being at group i - SL
+        issue_w(Ic<(SL + DEC_STAGES - 1) % DEC_STAGES>{}, Ic<SL + DEC_STAGES - 1>{});
+        issue_x(Ic<(SL + DEC_STAGES - 1) % DEC_STAGES>{}, Ic<SL + DEC_STAGES - 1>{});
       }
       cp_async_commit();
-    };
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int i = 0; i < DEC_STAGES - 1; i++) issue();
-    int cslot = 0;
-    for (int i = 0; i < mine; i++) {
-      issue();
       cp_async_wait<DEC_STAGES - 1>();
       __syncwarp();
-      const StreamStage& d = st[cslot];
-      cslot = cslot + 1 == DEC_STAGES ? 0 : cslot + 1;
+      const StreamStage& d = st[SL];
       const uint32_t sg = *reinterpret_cast<const uint32_t*>(&d.s[g][0]);
       const uint32_t sh = *reinterpret_cast<const uint32_t*>(&d.s[g + 8][0]);
       float part[4] = {0.f, 0.f, 0.f, 0.f};
@@ -221,12 +247,12 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
         float dd[4] = {0.f, 0.f, 0.f, 0.f};
         {
           const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
-          const uint32_t bb[2] = {e4m3_pair_f16(xv.x, xv.y, 0, 4), e4m3_pair_f16(xv.x, xv.y, 1, 5)};
+          const uint32_t bb[2] = {e4m3_lo_f16(xv.x), e4m3_hi_f16(xv.x)};
           mma_f16(dd, a, bb);
         }
         {
           const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
-          const uint32_t bb[2] = {e4m3_pair_f16(xv.x, xv.y, 2, 6), e4m3_pair_f16(xv.x, xv.y, 3, 7)};
+          const uint32_t bb[2] = {e4m3_lo_f16(xv.y), e4m3_hi_f16(xv.y)};
           mma_f16(dd, a, bb);
         }
         const float ws0 = dec_scale<EXACT>(sg, b), ws1 = dec_scale<EXACT>(sh, b);
@@ -241,7 +267,19 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       acc[2] += part[2] * xs0;
       acc[3] += part[3] * xs1;
       __syncwarp();  // every lane is done with this slot before it is refilled
+    };
+    int i = 0;
+    for (; i + DEC_STAGES <= mine; i += DEC_STAGES) {
+      step(i, Ic<0>{});
+      step(i + 1, Ic<1>{});
+      step(i + 2, Ic<2>{});
+      wq += DEC_STAGES * 64 * S;
+      sq += DEC_STAGES * 4 * S;
+      xq += DEC_STAGES * MOE_GROUP * S;
+      xsq += DEC_STAGES * S;
     }
+    if (i < mine) step(i, Ic<0>{});
+    if (i + 1 < mine) step(i + 1, Ic<1>{});
     cp_async_wait<0>();
     if constexpr (S > 1) {
 #pragma unroll
@@ -280,17 +318,20 @@ moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
              const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,
              i64 split, i64 exact) {
   pdl_begin();
-  if ((int)blockIdx.y >= *ntiles) return;
-  const int e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
-  const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);
+  // The tile count and the tile load together (the list holds the grid's tiles, so the entry is
+  // inside it even past the count).
+  const int nt = *ntiles, e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
+  if ((int)blockIdx.y >= nt) return;
+#define DEC_RUN(s, x) gemm_dec<s, x>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd)
   if (split == 4) {
-    if (exact) gemm_dec<4, true>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
-    else gemm_dec<4, false>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+    if (exact) DEC_RUN(4, true);
+    else DEC_RUN(4, false);
   } else if (split == 2) {
-    if (exact) gemm_dec<2, true>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
-    else gemm_dec<2, false>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+    if (exact) DEC_RUN(2, true);
+    else DEC_RUN(2, false);
   } else {
-    if (exact) gemm_dec<1, true>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
-    else gemm_dec<1, false>(W, Ws, X, Xs, e, row0, nvalid, bias, out, N, Kd);
+    if (exact) DEC_RUN(1, true);
+    else DEC_RUN(1, false);
   }
+#undef DEC_RUN
 }

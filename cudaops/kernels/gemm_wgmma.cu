@@ -14,9 +14,9 @@
 // so the fold is always exact here. 2^(R-127) multiplies the result in the epilogue. The
 // activation scales, one per token per 128 columns, take one of two paths (below).
 //
-// A block: 128 weight rows (two warpgroups of 64, the MMA's M) × one tile of up to 144 tokens
+// A block: 128 weight rows (two warpgroups of 64, the MMA's M) × one tile of up to 160 tokens
 // of an expert (N; the route kernel splits an expert's rows into equal tiles that start at
-// multiples of 8 rows, and the instruction width is picked per tile, a multiple of 16 up to 144).
+// multiples of 8 rows, and the instruction width is picked per tile, a multiple of 16 up to 160).
 //
 // Two paths, chosen per tile by moe_wg_tiles. Folded (every token's activation scales are finite
 // powers of two within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the
@@ -41,7 +41,7 @@
 #include "wgmma_f16.cuh"
 
 #define WGF_ROWS 128   // weight rows per block
-#define WGF_TOK 144    // most tokens per tile (the route kernel's wgmma tiles)
+#define WGF_TOK MOE_WG_TOK  // most tokens per tile (the route kernel's wgmma tiles)
 #define WGF_PTOK 128   // most tokens per pass of the promoting kernel
 #define WGF_STAGES 4   // ring depth, in 128-element chunks (a power of two)
 #define WGF_XROW 144   // promoting kernel: token row bytes in the ring, padded for conflict-free reads
@@ -56,6 +56,13 @@ struct WgfPStage {
 };
 #define WGF_PB (8 * WGF_PTOK * 32)
 #define WGF_PSMEM (WGF_STAGES * (int)sizeof(WgfPStage) + 2 * WGF_PB)
+
+// Rewrites n 32-bit words of E2M1 codes in place from the stored layout to the device layout
+// (e2m1_device_word, common.cuh); run once per weight tensor at upload. grid-stride, block 256.
+extern "C" __global__ void moe_reencode(uint32_t* __restrict__ w, i64 n) {
+  pdl_begin();
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) w[i] = e2m1_device_word(w[i]);
+}
 
 // Per row: the reference exponent R of the fold (the largest E8M0 exponent of a block holding a
 // nonzero value; 127 for an all-zero row), and *bad set when a nonzero block lies more than
@@ -73,7 +80,7 @@ extern "C" __global__ void moe_fold_ref(const u8* __restrict__ W, const u8* __re
     const uint4 v = *reinterpret_cast<const uint4*>(W + r * (Kd / 2) + b * 16);
     const int s = Ws[r * KB + b];
     nan |= s == 255;
-    if (((v.x | v.y | v.z | v.w) & 0x77777777u) != 0) {
+    if (((v.x | v.y | v.z | v.w) & E2M1_MAG_MASK) != 0) {
       hi = max(hi, s);
       lo = min(lo, s);
     }
@@ -153,7 +160,8 @@ __device__ __forceinline__ void wgf_mma(float (&d)[NT / 2], const uint32_t (&a)[
   else if constexpr (NT == 96) wgmma_f16_n96(d, a, desc, acc);
   else if constexpr (NT == 112) wgmma_f16_n112(d, a, desc, acc);
   else if constexpr (NT == 128) wgmma_f16_n128(d, a, desc, acc);
-  else wgmma_f16_n144(d, a, desc, acc);
+  else if constexpr (NT == 144) wgmma_f16_n144(d, a, desc, acc);
+  else wgmma_f16_n160(d, a, desc, acc);
 }
 
 #endif
@@ -650,7 +658,8 @@ moe_gemm_wgb(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   else if (nvalid <= 96) WGB_FOLD(96);
   else if (nvalid <= 112) WGB_FOLD(112);
   else if (nvalid <= 128) WGB_FOLD(128);
-  else WGB_FOLD(144);
+  else if (nvalid <= 144) WGB_FOLD(144);
+  else WGB_FOLD(160);
 #undef WGB_FOLD
 #else
   __trap();

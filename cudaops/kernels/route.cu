@@ -64,10 +64,17 @@ __device__ __forceinline__ int chunk_rank(const u8* wcnt, int le, int warp, int 
 // Copies token t's FP8 row (K bytes, as K/16 16-byte pieces) and its K/128 scales into
 // permuted row r, the pieces and scales from j0 in steps of dj (the caller's threads).
 __device__ __forceinline__ void gather_row(const u8* __restrict__ a1q, const float* __restrict__ a1s, i64 t, i64 r, i64 K,
-                                           u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, int j0, int dj) {
+                                           u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, int j0, int dj, bool dec) {
   const uint4* src = reinterpret_cast<const uint4*>(a1q + t * K);
   uint4* dst = reinterpret_cast<uint4*>(a1q_perm + r * K);
-  for (i64 j = j0; j < K / 16; j += dj) dst[j] = src[j];
+  for (i64 j = j0; j < K / 16; j += dj) {
+    uint4 v = src[j];
+    if (dec) {
+      const uint2 a = dec_order8(v.x, v.y), b = dec_order8(v.z, v.w);
+      v = make_uint4(a.x, a.y, b.x, b.y);
+    }
+    dst[j] = v;
+  }
   const i64 G = K / MOE_GROUP;
   for (i64 g = j0; g < G; g += dj) a1s_perm[r * G + g] = a1s[t * G + g];
 }
@@ -87,12 +94,14 @@ __device__ __forceinline__ i64 permute_token(const int* __restrict__ row_pair, c
   return -1;
 }
 
-// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 36E bytes, E <= 1024.
+// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints, 36E bytes and 64 ints
+// (the rows of the pairs it gathers: at most 64 pairs with a1q_perm set), E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
-// (when wg is set): each expert's real rows split into ceil(count/144) tiles of equal size rounded
+// (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
 // up to 8 rows (the last smaller). With a1q_perm set, the block also gathers each routed pair's FP8 row and scales
-// (a1q, a1s: (M, K), (M, K/128)) into its row, as moe_permute does for real rows; padding rows
+// (a1q, a1s: (M, K), (M, K/128)) into its row in the decode GEMM's byte order (the only GEMM
+// that runs then), as moe_permute does for real rows; padding rows
 // are left as they are (no kernel lets them reach a result). For small batches only: one block
 // copies every row. With pre set, the block only counts (and writes into pre, (P/ROUTE_THREADS
 // rounded up) × E ints, each chunk's counts of the chunks before it) and leaves the placing of
@@ -110,6 +119,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   int* scursor = smem + E;
   int* sbuf = smem + 2 * E;
   u8* wcnt = reinterpret_cast<u8*>(smem + 2 * E + 33);  // (E, 36): pairs of expert e in warp w of a chunk
+  int* srow = smem + 11 * E + 33;                        // the gathered pairs' rows (up to 64 pairs)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const i64 P = M * topk;
   if (tid < E) scount[tid] = 0;
@@ -142,8 +152,8 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   const int toff = block_exclusive_scan(aligned / MOE_BM, sbuf, &tiles_total);
   int wtiles_total = 0, wtoff = 0;
   // Tile sizes round up to 8 rows, so every tile starts at a multiple of 8 (the staged FP16
-  // tokens' 8-row core matrices); (wn-1)·wsize < cnt still holds, as wsize <= 144.
-  const int wn = wg ? (cnt + 143) / 144 : 0, wsize = wn ? ((cnt + wn - 1) / wn + 7) / 8 * 8 : 0;
+  // tokens' 8-row core matrices); (wn-1)·wsize < cnt still holds, as wsize <= MOE_WG_TOK.
+  const int wn = wg ? (cnt + MOE_WG_TOK - 1) / MOE_WG_TOK : 0, wsize = wn ? ((cnt + wn - 1) / wn + 7) / 8 * 8 : 0;
   if (wg) wtoff = block_exclusive_scan(wn, sbuf, &wtiles_total);
   if (tid < E) {
     counts[tid] = cnt;
@@ -184,14 +194,16 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     const int rank = __popc(peers & ((1u << lane) - 1u));
     if (le >= 0 && rank == 0) wcnt[le * 36 + warp] = (u8)__popc(peers);
     __syncthreads();
+    int row = -1;
     if (le >= 0) {
-      const int row = scursor[le] + chunk_rank(wcnt, le, warp, rank);
+      row = scursor[le] + chunk_rank(wcnt, le, warp, rank);
       expert_ids[row] = le;
       row_pair[row] = (int)i;
       inv_perm[i] = row;
     } else if (le == -1) {
       inv_perm[i] = -1;
     }
+    if (a1q_perm && i < P) srow[i] = row;
     int total = 0;
     if (tid < E) {
       const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + tid * 36);
@@ -208,10 +220,10 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     __syncthreads();
   }
   if (a1q_perm) {
-    // inv_perm, written above by this block, is visible after the last barrier. One warp a pair.
+    // The rows, in shared memory, are visible after the last barrier. One warp a pair.
     for (i64 i = warp; i < P; i += ROUTE_THREADS / 32) {
-      const int row = inv_perm[i];
-      if (row >= 0) gather_row(a1q, a1s, i / topk, row, K, a1q_perm, a1s_perm, lane, 32);
+      const int row = srow[i];
+      if (row >= 0) gather_row(a1q, a1s, i / topk, row, K, a1q_perm, a1s_perm, lane, 32, true);
     }
   }
 }
@@ -248,14 +260,15 @@ moe_route_scatter(const int* __restrict__ ids, const int* __restrict__ expert_ma
   }
 }
 
-// Gathers the FP8 row and scales of every real row of the permuted layout; padding rows get
-// zeros. grid.x = the largest possible M_sum, block = 128.
+// Gathers the FP8 row and scales of every real row of the permuted layout (with dec set, in the
+// decode GEMM's byte order, dec_order8); padding rows get zeros. grid.x = the largest possible
+// M_sum, block = 128.
 extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* __restrict__ a1s,
                                        const int* __restrict__ row_pair, const int* __restrict__ offsets,
-                                       i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+                                       i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, i64 dec) {
   pdl_begin();
   const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
-  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, threadIdx.x, blockDim.x);
+  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, threadIdx.x, blockDim.x, dec != 0);
 }
 
 // moe_permute with the bytes of each 128-column chunk of a row reordered for the wgmma GEMM's
