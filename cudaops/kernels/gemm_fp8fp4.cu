@@ -119,18 +119,6 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 #define STREAM_WROW 80   // weight row bytes in the ring: 64 of data, padded for conflict-free reads
 #define STREAM_XROW 160  // token row bytes in the ring: 128 of data, padded likewise
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 struct StreamStage {
   u8 w[16][STREAM_WROW];  // 16 weight rows × 64 bytes (4 blocks of 32 E2M1 values)
   u8 x[8][STREAM_XROW];   // 8 token rows × 128 FP8 values

@@ -95,24 +95,6 @@ extern "C" __global__ void moe_fold_ref(const u8* __restrict__ W, const u8* __re
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void wgf_cp16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
-}
-// cp.async of 16 bytes from gmem + OFF to shared address dst + OFF (one base register each).
-template <int OFF>
-__device__ __forceinline__ void wgf_cp16_at(uint32_t dst, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0+%2], [%1+%2], 16;\n" ::"r"(dst), "l"(gmem), "n"(OFF));
-}
-__device__ __forceinline__ void wgf_cp16_s(uint32_t dst, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
-}
-__device__ __forceinline__ void wgf_cp4_s(uint32_t dst, const void* gmem) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem));
-}
-__device__ __forceinline__ void wgf_cp4(void* smem, const void* gmem) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
-}
-
 // Shared-memory matrix descriptor, no swizzle: start address, leading (K) and stride (N) byte
 // offsets between core matrices, all in 16-byte units.
 __device__ __forceinline__ uint64_t wgf_desc(const void* smem, unsigned lbo, unsigned sbo) {
@@ -260,9 +242,9 @@ __device__ __forceinline__ void wgf_ring_start(i64 G, Issue issue) {
 #pragma unroll
   for (int q = 0; q < WGF_STAGES - 1; q++) {
     if (q < G) issue(q);
-    asm volatile("cp.async.commit_group;\n" ::);
+    cp_async_commit();
   }
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 2));
+  cp_async_wait<WGF_STAGES - 2>();
 }
 
 // The promoting path, in passes of up to WGF_PTOK tokens: each chunk's MMAs into a fresh
@@ -297,12 +279,12 @@ struct WgfPromote {
 #pragma unroll
     for (int k = 0; k < TOKC; k++) {
       const int tok = (tid >> 3) + 32 * k;
-      if (tok < nvalid && tok < NT) wgf_cp16(&s.x[tok * WGF_XROW + 16 * (tid & 7)], xp + (i64)32 * k * A.Kd + q * MOE_GROUP);
+      if (tok < nvalid && tok < NT) cp_async16(&s.x[tok * WGF_XROW + 16 * (tid & 7)], xp + (i64)32 * k * A.Kd + q * MOE_GROUP);
     }
-    wgf_cp16(&s.w[(tid >> 2) * 64 + 16 * (tid & 3)], wp + q * 64);
-    wgf_cp16(&s.w[((tid >> 2) + 64) * 64 + 16 * (tid & 3)], wp + 64 * (A.Kd / 2) + q * 64);
-    if (tid < WGF_ROWS) wgf_cp4(&s.s[tid], sp + 4 * q);
-    else if (xtok < nvalid && xtok < NT) wgf_cp4(&s.xs[xtok], xsp + q);
+    cp_async16(&s.w[(tid >> 2) * 64 + 16 * (tid & 3)], wp + q * 64);
+    cp_async16(&s.w[((tid >> 2) + 64) * 64 + 16 * (tid & 3)], wp + 64 * (A.Kd / 2) + q * 64);
+    if (tid < WGF_ROWS) cp_async4(&s.s[tid], sp + 4 * q);
+    else if (xtok < nvalid && xtok < NT) cp_async4(&s.xs[xtok], xsp + q);
   }
 
   __device__ __forceinline__ void convert(i64 q, const int (&R)[2], uint32_t (&a)[8][4]) const {
@@ -331,11 +313,11 @@ struct WgfPromote {
     __syncthreads();
     auto step = [&](i64 q, uint32_t(&cur)[8][4], uint32_t(&nxt)[8][4]) {
       wgf_chunk<NT>(part, cur, bbuf(q), true);
-      asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 3));
+      cp_async_wait<WGF_STAGES - 3>();
       __syncthreads();  // chunk q+1 has landed; every thread waited for chunk q-1's MMAs
       if (q + 1 < A.G) convert(q + 1, R, nxt);
       if (q + WGF_STAGES - 1 < A.G) issue(q + WGF_STAGES - 1);
-      asm volatile("cp.async.commit_group;\n" ::);
+      cp_async_commit();
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
       wgf_keep(part);
@@ -355,7 +337,7 @@ struct WgfPromote {
       step(q, a0, a1);
       if (q + 1 < A.G) step(q + 1, a1, a0);
     }
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    cp_async_wait<0>();
     wgf_store<NT>(A, row0, nvalid, wrow, t, R, acc, [](int) { return 0; });
   }
 };
@@ -445,9 +427,9 @@ struct WgbFold {
   // and its quad convert, so a __syncwarp after its wait publishes them.
   __device__ __forceinline__ void issue(i64 q) const {
     const uint32_t o = soff(q);
-    wgf_cp16_s(wdst + o, wp + q * 64);
-    wgf_cp16_s(wdst + o + 8 * 64, wp8 + q * 64);
-    if (t < 2) wgf_cp4_s(sdst + o, sp + 4 * q);
+    cp_async16_s(wdst + o, wp + q * 64);
+    cp_async16_s(wdst + o + 8 * 64, wp8 + q * 64);
+    if (t < 2) cp_async4_s(sdst + o, sp + 4 * q);
   }
 
   __device__ __forceinline__ void convert(i64 q, const int (&R)[2], uint32_t (&a)[8][4]) const {
@@ -491,10 +473,10 @@ struct WgbFold {
       wgf_keep(nxt);
       if (q >= 1 && (tid & 31) == 0) wgb_bar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
       if (tid == 0 && q + 2 < A.G) tokens(q + 2);
-      asm volatile("cp.async.wait_group %0;\n" ::"n"(WGF_STAGES - 3));  // this thread's chunk q+1
+      cp_async_wait<WGF_STAGES - 3>();  // this thread's chunk q+1
       __syncwarp();
       if (q + WGF_STAGES - 1 < A.G) issue(q + WGF_STAGES - 1);  // the weights of chunk q-1's stage
-      asm volatile("cp.async.commit_group;\n" ::);
+      cp_async_commit();
       if (q + 1 < A.G) convert(q + 1, R, nxt);
     };
     for (i64 q = 0; q < A.G; q += 2) {
@@ -505,7 +487,7 @@ struct WgbFold {
     wgf_keep(acc);
     wgf_keep(a0);
     wgf_keep(a1);
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    cp_async_wait<0>();
     wgf_store<NT>(A, row0, nvalid, wrow, t, R, acc, [&](int col) { return tref[col] - 127; });
   }
 };

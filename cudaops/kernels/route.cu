@@ -94,6 +94,19 @@ __device__ __forceinline__ i64 permute_token(const int* __restrict__ row_pair, c
   return -1;
 }
 
+// Records pair i's place: row of local expert le (le >= 0), or no row (le == -1: an id with no
+// local expert); le == -2 (no pair: past the end of the chunk) writes nothing.
+__device__ __forceinline__ void place_pair(int le, int row, i64 i, int* __restrict__ expert_ids, int* __restrict__ row_pair,
+                                           int* __restrict__ inv_perm) {
+  if (le >= 0) {
+    expert_ids[row] = le;
+    row_pair[row] = (int)i;
+    inv_perm[i] = row;
+  } else if (le == -1) {
+    inv_perm[i] = -1;
+  }
+}
+
 // One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints, 36E bytes and 64 ints
 // (the rows of the pairs it gathers: at most 64 pairs with a1q_perm set), E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
@@ -194,15 +207,8 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     const int rank = __popc(peers & ((1u << lane) - 1u));
     if (le >= 0 && rank == 0) wcnt[le * 36 + warp] = (u8)__popc(peers);
     __syncthreads();
-    int row = -1;
-    if (le >= 0) {
-      row = scursor[le] + chunk_rank(wcnt, le, warp, rank);
-      expert_ids[row] = le;
-      row_pair[row] = (int)i;
-      inv_perm[i] = row;
-    } else if (le == -1) {
-      inv_perm[i] = -1;
-    }
+    const int row = le >= 0 ? scursor[le] + chunk_rank(wcnt, le, warp, rank) : -1;
+    place_pair(le, row, i, expert_ids, row_pair, inv_perm);
     if (a1q_perm && i < P) srow[i] = row;
     int total = 0;
     if (tid < E) {
@@ -250,14 +256,7 @@ moe_route_scatter(const int* __restrict__ ids, const int* __restrict__ expert_ma
   __syncthreads();  // wcnt zeroed
   if (le >= 0 && rank == 0) wcnt[le * 36 + warp] = (u8)__popc(peers);
   __syncthreads();
-  if (le >= 0) {
-    const int row = sbase[le] + chunk_rank(wcnt, le, warp, rank);
-    expert_ids[row] = le;
-    row_pair[row] = (int)i;
-    inv_perm[i] = row;
-  } else if (le == -1) {
-    inv_perm[i] = -1;
-  }
+  place_pair(le, le >= 0 ? sbase[le] + chunk_rank(wcnt, le, warp, rank) : -1, i, expert_ids, row_pair, inv_perm);
 }
 
 // Gathers the FP8 row and scales of every real row of the permuted layout (with dec set, in the
