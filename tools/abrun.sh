@@ -3,7 +3,8 @@
 # ../shared/golden) carried: builds every variant's fatbin from its own kernel sources (in
 # parallel), then per variant runs the cudaops tests (TESTRE, default the conformance suite with
 # the golden cases, against-native, decode, wgmma, poison and device-forward tests) and, if they
-# pass, the bench (SHAPES, MS, MIN; CSV per variant under $OUT). Prints one table at the end,
+# pass, the bench (SHAPES, MS, MIN; CSV per variant under $OUT). NOTEST="a b" skips the tests
+# of variants a and b. Prints one table at the end,
 # rows of all variants side by side, and each variant's register report.
 #   MS=1,64,4096 bash tools/abrun.sh main wide
 set -uo pipefail
@@ -22,10 +23,12 @@ for n in "$@"; do
 		/tmp/ab/$n/ptxas.log | sed "s/^/$n /" > "$OUT/reg-$n.txt"
 	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
 	t0=$(date +%s)
+	case " ${NOTEST:-} " in *" $n "*) echo "$n tests skipped (NOTEST)" | tee -a "$OUT/summary.txt"; rc=0 ;; *)
 	(cd cudaops && FP4MOE_GOLDEN=$G timeout 200 /tmp/ab/$n/bin/cudaops.test \
-		-test.run "${TESTRE:-TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward|TestWeightLayout}" > "$OUT/test-$n.log" 2>&1)
+		-test.run "${TESTRE:-TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward|TestWeightLayout}" -test.v > "$OUT/test-$n.log" 2>&1)
 	rc=$?
 	echo "$n tests rc=$rc $(($(date +%s) - t0))s $(grep -E '^(--- FAIL|FAIL|panic)' "$OUT/test-$n.log" | head -3 | tr '\n' ' ')" | tee -a "$OUT/summary.txt"
+	;; esac
 	[ $rc = 0 ] || continue
 	# SM clock, power and temperature every 200 ms while the bench runs (sustained tensor load
 	# may lower the clock).
@@ -43,3 +46,5 @@ for n in "$@"; do
 done | sort -k2,2 -k3,3 -s | tee -a "$OUT/summary.txt"
 cat "$OUT"/reg-*.txt | grep -E "gemm|spill" | cut -c1-120
 (cd "$OUT" && tar czf logs.tgz --remove-files test-*.log bench-*.log clk-*.log reg-*.txt)
+# Each variant's fatbin and manifest (to commit the winner's without rebuilding it).
+(cd /tmp/ab && tar czf "$OUT/fatbins.tgz" $(for n in "$@"; do [ -f $n/moe.fatbin ] && echo $n/moe.fatbin $n/manifest.txt; done))
