@@ -216,7 +216,7 @@ func TestDecodeScales(t *testing.T) {
 // against native and twice (bitwise the same).
 func TestDecodeSplits(t *testing.T) {
 	seen := map[int]bool{}
-	for _, m := range []int{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64} {
+	for _, m := range []int{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256} {
 		s := conformance.Spec{M: m, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 31}
 		c := conformance.Generate(s)
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)

@@ -226,10 +226,30 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     __syncthreads();
   }
   if (a1q_perm) {
-    // The rows, in shared memory, are visible after the last barrier. One warp a pair.
-    for (i64 i = warp; i < P; i += ROUTE_THREADS / 32) {
-      const int row = srow[i];
-      if (row >= 0) gather_row(a1q, a1s, i / topk, row, K, a1q_perm, a1s_perm, lane, 32, true);
+    // The rows, in shared memory, are visible after the last barrier. The pairs' 16-byte pieces
+    // and scales spread over all threads (a thread's loads issued before its stores), so that
+    // the copy takes one memory round trip or a few, not one per piece of a pair.
+    const int pieces = (int)(K / 16), G = (int)(K / MOE_GROUP), n = (int)P * pieces;
+    for (int b = tid; b < n; b += 4 * ROUTE_THREADS) {
+      uint4 v[4];
+      int dst[4];
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        const int idx = b + u * ROUTE_THREADS, i = idx / pieces, j = idx - i * pieces;
+        const int row = idx < n ? srow[i] : -1;
+        dst[u] = row >= 0 ? row * pieces + j : -1;
+        if (row >= 0) v[u] = reinterpret_cast<const uint4*>(a1q + (i64)(i / (int)topk) * K)[j];
+      }
+#pragma unroll
+      for (int u = 0; u < 4; u++)
+        if (dst[u] >= 0) {
+          const uint2 lo = dec_order8(v[u].x, v[u].y), hi = dec_order8(v[u].z, v[u].w);
+          reinterpret_cast<uint4*>(a1q_perm)[dst[u]] = make_uint4(lo.x, lo.y, hi.x, hi.y);
+        }
+    }
+    for (int idx = tid; idx < (int)P * G; idx += ROUTE_THREADS) {
+      const int i = idx / G, g = idx - i * G, row = srow[i];
+      if (row >= 0) a1s_perm[(i64)row * G + g] = a1s[(i64)(i / (int)topk) * G + g];
     }
   }
 }
