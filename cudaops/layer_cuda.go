@@ -41,14 +41,16 @@ const (
 	decSmem   = decWarps*3*(16*80+8*160+16*4+8*4) + decWarps*4*32*4
 )
 
-// decSplit returns how many warps share each 16 weight rows of the streaming GEMM for n rows
-// and a bound of tiles: the largest of 4, 2, 1 whose grid fits on the device in two waves, else
-// 1. (Two waves of warps with half the groups each beat one wave: GPT-OSS M = 1 43.7 -> 40.5 µs,
-// DeepSeek-V3 108.8 -> 97.3 on an H200, docs/perf.md.)
-func (l *Layer) decSplit(n int64, tiles int) int {
-	units := int(n/16) * tiles
+// decSplit returns how many warps share each 16 weight rows of the streaming GEMM for n rows of
+// kd columns and a bound of tiles: the largest of 4, 2 whose grid fits on the device in one
+// wave, or in two waves while each warp still has at least 4 of the kd/128 column groups, else 1.
+// (Two waves of warps with half the groups each beat one wave: GPT-OSS M = 1 43.7 -> 40.5 µs,
+// DeepSeek-V3 108.8 -> 97.3 on an H200; with 1-2 groups a warp, Qwen3's GEMM2, they lost,
+// docs/perf.md.)
+func (l *Layer) decSplit(n, kd int64, tiles int) int {
+	units, wave, groups := int(n/16)*tiles, decBlocks*l.dev.SMs, int(kd/128)
 	for _, s := range []int{4, 2} {
-		if units*s/decWarps <= 2*decBlocks*l.dev.SMs {
+		if blocks := units * s / decWarps; blocks <= wave || (blocks <= 2*wave && groups >= 4*s) {
 			return s
 		}
 	}
@@ -571,7 +573,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64) error {
 		switch kernel {
 		case GEMMDecode:
-			split := l.decSplit(n, tiles)
+			split := l.decSplit(n, kd, tiles)
 			return launch(f.gemmDec, dim3{int(n) * split / (16 * decWarps), tiles, 1}, dim3{32 * decWarps, 1, 1}, decSmem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales))

@@ -216,17 +216,19 @@ func TestDecodeScales(t *testing.T) {
 // against native and twice (bitwise the same).
 func TestDecodeSplits(t *testing.T) {
 	seen := map[int]bool{}
+	s := conformance.Spec{M: 1, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 31}
+	probe := conformance.Generate(s)
+	pl := kernelLayer(t, &probe.Weights, probe.Config, GEMMDecode) // for the split of each M
 	for _, m := range []int{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256} {
-		s := conformance.Spec{M: m, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 31}
-		c := conformance.Generate(s)
-		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
-		_, tiles := l.bounds(m * s.TopK)
-		split := l.decSplit(int64(2*s.I), tiles)
+		_, tiles := pl.bounds(m * s.TopK)
+		split := pl.decSplit(int64(2*s.I), int64(s.K), tiles)
 		if seen[split] {
-			l.Close()
 			continue
 		}
 		seen[split] = true
+		s.M = m
+		c := conformance.Generate(s)
+		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 		l.Close()
 		want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
