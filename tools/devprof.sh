@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Profiles on the GPU machine (devbin/bins.tgz carried, tools/devbin.sh): the stage breakdown at
 # decode and prefill sizes, per-kernel device times of GPT-OSS forwards at M = 1 and 4096 (ncu),
-# and source-level warp-state samples of one GEMM kernel (GEMM1 of GPT-OSS M = 4096) for
-# tools/ncu_stalls.py. Uses the binaries' embedded kernels unless FP4MOE_FATBIN is set.
+# source-level warp-state samples of one GEMM kernel (GEMM1 of GPT-OSS M = 4096) for
+# tools/ncu_stalls.py, and that kernel's throughputs (L2, DRAM, tensor pipe). Uses the binaries'
+# embedded kernels unless FP4MOE_FATBIN is set.
 #   bash tools/devprof.sh [KERNEL]    # KERNEL: the kernel to sample, moe_gemm_wgb by default
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -19,5 +20,12 @@ timeout 240 ncu --clock-control none --kernel-name "${1:-moe_gemm_wgb}" --launch
 	--section SourceCounters --section WarpStateStats --section SchedulerStats --page source --print-source sass --csv \
 	$F bench --shapes gptoss120b --m 4096 --routing uniform --min-time 1ms > "$OUT/ncu_src.csv" 2>&1
 gzip -f "$OUT/ncu_src.csv"
+# Throughputs of that kernel against the device's peaks (speed of light, memory workload: L2 and
+# DRAM bytes, tensor pipe), to tell whether it is bound by L2 (the staged tokens are read by
+# every block of a tile) or by issue.
+timeout 120 ncu --clock-control none --kernel-name "${1:-moe_gemm_wgb}" --launch-skip 4 --launch-count 1 \
+	--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+	$F bench --shapes gptoss120b --m 4096 --routing uniform --min-time 1ms > "$OUT/ncu_sol.txt" 2>&1
 cat "$OUT/stages.txt"
+grep -E "Throughput|Busy|Pipe|Hit Rate|Bandwidth|Duration" "$OUT/ncu_sol.txt" | head -40
 for m in 1 4096; do echo "== ncu M=$m"; grep -E '"gpu__time_duration.sum"' "$OUT/ncu_times_m$m.csv" | awk -F'","' '{print $5, $NF}' | tr -d '"' | cut -c1-80; done
