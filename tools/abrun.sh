@@ -9,12 +9,13 @@
 #   MS=1,64,4096 bash tools/abrun.sh main wide
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
+AB=${AB:-.devicework/ab} # the staged variants (tools/abstage.sh; AB there too)
 G=$PWD/.devicework/golden
 mkdir -p "$OUT"
 echo "card: $(nvidia-smi --query-gpu=name --format=csv,noheader)"
 for n in "$@"; do
-	mkdir -p /tmp/ab/$n/bin && tar xJf .devicework/ab/$n/bin.txz -C /tmp/ab/$n/bin
-	(cd .devicework/ab/$n/kernels && bash build.sh /tmp/ab/$n > /dev/null 2>&1 || echo "build $n failed") &
+	mkdir -p /tmp/ab/$n/bin && tar xJf $AB/$n/bin.txz -C /tmp/ab/$n/bin
+	(cd $AB/$n/kernels && bash build.sh /tmp/ab/$n > /dev/null 2>&1 || echo "build $n failed") &
 done
 wait
 : > "$OUT/summary.txt"

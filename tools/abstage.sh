@@ -2,7 +2,8 @@
 # Stages kernel/host variants for an A/B on the GPU machine: for each NAME=REF (a git ref, or
 # "work" for the working tree) builds cudaops.test and fp4moe (-tags cudaops) from that tree and
 # copies its kernel sources, into .devicework/ab/NAME/{bin.txz,kernels/} (ignored; carry
-# .devicework/ab). Then on the GPU machine: bash tools/abrun.sh NAME...
+# .devicework/ab; AB=dir stages elsewhere, e.g. to keep two sets under the carry limit). Then on
+# the GPU machine: bash tools/abrun.sh NAME... (with the same AB).
 #   bash tools/abstage.sh main=main wide=next/wide-tiles mine=work
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ for spec in "$@"; do
 		src=$(mktemp -d)/tree
 		git worktree add -f -q --detach "$src" "$ref"
 	fi
-	d=$root/.devicework/ab/$name
+	d=$root/${AB:-.devicework/ab}/$name
 	rm -rf "$d" && mkdir -p "$d/bin"
 	(cd "$src" && go test -c -tags cudaops -ldflags='-s -w' -o "$d/bin/cudaops.test" ./cudaops &&
 		go build -tags cudaops -ldflags='-s -w' -o "$d/bin/fp4moe" ./cmd/fp4moe &&
