@@ -61,22 +61,15 @@ __device__ __forceinline__ int chunk_rank(const u8* wcnt, int le, int warp, int 
   return before + rank;
 }
 
-// Copies token t's FP8 row (K bytes, as K/16 16-byte pieces) and its K/128 scales into
-// permuted row r, the pieces and scales from j0 in steps of dj (the caller's threads).
+// Copies token t's FP8 row (K bytes, as K/16 16-byte pieces, with dec in the decode GEMM's byte
+// order) and its K/128 scales into permuted row r, over the block's threads.
 __device__ __forceinline__ void gather_row(const u8* __restrict__ a1q, const float* __restrict__ a1s, i64 t, i64 r, i64 K,
-                                           u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, int j0, int dj, bool dec) {
+                                           u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, bool dec) {
   const uint4* src = reinterpret_cast<const uint4*>(a1q + t * K);
   uint4* dst = reinterpret_cast<uint4*>(a1q_perm + r * K);
-  for (i64 j = j0; j < K / 16; j += dj) {
-    uint4 v = src[j];
-    if (dec) {
-      const uint2 a = dec_order8(v.x, v.y), b = dec_order8(v.z, v.w);
-      v = make_uint4(a.x, a.y, b.x, b.y);
-    }
-    dst[j] = v;
-  }
+  for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = dec ? dec_order16(src[j]) : src[j];
   const i64 G = K / MOE_GROUP;
-  for (i64 g = j0; g < G; g += dj) a1s_perm[r * G + g] = a1s[t * G + g];
+  for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = a1s[t * G + g];
 }
 
 // The token of permuted row r (blockIdx.x), or -1 for a row past offsets[E] or a padding row,
@@ -324,10 +317,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     }
 #pragma unroll
     for (int u = 0; u < 4; u++)
-      if (dst[u] >= 0) {
-        const uint2 lo = dec_order8(v[u].x, v[u].y), hi = dec_order8(v[u].z, v[u].w);
-        reinterpret_cast<uint4*>(a1q_perm)[dst[u]] = make_uint4(lo.x, lo.y, hi.x, hi.y);
-      }
+      if (dst[u] >= 0) reinterpret_cast<uint4*>(a1q_perm)[dst[u]] = dec_order16(v[u]);
   }
   for (int idx = tid; idx < P * G; idx += ROUTE_SMALL_THREADS) {
     const int i = idx / G, g = idx - i * G, row = srow[i];
@@ -368,7 +358,7 @@ extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* 
                                        i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, i64 dec) {
   pdl_begin();
   const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
-  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, threadIdx.x, blockDim.x, dec != 0);
+  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, dec != 0);
 }
 
 // moe_permute with the bytes of each 128-column chunk of a row reordered for the wgmma GEMM's
