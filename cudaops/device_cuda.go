@@ -36,7 +36,7 @@ type Device struct {
 
 // kernels are the module's functions.
 type kernels struct {
-	prepare, route, routeScatter, permute, permuteWG, gemm, gemmDec, gemmWgb, gemmWgp, wgTiles, wgStage, foldRef, reencode, actQuant, reduce cu.Function
+	prepare, route, routeSmall, routeScatter, permute, permuteWG, gemm, gemmDec, gemmWgb, gemmWgp, wgTiles, wgStage, foldRef, reencode, actQuant, reduce cu.Function
 }
 
 var open = sync.OnceValues(func() (*Device, error) {
@@ -85,7 +85,7 @@ var open = sync.OnceValues(func() (*Device, error) {
 		return nil, fmt.Errorf("cudaops: loading the kernels (%s): %v", d.Fatbin, err)
 	}
 	for name, f := range map[string]*cu.Function{
-		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_route_scatter": &d.fn.routeScatter, "moe_permute": &d.fn.permute, "moe_permute_wg": &d.fn.permuteWG,
+		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_route_small": &d.fn.routeSmall, "moe_route_scatter": &d.fn.routeScatter, "moe_permute": &d.fn.permute, "moe_permute_wg": &d.fn.permuteWG,
 		"moe_gemm": &d.fn.gemm, "moe_gemm_dec": &d.fn.gemmDec, "moe_gemm_wgb": &d.fn.gemmWgb, "moe_gemm_wgp": &d.fn.gemmWgp, "moe_wg_tiles": &d.fn.wgTiles, "moe_wg_stage": &d.fn.wgStage, "moe_fold_ref": &d.fn.foldRef, "moe_reencode": &d.fn.reencode,
 		"moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce,
 	} {

@@ -17,9 +17,11 @@ const (
 	segmentRows  = 32   // MOE_BM: row alignment of expert segments and token tile of the GEMMs
 	gemmRows     = 64   // GEMM_ROWS: weight rows per GEMM block
 	routeThreads = 1024 // ROUTE_THREADS
-	maxExperts   = 1024 // local experts the routing kernel handles
-	// fusedPermutePairs: up to this many routed pairs, the routing kernel gathers the rows
-	// itself (decode batches; one block copies them all).
+	// ROUTE_SMALL_THREADS: the routing kernel of decode batches (up to fusedPermutePairs pairs)
+	routeSmallThreads = 256
+	maxExperts        = 1024 // local experts the routing kernel handles
+	// fusedPermutePairs: up to this many routed pairs (ROUTE_SMALL_PAIRS), the decode batch's
+	// routing kernel (moe_route_small) gathers the rows itself.
 	fusedPermutePairs = 64
 	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
 	scatterPairs = 4096
@@ -532,23 +534,26 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		return err
 	}
 	kernel := l.kernel(P)
-	// Small decode batches: the routing block also gathers the rows (one launch fewer).
+	// Small decode batches: moe_route_small, which also gathers the rows (one launch fewer).
 	fused := kernel == GEMMDecode && P <= fusedPermutePairs
 	// Prefill-sized ones (more than scatterPairs): the routing block counts, and one block per
 	// 1024 pairs places them, so that the scattered stores spread over the SMs.
-	var gather [5]uint64
-	if fused {
-		gather = [5]uint64{u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm)}
-	}
 	spread := P > scatterPairs
 	pre := uint64(0)
 	if spread {
 		pre = u(ws.routePre)
 	}
-	if err := launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E+4*fusedPermutePairs), l.stream,
-		u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
-		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs),
-		u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), gather[0], gather[1], gather[2], gather[3], gather[4], pre); err != nil {
+	meta := []uint64{u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
+		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs)}
+	var err error
+	if fused {
+		err = launch(f.routeSmall, dim3{1, 1, 1}, dim3{routeSmallThreads, 1, 1}, int(8*E), l.stream,
+			append(meta, u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm))...)
+	} else {
+		err = launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E), l.stream,
+			append(meta, u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), pre)...)
+	}
+	if err != nil {
 		return fmt.Errorf("cudaops: route: %w", err)
 	}
 	if spread {

@@ -113,6 +113,11 @@ __device__ __forceinline__ uint32_t e2m1_pair_f16(uint32_t w) {
 __device__ __forceinline__ uint2 dec_order8(uint32_t lo, uint32_t hi) {
   return make_uint2(__byte_perm(lo, hi, 0x5140), __byte_perm(lo, hi, 0x7362));
 }
+// A 16-byte piece (two 8-byte pieces) in the decode GEMM's byte order.
+__device__ __forceinline__ uint4 dec_order16(uint4 v) {
+  const uint2 lo = dec_order8(v.x, v.y), hi = dec_order8(v.z, v.w);
+  return make_uint4(lo.x, lo.y, hi.x, hi.y);
+}
 // The low or high 16 bits of w (two E4M3 codes) as an f16x2, exact.
 __device__ __forceinline__ uint32_t e4m3_lo_f16(uint32_t w) {
   uint32_t h;

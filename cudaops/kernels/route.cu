@@ -61,22 +61,15 @@ __device__ __forceinline__ int chunk_rank(const u8* wcnt, int le, int warp, int 
   return before + rank;
 }
 
-// Copies token t's FP8 row (K bytes, as K/16 16-byte pieces) and its K/128 scales into
-// permuted row r, the pieces and scales from j0 in steps of dj (the caller's threads).
+// Copies token t's FP8 row (K bytes, as K/16 16-byte pieces, with dec in the decode GEMM's byte
+// order) and its K/128 scales into permuted row r, over the block's threads.
 __device__ __forceinline__ void gather_row(const u8* __restrict__ a1q, const float* __restrict__ a1s, i64 t, i64 r, i64 K,
-                                           u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, int j0, int dj, bool dec) {
+                                           u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, bool dec) {
   const uint4* src = reinterpret_cast<const uint4*>(a1q + t * K);
   uint4* dst = reinterpret_cast<uint4*>(a1q_perm + r * K);
-  for (i64 j = j0; j < K / 16; j += dj) {
-    uint4 v = src[j];
-    if (dec) {
-      const uint2 a = dec_order8(v.x, v.y), b = dec_order8(v.z, v.w);
-      v = make_uint4(a.x, a.y, b.x, b.y);
-    }
-    dst[j] = v;
-  }
+  for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = dec ? dec_order16(src[j]) : src[j];
   const i64 G = K / MOE_GROUP;
-  for (i64 g = j0; g < G; g += dj) a1s_perm[r * G + g] = a1s[t * G + g];
+  for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = a1s[t * G + g];
 }
 
 // The token of permuted row r (blockIdx.x), or -1 for a row past offsets[E] or a padding row,
@@ -107,16 +100,12 @@ __device__ __forceinline__ void place_pair(int le, int row, i64 i, int* __restri
   }
 }
 
-// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints, 36E bytes and 64 ints
-// (the rows of the pairs it gathers: at most 64 pairs with a1q_perm set), E <= 1024.
+// One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 36E bytes, E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
-// up to 8 rows (the last smaller). With a1q_perm set, the block also gathers each routed pair's FP8 row and scales
-// (a1q, a1s: (M, K), (M, K/128)) into its row in the decode GEMM's byte order (the only GEMM
-// that runs then), as moe_permute does for real rows; padding rows
-// are left as they are (no kernel lets them reach a result). For small batches only: one block
-// copies every row. With pre set, the block only counts (and writes into pre, (P/ROUTE_THREADS
+// up to 8 rows (the last smaller). Decode batches of up to 64 pairs take moe_route_small
+// instead. With pre set, the block only counts (and writes into pre, (P/ROUTE_THREADS
 // rounded up) × E ints, each chunk's counts of the chunks before it) and leaves the placing of
 // the pairs to moe_route_scatter.
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
@@ -124,15 +113,13 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
           int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
           int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
           int* __restrict__ ntiles, int* __restrict__ err, int* __restrict__ wtiles, int* __restrict__ nwtiles, i64 wg,
-          const u8* __restrict__ a1q, const float* __restrict__ a1s, i64 K, u8* __restrict__ a1q_perm,
-          float* __restrict__ a1s_perm, int* __restrict__ pre) {
+          int* __restrict__ pre) {
   pdl_begin();
   extern __shared__ int smem[];
   int* scount = smem;
   int* scursor = smem + E;
   int* sbuf = smem + 2 * E;
   u8* wcnt = reinterpret_cast<u8*>(smem + 2 * E + 33);  // (E, 36): pairs of expert e in warp w of a chunk
-  int* srow = smem + 11 * E + 33;                        // the gathered pairs' rows (up to 64 pairs)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const i64 P = M * topk;
   if (tid < E) scount[tid] = 0;
@@ -209,7 +196,6 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     __syncthreads();
     const int row = le >= 0 ? scursor[le] + chunk_rank(wcnt, le, warp, rank) : -1;
     place_pair(le, row, i, expert_ids, row_pair, inv_perm);
-    if (a1q_perm && i < P) srow[i] = row;
     int total = 0;
     if (tid < E) {
       const uint32_t* wc = reinterpret_cast<const uint32_t*>(wcnt + tid * 36);
@@ -225,32 +211,117 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     }
     __syncthreads();
   }
-  if (a1q_perm) {
-    // The rows, in shared memory, are visible after the last barrier. The pairs' 16-byte pieces
-    // and scales spread over all threads (a thread's loads issued before its stores), so that
-    // the copy takes one memory round trip or a few, not one per piece of a pair.
-    const int pieces = (int)(K / 16), G = (int)(K / MOE_GROUP), n = (int)P * pieces;
-    for (int b = tid; b < n; b += 4 * ROUTE_THREADS) {
-      uint4 v[4];
-      int dst[4];
+}
+
+#define ROUTE_SMALL_THREADS 256
+#define ROUTE_SMALL_PAIRS 64
+
+// Routing of decode batches (P = M·topk <= 64 pairs, E <= 1024) in one block of
+// ROUTE_SMALL_THREADS threads, with the gather of the rows: the same results as moe_route
+// (counts, offsets, the MOE_BM-row tile list, expert_ids, row_pair, inv_perm, *err; no wgmma tiles)
+// plus moe_permute's rows and scales (a1q, a1s: (M, K), (M, K/128)) in the decode GEMM's byte
+// order (dec_order8), with three block barriers: one thread a pair (its rank among the earlier
+// pairs of its expert by a scan of the pairs in shared memory), warp 0 the segment offsets and
+// tiles (each lane a run of consecutive experts), while the other warps mark every row of the
+// layout's bound (P + min(P, E)·31, rounded up to MOE_BM) as padding; then every thread gathers.
+// Dynamic shared memory 8E bytes.
+extern "C" __global__ void __launch_bounds__(ROUTE_SMALL_THREADS, 1)
+moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
+                int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
+                int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
+                int* __restrict__ ntiles, int* __restrict__ err, const u8* __restrict__ a1q, const float* __restrict__ a1s,
+                i64 K, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+  pdl_begin();
+  extern __shared__ int smem[];
+  int* scount = smem;      // pairs per local expert
+  int* soff = smem + E;    // segment offsets
+  __shared__ int sle[ROUTE_SMALL_PAIRS], srow[ROUTE_SMALL_PAIRS];
+  const int tid = threadIdx.x, lane = tid % 32, ne = (int)E, P = (int)(M * topk);
+  for (int e = tid; e < ne; e += ROUTE_SMALL_THREADS) scount[e] = 0;
+  // Pair tid's local expert: -1 for an id of -1, an id without a local expert, or an invalid id
+  // (outside [-1, Eg): counted in *err).
+  int le = -2;
+  bool bad = false;
+  if (tid < P) {
+    const int id = ids[tid];
+    bad = id < -1 || id >= Eg;
+    le = bad || id < 0 ? -1 : (expert_map ? expert_map[id] : id);
+  }
+  __syncthreads();  // scount zeroed
+  if (tid < P) {
+    sle[tid] = le;
+    if (le >= 0) atomicAdd(&scount[le], 1);
+  }
+  const int nbad = __syncthreads_count(bad);  // also: the counts and sle
+  if (tid < 32) {
+    // Lane l: experts l·per ... (l+1)·per - 1. Rows are MOE_BM times the tiles before.
+    const int per = (ne + 31) / 32, e0 = lane * per;
+    int mine = 0;
+    for (int k = 0; k < per; k++)
+      if (e0 + k < ne) mine += (scount[e0 + k] + MOE_BM - 1) / MOE_BM;
+    int incl = mine;
 #pragma unroll
-      for (int u = 0; u < 4; u++) {
-        const int idx = b + u * ROUTE_THREADS, i = idx / pieces, j = idx - i * pieces;
-        const int row = idx < n ? srow[i] : -1;
-        dst[u] = row >= 0 ? row * pieces + j : -1;
-        if (row >= 0) v[u] = reinterpret_cast<const uint4*>(a1q + (i64)(i / (int)topk) * K)[j];
+    for (int o = 1; o < 32; o <<= 1) {
+      const int n = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += n;
+    }
+    int t = incl - mine;
+    for (int k = 0; k < per; k++) {
+      const int e = e0 + k;
+      if (e >= ne) break;
+      const int c = scount[e], nt = (c + MOE_BM - 1) / MOE_BM;
+      counts[e] = c;
+      offsets[e] = soff[e] = t * MOE_BM;
+      for (int j = 0; j < nt; j++) {
+        tiles[2 * (t + j)] = e;
+        tiles[2 * (t + j) + 1] = (t + j) * MOE_BM;
       }
+      t += nt;
+    }
+    if (lane == 31) {
+      offsets[E] = incl * MOE_BM;
+      *ntiles = incl;
+      *err = nbad;
+    }
+  } else {
+    const int bound = (P + min(P, ne) * (MOE_BM - 1) + MOE_BM - 1) / MOE_BM * MOE_BM;
+    for (int r = tid - 32; r < bound; r += ROUTE_SMALL_THREADS - 32) {
+      expert_ids[r] = -1;
+      row_pair[r] = -1;
+    }
+  }
+  __syncthreads();  // soff, and the padding marks before the real rows' entries
+  if (tid < P) {
+    int row = -1;
+    if (le >= 0) {
+      int rank = 0;
+      for (int j = 0; j < tid; j++) rank += sle[j] == le;
+      row = soff[le] + rank;
+    }
+    place_pair(le, row, tid, expert_ids, row_pair, inv_perm);
+    srow[tid] = row;
+  }
+  __syncthreads();  // srow
+  // The pairs' 16-byte pieces and scales spread over all threads (a thread's loads issued before
+  // its stores), so that the copy takes one memory round trip or a few.
+  const int pieces = (int)(K / 16), G = (int)(K / MOE_GROUP), n = P * pieces;
+  for (int b = tid; b < n; b += 4 * ROUTE_SMALL_THREADS) {
+    uint4 v[4];
+    int dst[4];
 #pragma unroll
-      for (int u = 0; u < 4; u++)
-        if (dst[u] >= 0) {
-          const uint2 lo = dec_order8(v[u].x, v[u].y), hi = dec_order8(v[u].z, v[u].w);
-          reinterpret_cast<uint4*>(a1q_perm)[dst[u]] = make_uint4(lo.x, lo.y, hi.x, hi.y);
-        }
+    for (int u = 0; u < 4; u++) {
+      const int idx = b + u * ROUTE_SMALL_THREADS, i = idx / pieces, j = idx - i * pieces;
+      const int row = idx < n ? srow[i] : -1;
+      dst[u] = row >= 0 ? row * pieces + j : -1;
+      if (row >= 0) v[u] = reinterpret_cast<const uint4*>(a1q + (i64)(i / (int)topk) * K)[j];
     }
-    for (int idx = tid; idx < (int)P * G; idx += ROUTE_THREADS) {
-      const int i = idx / G, g = idx - i * G, row = srow[i];
-      if (row >= 0) a1s_perm[(i64)row * G + g] = a1s[(i64)(i / (int)topk) * G + g];
-    }
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+      if (dst[u] >= 0) reinterpret_cast<uint4*>(a1q_perm)[dst[u]] = dec_order16(v[u]);
+  }
+  for (int idx = tid; idx < P * G; idx += ROUTE_SMALL_THREADS) {
+    const int i = idx / G, g = idx - i * G, row = srow[i];
+    if (row >= 0) a1s_perm[(i64)row * G + g] = a1s[(i64)(i / (int)topk) * G + g];
   }
 }
 
@@ -287,7 +358,7 @@ extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* 
                                        i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, i64 dec) {
   pdl_begin();
   const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
-  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, threadIdx.x, blockDim.x, dec != 0);
+  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, dec != 0);
 }
 
 // moe_permute with the bytes of each 128-column chunk of a row reordered for the wgmma GEMM's
