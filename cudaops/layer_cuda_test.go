@@ -106,6 +106,10 @@ func TestWgmma(t *testing.T) {
 		{M: 97, K: 256, I: 128, E: 16, TopK: 4, GlobalExperts: 20, NegIDs: 0.1, Dup: true, Seed: 13},
 		// ~350 rows per expert: split into three tiles
 		{M: 700, K: 256, I: 256, E: 2, TopK: 1, Activation: moe.SwiGLUStep, Seed: 15},
+		// Rings that wrap (every stage waited free before it is refilled): I of 6 chunks into
+		// GEMM2's 5 blocks of 128 rows (an odd number, as GPT-OSS's 23), then K of 8 chunks.
+		{M: 300, K: 640, I: 768, E: 4, TopK: 2, Activation: moe.SwiGLUOAI, Bias: true, Seed: 17},
+		{M: 200, K: 1024, I: 256, E: 2, TopK: 2, Seed: 18},
 	} {
 		c := conformance.Generate(s)
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMWgmma)
