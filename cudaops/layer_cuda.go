@@ -23,6 +23,9 @@ const (
 	// fusedPermutePairs: up to this many routed pairs (ROUTE_SMALL_PAIRS), the decode batch's
 	// routing kernel (moe_route_small) gathers the rows itself.
 	fusedPermutePairs = 64
+	// fusedPermuteBytes: and only while the rows it gathers are at most this many bytes (its one
+	// block of 256 threads gathers slower than moe_permute's grid beyond that).
+	fusedPermuteBytes = 64 << 10
 	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
 	scatterPairs = 4096
 	wgfRows      = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
@@ -535,7 +538,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	kernel := l.kernel(P)
 	// Small decode batches: moe_route_small, which also gathers the rows (one launch fewer).
-	fused := kernel == GEMMDecode && P <= fusedPermutePairs
+	fused := kernel == GEMMDecode && P <= fusedPermutePairs && int64(P)*K <= fusedPermuteBytes
 	// Prefill-sized ones (more than scatterPairs): the routing block counts, and one block per
 	// 1024 pairs places them, so that the scattered stores spread over the SMs.
 	spread := P > scatterPairs
