@@ -17,7 +17,8 @@ const (
 	segmentRows  = 32   // MOE_BM: row alignment of expert segments and token tile of the GEMMs
 	gemmRows     = 64   // GEMM_ROWS: weight rows per GEMM block
 	routeThreads = 1024 // ROUTE_THREADS
-	// ROUTE_SMALL_THREADS: the routing kernel of decode batches (up to fusedPermutePairs pairs)
+	// ROUTE_SMALL_THREADS: the routing kernel of small decode batches (fusedPermutePairs and
+	// fusedPermuteBytes bound them)
 	routeSmallThreads = 256
 	maxExperts        = 1024 // local experts the routing kernel handles
 	// fusedPermutePairs: up to this many routed pairs (ROUTE_SMALL_PAIRS), the decode batch's
