@@ -202,13 +202,45 @@ __device__ __forceinline__ void wgf_expand(const uint4& v, uint32_t m, u8* d) {
 }
 
 // Stores acc · 2^(R - 127 + ts(col)) plus the bias for the real tokens. Thread (g, t) holds
-// rows wrow, wrow+8 and tokens 8i + 2t, 8i + 2t + 1.
+// rows wrow, wrow+8 and tokens 8i + 2t, 8i + 2t + 1. While every power of two this thread
+// applies is a normal float (the usual case: the weights' and tokens' reference exponents lie
+// near 127), the scale is one multiply by it, which rounds the exact product once, as ldexpf
+// does; else ldexpf. The multiply and the bias's add stay two roundings (__fmul_rn is never
+// fused into an FMA).
 template <int NT, class TS>
 __device__ __forceinline__ void wgf_store(const WgfArgs& A, int row0, int nvalid, int wrow, int t, const int (&R)[2],
                                           const float (&acc)[NT / 2], TS ts) {
   const float b0 = A.bias ? A.bias[A.wrow0 + wrow] : 0.f;
   const float b1 = A.bias ? A.bias[A.wrow0 + wrow + 8] : 0.f;
   const i64 n = A.wrow0 - (i64)A.e * A.N + wrow;  // this thread's first row within the expert
+  int lo = 0, hi = 0;  // the range of ts over this thread's real tokens
+#pragma unroll
+  for (int i = 0; i < NT / 8; i++)
+#pragma unroll
+    for (int c = 0; c < 2; c++) {
+      const int col = 8 * i + 2 * t + c;
+      if (col < nvalid) {
+        const int x = ts(col);
+        lo = min(lo, x), hi = max(hi, x);
+      }
+    }
+  const int rlo = min(R[0], R[1]) - 127, rhi = max(R[0], R[1]) - 127;
+  if (rlo + lo >= -126 && rhi + hi <= 127) {
+#pragma unroll
+    for (int i = 0; i < NT / 8; i++) {
+#pragma unroll
+      for (int c = 0; c < 2; c++) {
+        const int col = 8 * i + 2 * t + c;
+        if (col < nvalid) {
+          const int x = ts(col);
+          float* o = A.out + (i64)(row0 + col) * A.N + n;
+          o[0] = __fadd_rn(__fmul_rn(acc[4 * i + c], __int_as_float((R[0] + x) << 23)), b0);
+          o[8] = __fadd_rn(__fmul_rn(acc[4 * i + 2 + c], __int_as_float((R[1] + x) << 23)), b1);
+        }
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int i = 0; i < NT / 8; i++) {
 #pragma unroll
@@ -452,7 +484,12 @@ struct WgbFold {
   // q-1's tokens are free: each warp's lane 0 arrives on that stage's EMPTY); thread 0 brings
   // chunk q+2's tokens; this thread's chunk q+1 weights landed (__syncwarp for the quad's
   // scales); copies of chunk q+3's weights; chunk q+1's conversion.
-  __device__ __forceinline__ void run(const int (&R)[2], const int* tref) const {
+  //
+  // The start: thread 0 (which initialised the mbarriers) brings chunks 0 and 1's tokens, every
+  // thread its weights of chunks 0 .. WGF_STAGES-2, and while those are in flight the block
+  // copies the tile's token exponents (trow) into tref; one block barrier publishes tref and
+  // the mbarriers' initialisation to every thread.
+  __device__ __forceinline__ void run(const int (&R)[2], int* tref, const int* trow) const {
     float acc[NA];
 #pragma unroll
     for (int i = 0; i < NA; i++) acc[i] = 0.f;
@@ -461,7 +498,14 @@ struct WgbFold {
       tokens(0);
       if (A.G > 1) tokens(1);
     }
-    wgf_ring_start(A.G, [&](int q) { issue(q); });
+#pragma unroll
+    for (int q = 0; q < WGF_STAGES - 1; q++) {
+      if (q < A.G) issue(q);
+      cp_async_commit();
+    }
+    for (int i = tid; i < nvalid; i += 256) tref[i] = trow[row0 + i];
+    __syncthreads();
+    cp_async_wait<WGF_STAGES - 2>();
     __syncwarp();
     convert(0, R, a0);
     auto step = [&](i64 q, uint32_t(&cur)[8][4], uint32_t(&nxt)[8][4]) {
@@ -618,20 +662,21 @@ moe_gemm_wgb(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) u8 wgf_smem[];
   __shared__ int tref[WGF_TOK];
-  if ((int)blockIdx.y >= *ntiles || !flags[blockIdx.y]) return;
-  const int e = tiles[3 * blockIdx.y], row0 = tiles[3 * blockIdx.y + 1], nvalid = tiles[3 * blockIdx.y + 2];
+  // The tile's entries load together (tiles and flags hold an entry for every block row of the
+  // grid, so the loads stay in bounds before the check).
+  const int by = blockIdx.y, count = *ntiles, fl = flags[by];
+  const int e = tiles[3 * by], row0 = tiles[3 * by + 1], nvalid = tiles[3 * by + 2];
+  if (by >= count || !fl) return;
   const int tid = threadIdx.x;
   const WgfArgs args{W, Ws, ref, nullptr, nullptr, bias, out, N, Kd, Kd / MOE_GROUP, (i64)e * N + (i64)blockIdx.x * WGF_ROWS, e};
   const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
   const int R[2] = {ref[args.wrow0 + wrow], ref[args.wrow0 + wrow + 8]};
-  for (int i = tid; i < nvalid; i += 256) tref[i] = trow[row0 + i];
-  if (tid < 2 * WGF_STAGES) {
+  if (tid == 0) {  // FULL: thread 0's arrival; EMPTY: one per warp. Thread 0 starts the token copies.
     const uint32_t bars = (uint32_t)__cvta_generic_to_shared(wgf_smem + WGF_STAGES * sizeof(WgbStage));
-    wgb_bar_init(bars + 8 * tid, tid < WGF_STAGES ? 1 : 8);  // FULL: thread 0's arrival; EMPTY: one per warp
+    for (int b = 0; b < 2 * WGF_STAGES; b++) wgb_bar_init(bars + 8 * b, b < WGF_STAGES ? 1 : 8);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  __syncthreads();  // the barriers and the tile's reference exponents
-#define WGB_FOLD(nt) WgbFold<nt>(args, wgf_smem, xb, cstride, row0, nvalid).run(R, tref)
+#define WGB_FOLD(nt) WgbFold<nt>(args, wgf_smem, xb, cstride, row0, nvalid).run(R, tref, trow)
   if (nvalid <= 16) WGB_FOLD(16);
   else if (nvalid <= 32) WGB_FOLD(32);
   else if (nvalid <= 48) WGB_FOLD(48);
