@@ -20,7 +20,7 @@ done
 wait
 : > "$OUT/summary.txt"
 for n in "$@"; do
-	awk '/Compiling entry function/ { f = $7; a = $9 } /Used [0-9]+ registers/ { if (a ~ /sm_90a/) print f, $5, $6 } /spill/ { if ($0 !~ / 0 bytes spill/) print "  " $0 }' \
+	awk '/Compiling entry function/ { f = $7; a = $9 } /Used [0-9]+ registers/ { if (a ~ /sm_90a/) print f, $5, $6 } /spill/ { if ($0 !~ / 0 bytes spill/) print "  " $0 } /C7513|serializ/ { print "  " $0 }' \
 		/tmp/ab/$n/ptxas.log | sed "s/^/$n /" > "$OUT/reg-$n.txt"
 	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
 	t0=$(date +%s)
