@@ -3,7 +3,8 @@
 # machine: the local nvcc writes PTX (its front end is older than the GPU machine's 13.0), the
 # header is raised to sm_90a, and a newer ptxas (PTXAS, e.g. CUDA 12.4's from Debian trixie's
 # nvidia-cuda-toolkit package, extracted) assembles it. Counts differ from nvcc 13.0's by a few
-# registers; spills and wgmma serialisation warnings are what to look for.
+# registers; spills and ptxas's performance warnings (C75xx: wgmma serialised, setmaxnreg
+# ignored) are what to look for.
 #   PTXAS=/tmp/c124/root/usr/bin/ptxas bash tools/localptxas.sh [BRANCH] [KERNEL-REGEX]
 set -euo pipefail
 PTXAS=${PTXAS:-ptxas}
@@ -12,5 +13,5 @@ if [ -n "${1:-}" ]; then git archive "$1" cudaops/kernels | tar x -C "$d"; src=$
 nvcc -ptx -arch=sm_90 -std=c++17 -O3 -D__CUDA_ARCH_FEAT_SM90_ALL -o "$d/k.ptx" "$src/moe.cu"
 sed -e 's/^\.version .*/.version 8.4/' -e 's/^\.target sm_90$/.target sm_90a/' "$d/k.ptx" > "$d/k90a.ptx"
 "$PTXAS" -arch=sm_90a -O3 -v "$d/k90a.ptx" -o "$d/k.cubin" 2>&1 |
-	awk -v re="${2:-.}" '/Compiling entry function/ { f = $7; keep = f ~ re } keep && (/Used [0-9]+ registers|spill|arn/) { print f, $0 }' | grep -v " 0 bytes spill stores" || true
+	awk -v re="${2:-.}" '/Compiling entry function/ { f = $7; keep = f ~ re } /C75[0-9][0-9]/ { print } keep && (/Used [0-9]+ registers|spill/) { print f, $0 }' | grep -v " 0 bytes spill stores" || true
 rm -rf "$d"
