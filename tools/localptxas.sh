@@ -6,6 +6,9 @@
 # registers; spills and ptxas's performance warnings (C75xx: wgmma serialised, setmaxnreg
 # ignored) are what to look for.
 #   PTXAS=/tmp/c124/root/usr/bin/ptxas bash tools/localptxas.sh [BRANCH] [KERNEL-REGEX]
+# Getting that ptxas on a Debian 12 machine (trixie's package, unpacked, not installed):
+#   add a trixie source (Suites: trixie, Components: non-free) pinned at priority 50, apt-get update,
+#   cd /tmp/c124 && apt-get download nvidia-cuda-toolkit/trixie && dpkg -x nvidia-cuda-toolkit_*.deb root
 set -euo pipefail
 PTXAS=${PTXAS:-ptxas}
 d=$(mktemp -d)
