@@ -43,17 +43,21 @@ __device__ __forceinline__ uint32_t wg_reorder(uint32_t q, int lane) {
 // per lane and group, both groups' loads issued before either is computed: grid = (P, ceil(I/128
 // / 8)), block = 128 (the block's four warps take groups 8·blockIdx.y + warp and 8·blockIdx.y +
 // warp + 4 of pair blockIdx.x's row, inv_perm[pair]; padding rows get no block). Two memory round
-// trips before the values: the row, then its values together with its expert (for the bias).
+// trips before the values: the row and its expert (for the bias), then its values.
 extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
                                          const int* __restrict__ inv_perm, const float* __restrict__ bias,
                                          u8* __restrict__ a2q, float* __restrict__ a2s, i64 P, i64 I,
                                          i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 order) {
-  pdl_begin();
+  // The pair's row (and its expert) before the wait for the previous kernel: the routing kernel
+  // wrote them at least one kernel earlier (read past L1), so under programmatic launch that
+  // round trip overlaps GEMM1's end.
   const i64 G = I / MOE_GROUP;
   const i64 grp0 = (i64)blockIdx.y * 8 + threadIdx.x / 32;
   if (grp0 >= G) return;
-  const i64 r = inv_perm[blockIdx.x];
+  const i64 r = __ldcg(inv_perm + blockIdx.x);
   if (r < 0) return;  // a pair without a local expert
+  const int e = bias ? __ldcg(expert_ids + r) : 0;
+  pdl_begin();
   const int lane = threadIdx.x % 32;
   const bool two = grp0 + 4 < G;
   const float* hr = h + r * 2 * I + grp0 * MOE_GROUP + 4 * lane;
@@ -64,7 +68,6 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     g4[1] = *reinterpret_cast<const float4*>(hr + 4 * MOE_GROUP);
     u4[1] = *reinterpret_cast<const float4*>(hr + I + 4 * MOE_GROUP);
   }
-  const int e = bias ? expert_ids[r] : 0;
   const float L = (float)limit, A = (float)alpha, B = (float)beta;
 #pragma unroll
   for (int k = 0; k < 2; k++) {

@@ -146,7 +146,7 @@ template <int S, bool EXACT>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
                                          const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
-                                         float* __restrict__ out, i64 N, i64 Kd) {
+                                         float* __restrict__ out, i64 N, i64 Kd, bool early) {
   extern __shared__ __align__(16) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int r = warp % S;  // this warp's share of K
@@ -189,11 +189,13 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     if (xs) cp_async4(ds + o, xsq + q * S);
   };
   // The first pass's first weights go out before the tile's row count is known (reading it is
-  // one more memory round trip, which they overlap).
+  // one more memory round trip, which they overlap). early: all of this before the wait for the
+  // previous kernel (moe_gemm_dec below), the entries read past L1.
   static_assert(DEC_STAGES == 3, "the ring's slots are spelled out for 3 stages");
   if (mine > 0) issue_w(Ic<0>{}, Ic<0>{});
   if (mine > 1) issue_w(Ic<1>{}, Ic<1>{});
-  const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);
+  const int nvalid = min(GEMM_TOK, (early ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
+  if (early) pdl_begin();
   for (int j = 0; 8 * j < nvalid; j++) {
     const i64 tok0 = row0 + 8 * j;
     const int live = min(8, nvalid - 8 * j);  // real tokens in this fragment
@@ -299,18 +301,28 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
 }
 
 // grid = (N · S / (16 · DEC_WARPS), tile bound), block = 32 · DEC_WARPS, dynamic shared memory
-// DEC_SMEM; split = S (1, 2 or 4); exact != 0 when a weight scale byte may be 0 or 255.
+// DEC_SMEM; split = S (1, 2 or 4); exact != 0 when a weight scale byte may be 0 or 255. early != 0
+// when the routing metadata (tiles, ntiles, counts, offsets) comes from a kernel before the
+// previous one (GEMM2, after the activation kernel): the block then reads its tile and row count
+// and issues its first weight copies before it waits for the previous kernel, so that under
+// programmatic launch those round trips overlap the activation kernel. The entries are read
+// past L1 (written by an earlier kernel of the stream, complete before the previous one began).
 extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, DEC_BLOCKS)
 moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
              const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
              const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,
-             i64 split, i64 exact) {
-  pdl_begin();
+             i64 split, i64 exact, i64 early) {
+  int nt, e, row0;
   // The tile count and the tile load together (the list holds the grid's tiles, so the entry is
   // inside it even past the count).
-  const int nt = *ntiles, e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
+  if (early) {
+    nt = __ldcg(ntiles), e = __ldcg(tiles + 2 * blockIdx.y), row0 = __ldcg(tiles + 2 * blockIdx.y + 1);
+  } else {
+    pdl_begin();
+    nt = *ntiles, e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
+  }
   if ((int)blockIdx.y >= nt) return;
-#define DEC_RUN(s, x) gemm_dec<s, x>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd)
+#define DEC_RUN(s, x) gemm_dec<s, x>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, early != 0)
   if (split == 4) {
     if (exact) DEC_RUN(4, true);
     else DEC_RUN(4, false);
