@@ -528,9 +528,10 @@ struct WgbFold {
     wgf_keep(a0);
     wgf_keep(a1);
     cp_async_wait<0>();
+    int xlo = 255, xhi = 0;  // the tile's exponent range, from the warps' (not kept live through the loop)
 #pragma unroll
-    for (int w = 0; w < 8; w++) lo = min(lo, tref[WGF_TOK + w]), hi = max(hi, tref[WGF_TOK + 8 + w]);
-    wgf_store<NT, true>(A, row0, nvalid, wrow, t, R, acc, (uint32_t)__cvta_generic_to_shared(tref), lo - 127, hi - 127);
+    for (int w = 0; w < 8; w++) xlo = min(xlo, tref[WGF_TOK + w]), xhi = max(xhi, tref[WGF_TOK + 8 + w]);
+    wgf_store<NT, true>(A, row0, nvalid, wrow, t, R, acc, (uint32_t)__cvta_generic_to_shared(tref), xlo - 127, xhi - 127);
   }
 };
 #endif
