@@ -5,6 +5,8 @@
 # nvidia-cuda-toolkit package, extracted) assembles it. Counts differ from nvcc 13.0's by a few
 # registers; spills and ptxas's performance warnings (C75xx: wgmma serialised, setmaxnreg
 # ignored) are what to look for.
+# It first compiles the compute_90 PTX (no sm_90a features), which the fatbin also carries, so a
+# name used outside the sm_90a-only code but defined inside it fails here too.
 #   PTXAS=/tmp/c124/root/usr/bin/ptxas bash tools/localptxas.sh [BRANCH] [KERNEL-REGEX]
 # Getting that ptxas on a Debian 12 machine (trixie's package, unpacked, not installed):
 #   add a trixie source (Suites: trixie, Components: non-free) pinned at priority 50, apt-get update,
@@ -13,6 +15,7 @@ set -euo pipefail
 PTXAS=${PTXAS:-ptxas}
 d=$(mktemp -d)
 if [ -n "${1:-}" ]; then git archive "$1" cudaops/kernels | tar x -C "$d"; src=$d/cudaops/kernels; else src=cudaops/kernels; fi
+nvcc -ptx -arch=compute_90 -std=c++17 -O3 -o "$d/k90.ptx" "$src/moe.cu" || { echo "compute_90 PTX failed"; exit 1; }
 nvcc -ptx -arch=sm_90 -std=c++17 -O3 -D__CUDA_ARCH_FEAT_SM90_ALL -o "$d/k.ptx" "$src/moe.cu"
 sed -e 's/^\.version .*/.version 8.4/' -e 's/^\.target sm_90$/.target sm_90a/' "$d/k.ptx" > "$d/k90a.ptx"
 "$PTXAS" -arch=sm_90a -O3 -v "$d/k90a.ptx" -o "$d/k.cubin" 2>&1 |
