@@ -76,15 +76,15 @@ func (b Backend) NewLayer(w *moe.Weights, cfg moe.Config) (moe.Layer, error) {
 // Layer is the CUDA layer: the expert weights on the device, one stream, and a workspace that
 // grows with the batch and is reused. It is not safe for concurrent use.
 type Layer struct {
-	dev       *Device
-	opt       Options
-	E, K, I   int
-	cfg       moe.Config
-	eg        int
-	stream    cu.Stream
-	weights   cu.DevicePtr // one allocation: W13, S13, W2, S2, biases, expert map
-	w13, s13  cu.DevicePtr
-	w2, s2    cu.DevicePtr
+	dev      *Device
+	opt      Options
+	E, K, I  int
+	cfg      moe.Config
+	eg       int
+	stream   cu.Stream
+	weights  cu.DevicePtr // one allocation: W13, S13, W2, S2, biases, expert map
+	w13, s13 cu.DevicePtr
+	w2, s2   cu.DevicePtr
 	// The block scales again in the streaming GEMM's group-major layout (groupMajorScales).
 	sd13, sd2 cu.DevicePtr
 	b13, b2   cu.DevicePtr // 0 when absent
