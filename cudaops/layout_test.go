@@ -3,27 +3,40 @@ package cudaops
 import "testing"
 
 func TestGroupMajorScales(t *testing.T) {
-	const e, n, kd = 2, 3, 256 // 8 scale bytes a row, 2 groups
+	const e, n, kd = 2, 32, 256 // two 16-row blocks, 8 scale bytes a row, 2 groups
 	s := make([]uint8, e*n*kd/32)
 	for i := range s {
 		s[i] = uint8(i)
 	}
 	got := groupMajorScales(s, e, n, kd)
-	// Expert 1, group 1, row 2: row-major bytes ((1·3+2)·8 + 4 ..) = 44..47, at ((1·2+1)·3+2)·4 = 44.
-	// Expert 0, group 1, row 0: bytes 4..7, at (1·3+0)·4 = 12.
-	cases := []struct{ at, want int }{{0, 0}, {3, 3}, {4, 8}, {8, 16}, {12, 4}, {16, 12}, {44, 44}, {24, 24}, {28, 32}, {36, 28}}
+	// Byte j of group q of row r of expert x is row-major byte (x·32 + r)·8 + 4q + j; it lands
+	// in 16-row block x·2 + r/16, group q, row r%16: ((((x·2 + r/16)·2 + q)·16 + r%16)·4 + j.
+	cases := []struct{ at, want int }{
+		{0, 0}, {3, 3}, // expert 0, row 0, group 0
+		{4, 8},                                 // row 1, group 0
+		{64, 4},                                // row 0, group 1
+		{68, 12},                               // row 1, group 1
+		{128, 128},                             // row 16, group 0
+		{192 + 60, 8*(31) + 4},                 // row 31, group 1
+		{256, 256},                             // expert 1, row 0, group 0
+		{256 + 64 + 4*5 + 2, (32+5)*8 + 4 + 2}, // expert 1, row 5, group 1, byte 2
+	}
 	for _, c := range cases {
-		if int(got[c.at]) != c.want {
-			t.Errorf("byte %d = %d, want %d", c.at, got[c.at], c.want)
+		if int(got[c.at]) != c.want%256 {
+			t.Errorf("byte %d = %d, want %d", c.at, got[c.at], c.want%256)
 		}
 	}
-	seen := make([]bool, len(s))
-	for _, v := range got {
-		seen[v] = true
+	// A permutation: every byte of s appears once (s holds each value i mod 256 a fixed number of times).
+	count := map[uint8]int{}
+	for _, v := range s {
+		count[v]++
 	}
-	for i, ok := range seen {
-		if !ok {
-			t.Fatalf("scale byte %d lost", i)
+	for _, v := range got {
+		count[v]--
+	}
+	for v, c := range count {
+		if c != 0 {
+			t.Fatalf("value %d: %d more in the input than in the output", v, c)
 		}
 	}
 }

@@ -156,16 +156,16 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   StreamStage* const st = reinterpret_cast<StreamStage*>(dec_smem) + warp * DEC_STAGES;
   float(*const red)[4][32] = reinterpret_cast<float(*)[4][32]>(dec_smem + DEC_WARPS * DEC_STAGES * sizeof(StreamStage));
   // This lane's copy sources at the warp's first group: weight rows lane/4 and lane/4 + 8 (16
-  // bytes each), the scales of rows 4·lane .. 4·lane + 3 (lanes < 4; Ws is group-major, (E, G,
-  // N, 4), so the 16 rows' scales of a group are 64 contiguous bytes).
+  // bytes each), the scales of rows 4·lane .. 4·lane + 3 (lanes < 4; Ws is (E, N/16, G, 16, 4),
+  // so the 16 rows' scales of a group are 64 contiguous bytes).
   const u8* const wp0 = W + ((i64)e * N + nb + (lane >> 2)) * (Kd / 2) + 16 * (lane & 3) + 64 * r;
-  const u8* const sp0 = Ws + (((i64)e * G + r) * N + nb + 4 * (lane & 3)) * 4;
-  const i64 w8 = 8 * (Kd / 2), sg1 = 4 * S * N;  // sg1: one of the warp's groups on in Ws
-  // The lane's ring addresses: weight rows, token rows, scale words, token scale.
+  const u8* const sp0 = Ws + ((i64)(e * (int)(N >> 4) + (int)(nb >> 4)) * G + r) * 64 + 16 * (lane & 3);
+  const i64 w8 = 8 * (Kd / 2);
+  // The lane's ring addresses: weight rows, token rows, scale words (lanes < 4) or token scale
+  // (lanes >= 16).
   u8* const dw = &st[0].w[lane >> 2][16 * (lane & 3)];
   u8* const dx = &st[0].x[lane >> 3][16 * (lane & 7)];
-  u8* const dsw = &st[0].s[4 * (lane & 3)][0];
-  u8* const ds = reinterpret_cast<u8*>(&st[0].xs[max(lane - 16, 0)]);
+  u8* const ds = lane < 4 ? &st[0].s[4 * lane][0] : reinterpret_cast<u8*>(&st[0].xs[max(lane - 16, 0)]);
   const float b0 = bias ? bias[(i64)e * N + nb + g] : 0.f;
   const float b1 = bias ? bias[(i64)e * N + nb + g + 8] : 0.f;
   // Copies of one of the warp's groups into ring slot SL: the weight rows and scales (issue_w),
@@ -182,7 +182,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     constexpr int o = decltype(slc)::value * (int)sizeof(StreamStage), q = decltype(grp)::value;
     cp_async16(dw + o, wq + q * 64 * S);
     cp_async16(dw + o + 8 * STREAM_WROW, wq + w8 + q * 64 * S);
-    if (lane < 4) cp_async16(dsw + o, sq + q * sg1);
+    if (lane < 4) cp_async16(ds + o, sq + q * 64 * S);
   };
   auto issue_x = [&](auto slc, auto grp) {
     constexpr int o = decltype(slc)::value * (int)sizeof(StreamStage), q = decltype(grp)::value;
@@ -266,7 +266,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       step(i + 1, Ic<1>{});
       step(i + 2, Ic<2>{});
       wq += DEC_STAGES * 64 * S;
-      sq += DEC_STAGES * sg1;
+      sq += DEC_STAGES * 64 * S;
       xq += DEC_STAGES * MOE_GROUP * S;
       xsq += DEC_STAGES * S;
     }
@@ -302,7 +302,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   }
 }
 
-// Ws holds the block scales group-major, (E, Kd/128, N, 4) (the host's groupMajorScales), not
+// Ws holds the block scales as (E, N/16, Kd/128, 16, 4) (the host's groupMajorScales), not
 // row-major as the other GEMMs take them.
 // grid = (N · S / (16 · DEC_WARPS), tile bound), block = 32 · DEC_WARPS, dynamic shared memory
 // DEC_SMEM; split = S (1, 2 or 4); exact != 0 when a weight scale byte may be 0 or 255. early != 0
