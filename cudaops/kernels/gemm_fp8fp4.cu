@@ -194,6 +194,9 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   // one more memory round trip, which they overlap). early: all of this before the wait for the
   // previous kernel (moe_gemm_dec below), the entries read past L1.
   static_assert(DEC_STAGES == 3, "the ring's slots are spelled out for 3 stages");
+  // The first of the S warps of 16 rows asks L2 for all their groups' scales (G · 64 contiguous
+  // bytes) at once, as the row-major layout's first reads would bring them.
+  if (r == 0 && lane == 0) prefetch_l2(sp0, (uint32_t)G * 64);
   if (mine > 0) issue_w(Ic<0>{}, Ic<0>{});
   if (mine > 1) issue_w(Ic<1>{}, Ic<1>{});
   const int nvalid = min(GEMM_TOK, (early ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
