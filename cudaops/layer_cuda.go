@@ -76,17 +76,15 @@ func (b Backend) NewLayer(w *moe.Weights, cfg moe.Config) (moe.Layer, error) {
 // Layer is the CUDA layer: the expert weights on the device, one stream, and a workspace that
 // grows with the batch and is reused. It is not safe for concurrent use.
 type Layer struct {
-	dev      *Device
-	opt      Options
-	E, K, I  int
-	cfg      moe.Config
-	eg       int
-	stream   cu.Stream
-	weights  cu.DevicePtr // one allocation: W13, S13, W2, S2, biases, expert map
-	w13, s13 cu.DevicePtr
-	w2, s2   cu.DevicePtr
-	// The block scales again in the streaming GEMM's group-major layout (groupMajorScales).
-	sd13, sd2 cu.DevicePtr
+	dev       *Device
+	opt       Options
+	E, K, I   int
+	cfg       moe.Config
+	eg        int
+	stream    cu.Stream
+	weights   cu.DevicePtr // one allocation: W13, S13, W2, S2, biases, expert map
+	w13, s13  cu.DevicePtr
+	w2, s2    cu.DevicePtr
 	b13, b2   cu.DevicePtr // 0 when absent
 	expertMap cu.DevicePtr // 0 when absent
 	// The wgmma GEMM's per-row reference exponents (E·2I and E·K bytes), and whether every
@@ -149,25 +147,23 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		omap = a.take(4 * len(cfg.ExpertMap))
 	}
 	oref13, oref2, obad := a.take(len(w.W13Scale)/(w.K/32)), a.take(len(w.W2Scale)/(w.I/32)), a.take(4)
-	osd13, osd2 := a.take(len(w.W13Scale)), a.take(len(w.W2Scale))
 	if l.weights, err = cu.MemAlloc(a.size); err != nil {
 		l.stream.Destroy()
 		return nil, fmt.Errorf("cudaops: allocating %d bytes for the weights: %v", a.size, err)
 	}
 	at := func(off int64) cu.DevicePtr { return l.weights + cu.DevicePtr(off) }
 	l.w13, l.s13, l.w2, l.s2 = at(o13), at(os13), at(o2), at(os2)
-	l.sd13, l.sd2 = at(osd13), at(osd2)
-	sd13 := groupMajorScales(w.W13Scale, w.E, 2*w.I, w.K)
-	sd2 := groupMajorScales(w.W2Scale, w.E, w.K, w.I)
+	// The scales go up in the kernels' blocked layout (blockedScales).
+	s13 := blockedScales(w.W13Scale, w.E, 2*w.I, w.K)
+	s2 := blockedScales(w.W2Scale, w.E, w.K, w.I)
 	type upload struct {
 		dst cu.DevicePtr
 		src unsafe.Pointer
 		n   int
 	}
 	uploads := []upload{
-		{l.w13, ptr(w.W13), len(w.W13)}, {l.s13, ptr(w.W13Scale), len(w.W13Scale)},
-		{l.w2, ptr(w.W2), len(w.W2)}, {l.s2, ptr(w.W2Scale), len(w.W2Scale)},
-		{l.sd13, ptr(sd13), len(sd13)}, {l.sd2, ptr(sd2), len(sd2)},
+		{l.w13, ptr(w.W13), len(w.W13)}, {l.s13, ptr(s13), len(s13)},
+		{l.w2, ptr(w.W2), len(w.W2)}, {l.s2, ptr(s2), len(s2)},
 	}
 	if ob13 >= 0 {
 		l.b13 = at(ob13)
@@ -589,12 +585,12 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// early: the routing metadata comes from a kernel before the previous one (GEMM2), so the
 	// streaming GEMM reads it and issues its first weight copies before it waits for the
 	// previous kernel.
-	gemm := func(w, sc, sd, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early bool) error {
+	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early bool) error {
 		switch kernel {
 		case GEMMDecode:
 			split := l.decSplit(n, kd, tiles)
 			return launch(f.gemmDec, dim3{int(n) * split / (16 * decWarps), tiles, 1}, dim3{32 * decWarps, 1, 1}, decSmem, l.stream,
-				u(w), u(sd), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
+				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales), flag(early))
 		case GEMMWgmma:
 			// Per tile, whether the activation scales fold into FP16 (and if so its FP16 tokens);
@@ -624,7 +620,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		return launch(f.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
 			u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))
 	}
-	if err := gemm(l.w13, l.s13, l.sd13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, false); err != nil {
+	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, false); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -641,7 +637,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, l.sd2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, true); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, true); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {

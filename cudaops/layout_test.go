@@ -2,13 +2,13 @@ package cudaops
 
 import "testing"
 
-func TestGroupMajorScales(t *testing.T) {
+func TestBlockedScales(t *testing.T) {
 	const e, n, kd = 2, 32, 256 // two 16-row blocks, 8 scale bytes a row, 2 groups
 	s := make([]uint8, e*n*kd/32)
 	for i := range s {
 		s[i] = uint8(i)
 	}
-	got := groupMajorScales(s, e, n, kd)
+	got := blockedScales(s, e, n, kd)
 	// Byte j of group q of row r of expert x is row-major byte (x·32 + r)·8 + 4q + j; it lands
 	// in 16-row block x·2 + r/16, group q, row r%16: ((((x·2 + r/16)·2 + q)·16 + r%16)·4 + j.
 	cases := []struct{ at, want int }{

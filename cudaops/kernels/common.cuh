@@ -42,6 +42,14 @@ __device__ __forceinline__ void cp_async16_s(uint32_t dst, const void* gmem) {
 __device__ __forceinline__ void cp_async4_s(uint32_t dst, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem));
 }
+// The device layout of the E8M0 block scales (the host's blockedScales): for weights viewed as
+// E·N rows of Kd columns, (E·N/16, Kd/128, 16, 4): the byte of row R and 32-column block b is at
+// ((R/16)·G + b/4)·64 + (R%16)·4 + b%4, G = Kd/128. A 16-row block's four scale bytes of a
+// 128-column group are 64 contiguous bytes (so 16 or 128 consecutive rows' scales of a group take
+// 2 or 16 sectors, where row-major takes one per row), and the block's groups follow each other.
+// scale_row returns row R's word of group 0; group q's is 64·q bytes on.
+__device__ __forceinline__ const u8* scale_row(const u8* Ws, i64 R, i64 G) { return Ws + (R >> 4) * G * 64 + (R & 15) * 4; }
+
 // A hint: bytes (a multiple of 16) at p (16-byte aligned) into L2.
 __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");

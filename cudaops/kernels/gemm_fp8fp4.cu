@@ -30,7 +30,7 @@ __device__ __forceinline__ void mma_e4m3(float d[4], const uint32_t a[4], const 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// W (E, N, Kd/2) packed E2M1, Ws (E, N, Kd/32) E8M0, X (rows, Kd) FP8, Xs (rows, Kd/128),
+// W (E, N, Kd/2) packed E2M1, Ws (E, N, Kd/32) E8M0 blocked (scale_row), X (rows, Kd) FP8, Xs (rows, Kd/128),
 // bias (E, N) or null, out (rows, N) float32. grid = (N / GEMM_ROWS, tile bound), block = 128.
 extern "C" __global__ void __launch_bounds__(GEMM_WARPS * 32)
 moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
@@ -45,8 +45,8 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
   const i64 KB = Kd / MOE_BLOCK, G = Kd / MOE_GROUP;
   const u8* w0 = W + ((i64)e * N + n0) * (Kd / 2);
   const u8* w1 = w0 + 8 * (Kd / 2);
-  const u8* s0 = Ws + ((i64)e * N + n0) * KB;
-  const u8* s1 = s0 + 8 * KB;
+  const u8* s0 = scale_row(Ws, (i64)e * N + n0, G);  // rows n0 and n0 + 8 share a 16-row block
+  const u8* s1 = s0 + 32;
   float acc[GEMM_NF][4];
 #pragma unroll
   for (int j = 0; j < GEMM_NF; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
@@ -60,7 +60,8 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
     a[1] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w1 + k0 / 2 + wo), h));
     a[2] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w0 + k0 / 2 + 8 + wo), h));
     a[3] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w1 + k0 / 2 + 8 + wo), h));
-    const float ws0 = e8m0_to_float(s0[kb]), ws1 = e8m0_to_float(s1[kb]);
+    const i64 so = (kb >> 2) * 64 + (kb & 3);
+    const float ws0 = e8m0_to_float(s0[so]), ws1 = e8m0_to_float(s1[so]);
 #pragma unroll
     for (int j = 0; j < GEMM_NF; j++) {
       // B: token row0 + 8j + g, k = k0 + 4t ... and k0 + 16 + 4t ...
@@ -156,10 +157,10 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   StreamStage* const st = reinterpret_cast<StreamStage*>(dec_smem) + warp * DEC_STAGES;
   float(*const red)[4][32] = reinterpret_cast<float(*)[4][32]>(dec_smem + DEC_WARPS * DEC_STAGES * sizeof(StreamStage));
   // This lane's copy sources at the warp's first group: weight rows lane/4 and lane/4 + 8 (16
-  // bytes each), the scales of rows 4·lane .. 4·lane + 3 (lanes < 4; Ws is (E, N/16, G, 16, 4),
-  // so the 16 rows' scales of a group are 64 contiguous bytes).
+  // bytes each), the scales of rows 4·lane .. 4·lane + 3 (lanes < 4; the 16 rows' scales of a
+  // group are 64 contiguous bytes, scale_row).
   const u8* const wp0 = W + ((i64)e * N + nb + (lane >> 2)) * (Kd / 2) + 16 * (lane & 3) + 64 * r;
-  const u8* const sp0 = Ws + ((i64)(e * (int)(N >> 4) + (int)(nb >> 4)) * G + r) * 64 + 16 * (lane & 3);
+  const u8* const sp0 = scale_row(Ws, (i64)e * N + nb, G) + r * 64 + 16 * (lane & 3);
   const i64 w8 = 8 * (Kd / 2);
   // The lane's ring addresses: weight rows, token rows, scale words (lanes < 4) or token scale
   // (lanes >= 16).
@@ -305,8 +306,6 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   }
 }
 
-// Ws holds the block scales as (E, N/16, Kd/128, 16, 4) (the host's groupMajorScales), not
-// row-major as the other GEMMs take them.
 // grid = (N · S / (16 · DEC_WARPS), tile bound), block = 32 · DEC_WARPS, dynamic shared memory
 // DEC_SMEM; split = S (1, 2 or 4); exact != 0 when a weight scale byte may be 0 or 255. early != 0
 // when the routing metadata (tiles, ntiles, counts, offsets) comes from a kernel before the

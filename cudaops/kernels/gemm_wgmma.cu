@@ -66,7 +66,7 @@ extern "C" __global__ void moe_reencode(uint32_t* __restrict__ w, i64 n) {
 
 // Per row: the reference exponent R of the fold (the largest E8M0 exponent of a block holding a
 // nonzero value; 127 for an all-zero row), and *bad set when a nonzero block lies more than
-// WGF_SPAN binades below R or any scale is NaN (255). W (rows, Kd/2), Ws (rows, Kd/32).
+// WGF_SPAN binades below R or any scale is NaN (255). W (rows, Kd/2), Ws blocked (scale_row).
 // grid = ceil(rows / 4), block = 128 (a warp per row).
 extern "C" __global__ void moe_fold_ref(const u8* __restrict__ W, const u8* __restrict__ Ws, i64 rows, i64 Kd,
                                         u8* __restrict__ ref, int* __restrict__ bad) {
@@ -78,7 +78,7 @@ extern "C" __global__ void moe_fold_ref(const u8* __restrict__ W, const u8* __re
   int hi = -1, lo = 256, nan = 0;
   for (i64 b = lane; b < KB; b += 32) {
     const uint4 v = *reinterpret_cast<const uint4*>(W + r * (Kd / 2) + b * 16);
-    const int s = Ws[r * KB + b];
+    const int s = scale_row(Ws, r, KB / 4)[(b >> 2) * 64 + (b & 3)];
     nan |= s == 255;
     if (((v.x | v.y | v.z | v.w) & E2M1_MAG_MASK) != 0) {
       hi = max(hi, s);
@@ -287,7 +287,7 @@ struct WgfPromote {
     wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
     xp = A.X + (i64)(row0 + min(tid >> 3, nvalid - 1)) * A.Kd + 16 * (tid & 7);
     wp = A.W + (A.wrow0 + (tid >> 2)) * (A.Kd / 2) + 16 * (tid & 3);
-    sp = A.Ws + (A.wrow0 + min(tid, WGF_ROWS - 1)) * (A.Kd / MOE_BLOCK);
+    sp = scale_row(A.Ws, A.wrow0 + min(tid, WGF_ROWS - 1), A.G);
     xtok = tid - WGF_ROWS;
     xsp = A.Xs + (i64)(row0 + min(max(xtok, 0), nvalid - 1)) * A.G;
   }
@@ -303,7 +303,7 @@ struct WgfPromote {
     }
     cp_async16(&s.w[(tid >> 2) * 64 + 16 * (tid & 3)], wp + q * 64);
     cp_async16(&s.w[((tid >> 2) + 64) * 64 + 16 * (tid & 3)], wp + 64 * (A.Kd / 2) + q * 64);
-    if (tid < WGF_ROWS) cp_async4(&s.s[tid], sp + 4 * q);
+    if (tid < WGF_ROWS) cp_async4(&s.s[tid], sp + 64 * q);
     else if (xtok < nvalid && xtok < NT) cp_async4(&s.xs[xtok], xsp + q);
   }
 
@@ -422,7 +422,7 @@ struct WgbFold {
     tsrc = xbase + (i64)(row0 >> 3) * 2048;
     wp = A.W + (A.wrow0 + wrow) * (A.Kd / 2) + 16 * t;
     wp8 = wp + 8 * (A.Kd / 2);
-    sp = A.Ws + (A.wrow0 + wrow + 8 * (t & 1)) * (A.Kd / MOE_BLOCK);
+    sp = scale_row(A.Ws, A.wrow0 + wrow + 8 * (t & 1), A.G);
     s0 = (uint32_t)__cvta_generic_to_shared(smem);
     full = s0 + WGF_STAGES * SSZ;
     empty = full + 8 * WGF_STAGES;
@@ -449,7 +449,7 @@ struct WgbFold {
     const uint32_t o = soff(q);
     cp_async16_s(wdst + o, wp + q * 64);
     cp_async16_s(wdst + o + 8 * 64, wp8 + q * 64);
-    if (t < 2) cp_async4_s(sdst + o, sp + 4 * q);
+    if (t < 2) cp_async4_s(sdst + o, sp + 64 * q);
   }
 
   __device__ __forceinline__ void convert(i64 q, const int (&R)[2], uint32_t (&a)[8][4]) const {
@@ -536,7 +536,7 @@ struct WgbFold {
 };
 #endif
 
-// W (E, N, Kd/2) packed E2M1, Ws (E, N, Kd/32) E8M0, ref (E, N) the weight fold's reference
+// W (E, N, Kd/2) packed E2M1, Ws (E, N, Kd/32) E8M0 blocked (scale_row), ref (E, N) the weight fold's reference
 // exponents, X (rows, Kd) FP8 with each chunk in fp16_slot order, Xs (rows, Kd/128), tiles
 // (expert, first row, rows) of up to WGF_TOK rows, bias (E, N) or null, out (rows, N) float32.
 // moe_gemm_wgp computes the tiles that moe_wg_tiles listed in plist (*nplist of them; the
