@@ -4,7 +4,9 @@ instructions of each inner loop (one per instantiation), and an opcode histogram
 The fatbin is built by a newer nvcc on the GPU machine, whose code is somewhat better, so the
 counts here are for comparing versions of the source, not for absolute numbers. The FP8 tiled
 kernel (mma.sync e4m3 needs nvcc >= 12.4) is left out. Usage:
-    python3 tools/localsass.py [REF]   # REF: a git ref; the working tree by default"""
+    python3 tools/localsass.py [REF]   # REF: a git ref; the working tree by default
+With PTXAS set (a newer ptxas, tools/localptxas.sh), the PTX is assembled by it: needed since
+the kernels use cp.async.bulk.prefetch, which this nvcc's own ptxas does not know."""
 import collections, os, re, subprocess, sys, tempfile
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -20,22 +22,42 @@ for f in ("common.cuh", "gemm_fp8fp4.cu"):
         src = src[:a] + src[b:]
     open(os.path.join(d, f), "w").write(src)
 cubin = os.path.join(d, "g.cubin")
-r = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-std=c++17", "-O3", "-Xptxas", "-v", "-o", cubin,
-                    os.path.join(d, "gemm_fp8fp4.cu")], capture_output=True, text=True)
+ptxas = os.environ.get("PTXAS")
+if ptxas:
+    # A newer ptxas (tools/localptxas.sh says where to get one) for the instructions this nvcc's
+    # ptxas lacks (cp.async.bulk.prefetch): the local PTX with its version raised.
+    ptx = os.path.join(d, "g.ptx")
+    r = subprocess.run(["nvcc", "-ptx", "-arch=sm_90", "-std=c++17", "-O3", "-o", ptx, os.path.join(d, "gemm_fp8fp4.cu")],
+                       capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(r.stderr)
+    text = re.sub(r"^\.version .*$", ".version 8.4", open(ptx).read(), count=1, flags=re.M)
+    open(ptx, "w").write(text)
+    r = subprocess.run([ptxas, "-arch=sm_90", "-O3", "-v", "-o", cubin, ptx], capture_output=True, text=True)
+else:
+    r = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-std=c++17", "-O3", "-Xptxas", "-v", "-o", cubin,
+                        os.path.join(d, "gemm_fp8fp4.cu")], capture_output=True, text=True)
 if r.returncode:
     sys.exit(r.stderr)
 print("\n".join(l for l in r.stderr.splitlines() if "registers" in l or "spill" in l))
 sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True).stdout
-ins = []
+ins = []  # the decode kernels' instructions (addresses restart in every function)
+keep = False
 for l in sass.splitlines():
+    f = re.search(r"Function : (\S+)", l)
+    if f:
+        keep = "gemm_dec" in f.group(1)
+        if ins and keep:
+            break  # the first decode kernel only
+        continue
     m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", l)
-    if m:
+    if m and keep:
         ins.append((int(m.group(1), 16), m.group(2).strip()))
 at = {a: i for i, (a, _) in enumerate(ins)}
 loops = []
 for i, (a, t) in enumerate(ins):
     m = re.search(r"BRA (0x[0-9a-f]+)", t)
-    if m and int(m.group(1), 16) < a:
+    if m and int(m.group(1), 16) < a and int(m.group(1), 16) in at:
         seg = ins[at[int(m.group(1), 16)]:i + 1]
         mma = sum("HMMA" in x[1] for x in seg)
         if mma:
