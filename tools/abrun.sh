@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # On the GPU machine, with .devicework/ab (tools/abstage.sh) and .devicework/golden (a copy of
 # ../shared/golden) carried: builds every variant's fatbin from its own kernel sources (in
-# parallel), then per variant runs the cudaops tests (TESTRE, default the conformance suite with
-# the golden cases, against-native, decode, wgmma, poison and device-forward tests) and, if they
-# pass, the bench (SHAPES, MS, MIN; CSV per variant under $OUT). NOTEST="a b" skips the tests
-# of variants a and b. Prints one table at the end,
+# parallel), then runs every variant's cudaops tests side by side (TESTRE, default the
+# conformance suite with the golden cases, against-native, decode, wgmma, poison, device-forward
+# and weight-layout tests; PAR=0 runs them one after another), then, one at a time, the bench of
+# each variant whose tests passed (SHAPES, MS, MIN; CSV per variant under $OUT). NOTEST="a b"
+# skips the tests of variants a and b. Prints one table at the end,
 # rows of all variants side by side, and each variant's register report.
 #   MS=1,64,4096 bash tools/abrun.sh main wide
 set -uo pipefail
@@ -22,15 +23,28 @@ wait
 for n in "$@"; do
 	awk '/Compiling entry function/ { f = $7; a = $9 } /Used [0-9]+ registers/ { if (a ~ /sm_90a/) print f, $5, $6 } /spill/ { if ($0 !~ / 0 bytes spill/) print "  " $0 } /C7513|serializ/ { print "  " $0 }' \
 		/tmp/ab/$n/ptxas.log | sed "s/^/$n /" > "$OUT/reg-$n.txt"
-	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
-	t0=$(date +%s)
-	case " ${NOTEST:-} " in *" $n "*) echo "$n tests skipped (NOTEST)" | tee -a "$OUT/summary.txt"; rc=0 ;; *)
-	(cd cudaops && FP4MOE_GOLDEN=$G timeout 200 /tmp/ab/$n/bin/cudaops.test \
-		-test.run "${TESTRE:-TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward|TestWeightLayout}" -test.v > "$OUT/test-$n.log" 2>&1)
-	rc=$?
-	echo "$n tests rc=$rc $(($(date +%s) - t0))s $(grep -E '^(--- FAIL|FAIL|panic)' "$OUT/test-$n.log" | head -3 | tr '\n' ' ')" | tee -a "$OUT/summary.txt"
+done
+# The variants' tests run side by side (they are small and not timed; the GPU is shared), then
+# the benches one at a time.
+t0=$(date +%s)
+for n in "$@"; do
+	case " ${NOTEST:-} " in *" $n "*) echo 0 > /tmp/ab/$n/rc ;; *)
+	(cd cudaops && FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin FP4MOE_GOLDEN=$G timeout 300 /tmp/ab/$n/bin/cudaops.test \
+		-test.run "${TESTRE:-TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward|TestWeightLayout}" -test.v > "$OUT/test-$n.log" 2>&1
+	echo $? > /tmp/ab/$n/rc) &
+	[ "${PAR:-1}" = 1 ] || wait
 	;; esac
-	[ $rc = 0 ] || continue
+done
+wait
+for n in "$@"; do
+	rc=$(cat /tmp/ab/$n/rc)
+	case " ${NOTEST:-} " in *" $n "*) echo "$n tests skipped (NOTEST)" | tee -a "$OUT/summary.txt" ;; *)
+	echo "$n tests rc=$rc (all tests $(($(date +%s) - t0))s) $(grep -E '^(--- FAIL|FAIL|panic)' "$OUT/test-$n.log" | head -3 | tr '\n' ' ')" | tee -a "$OUT/summary.txt"
+	;; esac
+done
+for n in "$@"; do
+	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
+	[ "$(cat /tmp/ab/$n/rc)" = 0 ] || continue
 	# SM clock, power and temperature every 200 ms while the bench runs (sustained tensor load
 	# may lower the clock).
 	nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 200 > "$OUT/clk-$n.log" 2> /dev/null &
