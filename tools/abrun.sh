@@ -28,7 +28,7 @@ done
 # the benches one at a time.
 t0=$(date +%s)
 for n in "$@"; do
-	case " ${NOTEST:-} " in *" $n "*) echo 0 > /tmp/ab/$n/rc ;; *)
+	case " ${NOTEST:-} " in *" $n "*) echo skipped > /tmp/ab/$n/rc ;; *)
 	(cd cudaops && FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin FP4MOE_GOLDEN=$G timeout 300 /tmp/ab/$n/bin/cudaops.test \
 		-test.run "${TESTRE:-TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward|TestWeightLayout}" -test.v > "$OUT/test-$n.log" 2>&1
 	echo $? > /tmp/ab/$n/rc) &
@@ -38,13 +38,15 @@ done
 wait
 for n in "$@"; do
 	rc=$(cat /tmp/ab/$n/rc)
-	case " ${NOTEST:-} " in *" $n "*) echo "$n tests skipped (NOTEST)" | tee -a "$OUT/summary.txt" ;; *)
-	echo "$n tests rc=$rc (all tests $(($(date +%s) - t0))s) $(grep -E '^(--- FAIL|FAIL|panic)' "$OUT/test-$n.log" | head -3 | tr '\n' ' ')" | tee -a "$OUT/summary.txt"
-	;; esac
+	if [ "$rc" = skipped ]; then
+		echo "$n tests skipped (NOTEST)"
+	else
+		echo "$n tests rc=$rc (all tests $(($(date +%s) - t0))s) $(grep -E '^(--- FAIL|FAIL|panic)' "$OUT/test-$n.log" | head -3 | tr '\n' ' ')"
+	fi | tee -a "$OUT/summary.txt"
 done
 for n in "$@"; do
 	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
-	[ "$(cat /tmp/ab/$n/rc)" = 0 ] || continue
+	case "$(cat /tmp/ab/$n/rc)" in 0 | skipped) ;; *) continue ;; esac
 	# SM clock, power and temperature every 200 ms while the bench runs (sustained tensor load
 	# may lower the clock).
 	nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 200 > "$OUT/clk-$n.log" 2> /dev/null &
