@@ -153,7 +153,8 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 	}
 	at := func(off int64) cu.DevicePtr { return l.weights + cu.DevicePtr(off) }
 	l.w13, l.s13, l.w2, l.s2 = at(o13), at(os13), at(o2), at(os2)
-	// The scales go up in the kernels' blocked layout (blockedScales).
+	// The scales go up in the kernels' blocked layout (blockedScales), the codes below
+	// (blockWeights).
 	s13 := blockedScales(w.W13Scale, w.E, 2*w.I, w.K)
 	s2 := blockedScales(w.W2Scale, w.E, w.K, w.I)
 	type upload struct {
@@ -161,10 +162,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		src unsafe.Pointer
 		n   int
 	}
-	uploads := []upload{
-		{l.w13, ptr(w.W13), len(w.W13)}, {l.s13, ptr(s13), len(s13)},
-		{l.w2, ptr(w.W2), len(w.W2)}, {l.s2, ptr(s2), len(s2)},
-	}
+	uploads := []upload{{l.s13, ptr(s13), len(s13)}, {l.s2, ptr(s2), len(s2)}}
 	if ob13 >= 0 {
 		l.b13 = at(ob13)
 		uploads = append(uploads, upload{l.b13, ptr(w.W13Bias), 4 * len(w.W13Bias)})
@@ -181,6 +179,23 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		if err := cu.MemcpyHtoD(u.dst, u.src, int64(u.n)); err != nil {
 			l.release()
 			return nil, fmt.Errorf("cudaops: uploading the weights: %v", err)
+		}
+	}
+	// The codes go up in the kernels' blocked layout (blockWeights), an expert at a time through
+	// one buffer: a copy from pageable memory has left the buffer when it returns.
+	for _, t := range []struct {
+		dst     cu.DevicePtr
+		src     []uint8
+		n, cols int
+	}{{l.w13, w.W13, 2 * w.I, w.K}, {l.w2, w.W2, w.K, w.I}} {
+		per := t.n * t.cols / 2
+		buf := make([]uint8, per)
+		for x := 0; x < w.E; x++ {
+			blockWeights(buf, t.src[x*per:(x+1)*per], t.n, t.cols)
+			if err := cu.MemcpyHtoD(t.dst+cu.DevicePtr(x*per), ptr(buf), int64(per)); err != nil {
+				l.release()
+				return nil, fmt.Errorf("cudaops: uploading the weights: %v", err)
+			}
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)

@@ -248,9 +248,9 @@ func TestDecodeSplits(t *testing.T) {
 	}
 }
 
-// TestWeightLayout reads the uploaded W13 back: every 32-bit word holds its 8 E2M1 codes in the
-// kernels' device layout (code n's magnitude at bits MAG(n).., its sign at SGN(n), codes 4..7
-// 16 bits above codes 0..3).
+// TestWeightLayout reads the uploaded W13 back: in the blocked order (blockWeights), every
+// 32-bit word holds its 8 E2M1 codes in the kernels' device layout (code n's magnitude at bits
+// MAG(n).., its sign at SGN(n), codes 4..7 16 bits above codes 0..3).
 func TestWeightLayout(t *testing.T) {
 	c := conformance.Generate(conformance.Spec{M: 1, K: 256, I: 128, E: 2, TopK: 1, Seed: 41})
 	l := mustLayer(t, &c.Weights, c.Config)
@@ -264,11 +264,17 @@ func TestWeightLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The stored codes in the blocked order (blockWeights), then each word re-encoded.
+	stored := make([]uint8, len(c.Weights.W13))
+	per := 2 * c.Weights.I * c.Weights.K / 2
+	for x := 0; x < c.Weights.E; x++ {
+		blockWeights(stored[x*per:(x+1)*per], c.Weights.W13[x*per:(x+1)*per], 2*c.Weights.I, c.Weights.K)
+	}
 	mag, sgn := [4]uint{9, 0, 3, 12}, [4]uint{15, 6, 7, 8}
 	for i := range got {
 		var s, want uint32
 		for b := range 4 {
-			s |= uint32(c.Weights.W13[4*i+b]) << (8 * b)
+			s |= uint32(stored[4*i+b]) << (8 * b)
 		}
 		for n := range uint(8) {
 			code, off := s>>(4*n)&0xf, 16*(n/4)

@@ -20,3 +20,20 @@ func blockedScales(s []uint8, e, n, kd int) []uint8 {
 	}
 	return out
 }
+
+// blockWeights writes to dst the packed E2M1 codes src of n weight rows of kd columns (kd/2
+// bytes a row, row-major, one expert's W13 or W2) in the kernels' device layout (n/16, kd/128,
+// 16, 64): per block of 16 rows, per 128-column group, the 64 bytes of each of the 16 rows
+// (weight_row in kernels/common.cuh). A 16-row block's group is then 1 KB contiguous, which is
+// what one warp of the decode GEMM reads per group, where row-major puts each row's 64 bytes in
+// half a 128-byte line of its own. dst and src have n·kd/2 bytes; n is a multiple of 16 and kd
+// of 128.
+func blockWeights(dst, src []uint8, n, kd int) {
+	rb, g := kd/2, kd/128
+	for r := 0; r < n; r++ {
+		row := src[r*rb : (r+1)*rb]
+		for q := 0; q < g; q++ {
+			copy(dst[((r/16*g+q)*16+r%16)*64:][:64], row[64*q:64*q+64])
+		}
+	}
+}

@@ -40,3 +40,44 @@ func TestBlockedScales(t *testing.T) {
 		}
 	}
 }
+
+func TestBlockWeights(t *testing.T) {
+	// Two 16-row blocks of 256 columns (128 bytes a row, two groups).
+	const n, kd = 32, 256
+	src := make([]uint8, n*kd/2)
+	for r := 0; r < n; r++ {
+		for b := 0; b < kd/2; b++ {
+			src[r*kd/2+b] = uint8(r<<2 | b/64<<1 | b%2) // row, group and byte parity
+		}
+	}
+	dst := make([]uint8, len(src))
+	blockWeights(dst, src, n, kd)
+	// Row r's group q lands in block r/16 at ((r/16·2 + q)·16 + r%16)·64.
+	cases := []struct{ at, row, grp, b int }{
+		{0, 0, 0, 0}, {63, 0, 0, 63}, // row 0, group 0
+		{64, 1, 0, 0},       // row 1, group 0
+		{15 * 64, 15, 0, 0}, // row 15, group 0
+		{1024, 0, 1, 0},     // row 0, group 1
+		{1024 + 64 + 5, 1, 1, 5},
+		{2048, 16, 0, 0},                 // row 16, group 0
+		{3*1024 + 15*64 + 63, 31, 1, 63}, // the last byte: row 31, group 1
+	}
+	for _, c := range cases {
+		if want := src[c.row*kd/2+64*c.grp+c.b]; dst[c.at] != want {
+			t.Errorf("byte %d = %#x, want row %d group %d byte %d (%#x)", c.at, dst[c.at], c.row, c.grp, c.b, want)
+		}
+	}
+	// Every 64-byte piece of src appears once in dst.
+	seen := map[string]int{}
+	for i := 0; i < len(src); i += 64 {
+		seen[string(src[i:i+64])]++
+	}
+	for i := 0; i < len(dst); i += 64 {
+		seen[string(dst[i:i+64])]--
+	}
+	for k, c := range seen {
+		if c != 0 {
+			t.Fatalf("piece %x: %d more in the input than in the output", k[:4], c)
+		}
+	}
+}

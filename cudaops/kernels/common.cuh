@@ -49,6 +49,17 @@ __device__ __forceinline__ void cp_async4_s(uint32_t dst, const void* gmem) {
 // 2 or 16 sectors, where row-major takes one per row), and the block's groups follow each other.
 // scale_row returns row R's word of group 0; group q's is 64·q bytes on.
 __device__ __forceinline__ const u8* scale_row(const u8* Ws, i64 R, i64 G) { return Ws + (R >> 4) * G * 64 + (R & 15) * 4; }
+// The byte of 32-column block b within a row's scale bytes from scale_row.
+__device__ __forceinline__ i64 scale_blk(i64 b) { return (b >> 2) * 64 + (b & 3); }
+// The device layout of the packed E2M1 codes (the host's blockedWeights), blocked the same way:
+// for E·N rows of Kd/2 bytes, (E·N/16, Kd/128, 16, 64): the 64 bytes of row R's 128-column group
+// q are at ((R/16)·G + q)·1024 + (R%16)·64. So a 16-row block's group is 1 KB contiguous (8
+// whole 128-byte lines, where row-major spreads it over 16 half lines of 16 rows), and a 128-row
+// block's group is 8 KB at a stride of G KB. weight_row returns row R's 64 bytes of group 0;
+// group q's are 1024·q bytes on, and row R + 8's (R % 16 < 8) 512 bytes on.
+__device__ __forceinline__ const u8* weight_row(const u8* W, i64 R, i64 G) { return W + (R >> 4) * G * 1024 + (R & 15) * 64; }
+// The 16 bytes of 32-column block b within a row's bytes from weight_row.
+__device__ __forceinline__ i64 weight_blk(i64 b) { return (b >> 2) * 1024 + (b & 3) * 16; }
 
 // A hint: bytes (a multiple of 16) at p (16-byte aligned) into L2.
 __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {

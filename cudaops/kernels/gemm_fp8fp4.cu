@@ -30,7 +30,7 @@ __device__ __forceinline__ void mma_e4m3(float d[4], const uint32_t a[4], const 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// W (E, N, Kd/2) packed E2M1, Ws (E, N, Kd/32) E8M0 blocked (scale_row), X (rows, Kd) FP8, Xs (rows, Kd/128),
+// W (E, N, Kd/2) packed E2M1 blocked (weight_row), Ws (E, N, Kd/32) E8M0 blocked (scale_row), X (rows, Kd) FP8, Xs (rows, Kd/128),
 // bias (E, N) or null, out (rows, N) float32. grid = (N / GEMM_ROWS, tile bound), block = 128.
 extern "C" __global__ void __launch_bounds__(GEMM_WARPS * 32)
 moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
@@ -43,8 +43,8 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const i64 n0 = (i64)blockIdx.x * GEMM_ROWS + warp * 16 + g;  // this thread's weight rows: n0, n0 + 8
   const i64 KB = Kd / MOE_BLOCK, G = Kd / MOE_GROUP;
-  const u8* w0 = W + ((i64)e * N + n0) * (Kd / 2);
-  const u8* w1 = w0 + 8 * (Kd / 2);
+  const u8* w0 = weight_row(W, (i64)e * N + n0, G);  // rows n0 and n0 + 8 share a 16-row block
+  const u8* w1 = w0 + 512;
   const u8* s0 = scale_row(Ws, (i64)e * N + n0, G);  // rows n0 and n0 + 8 share a 16-row block
   const u8* s1 = s0 + 32;
   float acc[GEMM_NF][4];
@@ -56,11 +56,12 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
     uint32_t a[4];
     // (codes 4t..4t+3 are half t % 2 of device word t / 2, and of word t / 2 + 2 for +16)
     const int wo = 4 * (t >> 1), h = t & 1;
-    a[0] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w0 + k0 / 2 + wo), h));
-    a[1] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w1 + k0 / 2 + wo), h));
-    a[2] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w0 + k0 / 2 + 8 + wo), h));
-    a[3] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w1 + k0 / 2 + 8 + wo), h));
-    const i64 so = (kb >> 2) * 64 + (kb & 3);
+    const i64 wb = weight_blk(kb) + wo;
+    a[0] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w0 + wb), h));
+    a[1] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w1 + wb), h));
+    a[2] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w0 + wb + 8), h));
+    a[3] = e2m1x4_to_e4m3x4(e2m1_std16(*reinterpret_cast<const uint32_t*>(w1 + wb + 8), h));
+    const i64 so = scale_blk(kb);
     const float ws0 = e8m0_to_float(s0[so]), ws1 = e8m0_to_float(s1[so]);
 #pragma unroll
     for (int j = 0; j < GEMM_NF; j++) {
@@ -159,9 +160,9 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   // This lane's copy sources at the warp's first group: weight rows lane/4 and lane/4 + 8 (16
   // bytes each), the scales of rows 4·lane .. 4·lane + 3 (lanes < 4; the 16 rows' scales of a
   // group are 64 contiguous bytes, scale_row).
-  const u8* const wp0 = W + ((i64)e * N + nb + (lane >> 2)) * (Kd / 2) + 16 * (lane & 3) + 64 * r;
+  const u8* const wp0 = weight_row(W, (i64)e * N + nb + (lane >> 2), G) + 16 * (lane & 3) + 1024 * r;
   const u8* const sp0 = scale_row(Ws, (i64)e * N + nb, G) + r * 64 + 16 * (lane & 3);
-  const i64 w8 = 8 * (Kd / 2);
+  constexpr i64 w8 = 512;  // row + 8 in the blocked layout (weight_row)
   // The lane's ring addresses: weight rows, token rows, scale words (lanes < 4) or token scale
   // (lanes >= 16).
   u8* const dw = &st[0].w[lane >> 2][16 * (lane & 3)];
@@ -181,8 +182,8 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   bool x0 = false, x1 = false, xs = false;
   auto issue_w = [&](auto slc, auto grp) {
     constexpr int o = decltype(slc)::value * (int)sizeof(StreamStage), q = decltype(grp)::value;
-    cp_async16(dw + o, wq + q * 64 * S);
-    cp_async16(dw + o + 8 * STREAM_WROW, wq + w8 + q * 64 * S);
+    cp_async16(dw + o, wq + q * 1024 * S);
+    cp_async16(dw + o + 8 * STREAM_WROW, wq + w8 + q * 1024 * S);
     if (lane < 4) cp_async16(ds + o, sq + q * 64 * S);
   };
   auto issue_x = [&](auto slc, auto grp) {
@@ -269,7 +270,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       step(i, Ic<0>{});
       step(i + 1, Ic<1>{});
       step(i + 2, Ic<2>{});
-      wq += DEC_STAGES * 64 * S;
+      wq += DEC_STAGES * 1024 * S;
       sq += DEC_STAGES * 64 * S;
       xq += DEC_STAGES * MOE_GROUP * S;
       xsq += DEC_STAGES * S;

@@ -66,8 +66,8 @@ extern "C" __global__ void moe_reencode(uint32_t* __restrict__ w, i64 n) {
 
 // Per row: the reference exponent R of the fold (the largest E8M0 exponent of a block holding a
 // nonzero value; 127 for an all-zero row), and *bad set when a nonzero block lies more than
-// WGF_SPAN binades below R or any scale is NaN (255). W (rows, Kd/2), Ws blocked (scale_row).
-// grid = ceil(rows / 4), block = 128 (a warp per row).
+// WGF_SPAN binades below R or any scale is NaN (255). W (rows, Kd/2) blocked (weight_row), Ws
+// blocked (scale_row). grid = ceil(rows / 4), block = 128 (a warp per row).
 extern "C" __global__ void moe_fold_ref(const u8* __restrict__ W, const u8* __restrict__ Ws, i64 rows, i64 Kd,
                                         u8* __restrict__ ref, int* __restrict__ bad) {
   pdl_begin();
@@ -77,8 +77,8 @@ extern "C" __global__ void moe_fold_ref(const u8* __restrict__ W, const u8* __re
   const i64 KB = Kd / MOE_BLOCK;
   int hi = -1, lo = 256, nan = 0;
   for (i64 b = lane; b < KB; b += 32) {
-    const uint4 v = *reinterpret_cast<const uint4*>(W + r * (Kd / 2) + b * 16);
-    const int s = scale_row(Ws, r, KB / 4)[(b >> 2) * 64 + (b & 3)];
+    const uint4 v = *reinterpret_cast<const uint4*>(weight_row(W, r, KB / 4) + weight_blk(b));
+    const int s = scale_row(Ws, r, KB / 4)[scale_blk(b)];
     nan |= s == 255;
     if (((v.x | v.y | v.z | v.w) & E2M1_MAG_MASK) != 0) {
       hi = max(hi, s);
@@ -286,7 +286,7 @@ struct WgfPromote {
     t = tid & 3;
     wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
     xp = A.X + (i64)(row0 + min(tid >> 3, nvalid - 1)) * A.Kd + 16 * (tid & 7);
-    wp = A.W + (A.wrow0 + (tid >> 2)) * (A.Kd / 2) + 16 * (tid & 3);
+    wp = weight_row(A.W, A.wrow0 + (tid >> 2), A.G) + 16 * (tid & 3);
     sp = scale_row(A.Ws, A.wrow0 + min(tid, WGF_ROWS - 1), A.G);
     xtok = tid - WGF_ROWS;
     xsp = A.Xs + (i64)(row0 + min(max(xtok, 0), nvalid - 1)) * A.G;
@@ -301,8 +301,8 @@ struct WgfPromote {
       const int tok = (tid >> 3) + 32 * k;
       if (tok < nvalid && tok < NT) cp_async16(&s.x[tok * WGF_XROW + 16 * (tid & 7)], xp + (i64)32 * k * A.Kd + q * MOE_GROUP);
     }
-    cp_async16(&s.w[(tid >> 2) * 64 + 16 * (tid & 3)], wp + q * 64);
-    cp_async16(&s.w[((tid >> 2) + 64) * 64 + 16 * (tid & 3)], wp + 64 * (A.Kd / 2) + q * 64);
+    cp_async16(&s.w[(tid >> 2) * 64 + 16 * (tid & 3)], wp + q * 1024);
+    cp_async16(&s.w[((tid >> 2) + 64) * 64 + 16 * (tid & 3)], wp + 4 * A.G * 1024 + q * 1024);  // row + 64
     if (tid < WGF_ROWS) cp_async4(&s.s[tid], sp + 64 * q);
     else if (xtok < nvalid && xtok < NT) cp_async4(&s.xs[xtok], xsp + q);
   }
@@ -420,8 +420,8 @@ struct WgbFold {
     t = tid & 3;
     wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
     tsrc = xbase + (i64)(row0 >> 3) * 2048;
-    wp = A.W + (A.wrow0 + wrow) * (A.Kd / 2) + 16 * t;
-    wp8 = wp + 8 * (A.Kd / 2);
+    wp = weight_row(A.W, A.wrow0 + wrow, A.G) + 16 * t;
+    wp8 = wp + 512;  // row + 8, the same 16-row block
     sp = scale_row(A.Ws, A.wrow0 + wrow + 8 * (t & 1), A.G);
     s0 = (uint32_t)__cvta_generic_to_shared(smem);
     full = s0 + WGF_STAGES * SSZ;
@@ -447,8 +447,8 @@ struct WgbFold {
   // and its quad convert, so a __syncwarp after its wait publishes them.
   __device__ __forceinline__ void issue(i64 q) const {
     const uint32_t o = soff(q);
-    cp_async16_s(wdst + o, wp + q * 64);
-    cp_async16_s(wdst + o + 8 * 64, wp8 + q * 64);
+    cp_async16_s(wdst + o, wp + q * 1024);
+    cp_async16_s(wdst + o + 8 * 64, wp8 + q * 1024);
     if (t < 2) cp_async4_s(sdst + o, sp + 64 * q);
   }
 
@@ -536,7 +536,7 @@ struct WgbFold {
 };
 #endif
 
-// W (E, N, Kd/2) packed E2M1, Ws (E, N, Kd/32) E8M0 blocked (scale_row), ref (E, N) the weight fold's reference
+// W (E, N, Kd/2) packed E2M1 blocked (weight_row), Ws (E, N, Kd/32) E8M0 blocked (scale_row), ref (E, N) the weight fold's reference
 // exponents, X (rows, Kd) FP8 with each chunk in fp16_slot order, Xs (rows, Kd/128), tiles
 // (expert, first row, rows) of up to WGF_TOK rows, bias (E, N) or null, out (rows, N) float32.
 // moe_gemm_wgp computes the tiles that moe_wg_tiles listed in plist (*nplist of them; the
