@@ -170,24 +170,25 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   u8* const ds = lane < 4 ? &st[0].s[4 * lane][0] : reinterpret_cast<u8*>(&st[0].xs[max(lane - 16, 0)]);
   const float b0 = bias ? bias[(i64)e * N + nb + g] : 0.f;
   const float b1 = bias ? bias[(i64)e * N + nb + g + 8] : 0.f;
-  // Copies of one of the warp's groups into ring slot SL: the weight rows and scales (issue_w),
-  // the tokens and their scales (issue_x). Slot and group are compile-time constants, the group
-  // counted from the bases below (which move by three groups at a time), so that every address
-  // is a register plus an immediate. Only the fragment's real tokens are copied: the other
-  // columns of the MMA are never stored, so whatever the ring holds there cannot reach a result.
+  // Copies of one of the warp's groups into the ring slot at byte offset o: the weight rows and
+  // scales (issue_w), the tokens and their scales (issue_x). The group is a compile-time offset
+  // from the bases below (which move by three groups a trip, or by one in the split warps'
+  // one-copy loop), so that every source address is a register plus an immediate. Only the
+  // fragment's real tokens are copied: the other columns of the MMA are never stored, so
+  // whatever the ring holds there cannot reach a result.
   const u8* wq = wp0;
   const u8* sq = sp0;
   const u8* xq = nullptr;
   const float* xsq = nullptr;
   bool x0 = false, x1 = false, xs = false;
-  auto issue_w = [&](auto slc, auto grp) {
-    constexpr int o = decltype(slc)::value * (int)sizeof(StreamStage), q = decltype(grp)::value;
+  auto issue_w = [&](int o, auto grp) {
+    constexpr int q = decltype(grp)::value;
     cp_async16(dw + o, wq + q * 1024 * S);
     cp_async16(dw + o + 8 * STREAM_WROW, wq + w8 + q * 1024 * S);
     if (lane < 4) cp_async16(ds + o, sq + q * 64 * S);
   };
-  auto issue_x = [&](auto slc, auto grp) {
-    constexpr int o = decltype(slc)::value * (int)sizeof(StreamStage), q = decltype(grp)::value;
+  auto issue_x = [&](int o, auto grp) {
+    constexpr int q = decltype(grp)::value;
     if (x0) cp_async16(dx + o, xq + q * MOE_GROUP * S);
     if (x1) cp_async16(dx + o + 4 * STREAM_XROW, xq + 4 * Kd + q * MOE_GROUP * S);
     if (xs) cp_async4(ds + o, xsq + q * S);
@@ -199,8 +200,9 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   // The first of the S warps of 16 rows asks L2 for all their groups' scales (G · 64 contiguous
   // bytes) at once, as the row-major layout's first reads would bring them.
   if (r == 0 && lane == 0) prefetch_l2(sp0, (uint32_t)G * 64);
-  if (mine > 0) issue_w(Ic<0>{}, Ic<0>{});
-  if (mine > 1) issue_w(Ic<1>{}, Ic<1>{});
+  constexpr int SZ = (int)sizeof(StreamStage);
+  if (mine > 0) issue_w(0, Ic<0>{});
+  if (mine > 1) issue_w(SZ, Ic<1>{});
   const int nvalid = min(GEMM_TOK, (early ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
   if (early) pdl_begin();
   for (int j = 0; 8 * j < nvalid; j++) {
@@ -213,26 +215,26 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     if (j > 0) {
       wq = wp0;
       sq = sp0;
-      if (mine > 0) issue_w(Ic<0>{}, Ic<0>{});
-      if (mine > 1) issue_w(Ic<1>{}, Ic<1>{});
+      if (mine > 0) issue_w(0, Ic<0>{});
+      if (mine > 1) issue_w(SZ, Ic<1>{});
     }
-    if (mine > 0) issue_x(Ic<0>{}, Ic<0>{});
+    if (mine > 0) issue_x(0, Ic<0>{});
     cp_async_commit();
-    if (mine > 1) issue_x(Ic<1>{}, Ic<1>{});
+    if (mine > 1) issue_x(SZ, Ic<1>{});
     cp_async_commit();
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    // Group i of the warp, in slot SL = i % 3: the copies of group i + 2 into slot (SL + 2) % 3
-    // (the slot group i - 1 used), then the wait for group i, then its MMAs.
-    auto step = [&](int i, auto slc) {
-      constexpr int SL = decltype(slc)::value;
-      if (i + DEC_STAGES - 1 < mine) {  // group i + 2, the bases being at group i - SL
-        issue_w(Ic<(SL + DEC_STAGES - 1) % DEC_STAGES>{}, Ic<SL + DEC_STAGES - 1>{});
-        issue_x(Ic<(SL + DEC_STAGES - 1) % DEC_STAGES>{}, Ic<SL + DEC_STAGES - 1>{});
+    // Group i of the warp, in the slot at byte offset cur (slot i % 3): the copies of group i + 2
+    // (grp groups past the bases) into the slot at nxt (the one group i - 1 used), then the wait
+    // for group i, then its MMAs.
+    auto step = [&](int i, int cur, int nxt, auto grp) {
+      if (i + DEC_STAGES - 1 < mine) {
+        issue_w(nxt, grp);
+        issue_x(nxt, grp);
       }
       cp_async_commit();
       cp_async_wait<DEC_STAGES - 1>();
       __syncwarp();
-      const StreamStage& d = st[SL];
+      const StreamStage& d = *reinterpret_cast<const StreamStage*>(reinterpret_cast<const u8*>(st) + cur);
       const uint32_t sg = *reinterpret_cast<const uint32_t*>(&d.s[g][0]);
       const uint32_t sh = *reinterpret_cast<const uint32_t*>(&d.s[g + 8][0]);
       float part[4] = {0.f, 0.f, 0.f, 0.f};
@@ -265,18 +267,36 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       acc[3] += part[3] * xs1;
       __syncwarp();  // every lane is done with this slot before it is refilled
     };
-    int i = 0;
-    for (; i + DEC_STAGES <= mine; i += DEC_STAGES) {
-      step(i, Ic<0>{});
-      step(i + 1, Ic<1>{});
-      step(i + 2, Ic<2>{});
-      wq += DEC_STAGES * 1024 * S;
-      sq += DEC_STAGES * 64 * S;
-      xq += DEC_STAGES * MOE_GROUP * S;
-      xsq += DEC_STAGES * S;
+    if constexpr (S > 1) {
+      // Split warps (M = 1 and other small grids) walk a few groups once, so the code's size
+      // (instruction fetch) counts as much as its length: one copy of the step, the slot offsets
+      // in registers and the bases moved by one group a step.
+      int cur = 0, nxt = 2 * SZ;
+#pragma unroll 1
+      for (int i = 0; i < mine; i++) {
+        step(i, cur, nxt, Ic<2>{});
+        wq += 1024 * S;
+        sq += 64 * S;
+        xq += MOE_GROUP * S;
+        xsq += S;
+        cur = cur == 2 * SZ ? 0 : cur + SZ;
+        nxt = nxt == 2 * SZ ? 0 : nxt + SZ;
+      }
+    } else {
+      // Three steps a trip, each slot and copy address a register plus an immediate.
+      int i = 0;
+      for (; i + DEC_STAGES <= mine; i += DEC_STAGES) {
+        step(i, 0, 2 * SZ, Ic<2>{});
+        step(i + 1, SZ, 0, Ic<3>{});
+        step(i + 2, 2 * SZ, SZ, Ic<4>{});
+        wq += DEC_STAGES * 1024 * S;
+        sq += DEC_STAGES * 64 * S;
+        xq += DEC_STAGES * MOE_GROUP * S;
+        xsq += DEC_STAGES * S;
+      }
+      if (i < mine) step(i, 0, 2 * SZ, Ic<2>{});
+      if (i + 1 < mine) step(i + 1, SZ, 0, Ic<3>{});
     }
-    if (i < mine) step(i, Ic<0>{});
-    if (i + 1 < mine) step(i + 1, Ic<1>{});
     cp_async_wait<0>();
     if constexpr (S > 1) {
 #pragma unroll
