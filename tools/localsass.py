@@ -7,7 +7,7 @@ kernel (mma.sync e4m3 needs nvcc >= 12.4) is left out. Usage:
     python3 tools/localsass.py [REF]   # REF: a git ref; the working tree by default
 With PTXAS set (a newer ptxas, tools/localptxas.sh), the PTX is assembled by it: needed since
 the kernels use cp.async.bulk.prefetch, which this nvcc's own ptxas does not know."""
-import collections, os, re, subprocess, sys, tempfile
+import bisect, collections, os, re, subprocess, sys, tempfile
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 ref = sys.argv[1] if len(sys.argv) > 1 else None
@@ -53,15 +53,18 @@ for l in sass.splitlines():
     m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", l)
     if m and keep:
         ins.append((int(m.group(1), 16), m.group(2).strip()))
-at = {a: i for i, (a, _) in enumerate(ins)}
+# A branch target's index: the first listed instruction at or after it (cuobjdump sometimes prints
+# an instruction's encoding without its text, so the target itself may be missing).
+addrs = [a for a, _ in ins]
 loops = []
 for i, (a, t) in enumerate(ins):
     m = re.search(r"BRA (0x[0-9a-f]+)", t)
-    if m and int(m.group(1), 16) < a and int(m.group(1), 16) in at:
-        seg = ins[at[int(m.group(1), 16)]:i + 1]
+    if m and int(m.group(1), 16) < a:
+        j = bisect.bisect_left(addrs, int(m.group(1), 16))
+        seg = ins[j:i + 1]
         mma = sum("HMMA" in x[1] for x in seg)
         if mma:
-            loops.append((at[int(m.group(1), 16)], i, mma))
+            loops.append((j, i, mma))
 # innermost loops: those containing no other loop
 inner = [l for l in loops if not any(o != l and l[0] <= o[0] and o[1] <= l[1] for o in loops)]
 for s, e, mma in inner:
