@@ -155,7 +155,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 	at := func(off int64) cu.DevicePtr { return l.weights + cu.DevicePtr(off) }
 	l.w13, l.s13, l.w2, l.s2 = at(o13), at(os13), at(o2), at(os2)
 	// The scales go up in the kernels' blocked layout (blockedScales), the codes below
-	// (blockWeights).
+	// (blockedWeights).
 	s13 := blockedScales(w.W13Scale, w.E, 2*w.I, w.K)
 	s2 := blockedScales(w.W2Scale, w.E, w.K, w.I)
 	type upload struct {
@@ -182,7 +182,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 			return nil, fmt.Errorf("cudaops: uploading the weights: %v", err)
 		}
 	}
-	// The codes go up in the kernels' blocked layout (blockWeights), an expert at a time through
+	// The codes go up in the kernels' blocked layout (blockedWeights), an expert at a time through
 	// one buffer: a copy from pageable memory has left the buffer when it returns.
 	for _, t := range []struct {
 		dst     cu.DevicePtr
@@ -192,7 +192,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		per := t.n * t.cols / 2
 		buf := make([]uint8, per)
 		for x := 0; x < w.E; x++ {
-			blockWeights(buf, t.src[x*per:(x+1)*per], t.n, t.cols)
+			blockedWeights(buf, t.src[x*per:(x+1)*per], t.n, t.cols)
 			if err := cu.MemcpyHtoD(t.dst+cu.DevicePtr(x*per), ptr(buf), int64(per)); err != nil {
 				l.release()
 				return nil, fmt.Errorf("cudaops: uploading the weights: %v", err)

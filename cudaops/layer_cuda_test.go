@@ -248,7 +248,7 @@ func TestDecodeSplits(t *testing.T) {
 	}
 }
 
-// TestWeightLayout reads the uploaded W13 back: in the blocked order (blockWeights), every
+// TestWeightLayout reads the uploaded W13 back: in the blocked order (blockedWeights), every
 // 32-bit word holds its 8 E2M1 codes in the kernels' device layout (code n's magnitude at bits
 // MAG(n).., its sign at SGN(n), codes 4..7 16 bits above codes 0..3).
 func TestWeightLayout(t *testing.T) {
@@ -264,11 +264,11 @@ func TestWeightLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The stored codes in the blocked order (blockWeights), then each word re-encoded.
+	// The stored codes in the blocked order (blockedWeights), then each word re-encoded.
 	stored := make([]uint8, len(c.Weights.W13))
 	per := 2 * c.Weights.I * c.Weights.K / 2
 	for x := 0; x < c.Weights.E; x++ {
-		blockWeights(stored[x*per:(x+1)*per], c.Weights.W13[x*per:(x+1)*per], 2*c.Weights.I, c.Weights.K)
+		blockedWeights(stored[x*per:(x+1)*per], c.Weights.W13[x*per:(x+1)*per], 2*c.Weights.I, c.Weights.K)
 	}
 	mag, sgn := [4]uint{9, 0, 3, 12}, [4]uint{15, 6, 7, 8}
 	for i := range got {

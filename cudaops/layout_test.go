@@ -41,7 +41,7 @@ func TestBlockedScales(t *testing.T) {
 	}
 }
 
-func TestBlockWeights(t *testing.T) {
+func TestBlockedWeights(t *testing.T) {
 	// Two 16-row blocks of 256 columns (128 bytes a row, two groups).
 	const n, kd = 32, 256
 	src := make([]uint8, n*kd/2)
@@ -51,7 +51,7 @@ func TestBlockWeights(t *testing.T) {
 		}
 	}
 	dst := make([]uint8, len(src))
-	blockWeights(dst, src, n, kd)
+	blockedWeights(dst, src, n, kd)
 	// Row r's group q lands in block r/16 at ((r/16·2 + q)·16 + r%16)·64.
 	cases := []struct{ at, row, grp, b int }{
 		{0, 0, 0, 0}, {63, 0, 0, 63}, // row 0, group 0
