@@ -30,8 +30,9 @@ __device__ __forceinline__ void mma_e4m3(float d[4], const uint32_t a[4], const 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// W (E, N, Kd/2) packed E2M1 blocked (weight_row), Ws (E, N, Kd/32) E8M0 blocked (scale_row), X (rows, Kd) FP8, Xs (rows, Kd/128),
-// bias (E, N) or null, out (rows, N) float32. grid = (N / GEMM_ROWS, tile bound), block = 128.
+// W (E, N, Kd/2) packed E2M1 blocked (weight_row), Ws (E, N, Kd/32) E8M0 blocked (scale_row),
+// X (rows, Kd) FP8, Xs (rows, Kd/128), bias (E, N) or null, out (rows, N) float32.
+// grid = (N / GEMM_ROWS, tile bound), block = 128.
 extern "C" __global__ void __launch_bounds__(GEMM_WARPS * 32)
 moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
          const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,

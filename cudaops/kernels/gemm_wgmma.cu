@@ -210,12 +210,12 @@ __device__ __forceinline__ int wgf_lds(uint32_t a) {
 
 // Stores acc · 2^(R - 127 + x(col)) plus the bias for the real tokens, x(col) = the token's
 // exponent word at shared address tx + 4·col, less 127 (TX), or 0; xlo and xhi bound x over the
-// tile. Thread (g, t) holds rows wrow, wrow+8 and tokens 8i + 2t, 8i + 2t + 1. While every power
-// of two the thread may apply is a normal float (the usual case: the weights' and tokens'
-// reference exponents lie near 127), the scale is one multiply by it, which rounds the exact product once, as ldexpf does; else
-// ldexpf. The multiply and the bias's add stay two roundings (__fmul_rn is never fused into an
-// FMA). The two output rows of a token column are walked by pointers (8 columns = 8·N floats a
-// step), so a store costs a few instructions.
+// tile. Thread (g, t) holds rows wrow, wrow+8 and tokens 8i + 2t, 8i + 2t + 1. While every power of
+// two the thread may apply is a normal float (the usual case: the weights' and tokens' reference
+// exponents lie near 127), the scale is one multiply by it, which rounds the exact product once, as
+// ldexpf does; else ldexpf. The multiply and the bias's add stay two roundings (__fmul_rn is never
+// fused into an FMA). The two output rows of a token column are walked by pointers (8 columns = 8·N
+// floats a step), so a store costs a few instructions.
 template <int NT, bool TX>
 __device__ __forceinline__ void wgf_store(const WgfArgs& A, int row0, int nvalid, int wrow, int t, const int (&R)[2],
                                           const float (&acc)[NT / 2], uint32_t tx, int xlo, int xhi) {
@@ -536,9 +536,10 @@ struct WgbFold {
 };
 #endif
 
-// W (E, N, Kd/2) packed E2M1 blocked (weight_row), Ws (E, N, Kd/32) E8M0 blocked (scale_row), ref (E, N) the weight fold's reference
-// exponents, X (rows, Kd) FP8 with each chunk in fp16_slot order, Xs (rows, Kd/128), tiles
-// (expert, first row, rows) of up to WGF_TOK rows, bias (E, N) or null, out (rows, N) float32.
+// W (E, N, Kd/2) packed E2M1 blocked (weight_row), Ws (E, N, Kd/32) E8M0 blocked (scale_row), ref
+// (E, N) the weight fold's reference exponents, X (rows, Kd) FP8 with each chunk in fp16_slot
+// order, Xs (rows, Kd/128), tiles (expert, first row, rows) of up to WGF_TOK rows, bias (E, N) or
+// null, out (rows, N) float32.
 // moe_gemm_wgp computes the tiles that moe_wg_tiles listed in plist (*nplist of them; the
 // tiles whose activation scales do not fold), block (x, y) taking list entries y, y + grid.y,
 // ...: grid = (N / 128, any), block = 256, WGF_PSMEM bytes of dynamic shared memory. moe_gemm_wgb
