@@ -46,7 +46,7 @@ const (
 	GEMMAuto GEMMKernel = iota
 	// GEMMTiled: 64 weight rows by 32 tokens per block.
 	GEMMTiled
-	// GEMMDecode: FP16 mma.sync, 16 weight rows per block, K split over 4 warps, weights and
+	// GEMMDecode: FP16 mma.sync, 32 weight rows a warp, K split over up to 4 warps, weights and
 	// tokens streamed through cp.async rings in shared memory, one 8-token fragment per pass.
 	GEMMDecode
 	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 128 weight rows by up to 160 tokens per block,

@@ -36,7 +36,7 @@ type Device struct {
 
 // kernels are the module's functions.
 type kernels struct {
-	prepare, route, routeSmall, routeScatter, permute, permuteWG, gemm, gemmDec, gemmWgb, gemmWgp, wgTiles, wgStage, foldRef, reencode, actQuant, reduce cu.Function
+	prepare, route, routeSmall, routeScatter, permute, permuteWG, gemm, gemmDec, gemmWgb, gemmWgp, wgTiles, wgStage, foldRef, reencode, actQuant, reduce, gemmDec1 cu.Function
 }
 
 var open = sync.OnceValues(func() (*Device, error) {
@@ -87,16 +87,21 @@ var open = sync.OnceValues(func() (*Device, error) {
 	for name, f := range map[string]*cu.Function{
 		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_route_small": &d.fn.routeSmall, "moe_route_scatter": &d.fn.routeScatter, "moe_permute": &d.fn.permute, "moe_permute_wg": &d.fn.permuteWG,
 		"moe_gemm": &d.fn.gemm, "moe_gemm_dec": &d.fn.gemmDec, "moe_gemm_wgb": &d.fn.gemmWgb, "moe_gemm_wgp": &d.fn.gemmWgp, "moe_wg_tiles": &d.fn.wgTiles, "moe_wg_stage": &d.fn.wgStage, "moe_fold_ref": &d.fn.foldRef, "moe_reencode": &d.fn.reencode,
-		"moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce,
+		"moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce, "moe_gemm_dec1": &d.fn.gemmDec1,
 	} {
 		if *f, err = d.mod.Function(name); err != nil {
 			return nil, fmt.Errorf("cudaops: kernel %s: %v", name, err)
 		}
 	}
-	// The streaming GEMM: the largest shared-memory carveout, so that as many blocks as its
-	// shared memory allows (six) are resident on a multiprocessor.
-	if err := preferShared(d.fn.gemmDec); err != nil {
-		return nil, err
+	// The streaming GEMM's kernels (split, and split 1): 51 KB of shared memory a block, and the
+	// largest carveout, so that four blocks are resident on a multiprocessor.
+	for _, f := range []cu.Function{d.fn.gemmDec, d.fn.gemmDec1} {
+		if err := setMaxDynamicSmem(f, decSmem); err != nil {
+			return nil, err
+		}
+		if err := preferShared(f); err != nil {
+			return nil, err
+		}
 	}
 	// The wgmma GEMMs' rings take more than the default 48 KB of shared memory.
 	if err := setMaxDynamicSmem(d.fn.gemmWgb, wgbSmem); err != nil {

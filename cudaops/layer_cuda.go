@@ -39,23 +39,25 @@ const (
 	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
 	// scale words and 128 token scales per stage, and two FP16 token buffers.
 	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
-	// The streaming (decode) GEMM (DEC_WARPS, DEC_STAGES, DEC_BLOCKS, DEC_SMEM): 4 warps a block,
-	// each with a 3-stage ring of its own (a stage: 16 weight rows of 80 bytes, 8 token rows of
-	// 160, 16 scale words, 8 token scales), then the warps' partial sums; 6 blocks per SM.
-	decWarps  = 4
-	decBlocks = 6
-	decSmem   = decWarps*3*(16*80+8*160+16*4+8*4) + decWarps*4*32*4
+	// The streaming (decode) GEMM (DEC_WARPS, DEC_STAGES, DEC_SMEM): 4 warps a block, each on
+	// 32 weight rows with a 3-stage ring of its own (a stage: 32 weight rows of 80 bytes, 8 token
+	// rows of 160, 32 scale words, 8 token scales), then the warps' partial sums; 4 blocks per SM.
+	decWarps = 4
+	decSmem  = decWarps*3*(32*80+8*160+32*4+8*4) + decWarps*8*32*4
+	// decSplit's grid measure: blocks of 4 warps on 16 rows each, 6 per SM (the kernel of v18,
+	// on which its thresholds were measured; the 32-row warps kept its choices).
+	decSplitRows, decSplitBlocks = 16, 6
 )
 
-// decSplit returns how many warps share each 16 weight rows of the streaming GEMM for n rows of
-// kd columns and a bound of tiles: the largest of 4, 2 whose grid fits on the device in one
-// wave, or in three waves while each warp still has at least 4 of the kd/128 column groups, else
-// 1. (Two waves of warps with half the groups each beat one wave: GPT-OSS M = 1 43.7 -> 40.5 µs,
+// decSplit returns how many warps share each weight row of the streaming GEMM for n rows of kd
+// columns and a bound of tiles: the largest of 4, 2 whose grid of 16-row warps (decSplitRows,
+// decSplitBlocks) fits on the device in one wave, or in three waves while each warp still has at
+// least 4 of the kd/128 column groups, else 1. (Two waves of warps with half the groups each beat one wave: GPT-OSS M = 1 43.7 -> 40.5 µs,
 // DeepSeek-V3 108.8 -> 97.3 on an H200; with 1-2 groups a warp, Qwen3's GEMM2, they lost. Three
 // waves instead of two took DeepSeek-V3 M = 1 from 85.9 to 82.8 µs; four made Qwen3 M = 4 16 %
 // slower. docs/perf.md.)
 func (l *Layer) decSplit(n, kd int64, tiles int) int {
-	units, wave, groups := int(n/16)*tiles, decBlocks*l.dev.SMs, int(kd/128)
+	units, wave, groups := int(n/decSplitRows)*tiles, decSplitBlocks*l.dev.SMs, int(kd/128)
 	for _, s := range []int{4, 2} {
 		if blocks := units * s / decWarps; blocks <= wave || (blocks <= 3*wave && groups >= 4*s) {
 			return s
@@ -604,8 +606,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early bool) error {
 		switch kernel {
 		case GEMMDecode:
-			split := l.decSplit(n, kd, tiles)
-			return launch(f.gemmDec, dim3{int(n) * split / (16 * decWarps), tiles, 1}, dim3{32 * decWarps, 1, 1}, decSmem, l.stream,
+			split, fn := l.decSplit(n, kd, tiles), f.gemmDec
+			if split == 1 {
+				fn = f.gemmDec1
+			}
+			return launch(fn, dim3{int(n) * split / (32 * decWarps), tiles, 1}, dim3{32 * decWarps, 1, 1}, decSmem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales), flag(early))
 		case GEMMWgmma:

@@ -215,7 +215,7 @@ func TestDecodeScales(t *testing.T) {
 	}
 }
 
-// TestDecodeSplits runs the streaming GEMM at batch sizes whose grids split each 16 weight rows
+// TestDecodeSplits runs the streaming GEMM at batch sizes whose grids split each 32 weight rows
 // over 4, 2 and 1 warps (the first batch size of each, which depends on the device's SM count),
 // against native and twice (bitwise the same).
 func TestDecodeSplits(t *testing.T) {

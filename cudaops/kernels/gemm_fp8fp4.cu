@@ -95,41 +95,45 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
   }
 }
 
-// The streaming variant (decode-shaped batches). A block is DEC_WARPS warps on 16 · DEC_WARPS / S
-// consecutive weight rows of one token tile: S warps share each 16 rows, warp r of them taking
+// The streaming variant (decode-shaped batches). A block is DEC_WARPS warps on 32 · DEC_WARPS / S
+// consecutive weight rows of one token tile: S warps share each 32 rows, warp r of them taking
 // the groups (128 elements) q ≡ r mod S, and their partial sums are added in the order of r, so
-// the result does not depend on timing. The host picks S = 4, 2 or 1, the largest whose grid
-// still fits on the device in one wave, so that small batches keep every SM streaming. Each warp
-// walks its groups through a DEC_STAGES-deep ring of its own in shared memory filled by cp.async
-// copies: the 16 rows' 64 bytes and 4 scales, the tile's tokens' 128 bytes and scales (only the
-// real tokens). A pass computes one 8-token fragment; a tile with more tokens takes more passes
-// (decode tiles hold one or two tokens).
+// the result does not depend on timing. The host picks S = 4, 2 or 1 (decSplit) so that small
+// batches keep every SM streaming. A warp's 32 rows are two 16-row blocks, adjacent in the
+// blocked layout (the second block's group q is G KB after the first's): they share each token
+// fragment's FP16 conversion, the token scales and the loop's copies and bookkeeping, so a group
+// costs fewer instructions a weight byte than two 16-row warps, and a warp start serves twice the
+// bytes (at M = 1 the warps' time goes mostly to instruction fetch and issue, docs/perf.md). Each
+// warp walks its groups through a DEC_STAGES-deep ring of its own in shared memory filled by
+// cp.async copies: the 32 rows' 64 bytes and 4 scales, the tile's tokens' 128 bytes and scales
+// (only the real tokens). A pass computes one 8-token fragment; a tile with more tokens takes
+// more passes (decode tiles hold one or two tokens).
 //
-// Each 32-element block is two FP16 MMAs (mma.sync m16n8k16, float32 accumulation; E2M1 and
-// E4M3 are exact in FP16, and FP16 is the MMA path the FP8 mma.sync runs on anyway on sm_90),
-// with the k order inside the block permuted identically for weights and tokens (a dot product
-// does not depend on the order of its terms): in step s, thread t of a quad feeds logical k
-// 2t + c with element 8t + 2s + 4c and logical k 2t + 8 + c with element 8t + 2s + 1 + 4c. One
-// 4-byte read of a weight row (bytes 4t..4t+3 of the block: nibble pairs (i, i+4) become f16x2
-// registers with a few bit operations) and one 8-byte read of a token row (bytes 8t..8t+7) fill
-// both steps' fragments. Each block's product is multiplied by its weight scale into the group's
-// partial sum, which the tokens' scales (and 2^14, the E2M1 expansion's factor) multiply into the
-// accumulator. With EXACT false (the layer has no scale byte 0 or 255, checked at upload) a
-// scale is 2^(s-127) straight from its bits.
+// Each 32-element block is two FP16 MMAs per 16 rows (mma.sync m16n8k16, float32 accumulation;
+// E2M1 and E4M3 are exact in FP16, and FP16 is the MMA path the FP8 mma.sync runs on anyway on
+// sm_90), with the k order inside the block permuted identically for weights and tokens (a dot
+// product does not depend on the order of its terms): in step s, thread t of a quad feeds
+// logical k 2t + c with element 8t + 2s + 4c and logical k 2t + 8 + c with element 8t + 2s + 1 +
+// 4c. One 4-byte read of a weight row (bytes 4t..4t+3 of the block: nibble pairs (i, i+4) become
+// f16x2 registers with a few bit operations) and one 8-byte read of a token row (bytes 8t..8t+7)
+// fill both steps' fragments. Each block's product is multiplied by its weight scale into the
+// group's partial sum, which the tokens' scales (and 2^14, the E2M1 expansion's factor) multiply
+// into the accumulator. With EXACT false (the layer has no scale byte 0 or 255, checked at
+// upload) a scale is 2^(s-127) straight from its bits.
 #define DEC_WARPS 4
 #define DEC_STAGES 3
-#define DEC_BLOCKS 6     // blocks per SM the register bound asks for
+#define DEC_BLOCKS 4     // blocks per SM (shared memory)
 #define STREAM_WROW 80   // weight row bytes in the ring: 64 of data, padded for conflict-free reads
 #define STREAM_XROW 160  // token row bytes in the ring: 128 of data, padded likewise
 
-struct StreamStage {
-  u8 w[16][STREAM_WROW];  // 16 weight rows × 64 bytes (4 blocks of 32 E2M1 values)
+struct DecStage {
+  u8 w[32][STREAM_WROW];  // 32 weight rows × 64 bytes (4 blocks of 32 E2M1 values)
   u8 x[8][STREAM_XROW];   // 8 token rows × 128 FP8 values
-  u8 s[16][4];            // the rows' 4 E8M0 scales
+  u8 s[32][4];            // the rows' 4 E8M0 scales
   float xs[8];            // the tokens' activation scales of this group
 };
 // The dynamic shared memory: the warps' rings, then their partial sums (S > 1).
-#define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(StreamStage) + DEC_WARPS * 4 * 32 * 4)
+#define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStage) + DEC_WARPS * 8 * 32 * 4)
 
 // A compile-time int as a value (to pass ring slots to generic lambdas).
 template <int V>
@@ -152,31 +156,25 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
                                          float* __restrict__ out, i64 N, i64 Kd, bool early) {
   extern __shared__ __align__(16) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int r = warp % S;  // this warp's share of K
-  const i64 nb = (i64)blockIdx.x * (16 * DEC_WARPS / S) + (warp / S) * 16;  // the warp's first weight row
+  const int r = warp % S;
+  const i64 nb = (i64)blockIdx.x * (32 * DEC_WARPS / S) + (warp / S) * 32;  // the warp's first weight row
   const i64 G = Kd / MOE_GROUP;
-  const int mine = (int)((G - r + S - 1) / S);  // groups of this warp
-  StreamStage* const st = reinterpret_cast<StreamStage*>(dec_smem) + warp * DEC_STAGES;
-  float(*const red)[4][32] = reinterpret_cast<float(*)[4][32]>(dec_smem + DEC_WARPS * DEC_STAGES * sizeof(StreamStage));
-  // This lane's copy sources at the warp's first group: weight rows lane/4 and lane/4 + 8 (16
-  // bytes each), the scales of rows 4·lane .. 4·lane + 3 (lanes < 4; the 16 rows' scales of a
-  // group are 64 contiguous bytes, scale_row).
+  const int mine = (int)((G - r + S - 1) / S);
+  constexpr int D = DEC_STAGES;
+  DecStage* const st = reinterpret_cast<DecStage*>(dec_smem) + warp * D;
+  float(*const red)[8][32] = reinterpret_cast<float(*)[8][32]>(dec_smem + DEC_WARPS * D * sizeof(DecStage));
+  // This lane's copy sources at the warp's first group: rows lane/4 and lane/4 + 8 of both 16-row
+  // blocks (16 bytes each; the second block G KB on), the scales of rows 4·lane .. 4·lane + 3
+  // (lanes < 8; a 16-row block's scales of a group are 64 contiguous bytes, scale_row).
   const u8* const wp0 = weight_row(W, (i64)e * N + nb + (lane >> 2), G) + 16 * (lane & 3) + 1024 * r;
-  const u8* const sp0 = scale_row(Ws, (i64)e * N + nb, G) + r * 64 + 16 * (lane & 3);
-  constexpr i64 w8 = 512;  // row + 8 in the blocked layout (weight_row)
-  // The lane's ring addresses: weight rows, token rows, scale words (lanes < 4) or token scale
-  // (lanes >= 16).
+  const u8* const sp0 = scale_row(Ws, (i64)e * N + nb + 16 * ((lane >> 2) & 1), G) + r * 64 + 16 * (lane & 3);
+  const i64 wblk = G * 1024;  // the second 16-row block
   u8* const dw = &st[0].w[lane >> 2][16 * (lane & 3)];
   u8* const dx = &st[0].x[lane >> 3][16 * (lane & 7)];
-  u8* const ds = lane < 4 ? &st[0].s[4 * lane][0] : reinterpret_cast<u8*>(&st[0].xs[max(lane - 16, 0)]);
-  const float b0 = bias ? bias[(i64)e * N + nb + g] : 0.f;
-  const float b1 = bias ? bias[(i64)e * N + nb + g + 8] : 0.f;
-  // Copies of one of the warp's groups into the ring slot at byte offset o: the weight rows and
-  // scales (issue_w), the tokens and their scales (issue_x). The group is a compile-time offset
-  // from the bases below (which move by three groups a trip, or by one in the split warps'
-  // one-copy loop), so that every source address is a register plus an immediate. Only the
-  // fragment's real tokens are copied: the other columns of the MMA are never stored, so
-  // whatever the ring holds there cannot reach a result.
+  u8* const ds = lane < 8 ? &st[0].s[4 * lane][0] : reinterpret_cast<u8*>(&st[0].xs[max(lane - 16, 0)]);
+  float bs[4];
+#pragma unroll
+  for (int k = 0; k < 4; k++) bs[k] = bias ? bias[(i64)e * N + nb + g + 8 * k] : 0.f;
   const u8* wq = wp0;
   const u8* sq = sp0;
   const u8* xq = nullptr;
@@ -185,8 +183,10 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   auto issue_w = [&](int o, auto grp) {
     constexpr int q = decltype(grp)::value;
     cp_async16(dw + o, wq + q * 1024 * S);
-    cp_async16(dw + o + 8 * STREAM_WROW, wq + w8 + q * 1024 * S);
-    if (lane < 4) cp_async16(ds + o, sq + q * 64 * S);
+    cp_async16(dw + o + 8 * STREAM_WROW, wq + 512 + q * 1024 * S);
+    cp_async16(dw + o + 16 * STREAM_WROW, wq + wblk + q * 1024 * S);
+    cp_async16(dw + o + 24 * STREAM_WROW, wq + wblk + 512 + q * 1024 * S);
+    if (lane < 8) cp_async16(ds + o, sq + q * 64 * S);
   };
   auto issue_x = [&](int o, auto grp) {
     constexpr int q = decltype(grp)::value;
@@ -194,22 +194,15 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     if (x1) cp_async16(dx + o + 4 * STREAM_XROW, xq + 4 * Kd + q * MOE_GROUP * S);
     if (xs) cp_async4(ds + o, xsq + q * S);
   };
-  // The first pass's first weights go out before the tile's row count is known (reading it is
-  // one more memory round trip, which they overlap). early: all of this before the wait for the
-  // previous kernel (moe_gemm_dec below), the entries read past L1.
-  static_assert(DEC_STAGES == 3, "the ring's slots are spelled out for 3 stages");
-  // The first of the S warps of 16 rows asks L2 for all their groups' scales (G · 64 contiguous
-  // bytes) at once, as the row-major layout's first reads would bring them.
-  if (r == 0 && lane == 0) prefetch_l2(sp0, (uint32_t)G * 64);
-  constexpr int SZ = (int)sizeof(StreamStage);
+  if (r == 0 && lane < 2) prefetch_l2(scale_row(Ws, (i64)e * N + nb + 16 * lane, G), (uint32_t)G * 64);
+  constexpr int SZ = (int)sizeof(DecStage);
   if (mine > 0) issue_w(0, Ic<0>{});
   if (mine > 1) issue_w(SZ, Ic<1>{});
   const int nvalid = min(GEMM_TOK, (early ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
   if (early) pdl_begin();
   for (int j = 0; 8 * j < nvalid; j++) {
     const i64 tok0 = row0 + 8 * j;
-    const int live = min(8, nvalid - 8 * j);  // real tokens in this fragment
-    // Token rows lane/8 and lane/8 + 4 (16 bytes each), the scale of token lane - 16.
+    const int live = min(8, nvalid - 8 * j);
     xq = X + (tok0 + (lane >> 3)) * Kd + 16 * (lane & 7) + MOE_GROUP * r;
     xsq = Xs + (tok0 + max(lane - 16, 0)) * G + r;
     x0 = (lane >> 3) < live, x1 = (lane >> 3) + 4 < live, xs = lane >= 16 && lane - 16 < live;
@@ -223,124 +216,105 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     cp_async_commit();
     if (mine > 1) issue_x(SZ, Ic<1>{});
     cp_async_commit();
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    // Group i of the warp, in the slot at byte offset cur (slot i % 3): the copies of group i + 2
-    // (grp groups past the bases) into the slot at nxt (the one group i - 1 used), then the wait
-    // for group i, then its MMAs.
-    auto step = [&](int i, int cur, int nxt, auto grp) {
-      if (i + DEC_STAGES - 1 < mine) {
-        issue_w(nxt, grp);
-        issue_x(nxt, grp);
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int cur = 0, nxt = 2 * SZ;
+#pragma unroll 1
+    for (int i = 0; i < mine; i++) {
+      if (i + D - 1 < mine) {
+        issue_w(nxt, Ic<2>{});
+        issue_x(nxt, Ic<2>{});
       }
       cp_async_commit();
-      cp_async_wait<DEC_STAGES - 1>();
+      cp_async_wait<D - 1>();
       __syncwarp();
-      const StreamStage& d = *reinterpret_cast<const StreamStage*>(reinterpret_cast<const u8*>(st) + cur);
-      const uint32_t sg = *reinterpret_cast<const uint32_t*>(&d.s[g][0]);
-      const uint32_t sh = *reinterpret_cast<const uint32_t*>(&d.s[g + 8][0]);
-      float part[4] = {0.f, 0.f, 0.f, 0.f};
+      const DecStage& d = *reinterpret_cast<const DecStage*>(reinterpret_cast<const u8*>(st) + cur);
+      uint32_t sw[4];
+#pragma unroll
+      for (int k = 0; k < 4; k++) sw[k] = *reinterpret_cast<const uint32_t*>(&d.s[g + 8 * k][0]);
+      float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int b = 0; b < 4; b++) {
-        const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[g][16 * b + 4 * t]);
-        const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[g + 8][16 * b + 4 * t]);
         const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][32 * b + 8 * t]);
-        float dd[4] = {0.f, 0.f, 0.f, 0.f};
-        {
-          const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
-          const uint32_t bb[2] = {e4m3_lo_f16(xv.x), e4m3_hi_f16(xv.x)};
-          mma_f16(dd, a, bb);
+        const uint32_t b0[2] = {e4m3_lo_f16(xv.x), e4m3_hi_f16(xv.x)};
+        const uint32_t b1[2] = {e4m3_lo_f16(xv.y), e4m3_hi_f16(xv.y)};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {  // the 16-row block
+          const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][16 * b + 4 * t]);
+          const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][16 * b + 4 * t]);
+          float dd[4] = {0.f, 0.f, 0.f, 0.f};
+          {
+            const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
+            mma_f16(dd, a, b0);
+          }
+          {
+            const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
+            mma_f16(dd, a, b1);
+          }
+          const float ws0 = dec_scale<EXACT>(sw[2 * h], b), ws1 = dec_scale<EXACT>(sw[2 * h + 1], b);
+          part[4 * h + 0] += dd[0] * ws0;
+          part[4 * h + 1] += dd[1] * ws0;
+          part[4 * h + 2] += dd[2] * ws1;
+          part[4 * h + 3] += dd[3] * ws1;
         }
-        {
-          const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
-          const uint32_t bb[2] = {e4m3_lo_f16(xv.y), e4m3_hi_f16(xv.y)};
-          mma_f16(dd, a, bb);
-        }
-        const float ws0 = dec_scale<EXACT>(sg, b), ws1 = dec_scale<EXACT>(sh, b);
-        part[0] += dd[0] * ws0;
-        part[1] += dd[1] * ws0;
-        part[2] += dd[2] * ws1;
-        part[3] += dd[3] * ws1;
       }
-      const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;  // 2^14: the expansion's factor
-      acc[0] += part[0] * xs0;
-      acc[1] += part[1] * xs1;
-      acc[2] += part[2] * xs0;
-      acc[3] += part[3] * xs1;
-      __syncwarp();  // every lane is done with this slot before it is refilled
-    };
-    if constexpr (S > 1) {
-      // Split warps (M = 1 and other small grids) walk a few groups once, so the code's size
-      // (instruction fetch) counts as much as its length: one copy of the step, the slot offsets
-      // in registers and the bases moved by one group a step.
-      int cur = 0, nxt = 2 * SZ;
-#pragma unroll 1
-      for (int i = 0; i < mine; i++) {
-        step(i, cur, nxt, Ic<2>{});
-        wq += 1024 * S;
-        sq += 64 * S;
-        xq += MOE_GROUP * S;
-        xsq += S;
-        cur = cur == 2 * SZ ? 0 : cur + SZ;
-        nxt = nxt == 2 * SZ ? 0 : nxt + SZ;
+      const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        acc[4 * h + 0] += part[4 * h + 0] * xs0;
+        acc[4 * h + 1] += part[4 * h + 1] * xs1;
+        acc[4 * h + 2] += part[4 * h + 2] * xs0;
+        acc[4 * h + 3] += part[4 * h + 3] * xs1;
       }
-    } else {
-      // Three steps a trip, each slot and copy address a register plus an immediate.
-      int i = 0;
-      for (; i + DEC_STAGES <= mine; i += DEC_STAGES) {
-        step(i, 0, 2 * SZ, Ic<2>{});
-        step(i + 1, SZ, 0, Ic<3>{});
-        step(i + 2, 2 * SZ, SZ, Ic<4>{});
-        wq += DEC_STAGES * 1024 * S;
-        sq += DEC_STAGES * 64 * S;
-        xq += DEC_STAGES * MOE_GROUP * S;
-        xsq += DEC_STAGES * S;
-      }
-      if (i < mine) step(i, 0, 2 * SZ, Ic<2>{});
-      if (i + 1 < mine) step(i + 1, SZ, 0, Ic<3>{});
+      __syncwarp();
+      wq += 1024 * S;
+      sq += 64 * S;
+      xq += MOE_GROUP * S;
+      xsq += S;
+      cur = cur == 2 * SZ ? 0 : cur + SZ;
+      nxt = nxt == 2 * SZ ? 0 : nxt + SZ;
     }
     cp_async_wait<0>();
     if constexpr (S > 1) {
 #pragma unroll
-      for (int c = 0; c < 4; c++) red[warp][c][lane] = acc[c];
+      for (int c = 0; c < 8; c++) red[warp][c][lane] = acc[c];
       __syncthreads();
-      if (r == 0) {
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-          float v = acc[c];
-#pragma unroll
-          for (int k = 1; k < S; k++) v += red[warp + k][c][lane];
-          acc[c] = v;
-        }
-      }
     }
     if (r == 0) {
 #pragma unroll
-      for (int c = 0; c < 2; c++) {
-        const int col = 8 * j + 2 * t + c;
-        if (col < nvalid) {
-          out[(i64)(row0 + col) * N + nb + g] = acc[c] + b0;
-          out[(i64)(row0 + col) * N + nb + g + 8] = acc[2 + c] + b1;
-        }
+      for (int c = 0; c < 8; c++) {
+        float v = acc[c];
+#pragma unroll
+        for (int k = 1; k < S; k++) v += red[warp + k][c][lane];
+        acc[c] = v;
       }
+#pragma unroll
+      for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int col = 8 * j + 2 * t + c;
+          if (col < nvalid) {
+            out[(i64)(row0 + col) * N + nb + 16 * h + g] = acc[4 * h + c] + bs[2 * h];
+            out[(i64)(row0 + col) * N + nb + 16 * h + g + 8] = acc[4 * h + 2 + c] + bs[2 * h + 1];
+          }
+        }
     }
-    if constexpr (S > 1) __syncthreads();  // the partial sums are read before the next pass writes them
+    if constexpr (S > 1) __syncthreads();
     __syncwarp();
   }
 }
 
-// grid = (N · S / (16 · DEC_WARPS), tile bound), block = 32 · DEC_WARPS, dynamic shared memory
-// DEC_SMEM; split = S (1, 2 or 4); exact != 0 when a weight scale byte may be 0 or 255. early != 0
-// when the routing metadata (tiles, ntiles, counts, offsets) comes from a kernel before the
-// previous one (GEMM2, after the activation kernel): the block then reads its tile and row count
-// and issues its first weight copies before it waits for the previous kernel, so that under
-// programmatic launch those round trips overlap the activation kernel. The entries are read
-// past L1 (written by an earlier kernel of the stream, complete before the previous one began).
-extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, DEC_BLOCKS)
-moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
-             const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
-             const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,
-             i64 split, i64 exact, i64 early) {
-  int nt, e, row0;
+// grid = (N · S / (32 · DEC_WARPS), tile bound), block = 32 · DEC_WARPS, dynamic shared memory
+// DEC_SMEM; moe_gemm_dec takes split S = 2 or 4 (split), moe_gemm_dec1 S = 1 (a kernel of its
+// own, which keeps the split kernels' code and registers as measured); exact != 0 when a weight
+// scale byte may be 0 or 255. early != 0 when the routing metadata (tiles, ntiles, counts,
+// offsets) comes from a kernel before the previous one (GEMM2, after the activation kernel): the
+// block then reads its tile and row count and issues its first weight copies before it waits for
+// the previous kernel, so that under programmatic launch those round trips overlap the
+// activation kernel. The entries are read past L1 (written by an earlier kernel of the stream,
+// complete before the previous one began).
+__device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const int* __restrict__ ntiles, i64 early, int& e,
+                                         int& row0) {
+  int nt;
   // The tile count and the tile load together (the list holds the grid's tiles, so the entry is
   // inside it even past the count).
   if (early) {
@@ -349,17 +323,34 @@ moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
     pdl_begin();
     nt = *ntiles, e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
   }
-  if ((int)blockIdx.y >= nt) return;
+  return (int)blockIdx.y < nt;
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, DEC_BLOCKS)
+moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
+             const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
+             const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,
+             i64 split, i64 exact, i64 early) {
+  int e, row0;
+  if (!dec_tile(tiles, ntiles, early, e, row0)) return;
 #define DEC_RUN(s, x) gemm_dec<s, x>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, early != 0)
   if (split == 4) {
     if (exact) DEC_RUN(4, true);
     else DEC_RUN(4, false);
-  } else if (split == 2) {
+  } else {
     if (exact) DEC_RUN(2, true);
     else DEC_RUN(2, false);
-  } else {
-    if (exact) DEC_RUN(1, true);
-    else DEC_RUN(1, false);
   }
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, DEC_BLOCKS)
+moe_gemm_dec1(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
+              const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
+              const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,
+              i64 split, i64 exact, i64 early) {
+  int e, row0;
+  if (!dec_tile(tiles, ntiles, early, e, row0)) return;
+  if (exact) DEC_RUN(1, true);
+  else DEC_RUN(1, false);
 #undef DEC_RUN
 }
