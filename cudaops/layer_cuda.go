@@ -52,10 +52,10 @@ const (
 // decSplit returns how many warps share each weight row of the streaming GEMM for n rows of kd
 // columns and a bound of tiles: the largest of 4, 2 whose grid of 16-row warps (decSplitRows,
 // decSplitBlocks) fits on the device in one wave, or in three waves while each warp still has at
-// least 4 of the kd/128 column groups, else 1. (Two waves of warps with half the groups each beat one wave: GPT-OSS M = 1 43.7 -> 40.5 µs,
-// DeepSeek-V3 108.8 -> 97.3 on an H200; with 1-2 groups a warp, Qwen3's GEMM2, they lost. Three
-// waves instead of two took DeepSeek-V3 M = 1 from 85.9 to 82.8 µs; four made Qwen3 M = 4 16 %
-// slower. docs/perf.md.)
+// least 4 of the kd/128 column groups, else 1. (Two waves of warps with half the groups each beat
+// one wave: GPT-OSS M = 1 43.7 -> 40.5 µs, DeepSeek-V3 108.8 -> 97.3 on an H200; with 1-2 groups a
+// warp, Qwen3's GEMM2, they lost. Three waves instead of two took DeepSeek-V3 M = 1 from 85.9 to
+// 82.8 µs; four made Qwen3 M = 4 16 % slower. docs/perf.md.)
 func (l *Layer) decSplit(n, kd int64, tiles int) int {
 	units, wave, groups := int(n/decSplitRows)*tiles, decSplitBlocks*l.dev.SMs, int(kd/128)
 	for _, s := range []int{4, 2} {
