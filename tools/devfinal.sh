@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# A version's closing run on the GPU machine, from the repository root, with devbin/bins.tgz
+# (tools/devbin.sh) and .devicework/golden (a copy of ../shared/golden) carried: builds the
+# kernels from the sources (tools/devrun.sh tests: every suite, the golden files, memcheck) and,
+# while the call's time allows (BUDGET seconds, default 560), whole bench runs on those kernels.
+# Few files come back from the machine, so $OUT ends with at most seven: moe.fatbin and
+# manifest.txt (to commit), bench1.csv .. bench3.csv, summary.txt and logs.tgz (the rest).
+#   bash tools/devfinal.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+t0=$(date +%s)
+budget=${BUDGET:-560}
+mkdir -p "$OUT"
+timeout $((budget - 230)) bash tools/devrun.sh tests > "$OUT/devrun.log" 2>&1
+tail -8 "$OUT/devrun.log"
+[ -f "$OUT/moe.fatbin" ] || { echo "no fatbin built"; exit 1; }
+for i in 1 2 3; do
+	# A bench run of the three shapes takes about 80 s.
+	[ $(($(date +%s) - t0 + 100)) -lt "$budget" ] || break
+	FP4MOE_FATBIN=$OUT/moe.fatbin timeout 100 /tmp/b/fp4moe bench --shapes gptoss120b,deepseekv3,qwen3-30b-a3b \
+		--m 1,8,64,512,4096,16384 --routing uniform --min-time 100ms --csv "$OUT/bench$i.csv" > "$OUT/bench$i.log" 2>&1
+	echo "bench run $i rc=$? $(grep -o 'copy [0-9]* GB/s' "$OUT/bench$i.log")" | tee -a "$OUT/summary.txt"
+done
+cat "$OUT/bench1.log"
+(cd "$OUT" && mkdir -p more && mv -f logs.tgz registers.txt *.log more/ 2> /dev/null; tar czf logs.tgz --remove-files more)
+ls "$OUT"
