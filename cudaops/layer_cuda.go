@@ -44,22 +44,27 @@ const (
 	// rows of 160, 32 scale words, 8 token scales), then the warps' partial sums; 4 blocks per SM.
 	decWarps = 4
 	decSmem  = decWarps*3*(32*80+8*160+32*4+8*4) + decWarps*8*32*4
-	// decSplit's grid measure: blocks of 4 warps on 16 rows each, 6 per SM (the kernel of v18,
-	// on which its thresholds were measured; the 32-row warps kept its choices).
-	decSplitRows, decSplitBlocks = 16, 6
+	// decSplit's grid measure: blocks of 4 warps on 32 rows each (the kernel's own), 4 per SM
+	// (its occupancy) for warps of at least 4 column groups, 3 per SM for fewer.
+	decSplitRows, decSplitBlocks, decSplitThin = 32, 4, 3
 )
 
 // decSplit returns how many warps share each weight row of the streaming GEMM for n rows of kd
-// columns and a bound of tiles: the largest of 4, 2 whose grid of 16-row warps (decSplitRows,
-// decSplitBlocks) fits on the device in one wave, or in three waves while each warp still has at
-// least 4 of the kd/128 column groups, else 1. (Two waves of warps with half the groups each beat
-// one wave: GPT-OSS M = 1 43.7 -> 40.5 µs, DeepSeek-V3 108.8 -> 97.3 on an H200; with 1-2 groups a
-// warp, Qwen3's GEMM2, they lost. Three waves instead of two took DeepSeek-V3 M = 1 from 85.9 to
-// 82.8 µs; four made Qwen3 M = 4 16 % slower. docs/perf.md.)
+// columns and a bound of tiles: the largest S of 4, 2 whose grid of 32-row warps fits on the
+// device in one wave (decSplitBlocks blocks per SM while each warp keeps at least 4 of the kd/128
+// column groups, decSplitThin with fewer), or in three waves of decSplitBlocks while each warp
+// keeps at least 4 groups; else 1. (Two waves of warps with half the groups each beat one wave:
+// GPT-OSS M = 1 43.7 -> 40.5 µs, DeepSeek-V3 108.8 -> 97.3 on an H200; three waves took
+// DeepSeek-V3 M = 1 from 85.9 to 82.8 µs. Warps of 1-3 groups, Qwen3's GEMM2, lose to their
+// partial sums' reduction unless the grid is small: measuring them at 4 blocks per SM instead of
+// 3 made Qwen3 M = 1 and 2 3-4 % slower, while the 4-group rule at 4 blocks per SM made GPT-OSS
+// M = 4 and Qwen3 M = 8 about 5 % faster. docs/perf.md.)
 func (l *Layer) decSplit(n, kd int64, tiles int) int {
-	units, wave, groups := int(n/decSplitRows)*tiles, decSplitBlocks*l.dev.SMs, int(kd/128)
+	units, groups := int(n/decSplitRows)*tiles, int(kd/128)
+	wave, thin := decSplitBlocks*l.dev.SMs, decSplitThin*l.dev.SMs
 	for _, s := range []int{4, 2} {
-		if blocks := units * s / decWarps; blocks <= wave || (blocks <= 3*wave && groups >= 4*s) {
+		blocks, deep := units*s/decWarps, groups >= 4*s
+		if (deep && blocks <= 3*wave) || blocks <= thin {
 			return s
 		}
 	}
