@@ -135,7 +135,7 @@ struct DecStage {
 // The dynamic shared memory: the warps' rings, then their partial sums (S > 1).
 #define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStage) + DEC_WARPS * 8 * 32 * 4)
 
-// A compile-time int as a value (to pass ring slots to generic lambdas).
+// A compile-time int as a value (to pass group offsets to generic lambdas).
 template <int V>
 struct Ic {
   static constexpr int value = V;
@@ -156,10 +156,10 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
                                          float* __restrict__ out, i64 N, i64 Kd, bool early) {
   extern __shared__ __align__(16) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int r = warp % S;
+  const int r = warp % S;  // this warp's share of K
   const i64 nb = (i64)blockIdx.x * (32 * DEC_WARPS / S) + (warp / S) * 32;  // the warp's first weight row
   const i64 G = Kd / MOE_GROUP;
-  const int mine = (int)((G - r + S - 1) / S);
+  const int mine = (int)((G - r + S - 1) / S);  // groups of this warp
   constexpr int D = DEC_STAGES;
   DecStage* const st = reinterpret_cast<DecStage*>(dec_smem) + warp * D;
   float(*const red)[8][32] = reinterpret_cast<float(*)[8][32]>(dec_smem + DEC_WARPS * D * sizeof(DecStage));
@@ -169,6 +169,8 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const u8* const wp0 = weight_row(W, (i64)e * N + nb + (lane >> 2), G) + 16 * (lane & 3) + 1024 * r;
   const u8* const sp0 = scale_row(Ws, (i64)e * N + nb + 16 * ((lane >> 2) & 1), G) + r * 64 + 16 * (lane & 3);
   const i64 wblk = G * 1024;  // the second 16-row block
+  // The lane's ring addresses: weight rows, token rows, and scale words (lanes < 8) or a
+  // token scale (lanes >= 16).
   u8* const dw = &st[0].w[lane >> 2][16 * (lane & 3)];
   u8* const dx = &st[0].x[lane >> 3][16 * (lane & 7)];
   u8* const ds = lane < 8 ? &st[0].s[4 * lane][0] : reinterpret_cast<u8*>(&st[0].xs[max(lane - 16, 0)]);
@@ -180,6 +182,11 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const u8* xq = nullptr;
   const float* xsq = nullptr;
   bool x0 = false, x1 = false, xs = false;
+  // Copies of one of the warp's groups into the ring slot at byte offset o: the weight rows and
+  // scales (issue_w), the tokens and their scales (issue_x). The group is a compile-time offset
+  // from the bases (moved by one group a step), so that every source address is a register plus
+  // an immediate. Only the fragment's real tokens are copied: the other columns of the MMA are
+  // never stored, so whatever the ring holds there cannot reach a result.
   auto issue_w = [&](int o, auto grp) {
     constexpr int q = decltype(grp)::value;
     cp_async16(dw + o, wq + q * 1024 * S);
@@ -194,15 +201,21 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     if (x1) cp_async16(dx + o + 4 * STREAM_XROW, xq + 4 * Kd + q * MOE_GROUP * S);
     if (xs) cp_async4(ds + o, xsq + q * S);
   };
+  // The first of the S warps of 32 rows asks L2 for both 16-row blocks' scales of all groups
+  // (G · 64 contiguous bytes each) at once, as the row-major layout's first reads would bring them.
   if (r == 0 && lane < 2) prefetch_l2(scale_row(Ws, (i64)e * N + nb + 16 * lane, G), (uint32_t)G * 64);
   constexpr int SZ = (int)sizeof(DecStage);
+  // The first pass's first weights go out before the tile's row count is known (reading it is
+  // one more memory round trip, which they overlap). early: all of this before the wait for the
+  // previous kernel (moe_gemm_dec below), the entries read past L1.
   if (mine > 0) issue_w(0, Ic<0>{});
   if (mine > 1) issue_w(SZ, Ic<1>{});
   const int nvalid = min(GEMM_TOK, (early ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
   if (early) pdl_begin();
   for (int j = 0; 8 * j < nvalid; j++) {
     const i64 tok0 = row0 + 8 * j;
-    const int live = min(8, nvalid - 8 * j);
+    const int live = min(8, nvalid - 8 * j);  // real tokens in this fragment
+    // Token rows lane/8 and lane/8 + 4 (16 bytes each), the scale of token lane - 16.
     xq = X + (tok0 + (lane >> 3)) * Kd + 16 * (lane & 7) + MOE_GROUP * r;
     xsq = Xs + (tok0 + max(lane - 16, 0)) * G + r;
     x0 = (lane >> 3) < live, x1 = (lane >> 3) + 4 < live, xs = lane >= 16 && lane - 16 < live;
@@ -220,6 +233,9 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     int cur = 0, nxt = 2 * SZ;
 #pragma unroll 1
     for (int i = 0; i < mine; i++) {
+      // Group i of the warp, in the slot at byte offset cur (slot i % 3): the copies of group
+      // i + 2 into the slot at nxt (the one group i - 1 used), then the wait for group i, then its
+      // MMAs.
       if (i + D - 1 < mine) {
         issue_w(nxt, Ic<2>{});
         issue_x(nxt, Ic<2>{});
@@ -257,7 +273,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
           part[4 * h + 3] += dd[3] * ws1;
         }
       }
-      const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;
+      const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;  // 2^14: the expansion's factor
 #pragma unroll
       for (int h = 0; h < 2; h++) {
         acc[4 * h + 0] += part[4 * h + 0] * xs0;
@@ -265,7 +281,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
         acc[4 * h + 2] += part[4 * h + 2] * xs0;
         acc[4 * h + 3] += part[4 * h + 3] * xs1;
       }
-      __syncwarp();
+      __syncwarp();  // every lane is done with this slot before it is refilled
       wq += 1024 * S;
       sq += 64 * S;
       xq += MOE_GROUP * S;
@@ -298,7 +314,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
           }
         }
     }
-    if constexpr (S > 1) __syncthreads();
+    if constexpr (S > 1) __syncthreads();  // the partial sums are read before the next pass writes them
     __syncwarp();
   }
 }
@@ -326,11 +342,15 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
   return (int)blockIdx.y < nt;
 }
 
-extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, DEC_BLOCKS)
-moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
-             const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
-             const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,
-             i64 split, i64 exact, i64 early) {
+// The two kernels' signature (the same parameters, so the host launches either the same way).
+#define DEC_KERNEL(name)                                                                                               \
+  extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, DEC_BLOCKS)                                             \
+  name(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,    \
+       const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,                  \
+       const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,        \
+       i64 split, i64 exact, i64 early)
+
+DEC_KERNEL(moe_gemm_dec) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0)) return;
 #define DEC_RUN(s, x) gemm_dec<s, x>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, early != 0)
@@ -343,14 +363,11 @@ moe_gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   }
 }
 
-extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, DEC_BLOCKS)
-moe_gemm_dec1(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
-              const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
-              const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,
-              i64 split, i64 exact, i64 early) {
+DEC_KERNEL(moe_gemm_dec1) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0)) return;
   if (exact) DEC_RUN(1, true);
   else DEC_RUN(1, false);
 #undef DEC_RUN
 }
+#undef DEC_KERNEL
