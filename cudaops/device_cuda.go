@@ -93,10 +93,10 @@ var open = sync.OnceValues(func() (*Device, error) {
 			return nil, fmt.Errorf("cudaops: kernel %s: %v", name, err)
 		}
 	}
-	// The streaming GEMM's kernels (split, and split 1): 51 KB of shared memory a block, and the
-	// largest carveout, so that four blocks are resident on a multiprocessor.
-	for _, f := range []cu.Function{d.fn.gemmDec, d.fn.gemmDec1} {
-		if err := setMaxDynamicSmem(f, decSmem); err != nil {
+	// The streaming GEMM's kernels (split, and split 1): their shared memory a block, and the
+	// largest carveout, so that four blocks or more are resident on a multiprocessor.
+	for f, smem := range map[cu.Function]int{d.fn.gemmDec: decSmem, d.fn.gemmDec1: dec1Smem} {
+		if err := setMaxDynamicSmem(f, smem); err != nil {
 			return nil, err
 		}
 		if err := preferShared(f); err != nil {

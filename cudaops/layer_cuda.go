@@ -39,11 +39,15 @@ const (
 	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
 	// scale words and 128 token scales per stage, and two FP16 token buffers.
 	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
-	// The streaming (decode) GEMM (DEC_WARPS, DEC_STAGES, DEC_SMEM): 4 warps a block, each on
-	// 32 weight rows with a 3-stage ring of its own (a stage: 32 weight rows of 80 bytes, 8 token
-	// rows of 160, 32 scale words, 8 token scales), then the warps' partial sums; 4 blocks per SM.
-	decWarps = 4
-	decSmem  = decWarps*3*(32*80+8*160+32*4+8*4) + decWarps*8*32*4
+	// The streaming (decode) GEMM (DEC_WARPS, DEC_STAGES, DEC_SMEM; DEC1_STAGES, DEC1_SMEM): 4
+	// warps a block, each on 32 weight rows with a ring of its own (a stage: 32 weight rows of 64
+	// bytes, 8 token rows of 128, 32 scale words, 8 token scales); the split kernel's 3 stages a
+	// warp and the warps' partial sums, 4 blocks per SM; the split-1 kernel's dec1Stages.
+	decWarps   = 4
+	decStage   = 32*64 + 8*128 + 32*4 + 8*4
+	decSmem    = decWarps*3*decStage + decWarps*8*32*4
+	dec1Stages = 3
+	dec1Smem   = decWarps * dec1Stages * decStage
 	// decSplit's grid measure: blocks of 4 warps on 32 rows each (the kernel's own), 4 per SM
 	// (its occupancy) for warps of at least 4 column groups, 3 per SM for fewer.
 	decSplitRows, decSplitBlocks, decSplitThin = 32, 4, 3
@@ -611,11 +615,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early bool) error {
 		switch kernel {
 		case GEMMDecode:
-			split, fn := l.decSplit(n, kd, tiles), f.gemmDec
+			split, fn, smem := l.decSplit(n, kd, tiles), f.gemmDec, decSmem
 			if split == 1 {
-				fn = f.gemmDec1
+				fn, smem = f.gemmDec1, dec1Smem
 			}
-			return launch(fn, dim3{int(n) * split / (32 * decWarps), tiles, 1}, dim3{32 * decWarps, 1, 1}, decSmem, l.stream,
+			return launch(fn, dim3{int(n) * split / (32 * decWarps), tiles, 1}, dim3{32 * decWarps, 1, 1}, smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales), flag(early))
 		case GEMMWgmma:

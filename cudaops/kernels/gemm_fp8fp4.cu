@@ -121,19 +121,27 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 // into the accumulator. With EXACT false (the layer has no scale byte 0 or 255, checked at
 // upload) a scale is 2^(s-127) straight from its bits.
 #define DEC_WARPS 4
-#define DEC_STAGES 3
-#define DEC_BLOCKS 4     // blocks per SM (shared memory)
-#define STREAM_WROW 80   // weight row bytes in the ring: 64 of data, padded for conflict-free reads
-#define STREAM_XROW 160  // token row bytes in the ring: 128 of data, padded likewise
+#define DEC_STAGES 3     // ring depth of the split kernel (S = 2, 4)
+#define DEC_BLOCKS 4     // its blocks per SM (registers)
+#ifndef DEC1_STAGES
+#define DEC1_STAGES 3    // ring depth of the S = 1 kernel
+#endif
+#ifndef DEC1_BLOCKS
+#define DEC1_BLOCKS 4    // its blocks per SM
+#endif
 
+// A ring stage. The rows are unpadded; their 16-byte pieces are swizzled instead, so that the
+// lanes' reads are free of bank conflicts: weight row r's piece c at 16 · (c ^ ((r >> 1) & 3)),
+// token row r's piece c at 16 · (c ^ 2 · (r & 3)).
 struct DecStage {
-  u8 w[32][STREAM_WROW];  // 32 weight rows × 64 bytes (4 blocks of 32 E2M1 values)
-  u8 x[8][STREAM_XROW];   // 8 token rows × 128 FP8 values
-  u8 s[32][4];            // the rows' 4 E8M0 scales
-  float xs[8];            // the tokens' activation scales of this group
+  u8 w[32][64];  // 32 weight rows × 64 bytes (4 blocks of 32 E2M1 values)
+  u8 x[8][128];  // 8 token rows × 128 FP8 values
+  u8 s[32][4];   // the rows' 4 E8M0 scales
+  float xs[8];   // the tokens' activation scales of this group
 };
 // The dynamic shared memory: the warps' rings, then their partial sums (S > 1).
 #define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStage) + DEC_WARPS * 8 * 32 * 4)
+#define DEC1_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStage))
 
 // A compile-time int as a value (to pass group offsets to generic lambdas).
 template <int V>
@@ -160,7 +168,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const i64 nb = (i64)blockIdx.x * (32 * DEC_WARPS / S) + (warp / S) * 32;  // the warp's first weight row
   const i64 G = Kd / MOE_GROUP;
   const int mine = (int)((G - r + S - 1) / S);  // groups of this warp
-  constexpr int D = DEC_STAGES;
+  constexpr int D = S == 1 ? DEC1_STAGES : DEC_STAGES;
   DecStage* const st = reinterpret_cast<DecStage*>(dec_smem) + warp * D;
   float(*const red)[8][32] = reinterpret_cast<float(*)[8][32]>(dec_smem + DEC_WARPS * D * sizeof(DecStage));
   // This lane's copy sources at the warp's first group: rows lane/4 and lane/4 + 8 of both 16-row
@@ -171,8 +179,11 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const i64 wblk = G * 1024;  // the second 16-row block
   // The lane's ring addresses: weight rows, token rows, and scale words (lanes < 8) or a
   // token scale (lanes >= 16).
-  u8* const dw = &st[0].w[lane >> 2][16 * (lane & 3)];
-  u8* const dx = &st[0].x[lane >> 3][16 * (lane & 7)];
+  u8* const dw = &st[0].w[lane >> 2][16 * ((lane & 3) ^ ((lane >> 3) & 3))];
+  u8* const dx = &st[0].x[lane >> 3][16 * ((lane & 7) ^ (2 * ((lane >> 3) & 3)))];
+  // The lane's read offsets in a weight row (rows g, g + 8, 16 + g, 24 + g share the swizzle) and
+  // in its token row g: block b at wo ^ 16 · b and xo ^ 32 · b.
+  const int wo = 16 * ((g >> 1) & 3) + 4 * t, xo = 32 * (g & 3) + 8 * t;
   u8* const ds = lane < 8 ? &st[0].s[4 * lane][0] : reinterpret_cast<u8*>(&st[0].xs[max(lane - 16, 0)]);
   float bs[4];
 #pragma unroll
@@ -190,15 +201,15 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   auto issue_w = [&](int o, auto grp) {
     constexpr int q = decltype(grp)::value;
     cp_async16(dw + o, wq + q * 1024 * S);
-    cp_async16(dw + o + 8 * STREAM_WROW, wq + 512 + q * 1024 * S);
-    cp_async16(dw + o + 16 * STREAM_WROW, wq + wblk + q * 1024 * S);
-    cp_async16(dw + o + 24 * STREAM_WROW, wq + wblk + 512 + q * 1024 * S);
+    cp_async16(dw + o + 8 * 64, wq + 512 + q * 1024 * S);
+    cp_async16(dw + o + 16 * 64, wq + wblk + q * 1024 * S);
+    cp_async16(dw + o + 24 * 64, wq + wblk + 512 + q * 1024 * S);
     if (lane < 8) cp_async16(ds + o, sq + q * 64 * S);
   };
   auto issue_x = [&](int o, auto grp) {
     constexpr int q = decltype(grp)::value;
     if (x0) cp_async16(dx + o, xq + q * MOE_GROUP * S);
-    if (x1) cp_async16(dx + o + 4 * STREAM_XROW, xq + 4 * Kd + q * MOE_GROUP * S);
+    if (x1) cp_async16(dx + o + 4 * 128, xq + 4 * Kd + q * MOE_GROUP * S);
     if (xs) cp_async4(ds + o, xsq + q * S);
   };
   // The first of the S warps of 32 rows asks L2 for both 16-row blocks' scales of all groups
@@ -210,6 +221,8 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   // previous kernel (moe_gemm_dec below), the entries read past L1.
   if (mine > 0) issue_w(0, Ic<0>{});
   if (mine > 1) issue_w(SZ, Ic<1>{});
+  if constexpr (D > 3)
+    if (mine > 2) issue_w(2 * SZ, Ic<2>{});
   const int nvalid = min(GEMM_TOK, (early ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
   if (early) pdl_begin();
   for (int j = 0; 8 * j < nvalid; j++) {
@@ -224,21 +237,27 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       sq = sp0;
       if (mine > 0) issue_w(0, Ic<0>{});
       if (mine > 1) issue_w(SZ, Ic<1>{});
+      if constexpr (D > 3)
+        if (mine > 2) issue_w(2 * SZ, Ic<2>{});
     }
     if (mine > 0) issue_x(0, Ic<0>{});
     cp_async_commit();
     if (mine > 1) issue_x(SZ, Ic<1>{});
     cp_async_commit();
+    if constexpr (D > 3) {
+      if (mine > 2) issue_x(2 * SZ, Ic<2>{});
+      cp_async_commit();
+    }
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    int cur = 0, nxt = 2 * SZ;
+    int cur = 0, nxt = (D - 1) * SZ;
 #pragma unroll 1
     for (int i = 0; i < mine; i++) {
       // Group i of the warp, in the slot at byte offset cur (slot i % 3): the copies of group
       // i + 2 into the slot at nxt (the one group i - 1 used), then the wait for group i, then its
       // MMAs.
       if (i + D - 1 < mine) {
-        issue_w(nxt, Ic<2>{});
-        issue_x(nxt, Ic<2>{});
+        issue_w(nxt, Ic<D - 1>{});
+        issue_x(nxt, Ic<D - 1>{});
       }
       cp_async_commit();
       cp_async_wait<D - 1>();
@@ -250,13 +269,13 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int b = 0; b < 4; b++) {
-        const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][32 * b + 8 * t]);
+        const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]);
         const uint32_t b0[2] = {e4m3_lo_f16(xv.x), e4m3_hi_f16(xv.x)};
         const uint32_t b1[2] = {e4m3_lo_f16(xv.y), e4m3_hi_f16(xv.y)};
 #pragma unroll
         for (int h = 0; h < 2; h++) {  // the 16-row block
-          const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][16 * b + 4 * t]);
-          const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][16 * b + 4 * t]);
+          const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
+          const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
           float dd[4] = {0.f, 0.f, 0.f, 0.f};
           {
             const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
@@ -286,8 +305,8 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       sq += 64 * S;
       xq += MOE_GROUP * S;
       xsq += S;
-      cur = cur == 2 * SZ ? 0 : cur + SZ;
-      nxt = nxt == 2 * SZ ? 0 : nxt + SZ;
+      cur = cur == (D - 1) * SZ ? 0 : cur + SZ;
+      nxt = nxt == (D - 1) * SZ ? 0 : nxt + SZ;
     }
     cp_async_wait<0>();
     if constexpr (S > 1) {
@@ -343,14 +362,14 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
 }
 
 // The two kernels' signature (the same parameters, so the host launches either the same way).
-#define DEC_KERNEL(name)                                                                                               \
-  extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, DEC_BLOCKS)                                             \
+#define DEC_KERNEL(name, blocks)                                                                                       \
+  extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, blocks)                                                 \
   name(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,    \
        const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,                  \
        const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,        \
        i64 split, i64 exact, i64 early)
 
-DEC_KERNEL(moe_gemm_dec) {
+DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0)) return;
 #define DEC_RUN(s, x) gemm_dec<s, x>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, early != 0)
@@ -363,7 +382,7 @@ DEC_KERNEL(moe_gemm_dec) {
   }
 }
 
-DEC_KERNEL(moe_gemm_dec1) {
+DEC_KERNEL(moe_gemm_dec1, DEC1_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0)) return;
   if (exact) DEC_RUN(1, true);
