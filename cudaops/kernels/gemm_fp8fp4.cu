@@ -104,8 +104,8 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 // fragment's FP16 conversion, the token scales and the loop's copies and bookkeeping, so a group
 // costs fewer instructions a weight byte than two 16-row warps, and a warp start serves twice the
 // bytes (at M = 1 the warps' time goes mostly to instruction fetch and issue, docs/perf.md). Each
-// warp walks its groups through a DEC_STAGES-deep ring of its own in shared memory filled by
-// cp.async copies: the 32 rows' 64 bytes and 4 scales, the tile's tokens' 128 bytes and scales
+// warp walks its groups through a ring of its own in shared memory (DEC_STAGES deep, DEC1_STAGES
+// at S = 1) filled by cp.async copies: the 32 rows' 64 bytes and 4 scales, the tile's tokens' 128 bytes and scales
 // (only the real tokens). A pass computes one 8-token fragment; a tile with more tokens takes
 // more passes (decode tiles hold one or two tokens).
 //
@@ -130,9 +130,12 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 #define DEC1_BLOCKS 4    // its blocks per SM
 #endif
 
-// A ring stage. The rows are unpadded; their 16-byte pieces are swizzled instead, so that the
-// lanes' reads are free of bank conflicts: weight row r's piece c at 16 · (c ^ ((r >> 1) & 3)),
-// token row r's piece c at 16 · (c ^ 2 · (r & 3)).
+// A ring stage. The rows are unpadded; their 16-byte pieces are swizzled instead, so that both
+// the copies' writes and the lanes' reads are free of bank conflicts: weight row r's piece c at
+// 16 · (c ^ ((r >> 1) & 3)), token row r's piece c at 16 · (c ^ 2 · (r & 3)). (Rows padded to 80
+// bytes, the earlier layout, kept the reads apart but put two of each quarter warp's 16-byte
+// copies of weight rows on the same banks; with the swizzle decode batches ran 2-11 % faster,
+// docs/perf.md v20.)
 struct DecStage {
   u8 w[32][64];  // 32 weight rows × 64 bytes (4 blocks of 32 E2M1 values)
   u8 x[8][128];  // 8 token rows × 128 FP8 values
