@@ -601,8 +601,22 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		permute = f.permuteWG
 	}
 	if !fused {
-		if err := launch(permute, dim3{rows, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
-			u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm), flag(kernel == GEMMDecode)); err != nil {
+		// The decode GEMM's gather takes one block per pair (its padding rows are never read),
+		// the others one per row of the layout.
+		grid := rows
+		if kernel == GEMMDecode {
+			grid = P
+		}
+		var err error
+		if kernel == GEMMWgmma {
+			err = launch(permute, dim3{grid, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+				u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm))
+		} else {
+			err = launch(permute, dim3{grid, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+				u(a1q), u(a1s), u(ws.rowPair), u(ws.invPerm), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm),
+				flag(kernel == GEMMDecode))
+		}
+		if err != nil {
 			return fmt.Errorf("cudaops: permute: %w", err)
 		}
 	}

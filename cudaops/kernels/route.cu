@@ -350,15 +350,23 @@ moe_route_scatter(const int* __restrict__ ids, const int* __restrict__ expert_ma
   place_pair(le, le >= 0 ? sbase[le] + chunk_rank(wcnt, le, warp, rank) : -1, i, expert_ids, row_pair, inv_perm);
 }
 
-// Gathers the FP8 row and scales of every real row of the permuted layout (with dec set, in the
-// decode GEMM's byte order, dec_order8); padding rows get zeros. grid.x = the largest possible
-// M_sum, block = 128.
+// Gathers the FP8 row and scales of every real row of the permuted layout. With dec set (for the
+// decode GEMM, which reads only the real rows of a tile): one block per routed pair (grid.x = P),
+// its row inv_perm[pair] in the decode GEMM's byte order (dec_order8), padding rows left as they
+// are; at M = 64 zeroing them wrote several times the real rows' bytes. Else one block per row
+// of the layout (grid.x = the largest possible M_sum), padding rows zeroed. block = 128.
 extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* __restrict__ a1s,
-                                       const int* __restrict__ row_pair, const int* __restrict__ offsets,
-                                       i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, i64 dec) {
+                                       const int* __restrict__ row_pair, const int* __restrict__ inv_perm,
+                                       const int* __restrict__ offsets, i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm,
+                                       float* __restrict__ a1s_perm, i64 dec) {
   pdl_begin();
+  if (dec) {
+    const i64 r = inv_perm[blockIdx.x];
+    if (r >= 0) gather_row(a1q, a1s, blockIdx.x / topk, r, K, a1q_perm, a1s_perm, true);
+    return;
+  }
   const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
-  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, dec != 0);
+  if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, false);
 }
 
 // moe_permute with the bytes of each 128-column chunk of a row reordered for the wgmma GEMM's
