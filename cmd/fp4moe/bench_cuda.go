@@ -33,7 +33,7 @@ var benchShapes = []benchShape{
 
 const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
                     [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
-                    [--min-time 300ms] [--seed 1]
+                    [--min-time 300ms] [--seed 1] [--uploads 1]
 
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
 batches with different routings so that small batches read their weights from memory, not L2.
@@ -42,6 +42,11 @@ the median is over rounds of the mean per call.
 Per row: median µs, weight bytes of the touched experts, achieved GB/s and TFLOP/s
 (2·M·topk·3·K·I FLOPs), and the weight floor (those bytes over the device-to-device copy
 bandwidth measured in the same run) with the ratio to it, and the grouped GEMM kernel that ran.
+With --uploads N the weights of each shape are uploaded N times, each into fresh device memory
+while the earlier copies stay allocated, every row is timed on each copy, and the row reports the
+copy with the median time, with the fastest and slowest copies' times beside it (CSV columns
+uploads, min_upload_us, max_upload_us): the spread that where the weights land in memory
+gives, which a single upload cannot show.
 `
 
 func bench(args []string, stdout, stderr io.Writer) int {
@@ -56,7 +61,12 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	seed := fs.Uint64("seed", 1, "seed of weights, inputs and routing")
 	stages := fs.Bool("stages", false, "also print each stage's device time (host-path forward, median of 5)")
 	gemmName := fs.String("gemm", "auto", "grouped GEMM kernel: auto, tiled, decode or wgmma")
+	uploads := fs.Int("uploads", 1, "uploads of each shape's weights, each timed (median reported)")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *uploads < 1 {
+		fmt.Fprintf(stderr, "fp4moe bench: --uploads %d: want at least 1\n", *uploads)
 		return 2
 	}
 	kernel, ok := map[string]cudaops.GEMMKernel{"auto": cudaops.GEMMAuto, "tiled": cudaops.GEMMTiled, "decode": cudaops.GEMMDecode, "wgmma": cudaops.GEMMWgmma}[*gemmName]
@@ -86,9 +96,10 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		w = csv.NewWriter(f)
 		defer w.Flush()
 		w.Write([]string{"device", "date", "shape", "K", "I", "E", "topk", "routing", "M", "experts_touched", "weight_bytes",
-			"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm"})
+			"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm",
+			"uploads", "min_upload_us", "max_upload_us"})
 	}
-	fmt.Fprintf(stdout, "%-14s %-8s %6s %5s %9s %11s %9s %8s %9s %7s  %s\n", "shape", "routing", "M", "exp", "weight MB", "median µs", "GB/s", "TFLOP/s", "floor µs", "×floor", "GEMM")
+	fmt.Fprintf(stdout, "%-14s %-8s %6s %5s %9s %11s %9s %8s %9s %7s  %-7s %s\n", "shape", "routing", "M", "exp", "weight MB", "median µs", "GB/s", "TFLOP/s", "floor µs", "×floor", "GEMM", "uploads µs")
 	for _, name := range strings.Split(*shapes, ",") {
 		var s *benchShape
 		for i := range benchShapes {
@@ -100,44 +111,86 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fp4moe bench: unknown shape %q\n", name)
 			return 2
 		}
-		ml, err := cudaops.Backend{Options: cudaops.Options{GEMM: kernel}}.NewLayer(randomWeights(*s, *seed), moe.GPTOSSConfig())
+		layers, err := uploadLayers(*s, *seed, kernel, *uploads)
 		if err != nil {
 			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.name, err)
 			return 2
 		}
-		l := ml.(*cudaops.Layer)
-		for _, routing := range strings.Split(*routings, ",") {
-			for _, mstr := range strings.Split(*ms, ",") {
-				m, err := strconv.Atoi(mstr)
-				if err != nil || m < 1 {
-					fmt.Fprintf(stderr, "fp4moe bench: bad M %q\n", mstr)
-					return 2
-				}
-				r, err := benchRow(l, *s, routing, m, *seed, *minTime, copyBW)
-				if err != nil {
+		if code := benchShapeRows(layers, *s, strings.Split(*routings, ","), strings.Split(*ms, ","), *seed, *minTime, copyBW, *stages, d.Name, w, stdout, stderr); code != 0 {
+			closeLayers(layers)
+			return code
+		}
+		closeLayers(layers)
+	}
+	return 0
+}
+
+// uploadLayers uploads shape s's weights n times, each into fresh device memory (the earlier
+// copies stay allocated until the caller closes them).
+func uploadLayers(s benchShape, seed uint64, kernel cudaops.GEMMKernel, n int) ([]*cudaops.Layer, error) {
+	w := randomWeights(s, seed)
+	var layers []*cudaops.Layer
+	for range n {
+		ml, err := cudaops.Backend{Options: cudaops.Options{GEMM: kernel}}.NewLayer(w, moe.GPTOSSConfig())
+		if err != nil {
+			closeLayers(layers)
+			return nil, err
+		}
+		layers = append(layers, ml.(*cudaops.Layer))
+	}
+	return layers, nil
+}
+
+func closeLayers(layers []*cudaops.Layer) {
+	for _, l := range layers {
+		l.Close()
+	}
+}
+
+// benchShapeRows times every (routing, M) of one shape on each of its uploads and prints (and
+// writes, when w is set) the rows; it returns the command's exit code.
+func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings, ms []string, seed uint64, minTime time.Duration, copyBW float64,
+	stages bool, device string, w *csv.Writer, stdout, stderr io.Writer) int {
+	l := layers[0]
+	for _, routing := range routings {
+		for _, mstr := range ms {
+			m, err := strconv.Atoi(mstr)
+			if err != nil || m < 1 {
+				fmt.Fprintf(stderr, "fp4moe bench: bad M %q\n", mstr)
+				return 2
+			}
+			rs := make([]benchResult, len(layers))
+			for i, li := range layers {
+				if rs[i], err = benchRow(li, s, routing, m, seed, minTime, copyBW); err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.name, routing, m, err)
 					return 2
 				}
-				gemm := l.Kernel(m, s.n).String()
-				fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f  %s\n", s.name, routing, m, r.experts,
-					r.bytes/1e6, us(r.median), r.bytes/r.median.Seconds()/1e9, r.flops/r.median.Seconds()/1e12, us(r.floor), r.median.Seconds()/r.floor.Seconds(), gemm)
-				if *stages {
-					st, err := stageTimes(l, *s, routing, m, *seed)
-					if err != nil {
-						fmt.Fprintf(stderr, "fp4moe bench: stages: %v\n", err)
-						return 2
-					}
-					fmt.Fprintf(stdout, "    stages µs: permute+route %.1f  GEMM1 %.1f  activation %.1f  GEMM2 %.1f  reduce %.1f  (sum %.1f)\n",
-						us(st.Permute), us(st.GEMM1), us(st.Activation), us(st.GEMM2), us(st.Reduce), us(st.Total()))
+			}
+			sort.Slice(rs, func(i, j int) bool { return rs[i].median < rs[j].median })
+			r, lo, hi := rs[(len(rs)-1)/2], rs[0].median, rs[len(rs)-1].median
+			gemm := l.Kernel(m, s.n).String()
+			spread := ""
+			if len(rs) > 1 {
+				spread = fmt.Sprintf("%.1f–%.1f", us(lo), us(hi))
+			}
+			fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f  %-7s %s\n", s.name, routing, m, r.experts,
+				r.bytes/1e6, us(r.median), r.bytes/r.median.Seconds()/1e9, r.flops/r.median.Seconds()/1e12, us(r.floor), r.median.Seconds()/r.floor.Seconds(), gemm, spread)
+			if stages {
+				st, err := stageTimes(l, s, routing, m, seed)
+				if err != nil {
+					fmt.Fprintf(stderr, "fp4moe bench: stages: %v\n", err)
+					return 2
 				}
-				if w != nil {
-					w.Write([]string{d.Name, time.Now().UTC().Format("2006-01-02"), s.name, itoa(s.k), itoa(s.i), itoa(s.e), itoa(s.n), routing, itoa(m),
-						ff(r.experts), ff(r.bytes), ff(us(r.median)), ff(us(r.p10)), ff(us(r.p90)), ff(r.bytes / r.median.Seconds() / 1e9),
-						ff(r.flops / r.median.Seconds() / 1e12), ff(copyBW / 1e9), ff(us(r.floor)), ff(r.median.Seconds() / r.floor.Seconds()), itoa(r.launches), gemm})
-				}
+				fmt.Fprintf(stdout, "    stages µs: permute+route %.1f  GEMM1 %.1f  activation %.1f  GEMM2 %.1f  reduce %.1f  (sum %.1f)\n",
+					us(st.Permute), us(st.GEMM1), us(st.Activation), us(st.GEMM2), us(st.Reduce), us(st.Total()))
+			}
+			if w != nil {
+				w.Write([]string{device, time.Now().UTC().Format("2006-01-02"), s.name, itoa(s.k), itoa(s.i), itoa(s.e), itoa(s.n), routing, itoa(m),
+					ff(r.experts), ff(r.bytes), ff(us(r.median)), ff(us(r.p10)), ff(us(r.p90)), ff(r.bytes / r.median.Seconds() / 1e9),
+					ff(r.flops / r.median.Seconds() / 1e12), ff(copyBW / 1e9), ff(us(r.floor)), ff(r.median.Seconds() / r.floor.Seconds()), itoa(r.launches), gemm,
+					itoa(len(rs)), ff(us(lo)), ff(us(hi))})
 			}
 		}
-		l.Close()
 	}
 	return 0
 }
