@@ -6,7 +6,8 @@ counts here are for comparing versions of the source, not for absolute numbers. 
 kernel (mma.sync e4m3 needs nvcc >= 12.4) is left out. Usage:
     python3 tools/localsass.py [REF]   # REF: a git ref; the working tree by default
 With PTXAS set (a newer ptxas, tools/localptxas.sh), the PTX is assembled by it: needed since
-the kernels use cp.async.bulk.prefetch, which this nvcc's own ptxas does not know."""
+the kernels use cp.async.bulk.prefetch, which this nvcc's own ptxas does not know. KERNEL names
+the decode kernel to read (moe_gemm_dec, moe_gemm_dec1, ...); the first one in the cubin by default."""
 import bisect, collections, os, re, subprocess, sys, tempfile
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -46,7 +47,7 @@ keep = False
 for l in sass.splitlines():
     f = re.search(r"Function : (\S+)", l)
     if f:
-        keep = "gemm_dec" in f.group(1)
+        keep = f.group(1) == os.environ["KERNEL"] if os.environ.get("KERNEL") else "gemm_dec" in f.group(1)
         if ins and keep:
             break  # the first decode kernel only
         continue
