@@ -62,6 +62,9 @@ for n in "$@"; do
 	[ -f "$OUT/ab-$n.csv" ] && awk -F, -v v="$n" 'NR > 1 { printf "%-10s %-14s M=%-6s %9.1f us %7.1f TF %7.0f GB/s\n", v, $3, $9, $12, $16, $15 }' "$OUT/ab-$n.csv"
 done | sort -k2,2 -k3,3 -s | tee -a "$OUT/summary.txt"
 cat "$OUT"/reg-*.txt | grep -E "gemm|spill|serializ" | cut -c1-160
+# Few files come back from the machine: the variants' CSVs travel as one archive (ab.tgz) when
+# there are more than four, the logs always.
+[ $# -gt 4 ] && (cd "$OUT" && tar czf ab.tgz --remove-files ab-*.csv)
 (cd "$OUT" && tar czf logs.tgz --remove-files test-*.log bench-*.log clk-*.log reg-*.txt)
 # Each variant's fatbin and manifest (to commit the winner's without rebuilding it).
 (cd /tmp/ab && tar czf "$OUT/fatbins.tgz" $(for n in "$@"; do [ -f $n/moe.fatbin ] && echo $n/moe.fatbin $n/manifest.txt; done))
