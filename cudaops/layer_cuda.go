@@ -41,11 +41,12 @@ const (
 	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
 	// The streaming (decode) GEMM (DEC_WARPS, DEC_STAGES, DEC_SMEM; DEC1_STAGES, DEC1_SMEM): 4
 	// warps a block, each on 32 weight rows with a ring of its own (a stage: 32 weight rows of 64
-	// bytes, 8 token rows of 128, 32 scale words, 8 token scales); the split kernel's 3 stages a
+	// bytes, 8 token rows of 128, 32 scale words, 8 token scales); the split kernel's decStages a
 	// warp and the warps' partial sums, 4 blocks per SM; the split-1 kernel's dec1Stages.
 	decWarps   = 4
 	decStage   = 32*64 + 8*128 + 32*4 + 8*4
-	decSmem    = decWarps*3*decStage + decWarps*8*32*4
+	decStages  = 3
+	decSmem    = decWarps*decStages*decStage + decWarps*8*32*4
 	dec1Stages = 3
 	dec1Smem   = decWarps * dec1Stages * decStage
 	// decSplit's grid measure: blocks of 4 warps on 32 rows each (the kernel's own), 4 per SM
