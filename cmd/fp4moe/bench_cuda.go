@@ -69,6 +69,15 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fp4moe bench: --uploads %d: want at least 1\n", *uploads)
 		return 2
 	}
+	var mvals []int
+	for _, mstr := range strings.Split(*ms, ",") {
+		m, err := strconv.Atoi(mstr)
+		if err != nil || m < 1 {
+			fmt.Fprintf(stderr, "fp4moe bench: bad M %q\n", mstr)
+			return 2
+		}
+		mvals = append(mvals, m)
+	}
 	kernel, ok := map[string]cudaops.GEMMKernel{"auto": cudaops.GEMMAuto, "tiled": cudaops.GEMMTiled, "decode": cudaops.GEMMDecode, "wgmma": cudaops.GEMMWgmma}[*gemmName]
 	if !ok {
 		fmt.Fprintf(stderr, "fp4moe bench: unknown GEMM kernel %q\n", *gemmName)
@@ -116,11 +125,11 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.name, err)
 			return 2
 		}
-		if code := benchShapeRows(layers, *s, strings.Split(*routings, ","), strings.Split(*ms, ","), *seed, *minTime, copyBW, *stages, d.Name, w, stdout, stderr); code != 0 {
-			closeLayers(layers)
+		code := benchShapeRows(layers, *s, strings.Split(*routings, ","), mvals, *seed, *minTime, copyBW, *stages, d.Name, w, stdout, stderr)
+		closeLayers(layers)
+		if code != 0 {
 			return code
 		}
-		closeLayers(layers)
 	}
 	return 0
 }
@@ -149,18 +158,14 @@ func closeLayers(layers []*cudaops.Layer) {
 
 // benchShapeRows times every (routing, M) of one shape on each of its uploads and prints (and
 // writes, when w is set) the rows; it returns the command's exit code.
-func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings, ms []string, seed uint64, minTime time.Duration, copyBW float64,
+func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, ms []int, seed uint64, minTime time.Duration, copyBW float64,
 	stages bool, device string, w *csv.Writer, stdout, stderr io.Writer) int {
 	l := layers[0]
 	for _, routing := range routings {
-		for _, mstr := range ms {
-			m, err := strconv.Atoi(mstr)
-			if err != nil || m < 1 {
-				fmt.Fprintf(stderr, "fp4moe bench: bad M %q\n", mstr)
-				return 2
-			}
+		for _, m := range ms {
 			rs := make([]benchResult, len(layers))
 			for i, li := range layers {
+				var err error
 				if rs[i], err = benchRow(li, s, routing, m, seed, minTime, copyBW); err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.name, routing, m, err)
 					return 2
