@@ -215,6 +215,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
 
 #define ROUTE_SMALL_THREADS 256
 #define ROUTE_SMALL_PAIRS 64
+#define ROUTE_SMALL_PRE 4  // tokens' pieces a thread loads before the routing
 
 // Routing of decode batches (P = M·topk <= 64 pairs, E <= 1024) in one block of
 // ROUTE_SMALL_THREADS threads, with the gather of the rows: the same results as moe_route
@@ -224,7 +225,10 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
 // pairs of its expert by a scan of the pairs in shared memory), warp 0 the segment offsets and
 // tiles (each lane a run of consecutive experts), while the other warps mark every row of the
 // layout's bound (P + min(P, E)·31, rounded up to MOE_BM) as padding; then every thread gathers.
-// Dynamic shared memory 8E bytes.
+// The gather's loads do not depend on the routing: each thread loads up to ROUTE_SMALL_PRE
+// 16-byte pieces of the tokens' rows (and one scale) right after the wait, so that their round
+// trip overlaps the ids' and the scan, and stores each to the rows of the token's pairs at the
+// end; pieces past those go through the loop after. Dynamic shared memory 8E bytes.
 extern "C" __global__ void __launch_bounds__(ROUTE_SMALL_THREADS, 1)
 moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
                 int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
@@ -238,6 +242,15 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   __shared__ int sle[ROUTE_SMALL_PAIRS], srow[ROUTE_SMALL_PAIRS];
   const int tid = threadIdx.x, lane = tid % 32, ne = (int)E, P = (int)(M * topk);
   for (int e = tid; e < ne; e += ROUTE_SMALL_THREADS) scount[e] = 0;
+  // The tokens' first pieces and scales (token-major: piece idx of a1q is token idx / pieces).
+  const int pieces = (int)(K / 16), G = (int)(K / MOE_GROUP), tk = (int)topk, npc = (int)M * pieces, nsc = (int)M * G;
+  uint4 pre[ROUTE_SMALL_PRE];
+#pragma unroll
+  for (int u = 0; u < ROUTE_SMALL_PRE; u++) {
+    const int idx = tid + u * ROUTE_SMALL_THREADS;
+    if (idx < npc) pre[u] = reinterpret_cast<const uint4*>(a1q)[idx];
+  }
+  const float pscale = tid < nsc ? a1s[tid] : 0.f;
   // Pair tid's local expert: -1 for an id of -1, an id without a local expert, or an invalid id
   // (outside [-1, Eg): counted in *err).
   int le = -2;
@@ -302,26 +315,50 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     srow[tid] = row;
   }
   __syncthreads();  // srow
-  // The pairs' 16-byte pieces and scales spread over all threads (a thread's loads issued before
-  // its stores), so that the copy takes one memory round trip or a few.
-  const int pieces = (int)(K / 16), G = (int)(K / MOE_GROUP), n = P * pieces;
-  for (int b = tid; b < n; b += 4 * ROUTE_SMALL_THREADS) {
+  // Each loaded piece (and scale) to the rows of its token's pairs; then the pieces past the
+  // first ROUTE_SMALL_PRE a thread, their loads issued before their stores.
+#pragma unroll
+  for (int u = 0; u < ROUTE_SMALL_PRE; u++) {
+    const int idx = tid + u * ROUTE_SMALL_THREADS, t = idx / pieces, j = idx - t * pieces;
+    if (idx >= npc) break;
+    const uint4 v = dec_order16(pre[u]);
+    for (int k = 0; k < tk; k++) {
+      const int row = srow[t * tk + k];
+      if (row >= 0) reinterpret_cast<uint4*>(a1q_perm)[(i64)row * pieces + j] = v;
+    }
+  }
+  if (tid < nsc) {
+    const int t = tid / G, g = tid - t * G;
+    for (int k = 0; k < tk; k++) {
+      const int row = srow[t * tk + k];
+      if (row >= 0) a1s_perm[(i64)row * G + g] = pscale;
+    }
+  }
+  for (int b = tid + ROUTE_SMALL_PRE * ROUTE_SMALL_THREADS; b < npc; b += 4 * ROUTE_SMALL_THREADS) {
     uint4 v[4];
-    int dst[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) {
-      const int idx = b + u * ROUTE_SMALL_THREADS, i = idx / pieces, j = idx - i * pieces;
-      const int row = idx < n ? srow[i] : -1;
-      dst[u] = row >= 0 ? row * pieces + j : -1;
-      if (row >= 0) v[u] = reinterpret_cast<const uint4*>(a1q + (i64)(i / (int)topk) * K)[j];
+      const int idx = b + u * ROUTE_SMALL_THREADS;
+      if (idx < npc) v[u] = reinterpret_cast<const uint4*>(a1q)[idx];
     }
 #pragma unroll
-    for (int u = 0; u < 4; u++)
-      if (dst[u] >= 0) reinterpret_cast<uint4*>(a1q_perm)[dst[u]] = dec_order16(v[u]);
+    for (int u = 0; u < 4; u++) {
+      const int idx = b + u * ROUTE_SMALL_THREADS, t = idx / pieces, j = idx - t * pieces;
+      if (idx >= npc) break;
+      const uint4 w = dec_order16(v[u]);
+      for (int k = 0; k < tk; k++) {
+        const int row = srow[t * tk + k];
+        if (row >= 0) reinterpret_cast<uint4*>(a1q_perm)[(i64)row * pieces + j] = w;
+      }
+    }
   }
-  for (int idx = tid; idx < P * G; idx += ROUTE_SMALL_THREADS) {
-    const int i = idx / G, g = idx - i * G, row = srow[i];
-    if (row >= 0) a1s_perm[(i64)row * G + g] = a1s[(i64)(i / (int)topk) * G + g];
+  for (int idx = tid + ROUTE_SMALL_THREADS; idx < nsc; idx += ROUTE_SMALL_THREADS) {
+    const int t = idx / G, g = idx - t * G;
+    const float v = a1s[idx];
+    for (int k = 0; k < tk; k++) {
+      const int row = srow[t * tk + k];
+      if (row >= 0) a1s_perm[(i64)row * G + g] = v;
+    }
   }
 }
 
