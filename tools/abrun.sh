@@ -4,7 +4,7 @@
 # parallel), then runs every variant's cudaops tests side by side (TESTRE, default the
 # conformance suite with the golden cases, against-native, decode, wgmma, poison, device-forward
 # and weight-layout tests; PAR=0 runs them one after another), then, one at a time, the bench of
-# each variant whose tests passed (SHAPES, MS, MIN; CSV per variant under $OUT). NOTEST="a b"
+# each variant whose tests passed (SHAPES, MS, MIN, GEMM; CSV per variant under $OUT). NOTEST="a b"
 # skips the tests of variants a and b. Prints one table at the end,
 # rows of all variants side by side, and each variant's register report.
 #   MS=1,64,4096 bash tools/abrun.sh main wide
@@ -51,7 +51,7 @@ for n in "$@"; do
 	# may lower the clock).
 	nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 200 > "$OUT/clk-$n.log" 2> /dev/null &
 	clk=$!
-	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPES:-gptoss120b,deepseekv3}" --m "${MS:-1,8,64,512,4096}" --routing uniform \
+	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPES:-gptoss120b,deepseekv3}" --m "${MS:-1,8,64,512,4096}" --routing uniform --gemm "${GEMM:-auto}" \
 		--min-time "${MIN:-100ms}" --csv "$OUT/ab-$n.csv" > "$OUT/bench-$n.log" 2>&1
 	rc=$?
 	kill $clk 2> /dev/null
