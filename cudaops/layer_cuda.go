@@ -49,6 +49,10 @@ const (
 	decSmem    = decWarps*decStages*decStage + decWarps*8*32*4
 	dec1Stages = 3
 	dec1Smem   = decWarps * dec1Stages * decStage
+	// The 16-token kernel (DEC16_SMEM): split 1, stages of 16 token rows, for batches of more
+	// than 8 routed rows per local expert on average (a tile of 9-16 rows then streams its
+	// weights once).
+	dec16Smem = decWarps * dec1Stages * (32*64 + 16*128 + 32*4 + 16*4)
 	// decSplit's grid measure: blocks of 4 warps on 32 rows each (the kernel's own), 4 per SM
 	// (its occupancy) for warps of at least 4 column groups, 3 per SM for fewer.
 	decSplitRows, decSplitBlocks, decSplitThin = 32, 4, 3
@@ -633,6 +637,9 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			split, fn, smem := l.decSplit(n, kd, tiles), f.gemmDec, decSmem
 			if split == 1 {
 				fn, smem = f.gemmDec1, dec1Smem
+				if P > 8*l.E {
+					fn, smem = f.gemmDec16, dec16Smem
+				}
 			}
 			return launch(fn, dim3{int(n) * split / (32 * decWarps), tiles, 1}, dim3{32 * decWarps, 1, 1}, smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),

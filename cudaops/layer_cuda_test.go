@@ -248,6 +248,43 @@ func TestDecodeSplits(t *testing.T) {
 	}
 }
 
+// TestDecodeWide runs the streaming GEMM at batch sizes of more than 8 routed rows per expert
+// (the 16-token kernel, moe_gemm_dec16: passes of 16 tokens, the last one partial, and tiles of
+// up to 32 rows), against native and twice (bitwise the same).
+func TestDecodeWide(t *testing.T) {
+	wide := 0 // GEMMs that ran the 16-token kernel
+	for _, m := range []int{80, 200, 768} {
+		s := conformance.Spec{M: m, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 37}
+		c := conformance.Generate(s)
+		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+		p := m * s.TopK
+		_, tiles := l.bounds(p)
+		s1, s2 := l.decSplit(int64(2*s.I), int64(s.K), tiles), l.decSplit(int64(s.K), int64(s.I), tiles)
+		if p > 8*s.E {
+			wide += btoi(s1 == 1) + btoi(s2 == 1)
+		}
+		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
+		l.Close()
+		want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
+		e := conformance.RelL2(got, want)
+		t.Logf("M=%d (%d rows an expert, splits %d and %d): rel L2 against native %.2e", m, p/s.E, s1, s2, e)
+		if e > 1e-4 {
+			t.Fatalf("M=%d: rel L2 %.3e against native", m, e)
+		}
+		sameBits(t, fmt.Sprintf("M=%d, second run against the first", m), again, got)
+	}
+	if wide == 0 {
+		t.Fatal("no GEMM ran the 16-token kernel (split 1 with more than 8 rows an expert)")
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // TestWeightLayout reads the uploaded W13 back: in the blocked order (blockedWeights), every
 // 32-bit word holds its 8 E2M1 codes in the kernels' device layout (code n's magnitude at bits
 // MAG(n).., its sign at SGN(n), codes 4..7 16 bits above codes 0..3).

@@ -129,6 +129,9 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 #ifndef DEC1_BLOCKS
 #define DEC1_BLOCKS 4    // its blocks per SM
 #endif
+#ifndef DEC16_BLOCKS
+#define DEC16_BLOCKS 3   // blocks per SM of the 16-token kernel (S = 1, 16 tokens a pass)
+#endif
 
 // A ring stage. The rows are unpadded; their 16-byte pieces are swizzled instead, so that both
 // the copies' writes and the lanes' reads are free of bank conflicts: weight row r's piece c at
@@ -136,15 +139,18 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 // bytes, the earlier layout, kept the reads apart but put two of each quarter warp's 16-byte
 // copies of weight rows on the same banks; with the swizzle decode batches ran 2-11 % faster,
 // docs/perf.md v20.)
-struct DecStage {
-  u8 w[32][64];  // 32 weight rows × 64 bytes (4 blocks of 32 E2M1 values)
-  u8 x[8][128];  // 8 token rows × 128 FP8 values
-  u8 s[32][4];   // the rows' 4 E8M0 scales
-  float xs[8];   // the tokens' activation scales of this group
+template <int XT>
+struct DecStageT {
+  u8 w[32][64];       // 32 weight rows × 64 bytes (4 blocks of 32 E2M1 values)
+  u8 x[8 * XT][128];  // 8 · XT token rows × 128 FP8 values
+  u8 s[32][4];        // the rows' 4 E8M0 scales
+  float xs[8 * XT];   // the tokens' activation scales of this group
 };
+using DecStage = DecStageT<1>;
 // The dynamic shared memory: the warps' rings, then their partial sums (S > 1).
 #define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStage) + DEC_WARPS * 8 * 32 * 4)
 #define DEC1_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStage))
+#define DEC16_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<2>))
 
 // A compile-time int as a value (to pass group offsets to generic lambdas).
 template <int V>
@@ -160,7 +166,9 @@ __device__ __forceinline__ float dec_scale(uint32_t word, int b) {
   else return __uint_as_float(s << 23);
 }
 
-template <int S, bool EXACT>
+// XT: 8-token fragments a pass (1, or 2 at S = 1: each expanded weight fragment then feeds the
+// MMAs of 16 tokens, so a tile of 9-16 tokens streams its weights once instead of twice).
+template <int S, bool EXACT, int XT>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
                                          const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
@@ -171,9 +179,11 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const i64 nb = (i64)blockIdx.x * (32 * DEC_WARPS / S) + (warp / S) * 32;  // the warp's first weight row
   const i64 G = Kd / MOE_GROUP;
   const int mine = (int)((G - r + S - 1) / S);  // groups of this warp
-  constexpr int D = S == 1 ? DEC1_STAGES : DEC_STAGES;
-  DecStage* const st = reinterpret_cast<DecStage*>(dec_smem) + warp * D;
-  float(*const red)[8][32] = reinterpret_cast<float(*)[8][32]>(dec_smem + DEC_WARPS * D * sizeof(DecStage));
+  static_assert(XT == 1 || S == 1, "16-token passes only at split 1");
+  using Stage = DecStageT<XT>;
+  constexpr int D = S == 1 ? DEC1_STAGES : DEC_STAGES, FT = 8 * XT;  // ring depth, tokens a pass
+  Stage* const st = reinterpret_cast<Stage*>(dec_smem) + warp * D;
+  float(*const red)[8][32] = reinterpret_cast<float(*)[8][32]>(dec_smem + DEC_WARPS * D * sizeof(Stage));
   // This lane's copy sources at the warp's first group: rows lane/4 and lane/4 + 8 of both 16-row
   // blocks (16 bytes each; the second block G KB on), the scales of rows 4·lane .. 4·lane + 3
   // (lanes < 8; a 16-row block's scales of a group are 64 contiguous bytes, scale_row).
@@ -195,7 +205,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const u8* sq = sp0;
   const u8* xq = nullptr;
   const float* xsq = nullptr;
-  bool x0 = false, x1 = false, xs = false;
+  bool x0 = false, x1 = false, x2 = false, x3 = false, xs = false;
   // Copies of one of the warp's groups into the ring slot at byte offset o: the weight rows and
   // scales (issue_w), the tokens and their scales (issue_x). The group is a compile-time offset
   // from the bases (moved by one group a step), so that every source address is a register plus
@@ -213,12 +223,16 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     constexpr int q = decltype(grp)::value;
     if (x0) cp_async16(dx + o, xq + q * MOE_GROUP * S);
     if (x1) cp_async16(dx + o + 4 * 128, xq + 4 * Kd + q * MOE_GROUP * S);
+    if constexpr (XT > 1) {
+      if (x2) cp_async16(dx + o + 8 * 128, xq + 8 * Kd + q * MOE_GROUP * S);
+      if (x3) cp_async16(dx + o + 12 * 128, xq + 12 * Kd + q * MOE_GROUP * S);
+    }
     if (xs) cp_async4(ds + o, xsq + q * S);
   };
   // The first of the S warps of 32 rows asks L2 for both 16-row blocks' scales of all groups
   // (G · 64 contiguous bytes each) at once, as the row-major layout's first reads would bring them.
   if (r == 0 && lane < 2) prefetch_l2(scale_row(Ws, (i64)e * N + nb + 16 * lane, G), (uint32_t)G * 64);
-  constexpr int SZ = (int)sizeof(DecStage);
+  constexpr int SZ = (int)sizeof(Stage);
   // The first pass's first weights go out before the tile's row count is known (reading it is
   // one more memory round trip, which they overlap). early: all of this before the wait for the
   // previous kernel (moe_gemm_dec below), the entries read past L1.
@@ -228,13 +242,14 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     if (mine > 2) issue_w(2 * SZ, Ic<2>{});
   const int nvalid = min(GEMM_TOK, (early ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
   if (early) pdl_begin();
-  for (int j = 0; 8 * j < nvalid; j++) {
-    const i64 tok0 = row0 + 8 * j;
-    const int live = min(8, nvalid - 8 * j);  // real tokens in this fragment
-    // Token rows lane/8 and lane/8 + 4 (16 bytes each), the scale of token lane - 16.
+  for (int j = 0; FT * j < nvalid; j++) {
+    const i64 tok0 = row0 + FT * j;
+    const int live = min(FT, nvalid - FT * j);  // real tokens in this pass
+    // Token rows lane/8 + 4k (16 bytes each), the scale of token lane - 16.
     xq = X + (tok0 + (lane >> 3)) * Kd + 16 * (lane & 7) + MOE_GROUP * r;
     xsq = Xs + (tok0 + max(lane - 16, 0)) * G + r;
     x0 = (lane >> 3) < live, x1 = (lane >> 3) + 4 < live, xs = lane >= 16 && lane - 16 < live;
+    x2 = (lane >> 3) + 8 < live, x3 = (lane >> 3) + 12 < live;
     if (j > 0) {
       wq = wp0;
       sq = sp0;
@@ -251,7 +266,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       if (mine > 2) issue_x(2 * SZ, Ic<2>{});
       cp_async_commit();
     }
-    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    float acc[XT][8] = {};
     int cur = 0, nxt = (D - 1) * SZ;
 #pragma unroll 1
     for (int i = 0; i < mine; i++) {
@@ -265,43 +280,76 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       cp_async_commit();
       cp_async_wait<D - 1>();
       __syncwarp();
-      const DecStage& d = *reinterpret_cast<const DecStage*>(reinterpret_cast<const u8*>(st) + cur);
+      const Stage& d = *reinterpret_cast<const Stage*>(reinterpret_cast<const u8*>(st) + cur);
       uint32_t sw[4];
 #pragma unroll
       for (int k = 0; k < 4; k++) sw[k] = *reinterpret_cast<const uint32_t*>(&d.s[g + 8 * k][0]);
-      float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      float part[XT][8] = {};
 #pragma unroll
       for (int b = 0; b < 4; b++) {
-        const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]);
-        const uint32_t b0[2] = {e4m3_lo_f16(xv.x), e4m3_hi_f16(xv.x)};
-        const uint32_t b1[2] = {e4m3_lo_f16(xv.y), e4m3_hi_f16(xv.y)};
+        if constexpr (XT == 1) {
+          const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]);
+          const uint32_t b0[2] = {e4m3_lo_f16(xv.x), e4m3_hi_f16(xv.x)};
+          const uint32_t b1[2] = {e4m3_lo_f16(xv.y), e4m3_hi_f16(xv.y)};
 #pragma unroll
-        for (int h = 0; h < 2; h++) {  // the 16-row block
-          const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
-          const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
-          float dd[4] = {0.f, 0.f, 0.f, 0.f};
-          {
-            const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
-            mma_f16(dd, a, b0);
+          for (int h = 0; h < 2; h++) {  // the 16-row block
+            const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
+            const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
+            float dd[4] = {0.f, 0.f, 0.f, 0.f};
+            {
+              const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
+              mma_f16(dd, a, b0);
+            }
+            {
+              const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
+              mma_f16(dd, a, b1);
+            }
+            const float ws0 = dec_scale<EXACT>(sw[2 * h], b), ws1 = dec_scale<EXACT>(sw[2 * h + 1], b);
+            part[0][4 * h + 0] += dd[0] * ws0;
+            part[0][4 * h + 1] += dd[1] * ws0;
+            part[0][4 * h + 2] += dd[2] * ws1;
+            part[0][4 * h + 3] += dd[3] * ws1;
           }
-          {
-            const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
-            mma_f16(dd, a, b1);
+        } else {
+          // Each expanded weight fragment feeds the MMAs of every token fragment u.
+          uint32_t bf[XT][2][2];
+#pragma unroll
+          for (int u = 0; u < XT; u++) {
+            const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g + 8 * u][xo ^ (32 * b)]);
+            bf[u][0][0] = e4m3_lo_f16(xv.x), bf[u][0][1] = e4m3_hi_f16(xv.x);
+            bf[u][1][0] = e4m3_lo_f16(xv.y), bf[u][1][1] = e4m3_hi_f16(xv.y);
           }
-          const float ws0 = dec_scale<EXACT>(sw[2 * h], b), ws1 = dec_scale<EXACT>(sw[2 * h + 1], b);
-          part[4 * h + 0] += dd[0] * ws0;
-          part[4 * h + 1] += dd[1] * ws0;
-          part[4 * h + 2] += dd[2] * ws1;
-          part[4 * h + 3] += dd[3] * ws1;
+#pragma unroll
+          for (int h = 0; h < 2; h++) {
+            const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
+            const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
+            const uint32_t a0[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
+            const uint32_t a1[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
+            const float ws0 = dec_scale<EXACT>(sw[2 * h], b), ws1 = dec_scale<EXACT>(sw[2 * h + 1], b);
+#pragma unroll
+            for (int u = 0; u < XT; u++) {
+              float dd[4] = {0.f, 0.f, 0.f, 0.f};
+              mma_f16(dd, a0, bf[u][0]);
+              mma_f16(dd, a1, bf[u][1]);
+              part[u][4 * h + 0] += dd[0] * ws0;
+              part[u][4 * h + 1] += dd[1] * ws0;
+              part[u][4 * h + 2] += dd[2] * ws1;
+              part[u][4 * h + 3] += dd[3] * ws1;
+            }
+          }
         }
       }
-      const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;  // 2^14: the expansion's factor
 #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        acc[4 * h + 0] += part[4 * h + 0] * xs0;
-        acc[4 * h + 1] += part[4 * h + 1] * xs1;
-        acc[4 * h + 2] += part[4 * h + 2] * xs0;
-        acc[4 * h + 3] += part[4 * h + 3] * xs1;
+      for (int u = 0; u < XT; u++) {
+        // 2^14: the expansion's factor
+        const float xs0 = d.xs[8 * u + 2 * t] * 16384.f, xs1 = d.xs[8 * u + 2 * t + 1] * 16384.f;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          acc[u][4 * h + 0] += part[u][4 * h + 0] * xs0;
+          acc[u][4 * h + 1] += part[u][4 * h + 1] * xs1;
+          acc[u][4 * h + 2] += part[u][4 * h + 2] * xs0;
+          acc[u][4 * h + 3] += part[u][4 * h + 3] * xs1;
+        }
       }
       __syncwarp();  // every lane is done with this slot before it is refilled
       wq += 1024 * S;
@@ -314,27 +362,29 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     cp_async_wait<0>();
     if constexpr (S > 1) {
 #pragma unroll
-      for (int c = 0; c < 8; c++) red[warp][c][lane] = acc[c];
+      for (int c = 0; c < 8; c++) red[warp][c][lane] = acc[0][c];
       __syncthreads();
     }
     if (r == 0) {
 #pragma unroll
       for (int c = 0; c < 8; c++) {
-        float v = acc[c];
+        float v = acc[0][c];
 #pragma unroll
         for (int k = 1; k < S; k++) v += red[warp + k][c][lane];
-        acc[c] = v;
+        acc[0][c] = v;
       }
 #pragma unroll
-      for (int h = 0; h < 2; h++)
+      for (int u = 0; u < XT; u++)
 #pragma unroll
-        for (int c = 0; c < 2; c++) {
-          const int col = 8 * j + 2 * t + c;
-          if (col < nvalid) {
-            out[(i64)(row0 + col) * N + nb + 16 * h + g] = acc[4 * h + c] + bs[2 * h];
-            out[(i64)(row0 + col) * N + nb + 16 * h + g + 8] = acc[4 * h + 2 + c] + bs[2 * h + 1];
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+          for (int c = 0; c < 2; c++) {
+            const int col = FT * j + 8 * u + 2 * t + c;
+            if (col < nvalid) {
+              out[(i64)(row0 + col) * N + nb + 16 * h + g] = acc[u][4 * h + c] + bs[2 * h];
+              out[(i64)(row0 + col) * N + nb + 16 * h + g + 8] = acc[u][4 * h + 2 + c] + bs[2 * h + 1];
+            }
           }
-        }
     }
     if constexpr (S > 1) __syncthreads();  // the partial sums are read before the next pass writes them
     __syncwarp();
@@ -364,7 +414,7 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
   return (int)blockIdx.y < nt;
 }
 
-// The two kernels' signature (the same parameters, so the host launches either the same way).
+// The kernels' signature (the same parameters, so the host launches any of them the same way).
 #define DEC_KERNEL(name, blocks)                                                                                       \
   extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, blocks)                                                 \
   name(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,    \
@@ -375,21 +425,28 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
 DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0)) return;
-#define DEC_RUN(s, x) gemm_dec<s, x>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, early != 0)
+#define DEC_RUN(s, x, xt) gemm_dec<s, x, xt>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, early != 0)
   if (split == 4) {
-    if (exact) DEC_RUN(4, true);
-    else DEC_RUN(4, false);
+    if (exact) DEC_RUN(4, true, 1);
+    else DEC_RUN(4, false, 1);
   } else {
-    if (exact) DEC_RUN(2, true);
-    else DEC_RUN(2, false);
+    if (exact) DEC_RUN(2, true, 1);
+    else DEC_RUN(2, false, 1);
   }
 }
 
 DEC_KERNEL(moe_gemm_dec1, DEC1_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0)) return;
-  if (exact) DEC_RUN(1, true);
-  else DEC_RUN(1, false);
+  if (exact) DEC_RUN(1, true, 1);
+  else DEC_RUN(1, false, 1);
+}
+
+DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
+  int e, row0;
+  if (!dec_tile(tiles, ntiles, early, e, row0)) return;
+  if (exact) DEC_RUN(1, true, 2);
+  else DEC_RUN(1, false, 2);
 #undef DEC_RUN
 }
 #undef DEC_KERNEL
