@@ -84,6 +84,9 @@ var open = sync.OnceValues(func() (*Device, error) {
 	if d.mod, err = cu.LoadData(string(image)); err != nil {
 		return nil, fmt.Errorf("cudaops: loading the kernels (%s): %v", d.Fatbin, err)
 	}
+	if err := checkLayout(d.mod, d.Fatbin); err != nil {
+		return nil, err
+	}
 	for name, f := range map[string]*cu.Function{
 		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_route_small": &d.fn.routeSmall, "moe_route_scatter": &d.fn.routeScatter, "moe_permute": &d.fn.permute, "moe_permute_wg": &d.fn.permuteWG,
 		"moe_gemm": &d.fn.gemm, "moe_gemm_dec": &d.fn.gemmDec, "moe_gemm_wgb": &d.fn.gemmWgb, "moe_gemm_wgp": &d.fn.gemmWgp, "moe_wg_tiles": &d.fn.wgTiles, "moe_wg_stage": &d.fn.wgStage, "moe_fold_ref": &d.fn.foldRef, "moe_reencode": &d.fn.reencode,

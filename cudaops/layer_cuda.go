@@ -58,6 +58,41 @@ const (
 	decSplitRows, decSplitBlocks, decSplitThin = 32, 4, 3
 )
 
+// layoutConsts are the launch constants above that the kernels define too, in the order of the
+// module's moe_layout table (kernels/moe.cu); Open compares them with that table, so that kernels
+// built with other values are refused instead of launched with the wrong grid or shared memory.
+var layoutConsts = []struct {
+	name  string
+	value int64
+}{
+	{"MOE_BM", segmentRows}, {"GEMM_ROWS", gemmRows}, {"ROUTE_THREADS", routeThreads},
+	{"ROUTE_SMALL_THREADS", routeSmallThreads}, {"ROUTE_SMALL_PAIRS", fusedPermutePairs},
+	{"WGF_ROWS", wgfRows}, {"WGF_TOK", wgfTokens}, {"WGF_STAGES", wgfStages}, {"WGB_SMEM", wgbSmem},
+	{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
+	{"DEC16_SMEM", dec16Smem},
+}
+
+// checkLayout reads the module's moe_layout table and compares it with layoutConsts.
+func checkLayout(mod cu.Module, fatbin string) error {
+	p, size, err := mod.Global("moe_layout")
+	if err != nil {
+		return fmt.Errorf("cudaops: the kernels (%s) have no moe_layout table: %v; rebuild them (cudaops/kernels/build.sh)", fatbin, err)
+	}
+	if size != int64(8*len(layoutConsts)) {
+		return fmt.Errorf("cudaops: the kernels' (%s) moe_layout table has %d bytes, the host code expects %d; rebuild them (cudaops/kernels/build.sh)", fatbin, size, 8*len(layoutConsts))
+	}
+	got := make([]int64, len(layoutConsts))
+	if err := cu.MemcpyDtoH(unsafe.Pointer(&got[0]), p, size); err != nil {
+		return fmt.Errorf("cudaops: reading the kernels' moe_layout table: %v", err)
+	}
+	for k, c := range layoutConsts {
+		if got[k] != c.value {
+			return fmt.Errorf("cudaops: the kernels (%s) were built with %s = %d, the host code expects %d; rebuild them (cudaops/kernels/build.sh)", fatbin, c.name, got[k], c.value)
+		}
+	}
+	return nil
+}
+
 // decSplit returns how many warps share each weight row of the streaming GEMM for n rows of kd
 // columns and a bound of tiles: the largest S of 4, 2 whose grid of 32-row warps fits on the
 // device in one wave (decSplitBlocks blocks per SM while each warp keeps at least 4 of the kd/128
@@ -612,16 +647,9 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		if kernel == GEMMDecode {
 			grid = P
 		}
-		var err error
-		if kernel == GEMMWgmma {
-			err = launch(permute, dim3{grid, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
-				u(a1q), u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm))
-		} else {
-			err = launch(permute, dim3{grid, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
-				u(a1q), u(a1s), u(ws.rowPair), u(ws.invPerm), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm),
-				flag(kernel == GEMMDecode))
-		}
-		if err != nil {
+		if err := launch(permute, dim3{grid, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+			u(a1q), u(a1s), u(ws.rowPair), u(ws.invPerm), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm),
+			flag(kernel == GEMMDecode)); err != nil {
 			return fmt.Errorf("cudaops: permute: %w", err)
 		}
 	}

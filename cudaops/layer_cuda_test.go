@@ -5,6 +5,7 @@ package cudaops
 import (
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -463,5 +464,52 @@ func TestOpen(t *testing.T) {
 	t.Logf("device %s, compute capability %d.%d, %d SMs, kernels %s", d.Name, d.Major, d.Minor, d.SMs, d.Fatbin)
 	if d.Major != 9 {
 		t.Fatalf("compute capability %d.%d, expected a Hopper GPU (9.x)", d.Major, d.Minor)
+	}
+}
+
+// TestLayoutCheck changes one entry of the loaded module's moe_layout table (as kernels built with
+// another DEC_SMEM would have it) and expects checkLayout to name it; then restores it.
+func TestLayoutCheck(t *testing.T) {
+	d, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unbind, err := d.bind()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unbind()
+	if err := checkLayout(d.mod, d.Fatbin); err != nil {
+		t.Fatalf("the loaded kernels: %v", err)
+	}
+	p, _, err := d.mod.Global("moe_layout")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := -1
+	for j, c := range layoutConsts {
+		if c.name == "DEC_SMEM" {
+			k = j
+		}
+	}
+	if k < 0 {
+		t.Fatal("layoutConsts has no DEC_SMEM")
+	}
+	at := p + cu.DevicePtr(8*k)
+	wrong := int64(decSmem + 16)
+	if err := cu.MemcpyHtoD(at, unsafe.Pointer(&wrong), 8); err != nil {
+		t.Fatal(err)
+	}
+	err = checkLayout(d.mod, d.Fatbin)
+	right := int64(decSmem)
+	if err2 := cu.MemcpyHtoD(at, unsafe.Pointer(&right), 8); err2 != nil {
+		t.Fatal(err2)
+	}
+	want := fmt.Sprintf("DEC_SMEM = %d, the host code expects %d", decSmem+16, decSmem)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("checkLayout with DEC_SMEM changed: %v, want an error containing %q", err, want)
+	}
+	if err := checkLayout(d.mod, d.Fatbin); err != nil {
+		t.Fatalf("after restoring the table: %v", err)
 	}
 }

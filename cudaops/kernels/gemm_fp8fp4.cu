@@ -158,6 +158,15 @@ struct Ic {
   static constexpr int value = V;
 };
 
+// f(Ic<0>{}), f(Ic<1>{}), ..., f(Ic<N - 1>{}), in that order, unrolled at compile time.
+template <int N, int I = 0, class F>
+__device__ __forceinline__ void static_for(F&& f) {
+  if constexpr (I < N) {
+    f(Ic<I>{});
+    static_for<N, I + 1>(f);
+  }
+}
+
 // Scale byte b of a word of four E8M0 scales as a float.
 template <bool EXACT>
 __device__ __forceinline__ float dec_scale(uint32_t word, int b) {
@@ -236,10 +245,13 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   // The first pass's first weights go out before the tile's row count is known (reading it is
   // one more memory round trip, which they overlap). early: all of this before the wait for the
   // previous kernel (moe_gemm_dec below), the entries read past L1.
-  if (mine > 0) issue_w(0, Ic<0>{});
-  if (mine > 1) issue_w(SZ, Ic<1>{});
-  if constexpr (D > 3)
-    if (mine > 2) issue_w(2 * SZ, Ic<2>{});
+  // The copies of the ring's first D - 1 groups.
+  auto issue_w_head = [&] {
+    static_for<D - 1>([&](auto q) {
+      if (mine > q.value) issue_w(q.value * SZ, q);
+    });
+  };
+  issue_w_head();
   const int nvalid = min(GEMM_TOK, (early ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
   if (early) pdl_begin();
   for (int j = 0; FT * j < nvalid; j++) {
@@ -253,26 +265,21 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     if (j > 0) {
       wq = wp0;
       sq = sp0;
-      if (mine > 0) issue_w(0, Ic<0>{});
-      if (mine > 1) issue_w(SZ, Ic<1>{});
-      if constexpr (D > 3)
-        if (mine > 2) issue_w(2 * SZ, Ic<2>{});
+      issue_w_head();
     }
-    if (mine > 0) issue_x(0, Ic<0>{});
-    cp_async_commit();
-    if (mine > 1) issue_x(SZ, Ic<1>{});
-    cp_async_commit();
-    if constexpr (D > 3) {
-      if (mine > 2) issue_x(2 * SZ, Ic<2>{});
+    // One commit group a ring slot (empty for groups past the warp's), so that the wait below
+    // counts slots.
+    static_for<D - 1>([&](auto q) {
+      if (mine > q.value) issue_x(q.value * SZ, q);
       cp_async_commit();
-    }
+    });
     float acc[XT][8] = {};
     int cur = 0, nxt = (D - 1) * SZ;
 #pragma unroll 1
     for (int i = 0; i < mine; i++) {
-      // Group i of the warp, in the slot at byte offset cur (slot i % 3): the copies of group
-      // i + 2 into the slot at nxt (the one group i - 1 used), then the wait for group i, then its
-      // MMAs.
+      // Group i of the warp, in the slot at byte offset cur (slot i % D): the copies of group
+      // i + D - 1 into the slot at nxt (the one group i - 1 used), then the wait for group i,
+      // then its MMAs.
       if (i + D - 1 < mine) {
         issue_w(nxt, Ic<D - 1>{});
         issue_x(nxt, Ic<D - 1>{});

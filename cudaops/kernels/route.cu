@@ -409,10 +409,12 @@ extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* 
 // moe_permute with the bytes of each 128-column chunk of a row reordered for the wgmma GEMM's
 // token expansion: 16-byte piece p = 2j + h of chunk q holds, for each of the chunk's four
 // 32-column blocks b, bytes rr of the block's words 2w and 2w + 1 (columns 8w + rr and
-// 8w + rr + 4), w = j/2, rr = 2(j%2) + h. grid.x = the largest possible M_sum, block = 128.
+// 8w + rr + 4), w = j/2, rr = 2(j%2) + h. grid.x = the largest possible M_sum, block = 128. Its
+// parameters are moe_permute's (one launch serves both); inv_perm and dec are not used.
 extern "C" __global__ void moe_permute_wg(const u8* __restrict__ a1q, const float* __restrict__ a1s,
-                                          const int* __restrict__ row_pair, const int* __restrict__ offsets,
-                                          i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+                                          const int* __restrict__ row_pair, const int* __restrict__ inv_perm,
+                                          const int* __restrict__ offsets, i64 E, i64 K, i64 topk,
+                                          u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, i64 dec) {
   pdl_begin();
   const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
   if (t < 0) return;
