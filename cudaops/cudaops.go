@@ -73,16 +73,18 @@ func (k GEMMKernel) String() string {
 	return fmt.Sprintf("GEMMKernel(%d)", uint8(k))
 }
 
-// autoDecodeRows is GEMMAuto's crossover: batches routing fewer routed rows than this per local
-// expert on average take GEMMDecode (measured, docs/perf.md).
-const autoDecodeRows = 8
+// autoDecodeRows is GEMMAuto's crossover: batches routing at most this many routed rows per
+// local expert on average take GEMMDecode. Measured on an H200 with the 16-token decode kernel
+// (docs/perf.md v22): at 16 rows the decode GEMM was faster for every bench shape (GPT-OSS-120B
+// 970 against 1102 µs), at 24 the wgmma GEMM for GPT-OSS-120B and DeepSeek-V3.
+const autoDecodeRows = 16
 
 // resolve returns the kernel that k runs for p routed pairs over e local experts, with
 // foldable telling whether the layer's weights fold exactly into the wgmma kernel's FP16.
 func (k GEMMKernel) resolve(p, e int, foldable bool) GEMMKernel {
 	if k == GEMMAuto {
 		k = GEMMWgmma
-		if p < autoDecodeRows*e {
+		if p <= autoDecodeRows*e {
 			k = GEMMDecode
 		}
 	}

@@ -19,8 +19,8 @@ func TestGEMMKernelResolve(t *testing.T) {
 		want     GEMMKernel
 	}{
 		{"auto/decode at 1 pair", GEMMAuto, 1, 128, true, GEMMDecode},
-		{"auto/decode below 8 rows per expert", GEMMAuto, 8*128 - 1, 128, true, GEMMDecode},
-		{"auto/wgmma at 8 rows per expert", GEMMAuto, 8 * 128, 128, true, GEMMWgmma},
+		{"auto/decode at 16 rows per expert", GEMMAuto, 16 * 128, 128, true, GEMMDecode},
+		{"auto/wgmma above 16 rows per expert", GEMMAuto, 16*128 + 1, 128, true, GEMMWgmma},
 		{"auto/wgmma at prefill", GEMMAuto, 16384, 128, true, GEMMWgmma},
 		{"auto/tiled when the weights do not fold", GEMMAuto, 16384, 128, false, GEMMTiled},
 		{"auto/decode even when the weights do not fold", GEMMAuto, 4, 128, false, GEMMDecode},
@@ -28,8 +28,8 @@ func TestGEMMKernelResolve(t *testing.T) {
 		{"wgmma asked, weights do not fold", GEMMWgmma, 16384, 128, false, GEMMTiled},
 		{"decode asked at prefill", GEMMDecode, 16384, 128, true, GEMMDecode},
 		{"tiled asked", GEMMTiled, 1, 128, true, GEMMTiled},
-		{"auto/expert parallel shard of 32 experts", GEMMAuto, 255, 32, true, GEMMDecode},
-		{"auto/expert parallel shard, 8 rows each", GEMMAuto, 256, 32, true, GEMMWgmma},
+		{"auto/expert parallel shard of 32 experts", GEMMAuto, 512, 32, true, GEMMDecode},
+		{"auto/expert parallel shard, over 16 rows each", GEMMAuto, 513, 32, true, GEMMWgmma},
 	} {
 		if got := c.k.resolve(c.p, c.e, c.foldable); got != c.want {
 			t.Errorf("%s: %v.resolve(%d, %d, %v) = %v, want %v", c.name, c.k, c.p, c.e, c.foldable, got, c.want)

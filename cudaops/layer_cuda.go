@@ -53,6 +53,9 @@ const (
 	// than 8 routed rows per local expert on average (a tile of 9-16 rows then streams its
 	// weights once).
 	dec16Smem = decWarps * dec1Stages * (32*64 + 16*128 + 32*4 + 16*4)
+	// dec16Rows: the 16-token kernel takes split-1 batches of more than this many routed rows per
+	// local expert on average.
+	dec16Rows = 8
 	// decSplit's grid measure: blocks of 4 warps on 32 rows each (the kernel's own), 4 per SM
 	// (its occupancy) for warps of at least 4 column groups, 3 per SM for fewer.
 	decSplitRows, decSplitBlocks, decSplitThin = 32, 4, 3
@@ -665,7 +668,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			split, fn, smem := l.decSplit(n, kd, tiles), f.gemmDec, decSmem
 			if split == 1 {
 				fn, smem = f.gemmDec1, dec1Smem
-				if P > 8*l.E {
+				if P > dec16Rows*l.E {
 					fn, smem = f.gemmDec16, dec16Smem
 				}
 			}
