@@ -54,8 +54,9 @@ const (
 	// weights once).
 	dec16Smem = decWarps * dec1Stages * (32*64 + 16*128 + 32*4 + 16*4)
 	// dec16Rows: the 16-token kernel takes split-1 batches of more than this many routed rows per
-	// local expert on average.
-	dec16Rows = 8
+	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
+	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)
+	dec16Rows = 6
 	// decSplit's grid measure: blocks of 4 warps on 32 rows each (the kernel's own), 4 per SM
 	// (its occupancy) for warps of at least 4 column groups, 3 per SM for fewer.
 	decSplitRows, decSplitBlocks, decSplitThin = 32, 4, 3
