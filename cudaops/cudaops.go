@@ -40,14 +40,15 @@ type Options struct {
 type GEMMKernel uint8
 
 const (
-	// GEMMAuto picks GEMMDecode when the batch routes fewer than 8 rows per local expert on
+	// GEMMAuto picks GEMMDecode when the batch routes at most 16 rows per local expert on
 	// average (the crossover measured on an H200, docs/perf.md), else GEMMWgmma, or GEMMTiled
 	// for weights the wgmma kernel cannot take exactly (see GEMMWgmma).
 	GEMMAuto GEMMKernel = iota
 	// GEMMTiled: 64 weight rows by 32 tokens per block.
 	GEMMTiled
 	// GEMMDecode: FP16 mma.sync, 32 weight rows a warp, K split over up to 4 warps, weights and
-	// tokens streamed through cp.async rings in shared memory, one 8-token fragment per pass.
+	// tokens streamed through cp.async rings in shared memory, one 8-token fragment per pass, or
+	// two (16 tokens) when the batch routes more than 6 rows per local expert on average.
 	GEMMDecode
 	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 128 weight rows by up to 160 tokens per block,
 	// the E8M0 block scales folded exactly into the FP16 weights relative to a per-row
