@@ -50,8 +50,8 @@ const (
 	dec1Stages = 3
 	dec1Smem   = decWarps * dec1Stages * decStage
 	// The 16-token kernel (DEC16_SMEM): split 1, stages of 16 token rows, for batches of more
-	// than 8 routed rows per local expert on average (a tile of 9-16 rows then streams its
-	// weights once).
+	// than dec16Rows routed rows per local expert on average (a tile of 9-16 rows then streams
+	// its weights once).
 	dec16Smem = decWarps * dec1Stages * (32*64 + 16*128 + 32*4 + 16*4)
 	// dec16Rows: the 16-token kernel takes split-1 batches of more than this many routed rows per
 	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench

@@ -261,7 +261,7 @@ func TestDecodeWide(t *testing.T) {
 		p := m * s.TopK
 		_, tiles := l.bounds(p)
 		s1, s2 := l.decSplit(int64(2*s.I), int64(s.K), tiles), l.decSplit(int64(s.K), int64(s.I), tiles)
-		if p > 8*s.E {
+		if p > dec16Rows*s.E {
 			wide += btoi(s1 == 1) + btoi(s2 == 1)
 		}
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
@@ -275,7 +275,7 @@ func TestDecodeWide(t *testing.T) {
 		sameBits(t, fmt.Sprintf("M=%d, second run against the first", m), again, got)
 	}
 	if wide == 0 {
-		t.Fatal("no GEMM ran the 16-token kernel (split 1 with more than 8 rows an expert)")
+		t.Fatalf("no GEMM ran the 16-token kernel (split 1 with more than %d rows an expert)", dec16Rows)
 	}
 }
 
