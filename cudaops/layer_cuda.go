@@ -62,18 +62,24 @@ const (
 	decSplitRows, decSplitBlocks, decSplitThin = 32, 4, 3
 )
 
-// layoutConsts are the launch constants above that the kernels define too, in the order of the
-// module's moe_layout table (kernels/moe.cu); Open compares them with that table, so that kernels
-// built with other values are refused instead of launched with the wrong grid or shared memory.
-var layoutConsts = []struct {
+// layoutConst is a launch constant the kernels define too (by its name there).
+type layoutConst struct {
 	name  string
 	value int64
-}{
-	{"MOE_BM", segmentRows}, {"GEMM_ROWS", gemmRows}, {"ROUTE_THREADS", routeThreads},
-	{"ROUTE_SMALL_THREADS", routeSmallThreads}, {"ROUTE_SMALL_PAIRS", fusedPermutePairs},
-	{"WGF_ROWS", wgfRows}, {"WGF_TOK", wgfTokens}, {"WGF_STAGES", wgfStages}, {"WGB_SMEM", wgbSmem},
-	{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
-	{"DEC16_SMEM", dec16Smem},
+}
+
+// layoutConsts returns the launch constants above that the kernels define too, in the order of
+// the module's moe_layout table (kernels/moe.cu); Open compares them with that table, so that
+// kernels built with other values are refused instead of launched with the wrong grid or shared
+// memory.
+func layoutConsts() []layoutConst {
+	return []layoutConst{
+		{"MOE_BM", segmentRows}, {"GEMM_ROWS", gemmRows}, {"ROUTE_THREADS", routeThreads},
+		{"ROUTE_SMALL_THREADS", routeSmallThreads}, {"ROUTE_SMALL_PAIRS", fusedPermutePairs},
+		{"WGF_ROWS", wgfRows}, {"WGF_TOK", wgfTokens}, {"WGF_STAGES", wgfStages}, {"WGB_SMEM", wgbSmem},
+		{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
+		{"DEC16_SMEM", dec16Smem},
+	}
 }
 
 // checkLayout reads the module's moe_layout table and compares it with layoutConsts.
@@ -82,14 +88,15 @@ func checkLayout(mod cu.Module, fatbin string) error {
 	if err != nil {
 		return fmt.Errorf("cudaops: the kernels (%s) have no moe_layout table: %v; rebuild them (cudaops/kernels/build.sh)", fatbin, err)
 	}
-	if size != int64(8*len(layoutConsts)) {
-		return fmt.Errorf("cudaops: the kernels' (%s) moe_layout table has %d bytes, the host code expects %d; rebuild them (cudaops/kernels/build.sh)", fatbin, size, 8*len(layoutConsts))
+	want := layoutConsts()
+	if size != int64(8*len(want)) {
+		return fmt.Errorf("cudaops: the kernels' (%s) moe_layout table has %d bytes, the host code expects %d; rebuild them (cudaops/kernels/build.sh)", fatbin, size, 8*len(want))
 	}
-	got := make([]int64, len(layoutConsts))
+	got := make([]int64, len(want))
 	if err := cu.MemcpyDtoH(unsafe.Pointer(&got[0]), p, size); err != nil {
 		return fmt.Errorf("cudaops: reading the kernels' moe_layout table: %v", err)
 	}
-	for k, c := range layoutConsts {
+	for k, c := range want {
 		if got[k] != c.value {
 			return fmt.Errorf("cudaops: the kernels (%s) were built with %s = %d, the host code expects %d; rebuild them (cudaops/kernels/build.sh)", fatbin, c.name, got[k], c.value)
 		}

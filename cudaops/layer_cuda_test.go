@@ -487,7 +487,7 @@ func TestLayoutCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := -1
-	for j, c := range layoutConsts {
+	for j, c := range layoutConsts() {
 		if c.name == "DEC_SMEM" {
 			k = j
 		}
