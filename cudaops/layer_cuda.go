@@ -676,7 +676,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			split, fn, smem := l.decSplit(n, kd, tiles), f.gemmDec, decSmem
 			if split == 1 {
 				fn, smem = f.gemmDec1, dec1Smem
-				if P > dec16Rows*l.E {
+				if l.dec16(P) {
 					fn, smem = f.gemmDec16, dec16Smem
 				}
 			}
@@ -740,6 +740,10 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	return l.mark(6)
 }
+
+// dec16 reports whether a split-1 decode GEMM of p routed pairs runs the 16-token kernel
+// (moe_gemm_dec16: more than dec16Rows rows per local expert on average).
+func (l *Layer) dec16(p int) bool { return p > dec16Rows*l.E }
 
 // tokenOrder is the byte order in which the GEMM kernel k reads its FP8 tokens (the activation
 // kernel's order argument): 0 as stored, 1 the wgmma GEMM's, 2 the decode GEMM's.

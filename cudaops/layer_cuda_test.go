@@ -261,7 +261,7 @@ func TestDecodeWide(t *testing.T) {
 		p := m * s.TopK
 		_, tiles := l.bounds(p)
 		s1, s2 := l.decSplit(int64(2*s.I), int64(s.K), tiles), l.decSplit(int64(s.K), int64(s.I), tiles)
-		if p > dec16Rows*s.E {
+		if l.dec16(p) {
 			wide += btoi(s1 == 1) + btoi(s2 == 1)
 		}
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
