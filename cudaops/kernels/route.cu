@@ -213,6 +213,27 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   }
 }
 
+// moe_route_small's gather: piece idx of the tokens' rows (token-major, pieces a row; as loaded)
+// to the rows of its token's pairs (srow: each pair's row, -1 for none) in the decode GEMM's byte
+// order; and scale idx (G a row) likewise.
+__device__ __forceinline__ void route_put_piece(u8* __restrict__ a1q_perm, const int* srow, int tk, int pieces, int idx,
+                                                uint4 v) {
+  const int t = idx / pieces, j = idx - t * pieces;
+  v = dec_order16(v);
+  for (int k = 0; k < tk; k++) {
+    const int row = srow[t * tk + k];
+    if (row >= 0) reinterpret_cast<uint4*>(a1q_perm)[(i64)row * pieces + j] = v;
+  }
+}
+__device__ __forceinline__ void route_put_scale(float* __restrict__ a1s_perm, const int* srow, int tk, int G, int idx,
+                                                float v) {
+  const int t = idx / G, g = idx - t * G;
+  for (int k = 0; k < tk; k++) {
+    const int row = srow[t * tk + k];
+    if (row >= 0) a1s_perm[(i64)row * G + g] = v;
+  }
+}
+
 #define ROUTE_SMALL_THREADS 256
 #define ROUTE_SMALL_PAIRS 64
 #define ROUTE_SMALL_PRE 4  // tokens' pieces a thread loads before the routing
@@ -319,21 +340,11 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   // first ROUTE_SMALL_PRE a thread, their loads issued before their stores.
 #pragma unroll
   for (int u = 0; u < ROUTE_SMALL_PRE; u++) {
-    const int idx = tid + u * ROUTE_SMALL_THREADS, t = idx / pieces, j = idx - t * pieces;
+    const int idx = tid + u * ROUTE_SMALL_THREADS;
     if (idx >= npc) break;
-    const uint4 v = dec_order16(pre[u]);
-    for (int k = 0; k < tk; k++) {
-      const int row = srow[t * tk + k];
-      if (row >= 0) reinterpret_cast<uint4*>(a1q_perm)[(i64)row * pieces + j] = v;
-    }
+    route_put_piece(a1q_perm, srow, tk, pieces, idx, pre[u]);
   }
-  if (tid < nsc) {
-    const int t = tid / G, g = tid - t * G;
-    for (int k = 0; k < tk; k++) {
-      const int row = srow[t * tk + k];
-      if (row >= 0) a1s_perm[(i64)row * G + g] = pscale;
-    }
-  }
+  if (tid < nsc) route_put_scale(a1s_perm, srow, tk, G, tid, pscale);
   for (int b = tid + ROUTE_SMALL_PRE * ROUTE_SMALL_THREADS; b < npc; b += 4 * ROUTE_SMALL_THREADS) {
     uint4 v[4];
 #pragma unroll
@@ -343,23 +354,13 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
-      const int idx = b + u * ROUTE_SMALL_THREADS, t = idx / pieces, j = idx - t * pieces;
+      const int idx = b + u * ROUTE_SMALL_THREADS;
       if (idx >= npc) break;
-      const uint4 w = dec_order16(v[u]);
-      for (int k = 0; k < tk; k++) {
-        const int row = srow[t * tk + k];
-        if (row >= 0) reinterpret_cast<uint4*>(a1q_perm)[(i64)row * pieces + j] = w;
-      }
+      route_put_piece(a1q_perm, srow, tk, pieces, idx, v[u]);
     }
   }
-  for (int idx = tid + ROUTE_SMALL_THREADS; idx < nsc; idx += ROUTE_SMALL_THREADS) {
-    const int t = idx / G, g = idx - t * G;
-    const float v = a1s[idx];
-    for (int k = 0; k < tk; k++) {
-      const int row = srow[t * tk + k];
-      if (row >= 0) a1s_perm[(i64)row * G + g] = v;
-    }
-  }
+  for (int idx = tid + ROUTE_SMALL_THREADS; idx < nsc; idx += ROUTE_SMALL_THREADS)
+    route_put_scale(a1s_perm, srow, tk, G, idx, a1s[idx]);
 }
 
 // Places the pairs of chunk blockIdx.x (ROUTE_THREADS pairs, one per thread) as moe_route's
