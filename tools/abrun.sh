@@ -5,7 +5,7 @@
 # conformance suite with the golden cases, against-native, decode, wgmma, poison, device-forward
 # and weight-layout tests; PAR=0 runs them one after another), then, one at a time, the bench of
 # each variant whose tests passed (SHAPES, MS, MIN, GEMM; CSV per variant under $OUT). NOTEST="a b"
-# skips the tests of variants a and b. Prints one table at the end,
+# skips the tests of variants a and b; TTIME (default 300) limits each variant's tests, in seconds. Prints one table at the end,
 # rows of all variants side by side, and each variant's register report.
 #   MS=1,64,4096 bash tools/abrun.sh main wide
 set -uo pipefail
@@ -29,7 +29,7 @@ done
 t0=$(date +%s)
 for n in "$@"; do
 	case " ${NOTEST:-} " in *" $n "*) echo skipped > /tmp/ab/$n/rc ;; *)
-	(cd cudaops && FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin FP4MOE_GOLDEN=$G timeout 300 /tmp/ab/$n/bin/cudaops.test \
+	(cd cudaops && FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin FP4MOE_GOLDEN=$G timeout ${TTIME:-300} /tmp/ab/$n/bin/cudaops.test \
 		-test.run "${TESTRE:-TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward|TestWeightLayout}" -test.v > "$OUT/test-$n.log" 2>&1
 	echo $? > /tmp/ab/$n/rc) &
 	[ "${PAR:-1}" = 1 ] || wait
