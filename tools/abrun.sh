@@ -5,8 +5,9 @@
 # conformance suite with the golden cases, against-native, decode, wgmma, poison, device-forward
 # and weight-layout tests; PAR=0 runs them one after another), then, one at a time, the bench of
 # each variant whose tests passed (SHAPES, MS, MIN, GEMM; CSV per variant under $OUT). NOTEST="a b"
-# skips the tests of variants a and b; TTIME (default 300) limits each variant's tests, in seconds. Prints one table at the end,
-# rows of all variants side by side, and each variant's register report.
+# skips the tests of variants a and b; TTIME (default 300) limits each variant's tests, in
+# seconds. Prints one table at the end, rows of all variants side by side, and each variant's
+# register report.
 #   MS=1,64,4096 bash tools/abrun.sh main wide
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
