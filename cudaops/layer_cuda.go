@@ -673,13 +673,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early bool) error {
 		switch kernel {
 		case GEMMDecode:
-			split, fn, smem := l.decSplit(n, kd, tiles), f.gemmDec, decSmem
-			if split == 1 {
-				fn, smem = f.gemmDec1, dec1Smem
-				if l.dec16(P) {
-					fn, smem = f.gemmDec16, dec16Smem
-				}
-			}
+			split, fn, smem := l.decKernel(n, kd, tiles, P)
 			return launch(fn, dim3{int(n) * split / (32 * decWarps), tiles, 1}, dim3{32 * decWarps, 1, 1}, smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales), flag(early))
@@ -741,9 +735,19 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	return l.mark(6)
 }
 
-// dec16 reports whether a split-1 decode GEMM of p routed pairs runs the 16-token kernel
-// (moe_gemm_dec16: more than dec16Rows rows per local expert on average).
-func (l *Layer) dec16(p int) bool { return p > dec16Rows*l.E }
+// decKernel picks the streaming GEMM's kernel for an n-row GEMM over kd columns of p routed pairs
+// in tiles tiles: its split (decSplit), function and dynamic shared memory. Split-1 batches of
+// more than dec16Rows rows per local expert on average take the 16-token kernel.
+func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function, smem int) {
+	f := &l.dev.fn
+	switch split = l.decSplit(n, kd, tiles); {
+	case split > 1:
+		return split, f.gemmDec, decSmem
+	case p > dec16Rows*l.E:
+		return 1, f.gemmDec16, dec16Smem
+	}
+	return 1, f.gemmDec1, dec1Smem
+}
 
 // tokenOrder is the byte order in which the GEMM kernel k reads its FP8 tokens (the activation
 // kernel's order argument): 0 as stored, 1 the wgmma GEMM's, 2 the decode GEMM's.

@@ -260,10 +260,9 @@ func TestDecodeWide(t *testing.T) {
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		p := m * s.TopK
 		_, tiles := l.bounds(p)
-		s1, s2 := l.decSplit(int64(2*s.I), int64(s.K), tiles), l.decSplit(int64(s.K), int64(s.I), tiles)
-		if l.dec16(p) {
-			wide += btoi(s1 == 1) + btoi(s2 == 1)
-		}
+		s1, f1, _ := l.decKernel(int64(2*s.I), int64(s.K), tiles, p)
+		s2, f2, _ := l.decKernel(int64(s.K), int64(s.I), tiles, p)
+		wide += btoi(f1 == l.dev.fn.gemmDec16) + btoi(f2 == l.dev.fn.gemmDec16)
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 		l.Close()
 		want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
