@@ -53,6 +53,11 @@ const (
 	// than dec16Rows routed rows per local expert on average (a tile of 9-16 rows then streams
 	// its weights once).
 	dec16Smem = decWarps * dec1Stages * (32*64 + 16*128 + 32*4 + 16*4)
+	// The 64-row kernel (DEC1W_SMEM): split 1, 8 tokens a pass, each warp on 64 weight rows (the
+	// token fragments' conversion, token scales and loop bookkeeping serve twice the rows), for
+	// the split-1 batches the 16-token kernel does not take.
+	dec1wRows = 64
+	dec1wSmem = decWarps * dec1Stages * (64*64 + 8*128 + 64*4 + 8*4)
 	// dec16Rows: the 16-token kernel takes split-1 batches of more than this many routed rows per
 	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
 	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)
@@ -78,7 +83,7 @@ func layoutConsts() []layoutConst {
 		{"ROUTE_SMALL_THREADS", routeSmallThreads}, {"ROUTE_SMALL_PAIRS", fusedPermutePairs},
 		{"WGF_ROWS", wgfRows}, {"WGF_TOK", wgfTokens}, {"WGF_STAGES", wgfStages}, {"WGB_SMEM", wgbSmem},
 		{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
-		{"DEC16_SMEM", dec16Smem},
+		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem},
 	}
 }
 
@@ -157,8 +162,11 @@ type Layer struct {
 	// Whether a weight scale byte is 0 (2^-127, subnormal) or 255 (NaN): then the streaming
 	// GEMM converts scales with those cases, else straight from the exponent bits.
 	exactScales bool
-	ws          workspace
-	closed      bool
+	// narrowRows: split-1 batches take the 32-row kernel instead of the 64-row one (tests
+	// compare the two).
+	narrowRows bool
+	ws         workspace
+	closed     bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
 	events [7]cu.Event
@@ -673,8 +681,8 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early bool) error {
 		switch kernel {
 		case GEMMDecode:
-			split, fn, smem := l.decKernel(n, kd, tiles, P)
-			return launch(fn, dim3{int(n) * split / (32 * decWarps), tiles, 1}, dim3{32 * decWarps, 1, 1}, smem, l.stream,
+			split, fn, smem, gx := l.decKernel(n, kd, tiles, P)
+			return launch(fn, dim3{gx, tiles, 1}, dim3{32 * decWarps, 1, 1}, smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales), flag(early))
 		case GEMMWgmma:
@@ -736,17 +744,20 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 }
 
 // decKernel picks the streaming GEMM's kernel for an n-row GEMM over kd columns of p routed pairs
-// in tiles tiles: its split (decSplit), function and dynamic shared memory. Split-1 batches of
-// more than dec16Rows rows per local expert on average take the 16-token kernel.
-func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function, smem int) {
+// in tiles tiles: its split (decSplit), function, dynamic shared memory and grid width (blocks
+// per tile). Split-1 batches of more than dec16Rows rows per local expert on average take the
+// 16-token kernel, the others the 64-row one (the 32-row one with narrowRows).
+func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
 	switch split = l.decSplit(n, kd, tiles); {
 	case split > 1:
-		return split, f.gemmDec, decSmem
+		return split, f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
 	case p > dec16Rows*l.E:
-		return 1, f.gemmDec16, dec16Smem
+		return 1, f.gemmDec16, dec16Smem, int(n) / (32 * decWarps)
+	case l.narrowRows:
+		return 1, f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
 	}
-	return 1, f.gemmDec1, dec1Smem
+	return 1, f.gemmDec1w, dec1wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)
 }
 
 // tokenOrder is the byte order in which the GEMM kernel k reads its FP8 tokens (the activation

@@ -260,8 +260,8 @@ func TestDecodeWide(t *testing.T) {
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		p := m * s.TopK
 		_, tiles := l.bounds(p)
-		s1, f1, _ := l.decKernel(int64(2*s.I), int64(s.K), tiles, p)
-		s2, f2, _ := l.decKernel(int64(s.K), int64(s.I), tiles, p)
+		s1, f1, _, _ := l.decKernel(int64(2*s.I), int64(s.K), tiles, p)
+		s2, f2, _, _ := l.decKernel(int64(s.K), int64(s.I), tiles, p)
 		wide += btoi(f1 == l.dev.fn.gemmDec16) + btoi(f2 == l.dev.fn.gemmDec16)
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 		l.Close()
@@ -275,6 +275,54 @@ func TestDecodeWide(t *testing.T) {
 	}
 	if wide == 0 {
 		t.Fatalf("no GEMM ran the 16-token kernel (split 1 with more than %d rows an expert)", dec16Rows)
+	}
+}
+
+// TestDecodeWideRows runs split-1 batches of at most dec16Rows rows an expert, which take the
+// 64-row kernel (moe_gemm_dec1w), on a GEMM whose rows fill its last block (GEMM1, 2I = 1024
+// rows) and one whose last block has two warps past the rows (GEMM2, K = 896), with and without
+// the exact scale conversion: against native, twice (bitwise the same), and bitwise against the
+// 32-row kernel, which adds the same terms in the same order.
+func TestDecodeWideRows(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		exact bool
+	}{{"plain", false}, {"exact scales", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := conformance.Spec{M: 16, K: 896, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 47}
+			c := conformance.Generate(s)
+			w := c.Weights
+			if tc.exact {
+				w.W13Scale = append([]uint8(nil), w.W13Scale...)
+				w.W2Scale = append([]uint8(nil), w.W2Scale...)
+				w.W13Scale[7], w.W2Scale[11] = 0, 0
+			}
+			l := kernelLayer(t, &w, c.Config, GEMMDecode)
+			if l.exactScales != tc.exact {
+				t.Fatalf("exactScales %v, want %v", l.exactScales, tc.exact)
+			}
+			p := s.M * s.TopK
+			_, tiles := l.bounds(p)
+			for _, g := range []struct {
+				name  string
+				n, kd int64
+			}{{"GEMM1", int64(2 * s.I), int64(s.K)}, {"GEMM2", int64(s.K), int64(s.I)}} {
+				if _, fn, _, _ := l.decKernel(g.n, g.kd, tiles, p); fn != l.dev.fn.gemmDec1w {
+					t.Fatalf("%s (%d rows) does not take the 64-row kernel (split %d)", g.name, g.n, l.decSplit(g.n, g.kd, tiles))
+				}
+			}
+			got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
+			sameBits(t, "second run against the first", again, got)
+			l.narrowRows = true
+			narrow := forward(t, l, &c.Batch, s.K)
+			sameBits(t, "64-row kernel against the 32-row one", got, narrow)
+			want := nativeOutput(t, &w, c.Config, &c.Batch)
+			e := conformance.RelL2(got, want)
+			t.Logf("rel L2 against native %.2e", e)
+			if e > 1e-4 {
+				t.Fatalf("rel L2 %.3e against native", e)
+			}
+		})
 	}
 }
 

@@ -132,6 +132,9 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 #ifndef DEC16_BLOCKS
 #define DEC16_BLOCKS 3   // blocks per SM of the 16-token kernel (S = 1, 16 tokens a pass)
 #endif
+#ifndef DEC1W_BLOCKS
+#define DEC1W_BLOCKS 3   // blocks per SM of the 64-row kernel (S = 1, 64 weight rows a warp)
+#endif
 
 // A ring stage. The rows are unpadded; their 16-byte pieces are swizzled instead, so that both
 // the copies' writes and the lanes' reads are free of bank conflicts: weight row r's piece c at
@@ -139,11 +142,11 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 // bytes, the earlier layout, kept the reads apart but put two of each quarter warp's 16-byte
 // copies of weight rows on the same banks; with the swizzle decode batches ran 2-11 % faster,
 // docs/perf.md v20.)
-template <int XT>
+template <int XT, int RB = 2>
 struct DecStageT {
-  u8 w[32][64];       // 32 weight rows × 64 bytes (4 blocks of 32 E2M1 values)
+  u8 w[16 * RB][64];  // 16 · RB weight rows × 64 bytes (4 blocks of 32 E2M1 values)
   u8 x[8 * XT][128];  // 8 · XT token rows × 128 FP8 values
-  u8 s[32][4];        // the rows' 4 E8M0 scales
+  u8 s[16 * RB][4];   // the rows' 4 E8M0 scales
   float xs[8 * XT];   // the tokens' activation scales of this group
 };
 using DecStage = DecStageT<1>;
@@ -151,6 +154,7 @@ using DecStage = DecStageT<1>;
 #define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStage) + DEC_WARPS * 8 * 32 * 4)
 #define DEC1_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStage))
 #define DEC16_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<2>))
+#define DEC1W_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<1, 4>))
 
 // A compile-time int as a value (to pass group offsets to generic lambdas).
 template <int V>
@@ -177,7 +181,10 @@ __device__ __forceinline__ float dec_scale(uint32_t word, int b) {
 
 // XT: 8-token fragments a pass (1, or 2 at S = 1: each expanded weight fragment then feeds the
 // MMAs of 16 tokens, so a tile of 9-16 tokens streams its weights once instead of twice).
-template <int S, bool EXACT, int XT>
+// RB: 16-row blocks a warp (2, or 4 at S = 1 and XT = 1: the token fragments' conversion, the
+// token scales, the copies' bookkeeping and the loop serve 64 rows instead of 32; N need then
+// be a multiple of 64 only, the warps past N return at once).
+template <int S, bool EXACT, int XT, int RB = 2>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
                                          const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
@@ -185,11 +192,16 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   extern __shared__ __align__(16) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int r = warp % S;  // this warp's share of K
-  const i64 nb = (i64)blockIdx.x * (32 * DEC_WARPS / S) + (warp / S) * 32;  // the warp's first weight row
+  static_assert(RB == 2 || (S == 1 && XT == 1), "64-row warps only at split 1, 8 tokens a pass");
+  constexpr int WR = 16 * RB;                                                // weight rows a warp
+  const i64 nb = (i64)blockIdx.x * (WR * DEC_WARPS / S) + (warp / S) * WR;  // the warp's first weight row
+  if constexpr (RB > 2) {
+    if (nb >= N) return;  // no block barrier at S = 1
+  }
   const i64 G = Kd / MOE_GROUP;
   const int mine = (int)((G - r + S - 1) / S);  // groups of this warp
   static_assert(XT == 1 || S == 1, "16-token passes only at split 1");
-  using Stage = DecStageT<XT>;
+  using Stage = DecStageT<XT, RB>;
   constexpr int D = S == 1 ? DEC1_STAGES : DEC_STAGES, FT = 8 * XT;  // ring depth, tokens a pass
   Stage* const st = reinterpret_cast<Stage*>(dec_smem) + warp * D;
   float(*const red)[8][32] = reinterpret_cast<float(*)[8][32]>(dec_smem + DEC_WARPS * D * sizeof(Stage));
@@ -197,7 +209,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   // blocks (16 bytes each; the second block G KB on), the scales of rows 4·lane .. 4·lane + 3
   // (lanes < 8; a 16-row block's scales of a group are 64 contiguous bytes, scale_row).
   const u8* const wp0 = weight_row(W, (i64)e * N + nb + (lane >> 2), G) + 16 * (lane & 3) + 1024 * r;
-  const u8* const sp0 = scale_row(Ws, (i64)e * N + nb + 16 * ((lane >> 2) & 1), G) + r * 64 + 16 * (lane & 3);
+  const u8* const sp0 = scale_row(Ws, (i64)e * N + nb + 16 * ((lane >> 2) & (RB - 1)), G) + r * 64 + 16 * (lane & 3);
   const i64 wblk = G * 1024;  // the second 16-row block
   // The lane's ring addresses: weight rows, token rows, and scale words (lanes < 8) or a
   // token scale (lanes >= 16).
@@ -206,10 +218,11 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   // The lane's read offsets in a weight row (rows g, g + 8, 16 + g, 24 + g share the swizzle) and
   // in its token row g: block b at wo ^ 16 · b and xo ^ 32 · b.
   const int wo = 16 * ((g >> 1) & 3) + 4 * t, xo = 32 * (g & 3) + 8 * t;
-  u8* const ds = lane < 8 ? &st[0].s[4 * lane][0] : reinterpret_cast<u8*>(&st[0].xs[max(lane - 16, 0)]);
-  float bs[4];
+  static_assert(4 * RB <= 16, "the scale lanes and the token-scale lanes (16 ...) apart");
+  u8* const ds = lane < 4 * RB ? &st[0].s[4 * lane][0] : reinterpret_cast<u8*>(&st[0].xs[max(lane - 16, 0)]);
+  float bs[2 * RB];
 #pragma unroll
-  for (int k = 0; k < 4; k++) bs[k] = bias ? bias[(i64)e * N + nb + g + 8 * k] : 0.f;
+  for (int k = 0; k < 2 * RB; k++) bs[k] = bias ? bias[(i64)e * N + nb + g + 8 * k] : 0.f;
   const u8* wq = wp0;
   const u8* sq = sp0;
   const u8* xq = nullptr;
@@ -222,11 +235,12 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   // never stored, so whatever the ring holds there cannot reach a result.
   auto issue_w = [&](int o, auto grp) {
     constexpr int q = decltype(grp)::value;
-    cp_async16(dw + o, wq + q * 1024 * S);
-    cp_async16(dw + o + 8 * 64, wq + 512 + q * 1024 * S);
-    cp_async16(dw + o + 16 * 64, wq + wblk + q * 1024 * S);
-    cp_async16(dw + o + 24 * 64, wq + wblk + 512 + q * 1024 * S);
-    if (lane < 8) cp_async16(ds + o, sq + q * 64 * S);
+#pragma unroll
+    for (int h = 0; h < RB; h++) {
+      cp_async16(dw + o + 16 * h * 64, wq + h * wblk + q * 1024 * S);
+      cp_async16(dw + o + (16 * h + 8) * 64, wq + h * wblk + 512 + q * 1024 * S);
+    }
+    if (lane < 4 * RB) cp_async16(ds + o, sq + q * 64 * S);
   };
   auto issue_x = [&](int o, auto grp) {
     constexpr int q = decltype(grp)::value;
@@ -240,7 +254,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   };
   // The first of the S warps of 32 rows asks L2 for both 16-row blocks' scales of all groups
   // (G · 64 contiguous bytes each) at once, as the row-major layout's first reads would bring them.
-  if (r == 0 && lane < 2) prefetch_l2(scale_row(Ws, (i64)e * N + nb + 16 * lane, G), (uint32_t)G * 64);
+  if (r == 0 && lane < RB) prefetch_l2(scale_row(Ws, (i64)e * N + nb + 16 * lane, G), (uint32_t)G * 64);
   constexpr int SZ = (int)sizeof(Stage);
   // The first pass's first weights go out before the tile's row count is known (reading it is
   // one more memory round trip, which they overlap). early: all of this before the wait for the
@@ -273,7 +287,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       if (mine > q.value) issue_x(q.value * SZ, q);
       cp_async_commit();
     });
-    float acc[XT][8] = {};
+    float acc[XT][4 * RB] = {};
     int cur = 0, nxt = (D - 1) * SZ;
 #pragma unroll 1
     for (int i = 0; i < mine; i++) {
@@ -288,10 +302,10 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       cp_async_wait<D - 1>();
       __syncwarp();
       const Stage& d = *reinterpret_cast<const Stage*>(reinterpret_cast<const u8*>(st) + cur);
-      uint32_t sw[4];
+      uint32_t sw[2 * RB];
 #pragma unroll
-      for (int k = 0; k < 4; k++) sw[k] = *reinterpret_cast<const uint32_t*>(&d.s[g + 8 * k][0]);
-      float part[XT][8] = {};
+      for (int k = 0; k < 2 * RB; k++) sw[k] = *reinterpret_cast<const uint32_t*>(&d.s[g + 8 * k][0]);
+      float part[XT][4 * RB] = {};
 #pragma unroll
       for (int b = 0; b < 4; b++) {
         if constexpr (XT == 1) {
@@ -299,7 +313,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
           const uint32_t b0[2] = {e4m3_lo_f16(xv.x), e4m3_hi_f16(xv.x)};
           const uint32_t b1[2] = {e4m3_lo_f16(xv.y), e4m3_hi_f16(xv.y)};
 #pragma unroll
-          for (int h = 0; h < 2; h++) {  // the 16-row block
+          for (int h = 0; h < RB; h++) {  // the 16-row block
             const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
             const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
             float dd[4] = {0.f, 0.f, 0.f, 0.f};
@@ -327,7 +341,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
             bf[u][1][0] = e4m3_lo_f16(xv.y), bf[u][1][1] = e4m3_hi_f16(xv.y);
           }
 #pragma unroll
-          for (int h = 0; h < 2; h++) {
+          for (int h = 0; h < RB; h++) {
             const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
             const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
             const uint32_t a0[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
@@ -351,7 +365,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
         // 2^14: the expansion's factor
         const float xs0 = d.xs[8 * u + 2 * t] * 16384.f, xs1 = d.xs[8 * u + 2 * t + 1] * 16384.f;
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
+        for (int h = 0; h < RB; h++) {
           acc[u][4 * h + 0] += part[u][4 * h + 0] * xs0;
           acc[u][4 * h + 1] += part[u][4 * h + 1] * xs1;
           acc[u][4 * h + 2] += part[u][4 * h + 2] * xs0;
@@ -373,17 +387,19 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       __syncthreads();
     }
     if (r == 0) {
+      if constexpr (S > 1) {
 #pragma unroll
-      for (int c = 0; c < 8; c++) {
-        float v = acc[0][c];
+        for (int c = 0; c < 8; c++) {
+          float v = acc[0][c];
 #pragma unroll
-        for (int k = 1; k < S; k++) v += red[warp + k][c][lane];
-        acc[0][c] = v;
+          for (int k = 1; k < S; k++) v += red[warp + k][c][lane];
+          acc[0][c] = v;
+        }
       }
 #pragma unroll
       for (int u = 0; u < XT; u++)
 #pragma unroll
-        for (int h = 0; h < 2; h++)
+        for (int h = 0; h < RB; h++)
 #pragma unroll
           for (int c = 0; c < 2; c++) {
             const int col = FT * j + 8 * u + 2 * t + c;
@@ -455,5 +471,15 @@ DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
   if (exact) DEC_RUN(1, true, 2);
   else DEC_RUN(1, false, 2);
 #undef DEC_RUN
+}
+
+// The split-1 kernel with 64 weight rows a warp (grid x: N / 256 rounded up).
+DEC_KERNEL(moe_gemm_dec1w, DEC1W_BLOCKS) {
+  int e, row0;
+  if (!dec_tile(tiles, ntiles, early, e, row0)) return;
+#define DEC_RUNW(x) gemm_dec<1, x, 1, 4>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, early != 0)
+  if (exact) DEC_RUNW(true);
+  else DEC_RUNW(false);
+#undef DEC_RUNW
 }
 #undef DEC_KERNEL
