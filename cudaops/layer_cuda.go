@@ -46,18 +46,19 @@ const (
 	decWarps   = 4
 	decStage   = 32*64 + 8*128 + 32*4 + 8*4
 	decStages  = 3
-	decSmem    = decWarps*decStages*decStage + decWarps*8*32*4
+	decWsc     = decWarps * 32 * 16 // each warp's decoded block scales (32 rows × 4 floats)
+	decSmem    = decWarps*decStages*decStage + decWsc + decWarps*8*32*4
 	dec1Stages = 3
-	dec1Smem   = decWarps * dec1Stages * decStage
+	dec1Smem   = decWarps*dec1Stages*decStage + decWsc
 	// The 16-token kernel (DEC16_SMEM): split 1, stages of 16 token rows, for batches of more
 	// than dec16Rows routed rows per local expert on average (a tile of 9-16 rows then streams
 	// its weights once).
-	dec16Smem = decWarps * dec1Stages * (32*64 + 16*128 + 32*4 + 16*4)
+	dec16Smem = decWarps*dec1Stages*(32*64+16*128+32*4+16*4) + decWsc
 	// The 64-row kernel (DEC1W_SMEM): split 1, 8 tokens a pass, each warp on 64 weight rows (the
 	// token fragments' conversion, token scales and loop bookkeeping serve twice the rows), for
 	// the split-1 batches the 16-token kernel does not take.
 	dec1wRows = 64
-	dec1wSmem = decWarps * dec1Stages * (64*64 + 8*128 + 64*4 + 8*4)
+	dec1wSmem = decWarps*dec1Stages*(64*64+8*128+64*4+8*4) + 2*decWsc
 	// dec16Rows: the 16-token kernel takes split-1 batches of more than this many routed rows per
 	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
 	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)

@@ -151,10 +151,12 @@ struct DecStageT {
 };
 using DecStage = DecStageT<1>;
 // The dynamic shared memory: the warps' rings, then their partial sums (S > 1).
-#define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStage) + DEC_WARPS * 8 * 32 * 4)
-#define DEC1_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStage))
-#define DEC16_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<2>))
-#define DEC1W_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<1, 4>))
+// The decoded block scales of a warp's group (16 · RB rows × 4 floats, after the rings).
+#define DEC_WSC(RB) (DEC_WARPS * 16 * (RB) * 16)
+#define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStage) + DEC_WSC(2) + DEC_WARPS * 8 * 32 * 4)
+#define DEC1_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStage) + DEC_WSC(2))
+#define DEC16_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<2>) + DEC_WSC(2))
+#define DEC1W_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<1, 4>) + DEC_WSC(4))
 
 // A compile-time int as a value (to pass group offsets to generic lambdas).
 template <int V>
@@ -178,6 +180,9 @@ __device__ __forceinline__ float dec_scale(uint32_t word, int b) {
   if constexpr (EXACT) return e8m0_to_float(s);
   else return __uint_as_float(s << 23);
 }
+
+// Component b (0..3, known at compile time after unrolling) of v.
+__device__ __forceinline__ float f4_at(const float4& v, int b) { return b == 0 ? v.x : b == 1 ? v.y : b == 2 ? v.z : v.w; }
 
 // XT: 8-token fragments a pass (1, or 2 at S = 1: each expanded weight fragment then feeds the
 // MMAs of 16 tokens, so a tile of 9-16 tokens streams its weights once instead of twice).
@@ -204,7 +209,8 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   using Stage = DecStageT<XT, RB>;
   constexpr int D = S == 1 ? DEC1_STAGES : DEC_STAGES, FT = 8 * XT;  // ring depth, tokens a pass
   Stage* const st = reinterpret_cast<Stage*>(dec_smem) + warp * D;
-  float(*const red)[8][32] = reinterpret_cast<float(*)[8][32]>(dec_smem + DEC_WARPS * D * sizeof(Stage));
+  float4* const wsc = reinterpret_cast<float4*>(dec_smem + DEC_WARPS * D * sizeof(Stage)) + WR * warp;
+  float(*const red)[8][32] = reinterpret_cast<float(*)[8][32]>(dec_smem + DEC_WARPS * D * sizeof(Stage) + DEC_WSC(RB));
   // This lane's copy sources at the warp's first group: rows lane/4 and lane/4 + 8 of both 16-row
   // blocks (16 bytes each; the second block G KB on), the scales of rows 4·lane .. 4·lane + 3
   // (lanes < 8; a 16-row block's scales of a group are 64 contiguous bytes, scale_row).
@@ -302,9 +308,19 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       cp_async_wait<D - 1>();
       __syncwarp();
       const Stage& d = *reinterpret_cast<const Stage*>(reinterpret_cast<const u8*>(st) + cur);
-      uint32_t sw[2 * RB];
+      // The group's block scales, decoded once a warp: lane l converts rows l, l + 32, ... (four
+      // scales each), and each lane then reads those of its rows g + 8k (the four lanes of a
+      // quad share their rows, so decoding in every lane would do each four times).
 #pragma unroll
-      for (int k = 0; k < 2 * RB; k++) sw[k] = *reinterpret_cast<const uint32_t*>(&d.s[g + 8 * k][0]);
+      for (int k = 0; k < RB / 2; k++) {
+        const uint32_t w4 = *reinterpret_cast<const uint32_t*>(&d.s[lane + 32 * k][0]);
+        wsc[lane + 32 * k] = make_float4(dec_scale<EXACT>(w4, 0), dec_scale<EXACT>(w4, 1), dec_scale<EXACT>(w4, 2),
+                                         dec_scale<EXACT>(w4, 3));
+      }
+      __syncwarp();
+      float4 sw[2 * RB];
+#pragma unroll
+      for (int k = 0; k < 2 * RB; k++) sw[k] = wsc[g + 8 * k];
       float part[XT][4 * RB] = {};
 #pragma unroll
       for (int b = 0; b < 4; b++) {
@@ -325,7 +341,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
               const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
               mma_f16(dd, a, b1);
             }
-            const float ws0 = dec_scale<EXACT>(sw[2 * h], b), ws1 = dec_scale<EXACT>(sw[2 * h + 1], b);
+            const float ws0 = f4_at(sw[2 * h], b), ws1 = f4_at(sw[2 * h + 1], b);
             part[0][4 * h + 0] += dd[0] * ws0;
             part[0][4 * h + 1] += dd[1] * ws0;
             part[0][4 * h + 2] += dd[2] * ws1;
@@ -346,7 +362,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
             const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
             const uint32_t a0[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
             const uint32_t a1[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
-            const float ws0 = dec_scale<EXACT>(sw[2 * h], b), ws1 = dec_scale<EXACT>(sw[2 * h + 1], b);
+            const float ws0 = f4_at(sw[2 * h], b), ws1 = f4_at(sw[2 * h + 1], b);
 #pragma unroll
             for (int u = 0; u < XT; u++) {
               float dd[4] = {0.f, 0.f, 0.f, 0.f};
