@@ -318,6 +318,48 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
                                          dec_scale<EXACT>(w4, 3));
       }
       __syncwarp();
+      if constexpr (RB > 2) {
+        // 64 rows: the token fragments of all four blocks first, then each 16-row block over
+        // them (its scales and partial sums only are live, not every block's), adding the same
+        // terms in the same order as the 32-row loop below.
+        uint32_t bt[4][2][2];
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+          const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]);
+          bt[b][0][0] = e4m3_lo_f16(xv.x), bt[b][0][1] = e4m3_hi_f16(xv.x);
+          bt[b][1][0] = e4m3_lo_f16(xv.y), bt[b][1][1] = e4m3_hi_f16(xv.y);
+        }
+        // 2^14: the expansion's factor
+        const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;
+#pragma unroll
+        for (int h = 0; h < RB; h++) {
+          const float4 s0 = wsc[16 * h + g], s1 = wsc[16 * h + g + 8];
+          float p[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+          for (int b = 0; b < 4; b++) {
+            const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
+            const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
+            float dd[4] = {0.f, 0.f, 0.f, 0.f};
+            {
+              const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
+              mma_f16(dd, a, bt[b][0]);
+            }
+            {
+              const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
+              mma_f16(dd, a, bt[b][1]);
+            }
+            const float ws0 = f4_at(s0, b), ws1 = f4_at(s1, b);
+            p[0] += dd[0] * ws0;
+            p[1] += dd[1] * ws0;
+            p[2] += dd[2] * ws1;
+            p[3] += dd[3] * ws1;
+          }
+          acc[0][4 * h + 0] += p[0] * xs0;
+          acc[0][4 * h + 1] += p[1] * xs1;
+          acc[0][4 * h + 2] += p[2] * xs0;
+          acc[0][4 * h + 3] += p[3] * xs1;
+        }
+      } else {
       float4 sw[2 * RB];
 #pragma unroll
       for (int k = 0; k < 2 * RB; k++) sw[k] = wsc[g + 8 * k];
@@ -387,6 +429,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
           acc[u][4 * h + 2] += part[u][4 * h + 2] * xs0;
           acc[u][4 * h + 3] += part[u][4 * h + 3] * xs1;
         }
+      }
       }
       __syncwarp();  // every lane is done with this slot before it is refilled
       wq += 1024 * S;
