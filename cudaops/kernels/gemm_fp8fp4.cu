@@ -360,76 +360,76 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
           acc[0][4 * h + 3] += p[3] * xs1;
         }
       } else {
-      float4 sw[2 * RB];
+        float4 sw[2 * RB];
 #pragma unroll
-      for (int k = 0; k < 2 * RB; k++) sw[k] = wsc[g + 8 * k];
-      float part[XT][4 * RB] = {};
+        for (int k = 0; k < 2 * RB; k++) sw[k] = wsc[g + 8 * k];
+        float part[XT][4 * RB] = {};
 #pragma unroll
-      for (int b = 0; b < 4; b++) {
-        if constexpr (XT == 1) {
-          const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]);
-          const uint32_t b0[2] = {e4m3_lo_f16(xv.x), e4m3_hi_f16(xv.x)};
-          const uint32_t b1[2] = {e4m3_lo_f16(xv.y), e4m3_hi_f16(xv.y)};
+        for (int b = 0; b < 4; b++) {
+          if constexpr (XT == 1) {
+            const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]);
+            const uint32_t b0[2] = {e4m3_lo_f16(xv.x), e4m3_hi_f16(xv.x)};
+            const uint32_t b1[2] = {e4m3_lo_f16(xv.y), e4m3_hi_f16(xv.y)};
 #pragma unroll
-          for (int h = 0; h < RB; h++) {  // the 16-row block
-            const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
-            const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
-            float dd[4] = {0.f, 0.f, 0.f, 0.f};
-            {
-              const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
-              mma_f16(dd, a, b0);
+            for (int h = 0; h < RB; h++) {  // the 16-row block
+              const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
+              const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
+              float dd[4] = {0.f, 0.f, 0.f, 0.f};
+              {
+                const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
+                mma_f16(dd, a, b0);
+              }
+              {
+                const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
+                mma_f16(dd, a, b1);
+              }
+              const float ws0 = f4_at(sw[2 * h], b), ws1 = f4_at(sw[2 * h + 1], b);
+              part[0][4 * h + 0] += dd[0] * ws0;
+              part[0][4 * h + 1] += dd[1] * ws0;
+              part[0][4 * h + 2] += dd[2] * ws1;
+              part[0][4 * h + 3] += dd[3] * ws1;
             }
-            {
-              const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
-              mma_f16(dd, a, b1);
-            }
-            const float ws0 = f4_at(sw[2 * h], b), ws1 = f4_at(sw[2 * h + 1], b);
-            part[0][4 * h + 0] += dd[0] * ws0;
-            part[0][4 * h + 1] += dd[1] * ws0;
-            part[0][4 * h + 2] += dd[2] * ws1;
-            part[0][4 * h + 3] += dd[3] * ws1;
-          }
-        } else {
-          // Each expanded weight fragment feeds the MMAs of every token fragment u.
-          uint32_t bf[XT][2][2];
-#pragma unroll
-          for (int u = 0; u < XT; u++) {
-            const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g + 8 * u][xo ^ (32 * b)]);
-            bf[u][0][0] = e4m3_lo_f16(xv.x), bf[u][0][1] = e4m3_hi_f16(xv.x);
-            bf[u][1][0] = e4m3_lo_f16(xv.y), bf[u][1][1] = e4m3_hi_f16(xv.y);
-          }
-#pragma unroll
-          for (int h = 0; h < RB; h++) {
-            const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
-            const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
-            const uint32_t a0[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
-            const uint32_t a1[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
-            const float ws0 = f4_at(sw[2 * h], b), ws1 = f4_at(sw[2 * h + 1], b);
+          } else {
+            // Each expanded weight fragment feeds the MMAs of every token fragment u.
+            uint32_t bf[XT][2][2];
 #pragma unroll
             for (int u = 0; u < XT; u++) {
-              float dd[4] = {0.f, 0.f, 0.f, 0.f};
-              mma_f16(dd, a0, bf[u][0]);
-              mma_f16(dd, a1, bf[u][1]);
-              part[u][4 * h + 0] += dd[0] * ws0;
-              part[u][4 * h + 1] += dd[1] * ws0;
-              part[u][4 * h + 2] += dd[2] * ws1;
-              part[u][4 * h + 3] += dd[3] * ws1;
+              const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g + 8 * u][xo ^ (32 * b)]);
+              bf[u][0][0] = e4m3_lo_f16(xv.x), bf[u][0][1] = e4m3_hi_f16(xv.x);
+              bf[u][1][0] = e4m3_lo_f16(xv.y), bf[u][1][1] = e4m3_hi_f16(xv.y);
+            }
+#pragma unroll
+            for (int h = 0; h < RB; h++) {
+              const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
+              const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
+              const uint32_t a0[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
+              const uint32_t a1[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
+              const float ws0 = f4_at(sw[2 * h], b), ws1 = f4_at(sw[2 * h + 1], b);
+#pragma unroll
+              for (int u = 0; u < XT; u++) {
+                float dd[4] = {0.f, 0.f, 0.f, 0.f};
+                mma_f16(dd, a0, bf[u][0]);
+                mma_f16(dd, a1, bf[u][1]);
+                part[u][4 * h + 0] += dd[0] * ws0;
+                part[u][4 * h + 1] += dd[1] * ws0;
+                part[u][4 * h + 2] += dd[2] * ws1;
+                part[u][4 * h + 3] += dd[3] * ws1;
+              }
             }
           }
         }
-      }
 #pragma unroll
-      for (int u = 0; u < XT; u++) {
-        // 2^14: the expansion's factor
-        const float xs0 = d.xs[8 * u + 2 * t] * 16384.f, xs1 = d.xs[8 * u + 2 * t + 1] * 16384.f;
+        for (int u = 0; u < XT; u++) {
+          // 2^14: the expansion's factor
+          const float xs0 = d.xs[8 * u + 2 * t] * 16384.f, xs1 = d.xs[8 * u + 2 * t + 1] * 16384.f;
 #pragma unroll
-        for (int h = 0; h < RB; h++) {
-          acc[u][4 * h + 0] += part[u][4 * h + 0] * xs0;
-          acc[u][4 * h + 1] += part[u][4 * h + 1] * xs1;
-          acc[u][4 * h + 2] += part[u][4 * h + 2] * xs0;
-          acc[u][4 * h + 3] += part[u][4 * h + 3] * xs1;
+          for (int h = 0; h < RB; h++) {
+            acc[u][4 * h + 0] += part[u][4 * h + 0] * xs0;
+            acc[u][4 * h + 1] += part[u][4 * h + 1] * xs1;
+            acc[u][4 * h + 2] += part[u][4 * h + 2] * xs0;
+            acc[u][4 * h + 3] += part[u][4 * h + 3] * xs1;
+          }
         }
-      }
       }
       __syncwarp();  // every lane is done with this slot before it is refilled
       wq += 1024 * S;
