@@ -59,6 +59,13 @@ const (
 	// the split-1 batches the 16-token kernel does not take.
 	dec1wRows = 64
 	dec1wSmem = decWarps*dec1Stages*(64*64+8*128+64*4+8*4) + 2*decWsc
+	// dec1wMinRows: the 64-row kernel takes GEMMs of at least this many weight rows an expert;
+	// smaller ones keep the 32-row kernel. (On an H200 the 64-row kernel was 3-9 % faster for
+	// GEMMs of 4096 rows or more, DeepSeek-V3's two and GPT-OSS-120B's GEMM1, at 8-128 tokens;
+	// for Qwen3-30B-A3B's 1536-row GEMM1 at 64 tokens 9 % slower, for GPT-OSS-120B's 2880-row
+	// GEMM2 up to 4 % slower: half the warps a tile leave more of the last wave idle.
+	// docs/perf.md v23.)
+	dec1wMinRows = 4096
 	// dec16Rows: the 16-token kernel takes split-1 batches of more than this many routed rows per
 	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
 	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)
@@ -163,11 +170,11 @@ type Layer struct {
 	// Whether a weight scale byte is 0 (2^-127, subnormal) or 255 (NaN): then the streaming
 	// GEMM converts scales with those cases, else straight from the exponent bits.
 	exactScales bool
-	// narrowRows: split-1 batches take the 32-row kernel instead of the 64-row one (tests
-	// compare the two).
-	narrowRows bool
-	ws         workspace
-	closed     bool
+	// wideRows: split-1 GEMMs of at least this many rows not taken by the 16-token kernel take
+	// the 64-row kernel, the others the 32-row one (dec1wMinRows; tests move it to run either).
+	wideRows int64
+	ws       workspace
+	closed   bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
 	events [7]cu.Event
@@ -271,6 +278,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
+	l.wideRows = dec1wMinRows
 	// A copy from pageable memory may return before its bytes land; the kernels below run on the
 	// layer's non-blocking stream, so wait for the copies first.
 	if err := cu.Synchronize(); err != nil {
@@ -747,7 +755,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 // decKernel picks the streaming GEMM's kernel for an n-row GEMM over kd columns of p routed pairs
 // in tiles tiles: its split (decSplit), function, dynamic shared memory and grid width (blocks
 // per tile). Split-1 batches of more than dec16Rows rows per local expert on average take the
-// 16-token kernel, the others the 64-row one (the 32-row one with narrowRows).
+// 16-token kernel, the others the 64-row one when n >= wideRows, else the 32-row one.
 func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
 	switch split = l.decSplit(n, kd, tiles); {
@@ -755,10 +763,10 @@ func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function,
 		return split, f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
 	case p > dec16Rows*l.E:
 		return 1, f.gemmDec16, dec16Smem, int(n) / (32 * decWarps)
-	case l.narrowRows:
-		return 1, f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
+	case n >= l.wideRows:
+		return 1, f.gemmDec1w, dec1wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)
 	}
-	return 1, f.gemmDec1w, dec1wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)
+	return 1, f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
 }
 
 // tokenOrder is the byte order in which the GEMM kernel k reads its FP8 tokens (the activation

@@ -278,11 +278,13 @@ func TestDecodeWide(t *testing.T) {
 	}
 }
 
-// TestDecodeWideRows runs split-1 batches of at most dec16Rows rows an expert, which take the
-// 64-row kernel (moe_gemm_dec1w), on a GEMM whose rows fill its last block (GEMM1, 2I = 1024
-// rows) and one whose last block has two warps past the rows (GEMM2, K = 896), with and without
-// the exact scale conversion: against native, twice (bitwise the same), and bitwise against the
-// 32-row kernel, which adds the same terms in the same order.
+// TestDecodeWideRows runs split-1 batches of at most dec16Rows rows an expert on the 64-row
+// kernel (moe_gemm_dec1w, wideRows lowered to 0 so that small GEMMs take it), on a GEMM whose
+// rows fill its last block (GEMM1, 2I = 1024 rows) and one whose last block has two warps past
+// the rows (GEMM2, K = 896), with and without the exact scale conversion: against native, twice
+// (bitwise the same), and bitwise against the 32-row kernel, which adds the same terms in the
+// same order. It also checks the default choice: these GEMMs are below dec1wMinRows and take
+// the 32-row kernel.
 func TestDecodeWideRows(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -303,18 +305,24 @@ func TestDecodeWideRows(t *testing.T) {
 			}
 			p := s.M * s.TopK
 			_, tiles := l.bounds(p)
-			for _, g := range []struct {
+			gemms := []struct {
 				name  string
 				n, kd int64
-			}{{"GEMM1", int64(2 * s.I), int64(s.K)}, {"GEMM2", int64(s.K), int64(s.I)}} {
+			}{{"GEMM1", int64(2 * s.I), int64(s.K)}, {"GEMM2", int64(s.K), int64(s.I)}}
+			for _, g := range gemms {
+				if _, fn, _, _ := l.decKernel(g.n, g.kd, tiles, p); fn != l.dev.fn.gemmDec1 {
+					t.Fatalf("%s (%d rows, below %d) does not take the 32-row kernel (split %d)", g.name, g.n, dec1wMinRows, l.decSplit(g.n, g.kd, tiles))
+				}
+			}
+			narrow := forward(t, l, &c.Batch, s.K)
+			l.wideRows = 0
+			for _, g := range gemms {
 				if _, fn, _, _ := l.decKernel(g.n, g.kd, tiles, p); fn != l.dev.fn.gemmDec1w {
-					t.Fatalf("%s (%d rows) does not take the 64-row kernel (split %d)", g.name, g.n, l.decSplit(g.n, g.kd, tiles))
+					t.Fatalf("%s (%d rows) does not take the 64-row kernel with wideRows 0 (split %d)", g.name, g.n, l.decSplit(g.n, g.kd, tiles))
 				}
 			}
 			got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 			sameBits(t, "second run against the first", again, got)
-			l.narrowRows = true
-			narrow := forward(t, l, &c.Batch, s.K)
 			sameBits(t, "64-row kernel against the 32-row one", got, narrow)
 			want := nativeOutput(t, &w, c.Config, &c.Batch)
 			e := conformance.RelL2(got, want)
