@@ -45,24 +45,33 @@ for n in "$@"; do
 		echo "$n tests rc=$rc (all tests $(($(date +%s) - t0))s) $(grep -E '^(--- FAIL|FAIL|panic)' "$OUT/test-$n.log" | head -3 | tr '\n' ' ')"
 	fi | tee -a "$OUT/summary.txt"
 done
-for n in "$@"; do
+# REPS=2 benches every variant a second time, in the reverse order (CSV ab-NAME.r2.csv), to see
+# the spread between passes (an H200's power cap moves its clock).
+order="$*" rev=$(printf '%s\n' "$@" | tac | tr '\n' ' ')
+for r in $(seq 1 "${REPS:-1}"); do
+sfx= list=$order
+[ "$r" = 1 ] || sfx=.r$r
+[ $((r % 2)) = 1 ] || list=$rev
+for n in $list; do
 	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
 	case "$(cat /tmp/ab/$n/rc)" in 0 | skipped) ;; *) continue ;; esac
 	# SM clock, power, temperature and clock-event reasons every 200 ms while the bench runs
 	# (streaming weights at full bandwidth can take an H200 to its power limit, which lowers
 	# the clock: docs/perf.md).
-	nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active --format=csv,noheader,nounits -lms 200 > "$OUT/clk-$n.log" 2> /dev/null &
+	nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active --format=csv,noheader,nounits -lms 200 > "$OUT/clk-$n$sfx.log" 2> /dev/null &
 	clk=$!
 	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPES:-gptoss120b,deepseekv3}" --m "${MS:-1,8,64,512,4096}" --routing uniform --gemm "${GEMM:-auto}" \
-		--min-time "${MIN:-100ms}" --csv "$OUT/ab-$n.csv" > "$OUT/bench-$n.log" 2>&1
+		--min-time "${MIN:-100ms}" --csv "$OUT/ab-$n$sfx.csv" > "$OUT/bench-$n$sfx.log" 2>&1
 	rc=$?
 	kill $clk 2> /dev/null
 	# Throttled: samples with a clock-event reason other than idle (0x1), e.g. 0x4, the power cap.
-	echo "$n bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n.log"); SM MHz min/median/max, W max, throttled samples: $(sort -t, -k1n "$OUT/clk-$n.log" |
+	echo "$n$sfx bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n$sfx.log"); SM MHz min/median/max, W max, throttled samples: $(sort -t, -k1n "$OUT/clk-$n$sfx.log" |
 		awk -F', *' '{ c[NR] = $1; if ($2 > w) w = $2; if ($4 != "" && $4 !~ /^0x0+[01]$/) th++ } END { if (NR) printf "%d/%d/%d, %.0f, %d/%d", c[1], c[int((NR + 1) / 2)], c[NR], w, th, NR }')" | tee -a "$OUT/summary.txt"
 done
-for n in "$@"; do
-	[ -f "$OUT/ab-$n.csv" ] && awk -F, -v v="$n" 'NR > 1 { printf "%-10s %-14s M=%-6s %9.1f us %7.1f TF %7.0f GB/s\n", v, $3, $9, $12, $16, $15 }' "$OUT/ab-$n.csv"
+done
+for f in "$OUT"/ab-*.csv; do
+	n=$(basename "$f" .csv) && n=${n#ab-}
+	awk -F, -v v="$n" 'NR > 1 { printf "%-10s %-14s M=%-6s %9.1f us %7.1f TF %7.0f GB/s\n", v, $3, $9, $12, $16, $15 }' "$f"
 done | sort -k2,2 -k3,3 -s | tee -a "$OUT/summary.txt"
 cat "$OUT"/reg-*.txt | grep -E "gemm|spill|serializ" | cut -c1-160
 # Few files come back from the machine: the variants' CSVs travel as one archive (ab.tgz) when
