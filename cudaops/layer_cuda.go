@@ -42,9 +42,10 @@ const (
 	// The streaming (decode) GEMM (DEC_WARPS, DEC_STAGES, DEC_SMEM; DEC1_STAGES, DEC1_SMEM): 4
 	// warps a block, each on 32 weight rows with a ring of its own (a stage: 32 weight rows of 64
 	// bytes, 8 token rows of 128, 32 scale words, 8 token scales); the split kernel's decStages a
-	// warp and the warps' partial sums, 4 blocks per SM; the split-1 kernel's dec1Stages.
+	// warp and the warps' partial sums, 4 blocks per SM; the split-1 kernel's dec1Stages. Stages
+	// are padded to 128-byte alignment (as the kernel's stage type is).
 	decWarps   = 4
-	decStage   = 32*64 + 8*128 + 32*4 + 8*4
+	decStage   = (32*64 + 8*128 + 32*4 + 8*4 + 127) / 128 * 128
 	decStages  = 3
 	decWsc     = decWarps * 32 * 16 // each warp's decoded block scales (32 rows × 4 floats)
 	decSmem    = decWarps*decStages*decStage + decWsc + decWarps*8*32*4
@@ -53,12 +54,12 @@ const (
 	// The 16-token kernel (DEC16_SMEM): split 1, stages of 16 token rows, for batches of more
 	// than dec16Rows routed rows per local expert on average (a tile of 9-16 rows then streams
 	// its weights once).
-	dec16Smem = decWarps*dec1Stages*(32*64+16*128+32*4+16*4) + decWsc
+	dec16Smem = decWarps*dec1Stages*((32*64+16*128+32*4+16*4+127)/128*128) + decWsc
 	// The 64-row kernel (DEC1W_SMEM): split 1, 8 tokens a pass, each warp on 64 weight rows (the
 	// token fragments' conversion, token scales and loop bookkeeping serve twice the rows), for
 	// the split-1 batches the 16-token kernel does not take.
 	dec1wRows = 64
-	dec1wSmem = decWarps*dec1Stages*(64*64+8*128+64*4+8*4) + 2*decWsc
+	dec1wSmem = decWarps*dec1Stages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
 	// dec1wMinRows: the 64-row kernel takes GEMMs of at least this many weight rows an expert;
 	// smaller ones keep the 32-row kernel. (On an H200 the 64-row kernel was 3-9 % faster for
 	// GEMMs of 4096 rows or more, DeepSeek-V3's two and GPT-OSS-120B's GEMM1, at 8-128 tokens;

@@ -141,9 +141,12 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 // 16 · (c ^ ((r >> 1) & 3)), token row r's piece c at 16 · (c ^ 2 · (r & 3)). (Rows padded to 80
 // bytes, the earlier layout, kept the reads apart but put two of each quarter warp's 16-byte
 // copies of weight rows on the same banks; with the swizzle decode batches ran 2-11 % faster,
-// docs/perf.md v20.)
+// docs/perf.md v20.) Stages are 128-byte aligned (padded at their end), so that a quarter warp's
+// 16-byte copies of two weight rows land in one aligned 128-byte line: unpadded, two of a ring's
+// three stages started off that alignment and such a copy took 7 shared-memory wavefronts
+// instead of 4 (ncu, docs/perf.md).
 template <int XT, int RB = 2>
-struct DecStageT {
+struct alignas(128) DecStageT {
   u8 w[16 * RB][64];  // 16 · RB weight rows × 64 bytes (4 blocks of 32 E2M1 values)
   u8 x[8 * XT][128];  // 8 · XT token rows × 128 FP8 values
   u8 s[16 * RB][4];   // the rows' 4 E8M0 scales
@@ -194,7 +197,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
                                          const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
                                          float* __restrict__ out, i64 N, i64 Kd, bool early) {
-  extern __shared__ __align__(16) u8 dec_smem[];
+  extern __shared__ __align__(128) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int r = warp % S;  // this warp's share of K
   static_assert(RB == 2 || (S == 1 && XT == 1), "64-row warps only at split 1, 8 tokens a pass");
