@@ -25,6 +25,10 @@ type Device struct {
 	Name         string
 	Major, Minor int
 	SMs          int
+	// MemBandwidth is the memory's peak bandwidth in bytes per second, from the memory clock
+	// and bus width the driver reports (2 transfers a clock); SMClock the SMs' clock in Hz.
+	// Their ratio per SM picks between kernels that trade instructions for memory parallelism.
+	MemBandwidth, SMClock float64
 	// Fatbin says where the kernels came from: "embedded" or the path in FP4MOE_FATBIN.
 	Fatbin string
 
@@ -37,6 +41,16 @@ type Device struct {
 // kernels are the module's functions.
 type kernels struct {
 	prepare, route, routeSmall, routeScatter, permute, permuteWG, gemm, gemmDec, gemmWgb, gemmWgp, wgTiles, wgStage, foldRef, reencode, actQuant, reduce, gemmDec1, gemmDec16, gemmDec1w cu.Function
+}
+
+// BytesPerSMCycle is the peak memory bandwidth per SM and SM clock cycle: what an SM must
+// consume to keep the memory busy (about 12.8 on an H100 SXM, 18.8 on an H200); 0 where the
+// driver does not report the clocks.
+func (d *Device) BytesPerSMCycle() float64 {
+	if d.SMs == 0 || d.SMClock == 0 {
+		return 0
+	}
+	return d.MemBandwidth / (float64(d.SMs) * d.SMClock)
 }
 
 var open = sync.OnceValues(func() (*Device, error) {
@@ -65,6 +79,11 @@ var open = sync.OnceValues(func() (*Device, error) {
 	if d.SMs, err = d.dev.Attribute(cu.MultiprocessorCount); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoCUDA, err)
 	}
+	// Peak memory bandwidth and SM clock (0 where the driver does not say).
+	mclk, _ := d.dev.Attribute(cu.MemoryClockRate) // kHz
+	bus, _ := d.dev.Attribute(cu.GlobalMemoryBusWidth)
+	sclk, _ := d.dev.Attribute(cu.ClockRate) // kHz
+	d.MemBandwidth, d.SMClock = 2*float64(mclk)*1e3*float64(bus)/8, float64(sclk)*1e3
 	if d.Major != 9 {
 		return nil, fmt.Errorf("%w: %s has compute capability %d.%d; the kernels are built for Hopper (9.0)", ErrNoCUDA, d.Name, d.Major, d.Minor)
 	}

@@ -60,13 +60,16 @@ const (
 	// the split-1 batches the 16-token kernel does not take.
 	dec1wRows = 64
 	dec1wSmem = decWarps*dec1Stages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
-	// dec1wMinRows: the 64-row kernel takes GEMMs of at least this many weight rows an expert;
-	// smaller ones keep the 32-row kernel. (On an H200 the 64-row kernel was 3-9 % faster for
-	// GEMMs of 4096 rows or more, DeepSeek-V3's two and GPT-OSS-120B's GEMM1, at 8-128 tokens;
-	// for Qwen3-30B-A3B's 1536-row GEMM1 at 64 tokens 9 % slower, for GPT-OSS-120B's 2880-row
-	// GEMM2 up to 4 % slower: half the warps a tile leave more of the last wave idle.
-	// docs/perf.md v23.)
-	dec1wMinRows = 4096
+	// dec1wMinRows: the 64-row kernel takes GEMMs of at least this many weight rows an expert,
+	// on devices of at least dec1wMinBytes peak memory bytes per SM cycle (Device.BytesPerSMCycle);
+	// the others keep the 32-row kernel. The 64-row kernel spends fewer instructions per weight
+	// byte but has fewer warps in flight: it pays where the SMs' issue rate, not the memory,
+	// limits the stream. (H200, 18.8 bytes a cycle: 3-9 % faster for GEMMs of 4096 rows or more,
+	// DeepSeek-V3's two and GPT-OSS-120B's GEMM1, at 8-128 tokens; 9 % slower for
+	// Qwen3-30B-A3B's 1536-row GEMM1 at 64 tokens, up to 4 % for GPT-OSS-120B's 2880-row GEMM2.
+	// H100, 12.8 bytes a cycle: 1-4 % slower for every bench shape. docs/perf.md v23.)
+	dec1wMinRows  = 4096
+	dec1wMinBytes = 16
 	// dec16Rows: the 16-token kernel takes split-1 batches of more than this many routed rows per
 	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
 	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)
@@ -172,7 +175,8 @@ type Layer struct {
 	// GEMM converts scales with those cases, else straight from the exponent bits.
 	exactScales bool
 	// wideRows: split-1 GEMMs of at least this many rows not taken by the 16-token kernel take
-	// the 64-row kernel, the others the 32-row one (dec1wMinRows; tests move it to run either).
+	// the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of dec1wMinBytes a
+	// cycle or more, else none; tests move it to run either).
 	wideRows int64
 	ws       workspace
 	closed   bool
@@ -279,7 +283,10 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
-	l.wideRows = dec1wMinRows
+	l.wideRows = math.MaxInt64
+	if l.dev.BytesPerSMCycle() >= dec1wMinBytes {
+		l.wideRows = dec1wMinRows
+	}
 	// A copy from pageable memory may return before its bytes land; the kernels below run on the
 	// layer's non-blocking stream, so wait for the copies first.
 	if err := cu.Synchronize(); err != nil {

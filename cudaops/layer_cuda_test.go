@@ -516,9 +516,15 @@ func TestOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("device %s, compute capability %d.%d, %d SMs, kernels %s", d.Name, d.Major, d.Minor, d.SMs, d.Fatbin)
+	t.Logf("device %s, compute capability %d.%d, %d SMs, kernels %s; peak memory %.0f GB/s, SM clock %.0f MHz, %.1f bytes per SM cycle",
+		d.Name, d.Major, d.Minor, d.SMs, d.Fatbin, d.MemBandwidth/1e9, d.SMClock/1e6, d.BytesPerSMCycle())
 	if d.Major != 9 {
 		t.Fatalf("compute capability %d.%d, expected a Hopper GPU (9.x)", d.Major, d.Minor)
+	}
+	// Every Hopper part has HBM of 2-5 TB/s and SMs at 1-2 GHz; a value outside says the
+	// attributes were read wrong, and the kernel choice that uses them would be arbitrary.
+	if b := d.BytesPerSMCycle(); b < 5 || b > 40 {
+		t.Fatalf("%.1f bytes per SM cycle (peak memory %.0f GB/s, %d SMs at %.0f MHz); expected 5-40 on Hopper", b, d.MemBandwidth/1e9, d.SMs, d.SMClock/1e6)
 	}
 }
 

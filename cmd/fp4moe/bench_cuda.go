@@ -93,7 +93,8 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fp4moe bench: measuring copy bandwidth: %v\n", err)
 		return 2
 	}
-	fmt.Fprintf(stdout, "device %s (%d SMs), kernels %s, GEMM %s; device-to-device copy %.0f GB/s (read + write)\n", d.Name, d.SMs, d.Fatbin, *gemmName, copyBW/1e9)
+	fmt.Fprintf(stdout, "device %s (%d SMs, peak memory %.0f GB/s, %.1f bytes per SM cycle), kernels %s, GEMM %s; device-to-device copy %.0f GB/s (read + write)\n",
+		d.Name, d.SMs, d.MemBandwidth/1e9, d.BytesPerSMCycle(), d.Fatbin, *gemmName, copyBW/1e9)
 	var w *csv.Writer
 	if *csvPath != "" {
 		f, err := os.Create(*csvPath)
