@@ -65,9 +65,10 @@ const (
 	// the others keep the 32-row kernel. The 64-row kernel spends fewer instructions per weight
 	// byte but has fewer warps in flight: it pays where the SMs' issue rate, not the memory,
 	// limits the stream. (H200, 18.8 bytes a cycle: 3-9 % faster for GEMMs of 4096 rows or more,
-	// DeepSeek-V3's two and GPT-OSS-120B's GEMM1, at 8-128 tokens; 9 % slower for
-	// Qwen3-30B-A3B's 1536-row GEMM1 at 64 tokens, up to 4 % for GPT-OSS-120B's 2880-row GEMM2.
-	// H100, 12.8 bytes a cycle: 1-4 % slower for every bench shape. docs/perf.md v23.)
+	// DeepSeek-V3's two and GPT-OSS-120B's GEMM1, at 32-128 tokens; 9 % slower for
+	// Qwen3-30B-A3B's 1536-row GEMM1 at 64 tokens, up to 4 % for GPT-OSS-120B's 2944-row GEMM2.
+	// H100, 12.8 bytes a cycle: 1-4 % slower for DeepSeek-V3 and GPT-OSS-120B at 8-128 tokens.
+	// docs/perf.md v23.)
 	dec1wMinRows  = 4096
 	dec1wMinBytes = 16
 	// dec16Rows: the 16-token kernel takes split-1 batches of more than this many routed rows per
