@@ -7,7 +7,8 @@ kernel (mma.sync e4m3 needs nvcc >= 12.4) is left out. Usage:
     python3 tools/localsass.py [REF]   # REF: a git ref; the working tree by default
 With PTXAS set (a newer ptxas, tools/localptxas.sh), the PTX is assembled by it: needed since
 the kernels use cp.async.bulk.prefetch, which this nvcc's own ptxas does not know. KERNEL names
-the decode kernel to read (moe_gemm_dec, moe_gemm_dec1, ...); the first one in the cubin by default."""
+the decode kernel to read (moe_gemm_dec, moe_gemm_dec1, ...); the first one in the cubin by default.
+DUMP names a file for the whole SASS (to diff two versions)."""
 import bisect, collections, os, re, subprocess, sys, tempfile
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -42,6 +43,10 @@ if r.returncode:
     sys.exit(r.stderr)
 print("\n".join(l for l in r.stderr.splitlines() if "registers" in l or "spill" in l))
 sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True).stdout
+if os.environ.get("DUMP"):
+    # DUMP=path: the whole SASS as well, to compare two versions of the source instruction by
+    # instruction (a refactoring that should not change the code: diff the two dumps).
+    open(os.environ["DUMP"], "w").write(sass)
 ins = []  # the decode kernels' instructions (addresses restart in every function)
 keep = False
 for l in sass.splitlines():
