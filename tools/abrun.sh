@@ -10,6 +10,7 @@
 # register report.
 #   MS=1,64,4096 bash tools/abrun.sh main wide
 set -uo pipefail
+. "$(dirname "$0")/clocks.sh"
 OUT=${OUT:-/tmp/out}
 AB=${AB:-.devicework/ab} # the staged variants (tools/abstage.sh; AB there too)
 G=$PWD/.devicework/golden
@@ -55,18 +56,12 @@ sfx= list=$order
 for n in $list; do
 	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
 	case "$(cat /tmp/ab/$n/rc)" in 0 | skipped) ;; *) continue ;; esac
-	# SM clock, power, temperature and clock-event reasons every 200 ms while the bench runs
-	# (streaming weights at full bandwidth can take an H200 to its power limit, which lowers
-	# the clock: docs/perf.md).
-	nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active --format=csv,noheader,nounits -lms 200 > "$OUT/clk-$n$sfx.log" 2> /dev/null &
-	clk=$!
+	clocks_start "$OUT/clk-$n$sfx.log"
 	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPES:-gptoss120b,deepseekv3}" --m "${MS:-1,8,64,512,4096}" --routing uniform --gemm "${GEMM:-auto}" \
 		--min-time "${MIN:-100ms}" --csv "$OUT/ab-$n$sfx.csv" > "$OUT/bench-$n$sfx.log" 2>&1
 	rc=$?
-	kill $clk 2> /dev/null
-	# Throttled: samples with a clock-event reason other than idle (0x1), e.g. 0x4, the power cap.
-	echo "$n$sfx bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n$sfx.log"); SM MHz min/median/max, W max, throttled samples: $(sort -t, -k1n "$OUT/clk-$n$sfx.log" |
-		awk -F', *' '{ c[NR] = $1; if ($2 > w) w = $2; if ($4 != "" && $4 !~ /^0x0+[01]$/) th++ } END { if (NR) printf "%d/%d/%d, %.0f, %d/%d", c[1], c[int((NR + 1) / 2)], c[NR], w, th, NR }')" | tee -a "$OUT/summary.txt"
+	clocks_stop
+	echo "$n$sfx bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n$sfx.log"); $(clocks_summary "$OUT/clk-$n$sfx.log")" | tee -a "$OUT/summary.txt"
 done
 done
 for f in "$OUT"/ab-*.csv; do

@@ -7,6 +7,7 @@
 # manifest.txt (to commit), bench1.csv .. bench3.csv, summary.txt and logs.tgz (the rest).
 #   bash tools/devfinal.sh
 set -uo pipefail
+. "$(dirname "$0")/clocks.sh"
 OUT=${OUT:-/tmp/out}
 t0=$(date +%s)
 budget=${BUDGET:-560}
@@ -26,16 +27,13 @@ tail -12 /tmp/devrun.log
 for i in 1 2 3; do
 	# A bench run of the three shapes takes about 80 s.
 	[ $(($(date +%s) - t0 + 100)) -lt "$budget" ] || break
-	# The SM clock and the clock-event reasons every 200 ms while it runs (a spread between runs
-	# may come from the clock; on an H200 the power cap lowers it: docs/perf.md).
-	nvidia-smi --query-gpu=clocks.sm,clocks_throttle_reasons.active --format=csv,noheader,nounits -lms 200 > "$OUT/clk$i.log" 2> /dev/null &
-	clk=$!
+	# The clock while it runs (a spread between runs may come from it: tools/clocks.sh).
+	clocks_start "$OUT/clk$i.log"
 	FP4MOE_FATBIN=$OUT/moe.fatbin timeout 100 /tmp/b/fp4moe bench --shapes gptoss120b,deepseekv3,qwen3-30b-a3b \
 		--m 1,8,64,512,4096,16384 --routing uniform --min-time 100ms --csv "$OUT/bench$i.csv" > "$OUT/bench$i.log" 2>&1
 	rc=$?
-	kill $clk 2> /dev/null
-	echo "bench run $i rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench$i.log"); SM MHz min/median/max, throttled samples: $(sort -n "$OUT/clk$i.log" |
-		awk -F', *' '{ c[NR] = $1; if ($2 != "" && $2 !~ /^0x0+[01]$/) th++ } END { if (NR) printf "%d/%d/%d, %d/%d", c[1], c[int((NR + 1) / 2)], c[NR], th, NR }')" | tee -a "$OUT/summary.txt"
+	clocks_stop
+	echo "bench run $i rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench$i.log"); $(clocks_summary "$OUT/clk$i.log")" | tee -a "$OUT/summary.txt"
 done
 cat "$OUT/bench1.log"
 (cd "$OUT" && mkdir -p more && mv -f logs.tgz registers.txt *.log more/ 2> /dev/null; tar czf logs.tgz --remove-files more)
