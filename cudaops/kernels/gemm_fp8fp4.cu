@@ -187,6 +187,39 @@ __device__ __forceinline__ float dec_scale(uint32_t word, int b) {
 // Component b (0..3, known at compile time after unrolling) of v.
 __device__ __forceinline__ float f4_at(const float4& v, int b) { return b == 0 ? v.x : b == 1 ? v.y : b == 2 ? v.z : v.w; }
 
+// A token fragment of one 32-element block as FP16 B fragments for its two k16 steps: the lane's
+// 8 bytes of its token row (bytes 8t .. 8t + 7 of the block).
+__device__ __forceinline__ void e4m3_frags(uint2 xv, uint32_t b0[2], uint32_t b1[2]) {
+  b0[0] = e4m3_lo_f16(xv.x), b0[1] = e4m3_hi_f16(xv.x);
+  b1[0] = e4m3_lo_f16(xv.y), b1[1] = e4m3_hi_f16(xv.y);
+}
+
+// One 16-row block times one token fragment over 32-element block b, added into p: the lane's 4
+// bytes of rows g and g + 8 (wa, wb) expanded to FP16 A fragments for the block's two k16 steps
+// (b0, b1: the token fragment's), two MMAs into a fresh accumulator, times the rows' block scales
+// (element b of s0: row g, of s1: row g + 8). Called for several token fragments with the same
+// weight words, the compiler expands them once (the 16-token kernel's SASS is the same as with
+// the expansion written out before the fragments' loop). This order, each step's expansion next
+// to its MMA and the scales picked after, is the 64-row kernel's leanest: with both steps
+// expanded first and the scales picked before, CUDA 12.4's ptxas gave it 157 registers, not 155.
+__device__ __forceinline__ void block_mma(uint32_t wa, uint32_t wb, const uint32_t b0[2], const uint32_t b1[2],
+                                          const float4& s0, const float4& s1, int b, float p[4]) {
+  float dd[4] = {0.f, 0.f, 0.f, 0.f};
+  {
+    const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
+    mma_f16(dd, a, b0);
+  }
+  {
+    const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
+    mma_f16(dd, a, b1);
+  }
+  const float ws0 = f4_at(s0, b), ws1 = f4_at(s1, b);
+  p[0] += dd[0] * ws0;
+  p[1] += dd[1] * ws0;
+  p[2] += dd[2] * ws1;
+  p[3] += dd[3] * ws1;
+}
+
 // XT: 8-token fragments a pass (1, or 2 at S = 1: each expanded weight fragment then feeds the
 // MMAs of 16 tokens, so a tile of 9-16 tokens streams its weights once instead of twice).
 // RB: 16-row blocks a warp (2, or 4 at S = 1 and XT = 1: the token fragments' conversion, the
@@ -327,11 +360,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
         // terms in the same order as the 32-row loop below.
         uint32_t bt[4][2][2];
 #pragma unroll
-        for (int b = 0; b < 4; b++) {
-          const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]);
-          bt[b][0][0] = e4m3_lo_f16(xv.x), bt[b][0][1] = e4m3_hi_f16(xv.x);
-          bt[b][1][0] = e4m3_lo_f16(xv.y), bt[b][1][1] = e4m3_hi_f16(xv.y);
-        }
+        for (int b = 0; b < 4; b++) e4m3_frags(*reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]), bt[b][0], bt[b][1]);
         // 2^14: the expansion's factor
         const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;
 #pragma unroll
@@ -340,22 +369,8 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
           float p[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
           for (int b = 0; b < 4; b++) {
-            const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
-            const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
-            float dd[4] = {0.f, 0.f, 0.f, 0.f};
-            {
-              const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
-              mma_f16(dd, a, bt[b][0]);
-            }
-            {
-              const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
-              mma_f16(dd, a, bt[b][1]);
-            }
-            const float ws0 = f4_at(s0, b), ws1 = f4_at(s1, b);
-            p[0] += dd[0] * ws0;
-            p[1] += dd[1] * ws0;
-            p[2] += dd[2] * ws1;
-            p[3] += dd[3] * ws1;
+            block_mma(*reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]),
+                      *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]), bt[b][0], bt[b][1], s0, s1, b, p);
           }
           acc[0][4 * h + 0] += p[0] * xs0;
           acc[0][4 * h + 1] += p[1] * xs1;
@@ -369,56 +384,16 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
         float part[XT][4 * RB] = {};
 #pragma unroll
         for (int b = 0; b < 4; b++) {
-          if constexpr (XT == 1) {
-            const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]);
-            const uint32_t b0[2] = {e4m3_lo_f16(xv.x), e4m3_hi_f16(xv.x)};
-            const uint32_t b1[2] = {e4m3_lo_f16(xv.y), e4m3_hi_f16(xv.y)};
+          // The weight words' expansion serves the MMAs of every token fragment u.
+          uint32_t bf[XT][2][2];
 #pragma unroll
-            for (int h = 0; h < RB; h++) {  // the 16-row block
-              const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
-              const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
-              float dd[4] = {0.f, 0.f, 0.f, 0.f};
-              {
-                const uint32_t a[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
-                mma_f16(dd, a, b0);
-              }
-              {
-                const uint32_t a[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
-                mma_f16(dd, a, b1);
-              }
-              const float ws0 = f4_at(sw[2 * h], b), ws1 = f4_at(sw[2 * h + 1], b);
-              part[0][4 * h + 0] += dd[0] * ws0;
-              part[0][4 * h + 1] += dd[1] * ws0;
-              part[0][4 * h + 2] += dd[2] * ws1;
-              part[0][4 * h + 3] += dd[3] * ws1;
-            }
-          } else {
-            // Each expanded weight fragment feeds the MMAs of every token fragment u.
-            uint32_t bf[XT][2][2];
+          for (int u = 0; u < XT; u++) e4m3_frags(*reinterpret_cast<const uint2*>(&d.x[g + 8 * u][xo ^ (32 * b)]), bf[u][0], bf[u][1]);
 #pragma unroll
-            for (int u = 0; u < XT; u++) {
-              const uint2 xv = *reinterpret_cast<const uint2*>(&d.x[g + 8 * u][xo ^ (32 * b)]);
-              bf[u][0][0] = e4m3_lo_f16(xv.x), bf[u][0][1] = e4m3_hi_f16(xv.x);
-              bf[u][1][0] = e4m3_lo_f16(xv.y), bf[u][1][1] = e4m3_hi_f16(xv.y);
-            }
+          for (int h = 0; h < RB; h++) {  // the 16-row block
+            const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
+            const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
 #pragma unroll
-            for (int h = 0; h < RB; h++) {
-              const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
-              const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
-              const uint32_t a0[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
-              const uint32_t a1[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
-              const float ws0 = f4_at(sw[2 * h], b), ws1 = f4_at(sw[2 * h + 1], b);
-#pragma unroll
-              for (int u = 0; u < XT; u++) {
-                float dd[4] = {0.f, 0.f, 0.f, 0.f};
-                mma_f16(dd, a0, bf[u][0]);
-                mma_f16(dd, a1, bf[u][1]);
-                part[u][4 * h + 0] += dd[0] * ws0;
-                part[u][4 * h + 1] += dd[1] * ws0;
-                part[u][4 * h + 2] += dd[2] * ws1;
-                part[u][4 * h + 3] += dd[3] * ws1;
-              }
-            }
+            for (int u = 0; u < XT; u++) block_mma(wa, wb, bf[u][0], bf[u][1], sw[2 * h], sw[2 * h + 1], b, &part[u][4 * h]);
           }
         }
 #pragma unroll
