@@ -179,8 +179,11 @@ type Layer struct {
 	// the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of dec1wMinBytes a
 	// cycle or more, else none; tests move it to run either).
 	wideRows int64
-	ws       workspace
-	closed   bool
+	// noPredict: GEMM1 waits for the routing kernel before it reads its tile, also for batches
+	// whose tiles it could work out from the ids (tests compare the two).
+	noPredict bool
+	ws        workspace
+	closed    bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
 	events [7]cu.Event
@@ -693,16 +696,16 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(2); err != nil {
 		return err
 	}
-	// early: the routing metadata comes from a kernel before the previous one (GEMM2), so the
+	// early 1: the routing metadata comes from a kernel before the previous one (GEMM2), so the
 	// streaming GEMM reads it and issues its first weight copies before it waits for the
-	// previous kernel.
-	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early bool) error {
+	// previous kernel; 2: GEMM1 works out its tiles from the ids (below).
+	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early int64) error {
 		switch kernel {
 		case GEMMDecode:
 			split, fn, smem, gx := l.decKernel(n, kd, tiles, P)
 			return launch(fn, dim3{gx, tiles, 1}, dim3{32 * decWarps, 1, 1}, smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
-				i(int64(split)), flag(l.exactScales), flag(early))
+				i(int64(split)), flag(l.exactScales), i(early), u(b.TopKIDs), u(l.expertMap), i(int64(P)|int64(l.eg)<<32))
 		case GEMMWgmma:
 			// Per tile, whether the activation scales fold into FP16 (and if so its FP16 tokens);
 			// the tiles that fold, then the others.
@@ -731,7 +734,13 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		return launch(f.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
 			u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))
 	}
-	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, false); err != nil {
+	// GEMM1 of at most segmentRows pairs after moe_route_small: each block works out its tile
+	// from the ids and starts its weight copies before the routing kernel ends (mode 2).
+	early1 := int64(0)
+	if fused && P <= segmentRows && !l.noPredict {
+		early1 = 2
+	}
+	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, early1); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -748,7 +757,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, true); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, 1); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {

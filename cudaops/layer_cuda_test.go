@@ -334,6 +334,33 @@ func TestDecodeWideRows(t *testing.T) {
 	}
 }
 
+// TestDecodePredictedTiles runs batches of at most segmentRows routed pairs, whose GEMM1 blocks
+// work out their tiles from the ids before the routing kernel has written them (the expert map,
+// ids of -1 and repeated experts included), against native, and bitwise against the same layer
+// waiting for the routing kernel's tiles.
+func TestDecodePredictedTiles(t *testing.T) {
+	for _, s := range []conformance.Spec{
+		{Name: "M=1", M: 1, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 51},
+		{Name: "M=2, map, -1, repeats", M: 2, K: 1024, I: 512, E: 16, GlobalExperts: 48, TopK: 4, Dup: true, NegIDs: 0.25, Activation: moe.SwiGLUOAI, Seed: 52},
+		{Name: "M=8, 32 pairs", M: 8, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SiLU, Seed: 53},
+		{Name: "M=4, top-8, map, repeats", M: 4, K: 1024, I: 512, E: 8, GlobalExperts: 24, TopK: 8, Dup: true, NegIDs: 0.1, Activation: moe.SwiGLUOAI, Bias: true, Seed: 54},
+	} {
+		t.Run(s.Name, func(t *testing.T) {
+			c := conformance.Generate(s)
+			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+			got := forward(t, l, &c.Batch, s.K)
+			l.noPredict = true
+			sameBits(t, "predicted tiles against the routing kernel's", got, forward(t, l, &c.Batch, s.K))
+			want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
+			e := conformance.RelL2(got, want)
+			t.Logf("rel L2 against native %.2e", e)
+			if e > 1e-4 {
+				t.Fatalf("rel L2 %.3e against native", e)
+			}
+		})
+	}
+}
+
 func btoi(b bool) int {
 	if b {
 		return 1

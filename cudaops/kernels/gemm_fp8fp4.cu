@@ -229,7 +229,7 @@ template <int S, bool EXACT, int XT, int RB = 2>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
                                          const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
-                                         float* __restrict__ out, i64 N, i64 Kd, bool early) {
+                                         float* __restrict__ out, i64 N, i64 Kd, int early) {
   extern __shared__ __align__(128) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int r = warp % S;  // this warp's share of K
@@ -308,8 +308,9 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     });
   };
   issue_w_head();
-  const int nvalid = min(GEMM_TOK, (early ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
-  if (early) pdl_begin();
+  if (early == 2) pdl_begin();  // a predicted tile (dec_tile): its row count comes from the previous kernel
+  const int nvalid = min(GEMM_TOK, (early == 1 ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
+  if (early == 1) pdl_begin();
   for (int j = 0; FT * j < nvalid; j++) {
     const i64 tok0 = row0 + FT * j;
     const int live = min(FT, nvalid - FT * j);  // real tokens in this pass
@@ -454,14 +455,48 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
 // grid = (N · S / (32 · DEC_WARPS), tile bound), block = 32 · DEC_WARPS, dynamic shared memory
 // DEC_SMEM; moe_gemm_dec takes split S = 2 or 4 (split), moe_gemm_dec1 S = 1 (a kernel of its
 // own, which keeps the split kernels' code and registers as measured); exact != 0 when a weight
-// scale byte may be 0 or 255. early != 0 when the routing metadata (tiles, ntiles, counts,
+// scale byte may be 0 or 255. early = 1 when the routing metadata (tiles, ntiles, counts,
 // offsets) comes from a kernel before the previous one (GEMM2, after the activation kernel): the
 // block then reads its tile and row count and issues its first weight copies before it waits for
 // the previous kernel, so that under programmatic launch those round trips overlap the
 // activation kernel. The entries are read past L1 (written by an earlier kernel of the stream,
-// complete before the previous one began).
+// complete before the previous one began). early = 2 (GEMM1 of at most MOE_BM pairs, right after
+// the routing kernel): the block works out its tile from the pairs' expert ids (ids, P of them,
+// emap the expert map or null, Eg the global expert count; pe = P | Eg << 32) as the routing
+// kernel places it, and issues its first weight copies before it waits for the routing kernel;
+// its row count after.
 __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const int* __restrict__ ntiles, i64 early, int& e,
-                                         int& row0) {
+                                         int& row0, const int* __restrict__ ids, const int* __restrict__ emap, i64 pe) {
+  if (early == 2) {
+    // Tile blockIdx.y of a batch of at most MOE_BM routed pairs, before the routing kernel has
+    // written it: the routing kernel gives each local expert ceil(count / MOE_BM) tiles in
+    // ascending order of expert, so here one tile each, tile y the y-th distinct local expert,
+    // its rows from y · MOE_BM. Pair j's local expert as the routing kernel takes it: -1 for
+    // an id of -1, outside [0, Eg) or mapped to -1. (The ids are the layer's input, complete
+    // before the kernel before the previous one ended.)
+    const int lane = threadIdx.x % 32, P = (int)(pe & 0xffffffff), Eg = (int)(pe >> 32);
+    int le = -1;
+    if (lane < P) {
+      const int id = __ldcg(ids + lane);
+      le = id < 0 || id >= Eg ? -1 : (emap ? __ldcg(emap + id) : id);
+    }
+    bool first = le >= 0;  // the lowest lane with this expert
+    int rank = 0;          // distinct local experts below this lane's
+    for (int j = 0; j < P; j++) {
+      const int o = __shfl_sync(0xffffffffu, le, j);
+      if (o == le && j < lane) first = false;
+    }
+    for (int j = 0; j < P; j++) {
+      const int o = __shfl_sync(0xffffffffu, le, j);
+      const bool of = __shfl_sync(0xffffffffu, first, j);
+      if (of && o < le) rank++;
+    }
+    const unsigned m = __ballot_sync(0xffffffffu, first && rank == (int)blockIdx.y);
+    if (!m) return false;
+    e = __shfl_sync(0xffffffffu, le, __ffs(m) - 1);
+    row0 = (int)blockIdx.y * MOE_BM;
+    return true;
+  }
   int nt;
   // The tile count and the tile load together (the list holds the grid's tiles, so the entry is
   // inside it even past the count).
@@ -480,12 +515,12 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
   name(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,    \
        const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,                  \
        const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,        \
-       i64 split, i64 exact, i64 early)
+       i64 split, i64 exact, i64 early, const int* __restrict__ ids, const int* __restrict__ emap, i64 pe)
 
 DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
   int e, row0;
-  if (!dec_tile(tiles, ntiles, early, e, row0)) return;
-#define DEC_RUN(s, x, xt) gemm_dec<s, x, xt>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, early != 0)
+  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
+#define DEC_RUN(s, x, xt) gemm_dec<s, x, xt>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
   if (split == 4) {
     if (exact) DEC_RUN(4, true, 1);
     else DEC_RUN(4, false, 1);
@@ -497,14 +532,14 @@ DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
 
 DEC_KERNEL(moe_gemm_dec1, DEC1_BLOCKS) {
   int e, row0;
-  if (!dec_tile(tiles, ntiles, early, e, row0)) return;
+  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   if (exact) DEC_RUN(1, true, 1);
   else DEC_RUN(1, false, 1);
 }
 
 DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
   int e, row0;
-  if (!dec_tile(tiles, ntiles, early, e, row0)) return;
+  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   if (exact) DEC_RUN(1, true, 2);
   else DEC_RUN(1, false, 2);
 #undef DEC_RUN
@@ -513,8 +548,8 @@ DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
 // The split-1 kernel with 64 weight rows a warp (grid x: N / 256 rounded up).
 DEC_KERNEL(moe_gemm_dec1w, DEC1W_BLOCKS) {
   int e, row0;
-  if (!dec_tile(tiles, ntiles, early, e, row0)) return;
-#define DEC_RUNW(x) gemm_dec<1, x, 1, 4>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, early != 0)
+  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
+#define DEC_RUNW(x) gemm_dec<1, x, 1, 4>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
   if (exact) DEC_RUNW(true);
   else DEC_RUNW(false);
 #undef DEC_RUNW
