@@ -517,41 +517,41 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
        const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,        \
        i64 split, i64 exact, i64 early, const int* __restrict__ ids, const int* __restrict__ emap, i64 pe)
 
+// One instance of gemm_dec (S splits, EXACT, XT 8-token fragments a pass, RB 16-row blocks a warp).
+#define DEC_RUN(s, x, xt, rb) gemm_dec<s, x, xt, rb>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
+
 DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-#define DEC_RUN(s, x, xt) gemm_dec<s, x, xt>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
   if (split == 4) {
-    if (exact) DEC_RUN(4, true, 1);
-    else DEC_RUN(4, false, 1);
+    if (exact) DEC_RUN(4, true, 1, 2);
+    else DEC_RUN(4, false, 1, 2);
   } else {
-    if (exact) DEC_RUN(2, true, 1);
-    else DEC_RUN(2, false, 1);
+    if (exact) DEC_RUN(2, true, 1, 2);
+    else DEC_RUN(2, false, 1, 2);
   }
 }
 
 DEC_KERNEL(moe_gemm_dec1, DEC1_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (exact) DEC_RUN(1, true, 1);
-  else DEC_RUN(1, false, 1);
+  if (exact) DEC_RUN(1, true, 1, 2);
+  else DEC_RUN(1, false, 1, 2);
 }
 
 DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (exact) DEC_RUN(1, true, 2);
-  else DEC_RUN(1, false, 2);
-#undef DEC_RUN
+  if (exact) DEC_RUN(1, true, 2, 2);
+  else DEC_RUN(1, false, 2, 2);
 }
 
 // The split-1 kernel with 64 weight rows a warp (grid x: N / 256 rounded up).
 DEC_KERNEL(moe_gemm_dec1w, DEC1W_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-#define DEC_RUNW(x) gemm_dec<1, x, 1, 4>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
-  if (exact) DEC_RUNW(true);
-  else DEC_RUNW(false);
-#undef DEC_RUNW
+  if (exact) DEC_RUN(1, true, 1, 4);
+  else DEC_RUN(1, false, 1, 4);
 }
+#undef DEC_RUN
 #undef DEC_KERNEL
