@@ -6,8 +6,8 @@
 # and weight-layout tests; PAR=0 runs them one after another), then, one at a time, the bench of
 # each variant whose tests passed (SHAPES, MS, MIN, GEMM; CSV per variant under $OUT). NOTEST="a b"
 # skips the tests of variants a and b; TTIME (default 300) limits each variant's tests, in
-# seconds. Prints one table at the end, rows of all variants side by side, and each variant's
-# register report.
+# seconds. Prints one table at the end, rows of all variants side by side, the same relative to
+# the first variant (tools/abpivot.py), and each variant's register report.
 #   MS=1,64,4096 bash tools/abrun.sh main wide
 set -uo pipefail
 . "$(dirname "$0")/clocks.sh"
@@ -68,6 +68,8 @@ for f in "$OUT"/ab-*.csv; do
 	n=$(basename "$f" .csv) && n=${n#ab-}
 	awk -F, -v v="$n" 'NR > 1 { printf "%-10s %-14s M=%-6s %9.1f us %7.1f TF %7.0f GB/s\n", v, $3, $9, $12, $16, $15 }' "$f"
 done | sort -k2,2 -k3,3 -s | tee -a "$OUT/summary.txt"
+# The same rows side by side, relative to the first variant's first pass.
+python3 "$(dirname "$0")/abpivot.py" "$OUT" "$@" | tee -a "$OUT/summary.txt"
 cat "$OUT"/reg-*.txt | grep -E "gemm|spill|serializ" | cut -c1-160
 # Few files come back from the machine: the variants' CSVs travel as one archive (ab.tgz) when
 # there are more than four, the logs always.
