@@ -60,6 +60,8 @@ const (
 	// the split-1 batches the 16-token kernel does not take.
 	dec1wRows = 64
 	dec1wSmem = decWarps*dec1Stages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
+	// The split kernel with 64 weight rows a warp (DECW_SMEM; its partial sums in the rings).
+	decwSmem = decWarps*decStages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
 	// dec1wMinRows: the 64-row kernel takes GEMMs of at least this many weight rows an expert,
 	// on devices of at least dec1wMinBytes peak memory bytes per SM cycle (Device.BytesPerSMCycle);
 	// the others keep the 32-row kernel. The 64-row kernel spends fewer instructions per weight
@@ -96,7 +98,7 @@ func layoutConsts() []layoutConst {
 		{"ROUTE_SMALL_THREADS", routeSmallThreads}, {"ROUTE_SMALL_PAIRS", fusedPermutePairs},
 		{"WGF_ROWS", wgfRows}, {"WGF_TOK", wgfTokens}, {"WGF_STAGES", wgfStages}, {"WGB_SMEM", wgbSmem},
 		{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
-		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem},
+		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem},
 	}
 }
 
@@ -179,6 +181,9 @@ type Layer struct {
 	// the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of dec1wMinBytes a
 	// cycle or more, else none; tests move it to run either).
 	wideRows int64
+	// narrowSplit: split GEMMs take the 32-row kernel instead of the 64-row one (on devices of
+	// less than dec1wMinBytes a cycle; tests move it to compare the two).
+	narrowSplit bool
 	// noPredict: GEMM1 waits for the routing kernel before it reads its tile, also for batches
 	// whose tiles it could work out from the ids (tests compare the two).
 	noPredict bool
@@ -287,9 +292,9 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
-	l.wideRows = math.MaxInt64
+	l.wideRows, l.narrowSplit = math.MaxInt64, true
 	if l.dev.BytesPerSMCycle() >= dec1wMinBytes {
-		l.wideRows = dec1wMinRows
+		l.wideRows, l.narrowSplit = dec1wMinRows, false
 	}
 	// A copy from pageable memory may return before its bytes land; the kernels below run on the
 	// layer's non-blocking stream, so wait for the copies first.
@@ -773,10 +778,13 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 // decKernel picks the streaming GEMM's kernel for an n-row GEMM over kd columns of p routed pairs
 // in tiles tiles: its split (decSplit), function, dynamic shared memory and grid width (blocks
 // per tile). Split-1 batches of more than dec16Rows rows per local expert on average take the
-// 16-token kernel, the others the 64-row one when n >= wideRows, else the 32-row one.
+// 16-token kernel, the others the 64-row one when n >= wideRows, else the 32-row one. Split
+// GEMMs take the split kernel of 64 rows a warp (of 32 with narrowSplit).
 func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
 	switch split = l.decSplit(n, kd, tiles); {
+	case split > 1 && !l.narrowSplit:
+		return split, f.gemmDecW, decwSmem, int(n) * split / (64 * decWarps)
 	case split > 1:
 		return split, f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
 	case p > dec16Rows*l.E:
