@@ -61,7 +61,8 @@ const (
 	dec1wRows = 64
 	dec1wSmem = decWarps*dec1Stages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
 	// The split kernel with 64 weight rows a warp (DECW_SMEM; its partial sums in the rings).
-	decwSmem = decWarps*decStages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
+	decwSmem   = decWarps*decStages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
+	decwBlocks = 3 // its blocks per SM (DECW_BLOCKS)
 	// dec1wMinRows: the 64-row kernel takes GEMMs of at least this many weight rows an expert,
 	// on devices of at least dec1wMinBytes peak memory bytes per SM cycle (Device.BytesPerSMCycle);
 	// the others keep the 32-row kernel. The 64-row kernel spends fewer instructions per weight
@@ -146,6 +147,29 @@ func (l *Layer) decSplit(n, kd int64, tiles int) int {
 	return 1
 }
 
+// wideSplit reports whether a split GEMM (n rows, split S, tiles tiles) takes the split kernel
+// of 64 rows a warp: when its grid (n·S/256 blocks a tile, decwBlocks an SM) fills its last wave
+// at least as well as the 32-row kernel's (n·S/128 a tile, decSplitBlocks an SM). The 64-row
+// kernel spends fewer instructions per weight byte, but half the blocks of a grid of under a wave
+// or with a thin last wave leave SMs idle. (H200: 2-6 % faster where its waves are as full,
+// GPT-OSS-120B and Qwen3-30B-A3B at 2-4 tokens; 3-10 % slower where they are not, DeepSeek-V3's
+// GEMM1 at 2 tokens (1.3 waves against 1.9) and Qwen3's at 1 (0.48 wave against 0.73):
+// docs/perf.md v24.)
+func wideSplit(n int64, split, tiles, sms int) bool {
+	narrow := int(n) * split / (32 * decWarps) * tiles
+	wide := int(n) * split / (64 * decWarps) * tiles
+	return waveFill(wide, decwBlocks*sms) >= waveFill(narrow, decSplitBlocks*sms)
+}
+
+// waveFill is the share of its waves' block slots that a grid of blocks fills, at wave blocks a
+// wave: blocks / (⌈blocks / wave⌉ · wave).
+func waveFill(blocks, wave int) float64 {
+	if blocks <= 0 || wave <= 0 {
+		return 0
+	}
+	return float64(blocks) / float64((blocks+wave-1)/wave*wave)
+}
+
 // NewLayer validates the weights and configuration, opens the device, and uploads the weights.
 func (b Backend) NewLayer(w *moe.Weights, cfg moe.Config) (moe.Layer, error) {
 	l, err := NewLayer(w, cfg)
@@ -181,9 +205,10 @@ type Layer struct {
 	// the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of dec1wMinBytes a
 	// cycle or more, else none; tests move it to run either).
 	wideRows int64
-	// narrowSplit: split GEMMs take the 32-row kernel instead of the 64-row one (on devices of
-	// less than dec1wMinBytes a cycle; tests move it to compare the two).
-	narrowSplit bool
+	// splitRows: the weight rows a warp of the split kernels (32 or 64), or 0 for the one whose
+	// grid fills its waves better (wideSplit; devices of dec1wMinBytes a cycle or more, else 32;
+	// tests set it to compare the two).
+	splitRows int
 	// noPredict: GEMM1 waits for the routing kernel before it reads its tile, also for batches
 	// whose tiles it could work out from the ids (tests compare the two).
 	noPredict bool
@@ -292,9 +317,9 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
-	l.wideRows, l.narrowSplit = math.MaxInt64, true
+	l.wideRows, l.splitRows = math.MaxInt64, 32
 	if l.dev.BytesPerSMCycle() >= dec1wMinBytes {
-		l.wideRows, l.narrowSplit = dec1wMinRows, false
+		l.wideRows, l.splitRows = dec1wMinRows, 0
 	}
 	// A copy from pageable memory may return before its bytes land; the kernels below run on the
 	// layer's non-blocking stream, so wait for the copies first.
@@ -779,11 +804,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 // in tiles tiles: its split (decSplit), function, dynamic shared memory and grid width (blocks
 // per tile). Split-1 batches of more than dec16Rows rows per local expert on average take the
 // 16-token kernel, the others the 64-row one when n >= wideRows, else the 32-row one. Split
-// GEMMs take the split kernel of 64 rows a warp (of 32 with narrowSplit).
+// GEMMs take the split kernel of 64 rows a warp or of 32 (splitRows, wideSplit).
 func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
 	switch split = l.decSplit(n, kd, tiles); {
-	case split > 1 && !l.narrowSplit:
+	case split > 1 && (l.splitRows == 64 || l.splitRows == 0 && wideSplit(n, split, tiles, l.dev.SMs)):
 		return split, f.gemmDecW, decwSmem, int(n) * split / (64 * decWarps)
 	case split > 1:
 		return split, f.gemmDec, decSmem, int(n) * split / (32 * decWarps)

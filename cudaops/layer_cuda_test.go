@@ -234,11 +234,11 @@ func TestDecodeSplits(t *testing.T) {
 		s.M = m
 		c := conformance.Generate(s)
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
-		l.narrowSplit = false // the 64-row split kernel on every card
+		l.splitRows = 64 // the 64-row split kernel on every card, at every grid
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 		if split > 1 {
 			// The split kernels of 64 and 32 rows a warp add the same terms in the same order.
-			l.narrowSplit = true
+			l.splitRows = 32
 			sameBits(t, fmt.Sprintf("M=%d, split %d, 64-row kernel against the 32-row one", m, split), got, forward(t, l, &c.Batch, s.K))
 		}
 		l.Close()
@@ -252,6 +252,34 @@ func TestDecodeSplits(t *testing.T) {
 	}
 	if len(seen) != 3 {
 		t.Fatalf("splits %v, want 4, 2 and 1", seen)
+	}
+}
+
+// TestWideSplit checks the split kernels' choice by wave fill on a 132-SM device at the bench
+// shapes' decode GEMMs (one tile per routed pair).
+func TestWideSplit(t *testing.T) {
+	for _, c := range []struct {
+		name         string
+		n            int64
+		split, tiles int
+		want         bool
+	}{
+		{"GPT-OSS-120B GEMM1 M=1: 368 blocks of 396 against 736 of 1056", 5888, 4, 4, true},
+		{"GPT-OSS-120B GEMM2 M=1: 184 of 396 against 368 of 528", 2944, 4, 4, false},
+		{"DeepSeek-V3 GEMM1 M=2: 512 of 792 against 1024 of 1056", 4096, 2, 16, false},
+		{"Qwen3-30B-A3B GEMM1 M=1: 192 of 396 against 384 of 528", 1536, 4, 8, false},
+		{"Qwen3-30B-A3B GEMM1 M=2: 384 of 396 against 768 of 1056", 1536, 4, 16, true},
+		{"Qwen3-30B-A3B GEMM1 M=4: 768 of 792 against 1536 of 1584 (equal)", 1536, 4, 32, true},
+	} {
+		if got := wideSplit(c.n, c.split, c.tiles, 132); got != c.want {
+			t.Errorf("%s: wideSplit %v, want %v", c.name, got, c.want)
+		}
+	}
+	if f := waveFill(512, 396); f < 0.6464 || f > 0.6465 {
+		t.Errorf("waveFill(512, 396) = %v, want 512/792", f)
+	}
+	if waveFill(0, 396) != 0 || waveFill(10, 0) != 0 {
+		t.Errorf("waveFill of an empty grid or wave is not 0")
 	}
 }
 
