@@ -158,16 +158,7 @@ func (l *Layer) decSplit(n, kd int64, tiles int) int {
 func wideSplit(n int64, split, tiles, sms int) bool {
 	narrow := int(n) * split / (32 * decWarps) * tiles
 	wide := int(n) * split / (64 * decWarps) * tiles
-	return waveFill(wide, decwBlocks*sms) >= waveFill(narrow, decSplitBlocks*sms)
-}
-
-// waveFill is the share of its waves' block slots that a grid of blocks fills, at wave blocks a
-// wave: blocks / (⌈blocks / wave⌉ · wave).
-func waveFill(blocks, wave int) float64 {
-	if blocks <= 0 || wave <= 0 {
-		return 0
-	}
-	return float64(blocks) / float64((blocks+wave-1)/wave*wave)
+	return fillsAsWell(wide, decwBlocks, narrow, decSplitBlocks, sms)
 }
 
 // NewLayer validates the weights and configuration, opens the device, and uploads the weights.
