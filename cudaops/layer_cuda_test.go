@@ -371,10 +371,26 @@ func TestDecodePredictedTiles(t *testing.T) {
 		{Name: "M=2, map, -1, repeats", M: 2, K: 1024, I: 512, E: 16, GlobalExperts: 48, TopK: 4, Dup: true, NegIDs: 0.25, Activation: moe.SwiGLUOAI, Seed: 52},
 		{Name: "M=8, 32 pairs", M: 8, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SiLU, Seed: 53},
 		{Name: "M=4, top-8, map, repeats", M: 4, K: 1024, I: 512, E: 8, GlobalExperts: 24, TopK: 8, Dup: true, NegIDs: 0.1, Activation: moe.SwiGLUOAI, Bias: true, Seed: 54},
+		{Name: "M=2, no local pair", M: 2, K: 1024, I: 512, E: 8, GlobalExperts: 24, TopK: 4, NegIDs: 1, Activation: moe.SiLU, Seed: 55},
 	} {
 		t.Run(s.Name, func(t *testing.T) {
 			c := conformance.Generate(s)
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+			if s.NegIDs == 1 {
+				// A forward with local pairs first, so that the routing metadata the batch
+				// replaces is not empty.
+				full := s
+				full.NegIDs = 0
+				forward(t, l, &conformance.Generate(full).Batch, s.K)
+				for run := range 3 {
+					for i, v := range forward(t, l, &c.Batch, s.K) {
+						if v != 0 {
+							t.Fatalf("run %d: output[%d] = %v without a local pair, want 0", run, i, v)
+						}
+					}
+				}
+				return
+			}
 			got := forward(t, l, &c.Batch, s.K)
 			l.noPredict = true
 			sameBits(t, "predicted tiles against the routing kernel's", got, forward(t, l, &c.Batch, s.K))

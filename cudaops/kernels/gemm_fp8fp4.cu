@@ -503,7 +503,14 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
       if (of && o < le) rank++;
     }
     const unsigned m = __ballot_sync(0xffffffffu, first && rank == (int)blockIdx.y);
-    if (!m) return false;
+    if (!m) {
+      // No such tile. Tile 0's blocks still wait for the routing kernel when there is no tile at
+      // all (no pair on a local expert): the kernels after this one read the routing kernel's
+      // output before their own waits, relying on each kernel's completion implying its
+      // predecessor's, which holds only if some block of each kernel waits.
+      if (blockIdx.y == 0) pdl_begin();
+      return false;
+    }
     e = __shfl_sync(0xffffffffu, le, __ffs(m) - 1);
     row0 = (int)blockIdx.y * MOE_BM;
     return true;
