@@ -49,3 +49,40 @@ func TestFillsAsWell(t *testing.T) {
 		}
 	}
 }
+
+// TestChainWide checks the two GEMMs' choice at the bench shapes' decode forwards on 132 SMs
+// (splits as decSplit gives them there) and at the corners of its inputs.
+func TestChainWide(t *testing.T) {
+	fill := func(n, s, tiles int) bool { return s > 1 && fillsAsWell(n*s/256*tiles, 3, n*s/128*tiles, 4, 132) }
+	for _, c := range []struct {
+		name                  string
+		n1, s1, n2, s2, tiles int
+		want1, want2          bool
+	}{
+		{"GPT-OSS-120B M=1: GEMM2 keeps the 32-row split kernel, so GEMM1 does too", 5888, 4, 2944, 4, 4, false, false},
+		{"GPT-OSS-120B M=2: both fill as well", 5888, 4, 2944, 4, 8, true, true},
+		{"Qwen3-30B-A3B M=1: neither fills as well", 1536, 4, 2048, 2, 8, false, false},
+		{"Qwen3-30B-A3B M=2: GEMM2 at split 1", 1536, 4, 2048, 1, 16, true, false},
+		{"DeepSeek-V3 M=2: GEMM1 fills worse, GEMM2 at split 1", 4096, 2, 7168, 1, 16, false, false},
+	} {
+		w1, w2 := chainWide(c.s1 > 1, fill(c.n1, c.s1, c.tiles), c.s2 > 1, fill(c.n2, c.s2, c.tiles))
+		if w1 != c.want1 || w2 != c.want2 {
+			t.Errorf("%s: chainWide gives GEMM1 %v, GEMM2 %v; want %v, %v", c.name, w1, w2, c.want1, c.want2)
+		}
+	}
+	for _, c := range []struct {
+		split1, fill1, split2, fill2, want1, want2 bool
+	}{
+		{true, true, false, false, true, false},
+		{true, true, true, false, false, false},
+		{true, true, true, true, true, true},
+		{false, true, true, true, false, true},
+		{true, false, true, true, false, true},
+		{false, false, false, true, false, false},
+	} {
+		w1, w2 := chainWide(c.split1, c.fill1, c.split2, c.fill2)
+		if w1 != c.want1 || w2 != c.want2 {
+			t.Errorf("chainWide(%v, %v, %v, %v) = %v, %v; want %v, %v", c.split1, c.fill1, c.split2, c.fill2, w1, w2, c.want1, c.want2)
+		}
+	}
+}

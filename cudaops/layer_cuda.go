@@ -147,14 +147,14 @@ func (l *Layer) decSplit(n, kd int64, tiles int) int {
 	return 1
 }
 
-// wideSplit reports whether a split GEMM (n rows, split S, tiles tiles) takes the split kernel
-// of 64 rows a warp: when its grid (n·S/256 blocks a tile, decwBlocks an SM) fills its last wave
-// at least as well as the 32-row kernel's (n·S/128 a tile, decSplitBlocks an SM). The 64-row
-// kernel spends fewer instructions per weight byte, but half the blocks of a grid of under a wave
-// or with a thin last wave leave SMs idle. (H200: 2-6 % faster where its waves are as full,
+// wideSplit reports whether the grid of a split GEMM (n rows, split S, tiles tiles) on the split
+// kernel of 64 rows a warp (n·S/256 blocks a tile, decwBlocks an SM) fills its last wave at least
+// as well as on the 32-row kernel (n·S/128 a tile, decSplitBlocks an SM). The 64-row kernel
+// spends fewer instructions per weight byte, but half the blocks of a grid of under a wave or
+// with a thin last wave leave SMs idle. (H200: 2-6 % faster where its waves are as full,
 // GPT-OSS-120B and Qwen3-30B-A3B at 2-4 tokens; 3-10 % slower where they are not, DeepSeek-V3's
 // GEMM1 at 2 tokens (1.3 waves against 1.9) and Qwen3's at 1 (0.48 wave against 0.73):
-// docs/perf.md v24.)
+// docs/perf.md v24.) splitWide decides from it with chainWide.
 func wideSplit(n int64, split, tiles, sms int) bool {
 	narrow := int(n) * split / (32 * decWarps) * tiles
 	wide := int(n) * split / (64 * decWarps) * tiles
@@ -196,9 +196,8 @@ type Layer struct {
 	// the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of dec1wMinBytes a
 	// cycle or more, else none; tests move it to run either).
 	wideRows int64
-	// splitRows: the weight rows a warp of the split kernels (32 or 64), or 0 for the one whose
-	// grid fills its waves better (wideSplit; devices of dec1wMinBytes a cycle or more, else 32;
-	// tests set it to compare the two).
+	// splitRows: the weight rows a warp of the split kernels (32 or 64), or 0 for splitWide's
+	// choice (devices of dec1wMinBytes a cycle or more, else 32; tests set it to compare the two).
 	splitRows int
 	// noPredict: GEMM1 waits for the routing kernel before it reads its tile, also for batches
 	// whose tiles it could work out from the ids (tests compare the two).
@@ -720,10 +719,12 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// early 1: the routing metadata comes from a kernel before the previous one (GEMM2), so the
 	// streaming GEMM reads it and issues its first weight copies before it waits for the
 	// previous kernel; 2: GEMM1 works out its tiles from the ids (below).
-	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early int64) error {
+	// The streaming GEMMs' split kernels: 64 or 32 weight rows a warp (splitWide).
+	wide1, wide2 := l.splitWide(2*I, K, I, tiles)
+	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early int64, wide bool) error {
 		switch kernel {
 		case GEMMDecode:
-			split, fn, smem, gx := l.decKernel(n, kd, tiles, P)
+			split, fn, smem, gx := l.decKernel(n, kd, tiles, P, wide)
 			return launch(fn, dim3{gx, tiles, 1}, dim3{32 * decWarps, 1, 1}, smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales), i(early), u(b.TopKIDs), u(l.expertMap), i(int64(P)|int64(l.eg)<<32))
@@ -761,7 +762,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if fused && P <= segmentRows && !l.noPredict {
 		early1 = 2
 	}
-	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, early1); err != nil {
+	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, early1, wide1); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -778,7 +779,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, 1); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, 1, wide2); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {
@@ -795,11 +796,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 // in tiles tiles: its split (decSplit), function, dynamic shared memory and grid width (blocks
 // per tile). Split-1 batches of more than dec16Rows rows per local expert on average take the
 // 16-token kernel, the others the 64-row one when n >= wideRows, else the 32-row one. Split
-// GEMMs take the split kernel of 64 rows a warp or of 32 (splitRows, wideSplit).
-func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function, smem, gx int) {
+// GEMMs take the split kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
+func (l *Layer) decKernel(n, kd int64, tiles, p int, wide bool) (split int, fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
 	switch split = l.decSplit(n, kd, tiles); {
-	case split > 1 && (l.splitRows == 64 || l.splitRows == 0 && wideSplit(n, split, tiles, l.dev.SMs)):
+	case split > 1 && wide:
 		return split, f.gemmDecW, decwSmem, int(n) * split / (64 * decWarps)
 	case split > 1:
 		return split, f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
@@ -809,6 +810,20 @@ func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function,
 		return 1, f.gemmDec1w, dec1wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)
 	}
 	return 1, f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
+}
+
+// splitWide reports whether GEMM1 (n1 = 2I rows over K columns) and GEMM2 (K rows over I) take
+// the split kernel of 64 rows a warp, at tiles tiles: as splitRows says (64: every split GEMM,
+// 32: none), or by chainWide from their splits and grids (wideSplit).
+func (l *Layer) splitWide(n1, k, i int64, tiles int) (wide1, wide2 bool) {
+	s1, s2 := l.decSplit(n1, k, tiles), l.decSplit(k, i, tiles)
+	switch l.splitRows {
+	case 64:
+		return s1 > 1, s2 > 1
+	case 32:
+		return false, false
+	}
+	return chainWide(s1 > 1, s1 > 1 && wideSplit(n1, s1, tiles, l.dev.SMs), s2 > 1, s2 > 1 && wideSplit(k, s2, tiles, l.dev.SMs))
 }
 
 // tokenOrder is the byte order in which the GEMM kernel k reads its FP8 tokens (the activation

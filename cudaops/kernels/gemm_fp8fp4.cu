@@ -535,33 +535,36 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
        const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,        \
        i64 split, i64 exact, i64 early, const int* __restrict__ ids, const int* __restrict__ emap, i64 pe)
 
-// One instance of gemm_dec (S splits, EXACT, XT 8-token fragments a pass, RB 16-row blocks a warp).
-#define DEC_RUN(s, x, xt, rb) gemm_dec<s, x, xt, rb>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
+// gemm_dec with S splits, XT 8-token fragments a pass and RB 16-row blocks a warp, in the
+// instance for the kernel's scale format (exact: scales that need the exact path).
+#define DEC_ONE(s, x, xt, rb) gemm_dec<s, x, xt, rb>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
+#define DEC_RUN(s, xt, rb)       \
+  do {                           \
+    if (exact)                   \
+      DEC_ONE(s, true, xt, rb);  \
+    else                         \
+      DEC_ONE(s, false, xt, rb); \
+  } while (0)
 
 DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (split == 4) {
-    if (exact) DEC_RUN(4, true, 1, 2);
-    else DEC_RUN(4, false, 1, 2);
-  } else {
-    if (exact) DEC_RUN(2, true, 1, 2);
-    else DEC_RUN(2, false, 1, 2);
-  }
+  if (split == 4)
+    DEC_RUN(4, 1, 2);
+  else
+    DEC_RUN(2, 1, 2);
 }
 
 DEC_KERNEL(moe_gemm_dec1, DEC1_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (exact) DEC_RUN(1, true, 1, 2);
-  else DEC_RUN(1, false, 1, 2);
+  DEC_RUN(1, 1, 2);
 }
 
 DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (exact) DEC_RUN(1, true, 2, 2);
-  else DEC_RUN(1, false, 2, 2);
+  DEC_RUN(1, 2, 2);
 }
 
 // The split kernel (S = 2 or 4) with 64 weight rows a warp (grid x: N · S / 256; N is a multiple
@@ -569,21 +572,18 @@ DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
 DEC_KERNEL(moe_gemm_decw, DECW_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (split == 4) {
-    if (exact) DEC_RUN(4, true, 1, 4);
-    else DEC_RUN(4, false, 1, 4);
-  } else {
-    if (exact) DEC_RUN(2, true, 1, 4);
-    else DEC_RUN(2, false, 1, 4);
-  }
+  if (split == 4)
+    DEC_RUN(4, 1, 4);
+  else
+    DEC_RUN(2, 1, 4);
 }
 
 // The split-1 kernel with 64 weight rows a warp (grid x: N / 256 rounded up).
 DEC_KERNEL(moe_gemm_dec1w, DEC1W_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (exact) DEC_RUN(1, true, 1, 4);
-  else DEC_RUN(1, false, 1, 4);
+  DEC_RUN(1, 1, 4);
 }
 #undef DEC_RUN
+#undef DEC_ONE
 #undef DEC_KERNEL
