@@ -60,6 +60,9 @@ const (
 	// the split-1 batches the 16-token kernel does not take.
 	dec1wRows = 64
 	dec1wSmem = decWarps*dec1Stages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
+	// The split kernel with 64 weight rows a warp (DECW_SMEM; its partial sums in the rings).
+	decwSmem   = decWarps*decStages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
+	decwBlocks = 3 // its blocks per SM (DECW_BLOCKS)
 	// dec1wMinRows: the 64-row kernel takes GEMMs of at least this many weight rows an expert,
 	// on devices of at least dec1wMinBytes peak memory bytes per SM cycle (Device.BytesPerSMCycle);
 	// the others keep the 32-row kernel. The 64-row kernel spends fewer instructions per weight
@@ -96,7 +99,7 @@ func layoutConsts() []layoutConst {
 		{"ROUTE_SMALL_THREADS", routeSmallThreads}, {"ROUTE_SMALL_PAIRS", fusedPermutePairs},
 		{"WGF_ROWS", wgfRows}, {"WGF_TOK", wgfTokens}, {"WGF_STAGES", wgfStages}, {"WGB_SMEM", wgbSmem},
 		{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
-		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem},
+		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem},
 	}
 }
 
@@ -144,6 +147,20 @@ func (l *Layer) decSplit(n, kd int64, tiles int) int {
 	return 1
 }
 
+// wideSplit reports whether the grid of a split GEMM (n rows, split S, tiles tiles) on the split
+// kernel of 64 rows a warp (n·S/256 blocks a tile, decwBlocks an SM) fills its last wave at least
+// as well as on the 32-row kernel (n·S/128 a tile, decSplitBlocks an SM). The 64-row kernel
+// spends fewer instructions per weight byte, but half the blocks of a grid of under a wave or
+// with a thin last wave leave SMs idle. (H200: 2-6 % faster where its waves are as full,
+// GPT-OSS-120B and Qwen3-30B-A3B at 2-4 tokens; 3-10 % slower where they are not, DeepSeek-V3's
+// GEMM1 at 2 tokens (1.3 waves against 1.9) and Qwen3's at 1 (0.48 wave against 0.73):
+// docs/perf.md v24.) splitWide decides from it with chainWide.
+func wideSplit(n int64, split, tiles, sms int) bool {
+	narrow := int(n) * split / (32 * decWarps) * tiles
+	wide := int(n) * split / (64 * decWarps) * tiles
+	return fillsAsWell(wide, decwBlocks, narrow, decSplitBlocks, sms)
+}
+
 // NewLayer validates the weights and configuration, opens the device, and uploads the weights.
 func (b Backend) NewLayer(w *moe.Weights, cfg moe.Config) (moe.Layer, error) {
 	l, err := NewLayer(w, cfg)
@@ -179,6 +196,9 @@ type Layer struct {
 	// the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of dec1wMinBytes a
 	// cycle or more, else none; tests move it to run either).
 	wideRows int64
+	// splitRows: the weight rows a warp of the split kernels (32 or 64), or 0 for splitWide's
+	// choice (devices of dec1wMinBytes a cycle or more, else 32; tests set it to compare the two).
+	splitRows int
 	// noPredict: GEMM1 waits for the routing kernel before it reads its tile, also for batches
 	// whose tiles it could work out from the ids (tests compare the two).
 	noPredict bool
@@ -287,9 +307,9 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
-	l.wideRows = math.MaxInt64
+	l.wideRows, l.splitRows = math.MaxInt64, 32
 	if l.dev.BytesPerSMCycle() >= dec1wMinBytes {
-		l.wideRows = dec1wMinRows
+		l.wideRows, l.splitRows = dec1wMinRows, 0
 	}
 	// A copy from pageable memory may return before its bytes land; the kernels below run on the
 	// layer's non-blocking stream, so wait for the copies first.
@@ -699,10 +719,12 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// early 1: the routing metadata comes from a kernel before the previous one (GEMM2), so the
 	// streaming GEMM reads it and issues its first weight copies before it waits for the
 	// previous kernel; 2: GEMM1 works out its tiles from the ids (below).
-	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early int64) error {
+	// The streaming GEMMs' split kernels: 64 or 32 weight rows a warp (splitWide).
+	wide1, wide2 := l.splitWide(2*I, K, I, tiles)
+	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early int64, wide bool) error {
 		switch kernel {
 		case GEMMDecode:
-			split, fn, smem, gx := l.decKernel(n, kd, tiles, P)
+			split, fn, smem, gx := l.decKernel(n, kd, tiles, P, wide)
 			return launch(fn, dim3{gx, tiles, 1}, dim3{32 * decWarps, 1, 1}, smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales), i(early), u(b.TopKIDs), u(l.expertMap), i(int64(P)|int64(l.eg)<<32))
@@ -740,7 +762,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if fused && P <= segmentRows && !l.noPredict {
 		early1 = 2
 	}
-	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, early1); err != nil {
+	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, early1, wide1); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -757,7 +779,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, 1); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, 1, wide2); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {
@@ -773,10 +795,13 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 // decKernel picks the streaming GEMM's kernel for an n-row GEMM over kd columns of p routed pairs
 // in tiles tiles: its split (decSplit), function, dynamic shared memory and grid width (blocks
 // per tile). Split-1 batches of more than dec16Rows rows per local expert on average take the
-// 16-token kernel, the others the 64-row one when n >= wideRows, else the 32-row one.
-func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function, smem, gx int) {
+// 16-token kernel, the others the 64-row one when n >= wideRows, else the 32-row one. Split
+// GEMMs take the split kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
+func (l *Layer) decKernel(n, kd int64, tiles, p int, wide bool) (split int, fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
 	switch split = l.decSplit(n, kd, tiles); {
+	case split > 1 && wide:
+		return split, f.gemmDecW, decwSmem, int(n) * split / (64 * decWarps)
 	case split > 1:
 		return split, f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
 	case p > dec16Rows*l.E:
@@ -785,6 +810,20 @@ func (l *Layer) decKernel(n, kd int64, tiles, p int) (split int, fn cu.Function,
 		return 1, f.gemmDec1w, dec1wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)
 	}
 	return 1, f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
+}
+
+// splitWide reports whether GEMM1 (n1 = 2I rows over K columns) and GEMM2 (K rows over I) take
+// the split kernel of 64 rows a warp, at tiles tiles: as splitRows says (64: every split GEMM,
+// 32: none), or by chainWide from their splits and grids (wideSplit).
+func (l *Layer) splitWide(n1, k, i int64, tiles int) (wide1, wide2 bool) {
+	s1, s2 := l.decSplit(n1, k, tiles), l.decSplit(k, i, tiles)
+	switch l.splitRows {
+	case 64:
+		return s1 > 1, s2 > 1
+	case 32:
+		return false, false
+	}
+	return chainWide(s1 > 1, s1 > 1 && wideSplit(n1, s1, tiles, l.dev.SMs), s2 > 1, s2 > 1 && wideSplit(k, s2, tiles, l.dev.SMs))
 }
 
 // tokenOrder is the byte order in which the GEMM kernel k reads its FP8 tokens (the activation

@@ -234,7 +234,13 @@ func TestDecodeSplits(t *testing.T) {
 		s.M = m
 		c := conformance.Generate(s)
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+		l.splitRows = 64 // the 64-row split kernel on every card, at every grid
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
+		if split > 1 {
+			// The split kernels of 64 and 32 rows a warp add the same terms in the same order.
+			l.splitRows = 32
+			sameBits(t, fmt.Sprintf("M=%d, split %d, 64-row kernel against the 32-row one", m, split), got, forward(t, l, &c.Batch, s.K))
+		}
 		l.Close()
 		want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
 		e := conformance.RelL2(got, want)
@@ -249,6 +255,27 @@ func TestDecodeSplits(t *testing.T) {
 	}
 }
 
+// TestWideSplit checks the split kernels' choice on a 132-SM device at the bench shapes' decode
+// GEMMs (one tile per routed pair); TestFillsAsWell has the grids.
+func TestWideSplit(t *testing.T) {
+	for _, c := range []struct {
+		name         string
+		n            int64
+		split, tiles int
+		want         bool
+	}{
+		{"GPT-OSS-120B GEMM1 M=1", 5888, 4, 4, true},
+		{"GPT-OSS-120B GEMM2 M=1", 2944, 4, 4, false},
+		{"DeepSeek-V3 GEMM1 M=2", 4096, 2, 16, false},
+		{"Qwen3-30B-A3B GEMM1 M=1", 1536, 4, 8, false},
+		{"Qwen3-30B-A3B GEMM1 M=2", 1536, 4, 16, true},
+	} {
+		if got := wideSplit(c.n, c.split, c.tiles, 132); got != c.want {
+			t.Errorf("%s: wideSplit %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
 // TestDecodeWide runs the streaming GEMM at batch sizes of more than 8 routed rows per expert
 // (the 16-token kernel, moe_gemm_dec16: passes of 16 tokens, the last one partial, and tiles of
 // up to 32 rows), against native and twice (bitwise the same).
@@ -260,8 +287,8 @@ func TestDecodeWide(t *testing.T) {
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		p := m * s.TopK
 		_, tiles := l.bounds(p)
-		s1, f1, _, _ := l.decKernel(int64(2*s.I), int64(s.K), tiles, p)
-		s2, f2, _, _ := l.decKernel(int64(s.K), int64(s.I), tiles, p)
+		s1, f1, _, _ := l.decKernel(int64(2*s.I), int64(s.K), tiles, p, false)
+		s2, f2, _, _ := l.decKernel(int64(s.K), int64(s.I), tiles, p, false)
 		wide += btoi(f1 == l.dev.fn.gemmDec16) + btoi(f2 == l.dev.fn.gemmDec16)
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 		l.Close()
@@ -310,14 +337,14 @@ func TestDecodeWideRows(t *testing.T) {
 				n, kd int64
 			}{{"GEMM1", int64(2 * s.I), int64(s.K)}, {"GEMM2", int64(s.K), int64(s.I)}}
 			for _, g := range gemms {
-				if _, fn, _, _ := l.decKernel(g.n, g.kd, tiles, p); fn != l.dev.fn.gemmDec1 {
+				if _, fn, _, _ := l.decKernel(g.n, g.kd, tiles, p, false); fn != l.dev.fn.gemmDec1 {
 					t.Fatalf("%s (%d rows, below %d) does not take the 32-row kernel (split %d)", g.name, g.n, dec1wMinRows, l.decSplit(g.n, g.kd, tiles))
 				}
 			}
 			narrow := forward(t, l, &c.Batch, s.K)
 			l.wideRows = 0
 			for _, g := range gemms {
-				if _, fn, _, _ := l.decKernel(g.n, g.kd, tiles, p); fn != l.dev.fn.gemmDec1w {
+				if _, fn, _, _ := l.decKernel(g.n, g.kd, tiles, p, false); fn != l.dev.fn.gemmDec1w {
 					t.Fatalf("%s (%d rows) does not take the 64-row kernel with wideRows 0 (split %d)", g.name, g.n, l.decSplit(g.n, g.kd, tiles))
 				}
 			}
@@ -344,10 +371,26 @@ func TestDecodePredictedTiles(t *testing.T) {
 		{Name: "M=2, map, -1, repeats", M: 2, K: 1024, I: 512, E: 16, GlobalExperts: 48, TopK: 4, Dup: true, NegIDs: 0.25, Activation: moe.SwiGLUOAI, Seed: 52},
 		{Name: "M=8, 32 pairs", M: 8, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SiLU, Seed: 53},
 		{Name: "M=4, top-8, map, repeats", M: 4, K: 1024, I: 512, E: 8, GlobalExperts: 24, TopK: 8, Dup: true, NegIDs: 0.1, Activation: moe.SwiGLUOAI, Bias: true, Seed: 54},
+		{Name: "M=2, no local pair", M: 2, K: 1024, I: 512, E: 8, GlobalExperts: 24, TopK: 4, NegIDs: 1, Activation: moe.SiLU, Seed: 55},
 	} {
 		t.Run(s.Name, func(t *testing.T) {
 			c := conformance.Generate(s)
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+			if s.NegIDs == 1 {
+				// A forward with local pairs first, so that the routing metadata the batch
+				// replaces is not empty.
+				full := s
+				full.NegIDs = 0
+				forward(t, l, &conformance.Generate(full).Batch, s.K)
+				for run := range 3 {
+					for i, v := range forward(t, l, &c.Batch, s.K) {
+						if v != 0 {
+							t.Fatalf("run %d: output[%d] = %v without a local pair, want 0", run, i, v)
+						}
+					}
+				}
+				return
+			}
 			got := forward(t, l, &c.Batch, s.K)
 			l.noPredict = true
 			sameBits(t, "predicted tiles against the routing kernel's", got, forward(t, l, &c.Batch, s.K))

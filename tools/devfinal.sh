@@ -5,7 +5,7 @@
 # while the call's time allows (BUDGET seconds, default 560), whole bench runs on those kernels.
 # Few files come back from the machine, so $OUT ends with at most eight: moe.fatbin and
 # manifest.txt (to commit), bench1.csv .. bench3.csv, summary.txt and logs.tgz (the rest).
-#   bash tools/devfinal.sh
+#   [MS=1,2,4,8,...] bash tools/devfinal.sh   (MS: the bench batch sizes)
 set -uo pipefail
 . "$(dirname "$0")/clocks.sh"
 OUT=${OUT:-/tmp/out}
@@ -30,7 +30,7 @@ for i in 1 2 3; do
 	# The clock while it runs (a spread between runs may come from it: tools/clocks.sh).
 	clocks_start "$OUT/clk$i.log"
 	FP4MOE_FATBIN=$OUT/moe.fatbin timeout 100 /tmp/b/fp4moe bench --shapes gptoss120b,deepseekv3,qwen3-30b-a3b \
-		--m 1,8,64,512,4096,16384 --routing uniform --min-time 100ms --csv "$OUT/bench$i.csv" > "$OUT/bench$i.log" 2>&1
+		--m "${MS:-1,8,64,512,4096,16384}" --routing uniform --min-time 100ms --csv "$OUT/bench$i.csv" > "$OUT/bench$i.log" 2>&1
 	rc=$?
 	clocks_stop
 	echo "bench run $i rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench$i.log"); $(clocks_summary "$OUT/clk$i.log")" | tee -a "$OUT/summary.txt"

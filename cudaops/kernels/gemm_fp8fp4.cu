@@ -132,6 +132,9 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 #ifndef DEC16_BLOCKS
 #define DEC16_BLOCKS 3   // blocks per SM of the 16-token kernel (S = 1, 16 tokens a pass)
 #endif
+#ifndef DECW_BLOCKS
+#define DECW_BLOCKS 3    // blocks per SM of the split kernel with 64 weight rows a warp
+#endif
 #ifndef DEC1W_BLOCKS
 #define DEC1W_BLOCKS 3   // blocks per SM of the 64-row kernel (S = 1, 64 weight rows a warp)
 #endif
@@ -160,6 +163,8 @@ using DecStage = DecStageT<1>;
 #define DEC1_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStage) + DEC_WSC(2))
 #define DEC16_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<2>) + DEC_WSC(2))
 #define DEC1W_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<1, 4>) + DEC_WSC(4))
+// The split kernel with 64 weight rows a warp: its partial sums live in the rings.
+#define DECW_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStageT<1, 4>) + DEC_WSC(4))
 
 // A compile-time int as a value (to pass group offsets to generic lambdas).
 template <int V>
@@ -233,11 +238,11 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   extern __shared__ __align__(128) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int r = warp % S;  // this warp's share of K
-  static_assert(RB == 2 || (S == 1 && XT == 1), "64-row warps only at split 1, 8 tokens a pass");
+  static_assert(RB == 2 || XT == 1, "64-row warps only with 8 tokens a pass");
   constexpr int WR = 16 * RB;                                                // weight rows a warp
   const i64 nb = (i64)blockIdx.x * (WR * DEC_WARPS / S) + (warp / S) * WR;  // the warp's first weight row
-  if constexpr (RB > 2) {
-    if (nb >= N) return;  // no block barrier at S = 1
+  if constexpr (RB > 2 && S == 1) {
+    if (nb >= N) return;  // no block barrier at S = 1 (at S > 1, N is a multiple of the block's rows)
   }
   const i64 G = Kd / MOE_GROUP;
   const int mine = (int)((G - r + S - 1) / S);  // groups of this warp
@@ -246,7 +251,13 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   constexpr int D = S == 1 ? DEC1_STAGES : DEC_STAGES, FT = 8 * XT;  // ring depth, tokens a pass
   Stage* const st = reinterpret_cast<Stage*>(dec_smem) + warp * D;
   float4* const wsc = reinterpret_cast<float4*>(dec_smem + DEC_WARPS * D * sizeof(Stage)) + WR * warp;
-  float(*const red)[8][32] = reinterpret_cast<float(*)[8][32]>(dec_smem + DEC_WARPS * D * sizeof(Stage) + DEC_WSC(RB));
+  // Warp w's partial sums at S > 1 (4 · RB values a lane): after the rings at 32 rows; at 64 rows
+  // in warp w's own ring, which its copies and reads are done with by then (the wait for all
+  // copies, and the block barrier after the sums are read comes before the next pass's copies).
+  auto red = [&](int w) {
+    if constexpr (RB > 2) return reinterpret_cast<float(*)[32]>(reinterpret_cast<Stage*>(dec_smem) + w * D);
+    else return reinterpret_cast<float(*)[32]>(dec_smem + DEC_WARPS * D * sizeof(Stage) + DEC_WSC(RB)) + 8 * w;
+  };
   // This lane's copy sources at the warp's first group: rows lane/4 and lane/4 + 8 of both 16-row
   // blocks (16 bytes each; the second block G KB on), the scales of rows 4·lane .. 4·lane + 3
   // (lanes < 8; a 16-row block's scales of a group are 64 contiguous bytes, scale_row).
@@ -421,16 +432,16 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     cp_async_wait<0>();
     if constexpr (S > 1) {
 #pragma unroll
-      for (int c = 0; c < 8; c++) red[warp][c][lane] = acc[0][c];
+      for (int c = 0; c < 4 * RB; c++) red(warp)[c][lane] = acc[0][c];
       __syncthreads();
     }
     if (r == 0) {
       if constexpr (S > 1) {
 #pragma unroll
-        for (int c = 0; c < 8; c++) {
+        for (int c = 0; c < 4 * RB; c++) {
           float v = acc[0][c];
 #pragma unroll
-          for (int k = 1; k < S; k++) v += red[warp + k][c][lane];
+          for (int k = 1; k < S; k++) v += red(warp + k)[c][lane];
           acc[0][c] = v;
         }
       }
@@ -492,7 +503,14 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
       if (of && o < le) rank++;
     }
     const unsigned m = __ballot_sync(0xffffffffu, first && rank == (int)blockIdx.y);
-    if (!m) return false;
+    if (!m) {
+      // No such tile. Tile 0's blocks still wait for the routing kernel when there is no tile at
+      // all (no pair on a local expert): the kernels after this one read the routing kernel's
+      // output before their own waits, relying on each kernel's completion implying its
+      // predecessor's, which holds only if some block of each kernel waits.
+      if (blockIdx.y == 0) pdl_begin();
+      return false;
+    }
     e = __shfl_sync(0xffffffffu, le, __ffs(m) - 1);
     row0 = (int)blockIdx.y * MOE_BM;
     return true;
@@ -517,41 +535,55 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
        const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,        \
        i64 split, i64 exact, i64 early, const int* __restrict__ ids, const int* __restrict__ emap, i64 pe)
 
-// One instance of gemm_dec (S splits, EXACT, XT 8-token fragments a pass, RB 16-row blocks a warp).
-#define DEC_RUN(s, x, xt, rb) gemm_dec<s, x, xt, rb>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
+// gemm_dec with S splits, XT 8-token fragments a pass and RB 16-row blocks a warp, in the
+// instance for the kernel's scale format (exact: scales that need the exact path).
+#define DEC_ONE(s, x, xt, rb) gemm_dec<s, x, xt, rb>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
+#define DEC_RUN(s, xt, rb)       \
+  do {                           \
+    if (exact)                   \
+      DEC_ONE(s, true, xt, rb);  \
+    else                         \
+      DEC_ONE(s, false, xt, rb); \
+  } while (0)
 
 DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (split == 4) {
-    if (exact) DEC_RUN(4, true, 1, 2);
-    else DEC_RUN(4, false, 1, 2);
-  } else {
-    if (exact) DEC_RUN(2, true, 1, 2);
-    else DEC_RUN(2, false, 1, 2);
-  }
+  if (split == 4)
+    DEC_RUN(4, 1, 2);
+  else
+    DEC_RUN(2, 1, 2);
 }
 
 DEC_KERNEL(moe_gemm_dec1, DEC1_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (exact) DEC_RUN(1, true, 1, 2);
-  else DEC_RUN(1, false, 1, 2);
+  DEC_RUN(1, 1, 2);
 }
 
 DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (exact) DEC_RUN(1, true, 2, 2);
-  else DEC_RUN(1, false, 2, 2);
+  DEC_RUN(1, 2, 2);
+}
+
+// The split kernel (S = 2 or 4) with 64 weight rows a warp (grid x: N · S / 256; N is a multiple
+// of 128, so every warp has rows).
+DEC_KERNEL(moe_gemm_decw, DECW_BLOCKS) {
+  int e, row0;
+  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
+  if (split == 4)
+    DEC_RUN(4, 1, 4);
+  else
+    DEC_RUN(2, 1, 4);
 }
 
 // The split-1 kernel with 64 weight rows a warp (grid x: N / 256 rounded up).
 DEC_KERNEL(moe_gemm_dec1w, DEC1W_BLOCKS) {
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (exact) DEC_RUN(1, true, 1, 4);
-  else DEC_RUN(1, false, 1, 4);
+  DEC_RUN(1, 1, 4);
 }
 #undef DEC_RUN
+#undef DEC_ONE
 #undef DEC_KERNEL

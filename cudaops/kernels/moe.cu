@@ -15,5 +15,5 @@
 extern "C" __device__ const long long moe_layout[] = {
     MOE_BM,     GEMM_ROWS, ROUTE_THREADS, ROUTE_SMALL_THREADS, ROUTE_SMALL_PAIRS, WGF_ROWS, WGF_TOK,
     WGF_STAGES, WGB_SMEM,  WGF_PSMEM,     DEC_WARPS,           DEC_SMEM,          DEC1_SMEM, DEC16_SMEM,
-    DEC1W_SMEM,
+    DEC1W_SMEM, DECW_SMEM,
 };

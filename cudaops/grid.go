@@ -1,0 +1,32 @@
+package cudaops
+
+// waveFill is the share of its waves' block slots that a grid of blocks fills, at wave blocks a
+// wave (resident blocks per SM times SMs): blocks / (⌈blocks / wave⌉ · wave). 0 for an empty
+// grid or wave.
+func waveFill(blocks, wave int) float64 {
+	if blocks <= 0 || wave <= 0 {
+		return 0
+	}
+	return float64(blocks) / float64((blocks+wave-1)/wave*wave)
+}
+
+// fillsAsWell reports whether a grid of a blocks at aPerSM resident blocks an SM fills its waves
+// at least as well as a grid of b blocks at bPerSM, on sms SMs.
+func fillsAsWell(a, aPerSM, b, bPerSM, sms int) bool {
+	return waveFill(a, aPerSM*sms) >= waveFill(b, bPerSM*sms)
+}
+
+// chainWide decides which of a forward's two streaming GEMMs take the split kernel of 64 weight
+// rows a warp, from whether each is a split GEMM (split1, split2: S > 1) and whether its 64-row
+// grid fills its waves at least as well as the 32-row kernel's (fill1, fill2; fillsAsWell).
+// GEMM2 takes it where its grid fills as well. GEMM1 takes it where its grid fills as well and
+// GEMM2 does not then run the 32-row split kernel: on an H200, GPT-OSS-120B at one token with
+// GEMM1 on the 64-row kernel and GEMM2 on the 32-row one measured 6.5-8.4 % slower than with both
+// on the 32-row kernel, though GEMM1 alone was not slower and both on the 64-row kernel were
+// 1.4-2.3 % slower; GEMM1 on the 64-row kernel before a split-1 GEMM2 (Qwen3-30B-A3B, 2 and 4
+// tokens) or a 64-row one (GPT-OSS-120B, 2 and 4 tokens) was 1.5-5 % faster (docs/perf.md, v25).
+func chainWide(split1, fill1, split2, fill2 bool) (wide1, wide2 bool) {
+	wide2 = split2 && fill2
+	wide1 = split1 && fill1 && (!split2 || wide2)
+	return wide1, wide2
+}

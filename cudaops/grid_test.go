@@ -1,0 +1,88 @@
+package cudaops
+
+import (
+	"math"
+	"testing"
+)
+
+func TestWaveFill(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		blocks, wav int
+		want        float64
+	}{
+		{"one full wave", 528, 528, 1},
+		{"under a wave", 368, 396, 368.0 / 396},
+		{"a thin second wave", 512, 396, 512.0 / 792},
+		{"two full waves", 1056, 528, 1},
+		{"one block", 1, 528, 1.0 / 528},
+		{"empty grid", 0, 528, 0},
+		{"no wave", 10, 0, 0},
+	} {
+		if got := waveFill(c.blocks, c.wav); math.Abs(got-c.want) > 1e-12 {
+			t.Errorf("%s: waveFill(%d, %d) = %v, want %v", c.name, c.blocks, c.wav, got, c.want)
+		}
+	}
+}
+
+// TestFillsAsWell checks the comparison at the decode GEMMs of the bench shapes on 132 SMs: the
+// split kernel with 64 rows a warp (n·S/256 blocks a tile, 3 an SM) against the one with 32
+// (n·S/128, 4 an SM), one tile per routed pair.
+func TestFillsAsWell(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		n, s, tiles int
+		want        bool
+	}{
+		{"GPT-OSS-120B GEMM1 M=1: 368 of 396 against 736 of 1056", 5888, 4, 4, true},
+		{"GPT-OSS-120B GEMM2 M=1: 184 of 396 against 368 of 528", 2944, 4, 4, false},
+		{"GPT-OSS-120B GEMM2 M=2: 368 of 396 against 736 of 1056", 2944, 4, 8, true},
+		{"DeepSeek-V3 GEMM1 M=2, split 2: 512 of 792 against 1024 of 1056", 4096, 2, 16, false},
+		{"DeepSeek-V3 GEMM2 M=1, split 2: 448 of 792 against 896 of 1056", 7168, 2, 8, false},
+		{"Qwen3-30B-A3B GEMM1 M=1: 192 of 396 against 384 of 528", 1536, 4, 8, false},
+		{"Qwen3-30B-A3B GEMM1 M=2: 384 of 396 against 768 of 1056", 1536, 4, 16, true},
+		{"Qwen3-30B-A3B GEMM1 M=4: 768 of 792 against 1536 of 1584 (equal)", 1536, 4, 32, true},
+	} {
+		wide, narrow := c.n*c.s/256*c.tiles, c.n*c.s/128*c.tiles
+		if got := fillsAsWell(wide, 3, narrow, 4, 132); got != c.want {
+			t.Errorf("%s: fillsAsWell(%d, 3, %d, 4, 132) = %v, want %v", c.name, wide, narrow, got, c.want)
+		}
+	}
+}
+
+// TestChainWide checks the two GEMMs' choice at the bench shapes' decode forwards on 132 SMs
+// (splits as decSplit gives them there) and at the corners of its inputs.
+func TestChainWide(t *testing.T) {
+	fill := func(n, s, tiles int) bool { return s > 1 && fillsAsWell(n*s/256*tiles, 3, n*s/128*tiles, 4, 132) }
+	for _, c := range []struct {
+		name                  string
+		n1, s1, n2, s2, tiles int
+		want1, want2          bool
+	}{
+		{"GPT-OSS-120B M=1: GEMM2 keeps the 32-row split kernel, so GEMM1 does too", 5888, 4, 2944, 4, 4, false, false},
+		{"GPT-OSS-120B M=2: both fill as well", 5888, 4, 2944, 4, 8, true, true},
+		{"Qwen3-30B-A3B M=1: neither fills as well", 1536, 4, 2048, 2, 8, false, false},
+		{"Qwen3-30B-A3B M=2: GEMM2 at split 1", 1536, 4, 2048, 1, 16, true, false},
+		{"DeepSeek-V3 M=2: GEMM1 fills worse, GEMM2 at split 1", 4096, 2, 7168, 1, 16, false, false},
+	} {
+		w1, w2 := chainWide(c.s1 > 1, fill(c.n1, c.s1, c.tiles), c.s2 > 1, fill(c.n2, c.s2, c.tiles))
+		if w1 != c.want1 || w2 != c.want2 {
+			t.Errorf("%s: chainWide gives GEMM1 %v, GEMM2 %v; want %v, %v", c.name, w1, w2, c.want1, c.want2)
+		}
+	}
+	for _, c := range []struct {
+		split1, fill1, split2, fill2, want1, want2 bool
+	}{
+		{true, true, false, false, true, false},
+		{true, true, true, false, false, false},
+		{true, true, true, true, true, true},
+		{false, true, true, true, false, true},
+		{true, false, true, true, false, true},
+		{false, false, false, true, false, false},
+	} {
+		w1, w2 := chainWide(c.split1, c.fill1, c.split2, c.fill2)
+		if w1 != c.want1 || w2 != c.want2 {
+			t.Errorf("chainWide(%v, %v, %v, %v) = %v, %v; want %v, %v", c.split1, c.fill1, c.split2, c.fill2, w1, w2, c.want1, c.want2)
+		}
+	}
+}
