@@ -8,73 +8,142 @@ package conformance
 
 import (
 	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/fp4moe/fp4moe/moe"
 	"github.com/fp4moe/fp4moe/native"
 )
 
-// Reference computes the layer directly in float64, one (token, slot) pair at a time, with
-// the weights decoded from their bits here: h and z are float64 sums, y is rounded to float32
-// before the FP8 requant (native's group quantizer, which the quant vectors check bit for bit),
-// and the output is the float64 weighted sum. b must hold A1q and A1qScale (b.X is ignored).
+// Reference computes the layer directly in float64, with the weights decoded from their bits
+// here: each routed (token, slot) pair's h and z are float64 sums in column order, y is rounded
+// to float32 before the FP8 requant (native's group quantizer, which the quant vectors check bit
+// for bit), and each token's output is the float64 sum of its slots' router-weighted z, in slot
+// order from 0. b must hold A1q and A1qScale (b.X is ignored).
+//
+// Each weight row is decoded once and applied to every pair of its expert, and the experts run
+// on up to GOMAXPROCS goroutines; every sum is still taken in the order above, so the result does
+// not depend on either (TestReferenceSerial compares it bit for bit with the pair-by-pair
+// evaluation).
 func Reference(w *moe.Weights, cfg *moe.Config, b *moe.Batch) []float64 {
 	M, K, I, topk := b.M, w.K, w.I, b.TopK
-	out := make([]float64, M*K)
-	x := make([]float64, K)
-	h := make([]float64, 2*I)
-	y := make([]float32, I)
-	q := make([]uint8, moe.ActGroup)
-	yd := make([]float64, I)
-	w13 := make([]float64, K)
-	w2 := make([]float64, I)
-	for t := range M {
-		for j := range K {
-			x[j] = fp8Value(b.A1q[t*K+j]) * float64(b.A1qScale[t*K/moe.ActGroup+j/moe.ActGroup])
+	P := M * topk
+	// The pairs of each local expert, in pair order.
+	pairs := make([][]int, w.E)
+	for p := range P {
+		if e := cfg.LocalExpert(b.TopKIDs[p]); e >= 0 && e < w.E {
+			pairs[e] = append(pairs[e], p)
 		}
+	}
+	// z[p]: pair p's router-weighted GEMM2 output, K values (nil for a skipped pair).
+	z := make([][]float64, P)
+	next := atomic.Int64{}
+	var wg sync.WaitGroup
+	for range max(1, min(runtime.GOMAXPROCS(0), w.E)) {
+		wg.Go(func() {
+			r := newRefExpert(K, I)
+			for {
+				e := int(next.Add(1) - 1)
+				if e >= w.E {
+					return
+				}
+				if len(pairs[e]) > 0 {
+					r.expert(w, cfg, b, e, pairs[e], z)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	out := make([]float64, M*K)
+	for t := range M {
 		acc := out[t*K : (t+1)*K]
 		for k := range topk {
-			e := cfg.LocalExpert(b.TopKIDs[t*topk+k])
-			if e < 0 {
-				continue
-			}
-			for n := range 2 * I {
-				row := e*2*I + n
-				mxfp4Row(w13, w.W13[row*K/2:(row+1)*K/2], w.W13Scale[row*K/32:(row+1)*K/32])
-				s := 0.0
-				for j := range K {
-					s += x[j] * w13[j]
+			if zp := z[t*topk+k]; zp != nil {
+				for c := range acc {
+					acc[c] += zp[c]
 				}
-				if w.W13Bias != nil {
-					s += float64(w.W13Bias[row])
-				}
-				h[n] = s
-			}
-			activation(y, h, cfg)
-			for g := 0; g < I; g += moe.ActGroup {
-				sc := native.QuantizeGroup(q, y[g:g+moe.ActGroup], cfg.ScaleFormat)
-				for j := range q {
-					yd[g+j] = fp8Value(q[j]) * float64(sc)
-				}
-			}
-			wt := float64(b.TopKWeights[t*topk+k])
-			if cfg.ApplyRouterWeightOnInput {
-				wt = 1
-			}
-			for c := range K {
-				row := e*K + c
-				mxfp4Row(w2, w.W2[row*I/2:(row+1)*I/2], w.W2Scale[row*I/32:(row+1)*I/32])
-				s := 0.0
-				for j := range I {
-					s += yd[j] * w2[j]
-				}
-				if w.W2Bias != nil {
-					s += float64(w.W2Bias[row])
-				}
-				acc[c] += wt * s
 			}
 		}
 	}
 	return out
+}
+
+// refExpert is one goroutine's scratch for Reference.
+type refExpert struct {
+	K, I int
+	row  []float64 // a decoded weight row (K or I values)
+	y    []float32
+	q    []uint8
+}
+
+func newRefExpert(K, I int) *refExpert {
+	return &refExpert{K: K, I: I, row: make([]float64, max(K, I)), y: make([]float32, I), q: make([]uint8, moe.ActGroup)}
+}
+
+// expert evaluates expert e's pairs (their indices into b's ids, in order) and stores each
+// pair's router-weighted z in z[p].
+func (r *refExpert) expert(w *moe.Weights, cfg *moe.Config, b *moe.Batch, e int, pairs []int, z [][]float64) {
+	K, I, topk := r.K, r.I, b.TopK
+	n := len(pairs)
+	// x: the pairs' dequantized inputs; h: their GEMM1 outputs; yd: their requantized activations.
+	x := make([]float64, n*K)
+	for i, p := range pairs {
+		t := p / topk
+		for j := range K {
+			x[i*K+j] = fp8Value(b.A1q[t*K+j]) * float64(b.A1qScale[t*K/moe.ActGroup+j/moe.ActGroup])
+		}
+	}
+	h := make([]float64, n*2*I)
+	w13 := r.row[:K]
+	for c := range 2 * I {
+		row := e*2*I + c
+		mxfp4Row(w13, w.W13[row*K/2:(row+1)*K/2], w.W13Scale[row*K/32:(row+1)*K/32])
+		for i := range n {
+			xi := x[i*K : (i+1)*K]
+			s := 0.0
+			for j := range K {
+				s += xi[j] * w13[j]
+			}
+			if w.W13Bias != nil {
+				s += float64(w.W13Bias[row])
+			}
+			h[i*2*I+c] = s
+		}
+	}
+	yd := make([]float64, n*I)
+	for i := range n {
+		activation(r.y, h[i*2*I:(i+1)*2*I], cfg)
+		for g := 0; g < I; g += moe.ActGroup {
+			sc := native.QuantizeGroup(r.q, r.y[g:g+moe.ActGroup], cfg.ScaleFormat)
+			for j := range r.q {
+				yd[i*I+g+j] = fp8Value(r.q[j]) * float64(sc)
+			}
+		}
+	}
+	for _, p := range pairs {
+		z[p] = make([]float64, K)
+	}
+	w2 := r.row[:I]
+	for c := range K {
+		row := e*K + c
+		mxfp4Row(w2, w.W2[row*I/2:(row+1)*I/2], w.W2Scale[row*I/32:(row+1)*I/32])
+		for i, p := range pairs {
+			yi := yd[i*I : (i+1)*I]
+			s := 0.0
+			for j := range I {
+				s += yi[j] * w2[j]
+			}
+			if w.W2Bias != nil {
+				s += float64(w.W2Bias[row])
+			}
+			wt := float64(b.TopKWeights[p])
+			if cfg.ApplyRouterWeightOnInput {
+				wt = 1
+			}
+			z[p][c] = wt * s
+		}
+	}
 }
 
 // activation evaluates the activation in float64 and rounds y to float32.
@@ -120,21 +189,22 @@ func fp8Value(b uint8) float64 {
 	return v
 }
 
-// mxfp4Row decodes one MXFP4 row into float64.
+// mxfp4Row decodes one MXFP4 row into float64: each code's E2M1 value (sign bit 3, magnitude
+// 0, 0.5, 1, 1.5, 2, 3, 4, 6) times its 32-value block's scale 2^(s-127) (NaN for s = 255).
 func mxfp4Row(dst []float64, packed, scales []uint8) {
-	mag := [8]float64{0, .5, 1, 1.5, 2, 3, 4, 6}
-	for j := range dst {
-		nib := packed[j/2] >> (4 * (j % 2)) & 0xF
-		v := mag[nib&7]
-		if nib&8 != 0 {
-			v = -v
-		}
-		s := scales[j/32]
+	var val [16]float64
+	for c, m := range [8]float64{0, .5, 1, 1.5, 2, 3, 4, 6} {
+		val[c], val[c+8] = m, -m // -0 for code 8
+	}
+	for b0 := 0; b0 < len(dst); b0 += 32 {
+		s := scales[b0/32]
 		sc := math.Ldexp(1, int(s)-127)
 		if s == 255 {
 			sc = math.NaN()
 		}
-		dst[j] = v * sc
+		for j := b0; j < min(b0+32, len(dst)); j++ {
+			dst[j] = val[packed[j/2]>>(4*(j%2))&0xF] * sc
+		}
 	}
 }
 
