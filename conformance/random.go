@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
+	"sync"
 
 	"github.com/fp4moe/fp4moe/casefile"
 	"github.com/fp4moe/fp4moe/moe"
@@ -62,23 +64,20 @@ func Generate(s Spec) *casefile.Case {
 	}
 	w := &c.Weights
 	w.E, w.K, w.I = E, K, I
-	row := make([]float32, max(K, I))
 	w.W13 = make([]uint8, E*2*I*K/2)
 	w.W13Scale = make([]uint8, E*2*I*K/32)
-	for r := range E * 2 * I {
-		for j := range K {
+	quantizeRows(w.W13, w.W13Scale, E*2*I, K, func(row []float32) {
+		for j := range row {
 			row[j] = float32(rng.NormFloat64() / math.Sqrt(float64(K)) * hstd * math.Ldexp(1, -d[j/32]))
 		}
-		native.QuantizeMXFP4(w.W13[r*K/2:(r+1)*K/2], w.W13Scale[r*K/32:(r+1)*K/32], row[:K])
-	}
+	})
 	w.W2 = make([]uint8, E*K*I/2)
 	w.W2Scale = make([]uint8, E*K*I/32)
-	for r := range E * K {
-		for j := range I {
+	quantizeRows(w.W2, w.W2Scale, E*K, I, func(row []float32) {
+		for j := range row {
 			row[j] = float32(rng.NormFloat64() / math.Sqrt(float64(I)))
 		}
-		native.QuantizeMXFP4(w.W2[r*I/2:(r+1)*I/2], w.W2Scale[r*I/32:(r+1)*I/32], row[:I])
-	}
+	})
 	if s.Bias {
 		w.W13Bias = normals(rng, E*2*I, 0.5)
 		w.W2Bias = normals(rng, E*K, 0.5)
@@ -136,6 +135,32 @@ func Generate(s Spec) *casefile.Case {
 		c.Expected[i] = float32(v)
 	}
 	return c
+}
+
+// quantizeRows fills rows rows of cols values with draw, one row after another (so the random
+// stream is the one a plain loop would use), and quantizes each to MXFP4 into packed (cols/2
+// bytes a row) and scales (cols/32 a row): draws a chunk of rows, then quantizes the chunk's rows
+// on up to GOMAXPROCS goroutines (each row's codes depend on that row only).
+func quantizeRows(packed, scales []uint8, rows, cols int, draw func(row []float32)) {
+	const chunk = 512
+	buf := make([]float32, min(rows, chunk)*cols)
+	workers := runtime.GOMAXPROCS(0)
+	for r0 := 0; r0 < rows; r0 += chunk {
+		n := min(chunk, rows-r0)
+		for r := range n {
+			draw(buf[r*cols : (r+1)*cols])
+		}
+		var wg sync.WaitGroup
+		for wk := range min(workers, n) {
+			wg.Go(func() {
+				for r := wk; r < n; r += workers {
+					g := r0 + r
+					native.QuantizeMXFP4(packed[g*cols/2:(g+1)*cols/2], scales[g*cols/32:(g+1)*cols/32], buf[r*cols:(r+1)*cols])
+				}
+			})
+		}
+		wg.Wait()
+	}
 }
 
 func normals(rng *rand.Rand, n int, std float64) []float32 {

@@ -1,7 +1,9 @@
 package conformance
 
 import (
+	"bytes"
 	"math"
+	"math/rand/v2"
 	"runtime"
 	"testing"
 
@@ -145,4 +147,33 @@ func referenceSerial(w *moe.Weights, cfg *moe.Config, b *moe.Batch) []float64 {
 		}
 	}
 	return out
+}
+
+// TestQuantizeRows compares quantizeRows with a plain loop that draws and quantizes one row at a
+// time, over more rows than a chunk and a last chunk that is not full.
+func TestQuantizeRows(t *testing.T) {
+	const rows, cols = 1300, 96
+	draw := func(rng *rand.Rand) func([]float32) {
+		return func(row []float32) {
+			for j := range row {
+				row[j] = float32(rng.NormFloat64() * math.Ldexp(1, j%7-3))
+			}
+		}
+	}
+	wantP, wantS := make([]uint8, rows*cols/2), make([]uint8, rows*cols/32)
+	d := draw(rand.New(rand.NewPCG(9, 9)))
+	row := make([]float32, cols)
+	for r := range rows {
+		d(row)
+		native.QuantizeMXFP4(wantP[r*cols/2:(r+1)*cols/2], wantS[r*cols/32:(r+1)*cols/32], row)
+	}
+	for _, procs := range []int{1, 3} {
+		old := runtime.GOMAXPROCS(procs)
+		gotP, gotS := make([]uint8, rows*cols/2), make([]uint8, rows*cols/32)
+		quantizeRows(gotP, gotS, rows, cols, draw(rand.New(rand.NewPCG(9, 9))))
+		runtime.GOMAXPROCS(old)
+		if !bytes.Equal(gotP, wantP) || !bytes.Equal(gotS, wantS) {
+			t.Fatalf("%d workers: quantizeRows differs from the row-by-row loop", procs)
+		}
+	}
 }
