@@ -224,12 +224,16 @@ type benchResult struct {
 	trace                   [len(cudaops.TraceStages)]cudaops.StageSpan // with --trace
 }
 
-// printTrace prints a row's stage timeline (the stages that ran), in µs.
+// printTrace prints a row's stage timeline (the stages that ran), in µs, with each stage's share
+// of the critical path: its last end less the previous stage's (each stage waits for the one
+// before it to finish).
 func printTrace(w io.Writer, sp [len(cudaops.TraceStages)]cudaops.StageSpan) {
-	fmt.Fprintf(w, "    %-12s %12s %11s %10s %9s\n", "trace µs", "first start", "last start", "first end", "last end")
+	fmt.Fprintf(w, "    %-12s %12s %11s %10s %9s %8s\n", "trace µs", "first start", "last start", "first end", "last end", "+ path")
+	var prev time.Duration
 	for i, name := range cudaops.TraceStages {
 		if s := sp[i]; s.Ran {
-			fmt.Fprintf(w, "    %-12s %12.1f %11.1f %10.1f %9.1f\n", name, us(s.FirstStart), us(s.LastStart), us(s.FirstEnd), us(s.LastEnd))
+			fmt.Fprintf(w, "    %-12s %12.1f %11.1f %10.1f %9.1f %8.1f\n", name, us(s.FirstStart), us(s.LastStart), us(s.FirstEnd), us(s.LastEnd), us(s.LastEnd-prev))
+			prev = s.LastEnd
 		}
 	}
 }
