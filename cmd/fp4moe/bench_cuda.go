@@ -29,12 +29,16 @@ var benchShapes = []benchShape{
 	{"gptoss120b", 2944, 2944, 128, 4},
 	{"deepseekv3", 7168, 2048, 256, 8},
 	{"qwen3-30b-a3b", 2048, 768, 128, 8},
+	// Not in the default set: more shapes for the kernel choices' rules.
+	{"qwen3-235b-a22b", 4096, 1536, 128, 8},
+	{"deepseekv2-lite", 2048, 1408, 64, 6},
 }
 
 const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
                     [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
                     [--min-time 300ms] [--seed 1] [--uploads 1] [--trace N]
 
+Shapes: gptoss120b, deepseekv3, qwen3-30b-a3b (the default set), qwen3-235b-a22b, deepseekv2-lite.
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
 batches with different routings so that small batches read their weights from memory, not L2.
 Replays run back to back in rounds (one per rotated batch) with events around each round only;
