@@ -22,22 +22,38 @@ import (
 // for bit), and each token's output is the float64 sum of its slots' router-weighted z, in slot
 // order from 0. b must hold A1q and A1qScale (b.X is ignored).
 //
-// Each weight row is decoded once and applied to every pair of its expert, and the experts run
-// on up to GOMAXPROCS goroutines; every sum is still taken in the order above, so the result does
-// not depend on either (TestReferenceSerial compares it bit for bit with the pair-by-pair
-// evaluation).
+// Each weight row is decoded once per chunk of tokens (whose pairs' outputs fit in about 64 MB)
+// and applied to every pair of its expert in the chunk, and the experts run on up to GOMAXPROCS
+// goroutines; every sum is still taken in the order above, so the result depends on neither
+// (TestReferenceSerial compares it bit for bit with the pair-by-pair evaluation).
 func Reference(w *moe.Weights, cfg *moe.Config, b *moe.Batch) []float64 {
-	M, K, I, topk := b.M, w.K, w.I, b.TopK
-	P := M * topk
+	return reference(w, cfg, b, 64<<20)
+}
+
+// reference is Reference over chunks of tokens whose pairs' z fit in about zBytes.
+func reference(w *moe.Weights, cfg *moe.Config, b *moe.Batch, zBytes int) []float64 {
+	M, K, topk := b.M, w.K, b.TopK
+	out := make([]float64, M*K)
+	chunk := max(1, zBytes/(8*topk*K))
+	for t0 := 0; t0 < M; t0 += chunk {
+		referenceTokens(w, cfg, b, t0, min(t0+chunk, M), out)
+	}
+	return out
+}
+
+// referenceTokens computes Reference's rows t0 .. t1-1 into out.
+func referenceTokens(w *moe.Weights, cfg *moe.Config, b *moe.Batch, t0, t1 int, out []float64) {
+	K, I, topk := w.K, w.I, b.TopK
+	p0, p1 := t0*topk, t1*topk
 	// The pairs of each local expert, in pair order.
 	pairs := make([][]int, w.E)
-	for p := range P {
+	for p := p0; p < p1; p++ {
 		if e := cfg.LocalExpert(b.TopKIDs[p]); e >= 0 && e < w.E {
 			pairs[e] = append(pairs[e], p)
 		}
 	}
-	// z[p]: pair p's router-weighted GEMM2 output, K values (nil for a skipped pair).
-	z := make([][]float64, P)
+	// z[p - p0]: pair p's router-weighted GEMM2 output, K values (nil for a skipped pair).
+	z := make([][]float64, p1-p0)
 	next := atomic.Int64{}
 	var wg sync.WaitGroup
 	for range max(1, min(runtime.GOMAXPROCS(0), w.E)) {
@@ -49,24 +65,22 @@ func Reference(w *moe.Weights, cfg *moe.Config, b *moe.Batch) []float64 {
 					return
 				}
 				if len(pairs[e]) > 0 {
-					r.expert(w, cfg, b, e, pairs[e], z)
+					r.expert(w, cfg, b, e, pairs[e], z, p0)
 				}
 			}
 		})
 	}
 	wg.Wait()
-	out := make([]float64, M*K)
-	for t := range M {
+	for t := t0; t < t1; t++ {
 		acc := out[t*K : (t+1)*K]
 		for k := range topk {
-			if zp := z[t*topk+k]; zp != nil {
+			if zp := z[t*topk+k-p0]; zp != nil {
 				for c := range acc {
 					acc[c] += zp[c]
 				}
 			}
 		}
 	}
-	return out
 }
 
 // refExpert is one goroutine's scratch for Reference.
@@ -82,8 +96,8 @@ func newRefExpert(K, I int) *refExpert {
 }
 
 // expert evaluates expert e's pairs (their indices into b's ids, in order) and stores each
-// pair's router-weighted z in z[p].
-func (r *refExpert) expert(w *moe.Weights, cfg *moe.Config, b *moe.Batch, e int, pairs []int, z [][]float64) {
+// pair's router-weighted z in z[p - p0].
+func (r *refExpert) expert(w *moe.Weights, cfg *moe.Config, b *moe.Batch, e int, pairs []int, z [][]float64, p0 int) {
 	K, I, topk := r.K, r.I, b.TopK
 	n := len(pairs)
 	// x: the pairs' dequantized inputs; h: their GEMM1 outputs; yd: their requantized activations.
@@ -122,7 +136,7 @@ func (r *refExpert) expert(w *moe.Weights, cfg *moe.Config, b *moe.Batch, e int,
 		}
 	}
 	for _, p := range pairs {
-		z[p] = make([]float64, K)
+		z[p-p0] = make([]float64, K)
 	}
 	w2 := r.row[:I]
 	for c := range K {
@@ -141,7 +155,7 @@ func (r *refExpert) expert(w *moe.Weights, cfg *moe.Config, b *moe.Batch, e int,
 			if cfg.ApplyRouterWeightOnInput {
 				wt = 1
 			}
-			z[p][c] = wt * s
+			z[p-p0][c] = wt * s
 		}
 	}
 }

@@ -30,7 +30,7 @@ func TestReferenceGolden(t *testing.T) {
 
 // TestReferenceSerial compares Reference bitwise with referenceSerial, the plain pair-by-pair
 // evaluation it reorders (every float64 sum in the same order), on calls that cover the
-// contract's features, at one worker and at several.
+// contract's features, at one worker and at several, in one chunk of tokens and in several.
 func TestReferenceSerial(t *testing.T) {
 	specs := []Spec{
 		{Name: "silu", M: 5, K: 256, I: 128, E: 4, TopK: 2, Activation: moe.SiLU, Seed: 1},
@@ -43,13 +43,16 @@ func TestReferenceSerial(t *testing.T) {
 	for _, s := range specs {
 		c := Generate(s)
 		want := referenceSerial(&c.Weights, &c.Config, &c.Batch)
-		for _, procs := range []int{1, 4} {
-			old := runtime.GOMAXPROCS(procs)
+		for _, run := range []struct{ procs, chunkTokens int }{{1, 0}, {4, 0}, {4, 2}, {3, 1}} {
+			old := runtime.GOMAXPROCS(run.procs)
 			got := Reference(&c.Weights, &c.Config, &c.Batch)
+			if run.chunkTokens > 0 {
+				got = reference(&c.Weights, &c.Config, &c.Batch, run.chunkTokens*8*s.TopK*s.K)
+			}
 			runtime.GOMAXPROCS(old)
 			for i := range want {
 				if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
-					t.Fatalf("%s, %d workers: output[%d] = %v, want %v", s.Name, procs, i, got[i], want[i])
+					t.Fatalf("%s, %d workers, chunks of %d tokens (0: one): output[%d] = %v, want %v", s.Name, run.procs, run.chunkTokens, i, got[i], want[i])
 				}
 			}
 		}
