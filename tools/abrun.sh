@@ -4,7 +4,8 @@
 # parallel), then runs every variant's cudaops tests side by side (TESTRE, default the
 # conformance suite with the golden cases, against-native, decode, wgmma, poison, device-forward
 # and weight-layout tests; PAR=0 runs them one after another), then, one at a time, the bench of
-# each variant whose tests passed (SHAPES, MS, MIN, GEMM; CSV per variant under $OUT). NOTEST="a b"
+# each variant whose tests passed (SHAPES, MS, MIN, GEMM, BENCH_ARGS: more bench flags, e.g.
+# "--input float"; CSV per variant under $OUT). NOTEST="a b"
 # skips the tests of variants a and b; TTIME (default 300) limits each variant's tests, in
 # seconds. Prints one table at the end, rows of all variants side by side, the same relative to
 # the first variant (tools/abpivot.py), and each variant's register report.
@@ -17,6 +18,8 @@ G=$PWD/.devicework/golden
 mkdir -p "$OUT"
 echo "card: $(nvidia-smi --query-gpu=name --format=csv,noheader)"
 for n in "$@"; do
+	# A variant built earlier in the same call (a second abrun, e.g. with other BENCH_ARGS) is reused.
+	[ -f /tmp/ab/$n/moe.fatbin ] && continue
 	mkdir -p /tmp/ab/$n/bin && tar xJf $AB/$n/bin.txz -C /tmp/ab/$n/bin
 	(cd $AB/$n/kernels && bash build.sh /tmp/ab/$n > /dev/null 2>&1 || echo "build $n failed") &
 done
@@ -58,7 +61,7 @@ for n in $list; do
 	case "$(cat /tmp/ab/$n/rc)" in 0 | skipped) ;; *) continue ;; esac
 	clocks_start "$OUT/clk-$n$sfx.log"
 	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPES:-gptoss120b,deepseekv3}" --m "${MS:-1,8,64,512,4096}" --routing uniform --gemm "${GEMM:-auto}" \
-		--min-time "${MIN:-100ms}" --csv "$OUT/ab-$n$sfx.csv" > "$OUT/bench-$n$sfx.log" 2>&1
+		--min-time "${MIN:-100ms}" ${BENCH_ARGS:-} --csv "$OUT/ab-$n$sfx.csv" > "$OUT/bench-$n$sfx.log" 2>&1
 	rc=$?
 	clocks_stop
 	echo "$n$sfx bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n$sfx.log"); $(clocks_summary "$OUT/clk-$n$sfx.log")" | tee -a "$OUT/summary.txt"

@@ -36,7 +36,7 @@ var benchShapes = []benchShape{
 
 const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
                     [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
-                    [--min-time 300ms] [--seed 1] [--uploads 1] [--trace N]
+                    [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--trace N]
 
 Shapes: gptoss120b, deepseekv3, qwen3-30b-a3b (the default set), qwen3-235b-a22b, deepseekv2-lite.
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
@@ -51,6 +51,8 @@ while the earlier copies stay allocated, every row is timed on each copy, and th
 copy with the median time, with the fastest and slowest copies' times beside it (CSV columns
 uploads, min_upload_us, max_upload_us): the spread that where the weights land in memory
 gives, which a single upload cannot show.
+--input float gives the layer float32 tokens, which it quantizes to FP8 itself, instead of FP8
+tokens with their scales (the default); the CSV's input column says which.
 With --trace N (kernels built with MOE_DEFS=-DMOE_TRACE cudaops/kernels/build.sh, loaded through
 FP4MOE_FATBIN) each row is followed by its stage timeline: N replays of each rotated batch, one at
 a time, and per stage of the decode path the medians of when its first and last blocks began and
@@ -70,8 +72,13 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	stages := fs.Bool("stages", false, "also print each stage's device time (host-path forward, median of 5)")
 	gemmName := fs.String("gemm", "auto", "grouped GEMM kernel: auto, tiled, decode or wgmma")
 	uploads := fs.Int("uploads", 1, "uploads of each shape's weights, each timed (median reported)")
+	input := fs.String("input", "fp8", "the tokens: fp8 (quantized, with scales) or float (float32, quantized by the layer)")
 	trace := fs.Int("trace", 0, "also print each row's stage timeline over this many replays of each batch (kernels built with MOE_TRACE)")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *input != "fp8" && *input != "float" {
+		fmt.Fprintf(stderr, "fp4moe bench: --input %q: want fp8 or float\n", *input)
 		return 2
 	}
 	if *trace < 0 {
@@ -120,7 +127,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		defer w.Flush()
 		w.Write([]string{"device", "date", "shape", "K", "I", "E", "topk", "routing", "M", "experts_touched", "weight_bytes",
 			"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm",
-			"uploads", "min_upload_us", "max_upload_us"})
+			"uploads", "min_upload_us", "max_upload_us", "input"})
 	}
 	fmt.Fprintf(stdout, "%-14s %-8s %6s %5s %9s %11s %9s %8s %9s %7s  %-7s %s\n", "shape", "routing", "M", "exp", "weight MB", "median µs", "GB/s", "TFLOP/s", "floor µs", "×floor", "GEMM", "uploads µs")
 	for _, name := range strings.Split(*shapes, ",") {
@@ -139,7 +146,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.name, err)
 			return 2
 		}
-		code := benchShapeRows(layers, *s, strings.Split(*routings, ","), mvals, *seed, *minTime, copyBW, *stages, *trace, d.Name, w, stdout, stderr)
+		code := benchShapeRows(layers, *s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, copyBW, *stages, *trace, d.Name, w, stdout, stderr)
 		closeLayers(layers)
 		if code != 0 {
 			return code
@@ -172,7 +179,7 @@ func closeLayers(layers []*cudaops.Layer) {
 
 // benchShapeRows times every (routing, M) of one shape on each of its uploads and prints (and
 // writes, when w is set) the rows; it returns the command's exit code.
-func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, ms []int, seed uint64, minTime time.Duration, copyBW float64,
+func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, input string, ms []int, seed uint64, minTime time.Duration, copyBW float64,
 	stages bool, trace int, device string, w *csv.Writer, stdout, stderr io.Writer) int {
 	l := layers[0]
 	for _, routing := range routings {
@@ -180,7 +187,7 @@ func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, ms
 			rs := make([]benchResult, len(layers))
 			for i, li := range layers {
 				var err error
-				if rs[i], err = benchRow(li, s, routing, m, seed, minTime, copyBW, trace); err != nil {
+				if rs[i], err = benchRow(li, s, routing, input, m, seed, minTime, copyBW, trace); err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.name, routing, m, err)
 					return 2
 				}
@@ -195,7 +202,7 @@ func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, ms
 			fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f  %-7s %s\n", s.name, routing, m, r.experts,
 				r.bytes/1e6, us(r.median), r.bytes/r.median.Seconds()/1e9, r.flops/r.median.Seconds()/1e12, us(r.floor), r.median.Seconds()/r.floor.Seconds(), gemm, spread)
 			if stages {
-				st, err := stageTimes(l, s, routing, m, seed)
+				st, err := stageTimes(l, s, routing, input, m, seed)
 				if err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: stages: %v\n", err)
 					return 2
@@ -210,7 +217,7 @@ func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, ms
 				w.Write([]string{device, time.Now().UTC().Format("2006-01-02"), s.name, itoa(s.k), itoa(s.i), itoa(s.e), itoa(s.n), routing, itoa(m),
 					ff(r.experts), ff(r.bytes), ff(us(r.median)), ff(us(r.p10)), ff(us(r.p90)), ff(r.bytes / r.median.Seconds() / 1e9),
 					ff(r.flops / r.median.Seconds() / 1e12), ff(copyBW / 1e9), ff(us(r.floor)), ff(r.median.Seconds() / r.floor.Seconds()), itoa(r.launches), gemm,
-					itoa(len(rs)), ff(us(lo)), ff(us(hi))})
+					itoa(len(rs)), ff(us(lo)), ff(us(hi)), input})
 			}
 		}
 	}
@@ -244,7 +251,7 @@ func printTrace(w io.Writer, sp [len(cudaops.TraceStages)]cudaops.StageSpan) {
 
 // benchRow times one (shape, routing, M) over rotated batches (and, with trace > 0, traces
 // that many replays of each).
-func benchRow(l *cudaops.Layer, s benchShape, routing string, m int, seed uint64, minTime time.Duration, copyBW float64, trace int) (benchResult, error) {
+func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed uint64, minTime time.Duration, copyBW float64, trace int) (benchResult, error) {
 	rotate := 8
 	if m*s.n >= 4*s.e {
 		rotate = 2 // every expert is touched anyway
@@ -262,7 +269,7 @@ func benchRow(l *cudaops.Layer, s benchShape, routing string, m int, seed uint64
 		}
 	}()
 	for r := range rotate {
-		b, touched, err := randomBatch(s, routing, m, seed+uint64(1000*m+r))
+		b, touched, err := randomBatch(s, routing, input, m, seed+uint64(1000*m+r))
 		if err != nil {
 			return res, err
 		}
@@ -331,15 +338,22 @@ func randomWeights(s benchShape, seed uint64) *moe.Weights {
 
 // randomBatch draws m tokens of FP8 input and a routing: uniform (topk distinct experts) or
 // Zipf (expert popularity ∝ 1/rank^1.2, distinct per token). It returns the experts touched.
-func randomBatch(s benchShape, routing string, m int, seed uint64) (*moe.Batch, int, error) {
+func randomBatch(s benchShape, routing, input string, m int, seed uint64) (*moe.Batch, int, error) {
 	rng := rand.New(rand.NewPCG(seed, 11))
-	b := &moe.Batch{M: m, TopK: s.n, A1q: make([]uint8, m*s.k), A1qScale: make([]float32, m*s.k/128),
-		TopKIDs: make([]int32, m*s.n), TopKWeights: make([]float32, m*s.n)}
-	for i := range b.A1q {
-		b.A1q[i] = uint8(rng.IntN(0x7F)) | uint8(rng.IntN(2))<<7 // no NaN codes
-	}
-	for i := range b.A1qScale {
-		b.A1qScale[i] = 1.0 / 64
+	b := &moe.Batch{M: m, TopK: s.n, TopKIDs: make([]int32, m*s.n), TopKWeights: make([]float32, m*s.n)}
+	if input == "float" {
+		b.X = make([]float32, m*s.k)
+		for i := range b.X {
+			b.X[i] = float32(rng.NormFloat64())
+		}
+	} else {
+		b.A1q, b.A1qScale = make([]uint8, m*s.k), make([]float32, m*s.k/128)
+		for i := range b.A1q {
+			b.A1q[i] = uint8(rng.IntN(0x7F)) | uint8(rng.IntN(2))<<7 // no NaN codes
+		}
+		for i := range b.A1qScale {
+			b.A1qScale[i] = 1.0 / 64
+		}
 	}
 	var cdf []float64
 	perm := rng.Perm(s.e)
@@ -381,8 +395,8 @@ func randomBatch(s benchShape, routing string, m int, seed uint64) (*moe.Batch, 
 
 // stageTimes runs the first batch of a row through the host path five times and returns the
 // median device time of each stage.
-func stageTimes(l *cudaops.Layer, s benchShape, routing string, m int, seed uint64) (moe.StageTimes, error) {
-	b, _, err := randomBatch(s, routing, m, seed+uint64(1000*m))
+func stageTimes(l *cudaops.Layer, s benchShape, routing, input string, m int, seed uint64) (moe.StageTimes, error) {
+	b, _, err := randomBatch(s, routing, input, m, seed+uint64(1000*m))
 	if err != nil {
 		return moe.StageTimes{}, err
 	}
