@@ -4,8 +4,8 @@
 # the sources, as committed (moe.fatbin and manifest.txt into $OUT, to commit when the sources
 # changed) and with MOE_DEFS=-DMOE_TRACE (kept on the machine); runs TestTraceGraphs on both
 # (the plain build must give ErrNoTrace) and the decode tests on the plain one; then
-# `fp4moe bench --trace` on the traced build, and the same rows untraced for the timing the
-# traced kernels' atomics change.
+# `fp4moe bench --trace` on the traced build (FP8 input, and float input, where moe_prepare
+# runs), and the same rows untraced for the timing the traced kernels' atomics change.
 #   MS=1,2,4,8 SHAPES=gptoss120b,deepseekv3,qwen3-30b-a3b bash tools/devtrace.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -24,12 +24,13 @@ mkdir -p "$OUT/l"
 sum "tests, plain kernels" "rc=$? $(grep -o 'ErrNoTrace as expected' "$OUT/l/tests-plain.log" | head -1)"
 (cd cudaops && FP4MOE_FATBIN=/tmp/kt/moe.fatbin timeout 60 /tmp/b/cudaops.test -test.v -test.run 'TestTraceGraphs' > "$OUT/l/tests-trace.log" 2>&1)
 sum "TestTraceGraphs, traced kernels" "rc=$?"
-for k in plain trace; do
-	f=$OUT/moe.fatbin
-	[ $k = trace ] && f=/tmp/kt/moe.fatbin
-	tr=""
-	[ $k = trace ] && tr="--trace 20"
-	FP4MOE_FATBIN=$f timeout 200 /tmp/b/fp4moe bench --shapes "$SHAPES" --m "$MS" --routing uniform --min-time 100ms $tr > "$OUT/bench-$k.txt" 2>&1
+for k in plain trace trace-float; do
+	f=$OUT/moe.fatbin args=""
+	case $k in
+	trace) f=/tmp/kt/moe.fatbin args="--trace 20" ;;
+	trace-float) f=/tmp/kt/moe.fatbin args="--trace 20 --input float" ;;
+	esac
+	FP4MOE_FATBIN=$f timeout 150 /tmp/b/fp4moe bench --shapes "$SHAPES" --m "$MS" --routing uniform --min-time 100ms $args > "$OUT/bench-$k.txt" 2>&1
 	sum "bench $k" "rc=$? $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$k.txt")"
 done
 (cd "$OUT" && tar czf logs.tgz --remove-files l ptxas.log)
