@@ -34,7 +34,10 @@ func Reference(w *moe.Weights, cfg *moe.Config, b *moe.Batch) []float64 {
 func reference(w *moe.Weights, cfg *moe.Config, b *moe.Batch, zBytes int) []float64 {
 	M, K, topk := b.M, w.K, b.TopK
 	out := make([]float64, M*K)
-	chunk := max(1, zBytes/(8*topk*K))
+	chunk := max(1, M)
+	if per := 8 * topk * K; per > 0 {
+		chunk = max(1, zBytes/per)
+	}
 	for t0 := 0; t0 < M; t0 += chunk {
 		referenceTokens(w, cfg, b, t0, min(t0+chunk, M), out)
 	}
