@@ -34,7 +34,10 @@ func Reference(w *moe.Weights, cfg *moe.Config, b *moe.Batch) []float64 {
 func reference(w *moe.Weights, cfg *moe.Config, b *moe.Batch, zBytes int) []float64 {
 	M, K, topk := b.M, w.K, b.TopK
 	out := make([]float64, M*K)
-	chunk := max(1, zBytes/(8*topk*K))
+	chunk := max(1, M)
+	if per := 8 * topk * K; per > 0 {
+		chunk = max(1, zBytes/per)
+	}
 	for t0 := 0; t0 < M; t0 += chunk {
 		referenceTokens(w, cfg, b, t0, min(t0+chunk, M), out)
 	}
@@ -109,20 +112,11 @@ func (r *refExpert) expert(w *moe.Weights, cfg *moe.Config, b *moe.Batch, e int,
 		}
 	}
 	h := make([]float64, n*2*I)
-	w13 := r.row[:K]
+	s := make([]float64, n)
 	for c := range 2 * I {
-		row := e*2*I + c
-		mxfp4Row(w13, w.W13[row*K/2:(row+1)*K/2], w.W13Scale[row*K/32:(row+1)*K/32])
-		for i := range n {
-			xi := x[i*K : (i+1)*K]
-			s := 0.0
-			for j := range K {
-				s += xi[j] * w13[j]
-			}
-			if w.W13Bias != nil {
-				s += float64(w.W13Bias[row])
-			}
-			h[i*2*I+c] = s
+		r.dots(s, x, w.W13, w.W13Scale, w.W13Bias, e*2*I+c)
+		for i, v := range s {
+			h[i*2*I+c] = v
 		}
 	}
 	yd := make([]float64, n*I)
@@ -138,25 +132,35 @@ func (r *refExpert) expert(w *moe.Weights, cfg *moe.Config, b *moe.Batch, e int,
 	for _, p := range pairs {
 		z[p-p0] = make([]float64, K)
 	}
-	w2 := r.row[:I]
 	for c := range K {
-		row := e*K + c
-		mxfp4Row(w2, w.W2[row*I/2:(row+1)*I/2], w.W2Scale[row*I/32:(row+1)*I/32])
+		r.dots(s, yd, w.W2, w.W2Scale, w.W2Bias, e*K+c)
 		for i, p := range pairs {
-			yi := yd[i*I : (i+1)*I]
-			s := 0.0
-			for j := range I {
-				s += yi[j] * w2[j]
-			}
-			if w.W2Bias != nil {
-				s += float64(w.W2Bias[row])
-			}
 			wt := float64(b.TopKWeights[p])
 			if cfg.ApplyRouterWeightOnInput {
 				wt = 1
 			}
-			z[p-p0][c] = wt * s
+			z[p-p0][c] = wt * s[i]
 		}
+	}
+}
+
+// dots decodes weight row row of codes and scales (len(v)/len(out) values a row) and sets out[i]
+// to its dot product with vector i of v, summed in column order, plus the row's bias when there
+// is one.
+func (r *refExpert) dots(out, v []float64, codes, scales []uint8, bias []float32, row int) {
+	n := len(v) / len(out)
+	w := r.row[:n]
+	mxfp4Row(w, codes[row*n/2:(row+1)*n/2], scales[row*n/32:(row+1)*n/32])
+	for i := range out {
+		vi := v[i*n : (i+1)*n]
+		s := 0.0
+		for j := range n {
+			s += vi[j] * w[j]
+		}
+		if bias != nil {
+			s += float64(bias[row])
+		}
+		out[i] = s
 	}
 }
 

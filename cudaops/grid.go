@@ -1,5 +1,14 @@
 package cudaops
 
+// The split decode kernels' grids (the kernels' DEC_WARPS, DEC_BLOCKS and DECW_BLOCKS): blocks of
+// decWarps warps, decSplitBlocks blocks an SM for the kernel of 32 weight rows a warp and
+// decwBlocks for the one of 64.
+const (
+	decWarps       = 4
+	decSplitBlocks = 4
+	decwBlocks     = 3
+)
+
 // waveFill is the share of its waves' block slots that a grid of blocks fills, at wave blocks a
 // wave (resident blocks per SM times SMs): blocks / (⌈blocks / wave⌉ · wave). 0 for an empty
 // grid or wave.
@@ -29,4 +38,18 @@ func chainWide(split1, fill1, split2, fill2 bool) (wide1, wide2 bool) {
 	wide2 = split2 && fill2
 	wide1 = split1 && fill1 && (!split2 || wide2)
 	return wide1, wide2
+}
+
+// wideSplit reports whether the grid of a split GEMM (n rows, split S, tiles tiles) on the split
+// kernel of 64 rows a warp (n·S/256 blocks a tile, decwBlocks an SM) fills its last wave at least
+// as well as on the 32-row kernel (n·S/128 a tile, decSplitBlocks an SM). The 64-row kernel
+// spends fewer instructions per weight byte, but half the blocks of a grid of under a wave or
+// with a thin last wave leave SMs idle. (H200: 2-6 % faster where its waves are as full,
+// GPT-OSS-120B and Qwen3-30B-A3B at 2-4 tokens; 3-10 % slower where they are not, DeepSeek-V3's
+// GEMM1 at 2 tokens (1.3 waves against 1.9) and Qwen3's at 1 (0.48 wave against 0.73):
+// docs/perf.md v24.) splitWide decides from it with chainWide.
+func wideSplit(n int64, split, tiles, sms int) bool {
+	narrow := int(n) * split / (32 * decWarps) * tiles
+	wide := int(n) * split / (64 * decWarps) * tiles
+	return fillsAsWell(wide, decwBlocks, narrow, decSplitBlocks, sms)
 }

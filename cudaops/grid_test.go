@@ -25,14 +25,15 @@ func TestWaveFill(t *testing.T) {
 	}
 }
 
-// TestFillsAsWell checks the comparison at the decode GEMMs of the bench shapes on 132 SMs: the
-// split kernel with 64 rows a warp (n·S/256 blocks a tile, 3 an SM) against the one with 32
-// (n·S/128, 4 an SM), one tile per routed pair.
-func TestFillsAsWell(t *testing.T) {
+// TestWideSplit checks the split kernels' grid comparison at the decode GEMMs of the bench
+// shapes on 132 SMs: the split kernel with 64 rows a warp (n·S/256 blocks a tile, 3 an SM)
+// against the one with 32 (n·S/128, 4 an SM), one tile per routed pair.
+func TestWideSplit(t *testing.T) {
 	for _, c := range []struct {
-		name        string
-		n, s, tiles int
-		want        bool
+		name     string
+		n        int64
+		s, tiles int
+		want     bool
 	}{
 		{"GPT-OSS-120B GEMM1 M=1: 368 of 396 against 736 of 1056", 5888, 4, 4, true},
 		{"GPT-OSS-120B GEMM2 M=1: 184 of 396 against 368 of 528", 2944, 4, 4, false},
@@ -43,9 +44,8 @@ func TestFillsAsWell(t *testing.T) {
 		{"Qwen3-30B-A3B GEMM1 M=2: 384 of 396 against 768 of 1056", 1536, 4, 16, true},
 		{"Qwen3-30B-A3B GEMM1 M=4: 768 of 792 against 1536 of 1584 (equal)", 1536, 4, 32, true},
 	} {
-		wide, narrow := c.n*c.s/256*c.tiles, c.n*c.s/128*c.tiles
-		if got := fillsAsWell(wide, 3, narrow, 4, 132); got != c.want {
-			t.Errorf("%s: fillsAsWell(%d, 3, %d, 4, 132) = %v, want %v", c.name, wide, narrow, got, c.want)
+		if got := wideSplit(c.n, c.s, c.tiles, 132); got != c.want {
+			t.Errorf("%s: wideSplit(%d, %d, %d, 132) = %v, want %v", c.name, c.n, c.s, c.tiles, got, c.want)
 		}
 	}
 }
@@ -53,7 +53,7 @@ func TestFillsAsWell(t *testing.T) {
 // TestChainWide checks the two GEMMs' choice at the bench shapes' decode forwards on 132 SMs
 // (splits as decSplit gives them there) and at the corners of its inputs.
 func TestChainWide(t *testing.T) {
-	fill := func(n, s, tiles int) bool { return s > 1 && fillsAsWell(n*s/256*tiles, 3, n*s/128*tiles, 4, 132) }
+	fill := func(n, s, tiles int) bool { return s > 1 && wideSplit(int64(n), s, tiles, 132) }
 	for _, c := range []struct {
 		name                  string
 		n1, s1, n2, s2, tiles int

@@ -44,7 +44,6 @@ const (
 	// bytes, 8 token rows of 128, 32 scale words, 8 token scales); the split kernel's decStages a
 	// warp and the warps' partial sums, 4 blocks per SM; the split-1 kernel's dec1Stages. Stages
 	// are padded to 128-byte alignment (as the kernel's stage type is).
-	decWarps   = 4
 	decStage   = (32*64 + 8*128 + 32*4 + 8*4 + 127) / 128 * 128
 	decStages  = 3
 	decWsc     = decWarps * 32 * 16 // each warp's decoded block scales (32 rows × 4 floats)
@@ -61,8 +60,7 @@ const (
 	dec1wRows = 64
 	dec1wSmem = decWarps*dec1Stages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
 	// The split kernel with 64 weight rows a warp (DECW_SMEM; its partial sums in the rings).
-	decwSmem   = decWarps*decStages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
-	decwBlocks = 3 // its blocks per SM (DECW_BLOCKS)
+	decwSmem = decWarps*decStages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
 	// dec1wMinRows: the 64-row kernel takes GEMMs of at least this many weight rows an expert,
 	// on devices of at least dec1wMinBytes peak memory bytes per SM cycle (Device.BytesPerSMCycle);
 	// the others keep the 32-row kernel. The 64-row kernel spends fewer instructions per weight
@@ -78,9 +76,10 @@ const (
 	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
 	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)
 	dec16Rows = 6
-	// decSplit's grid measure: blocks of 4 warps on 32 rows each (the kernel's own), 4 per SM
-	// (its occupancy) for warps of at least 4 column groups, 3 per SM for fewer.
-	decSplitRows, decSplitBlocks, decSplitThin = 32, 4, 3
+	// decSplit's grid measure: blocks of decWarps warps on 32 rows each (the kernel's own),
+	// decSplitBlocks per SM (its occupancy) for warps of at least 4 column groups, 3 per SM for
+	// fewer.
+	decSplitRows, decSplitThin = 32, 3
 )
 
 // layoutConst is a launch constant the kernels define too (by its name there).
@@ -145,20 +144,6 @@ func (l *Layer) decSplit(n, kd int64, tiles int) int {
 		}
 	}
 	return 1
-}
-
-// wideSplit reports whether the grid of a split GEMM (n rows, split S, tiles tiles) on the split
-// kernel of 64 rows a warp (n·S/256 blocks a tile, decwBlocks an SM) fills its last wave at least
-// as well as on the 32-row kernel (n·S/128 a tile, decSplitBlocks an SM). The 64-row kernel
-// spends fewer instructions per weight byte, but half the blocks of a grid of under a wave or
-// with a thin last wave leave SMs idle. (H200: 2-6 % faster where its waves are as full,
-// GPT-OSS-120B and Qwen3-30B-A3B at 2-4 tokens; 3-10 % slower where they are not, DeepSeek-V3's
-// GEMM1 at 2 tokens (1.3 waves against 1.9) and Qwen3's at 1 (0.48 wave against 0.73):
-// docs/perf.md v24.) splitWide decides from it with chainWide.
-func wideSplit(n int64, split, tiles, sms int) bool {
-	narrow := int(n) * split / (32 * decWarps) * tiles
-	wide := int(n) * split / (64 * decWarps) * tiles
-	return fillsAsWell(wide, decwBlocks, narrow, decSplitBlocks, sms)
 }
 
 // NewLayer validates the weights and configuration, opens the device, and uploads the weights.

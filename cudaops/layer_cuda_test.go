@@ -255,27 +255,6 @@ func TestDecodeSplits(t *testing.T) {
 	}
 }
 
-// TestWideSplit checks the split kernels' choice on a 132-SM device at the bench shapes' decode
-// GEMMs (one tile per routed pair); TestFillsAsWell has the grids.
-func TestWideSplit(t *testing.T) {
-	for _, c := range []struct {
-		name         string
-		n            int64
-		split, tiles int
-		want         bool
-	}{
-		{"GPT-OSS-120B GEMM1 M=1", 5888, 4, 4, true},
-		{"GPT-OSS-120B GEMM2 M=1", 2944, 4, 4, false},
-		{"DeepSeek-V3 GEMM1 M=2", 4096, 2, 16, false},
-		{"Qwen3-30B-A3B GEMM1 M=1", 1536, 4, 8, false},
-		{"Qwen3-30B-A3B GEMM1 M=2", 1536, 4, 16, true},
-	} {
-		if got := wideSplit(c.n, c.split, c.tiles, 132); got != c.want {
-			t.Errorf("%s: wideSplit %v, want %v", c.name, got, c.want)
-		}
-	}
-}
-
 // TestDecodeWide runs the streaming GEMM at batch sizes of more than 8 routed rows per expert
 // (the 16-token kernel, moe_gemm_dec16: passes of 16 tokens, the last one partial, and tiles of
 // up to 32 rows), against native and twice (bitwise the same).
