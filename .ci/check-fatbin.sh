@@ -10,4 +10,5 @@ if [ "$listed" != "$present" ]; then
 	echo "kernel sources and manifest differ:"; diff <(echo "$listed") <(echo "$present") || true; exit 1
 fi
 grep -v '^#' manifest.txt | sha256sum --check --quiet || { echo "moe.fatbin is stale: rebuild it with cudaops/kernels/build.sh on the GPU machine"; exit 1; }
+! grep -q -- '-DMOE_TRACE' manifest.txt || { echo "moe.fatbin was built with MOE_TRACE (a timing build): rebuild it without MOE_DEFS"; exit 1; }
 echo "fatbin manifest matches the kernel sources"

@@ -36,7 +36,7 @@ var benchShapes = []benchShape{
 
 const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
                     [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
-                    [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float]
+                    [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--trace N]
 
 Shapes: gptoss120b, deepseekv3, qwen3-30b-a3b (the default set), qwen3-235b-a22b, deepseekv2-lite.
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
@@ -53,6 +53,10 @@ uploads, min_upload_us, max_upload_us): the spread that where the weights land i
 gives, which a single upload cannot show.
 --input float gives the layer float32 tokens, which it quantizes to FP8 itself, instead of FP8
 tokens with their scales (the default); the CSV's input column says which.
+With --trace N (kernels built with MOE_DEFS=-DMOE_TRACE cudaops/kernels/build.sh, loaded through
+FP4MOE_FATBIN) each row is followed by its stage timeline: N replays of each rotated batch, one at
+a time, and per stage of the decode path the medians of when its first and last blocks began and
+its first and last warps ended, in µs after the forward's first block began.
 `
 
 func bench(args []string, stdout, stderr io.Writer) int {
@@ -69,11 +73,16 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	gemmName := fs.String("gemm", "auto", "grouped GEMM kernel: auto, tiled, decode or wgmma")
 	uploads := fs.Int("uploads", 1, "uploads of each shape's weights, each timed (median reported)")
 	input := fs.String("input", "fp8", "the tokens: fp8 (quantized, with scales) or float (float32, quantized by the layer)")
+	trace := fs.Int("trace", 0, "also print each row's stage timeline over this many replays of each batch (kernels built with MOE_TRACE)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *input != "fp8" && *input != "float" {
 		fmt.Fprintf(stderr, "fp4moe bench: --input %q: want fp8 or float\n", *input)
+		return 2
+	}
+	if *trace < 0 {
+		fmt.Fprintf(stderr, "fp4moe bench: --trace %d: want 0 or more\n", *trace)
 		return 2
 	}
 	if *uploads < 1 {
@@ -137,7 +146,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.name, err)
 			return 2
 		}
-		code := benchShapeRows(layers, *s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, copyBW, *stages, d.Name, w, stdout, stderr)
+		code := benchShapeRows(layers, *s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, copyBW, *stages, *trace, d.Name, w, stdout, stderr)
 		closeLayers(layers)
 		if code != 0 {
 			return code
@@ -171,14 +180,14 @@ func closeLayers(layers []*cudaops.Layer) {
 // benchShapeRows times every (routing, M) of one shape on each of its uploads and prints (and
 // writes, when w is set) the rows; it returns the command's exit code.
 func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, input string, ms []int, seed uint64, minTime time.Duration, copyBW float64,
-	stages bool, device string, w *csv.Writer, stdout, stderr io.Writer) int {
+	stages bool, trace int, device string, w *csv.Writer, stdout, stderr io.Writer) int {
 	l := layers[0]
 	for _, routing := range routings {
 		for _, m := range ms {
 			rs := make([]benchResult, len(layers))
 			for i, li := range layers {
 				var err error
-				if rs[i], err = benchRow(li, s, routing, input, m, seed, minTime, copyBW); err != nil {
+				if rs[i], err = benchRow(li, s, routing, input, m, seed, minTime, copyBW, trace); err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.name, routing, m, err)
 					return 2
 				}
@@ -201,6 +210,9 @@ func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, in
 				fmt.Fprintf(stdout, "    stages µs: permute+route %.1f  GEMM1 %.1f  activation %.1f  GEMM2 %.1f  reduce %.1f  (sum %.1f)\n",
 					us(st.Permute), us(st.GEMM1), us(st.Activation), us(st.GEMM2), us(st.Reduce), us(st.Total()))
 			}
+			if trace > 0 {
+				printTrace(stdout, r.trace)
+			}
 			if w != nil {
 				w.Write([]string{device, time.Now().UTC().Format("2006-01-02"), s.name, itoa(s.k), itoa(s.i), itoa(s.e), itoa(s.n), routing, itoa(m),
 					ff(r.experts), ff(r.bytes), ff(us(r.median)), ff(us(r.p10)), ff(us(r.p90)), ff(r.bytes / r.median.Seconds() / 1e9),
@@ -220,10 +232,26 @@ type benchResult struct {
 	median, p10, p90, floor time.Duration
 	experts, bytes, flops   float64
 	launches                int
+	trace                   [len(cudaops.TraceStages)]cudaops.StageSpan // with --trace
 }
 
-// benchRow times one (shape, routing, M) over rotated batches.
-func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed uint64, minTime time.Duration, copyBW float64) (benchResult, error) {
+// printTrace prints a row's stage timeline (the stages that ran), in µs, with each stage's share
+// of the critical path: its last end less the previous stage's (each stage waits for the one
+// before it to finish).
+func printTrace(w io.Writer, sp [len(cudaops.TraceStages)]cudaops.StageSpan) {
+	fmt.Fprintf(w, "    %-12s %12s %11s %10s %9s %8s\n", "trace µs", "first start", "last start", "first end", "last end", "+ path")
+	var prev time.Duration
+	for i, name := range cudaops.TraceStages {
+		if s := sp[i]; s.Ran {
+			fmt.Fprintf(w, "    %-12s %12.1f %11.1f %10.1f %9.1f %8.1f\n", name, us(s.FirstStart), us(s.LastStart), us(s.FirstEnd), us(s.LastEnd), us(s.LastEnd-prev))
+			prev = s.LastEnd
+		}
+	}
+}
+
+// benchRow times one (shape, routing, M) over rotated batches (and, with trace > 0, traces
+// that many replays of each).
+func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed uint64, minTime time.Duration, copyBW float64, trace int) (benchResult, error) {
 	rotate := 8
 	if m*s.n >= 4*s.e {
 		rotate = 2 // every expert is touched anyway
@@ -276,6 +304,13 @@ func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed
 	res.bytes = res.experts * perExpert
 	res.flops = 2 * float64(m) * float64(s.n) * 3 * float64(s.k) * float64(s.i)
 	res.floor = time.Duration(res.bytes / copyBW * 1e9)
+	if trace > 0 {
+		runs, err := l.TraceGraphs(graphs, trace)
+		if err != nil {
+			return res, err
+		}
+		res.trace = cudaops.MedianSpans(runs)
+	}
 	return res, nil
 }
 

@@ -48,6 +48,7 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
                                          const int* __restrict__ inv_perm, const float* __restrict__ bias,
                                          u8* __restrict__ a2q, float* __restrict__ a2s, i64 P, i64 I,
                                          i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 order) {
+  TRACE_SCOPE(TRACE_ACT);
   // The pair's row (and its expert) before the wait for the previous kernel: the routing kernel
   // wrote them at least one kernel earlier (read past L1), so under programmatic launch that
   // round trip overlaps GEMM1's end.

@@ -28,6 +28,51 @@ __device__ __forceinline__ void pdl_begin() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
+// A timeline of the forward's stages, in kernels built with -DMOE_TRACE only (cudaops/kernels/
+// build.sh with MOE_DEFS=-DMOE_TRACE; never the committed fatbin): per stage, the %globaltimer
+// (ns) at which its first and its last block began and its first and last warp ended, as
+// moe_trace[4·slot + 0..3]. The host resets the table before a forward (first times to all ones,
+// last times to 0) and reads it after (Layer.TraceGraphs). Each kernel of the decode path opens
+// a TraceScope first thing; its destructor runs at every return. Slots: the host's traceStages.
+#define TRACE_PREPARE 0
+#define TRACE_ROUTE 1
+#define TRACE_PERMUTE 2
+#define TRACE_GEMM1 3
+#define TRACE_ACT 4
+#define TRACE_GEMM2 5
+#define TRACE_REDUCE 6
+#define TRACE_SLOTS 8
+#ifdef MOE_TRACE
+extern "C" {
+__device__ unsigned long long moe_trace[4 * TRACE_SLOTS];
+}
+__device__ __forceinline__ unsigned long long trace_now() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+struct TraceScope {
+  int slot;
+  __device__ explicit TraceScope(int s) : slot(s) {
+    if (threadIdx.x == 0) {
+      const unsigned long long t = trace_now();
+      atomicMin(&moe_trace[4 * s], t);
+      atomicMax(&moe_trace[4 * s + 1], t);
+    }
+  }
+  __device__ ~TraceScope() {
+    if (threadIdx.x % 32 == 0) {
+      const unsigned long long t = trace_now();
+      atomicMin(&moe_trace[4 * slot + 2], t);
+      atomicMax(&moe_trace[4 * slot + 3], t);
+    }
+  }
+};
+#define TRACE_SCOPE(s) TraceScope trace_scope_(s)
+#else
+#define TRACE_SCOPE(s) ((void)0)
+#endif
+
 // cp.async copies global -> shared (16 bytes bypassing L1, 4 bytes through it), by generic shared
 // pointer or by shared-window address, and their commit groups.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {

@@ -547,6 +547,7 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
   } while (0)
 
 DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
+  TRACE_SCOPE(early == 1 ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   if (split == 4)
@@ -556,12 +557,14 @@ DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
 }
 
 DEC_KERNEL(moe_gemm_dec1, DEC1_BLOCKS) {
+  TRACE_SCOPE(early == 1 ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   DEC_RUN(1, 1, 2);
 }
 
 DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
+  TRACE_SCOPE(early == 1 ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   DEC_RUN(1, 2, 2);
@@ -570,6 +573,7 @@ DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
 // The split kernel (S = 2 or 4) with 64 weight rows a warp (grid x: N · S / 256; N is a multiple
 // of 128, so every warp has rows).
 DEC_KERNEL(moe_gemm_decw, DECW_BLOCKS) {
+  TRACE_SCOPE(early == 1 ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   if (split == 4)
@@ -580,6 +584,7 @@ DEC_KERNEL(moe_gemm_decw, DECW_BLOCKS) {
 
 // The split-1 kernel with 64 weight rows a warp (grid x: N / 256 rounded up).
 DEC_KERNEL(moe_gemm_dec1w, DEC1W_BLOCKS) {
+  TRACE_SCOPE(early == 1 ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   DEC_RUN(1, 1, 4);

@@ -7,6 +7,7 @@
 extern "C" __global__ void moe_prepare(const float* __restrict__ x, const float* __restrict__ topk_w,
                                        u8* __restrict__ a1q, float* __restrict__ a1s,
                                        i64 M, i64 K, i64 topk, i64 fmt, i64 arwoi) {
+  TRACE_SCOPE(TRACE_PREPARE);
   pdl_begin();
   const i64 G = K / MOE_GROUP;
   const i64 item = (i64)blockIdx.x * 4 + threadIdx.x / 32;

@@ -12,6 +12,7 @@
 extern "C" __global__ void moe_reduce(const float* __restrict__ z, const int* __restrict__ inv_perm,
                                       const float* __restrict__ topk_w, float* __restrict__ out,
                                       i64 M, i64 K, i64 topk, i64 arwoi) {
+  TRACE_SCOPE(TRACE_REDUCE);
   const i64 cb = (K + 511) / 512;
   const i64 t = blockIdx.x / cb;
   const i64 c = ((blockIdx.x % cb) * blockDim.x + threadIdx.x) * 4;

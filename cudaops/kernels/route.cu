@@ -114,6 +114,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
           int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
           int* __restrict__ ntiles, int* __restrict__ err, int* __restrict__ wtiles, int* __restrict__ nwtiles, i64 wg,
           int* __restrict__ pre) {
+  TRACE_SCOPE(TRACE_ROUTE);
   pdl_begin();
   extern __shared__ int smem[];
   int* scount = smem;
@@ -256,6 +257,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
                 int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
                 int* __restrict__ ntiles, int* __restrict__ err, const u8* __restrict__ a1q, const float* __restrict__ a1s,
                 i64 K, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+  TRACE_SCOPE(TRACE_ROUTE);
   pdl_begin();
   extern __shared__ int smem[];
   int* scount = smem;      // pairs per local expert
@@ -371,6 +373,7 @@ extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
 moe_route_scatter(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
                   const int* __restrict__ offsets, const int* __restrict__ pre, int* __restrict__ expert_ids,
                   int* __restrict__ row_pair, int* __restrict__ inv_perm) {
+  TRACE_SCOPE(TRACE_PERMUTE);
   pdl_begin();
   extern __shared__ int smem[];
   int* sbase = smem;
@@ -397,6 +400,7 @@ extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* 
                                        const int* __restrict__ row_pair, const int* __restrict__ inv_perm,
                                        const int* __restrict__ offsets, i64 E, i64 K, i64 topk, u8* __restrict__ a1q_perm,
                                        float* __restrict__ a1s_perm, i64 dec) {
+  TRACE_SCOPE(TRACE_PERMUTE);
   pdl_begin();
   if (dec) {
     const i64 r = inv_perm[blockIdx.x];

@@ -1,0 +1,81 @@
+package cudaops
+
+import (
+	"math"
+	"sort"
+	"time"
+)
+
+// TraceStages names the stages of a traced forward in the order of the kernels' trace slots
+// (TRACE_PREPARE ... TRACE_REDUCE in kernels/common.cuh). "permute" is the gather kernel or the
+// routing kernel's scatter, when either runs; GEMM1 and GEMM2 are the decode path's streaming
+// kernels (the other GEMM kernels are not traced).
+var TraceStages = [...]string{"prepare", "route", "permute", "GEMM1", "activation", "GEMM2", "reduce"}
+
+// traceSlots is the kernels' TRACE_SLOTS: the table has 4 values per slot.
+const traceSlots = 8
+
+// StageSpan is one stage's place in a traced forward, relative to the moment the forward's first
+// traced block began: when the stage's first and last blocks began and its first and last warps
+// ended. Ran is false for a stage whose kernel did not run in the forward.
+type StageSpan struct {
+	Ran                                      bool
+	FirstStart, LastStart, FirstEnd, LastEnd time.Duration
+}
+
+// traceReset is the table a traced forward starts from: first times at the largest value,
+// last times at 0, so that the kernels' atomic minima and maxima take the first write.
+func traceReset() []uint64 {
+	t := make([]uint64, 4*traceSlots)
+	for s := range traceSlots {
+		t[4*s], t[4*s+2] = math.MaxUint64, math.MaxUint64
+	}
+	return t
+}
+
+// spans reads a traced forward's table (4 %globaltimer values in ns per slot: first start, last
+// start, first end, last end) into one span per stage, relative to the earliest first start.
+// A slot still at its reset values did not run.
+func spans(table []uint64) [len(TraceStages)]StageSpan {
+	var out [len(TraceStages)]StageSpan
+	t0 := uint64(math.MaxUint64)
+	for s := range TraceStages {
+		if table[4*s+3] != 0 {
+			t0 = min(t0, table[4*s])
+		}
+	}
+	rel := func(v uint64) time.Duration { return time.Duration(int64(v - t0)) }
+	for s := range TraceStages {
+		v := table[4*s : 4*s+4]
+		if v[3] == 0 || v[0] == math.MaxUint64 {
+			continue
+		}
+		out[s] = StageSpan{Ran: true, FirstStart: rel(v[0]), LastStart: rel(v[1]), FirstEnd: rel(v[2]), LastEnd: rel(v[3])}
+	}
+	return out
+}
+
+// MedianSpans is, per stage, the median of each of a stage's four times over the forwards in
+// which it ran (a stage that ran in none has Ran false).
+func MedianSpans(runs [][len(TraceStages)]StageSpan) [len(TraceStages)]StageSpan {
+	var out [len(TraceStages)]StageSpan
+	for s := range TraceStages {
+		var fs, ls, fe, le []time.Duration
+		for _, r := range runs {
+			if sp := r[s]; sp.Ran {
+				fs, ls, fe, le = append(fs, sp.FirstStart), append(ls, sp.LastStart), append(fe, sp.FirstEnd), append(le, sp.LastEnd)
+			}
+		}
+		if len(fs) == 0 {
+			continue
+		}
+		out[s] = StageSpan{Ran: true, FirstStart: median(fs), LastStart: median(ls), FirstEnd: median(fe), LastEnd: median(le)}
+	}
+	return out
+}
+
+// median is the middle value of d (the upper one of an even count); d is sorted in place.
+func median(d []time.Duration) time.Duration {
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d[len(d)/2]
+}

@@ -1,0 +1,64 @@
+//go:build cudaops
+
+package cudaops
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/fp4moe/fp4moe/conformance"
+	"github.com/fp4moe/fp4moe/moe"
+)
+
+// TestTraceGraphs: kernels built without MOE_TRACE (the committed ones) give ErrNoTrace; traced
+// kernels (FP4MOE_FATBIN from a MOE_DEFS=-DMOE_TRACE build) give a timeline in which every stage
+// of a one-token decode forward ran, each began no later than it ended, and each ended no earlier
+// than the stage before it (each waits for its predecessor).
+func TestTraceGraphs(t *testing.T) {
+	s := conformance.Spec{M: 1, K: 1024, I: 512, E: 8, TopK: 4, Activation: moe.SwiGLUOAI, Seed: 61}
+	c := conformance.Generate(s)
+	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+	buf, err := l.Upload(&c.Batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer buf.Free()
+	g, err := l.Capture(buf.Out, buf.Batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	runs, err := l.TraceGraphs([]*Graph{g}, 3)
+	if _, terr := l.dev.traceTable(); terr != nil {
+		if !errors.Is(err, ErrNoTrace) {
+			t.Fatalf("kernels without moe_trace (%s): TraceGraphs gave %v, want ErrNoTrace", l.dev.Fatbin, err)
+		}
+		t.Logf("kernels %s are not traced: ErrNoTrace as expected", l.dev.Fatbin)
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) != 3 {
+		t.Fatalf("%d traced replays, want 3", len(runs))
+	}
+	for r, sp := range runs {
+		prev := -1
+		for i, name := range TraceStages {
+			if name == "permute" || name == "prepare" && !sp[i].Ran {
+				continue // not launched when the routing kernel gathers the rows, or for an FP8 input
+			}
+			if !sp[i].Ran {
+				t.Fatalf("replay %d: stage %s did not run", r, name)
+			}
+			if sp[i].FirstStart > sp[i].LastStart || sp[i].LastStart > sp[i].LastEnd || sp[i].FirstEnd > sp[i].LastEnd || sp[i].FirstStart < 0 {
+				t.Fatalf("replay %d: stage %s out of order: %+v", r, name, sp[i])
+			}
+			if prev >= 0 && sp[i].LastEnd < sp[prev].LastEnd {
+				t.Fatalf("replay %d: %s ended at %v, before %s at %v", r, name, sp[i].LastEnd, TraceStages[prev], sp[prev].LastEnd)
+			}
+			prev = i
+		}
+		t.Logf("replay %d: %+v", r, sp)
+	}
+}
