@@ -53,3 +53,25 @@ func wideSplit(n int64, split, tiles, sms int) bool {
 	wide := int(n) * split / (64 * decWarps) * tiles
 	return fillsAsWell(wide, decwBlocks, narrow, decSplitBlocks, sms)
 }
+
+// The early trigger's range (earlyTrigger): GEMM2 weights of at least earlyTriggerBytes over the
+// batch's tile bound, and at most earlyTriggerPairs routed pairs.
+const (
+	earlyTriggerBytes = 20 << 20
+	earlyTriggerPairs = 512
+)
+
+// earlyTrigger reports whether a decode-path batch of p routed pairs in tiles tiles, on a layer
+// of hidden size k and intermediate size i, takes the early trigger (kernels/common.cuh: the
+// activation kernel and GEMM2 let the next kernel launch before they wait): where GEMM2's FP4
+// weights over the tile bound, tiles·k·i/2 bytes, are at least earlyTriggerBytes. The bound is
+// fitted to the bench shapes (docs/perf.md, v26): from 25 MB on (GPT-OSS-120B at 2-8 tokens,
+// DeepSeek-V3 at 1-8, Qwen3-30B-A3B at 4 and 8) the early trigger was up to 2.6 % faster on an
+// H100 and up to 4 % on an H200, and within the calls' spread at 64 and 512 tokens; at 17 MB and
+// less (GPT-OSS-120B at one token, Qwen3-30B-A3B at 1 and 2) it was 2-12 % slower on both cards:
+// GEMM2's early blocks delayed GEMM1's last blocks and the activation kernel by about a
+// microsecond (the stage timeline), for a GEMM2 too short to win it back. Batches of more than
+// earlyTriggerPairs pairs were not measured and keep the trigger after the wait.
+func earlyTrigger(p, tiles int, k, i int64) bool {
+	return p <= earlyTriggerPairs && int64(tiles)*k*i/2 >= earlyTriggerBytes
+}

@@ -86,3 +86,28 @@ func TestChainWide(t *testing.T) {
 		}
 	}
 }
+
+// TestEarlyTrigger checks the early trigger's choice at the bench shapes' decode batches (one
+// tile per routed pair) and at the ends of its range.
+func TestEarlyTrigger(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		p, tiles int
+		k, i     int64
+		want     bool
+	}{
+		{"GPT-OSS-120B M=1: 17.3 MB", 4, 4, 2944, 2944, false},
+		{"GPT-OSS-120B M=2: 34.7 MB", 8, 8, 2944, 2944, true},
+		{"DeepSeek-V3 M=1: 58.7 MB", 8, 8, 7168, 2048, true},
+		{"Qwen3-30B-A3B M=2: 12.6 MB", 16, 16, 2048, 768, false},
+		{"Qwen3-30B-A3B M=4: 25.2 MB", 32, 32, 2048, 768, true},
+		{"at the bound: 20 MiB", 2, 2, 5120, 4096, true},
+		{"a byte under it", 1, 1, 20<<20*2 - 2, 1, false},
+		{"earlyTriggerPairs pairs", 512, 512, 2048, 768, true},
+		{"more pairs", 513, 513, 2048, 768, false},
+	} {
+		if got := earlyTrigger(c.p, c.tiles, c.k, c.i); got != c.want {
+			t.Errorf("%s: earlyTrigger(%d, %d, %d, %d) = %v, want %v", c.name, c.p, c.tiles, c.k, c.i, got, c.want)
+		}
+	}
+}

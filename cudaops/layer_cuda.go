@@ -98,7 +98,7 @@ func layoutConsts() []layoutConst {
 		{"ROUTE_SMALL_THREADS", routeSmallThreads}, {"ROUTE_SMALL_PAIRS", fusedPermutePairs},
 		{"WGF_ROWS", wgfRows}, {"WGF_TOK", wgfTokens}, {"WGF_STAGES", wgfStages}, {"WGB_SMEM", wgbSmem},
 		{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
-		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem},
+		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem}, {"ORDER_TRIGGER", orderTrigger},
 	}
 }
 
@@ -187,8 +187,11 @@ type Layer struct {
 	// noPredict: GEMM1 waits for the routing kernel before it reads its tile, also for batches
 	// whose tiles it could work out from the ids (tests compare the two).
 	noPredict bool
-	ws        workspace
-	closed    bool
+	// trigger: on the decode path, the early trigger by earlyTrigger's rule (0), always (1) or
+	// never (-1) (tests compare the two).
+	trigger int
+	ws      workspace
+	closed  bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
 	events [7]cu.Event
@@ -703,7 +706,8 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	// early 1: the routing metadata comes from a kernel before the previous one (GEMM2), so the
 	// streaming GEMM reads it and issues its first weight copies before it waits for the
-	// previous kernel; 2: GEMM1 works out its tiles from the ids (below).
+	// previous kernel; 3: that and the early trigger (below); 2: GEMM1 works out its tiles from
+	// the ids (below).
 	// The streaming GEMMs' split kernels: 64 or 32 weight rows a warp (splitWide).
 	wide1, wide2 := l.splitWide(2*I, K, I, tiles)
 	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early int64, wide bool) error {
@@ -753,18 +757,24 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(3); err != nil {
 		return err
 	}
+	// The early trigger (kernels/common.cuh) on the decode path: the activation kernel takes it
+	// as a bit of its order argument, GEMM2 as early 3.
+	order, early2 := tokenOrder(kernel), int64(1)
+	if kernel == GEMMDecode && (l.trigger > 0 || l.trigger == 0 && earlyTrigger(P, tiles, K, I)) {
+		order, early2 = order|orderTrigger, 3
+	}
 	// GEMM1 added its bias in its epilogue; the activation kernel gets none.
 	limit, clamp := l.cfg.Limit()
 	if err := launch(f.actQuant, dim3{P, blocks(I/128, 8), 1}, dim3{128, 1, 1}, 0, l.stream,
 		u(ws.h), u(ws.expertIDs), u(ws.invPerm), 0, u(ws.a2q), u(ws.a2s), i(int64(P)), i(I),
 		i(int64(l.cfg.Activation)), flag(clamp), fl(limit), fl(l.cfg.Alpha), fl(l.cfg.Beta), i(int64(l.cfg.ScaleFormat)),
-		i(tokenOrder(kernel))); err != nil {
+		i(order)); err != nil {
 		return fmt.Errorf("cudaops: activation: %w", err)
 	}
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, 1, wide2); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, early2, wide2); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {
@@ -810,6 +820,10 @@ func (l *Layer) splitWide(n1, k, i int64, tiles int) (wide1, wide2 bool) {
 	}
 	return chainWide(s1 > 1, s1 > 1 && wideSplit(n1, s1, tiles, l.dev.SMs), s2 > 1, s2 > 1 && wideSplit(k, s2, tiles, l.dev.SMs))
 }
+
+// orderTrigger (ORDER_TRIGGER) is the activation kernel's order argument's bit for the early
+// trigger.
+const orderTrigger = 4
 
 // tokenOrder is the byte order in which the GEMM kernel k reads its FP8 tokens (the activation
 // kernel's order argument): 0 as stored, 1 the wgmma GEMM's, 2 the decode GEMM's.

@@ -383,6 +383,55 @@ func TestDecodePredictedTiles(t *testing.T) {
 	}
 }
 
+// TestDecodeEarlyTrigger runs decode batches with the early trigger (the activation kernel and
+// GEMM2 let the next kernel launch before they wait) against native, and bitwise against the
+// same layer without it: predicted and routed GEMM1 tiles, the expert map with ids of -1 and
+// repeats, a batch without a local pair after one with, and several forwards in a row (each
+// forward's early reads must not see the previous one's metadata).
+func TestDecodeEarlyTrigger(t *testing.T) {
+	for _, s := range []conformance.Spec{
+		{Name: "M=1", M: 1, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 61},
+		{Name: "M=3, map, -1, repeats", M: 3, K: 1024, I: 512, E: 16, GlobalExperts: 48, TopK: 4, Dup: true, NegIDs: 0.25, Activation: moe.SwiGLUOAI, Seed: 62},
+		{Name: "M=16, 128 pairs", M: 16, K: 2048, I: 768, E: 32, TopK: 8, Activation: moe.SiLU, Seed: 63},
+		{Name: "M=2, no local pair", M: 2, K: 1024, I: 512, E: 8, GlobalExperts: 24, TopK: 4, NegIDs: 1, Activation: moe.SiLU, Seed: 64},
+	} {
+		t.Run(s.Name, func(t *testing.T) {
+			c := conformance.Generate(s)
+			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+			l.trigger = 1
+			if s.NegIDs == 1 {
+				full := s
+				full.NegIDs = 0
+				forward(t, l, &conformance.Generate(full).Batch, s.K)
+				for run := range 3 {
+					for i, v := range forward(t, l, &c.Batch, s.K) {
+						if v != 0 {
+							t.Fatalf("run %d: output[%d] = %v without a local pair, want 0", run, i, v)
+						}
+					}
+				}
+				return
+			}
+			// Another batch first, so that the routing metadata this one replaces differs.
+			other := s
+			other.Seed += 100
+			forward(t, l, &conformance.Generate(other).Batch, s.K)
+			got := forward(t, l, &c.Batch, s.K)
+			sameBits(t, "the early trigger, a second forward", got, forward(t, l, &c.Batch, s.K))
+			l.trigger = -1
+			sameBits(t, "the early trigger against the trigger after the wait", got, forward(t, l, &c.Batch, s.K))
+			l.noPredict, l.trigger = true, 1
+			sameBits(t, "the early trigger with routed GEMM1 tiles", got, forward(t, l, &c.Batch, s.K))
+			want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
+			e := conformance.RelL2(got, want)
+			t.Logf("rel L2 against native %.2e", e)
+			if e > 1e-4 {
+				t.Fatalf("rel L2 %.3e against native", e)
+			}
+		})
+	}
+}
+
 func btoi(b bool) int {
 	if b {
 		return 1

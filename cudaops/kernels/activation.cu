@@ -1,7 +1,8 @@
 // Activation + FP8 requant: for every real row of GEMM1's output h (gate h[:, :I], up h[:, I:],
 // plus the GEMM1 bias), y = act(g, u) in float32, then per group of 128: the group scale and
 // the E4M3 codes of y / s, in the byte order of the GEMM that reads them (order: 0 as they are, 1
-// each chunk in the wgmma GEMM's order, 2 the decode GEMM's, dec_order8).
+// each chunk in the wgmma GEMM's order, 2 the decode GEMM's, dec_order8; plus ORDER_TRIGGER for
+// the early trigger, common.cuh).
 #include "common.cuh"
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
@@ -52,13 +53,20 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
   // The pair's row (and its expert) before the wait for the previous kernel: the routing kernel
   // wrote them at least one kernel earlier (read past L1), so under programmatic launch that
   // round trip overlaps GEMM1's end.
+  // order & ORDER_TRIGGER: the early trigger (common.cuh), before anything else.
+  const bool trig = order & ORDER_TRIGGER;
+  if (trig) pdl_trigger();
+  order &= ~(i64)ORDER_TRIGGER;
   const i64 G = I / MOE_GROUP;
   const i64 grp0 = (i64)blockIdx.y * 8 + threadIdx.x / 32;
   if (grp0 >= G) return;
   const i64 r = __ldcg(inv_perm + blockIdx.x);
   if (r < 0) return;  // a pair without a local expert
   const int e = bias ? __ldcg(expert_ids + r) : 0;
-  pdl_begin();
+  if (trig)
+    pdl_wait();
+  else
+    pdl_begin();
   const int lane = threadIdx.x % 32;
   const bool two = grp0 + 4 < G;
   const float* hr = h + r * 2 * I + grp0 * MOE_GROUP + 4 * lane;

@@ -23,10 +23,22 @@ typedef unsigned char u8;
 // layer's stream): wait until the previous kernel has finished and its writes are visible (at
 // once when there is none), then let the next kernel's blocks launch into the room this one
 // leaves, so that its launch overlaps this kernel's work. Called first by every kernel.
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 __device__ __forceinline__ void pdl_begin() {
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  pdl_wait();
+  pdl_trigger();
 }
+// The early trigger (the host's earlyTrigger decides, per batch): on the decode path the
+// activation kernel and GEMM2 may instead let the next kernel launch before they wait
+// (pdl_trigger first, pdl_wait later), so that GEMM2's blocks are placed, and issue their first
+// weight copies, while GEMM1 still runs, and the reduce's while GEMM2 waits. Every early read of
+// the kernels after them is of the routing kernel's output or of inputs: each of them is launched
+// only once the activation kernel's blocks have all started, which needs every GEMM1 block to
+// have passed its wait, so the routing kernel has finished by then. Each kernel still waits for
+// its predecessor before it writes, or reads what that one writes. The activation kernel takes it
+// as a bit of its order argument, GEMM2 as early = 3 (moe_gemm_dec).
+#define ORDER_TRIGGER 4
 
 // A timeline of the forward's stages, in kernels built with -DMOE_TRACE only (cudaops/kernels/
 // build.sh with MOE_DEFS=-DMOE_TRACE; never the committed fatbin): per stage, the %globaltimer

@@ -320,8 +320,10 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   };
   issue_w_head();
   if (early == 2) pdl_begin();  // a predicted tile (dec_tile): its row count comes from the previous kernel
-  const int nvalid = min(GEMM_TOK, (early == 1 ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
+  const bool g2 = early == 1 || early == 3;
+  const int nvalid = min(GEMM_TOK, (g2 ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
   if (early == 1) pdl_begin();
+  if (early == 3) pdl_wait();  // its trigger came first (dec_tile)
   for (int j = 0; FT * j < nvalid; j++) {
     const i64 tok0 = row0 + FT * j;
     const int live = min(FT, nvalid - FT * j);  // real tokens in this pass
@@ -475,7 +477,8 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
 // the routing kernel): the block works out its tile from the pairs' expert ids (ids, P of them,
 // emap the expert map or null, Eg the global expert count; pe = P | Eg << 32) as the routing
 // kernel places it, and issues its first weight copies before it waits for the routing kernel;
-// its row count after.
+// its row count after. early = 3: as 1, with the early trigger (common.cuh): the block lets the
+// reduce launch before it reads its tile.
 __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const int* __restrict__ ntiles, i64 early, int& e,
                                          int& row0, const int* __restrict__ ids, const int* __restrict__ emap, i64 pe) {
   if (early == 2) {
@@ -519,6 +522,7 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
   // The tile count and the tile load together (the list holds the grid's tiles, so the entry is
   // inside it even past the count).
   if (early) {
+    if (early == 3) pdl_trigger();  // the early trigger (common.cuh): the reduce may launch now
     nt = __ldcg(ntiles), e = __ldcg(tiles + 2 * blockIdx.y), row0 = __ldcg(tiles + 2 * blockIdx.y + 1);
   } else {
     pdl_begin();
@@ -547,7 +551,7 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
   } while (0)
 
 DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
-  TRACE_SCOPE(early == 1 ? TRACE_GEMM2 : TRACE_GEMM1);
+  TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   if (split == 4)
@@ -557,14 +561,14 @@ DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
 }
 
 DEC_KERNEL(moe_gemm_dec1, DEC1_BLOCKS) {
-  TRACE_SCOPE(early == 1 ? TRACE_GEMM2 : TRACE_GEMM1);
+  TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   DEC_RUN(1, 1, 2);
 }
 
 DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
-  TRACE_SCOPE(early == 1 ? TRACE_GEMM2 : TRACE_GEMM1);
+  TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   DEC_RUN(1, 2, 2);
@@ -573,7 +577,7 @@ DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
 // The split kernel (S = 2 or 4) with 64 weight rows a warp (grid x: N · S / 256; N is a multiple
 // of 128, so every warp has rows).
 DEC_KERNEL(moe_gemm_decw, DECW_BLOCKS) {
-  TRACE_SCOPE(early == 1 ? TRACE_GEMM2 : TRACE_GEMM1);
+  TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   if (split == 4)
@@ -584,7 +588,7 @@ DEC_KERNEL(moe_gemm_decw, DECW_BLOCKS) {
 
 // The split-1 kernel with 64 weight rows a warp (grid x: N / 256 rounded up).
 DEC_KERNEL(moe_gemm_dec1w, DEC1W_BLOCKS) {
-  TRACE_SCOPE(early == 1 ? TRACE_GEMM2 : TRACE_GEMM1);
+  TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0;
   if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
   DEC_RUN(1, 1, 4);
