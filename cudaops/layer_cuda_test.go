@@ -75,6 +75,34 @@ func forward(t *testing.T, l moe.Layer, b *moe.Batch, k int) []float32 {
 	return out
 }
 
+// nearNative fails the test unless got is within a rel L2 of 1e-4 of the native backend's output
+// for the batch, and logs the distance.
+func nearNative(t *testing.T, got []float32, w *moe.Weights, cfg moe.Config, b *moe.Batch) {
+	t.Helper()
+	e := conformance.RelL2(got, nativeOutput(t, w, cfg, b))
+	t.Logf("rel L2 against native %.2e", e)
+	if e > 1e-4 {
+		t.Fatalf("rel L2 %.3e against native", e)
+	}
+}
+
+// zeroWithoutLocalPair runs a batch of spec s with local pairs on l, so that the routing
+// metadata the next batch replaces is not empty, then the batch b, which has no pair on a local
+// expert, three times: every output must be 0.
+func zeroWithoutLocalPair(t *testing.T, l *Layer, s conformance.Spec, b *moe.Batch) {
+	t.Helper()
+	full := s
+	full.NegIDs = 0
+	forward(t, l, &conformance.Generate(full).Batch, s.K)
+	for run := range 3 {
+		for i, v := range forward(t, l, b, s.K) {
+			if v != 0 {
+				t.Fatalf("run %d: output[%d] = %v without a local pair, want 0", run, i, v)
+			}
+		}
+	}
+}
+
 // TestAgainstNative compares larger random calls with the native backend.
 func TestAgainstNative(t *testing.T) {
 	specs := []conformance.Spec{
@@ -137,10 +165,7 @@ func TestWgmmaScaleSpread(t *testing.T) {
 	b.A1qScale = append([]float32(nil), b.A1qScale...)
 	b.A1qScale[0] *= 1.0 / (1 << 20)
 	l := kernelLayer(t, &c.Weights, c.Config, GEMMWgmma)
-	got, want := forward(t, l, &b, 512), nativeOutput(t, &c.Weights, c.Config, &b)
-	if e := conformance.RelL2(got, want); e > 1e-4 {
-		t.Fatalf("rel L2 %.3e against native", e)
-	}
+	nearNative(t, forward(t, l, &b, 512), &c.Weights, c.Config, &b)
 }
 
 // TestWgmmaFoldFallback gives one weight row a nonzero block 30 binades below its largest:
@@ -159,10 +184,7 @@ func TestWgmmaFoldFallback(t *testing.T) {
 	if k := l.Kernel(200, 2); k != GEMMTiled {
 		t.Fatalf("kernel %d, want the tiled GEMM for weights the fold cannot hold", k)
 	}
-	got, want := forward(t, l, &c.Batch, 256), nativeOutput(t, &w, c.Config, &c.Batch)
-	if e := conformance.RelL2(got, want); e > 1e-4 {
-		t.Fatalf("rel L2 %.3e against native", e)
-	}
+	nearNative(t, forward(t, l, &c.Batch, 256), &w, c.Config, &c.Batch)
 }
 
 // TestDecodeScales runs the streaming GEMM on weights without and with special E8M0 scale
@@ -330,12 +352,7 @@ func TestDecodeWideRows(t *testing.T) {
 			got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 			sameBits(t, "second run against the first", again, got)
 			sameBits(t, "64-row kernel against the 32-row one", got, narrow)
-			want := nativeOutput(t, &w, c.Config, &c.Batch)
-			e := conformance.RelL2(got, want)
-			t.Logf("rel L2 against native %.2e", e)
-			if e > 1e-4 {
-				t.Fatalf("rel L2 %.3e against native", e)
-			}
+			nearNative(t, got, &w, c.Config, &c.Batch)
 		})
 	}
 }
@@ -356,29 +373,13 @@ func TestDecodePredictedTiles(t *testing.T) {
 			c := conformance.Generate(s)
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 			if s.NegIDs == 1 {
-				// A forward with local pairs first, so that the routing metadata the batch
-				// replaces is not empty.
-				full := s
-				full.NegIDs = 0
-				forward(t, l, &conformance.Generate(full).Batch, s.K)
-				for run := range 3 {
-					for i, v := range forward(t, l, &c.Batch, s.K) {
-						if v != 0 {
-							t.Fatalf("run %d: output[%d] = %v without a local pair, want 0", run, i, v)
-						}
-					}
-				}
+				zeroWithoutLocalPair(t, l, s, &c.Batch)
 				return
 			}
 			got := forward(t, l, &c.Batch, s.K)
 			l.noPredict = true
 			sameBits(t, "predicted tiles against the routing kernel's", got, forward(t, l, &c.Batch, s.K))
-			want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
-			e := conformance.RelL2(got, want)
-			t.Logf("rel L2 against native %.2e", e)
-			if e > 1e-4 {
-				t.Fatalf("rel L2 %.3e against native", e)
-			}
+			nearNative(t, got, &c.Weights, c.Config, &c.Batch)
 		})
 	}
 }
@@ -400,16 +401,7 @@ func TestDecodeEarlyTrigger(t *testing.T) {
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 			l.trigger = 1
 			if s.NegIDs == 1 {
-				full := s
-				full.NegIDs = 0
-				forward(t, l, &conformance.Generate(full).Batch, s.K)
-				for run := range 3 {
-					for i, v := range forward(t, l, &c.Batch, s.K) {
-						if v != 0 {
-							t.Fatalf("run %d: output[%d] = %v without a local pair, want 0", run, i, v)
-						}
-					}
-				}
+				zeroWithoutLocalPair(t, l, s, &c.Batch)
 				return
 			}
 			// Another batch first, so that the routing metadata this one replaces differs.
@@ -422,12 +414,7 @@ func TestDecodeEarlyTrigger(t *testing.T) {
 			sameBits(t, "the early trigger against the trigger after the wait", got, forward(t, l, &c.Batch, s.K))
 			l.noPredict, l.trigger = true, 1
 			sameBits(t, "the early trigger with routed GEMM1 tiles", got, forward(t, l, &c.Batch, s.K))
-			want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
-			e := conformance.RelL2(got, want)
-			t.Logf("rel L2 against native %.2e", e)
-			if e > 1e-4 {
-				t.Fatalf("rel L2 %.3e against native", e)
-			}
+			nearNative(t, got, &c.Weights, c.Config, &c.Batch)
 		})
 	}
 }
