@@ -708,12 +708,14 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// streaming GEMM reads it and issues its first weight copies before it waits for the
 	// previous kernel; 3: that and the early trigger (below); 2: GEMM1 works out its tiles from
 	// the ids (below).
-	// The streaming GEMMs' split kernels: 64 or 32 weight rows a warp (splitWide).
-	wide1, wide2 := l.splitWide(2*I, K, I, tiles)
-	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, early int64, wide bool) error {
+	// The streaming GEMMs' splits (decSplit, once each), and whether their split kernels have 64
+	// or 32 weight rows a warp (splitWide).
+	split1, split2 := l.decSplit(2*I, K, tiles), l.decSplit(K, I, tiles)
+	wide1, wide2 := l.splitWide(2*I, K, split1, split2, tiles)
+	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide bool) error {
 		switch kernel {
 		case GEMMDecode:
-			split, fn, smem, gx := l.decKernel(n, kd, tiles, P, wide)
+			fn, smem, gx := l.decKernel(n, split, P, wide)
 			return launch(fn, dim3{gx, tiles, 1}, dim3{32 * decWarps, 1, 1}, smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales), i(early), u(b.TopKIDs), u(l.expertMap), i(int64(P)|int64(l.eg)<<32))
@@ -751,7 +753,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if fused && P <= segmentRows && !l.noPredict {
 		early1 = 2
 	}
-	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, early1, wide1); err != nil {
+	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, split1, early1, wide1); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -774,7 +776,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, early2, wide2); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, split2, early2, wide2); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {
@@ -787,31 +789,30 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	return l.mark(6)
 }
 
-// decKernel picks the streaming GEMM's kernel for an n-row GEMM over kd columns of p routed pairs
-// in tiles tiles: its split (decSplit), function, dynamic shared memory and grid width (blocks
-// per tile). Split-1 batches of more than dec16Rows rows per local expert on average take the
-// 16-token kernel, the others the 64-row one when n >= wideRows, else the 32-row one. Split
-// GEMMs take the split kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
-func (l *Layer) decKernel(n, kd int64, tiles, p int, wide bool) (split int, fn cu.Function, smem, gx int) {
+// decKernel picks the streaming GEMM's kernel for an n-row GEMM of split S (decSplit) over p
+// routed pairs: its function, dynamic shared memory and grid width (blocks per tile). Split-1
+// batches of more than dec16Rows rows per local expert on average take the 16-token kernel, the
+// others the 64-row one when n >= wideRows, else the 32-row one. Split GEMMs take the split
+// kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
+func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
-	switch split = l.decSplit(n, kd, tiles); {
+	switch {
 	case split > 1 && wide:
-		return split, f.gemmDecW, decwSmem, int(n) * split / (64 * decWarps)
+		return f.gemmDecW, decwSmem, int(n) * split / (64 * decWarps)
 	case split > 1:
-		return split, f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
+		return f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
 	case p > dec16Rows*l.E:
-		return 1, f.gemmDec16, dec16Smem, int(n) / (32 * decWarps)
+		return f.gemmDec16, dec16Smem, int(n) / (32 * decWarps)
 	case n >= l.wideRows:
-		return 1, f.gemmDec1w, dec1wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)
+		return f.gemmDec1w, dec1wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)
 	}
-	return 1, f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
+	return f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
 }
 
-// splitWide reports whether GEMM1 (n1 = 2I rows over K columns) and GEMM2 (K rows over I) take
-// the split kernel of 64 rows a warp, at tiles tiles: as splitRows says (64: every split GEMM,
-// 32: none), or by chainWide from their splits and grids (wideSplit).
-func (l *Layer) splitWide(n1, k, i int64, tiles int) (wide1, wide2 bool) {
-	s1, s2 := l.decSplit(n1, k, tiles), l.decSplit(k, i, tiles)
+// splitWide reports whether GEMM1 (n1 = 2I rows over K columns, split s1) and GEMM2 (K rows,
+// split s2) take the split kernel of 64 rows a warp, at tiles tiles: as splitRows says (64: every
+// split GEMM, 32: none), or by chainWide from their splits and grids (wideSplit).
+func (l *Layer) splitWide(n1, k int64, s1, s2, tiles int) (wide1, wide2 bool) {
 	switch l.splitRows {
 	case 64:
 		return s1 > 1, s2 > 1

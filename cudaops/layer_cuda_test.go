@@ -288,8 +288,9 @@ func TestDecodeWide(t *testing.T) {
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		p := m * s.TopK
 		_, tiles := l.bounds(p)
-		s1, f1, _, _ := l.decKernel(int64(2*s.I), int64(s.K), tiles, p, false)
-		s2, f2, _, _ := l.decKernel(int64(s.K), int64(s.I), tiles, p, false)
+		s1, s2 := l.decSplit(int64(2*s.I), int64(s.K), tiles), l.decSplit(int64(s.K), int64(s.I), tiles)
+		f1, _, _ := l.decKernel(int64(2*s.I), s1, p, false)
+		f2, _, _ := l.decKernel(int64(s.K), s2, p, false)
 		wide += btoi(f1 == l.dev.fn.gemmDec16) + btoi(f2 == l.dev.fn.gemmDec16)
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 		l.Close()
@@ -338,14 +339,14 @@ func TestDecodeWideRows(t *testing.T) {
 				n, kd int64
 			}{{"GEMM1", int64(2 * s.I), int64(s.K)}, {"GEMM2", int64(s.K), int64(s.I)}}
 			for _, g := range gemms {
-				if _, fn, _, _ := l.decKernel(g.n, g.kd, tiles, p, false); fn != l.dev.fn.gemmDec1 {
+				if fn, _, _ := l.decKernel(g.n, l.decSplit(g.n, g.kd, tiles), p, false); fn != l.dev.fn.gemmDec1 {
 					t.Fatalf("%s (%d rows, below %d) does not take the 32-row kernel (split %d)", g.name, g.n, dec1wMinRows, l.decSplit(g.n, g.kd, tiles))
 				}
 			}
 			narrow := forward(t, l, &c.Batch, s.K)
 			l.wideRows = 0
 			for _, g := range gemms {
-				if _, fn, _, _ := l.decKernel(g.n, g.kd, tiles, p, false); fn != l.dev.fn.gemmDec1w {
+				if fn, _, _ := l.decKernel(g.n, l.decSplit(g.n, g.kd, tiles), p, false); fn != l.dev.fn.gemmDec1w {
 					t.Fatalf("%s (%d rows) does not take the 64-row kernel with wideRows 0 (split %d)", g.name, g.n, l.decSplit(g.n, g.kd, tiles))
 				}
 			}
