@@ -9,6 +9,44 @@ const (
 	decwBlocks     = 3
 )
 
+// decSplitFor's grid measure: blocks of decWarps warps on decSplitRows rows each (the 32-row
+// kernel's own), decSplitBlocks per SM (its occupancy) for warps of at least 4 column groups,
+// decSplitThin per SM for fewer.
+const decSplitRows, decSplitThin = 32, 3
+
+// decSplitFor returns how many warps share each weight row of the streaming GEMM for n rows of
+// kd columns and a bound of tiles, on sms SMs: the largest S of 4, 2 whose grid of 32-row warps
+// fits on the device in one wave (decSplitBlocks blocks per SM while each warp keeps at least 4
+// of the kd/128 column groups, decSplitThin with fewer), or in three waves of decSplitBlocks while
+// each warp keeps at least 4 groups; else 1. (Two waves of warps with half the groups each beat
+// one wave: GPT-OSS M = 1 43.7 -> 40.5 µs, DeepSeek-V3 108.8 -> 97.3 on an H200; three waves
+// took DeepSeek-V3 M = 1 from 85.9 to 82.8 µs. Warps of 1-3 groups, Qwen3's GEMM2, lose to their
+// partial sums' reduction unless the grid is small: measuring them at 4 blocks per SM instead of
+// 3 made Qwen3 M = 1 and 2 3-4 % slower, while the 4-group rule at 4 blocks per SM made GPT-OSS
+// M = 4 and Qwen3 M = 8 about 5 % faster. docs/perf.md.)
+//
+// One exception, for the forward's GEMM1 (first): where S = 4 would take more than one wave but
+// at most one and a half, it takes S = 2, which then fits in one. A block takes about as long in a
+// thin second wave as in a full one (the stage timeline), so the second wave of S = 4 costs a
+// block's whole time for a few blocks. On an H200 this took GPT-OSS-120B at one token (1.39
+// waves) 2-3 % lower and Qwen3-30B-A3B at two (1.45 waves) 2-4 % lower; DeepSeek-V3 at one token
+// (1.94 waves, not taken) was 1-1.4 % slower with it, and GPT-OSS-120B's GEMM2 at two tokens
+// (1.39 waves, under the early trigger) 12 % slower. docs/perf.md, v27.
+func decSplitFor(n, kd int64, tiles, sms int, first bool) int {
+	units, groups := int(n/decSplitRows)*tiles, int(kd/128)
+	wave, thin := decSplitBlocks*sms, decSplitThin*sms
+	for _, s := range []int{4, 2} {
+		blocks, deep := units*s/decWarps, groups >= 4*s
+		if (deep && blocks <= 3*wave) || blocks <= thin {
+			if s == 4 && first && deep && blocks > wave && 2*blocks <= 3*wave {
+				return 2
+			}
+			return s
+		}
+	}
+	return 1
+}
+
 // waveFill is the share of its waves' block slots that a grid of blocks fills, at wave blocks a
 // wave (resident blocks per SM times SMs): blocks / (⌈blocks / wave⌉ · wave). 0 for an empty
 // grid or wave.

@@ -111,3 +111,37 @@ func TestEarlyTrigger(t *testing.T) {
 		}
 	}
 }
+
+// TestDecSplitFor checks the streaming GEMMs' split at the bench shapes' decode batches on 132
+// SMs (tiles: the bound of M·TopK pairs), the GEMM1 exception's edges included.
+func TestDecSplitFor(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		n, kd int64
+		tiles int
+		first bool
+		want  int
+	}{
+		{"GPT-OSS-120B M=1 GEMM1: S=4 takes 1.39 waves, S=2 one", 5888, 2944, 4, true, 2},
+		{"GPT-OSS-120B M=1 GEMM2: S=4 in one wave", 2944, 2944, 4, false, 4},
+		{"GPT-OSS-120B M=2 GEMM1: S=4 takes 2.79 waves", 5888, 2944, 8, true, 4},
+		{"GPT-OSS-120B M=2 GEMM2: 1.39 waves, not GEMM1", 2944, 2944, 8, false, 4},
+		{"the same grid as a GEMM1", 2944, 2944, 8, true, 2},
+		{"DeepSeek-V3 M=1 GEMM1: S=4 takes 1.94 waves", 4096, 7168, 8, true, 4},
+		{"DeepSeek-V3 M=1 GEMM2: S=2 in 1.7 waves", 7168, 2048, 8, false, 2},
+		{"DeepSeek-V3 M=2 GEMM1: S=2 in 1.94 waves", 4096, 7168, 16, true, 2},
+		{"DeepSeek-V3 M=2 GEMM2: split 1", 7168, 2048, 16, false, 1},
+		{"Qwen3-30B-A3B M=1 GEMM1: S=4 in one wave", 1536, 2048, 8, true, 4},
+		{"Qwen3-30B-A3B M=1 GEMM2: 6 groups, S=2 within 3 blocks an SM", 2048, 768, 8, false, 2},
+		{"Qwen3-30B-A3B M=2 GEMM1: S=4 takes 1.45 waves", 1536, 2048, 16, true, 2},
+		{"Qwen3-30B-A3B M=2 GEMM2: split 1", 2048, 768, 16, false, 1},
+		{"1.5 waves exactly (792 blocks) takes S=2", 1056, 2048, 24, true, 2},
+		{"past 1.5 waves (800 blocks) keeps S=4", 3200, 2048, 8, true, 4},
+		{"just past one wave (544 blocks) takes S=2", 2176, 2048, 8, true, 2},
+		{"one wave exactly (528 blocks) keeps S=4", 2112, 2048, 8, true, 4},
+	} {
+		if got := decSplitFor(c.n, c.kd, c.tiles, 132, c.first); got != c.want {
+			t.Errorf("%s: decSplitFor(%d, %d, %d, 132, %v) = %d, want %d", c.name, c.n, c.kd, c.tiles, c.first, got, c.want)
+		}
+	}
+}

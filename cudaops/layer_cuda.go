@@ -76,10 +76,6 @@ const (
 	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
 	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)
 	dec16Rows = 6
-	// decSplit's grid measure: blocks of decWarps warps on 32 rows each (the kernel's own),
-	// decSplitBlocks per SM (its occupancy) for warps of at least 4 column groups, 3 per SM for
-	// fewer.
-	decSplitRows, decSplitThin = 32, 3
 )
 
 // layoutConst is a launch constant the kernels define too (by its name there).
@@ -125,25 +121,9 @@ func checkLayout(mod cu.Module, fatbin string) error {
 }
 
 // decSplit returns how many warps share each weight row of the streaming GEMM for n rows of kd
-// columns and a bound of tiles: the largest S of 4, 2 whose grid of 32-row warps fits on the
-// device in one wave (decSplitBlocks blocks per SM while each warp keeps at least 4 of the kd/128
-// column groups, decSplitThin with fewer), or in three waves of decSplitBlocks while each warp
-// keeps at least 4 groups; else 1. (Two waves of warps with half the groups each beat one wave:
-// GPT-OSS M = 1 43.7 -> 40.5 µs, DeepSeek-V3 108.8 -> 97.3 on an H200; three waves took
-// DeepSeek-V3 M = 1 from 85.9 to 82.8 µs. Warps of 1-3 groups, Qwen3's GEMM2, lose to their
-// partial sums' reduction unless the grid is small: measuring them at 4 blocks per SM instead of
-// 3 made Qwen3 M = 1 and 2 3-4 % slower, while the 4-group rule at 4 blocks per SM made GPT-OSS
-// M = 4 and Qwen3 M = 8 about 5 % faster. docs/perf.md.)
-func (l *Layer) decSplit(n, kd int64, tiles int) int {
-	units, groups := int(n/decSplitRows)*tiles, int(kd/128)
-	wave, thin := decSplitBlocks*l.dev.SMs, decSplitThin*l.dev.SMs
-	for _, s := range []int{4, 2} {
-		blocks, deep := units*s/decWarps, groups >= 4*s
-		if (deep && blocks <= 3*wave) || blocks <= thin {
-			return s
-		}
-	}
-	return 1
+// columns and a bound of tiles on this device (decSplitFor); first marks the forward's GEMM1.
+func (l *Layer) decSplit(n, kd int64, tiles int, first bool) int {
+	return decSplitFor(n, kd, tiles, l.dev.SMs, first)
 }
 
 // NewLayer validates the weights and configuration, opens the device, and uploads the weights.
@@ -710,7 +690,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// the ids (below).
 	// The streaming GEMMs' splits (decSplit, once each), and whether their split kernels have 64
 	// or 32 weight rows a warp (splitWide).
-	split1, split2 := l.decSplit(2*I, K, tiles), l.decSplit(K, I, tiles)
+	split1, split2 := l.decSplit(2*I, K, tiles, true), l.decSplit(K, I, tiles, false)
 	wide1, wide2 := l.splitWide(2*I, K, split1, split2, tiles)
 	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide bool) error {
 		switch kernel {

@@ -248,7 +248,7 @@ func TestDecodeSplits(t *testing.T) {
 	pl := kernelLayer(t, &probe.Weights, probe.Config, GEMMDecode) // for the split of each M
 	for _, m := range []int{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768} {
 		_, tiles := pl.bounds(m * s.TopK)
-		split := pl.decSplit(int64(2*s.I), int64(s.K), tiles)
+		split := pl.decSplit(int64(2*s.I), int64(s.K), tiles, true)
 		if seen[split] {
 			continue
 		}
@@ -288,7 +288,7 @@ func TestDecodeWide(t *testing.T) {
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		p := m * s.TopK
 		_, tiles := l.bounds(p)
-		s1, s2 := l.decSplit(int64(2*s.I), int64(s.K), tiles), l.decSplit(int64(s.K), int64(s.I), tiles)
+		s1, s2 := l.decSplit(int64(2*s.I), int64(s.K), tiles, true), l.decSplit(int64(s.K), int64(s.I), tiles, false)
 		f1, _, _ := l.decKernel(int64(2*s.I), s1, p, false)
 		f2, _, _ := l.decKernel(int64(s.K), s2, p, false)
 		wide += btoi(f1 == l.dev.fn.gemmDec16) + btoi(f2 == l.dev.fn.gemmDec16)
@@ -337,17 +337,18 @@ func TestDecodeWideRows(t *testing.T) {
 			gemms := []struct {
 				name  string
 				n, kd int64
-			}{{"GEMM1", int64(2 * s.I), int64(s.K)}, {"GEMM2", int64(s.K), int64(s.I)}}
+				first bool
+			}{{"GEMM1", int64(2 * s.I), int64(s.K), true}, {"GEMM2", int64(s.K), int64(s.I), false}}
 			for _, g := range gemms {
-				if fn, _, _ := l.decKernel(g.n, l.decSplit(g.n, g.kd, tiles), p, false); fn != l.dev.fn.gemmDec1 {
-					t.Fatalf("%s (%d rows, below %d) does not take the 32-row kernel (split %d)", g.name, g.n, dec1wMinRows, l.decSplit(g.n, g.kd, tiles))
+				if fn, _, _ := l.decKernel(g.n, l.decSplit(g.n, g.kd, tiles, g.first), p, false); fn != l.dev.fn.gemmDec1 {
+					t.Fatalf("%s (%d rows, below %d) does not take the 32-row kernel (split %d)", g.name, g.n, dec1wMinRows, l.decSplit(g.n, g.kd, tiles, g.first))
 				}
 			}
 			narrow := forward(t, l, &c.Batch, s.K)
 			l.wideRows = 0
 			for _, g := range gemms {
-				if fn, _, _ := l.decKernel(g.n, l.decSplit(g.n, g.kd, tiles), p, false); fn != l.dev.fn.gemmDec1w {
-					t.Fatalf("%s (%d rows) does not take the 64-row kernel with wideRows 0 (split %d)", g.name, g.n, l.decSplit(g.n, g.kd, tiles))
+				if fn, _, _ := l.decKernel(g.n, l.decSplit(g.n, g.kd, tiles, g.first), p, false); fn != l.dev.fn.gemmDec1w {
+					t.Fatalf("%s (%d rows) does not take the 64-row kernel with wideRows 0 (split %d)", g.name, g.n, l.decSplit(g.n, g.kd, tiles, g.first))
 				}
 			}
 			got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
