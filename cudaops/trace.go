@@ -79,3 +79,36 @@ func median(d []time.Duration) time.Duration {
 	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
 	return d[len(d)/2]
 }
+
+// traceBlocks is the kernels' TRACE_BLOCKS: the blocks of each stage's grid that record a span.
+const traceBlocks = 8192
+
+// BlockSpan is one traced block's place in a forward (Layer.TraceBlocks): its stage (an index of
+// TraceStages), its blockIdx.x and .y, the SM it ran on, and when it began and its last warp
+// ended, relative to the moment the forward's first traced block began.
+type BlockSpan struct {
+	Stage, X, Y, SM int
+	Start, End      time.Duration
+}
+
+// blockSpans reads the MOE_TRACE_BLOCKS table (3 values a block: bit 63 | SM << 48 | y << 24 |
+// x, start and end in %globaltimer ns; all zero for a block that did not run) into spans,
+// relative to the earliest start.
+func blockSpans(table []uint64) []BlockSpan {
+	t0 := uint64(math.MaxUint64)
+	for i := 0; i+2 < len(table); i += 3 {
+		if table[i]>>63 != 0 {
+			t0 = min(t0, table[i+1])
+		}
+	}
+	var out []BlockSpan
+	for i := 0; i+2 < len(table); i += 3 {
+		m := table[i]
+		if m>>63 == 0 {
+			continue
+		}
+		out = append(out, BlockSpan{Stage: i / 3 / traceBlocks, X: int(m & 0xffffff), Y: int(m >> 24 & 0xffffff), SM: int(m >> 48 & 0xff),
+			Start: time.Duration(int64(table[i+1] - t0)), End: time.Duration(int64(table[i+2] - t0))})
+	}
+	return out
+}

@@ -70,3 +70,44 @@ func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageS
 	}
 	return out, nil
 }
+
+// ErrNoBlockTrace is returned by TraceBlocks when the kernels were built without
+// MOE_TRACE_BLOCKS (MOE_DEFS="-DMOE_TRACE -DMOE_TRACE_BLOCKS" cudaops/kernels/build.sh).
+var ErrNoBlockTrace = errors.New("cudaops: the kernels were built without MOE_TRACE_BLOCKS")
+
+// TraceBlocks replays the graph once and returns the span of every traced block (the first
+// traceBlocks blocks of each stage's grid) and the SM it ran on, relative to the moment the
+// forward's first traced block began, in the order of stage and block. Its kernels are the
+// MOE_TRACE_BLOCKS build's, whose blocks each store a record and whose warps each add an atomic;
+// TraceGraphs' timeline of the same build places the stages.
+func (l *Layer) TraceBlocks(g *Graph) ([]BlockSpan, error) {
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return nil, err
+	}
+	defer unbind()
+	table, size, err := l.dev.mod.Global("moe_trace_blk")
+	if err != nil {
+		return nil, ErrNoBlockTrace
+	}
+	if size != 8*3*traceBlocks*traceSlots {
+		return nil, fmt.Errorf("cudaops: the kernels' moe_trace_blk table has %d bytes, the host code expects %d; rebuild them", size, 8*3*traceBlocks*traceSlots)
+	}
+	if g.l != l || g.exec == nil || g.mem != l.ws.mem {
+		return nil, fmt.Errorf("cudaops: the graph does not belong to this layer's current workspace")
+	}
+	if err := cu.MemsetD32Async(table, 0, size/4, l.stream); err != nil {
+		return nil, fmt.Errorf("cudaops: trace: %v", err)
+	}
+	if err := g.exec.launch(l.stream); err != nil {
+		return nil, err
+	}
+	if err := l.stream.Synchronize(); err != nil {
+		return nil, err
+	}
+	got := make([]uint64, size/8)
+	if err := cu.MemcpyDtoH(unsafe.Pointer(&got[0]), table, size); err != nil {
+		return nil, fmt.Errorf("cudaops: trace: %v", err)
+	}
+	return blockSpans(got), nil
+}

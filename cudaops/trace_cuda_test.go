@@ -62,3 +62,52 @@ func TestTraceGraphs(t *testing.T) {
 		t.Logf("replay %d: %+v", r, sp)
 	}
 }
+
+// TestTraceBlocks: kernels built without MOE_TRACE_BLOCKS give ErrNoBlockTrace; kernels built
+// with it record every block of a one-token decode forward's GEMM1 grid once, each on an SM of
+// the device, beginning no later than it ended.
+func TestTraceBlocks(t *testing.T) {
+	s := conformance.Spec{M: 1, K: 1024, I: 512, E: 8, TopK: 4, Activation: moe.SwiGLUOAI, Seed: 62}
+	c := conformance.Generate(s)
+	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+	buf, err := l.Upload(&c.Batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer buf.Free()
+	g, err := l.Capture(buf.Out, buf.Batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	spans, err := l.TraceBlocks(g)
+	if errors.Is(err, ErrNoBlockTrace) {
+		if _, _, gerr := l.dev.mod.Global("moe_trace_blk"); gerr == nil {
+			t.Fatalf("the kernels (%s) have moe_trace_blk, yet TraceBlocks gave %v", l.dev.Fatbin, err)
+		}
+		t.Logf("kernels %s do not trace blocks: ErrNoBlockTrace as expected", l.dev.Fatbin)
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := s.M * s.TopK
+	_, tiles := l.bounds(p)
+	split1, split2 := l.decSplit(int64(2*s.I), int64(s.K), tiles, true), l.decSplit(int64(s.K), int64(s.I), tiles, false)
+	wide1, _ := l.splitWide(int64(2*s.I), int64(s.K), split1, split2, tiles)
+	_, _, gx := l.decKernel(int64(2*s.I), split1, p, wide1)
+	seen := map[[2]int]bool{}
+	for _, b := range spans {
+		if TraceStages[b.Stage] != "GEMM1" {
+			continue
+		}
+		if b.Start > b.End || b.Start < 0 || b.SM >= l.dev.SMs || b.X >= gx || b.Y >= tiles || seen[[2]int{b.X, b.Y}] {
+			t.Fatalf("GEMM1 block %+v: out of order, off the grid (%d × %d) or the device (%d SMs), or recorded twice", b, gx, tiles, l.dev.SMs)
+		}
+		seen[[2]int{b.X, b.Y}] = true
+	}
+	if len(seen) != gx*tiles {
+		t.Fatalf("%d GEMM1 blocks recorded, want the grid's %d × %d", len(seen), gx, tiles)
+	}
+	t.Logf("%d spans, GEMM1 %d × %d blocks", len(spans), gx, tiles)
+}

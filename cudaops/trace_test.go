@@ -53,3 +53,30 @@ func TestMedianSpans(t *testing.T) {
 		t.Errorf("prepare ran in no forward, got %+v", got[0])
 	}
 }
+
+func TestBlockSpans(t *testing.T) {
+	tab := make([]uint64, 3*traceBlocks*traceSlots)
+	put := func(slot, b int, sm, y, x, start, end uint64) {
+		copy(tab[3*(traceBlocks*slot+b):], []uint64{1<<63 | sm<<48 | y<<24 | x, start, end})
+	}
+	put(1, 0, 5, 0, 0, 1000, 3000)        // route: one block
+	put(3, 7, 131, 2, 3, 1200, 9000)      // GEMM1 block (3, 2) of a grid 2 wide
+	put(3, 8191, 0, 4095, 1, 2500, 12000) // the last block a stage records
+	put(5, 0, 17, 0, 0, 8000, 15000)      // GEMM2
+	tab[3*(traceBlocks*6)+1] = 500        // a start without the valid bit: not a block
+	got := blockSpans(tab)
+	want := []BlockSpan{
+		{Stage: 1, X: 0, Y: 0, SM: 5, Start: 0, End: 2000},
+		{Stage: 3, X: 3, Y: 2, SM: 131, Start: 200, End: 8000},
+		{Stage: 3, X: 1, Y: 4095, SM: 0, Start: 1500, End: 11000},
+		{Stage: 5, X: 0, Y: 0, SM: 17, Start: 7000, End: 14000},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d spans %+v, want %d", len(got), got, len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("span %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}

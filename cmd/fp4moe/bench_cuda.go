@@ -36,7 +36,7 @@ var benchShapes = []benchShape{
 
 const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
                     [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
-                    [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--trace N]
+                    [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--trace N] [--trace-blocks FILE]
 
 Shapes: gptoss120b, deepseekv3, qwen3-30b-a3b (the default set), qwen3-235b-a22b, deepseekv2-lite.
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
@@ -57,6 +57,10 @@ With --trace N (kernels built with MOE_DEFS=-DMOE_TRACE cudaops/kernels/build.sh
 FP4MOE_FATBIN) each row is followed by its stage timeline: N replays of each rotated batch, one at
 a time, and per stage of the decode path the medians of when its first and last blocks began and
 its first and last warps ended, in µs after the forward's first block began.
+With --trace-blocks FILE (kernels built with MOE_DEFS="-DMOE_TRACE -DMOE_TRACE_BLOCKS") one
+replay of each row's first batch records every block of each stage (up to 8192 a stage): the
+CSV has its stage, blockIdx.x and .y, the SM it ran on, and when it began and its last warp
+ended, in µs after the forward's first block began.
 `
 
 func bench(args []string, stdout, stderr io.Writer) int {
@@ -74,6 +78,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	uploads := fs.Int("uploads", 1, "uploads of each shape's weights, each timed (median reported)")
 	input := fs.String("input", "fp8", "the tokens: fp8 (quantized, with scales) or float (float32, quantized by the layer)")
 	trace := fs.Int("trace", 0, "also print each row's stage timeline over this many replays of each batch (kernels built with MOE_TRACE)")
+	traceBlocks := fs.String("trace-blocks", "", "write every traced block's span and SM, one replay of each row, as CSV to this file (kernels built with MOE_TRACE and MOE_TRACE_BLOCKS)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -129,6 +134,18 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm",
 			"uploads", "min_upload_us", "max_upload_us", "input"})
 	}
+	tr := traceOpts{n: *trace}
+	if *traceBlocks != "" {
+		f, err := os.Create(*traceBlocks)
+		if err != nil {
+			fmt.Fprintf(stderr, "fp4moe bench: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		tr.blocks = csv.NewWriter(f)
+		defer tr.blocks.Flush()
+		tr.blocks.Write([]string{"shape", "routing", "M", "stage", "x", "y", "sm", "start_us", "end_us"})
+	}
 	fmt.Fprintf(stdout, "%-14s %-8s %6s %5s %9s %11s %9s %8s %9s %7s  %-7s %s\n", "shape", "routing", "M", "exp", "weight MB", "median µs", "GB/s", "TFLOP/s", "floor µs", "×floor", "GEMM", "uploads µs")
 	for _, name := range strings.Split(*shapes, ",") {
 		var s *benchShape
@@ -146,7 +163,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.name, err)
 			return 2
 		}
-		code := benchShapeRows(layers, *s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, copyBW, *stages, *trace, d.Name, w, stdout, stderr)
+		code := benchShapeRows(layers, *s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, copyBW, *stages, tr, d.Name, w, stdout, stderr)
 		closeLayers(layers)
 		if code != 0 {
 			return code
@@ -180,14 +197,14 @@ func closeLayers(layers []*cudaops.Layer) {
 // benchShapeRows times every (routing, M) of one shape on each of its uploads and prints (and
 // writes, when w is set) the rows; it returns the command's exit code.
 func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, input string, ms []int, seed uint64, minTime time.Duration, copyBW float64,
-	stages bool, trace int, device string, w *csv.Writer, stdout, stderr io.Writer) int {
+	stages bool, tr traceOpts, device string, w *csv.Writer, stdout, stderr io.Writer) int {
 	l := layers[0]
 	for _, routing := range routings {
 		for _, m := range ms {
 			rs := make([]benchResult, len(layers))
 			for i, li := range layers {
 				var err error
-				if rs[i], err = benchRow(li, s, routing, input, m, seed, minTime, copyBW, trace); err != nil {
+				if rs[i], err = benchRow(li, s, routing, input, m, seed, minTime, copyBW, tr); err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.name, routing, m, err)
 					return 2
 				}
@@ -210,8 +227,11 @@ func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, in
 				fmt.Fprintf(stdout, "    stages µs: permute+route %.1f  GEMM1 %.1f  activation %.1f  GEMM2 %.1f  reduce %.1f  (sum %.1f)\n",
 					us(st.Permute), us(st.GEMM1), us(st.Activation), us(st.GEMM2), us(st.Reduce), us(st.Total()))
 			}
-			if trace > 0 {
+			if tr.n > 0 {
 				printTrace(stdout, r.trace)
+			}
+			for _, b := range r.blocks {
+				tr.blocks.Write([]string{s.name, routing, itoa(m), cudaops.TraceStages[b.Stage], itoa(b.X), itoa(b.Y), itoa(b.SM), ff(us(b.Start)), ff(us(b.End))})
 			}
 			if w != nil {
 				w.Write([]string{device, time.Now().UTC().Format("2006-01-02"), s.name, itoa(s.k), itoa(s.i), itoa(s.e), itoa(s.n), routing, itoa(m),
@@ -233,6 +253,14 @@ type benchResult struct {
 	experts, bytes, flops   float64
 	launches                int
 	trace                   [len(cudaops.TraceStages)]cudaops.StageSpan // with --trace
+	blocks                  []cudaops.BlockSpan                         // with --trace-blocks
+}
+
+// traceOpts are bench's trace flags: replays of each batch for the stage timeline (--trace), and
+// where the traced blocks go (--trace-blocks; nil without).
+type traceOpts struct {
+	n      int
+	blocks *csv.Writer
 }
 
 // printTrace prints a row's stage timeline (the stages that ran), in µs, with each stage's share
@@ -249,9 +277,9 @@ func printTrace(w io.Writer, sp [len(cudaops.TraceStages)]cudaops.StageSpan) {
 	}
 }
 
-// benchRow times one (shape, routing, M) over rotated batches (and, with trace > 0, traces
-// that many replays of each).
-func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed uint64, minTime time.Duration, copyBW float64, trace int) (benchResult, error) {
+// benchRow times one (shape, routing, M) over rotated batches (and, with tr.n > 0, traces that
+// many replays of each; with tr.blocks, the blocks of one replay of the first).
+func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed uint64, minTime time.Duration, copyBW float64, tr traceOpts) (benchResult, error) {
 	rotate := 8
 	if m*s.n >= 4*s.e {
 		rotate = 2 // every expert is touched anyway
@@ -304,12 +332,17 @@ func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed
 	res.bytes = res.experts * perExpert
 	res.flops = 2 * float64(m) * float64(s.n) * 3 * float64(s.k) * float64(s.i)
 	res.floor = time.Duration(res.bytes / copyBW * 1e9)
-	if trace > 0 {
-		runs, err := l.TraceGraphs(graphs, trace)
+	if tr.n > 0 {
+		runs, err := l.TraceGraphs(graphs, tr.n)
 		if err != nil {
 			return res, err
 		}
 		res.trace = cudaops.MedianSpans(runs)
+	}
+	if tr.blocks != nil {
+		if res.blocks, err = l.TraceBlocks(graphs[0]); err != nil {
+			return res, err
+		}
 	}
 	return res, nil
 }

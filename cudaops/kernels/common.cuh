@@ -55,14 +55,23 @@ __device__ __forceinline__ void pdl_begin() {
 #define TRACE_REDUCE 6
 #define TRACE_SLOTS 8
 #ifdef MOE_TRACE
+// With MOE_TRACE_BLOCKS as well, each block of the first TRACE_BLOCKS of a stage's grid records
+// its own span in moe_trace_blk[3 · (TRACE_BLOCKS · slot + block)]: bit 63 set, the SM (%smid,
+// bits 48..55), blockIdx.y (bits 24..47) and blockIdx.x (bits 0..23); the %globaltimer when it
+// began; the latest end of its warps. The host zeroes it before a forward (Layer.TraceBlocks).
+#define TRACE_BLOCKS 8192
 extern "C" {
 __device__ unsigned long long moe_trace[4 * TRACE_SLOTS];
+#ifdef MOE_TRACE_BLOCKS
+__device__ unsigned long long moe_trace_blk[3 * TRACE_BLOCKS * TRACE_SLOTS];
+#endif
 }
 __device__ __forceinline__ unsigned long long trace_now() {
   unsigned long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
+__device__ __forceinline__ unsigned trace_block() { return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z); }
 struct TraceScope {
   int slot;
   __device__ explicit TraceScope(int s) : slot(s) {
@@ -70,6 +79,17 @@ struct TraceScope {
       const unsigned long long t = trace_now();
       atomicMin(&moe_trace[4 * s], t);
       atomicMax(&moe_trace[4 * s + 1], t);
+#ifdef MOE_TRACE_BLOCKS
+      const unsigned b = trace_block();
+      if (b < TRACE_BLOCKS) {
+        unsigned sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        unsigned long long* e = moe_trace_blk + 3 * ((unsigned long long)TRACE_BLOCKS * s + b);
+        e[0] = 1ull << 63 | (unsigned long long)(sm & 0xff) << 48 | (unsigned long long)(blockIdx.y & 0xffffff) << 24 |
+               (blockIdx.x & 0xffffff);
+        e[1] = t;
+      }
+#endif
     }
   }
   __device__ ~TraceScope() {
@@ -77,6 +97,10 @@ struct TraceScope {
       const unsigned long long t = trace_now();
       atomicMin(&moe_trace[4 * slot + 2], t);
       atomicMax(&moe_trace[4 * slot + 3], t);
+#ifdef MOE_TRACE_BLOCKS
+      const unsigned b = trace_block();
+      if (b < TRACE_BLOCKS) atomicMax(moe_trace_blk + 3 * ((unsigned long long)TRACE_BLOCKS * slot + b) + 2, t);
+#endif
     }
   }
 };
