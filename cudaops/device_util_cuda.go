@@ -126,8 +126,8 @@ func (l *Layer) TimeGraphs(gs []*Graph, rounds, per int) ([]time.Duration, error
 		for range per {
 			g := gs[n%len(gs)]
 			n++
-			if g.l != l || g.exec == nil || g.mem != l.ws.mem {
-				return nil, fmt.Errorf("cudaops: a graph does not belong to this layer's current workspace")
+			if err := l.replayable(g); err != nil {
+				return nil, err
 			}
 			if err := g.exec.launch(l.stream); err != nil {
 				return nil, err

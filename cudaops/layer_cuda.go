@@ -126,6 +126,15 @@ func (l *Layer) decSplit(n, kd int64, tiles int, first bool) int {
 	return decSplitFor(n, kd, tiles, l.dev.SMs, first)
 }
 
+// decSplits returns a decode forward's two streaming GEMMs' splits (decSplit) and whether each
+// takes the split kernel of 64 rows a warp (splitWide), at a bound of tiles.
+func (l *Layer) decSplits(tiles int) (split1, split2 int, wide1, wide2 bool) {
+	K, I := int64(l.K), int64(l.I)
+	split1, split2 = l.decSplit(2*I, K, tiles, true), l.decSplit(K, I, tiles, false)
+	wide1, wide2 = l.splitWide(2*I, K, split1, split2, tiles)
+	return split1, split2, wide1, wide2
+}
+
 // NewLayer validates the weights and configuration, opens the device, and uploads the weights.
 func (b Backend) NewLayer(w *moe.Weights, cfg moe.Config) (moe.Layer, error) {
 	l, err := NewLayer(w, cfg)
@@ -690,8 +699,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// the ids (below).
 	// The streaming GEMMs' splits (decSplit, once each), and whether their split kernels have 64
 	// or 32 weight rows a warp (splitWide).
-	split1, split2 := l.decSplit(2*I, K, tiles, true), l.decSplit(K, I, tiles, false)
-	wide1, wide2 := l.splitWide(2*I, K, split1, split2, tiles)
+	split1, split2, wide1, wide2 := l.decSplits(tiles)
 	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide bool) error {
 		switch kernel {
 		case GEMMDecode:
@@ -884,6 +892,15 @@ func (l *Layer) Capture(out cu.DevicePtr, b DeviceBatch) (*Graph, error) {
 		return nil, err
 	}
 	return &Graph{l: l, exec: exec, mem: l.ws.mem}, nil
+}
+
+// replayable reports an error unless g was captured by l with its current workspace and is open
+// (TimeGraphs, TraceGraphs and TraceBlocks replay only such graphs).
+func (l *Layer) replayable(g *Graph) error {
+	if g.l != l || g.exec == nil || g.mem != l.ws.mem {
+		return fmt.Errorf("cudaops: a graph does not belong to this layer's current workspace")
+	}
+	return nil
 }
 
 // Launch replays the captured forward on the layer's stream.

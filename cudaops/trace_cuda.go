@@ -48,8 +48,8 @@ func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageS
 	var out [][len(TraceStages)]StageSpan
 	for range rounds {
 		for _, g := range gs {
-			if g.l != l || g.exec == nil || g.mem != l.ws.mem {
-				return nil, fmt.Errorf("cudaops: a graph does not belong to this layer's current workspace")
+			if err := l.replayable(g); err != nil {
+				return nil, err
 			}
 			// On the stream, so that the graph's kernels see the reset table (a synchronous copy
 			// from pageable memory may return before its bytes land).
@@ -75,6 +75,18 @@ func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageS
 // MOE_TRACE_BLOCKS (MOE_DEFS="-DMOE_TRACE -DMOE_TRACE_BLOCKS" cudaops/kernels/build.sh).
 var ErrNoBlockTrace = errors.New("cudaops: the kernels were built without MOE_TRACE_BLOCKS")
 
+// blockTable returns the MOE_TRACE_BLOCKS kernels' moe_trace_blk table, or ErrNoBlockTrace.
+func (d *Device) blockTable() (cu.DevicePtr, error) {
+	p, size, err := d.mod.Global("moe_trace_blk")
+	if err != nil {
+		return 0, ErrNoBlockTrace
+	}
+	if size != 8*3*traceBlocks*traceSlots {
+		return 0, fmt.Errorf("cudaops: the kernels' moe_trace_blk table has %d bytes, the host code expects %d; rebuild them", size, 8*3*traceBlocks*traceSlots)
+	}
+	return p, nil
+}
+
 // TraceBlocks replays the graph once and returns the span of every traced block (the first
 // traceBlocks blocks of each stage's grid) and the SM it ran on, relative to the moment the
 // forward's first traced block began, in the order of stage and block. Its kernels are the
@@ -86,16 +98,14 @@ func (l *Layer) TraceBlocks(g *Graph) ([]BlockSpan, error) {
 		return nil, err
 	}
 	defer unbind()
-	table, size, err := l.dev.mod.Global("moe_trace_blk")
+	table, err := l.dev.blockTable()
 	if err != nil {
-		return nil, ErrNoBlockTrace
+		return nil, err
 	}
-	if size != 8*3*traceBlocks*traceSlots {
-		return nil, fmt.Errorf("cudaops: the kernels' moe_trace_blk table has %d bytes, the host code expects %d; rebuild them", size, 8*3*traceBlocks*traceSlots)
+	if err := l.replayable(g); err != nil {
+		return nil, err
 	}
-	if g.l != l || g.exec == nil || g.mem != l.ws.mem {
-		return nil, fmt.Errorf("cudaops: the graph does not belong to this layer's current workspace")
-	}
+	const size = 8 * 3 * traceBlocks * traceSlots
 	if err := cu.MemsetD32Async(table, 0, size/4, l.stream); err != nil {
 		return nil, fmt.Errorf("cudaops: trace: %v", err)
 	}

@@ -10,24 +10,33 @@ import (
 	"github.com/fp4moe/fp4moe/moe"
 )
 
-// TestTraceGraphs: kernels built without MOE_TRACE (the committed ones) give ErrNoTrace; traced
-// kernels (FP4MOE_FATBIN from a MOE_DEFS=-DMOE_TRACE build) give a timeline in which every stage
-// of a one-token decode forward ran, each began no later than it ended, and each ended no earlier
-// than the stage before it (each waits for its predecessor).
-func TestTraceGraphs(t *testing.T) {
-	s := conformance.Spec{M: 1, K: 1024, I: 512, E: 8, TopK: 4, Activation: moe.SwiGLUOAI, Seed: 61}
+// oneTokenGraph captures a one-token decode forward (GPT-OSS's activation, 8 experts of K = 1024,
+// I = 512, top-4, the seed given) on a decode-path layer, for the trace tests; the layer and the
+// graph close when the test ends.
+func oneTokenGraph(t *testing.T, seed uint64) (conformance.Spec, *Layer, *Graph) {
+	t.Helper()
+	s := conformance.Spec{M: 1, K: 1024, I: 512, E: 8, TopK: 4, Activation: moe.SwiGLUOAI, Seed: seed}
 	c := conformance.Generate(s)
 	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 	buf, err := l.Upload(&c.Batch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer buf.Free()
+	t.Cleanup(func() { buf.Free() })
 	g, err := l.Capture(buf.Out, buf.Batch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer g.Close()
+	t.Cleanup(func() { g.Close() })
+	return s, l, g
+}
+
+// TestTraceGraphs: kernels built without MOE_TRACE (the committed ones) give ErrNoTrace; traced
+// kernels (FP4MOE_FATBIN from a MOE_DEFS=-DMOE_TRACE build) give a timeline in which every stage
+// of a one-token decode forward ran, each began no later than it ended, and each ended no earlier
+// than the stage before it (each waits for its predecessor).
+func TestTraceGraphs(t *testing.T) {
+	_, l, g := oneTokenGraph(t, 61)
 	runs, err := l.TraceGraphs([]*Graph{g}, 3)
 	if _, terr := l.dev.traceTable(); terr != nil {
 		if !errors.Is(err, ErrNoTrace) {
@@ -67,22 +76,10 @@ func TestTraceGraphs(t *testing.T) {
 // with it record every block of a one-token decode forward's GEMM1 grid once, each on an SM of
 // the device, beginning no later than it ended.
 func TestTraceBlocks(t *testing.T) {
-	s := conformance.Spec{M: 1, K: 1024, I: 512, E: 8, TopK: 4, Activation: moe.SwiGLUOAI, Seed: 62}
-	c := conformance.Generate(s)
-	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
-	buf, err := l.Upload(&c.Batch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer buf.Free()
-	g, err := l.Capture(buf.Out, buf.Batch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
+	s, l, g := oneTokenGraph(t, 62)
 	spans, err := l.TraceBlocks(g)
 	if errors.Is(err, ErrNoBlockTrace) {
-		if _, _, gerr := l.dev.mod.Global("moe_trace_blk"); gerr == nil {
+		if _, gerr := l.dev.blockTable(); gerr == nil {
 			t.Fatalf("the kernels (%s) have moe_trace_blk, yet TraceBlocks gave %v", l.dev.Fatbin, err)
 		}
 		t.Logf("kernels %s do not trace blocks: ErrNoBlockTrace as expected", l.dev.Fatbin)
@@ -93,8 +90,7 @@ func TestTraceBlocks(t *testing.T) {
 	}
 	p := s.M * s.TopK
 	_, tiles := l.bounds(p)
-	split1, split2 := l.decSplit(int64(2*s.I), int64(s.K), tiles, true), l.decSplit(int64(s.K), int64(s.I), tiles, false)
-	wide1, _ := l.splitWide(int64(2*s.I), int64(s.K), split1, split2, tiles)
+	split1, _, wide1, _ := l.decSplits(tiles)
 	_, _, gx := l.decKernel(int64(2*s.I), split1, p, wide1)
 	seen := map[[2]int]bool{}
 	for _, b := range spans {
