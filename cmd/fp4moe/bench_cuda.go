@@ -120,32 +120,22 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "device %s (%d SMs, peak memory %.0f GB/s, %.1f bytes per SM cycle), kernels %s, GEMM %s; device-to-device copy %.0f GB/s (read + write)\n",
 		d.Name, d.SMs, d.MemBandwidth/1e9, d.BytesPerSMCycle(), d.Fatbin, *gemmName, copyBW/1e9)
-	var w *csv.Writer
-	if *csvPath != "" {
-		f, err := os.Create(*csvPath)
-		if err != nil {
-			fmt.Fprintf(stderr, "fp4moe bench: %v\n", err)
-			return 2
-		}
-		defer f.Close()
-		w = csv.NewWriter(f)
-		defer w.Flush()
-		w.Write([]string{"device", "date", "shape", "K", "I", "E", "topk", "routing", "M", "experts_touched", "weight_bytes",
-			"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm",
-			"uploads", "min_upload_us", "max_upload_us", "input"})
+	w, closeCSV, err := createCSV(*csvPath, []string{"device", "date", "shape", "K", "I", "E", "topk", "routing", "M", "experts_touched", "weight_bytes",
+		"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm",
+		"uploads", "min_upload_us", "max_upload_us", "input"})
+	if err != nil {
+		fmt.Fprintf(stderr, "fp4moe bench: %v\n", err)
+		return 2
 	}
+	defer closeCSV()
 	tr := traceOpts{n: *trace}
-	if *traceBlocks != "" {
-		f, err := os.Create(*traceBlocks)
-		if err != nil {
-			fmt.Fprintf(stderr, "fp4moe bench: %v\n", err)
-			return 2
-		}
-		defer f.Close()
-		tr.blocks = csv.NewWriter(f)
-		defer tr.blocks.Flush()
-		tr.blocks.Write([]string{"shape", "routing", "M", "stage", "x", "y", "sm", "start_us", "end_us"})
+	blocks, closeBlocks, err := createCSV(*traceBlocks, []string{"shape", "routing", "M", "stage", "x", "y", "sm", "start_us", "end_us"})
+	if err != nil {
+		fmt.Fprintf(stderr, "fp4moe bench: %v\n", err)
+		return 2
 	}
+	defer closeBlocks()
+	tr.blocks = blocks
 	fmt.Fprintf(stdout, "%-14s %-8s %6s %5s %9s %11s %9s %8s %9s %7s  %-7s %s\n", "shape", "routing", "M", "exp", "weight MB", "median µs", "GB/s", "TFLOP/s", "floor µs", "×floor", "GEMM", "uploads µs")
 	for _, name := range strings.Split(*shapes, ",") {
 		var s *benchShape
@@ -254,6 +244,24 @@ type benchResult struct {
 	launches                int
 	trace                   [len(cudaops.TraceStages)]cudaops.StageSpan // with --trace
 	blocks                  []cudaops.BlockSpan                         // with --trace-blocks
+}
+
+// createCSV creates a CSV file at path with its header row, or does nothing for an empty path
+// (a nil writer); done flushes the rows and closes the file.
+func createCSV(path string, header []string) (w *csv.Writer, done func(), err error) {
+	if path == "" {
+		return nil, func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	w = csv.NewWriter(f)
+	w.Write(header)
+	return w, func() {
+		w.Flush()
+		f.Close()
+	}, nil
 }
 
 // traceOpts are bench's trace flags: replays of each batch for the stage timeline (--trace), and
