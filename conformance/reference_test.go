@@ -90,6 +90,17 @@ func TestMXFP4Row(t *testing.T) {
 	}
 }
 
+// rowDot decodes one MXFP4 weight row (codes and scales) into buf, then returns Σ_j x[j]·buf[j],
+// summed in order of j.
+func rowDot(buf []float64, codes, scales []uint8, x []float64) float64 {
+	mxfp4Row(buf, codes, scales)
+	s := 0.0
+	for j := range x {
+		s += x[j] * buf[j]
+	}
+	return s
+}
+
 // referenceSerial is Reference evaluated one (token, slot) pair at a time, decoding each weight
 // row for every pair: slow, and the definition Reference must match bit for bit.
 func referenceSerial(w *moe.Weights, cfg *moe.Config, b *moe.Batch) []float64 {
@@ -114,11 +125,7 @@ func referenceSerial(w *moe.Weights, cfg *moe.Config, b *moe.Batch) []float64 {
 			}
 			for n := range 2 * I {
 				row := e*2*I + n
-				mxfp4Row(w13, w.W13[row*K/2:(row+1)*K/2], w.W13Scale[row*K/32:(row+1)*K/32])
-				s := 0.0
-				for j := range K {
-					s += x[j] * w13[j]
-				}
+				s := rowDot(w13, w.W13[row*K/2:(row+1)*K/2], w.W13Scale[row*K/32:(row+1)*K/32], x)
 				if w.W13Bias != nil {
 					s += float64(w.W13Bias[row])
 				}
@@ -137,11 +144,7 @@ func referenceSerial(w *moe.Weights, cfg *moe.Config, b *moe.Batch) []float64 {
 			}
 			for c := range K {
 				row := e*K + c
-				mxfp4Row(w2, w.W2[row*I/2:(row+1)*I/2], w.W2Scale[row*I/32:(row+1)*I/32])
-				s := 0.0
-				for j := range I {
-					s += yd[j] * w2[j]
-				}
+				s := rowDot(w2, w.W2[row*I/2:(row+1)*I/2], w.W2Scale[row*I/32:(row+1)*I/32], yd)
 				if w.W2Bias != nil {
 					s += float64(w.W2Bias[row])
 				}
