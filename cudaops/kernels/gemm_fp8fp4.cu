@@ -550,49 +550,34 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
       DEC_ONE(s, false, xt, rb); \
   } while (0)
 
-DEC_KERNEL(moe_gemm_dec, DEC_BLOCKS) {
-  TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);
-  int e, row0;
-  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (split == 4)
-    DEC_RUN(4, 1, 2);
-  else
-    DEC_RUN(2, 1, 2);
-}
+// A decode kernel: its stage in the trace, its tile (dec_tile; a block without one returns), then
+// gemm_dec at split S (DEC_SPLIT: S = split, 4 or 2; else the given S) with XT token fragments a
+// pass and RB 16-row blocks a warp.
+#define DEC_DEFINE(name, blocks, run)                                    \
+  DEC_KERNEL(name, blocks) {                                             \
+    TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);   \
+    int e, row0;                                                         \
+    if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return; \
+    run;                                                                 \
+  }
+#define DEC_SPLIT(xt, rb)   \
+  do {                      \
+    if (split == 4)         \
+      DEC_RUN(4, xt, rb);   \
+    else                    \
+      DEC_RUN(2, xt, rb);   \
+  } while (0)
 
-DEC_KERNEL(moe_gemm_dec1, DEC1_BLOCKS) {
-  TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);
-  int e, row0;
-  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  DEC_RUN(1, 1, 2);
-}
-
-DEC_KERNEL(moe_gemm_dec16, DEC16_BLOCKS) {
-  TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);
-  int e, row0;
-  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  DEC_RUN(1, 2, 2);
-}
-
-// The split kernel (S = 2 or 4) with 64 weight rows a warp (grid x: N · S / 256; N is a multiple
-// of 128, so every warp has rows).
-DEC_KERNEL(moe_gemm_decw, DECW_BLOCKS) {
-  TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);
-  int e, row0;
-  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  if (split == 4)
-    DEC_RUN(4, 1, 4);
-  else
-    DEC_RUN(2, 1, 4);
-}
-
-// The split-1 kernel with 64 weight rows a warp (grid x: N / 256 rounded up).
-DEC_KERNEL(moe_gemm_dec1w, DEC1W_BLOCKS) {
-  TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);
-  int e, row0;
-  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
-  DEC_RUN(1, 1, 4);
-}
+// The split kernels (S = 2 or 4) of 32 and of 64 weight rows a warp (grid x: N · S / 128 and
+// N · S / 256; N is a multiple of 128, so every warp has rows), the split-1 kernels of 32 rows,
+// of 16 tokens a pass and of 64 rows (grid x: N / 256 rounded up).
+DEC_DEFINE(moe_gemm_dec, DEC_BLOCKS, DEC_SPLIT(1, 2))
+DEC_DEFINE(moe_gemm_dec1, DEC1_BLOCKS, DEC_RUN(1, 1, 2))
+DEC_DEFINE(moe_gemm_dec16, DEC16_BLOCKS, DEC_RUN(1, 2, 2))
+DEC_DEFINE(moe_gemm_decw, DECW_BLOCKS, DEC_SPLIT(1, 4))
+DEC_DEFINE(moe_gemm_dec1w, DEC1W_BLOCKS, DEC_RUN(1, 1, 4))
+#undef DEC_SPLIT
+#undef DEC_DEFINE
 #undef DEC_RUN
 #undef DEC_ONE
 #undef DEC_KERNEL
