@@ -14,16 +14,27 @@ const (
 // decSplitThin per SM for fewer.
 const decSplitRows, decSplitThin = 32, 3
 
+// The most waves of decSplitBlocks blocks an SM that decSplitFor lets a grid of split 4 and of
+// split 2 take.
+const decSplitWaves4, decSplitWaves2 = 3, 6
+
 // decSplitFor returns how many warps share each weight row of the streaming GEMM for n rows of
 // kd columns and a bound of tiles, on sms SMs: the largest S of 4, 2 whose grid of 32-row warps
 // fits on the device in one wave (decSplitBlocks blocks per SM while each warp keeps at least 4
-// of the kd/128 column groups, decSplitThin with fewer), or in three waves of decSplitBlocks while
-// each warp keeps at least 4 groups; else 1. (Two waves of warps with half the groups each beat
+// of the kd/128 column groups, decSplitThin with fewer), or, while each warp keeps at least 4
+// groups, in three waves of decSplitBlocks at S = 4 or six at S = 2 (decSplitWaves4,
+// decSplitWaves2); else 1. (Two waves of warps with half the groups each beat
 // one wave: GPT-OSS M = 1 43.7 -> 40.5 µs, DeepSeek-V3 108.8 -> 97.3 on an H200; three waves
 // took DeepSeek-V3 M = 1 from 85.9 to 82.8 µs. Warps of 1-3 groups, Qwen3's GEMM2, lose to their
 // partial sums' reduction unless the grid is small: measuring them at 4 blocks per SM instead of
 // 3 made Qwen3 M = 1 and 2 3-4 % slower, while the 4-group rule at 4 blocks per SM made GPT-OSS
-// M = 4 and Qwen3 M = 8 about 5 % faster. docs/perf.md.)
+// M = 4 and Qwen3 M = 8 about 5 % faster. S = 2 up to six waves instead of three: a grid of
+// split 1 in 2.5-5 waves ends with a thin last wave of whole-K blocks, while S = 2's blocks of half
+// the work fill their last wave better. On an H100 that took GPT-OSS-120B at 8 and 16 tokens 3.7
+// and 2.8 % lower, DeepSeek-V3 at 4 2 %, Qwen3-30B-A3B at 16 and 32 1-2 %; on an H200 DeepSeek-V3
+// at 4 tokens 7-9 % and GPT-OSS-120B at 8 2 %. Nine waves were no better on the H200, and
+// DeepSeek-V3's GEMM2 at 4 tokens (6.8 waves at S = 2) gave back most of that row's gain.
+// docs/perf.md, v28.)
 //
 // One exception, for the forward's GEMM1 (first): where S = 4 would take more than one wave but
 // at most one and a half, it takes S = 2, which then fits in one. A block takes about as long in a
@@ -37,7 +48,11 @@ func decSplitFor(n, kd int64, tiles, sms int, first bool) int {
 	wave, thin := decSplitBlocks*sms, decSplitThin*sms
 	for _, s := range []int{4, 2} {
 		blocks, deep := units*s/decWarps, groups >= 4*s
-		if (deep && blocks <= 3*wave) || blocks <= thin {
+		waves := decSplitWaves4
+		if s == 2 {
+			waves = decSplitWaves2
+		}
+		if (deep && blocks <= waves*wave) || blocks <= thin {
 			if s == 4 && first && deep && blocks > wave && 2*blocks <= 3*wave {
 				return 2
 			}

@@ -246,7 +246,7 @@ func TestDecodeSplits(t *testing.T) {
 	s := conformance.Spec{M: 1, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 31}
 	probe := conformance.Generate(s)
 	pl := kernelLayer(t, &probe.Weights, probe.Config, GEMMDecode) // for the split of each M
-	for _, m := range []int{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768} {
+	for _, m := range []int{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096} {
 		_, tiles := pl.bounds(m * s.TopK)
 		split := pl.decSplit(int64(2*s.I), int64(s.K), tiles, true)
 		if seen[split] {
