@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
-	"math/rand/v2"
 	"os"
 	"sort"
 	"strconv"
@@ -16,23 +14,9 @@ import (
 	"time"
 
 	"github.com/fp4moe/fp4moe/cudaops"
+	"github.com/fp4moe/fp4moe/internal/benchdata"
 	"github.com/fp4moe/fp4moe/moe"
 )
-
-// benchShape is an expert layer of a real model (K and I padded to multiples of 128).
-type benchShape struct {
-	name       string
-	k, i, e, n int
-}
-
-var benchShapes = []benchShape{
-	{"gptoss120b", 2944, 2944, 128, 4},
-	{"deepseekv3", 7168, 2048, 256, 8},
-	{"qwen3-30b-a3b", 2048, 768, 128, 8},
-	// Not in the default set: more shapes for the kernel choices' rules.
-	{"qwen3-235b-a22b", 4096, 1536, 128, 8},
-	{"deepseekv2-lite", 2048, 1408, 64, 6},
-}
 
 const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
                     [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
@@ -138,22 +122,17 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	tr.blocks = blocks
 	fmt.Fprintf(stdout, "%-14s %-8s %6s %5s %9s %11s %9s %8s %9s %7s  %-7s %s\n", "shape", "routing", "M", "exp", "weight MB", "median µs", "GB/s", "TFLOP/s", "floor µs", "×floor", "GEMM", "uploads µs")
 	for _, name := range strings.Split(*shapes, ",") {
-		var s *benchShape
-		for i := range benchShapes {
-			if benchShapes[i].name == name {
-				s = &benchShapes[i]
-			}
-		}
-		if s == nil {
+		s, ok := benchdata.Lookup(name)
+		if !ok {
 			fmt.Fprintf(stderr, "fp4moe bench: unknown shape %q\n", name)
 			return 2
 		}
-		layers, err := uploadLayers(*s, *seed, kernel, *uploads)
+		layers, err := uploadLayers(s, *seed, kernel, *uploads)
 		if err != nil {
-			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.name, err)
+			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.Name, err)
 			return 2
 		}
-		code := benchShapeRows(layers, *s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, copyBW, *stages, tr, d.Name, w, stdout, stderr)
+		code := benchShapeRows(layers, s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, copyBW, *stages, tr, d.Name, w, stdout, stderr)
 		closeLayers(layers)
 		if code != 0 {
 			return code
@@ -164,8 +143,8 @@ func bench(args []string, stdout, stderr io.Writer) int {
 
 // uploadLayers uploads shape s's weights n times, each into fresh device memory (the earlier
 // copies stay allocated until the caller closes them).
-func uploadLayers(s benchShape, seed uint64, kernel cudaops.GEMMKernel, n int) ([]*cudaops.Layer, error) {
-	w := randomWeights(s, seed)
+func uploadLayers(s benchdata.Shape, seed uint64, kernel cudaops.GEMMKernel, n int) ([]*cudaops.Layer, error) {
+	w := benchdata.Weights(s, seed)
 	var layers []*cudaops.Layer
 	for range n {
 		ml, err := cudaops.Backend{Options: cudaops.Options{GEMM: kernel}}.NewLayer(w, moe.GPTOSSConfig())
@@ -186,7 +165,7 @@ func closeLayers(layers []*cudaops.Layer) {
 
 // benchShapeRows times every (routing, M) of one shape on each of its uploads and prints (and
 // writes, when w is set) the rows; it returns the command's exit code.
-func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, input string, ms []int, seed uint64, minTime time.Duration, copyBW float64,
+func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []string, input string, ms []int, seed uint64, minTime time.Duration, copyBW float64,
 	stages bool, tr traceOpts, device string, w *csv.Writer, stdout, stderr io.Writer) int {
 	l := layers[0]
 	for _, routing := range routings {
@@ -195,18 +174,18 @@ func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, in
 			for i, li := range layers {
 				var err error
 				if rs[i], err = benchRow(li, s, routing, input, m, seed, minTime, copyBW, tr); err != nil {
-					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.name, routing, m, err)
+					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.Name, routing, m, err)
 					return 2
 				}
 			}
 			sort.Slice(rs, func(i, j int) bool { return rs[i].median < rs[j].median })
 			r, lo, hi := rs[(len(rs)-1)/2], rs[0].median, rs[len(rs)-1].median
-			gemm := l.Kernel(m, s.n).String()
+			gemm := l.Kernel(m, s.TopK).String()
 			spread := ""
 			if len(rs) > 1 {
 				spread = fmt.Sprintf("%.1f–%.1f", us(lo), us(hi))
 			}
-			fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f  %-7s %s\n", s.name, routing, m, r.experts,
+			fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f  %-7s %s\n", s.Name, routing, m, r.experts,
 				r.bytes/1e6, us(r.median), r.bytes/r.median.Seconds()/1e9, r.flops/r.median.Seconds()/1e12, us(r.floor), r.median.Seconds()/r.floor.Seconds(), gemm, spread)
 			if stages {
 				st, err := stageTimes(l, s, routing, input, m, seed)
@@ -221,10 +200,10 @@ func benchShapeRows(layers []*cudaops.Layer, s benchShape, routings []string, in
 				printTrace(stdout, r.trace)
 			}
 			for _, b := range r.blocks {
-				tr.blocks.Write([]string{s.name, routing, itoa(m), cudaops.TraceStages[b.Stage], itoa(b.X), itoa(b.Y), itoa(b.SM), ff(us(b.Start)), ff(us(b.End))})
+				tr.blocks.Write([]string{s.Name, routing, itoa(m), cudaops.TraceStages[b.Stage], itoa(b.X), itoa(b.Y), itoa(b.SM), ff(us(b.Start)), ff(us(b.End))})
 			}
 			if w != nil {
-				w.Write([]string{device, time.Now().UTC().Format("2006-01-02"), s.name, itoa(s.k), itoa(s.i), itoa(s.e), itoa(s.n), routing, itoa(m),
+				w.Write([]string{device, time.Now().UTC().Format("2006-01-02"), s.Name, itoa(s.K), itoa(s.I), itoa(s.E), itoa(s.TopK), routing, itoa(m),
 					ff(r.experts), ff(r.bytes), ff(us(r.median)), ff(us(r.p10)), ff(us(r.p90)), ff(r.bytes / r.median.Seconds() / 1e9),
 					ff(r.flops / r.median.Seconds() / 1e12), ff(copyBW / 1e9), ff(us(r.floor)), ff(r.median.Seconds() / r.floor.Seconds()), itoa(r.launches), gemm,
 					itoa(len(rs)), ff(us(lo)), ff(us(hi)), input})
@@ -287,12 +266,8 @@ func printTrace(w io.Writer, sp [len(cudaops.TraceStages)]cudaops.StageSpan) {
 
 // benchRow times one (shape, routing, M) over rotated batches (and, with tr.n > 0, traces that
 // many replays of each; with tr.blocks, the blocks of one replay of the first).
-func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed uint64, minTime time.Duration, copyBW float64, tr traceOpts) (benchResult, error) {
-	rotate := 8
-	if m*s.n >= 4*s.e {
-		rotate = 2 // every expert is touched anyway
-	}
-	perExpert := float64(2*s.i*s.k/2 + 2*s.i*s.k/32 + s.k*s.i/2 + s.k*s.i/32)
+func benchRow(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int, seed uint64, minTime time.Duration, copyBW float64, tr traceOpts) (benchResult, error) {
+	rotate := s.Rotations(m)
 	var res benchResult
 	var graphs []*cudaops.Graph
 	var bufs []*cudaops.DeviceBuffers
@@ -305,7 +280,7 @@ func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed
 		}
 	}()
 	for r := range rotate {
-		b, touched, err := randomBatch(s, routing, input, m, seed+uint64(1000*m+r))
+		b, touched, err := benchdata.Batch(s, routing, input, m, seed+uint64(1000*m+r))
 		if err != nil {
 			return res, err
 		}
@@ -337,8 +312,8 @@ func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed
 	}
 	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
 	res.median, res.p10, res.p90, res.launches = ts[len(ts)/2], ts[len(ts)/10], ts[len(ts)*9/10], n*len(graphs)
-	res.bytes = res.experts * perExpert
-	res.flops = 2 * float64(m) * float64(s.n) * 3 * float64(s.k) * float64(s.i)
+	res.bytes = res.experts * s.ExpertBytes()
+	res.flops = s.FLOPs(m)
 	res.floor = time.Duration(res.bytes / copyBW * 1e9)
 	if tr.n > 0 {
 		runs, err := l.TraceGraphs(graphs, tr.n)
@@ -355,93 +330,14 @@ func benchRow(l *cudaops.Layer, s benchShape, routing, input string, m int, seed
 	return res, nil
 }
 
-// randomWeights draws weights quickly: random E2M1 bytes, scales near 2^-4.
-func randomWeights(s benchShape, seed uint64) *moe.Weights {
-	rng := rand.New(rand.NewPCG(seed, 7))
-	fill := func(n int, scale bool) []uint8 {
-		b := make([]uint8, n)
-		for i := 0; i+8 <= n; i += 8 {
-			v := rng.Uint64()
-			for j := range 8 {
-				x := uint8(v >> (8 * j))
-				if scale {
-					x = 118 + x%8
-				}
-				b[i+j] = x
-			}
-		}
-		return b
-	}
-	return &moe.Weights{E: s.e, K: s.k, I: s.i,
-		W13: fill(s.e*2*s.i*s.k/2, false), W13Scale: fill(s.e*2*s.i*s.k/32, true),
-		W2: fill(s.e*s.k*s.i/2, false), W2Scale: fill(s.e*s.k*s.i/32, true)}
-}
-
-// randomBatch draws m tokens of FP8 input and a routing: uniform (topk distinct experts) or
-// Zipf (expert popularity ∝ 1/rank^1.2, distinct per token). It returns the experts touched.
-func randomBatch(s benchShape, routing, input string, m int, seed uint64) (*moe.Batch, int, error) {
-	rng := rand.New(rand.NewPCG(seed, 11))
-	b := &moe.Batch{M: m, TopK: s.n, TopKIDs: make([]int32, m*s.n), TopKWeights: make([]float32, m*s.n)}
-	if input == "float" {
-		b.X = make([]float32, m*s.k)
-		for i := range b.X {
-			b.X[i] = float32(rng.NormFloat64())
-		}
-	} else {
-		b.A1q, b.A1qScale = make([]uint8, m*s.k), make([]float32, m*s.k/128)
-		for i := range b.A1q {
-			b.A1q[i] = uint8(rng.IntN(0x7F)) | uint8(rng.IntN(2))<<7 // no NaN codes
-		}
-		for i := range b.A1qScale {
-			b.A1qScale[i] = 1.0 / 64
-		}
-	}
-	var cdf []float64
-	perm := rng.Perm(s.e)
-	switch routing {
-	case "uniform":
-	case "zipf":
-		sum := 0.0
-		for r := range s.e {
-			sum += 1 / math.Pow(float64(r+1), 1.2)
-			cdf = append(cdf, sum)
-		}
-		for r := range cdf {
-			cdf[r] /= sum
-		}
-	default:
-		return nil, 0, fmt.Errorf("unknown routing %q (want uniform or zipf)", routing)
-	}
-	touched := map[int32]bool{}
-	for t := range m {
-		used := map[int32]bool{}
-		for k := 0; k < s.n; {
-			var e int32
-			if cdf == nil {
-				e = int32(rng.IntN(s.e))
-			} else {
-				e = int32(perm[sort.SearchFloat64s(cdf, rng.Float64())])
-			}
-			if used[e] {
-				continue
-			}
-			used[e], touched[e] = true, true
-			b.TopKIDs[t*s.n+k] = e
-			b.TopKWeights[t*s.n+k] = 1 / float32(s.n)
-			k++
-		}
-	}
-	return b, len(touched), nil
-}
-
 // stageTimes runs the first batch of a row through the host path five times and returns the
 // median device time of each stage.
-func stageTimes(l *cudaops.Layer, s benchShape, routing, input string, m int, seed uint64) (moe.StageTimes, error) {
-	b, _, err := randomBatch(s, routing, input, m, seed+uint64(1000*m))
+func stageTimes(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int, seed uint64) (moe.StageTimes, error) {
+	b, _, err := benchdata.Batch(s, routing, input, m, seed+uint64(1000*m))
 	if err != nil {
 		return moe.StageTimes{}, err
 	}
-	out := make([]float32, m*s.k)
+	out := make([]float32, m*s.K)
 	var all []moe.StageTimes
 	for range 5 {
 		if err := l.Forward(out, b); err != nil {
