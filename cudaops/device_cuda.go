@@ -32,10 +32,11 @@ type Device struct {
 	// Fatbin says where the kernels came from: "embedded" or the path in FP4MOE_FATBIN.
 	Fatbin string
 
-	dev cu.Device
-	ctx cu.CUContext
-	mod cu.Module
-	fn  kernels
+	dev   cu.Device
+	ctx   cu.CUContext
+	mod   cu.Module
+	fn    kernels
+	names map[cu.Function]string // the kernels' names (Layer.Plan)
 }
 
 // kernels are the module's functions.
@@ -106,6 +107,7 @@ var open = sync.OnceValues(func() (*Device, error) {
 	if err := checkLayout(d.mod, d.Fatbin); err != nil {
 		return nil, err
 	}
+	d.names = map[cu.Function]string{}
 	for name, f := range map[string]*cu.Function{
 		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_route_small": &d.fn.routeSmall, "moe_route_scatter": &d.fn.routeScatter, "moe_permute": &d.fn.permute, "moe_permute_wg": &d.fn.permuteWG,
 		"moe_gemm": &d.fn.gemm, "moe_gemm_dec": &d.fn.gemmDec, "moe_gemm_wgb": &d.fn.gemmWgb, "moe_gemm_wgp": &d.fn.gemmWgp, "moe_wg_tiles": &d.fn.wgTiles, "moe_wg_stage": &d.fn.wgStage, "moe_fold_ref": &d.fn.foldRef, "moe_reencode": &d.fn.reencode,
@@ -114,6 +116,7 @@ var open = sync.OnceValues(func() (*Device, error) {
 		if *f, err = d.mod.Function(name); err != nil {
 			return nil, fmt.Errorf("cudaops: kernel %s: %v", name, err)
 		}
+		d.names[*f] = name
 	}
 	// The streaming GEMM's kernels (split, and split 1): their shared memory a block, and the
 	// largest carveout, so that four blocks or more are resident on a multiprocessor.

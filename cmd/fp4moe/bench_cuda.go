@@ -20,7 +20,7 @@ import (
 
 const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
                     [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
-                    [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--trace N] [--trace-blocks FILE]
+                    [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--plan] [--trace N] [--trace-blocks FILE]
 
 Shapes: gptoss120b, deepseekv3, qwen3-30b-a3b (the default set), qwen3-235b-a22b, deepseekv2-lite.
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
@@ -37,6 +37,9 @@ uploads, min_upload_us, max_upload_us): the spread that where the weights land i
 gives, which a single upload cannot show.
 --input float gives the layer float32 tokens, which it quantizes to FP8 itself, instead of FP8
 tokens with their scales (the default); the CSV's input column says which.
+With --plan each row is followed by how its two grouped GEMMs run: the kernel and split the layer
+picks, the grid's blocks (for the batch's tile bound; blocks without a tile return at once), the
+blocks a multiprocessor holds at once (the driver's occupancy) and the waves they make.
 With --trace N (kernels built with MOE_DEFS=-DMOE_TRACE cudaops/kernels/build.sh, loaded through
 FP4MOE_FATBIN) each row is followed by its stage timeline: N replays of each rotated batch, one at
 a time, and per stage of the decode path the medians of when its first and last blocks began and
@@ -58,6 +61,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	minTime := fs.Duration("min-time", 300*time.Millisecond, "time spent timing each row, at least")
 	seed := fs.Uint64("seed", 1, "seed of weights, inputs and routing")
 	stages := fs.Bool("stages", false, "also print each stage's device time (host-path forward, median of 5)")
+	plan := fs.Bool("plan", false, "also print how each row's two grouped GEMMs run: kernel, split, blocks, blocks an SM, waves")
 	gemmName := fs.String("gemm", "auto", "grouped GEMM kernel: auto, tiled, decode or wgmma")
 	uploads := fs.Int("uploads", 1, "uploads of each shape's weights, each timed (median reported)")
 	input := fs.String("input", "fp8", "the tokens: fp8 (quantized, with scales) or float (float32, quantized by the layer)")
@@ -132,7 +136,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.Name, err)
 			return 2
 		}
-		code := benchShapeRows(layers, s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, copyBW, *stages, tr, d.Name, w, stdout, stderr)
+		code := benchShapeRows(layers, s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, copyBW, *stages, *plan, tr, d.Name, w, stdout, stderr)
 		closeLayers(layers)
 		if code != 0 {
 			return code
@@ -166,7 +170,7 @@ func closeLayers(layers []*cudaops.Layer) {
 // benchShapeRows times every (routing, M) of one shape on each of its uploads and prints (and
 // writes, when w is set) the rows; it returns the command's exit code.
 func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []string, input string, ms []int, seed uint64, minTime time.Duration, copyBW float64,
-	stages bool, tr traceOpts, device string, w *csv.Writer, stdout, stderr io.Writer) int {
+	stages, plan bool, tr traceOpts, device string, w *csv.Writer, stdout, stderr io.Writer) int {
 	l := layers[0]
 	for _, routing := range routings {
 		for _, m := range ms {
@@ -195,6 +199,14 @@ func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []strin
 				}
 				fmt.Fprintf(stdout, "    stages µs: permute+route %.1f  GEMM1 %.1f  activation %.1f  GEMM2 %.1f  reduce %.1f  (sum %.1f)\n",
 					us(st.Permute), us(st.GEMM1), us(st.Activation), us(st.GEMM2), us(st.Reduce), us(st.Total()))
+			}
+			if plan {
+				p, err := l.Plan(m, s.TopK)
+				if err != nil {
+					fmt.Fprintf(stderr, "fp4moe bench: plan: %v\n", err)
+					return 2
+				}
+				fmt.Fprintf(stdout, "    plan: GEMM1 %v; GEMM2 %v\n", p[0], p[1])
 			}
 			if tr.n > 0 {
 				printTrace(stdout, r.trace)

@@ -1,0 +1,56 @@
+//go:build cudaops
+
+package cudaops
+
+import (
+	"fmt"
+
+	"github.com/fp4moe/fp4moe/moe"
+)
+
+// Plan returns how a forward of m tokens with topk experts each runs its two grouped GEMMs
+// (GEMM1, GEMM2): the kernel and split launchAll picks for the batch, the grid it launches (the
+// wgmma path's main kernel; its staging and promoting kernels are not counted), and the
+// driver's occupancy for that kernel. Nothing runs; a perf tool's view of the grid rules
+// (decSplitFor, decKernel), so that their waves need not be worked out by hand.
+func (l *Layer) Plan(m, topk int) ([2]GEMMPlan, error) {
+	var plans [2]GEMMPlan
+	if l.closed {
+		return plans, fmt.Errorf("cudaops: layer is closed")
+	}
+	if m < 1 || topk < 1 {
+		return plans, &moe.ConfigError{Msg: fmt.Sprintf("Plan: m = %d and topk = %d, want at least 1 each", m, topk)}
+	}
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return plans, err
+	}
+	defer unbind()
+	p := m * topk
+	_, tiles := l.bounds(p)
+	kernel := l.kernel(p)
+	split1, split2, wide1, wide2 := l.decSplits(tiles)
+	K, I := int64(l.K), int64(l.I)
+	for g, c := range []struct {
+		n     int64
+		split int
+		wide  bool
+	}{{2 * I, split1, wide1}, {K, split2, wide2}} {
+		var fn = l.dev.fn.gemm
+		threads, smem, split, blocks := 128, 0, 1, int(c.n/gemmRows)*tiles
+		switch kernel {
+		case GEMMDecode:
+			var gx int
+			fn, smem, gx = l.decKernel(c.n, c.split, p, c.wide)
+			split, blocks = c.split, gx*tiles
+		case GEMMWgmma:
+			fn, threads, smem, blocks = l.dev.fn.gemmWgb, 256, wgbSmem, int(c.n/wgfRows)*l.wgfTiles(p)
+		}
+		perSM, err := fn.MaxActiveBlocksPerMultiProcessor(threads, int64(smem))
+		if err != nil {
+			return plans, fmt.Errorf("cudaops: occupancy of %s: %v", l.dev.names[fn], err)
+		}
+		plans[g] = planOf(l.dev.names[fn], split, blocks, perSM, l.dev.SMs)
+	}
+	return plans, nil
+}

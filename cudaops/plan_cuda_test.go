@@ -1,0 +1,58 @@
+//go:build cudaops
+
+package cudaops
+
+import (
+	"testing"
+
+	"github.com/fp4moe/fp4moe/conformance"
+	"github.com/fp4moe/fp4moe/moe"
+)
+
+// TestPlan checks Layer.Plan against the grid rules it reports (the decode path's splits and
+// kernels, the wgmma path's grid), and the occupancy the split rule assumes: decSplitBlocks
+// blocks an SM for the split kernel of 32 rows a warp, decwBlocks for the one of 64.
+func TestPlan(t *testing.T) {
+	s := conformance.Spec{M: 1, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Seed: 51}
+	c := conformance.Generate(s)
+	l := kernelLayer(t, &c.Weights, c.Config, GEMMAuto)
+	for _, m := range []int{1, 8, 64, 4096} {
+		plans, err := l.Plan(m, s.TopK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := m * s.TopK
+		_, tiles := l.bounds(p)
+		t.Logf("M=%d: GEMM1 %v; GEMM2 %v", m, plans[0], plans[1])
+		switch l.kernel(p) {
+		case GEMMDecode:
+			split1, split2, wide1, wide2 := l.decSplits(tiles)
+			for g, c := range []struct {
+				n     int64
+				split int
+				wide  bool
+			}{{int64(2 * s.I), split1, wide1}, {int64(s.K), split2, wide2}} {
+				fn, _, gx := l.decKernel(c.n, c.split, p, c.wide)
+				if got := plans[g]; got.Kernel != l.dev.names[fn] || got.Split != c.split || got.Blocks != gx*tiles {
+					t.Errorf("M=%d GEMM%d: plan %v, want %s S=%d, %d blocks", m, g+1, got, l.dev.names[fn], c.split, gx*tiles)
+				}
+				want := map[string]int{"moe_gemm_dec": decSplitBlocks, "moe_gemm_decw": decwBlocks}
+				if n, ok := want[plans[g].Kernel]; ok && plans[g].BlocksPerSM != n {
+					t.Errorf("M=%d GEMM%d: %s holds %d blocks an SM, the split rule assumes %d", m, g+1, plans[g].Kernel, plans[g].BlocksPerSM, n)
+				}
+			}
+		case GEMMWgmma:
+			if got := plans[0]; got.Kernel != "moe_gemm_wgb" || got.Blocks != 2*s.I/wgfRows*l.wgfTiles(p) {
+				t.Errorf("M=%d GEMM1: plan %v, want moe_gemm_wgb with %d blocks", m, got, 2*s.I/wgfRows*l.wgfTiles(p))
+			}
+		}
+		for g, pl := range plans {
+			if pl.BlocksPerSM < 1 || pl.Waves <= 0 {
+				t.Errorf("M=%d GEMM%d: %v", m, g+1, pl)
+			}
+		}
+	}
+	if _, err := l.Plan(0, 4); err == nil {
+		t.Error("Plan(0, 4) gave no error")
+	}
+}
