@@ -12,8 +12,8 @@ import (
 // kernels (the other GEMM kernels are not traced).
 var TraceStages = [...]string{"prepare", "route", "permute", "GEMM1", "activation", "GEMM2", "reduce"}
 
-// traceSlots is the kernels' TRACE_SLOTS: the table has 4 values per slot.
-const traceSlots = 8
+// traceSlots is the kernels' TRACE_SLOTS: the table has 4 values per slot, traceWords in all.
+const traceSlots, traceWords = 8, 4 * traceSlots
 
 // StageSpan is one stage's place in a traced forward, relative to the moment the forward's first
 // traced block began: when the stage's first and last blocks began and its first and last warps
@@ -26,7 +26,7 @@ type StageSpan struct {
 // traceReset is the table a traced forward starts from: first times at the largest value,
 // last times at 0, so that the kernels' atomic minima and maxima take the first write.
 func traceReset() []uint64 {
-	t := make([]uint64, 4*traceSlots)
+	t := make([]uint64, traceWords)
 	for s := range traceSlots {
 		t[4*s], t[4*s+2] = math.MaxUint64, math.MaxUint64
 	}
@@ -80,8 +80,9 @@ func median(d []time.Duration) time.Duration {
 	return d[len(d)/2]
 }
 
-// traceBlocks is the kernels' TRACE_BLOCKS: the blocks of each stage's grid that record a span.
-const traceBlocks = 8192
+// traceBlocks is the kernels' TRACE_BLOCKS: the blocks of each stage's grid that record a span,
+// in a table of 3 values a block, blockWords in all.
+const traceBlocks, blockWords = 8192, 3 * traceBlocks * traceSlots
 
 // BlockSpan is one traced block's place in a forward (Layer.TraceBlocks): its stage (an index of
 // TraceStages), its blockIdx.x and .y, the SM it ran on, and when it began and its last warp

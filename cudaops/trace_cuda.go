@@ -21,8 +21,8 @@ func (d *Device) traceTable() (cu.DevicePtr, error) {
 	if err != nil {
 		return 0, ErrNoTrace
 	}
-	if size != 8*4*traceSlots {
-		return 0, fmt.Errorf("cudaops: the kernels' moe_trace table has %d bytes, the host code expects %d; rebuild them", size, 8*4*traceSlots)
+	if size != 8*traceWords {
+		return 0, fmt.Errorf("cudaops: the kernels' moe_trace table has %d bytes, the host code expects %d; rebuild them", size, 8*traceWords)
 	}
 	return p, nil
 }
@@ -43,7 +43,7 @@ func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageS
 	if err != nil {
 		return nil, err
 	}
-	reset, got := traceReset(), make([]uint64, 4*traceSlots)
+	reset, got := traceReset(), make([]uint64, traceWords)
 	bytes := int64(8 * len(reset))
 	var out [][len(TraceStages)]StageSpan
 	for range rounds {
@@ -81,8 +81,8 @@ func (d *Device) blockTable() (cu.DevicePtr, error) {
 	if err != nil {
 		return 0, ErrNoBlockTrace
 	}
-	if size != 8*3*traceBlocks*traceSlots {
-		return 0, fmt.Errorf("cudaops: the kernels' moe_trace_blk table has %d bytes, the host code expects %d; rebuild them", size, 8*3*traceBlocks*traceSlots)
+	if size != 8*blockWords {
+		return 0, fmt.Errorf("cudaops: the kernels' moe_trace_blk table has %d bytes, the host code expects %d; rebuild them", size, 8*blockWords)
 	}
 	return p, nil
 }
@@ -105,8 +105,7 @@ func (l *Layer) TraceBlocks(g *Graph) ([]BlockSpan, error) {
 	if err := l.replayable(g); err != nil {
 		return nil, err
 	}
-	const size = 8 * 3 * traceBlocks * traceSlots
-	if err := cu.MemsetD32Async(table, 0, size/4, l.stream); err != nil {
+	if err := cu.MemsetD32Async(table, 0, 2*blockWords, l.stream); err != nil {
 		return nil, fmt.Errorf("cudaops: trace: %v", err)
 	}
 	if err := g.exec.launch(l.stream); err != nil {
@@ -115,8 +114,8 @@ func (l *Layer) TraceBlocks(g *Graph) ([]BlockSpan, error) {
 	if err := l.stream.Synchronize(); err != nil {
 		return nil, err
 	}
-	got := make([]uint64, size/8)
-	if err := cu.MemcpyDtoH(unsafe.Pointer(&got[0]), table, size); err != nil {
+	got := make([]uint64, blockWords)
+	if err := cu.MemcpyDtoH(unsafe.Pointer(&got[0]), table, 8*blockWords); err != nil {
 		return nil, fmt.Errorf("cudaops: trace: %v", err)
 	}
 	return blockSpans(got), nil

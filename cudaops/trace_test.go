@@ -30,7 +30,7 @@ func TestSpans(t *testing.T) {
 			t.Errorf("%s: %+v, want %+v", name, got[s], w)
 		}
 	}
-	if r := traceReset(); r[0] != math.MaxUint64 || r[1] != 0 || r[2] != math.MaxUint64 || r[3] != 0 || len(r) != 4*traceSlots {
+	if r := traceReset(); r[0] != math.MaxUint64 || r[1] != 0 || r[2] != math.MaxUint64 || r[3] != 0 || len(r) != traceWords {
 		t.Errorf("traceReset: %v", r[:4])
 	}
 }
@@ -55,7 +55,7 @@ func TestMedianSpans(t *testing.T) {
 }
 
 func TestBlockSpans(t *testing.T) {
-	tab := make([]uint64, 3*traceBlocks*traceSlots)
+	tab := make([]uint64, blockWords)
 	put := func(slot, b int, sm, y, x, start, end uint64) {
 		copy(tab[3*(traceBlocks*slot+b):], []uint64{1<<63 | sm<<48 | y<<24 | x, start, end})
 	}
