@@ -43,16 +43,7 @@ func BenchmarkForward(b *testing.B) {
 // writes a nonzero, finite output, and times b.N replays.
 func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 	rotate := s.Rotations(m)
-	var graphs []*Graph
-	var bufs []*DeviceBuffers
-	defer func() {
-		for _, g := range graphs {
-			g.Close()
-		}
-		for _, d := range bufs {
-			d.Free()
-		}
-	}()
+	batches := make([]*moe.Batch, rotate)
 	touched := 0
 	for r := range rotate {
 		batch, t, err := benchdata.Batch(s, "uniform", "fp8", m, 1+uint64(1000*m+r))
@@ -60,19 +51,13 @@ func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 			b.Fatal(err)
 		}
 		touched += t
-		d, err := l.Upload(batch)
-		if err != nil {
-			b.Fatal(err)
-		}
-		bufs = append(bufs, d)
+		batches[r] = batch
 	}
-	for _, d := range bufs {
-		g, err := l.Capture(d.Out, d.Batch)
-		if err != nil {
-			b.Fatal(err)
-		}
-		graphs = append(graphs, g)
+	graphs, bufs, release, err := l.CaptureBatches(batches)
+	if err != nil {
+		b.Fatal(err)
 	}
+	defer release()
 	// Every graph once (the warm-up), then the first output: never time a layer that writes
 	// nothing.
 	if _, err := l.TimeGraphs(graphs, 1, len(graphs)); err != nil {

@@ -65,6 +65,37 @@ func (l *Layer) Upload(b *moe.Batch) (*DeviceBuffers, error) {
 	return d, nil
 }
 
+// CaptureBatches uploads each batch into device memory of its own (Upload), then captures a
+// forward of each into its own output (Capture), in order: graph i replays batch i. release
+// closes the graphs and frees the buffers; on error everything made so far is released already.
+func (l *Layer) CaptureBatches(bs []*moe.Batch) (gs []*Graph, bufs []*DeviceBuffers, release func(), err error) {
+	release = func() {
+		for _, g := range gs {
+			g.Close()
+		}
+		for _, d := range bufs {
+			d.Free()
+		}
+	}
+	for _, b := range bs {
+		d, err := l.Upload(b)
+		if err != nil {
+			release()
+			return nil, nil, nil, err
+		}
+		bufs = append(bufs, d)
+	}
+	for _, d := range bufs {
+		g, err := l.Capture(d.Out, d.Batch)
+		if err != nil {
+			release()
+			return nil, nil, nil, err
+		}
+		gs = append(gs, g)
+	}
+	return gs, bufs, release, nil
+}
+
 func ptr[T any](s []T) unsafe.Pointer {
 	if len(s) == 0 {
 		return nil

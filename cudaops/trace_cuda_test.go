@@ -18,17 +18,12 @@ func oneTokenGraph(t *testing.T, seed uint64) (conformance.Spec, *Layer, *Graph)
 	s := conformance.Spec{M: 1, K: 1024, I: 512, E: 8, TopK: 4, Activation: moe.SwiGLUOAI, Seed: seed}
 	c := conformance.Generate(s)
 	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
-	buf, err := l.Upload(&c.Batch)
+	gs, _, release, err := l.CaptureBatches([]*moe.Batch{&c.Batch})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { buf.Free() })
-	g, err := l.Capture(buf.Out, buf.Batch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close() })
-	return s, l, g
+	t.Cleanup(release)
+	return s, l, gs[0]
 }
 
 // TestTraceGraphs: kernels built without MOE_TRACE (the committed ones) give ErrNoTrace; traced

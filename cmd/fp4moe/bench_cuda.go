@@ -281,35 +281,20 @@ func printTrace(w io.Writer, sp [len(cudaops.TraceStages)]cudaops.StageSpan) {
 func benchRow(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int, seed uint64, minTime time.Duration, copyBW float64, tr traceOpts) (benchResult, error) {
 	rotate := s.Rotations(m)
 	var res benchResult
-	var graphs []*cudaops.Graph
-	var bufs []*cudaops.DeviceBuffers
-	defer func() {
-		for _, g := range graphs {
-			g.Close()
-		}
-		for _, b := range bufs {
-			b.Free()
-		}
-	}()
+	batches := make([]*moe.Batch, rotate)
 	for r := range rotate {
 		b, touched, err := benchdata.Batch(s, routing, input, m, seed+uint64(1000*m+r))
 		if err != nil {
 			return res, err
 		}
 		res.experts += float64(touched) / float64(rotate)
-		buf, err := l.Upload(b)
-		if err != nil {
-			return res, err
-		}
-		bufs = append(bufs, buf)
+		batches[r] = b
 	}
-	for _, buf := range bufs {
-		g, err := l.Capture(buf.Out, buf.Batch)
-		if err != nil {
-			return res, err
-		}
-		graphs = append(graphs, g)
+	graphs, _, release, err := l.CaptureBatches(batches)
+	if err != nil {
+		return res, err
 	}
+	defer release()
 	// Rounds of len(graphs) back-to-back replays, timed with events around each round only.
 	warm, err := l.TimeGraphs(graphs, 2, len(graphs)) // warm-up
 	if err != nil {
