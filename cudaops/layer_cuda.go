@@ -54,6 +54,10 @@ const (
 	// than dec16Rows routed rows per local expert on average (a tile of 9-16 rows then streams
 	// its weights once).
 	dec16Smem = decWarps*dec1Stages*((32*64+16*128+32*4+16*4+127)/128*128) + decWsc
+	// The 32-token kernel (DEC32_SMEM): the same with stages of 32 token rows, for batches of more
+	// than dec32Rows routed rows per local expert on average (a tile of 17-32 rows then streams
+	// its weights once; 2 blocks an SM, by shared memory).
+	dec32Smem = decWarps*dec1Stages*((32*64+32*128+32*4+32*4+127)/128*128) + decWsc
 	// The 64-row kernel (DEC1W_SMEM): split 1, 8 tokens a pass, each warp on 64 weight rows (the
 	// token fragments' conversion, token scales and loop bookkeeping serve twice the rows), for
 	// the split-1 batches the 16-token kernel does not take.
@@ -76,6 +80,10 @@ const (
 	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
 	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)
 	dec16Rows = 6
+	// dec32Rows: the 32-token kernel takes split-1 batches of more than this many routed rows per
+	// local expert on average (at 16 rows an expert over 40 % of the experts route more than 16
+	// under uniform routing, and the 16-token kernel streams their weights twice).
+	dec32Rows = 12
 )
 
 // layoutConst is a launch constant the kernels define too (by its name there).
@@ -95,6 +103,7 @@ func layoutConsts() []layoutConst {
 		{"WGF_ROWS", wgfRows}, {"WGF_TOK", wgfTokens}, {"WGF_STAGES", wgfStages}, {"WGB_SMEM", wgbSmem},
 		{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
 		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem}, {"ORDER_TRIGGER", orderTrigger},
+		{"DEC32_SMEM", dec32Smem},
 	}
 }
 
@@ -170,6 +179,9 @@ type Layer struct {
 	// the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of dec1wMinBytes a
 	// cycle or more, else none; tests move it to run either).
 	wideRows int64
+	// tok32Rows: split-1 batches of more than this many rows an expert on average take the
+	// 32-token kernel (dec32Rows; tests raise it to run the 16-token kernel instead).
+	tok32Rows int
 	// splitRows: the weight rows a warp of the split kernels (32 or 64), or 0 for splitWide's
 	// choice (devices of dec1wMinBytes a cycle or more, else 32; tests set it to compare the two).
 	splitRows int
@@ -284,6 +296,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
+	l.tok32Rows = dec32Rows
 	l.wideRows, l.splitRows = math.MaxInt64, 32
 	if l.dev.BytesPerSMCycle() >= dec1wMinBytes {
 		l.wideRows, l.splitRows = dec1wMinRows, 0
@@ -779,8 +792,9 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 
 // decKernel picks the streaming GEMM's kernel for an n-row GEMM of split S (decSplit) over p
 // routed pairs: its function, dynamic shared memory and grid width (blocks per tile). Split-1
-// batches of more than dec16Rows rows per local expert on average take the 16-token kernel, the
-// others the 64-row one when n >= wideRows, else the 32-row one. Split GEMMs take the split
+// batches of more than tok32Rows (dec32Rows) rows per local expert on average take the 32-token
+// kernel, of more than dec16Rows the 16-token kernel, the others the 64-row one when n >=
+// wideRows, else the 32-row one. Split GEMMs take the split
 // kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
 func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
@@ -789,6 +803,8 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 		return f.gemmDecW, decwSmem, int(n) * split / (64 * decWarps)
 	case split > 1:
 		return f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
+	case p > l.tok32Rows*l.E:
+		return f.gemmDec32, dec32Smem, int(n) / (32 * decWarps)
 	case p > dec16Rows*l.E:
 		return f.gemmDec16, dec16Smem, int(n) / (32 * decWarps)
 	case n >= l.wideRows:

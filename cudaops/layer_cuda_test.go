@@ -307,6 +307,40 @@ func TestDecodeWide(t *testing.T) {
 	}
 }
 
+// TestDecode32 runs the streaming GEMM at batch sizes of more than dec32Rows routed rows per
+// expert (the 32-token kernel, moe_gemm_dec32: one pass of up to 32 tokens a tile, partial ones
+// included) against native, twice (bitwise the same), and against the 16-token kernel, which
+// does each token's arithmetic in the same order (bitwise the same). 128 experts, so that the
+// grids are large enough for split 1 (on 132 SMs).
+func TestDecode32(t *testing.T) {
+	n32 := 0 // GEMMs that ran the 32-token kernel
+	for _, m := range []int{640, 768, 1024} {
+		s := conformance.Spec{M: m, K: 1024, I: 512, E: 128, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 41}
+		c := conformance.Generate(s)
+		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+		p := m * s.TopK
+		_, tiles := l.bounds(p)
+		s1, s2 := l.decSplit(int64(2*s.I), int64(s.K), tiles, true), l.decSplit(int64(s.K), int64(s.I), tiles, false)
+		f1, _, _ := l.decKernel(int64(2*s.I), s1, p, false)
+		f2, _, _ := l.decKernel(int64(s.K), s2, p, false)
+		n32 += btoi(f1 == l.dev.fn.gemmDec32) + btoi(f2 == l.dev.fn.gemmDec32)
+		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
+		sameBits(t, fmt.Sprintf("M=%d, second run against the first", m), again, got)
+		l.tok32Rows = math.MaxInt32
+		sameBits(t, fmt.Sprintf("M=%d, the 16-token kernel against the 32-token one", m), forward(t, l, &c.Batch, s.K), got)
+		l.Close()
+		want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
+		e := conformance.RelL2(got, want)
+		t.Logf("M=%d (%d rows an expert, splits %d and %d): rel L2 against native %.2e", m, p/s.E, s1, s2, e)
+		if e > 1e-4 {
+			t.Fatalf("M=%d: rel L2 %.3e against native", m, e)
+		}
+	}
+	if n32 == 0 {
+		t.Fatalf("no GEMM ran the 32-token kernel (split 1 with more than %d rows an expert)", dec32Rows)
+	}
+}
+
 // TestDecodeWideRows runs split-1 batches of at most dec16Rows rows an expert on the 64-row
 // kernel (moe_gemm_dec1w, wideRows lowered to 0 so that small GEMMs take it), on a GEMM whose
 // rows fill its last block (GEMM1, 2I = 1024 rows) and one whose last block has two warps past

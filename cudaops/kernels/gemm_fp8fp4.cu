@@ -132,6 +132,9 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 #ifndef DEC16_BLOCKS
 #define DEC16_BLOCKS 3   // blocks per SM of the 16-token kernel (S = 1, 16 tokens a pass)
 #endif
+#ifndef DEC32_BLOCKS
+#define DEC32_BLOCKS 2   // blocks per SM of the 32-token kernel (S = 1, 32 tokens a pass; shared memory)
+#endif
 #ifndef DECW_BLOCKS
 #define DECW_BLOCKS 3    // blocks per SM of the split kernel with 64 weight rows a warp
 #endif
@@ -162,6 +165,7 @@ using DecStage = DecStageT<1>;
 #define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStage) + DEC_WSC(2) + DEC_WARPS * 8 * 32 * 4)
 #define DEC1_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStage) + DEC_WSC(2))
 #define DEC16_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<2>) + DEC_WSC(2))
+#define DEC32_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<4>) + DEC_WSC(2))
 #define DEC1W_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<1, 4>) + DEC_WSC(4))
 // The split kernel with 64 weight rows a warp: its partial sums live in the rings.
 #define DECW_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStageT<1, 4>) + DEC_WSC(4))
@@ -225,8 +229,8 @@ __device__ __forceinline__ void block_mma(uint32_t wa, uint32_t wb, const uint32
   p[3] += dd[3] * ws1;
 }
 
-// XT: 8-token fragments a pass (1, or 2 at S = 1: each expanded weight fragment then feeds the
-// MMAs of 16 tokens, so a tile of 9-16 tokens streams its weights once instead of twice).
+// XT: 8-token fragments a pass (1, or 2 or 4 at S = 1: each expanded weight fragment then feeds
+// the MMAs of 16 or 32 tokens, so a tile of 9-16 or 17-32 tokens streams its weights once).
 // RB: 16-row blocks a warp (2, or 4 at S = 1 and XT = 1: the token fragments' conversion, the
 // token scales, the copies' bookkeeping and the loop serve 64 rows instead of 32; N need then
 // be a multiple of 64 only, the warps past N return at once).
@@ -281,6 +285,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const u8* xq = nullptr;
   const float* xsq = nullptr;
   bool x0 = false, x1 = false, x2 = false, x3 = false, xs = false;
+  bool x4 = false, x5 = false, x6 = false, x7 = false, xs2 = false;  // XT = 4: token rows 16-31
   // Copies of one of the warp's groups into the ring slot at byte offset o: the weight rows and
   // scales (issue_w), the tokens and their scales (issue_x). The group is a compile-time offset
   // from the bases (moved by one group a step), so that every source address is a register plus
@@ -302,6 +307,13 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     if constexpr (XT > 1) {
       if (x2) cp_async16(dx + o + 8 * 128, xq + 8 * Kd + q * MOE_GROUP * S);
       if (x3) cp_async16(dx + o + 12 * 128, xq + 12 * Kd + q * MOE_GROUP * S);
+    }
+    if constexpr (XT > 2) {
+      if (x4) cp_async16(dx + o + 16 * 128, xq + 16 * Kd + q * MOE_GROUP * S);
+      if (x5) cp_async16(dx + o + 20 * 128, xq + 20 * Kd + q * MOE_GROUP * S);
+      if (x6) cp_async16(dx + o + 24 * 128, xq + 24 * Kd + q * MOE_GROUP * S);
+      if (x7) cp_async16(dx + o + 28 * 128, xq + 28 * Kd + q * MOE_GROUP * S);
+      if (xs2) cp_async4(ds + o + 16 * 4, xsq + 16 * G + q * S);  // the scale of token lane
     }
     if (xs) cp_async4(ds + o, xsq + q * S);
   };
@@ -332,6 +344,10 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     xsq = Xs + (tok0 + max(lane - 16, 0)) * G + r;
     x0 = (lane >> 3) < live, x1 = (lane >> 3) + 4 < live, xs = lane >= 16 && lane - 16 < live;
     x2 = (lane >> 3) + 8 < live, x3 = (lane >> 3) + 12 < live;
+    if constexpr (XT > 2) {
+      x4 = (lane >> 3) + 16 < live, x5 = (lane >> 3) + 20 < live, x6 = (lane >> 3) + 24 < live;
+      x7 = (lane >> 3) + 28 < live, xs2 = lane >= 16 && lane < live;
+    }
     if (j > 0) {
       wq = wp0;
       sq = sp0;
@@ -574,6 +590,7 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
 DEC_DEFINE(moe_gemm_dec, DEC_BLOCKS, DEC_SPLIT(1, 2))
 DEC_DEFINE(moe_gemm_dec1, DEC1_BLOCKS, DEC_RUN(1, 1, 2))
 DEC_DEFINE(moe_gemm_dec16, DEC16_BLOCKS, DEC_RUN(1, 2, 2))
+DEC_DEFINE(moe_gemm_dec32, DEC32_BLOCKS, DEC_RUN(1, 4, 2))
 DEC_DEFINE(moe_gemm_decw, DECW_BLOCKS, DEC_SPLIT(1, 4))
 DEC_DEFINE(moe_gemm_dec1w, DEC1W_BLOCKS, DEC_RUN(1, 1, 4))
 #undef DEC_SPLIT
