@@ -133,8 +133,9 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 #define DEC16_BLOCKS 3   // blocks per SM of the 16-token kernel (S = 1, 16 tokens a pass)
 #endif
 #ifndef DEC32_BLOCKS
-#define DEC32_BLOCKS 2   // blocks per SM of the 32-token kernel (S = 1, 32 tokens a pass; shared memory)
+#define DEC32_BLOCKS 3   // blocks per SM of the 32-token kernel (S = 1, 32 tokens a pass)
 #endif
+#define DEC32_STAGES 2   // its ring depth (three blocks' rings of three stages would not fit)
 #ifndef DECW_BLOCKS
 #define DECW_BLOCKS 3    // blocks per SM of the split kernel with 64 weight rows a warp
 #endif
@@ -165,7 +166,7 @@ using DecStage = DecStageT<1>;
 #define DEC_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStage) + DEC_WSC(2) + DEC_WARPS * 8 * 32 * 4)
 #define DEC1_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStage) + DEC_WSC(2))
 #define DEC16_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<2>) + DEC_WSC(2))
-#define DEC32_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<4>) + DEC_WSC(2))
+#define DEC32_SMEM (DEC_WARPS * DEC32_STAGES * (int)sizeof(DecStageT<4>) + DEC_WSC(2))
 #define DEC1W_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<1, 4>) + DEC_WSC(4))
 // The split kernel with 64 weight rows a warp: its partial sums live in the rings.
 #define DECW_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStageT<1, 4>) + DEC_WSC(4))
@@ -252,7 +253,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const int mine = (int)((G - r + S - 1) / S);  // groups of this warp
   static_assert(XT == 1 || S == 1, "16-token passes only at split 1");
   using Stage = DecStageT<XT, RB>;
-  constexpr int D = S == 1 ? DEC1_STAGES : DEC_STAGES, FT = 8 * XT;  // ring depth, tokens a pass
+  constexpr int D = XT > 2 ? DEC32_STAGES : S == 1 ? DEC1_STAGES : DEC_STAGES, FT = 8 * XT;  // ring depth, tokens a pass
   Stage* const st = reinterpret_cast<Stage*>(dec_smem) + warp * D;
   float4* const wsc = reinterpret_cast<float4*>(dec_smem + DEC_WARPS * D * sizeof(Stage)) + WR * warp;
   // Warp w's partial sums at S > 1 (4 · RB values a lane): after the rings at 32 rows; at 64 rows
