@@ -75,13 +75,14 @@ func (k GEMMKernel) String() string {
 }
 
 // autoDecodeRows is GEMMAuto's crossover: batches routing at most this many routed rows per
-// local expert on average take GEMMDecode. Measured on an H200 with the 16-token decode kernel
-// (docs/perf.md v22): at 16 rows the decode GEMM was faster for every bench shape (GPT-OSS-120B
-// 970 against 1102 µs), at 24 the wgmma GEMM for GPT-OSS-120B and DeepSeek-V3. Skewed routing
-// (Zipf) slows the wgmma GEMM and not the decode one, so up to this threshold decode stays the
-// faster under skew too; beyond it some skewed or small-K batches would still gain from decode,
-// which the host cannot tell before the routing runs (docs/perf.md, the crossover under Zipf).
-const autoDecodeRows = 16
+// local expert on average take GEMMDecode. Measured on an H200 (docs/perf.md v29): with the
+// 32-token decode kernel, at 24 rows the decode GEMM was the faster for GPT-OSS-120B (982 against
+// 1154 µs) and DeepSeek-V3 (3355 against 3571 µs), at 32 rows the wgmma GEMM (1212 against 1315,
+// 3721 against 4256). Skewed routing (Zipf) slows the wgmma GEMM and not the decode one, so up to
+// this threshold decode stays the faster under skew too; beyond it some skewed or small-K batches
+// would still gain from decode, which the host cannot tell before the routing runs (docs/perf.md,
+// the crossover under Zipf).
+const autoDecodeRows = 24
 
 // resolve returns the kernel that k runs for p routed pairs over e local experts, with
 // foldable telling whether the layer's weights fold exactly into the wgmma kernel's FP16.

@@ -20,7 +20,8 @@ func TestGEMMKernelResolve(t *testing.T) {
 	}{
 		{"auto/decode at 1 pair", GEMMAuto, 1, 128, true, GEMMDecode},
 		{"auto/decode at 16 rows per expert", GEMMAuto, 16 * 128, 128, true, GEMMDecode},
-		{"auto/wgmma above 16 rows per expert", GEMMAuto, 16*128 + 1, 128, true, GEMMWgmma},
+		{"auto/decode at 24 rows per expert", GEMMAuto, 24 * 128, 128, true, GEMMDecode},
+		{"auto/wgmma above 24 rows per expert", GEMMAuto, 24*128 + 1, 128, true, GEMMWgmma},
 		{"auto/wgmma at prefill", GEMMAuto, 16384, 128, true, GEMMWgmma},
 		{"auto/tiled when the weights do not fold", GEMMAuto, 16384, 128, false, GEMMTiled},
 		{"auto/decode even when the weights do not fold", GEMMAuto, 4, 128, false, GEMMDecode},
@@ -28,8 +29,8 @@ func TestGEMMKernelResolve(t *testing.T) {
 		{"wgmma asked, weights do not fold", GEMMWgmma, 16384, 128, false, GEMMTiled},
 		{"decode asked at prefill", GEMMDecode, 16384, 128, true, GEMMDecode},
 		{"tiled asked", GEMMTiled, 1, 128, true, GEMMTiled},
-		{"auto/expert parallel shard of 32 experts", GEMMAuto, 512, 32, true, GEMMDecode},
-		{"auto/expert parallel shard, over 16 rows each", GEMMAuto, 513, 32, true, GEMMWgmma},
+		{"auto/expert parallel shard of 32 experts", GEMMAuto, 768, 32, true, GEMMDecode},
+		{"auto/expert parallel shard, over 24 rows each", GEMMAuto, 769, 32, true, GEMMWgmma},
 	} {
 		if got := c.k.resolve(c.p, c.e, c.foldable); got != c.want {
 			t.Errorf("%s: %v.resolve(%d, %d, %v) = %v, want %v", c.name, c.k, c.p, c.e, c.foldable, got, c.want)
