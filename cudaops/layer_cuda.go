@@ -714,16 +714,16 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// or 32 weight rows a warp (splitWide).
 	split1, split2, wide1, wide2 := l.decSplits(tiles)
 	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide bool) error {
+		gl := l.gemmMain(kernel, n, split, P, tiles, wide)
 		switch kernel {
 		case GEMMDecode:
-			fn, smem, gx := l.decKernel(n, split, P, wide)
-			return launch(fn, dim3{gx, tiles, 1}, dim3{32 * decWarps, 1, 1}, smem, l.stream,
+			return launch(gl.fn, gl.grid, gl.block, gl.smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales), i(early), u(b.TopKIDs), u(l.expertMap), i(int64(P)|int64(l.eg)<<32))
 		case GEMMWgmma:
 			// Per tile, whether the activation scales fold into FP16 (and if so its FP16 tokens);
 			// the tiles that fold, then the others.
-			grid := dim3{int(n / wgfRows), l.wgfTiles(P), 1}
+			grid := gl.grid
 			if err := cu.MemsetD32Async(ws.nwplist, 0, 1, l.stream); err != nil {
 				return fmt.Errorf("cudaops: %v", err)
 			}
@@ -735,7 +735,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 				u(x), u(xs), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), i(kd/128), u(ws.xb), i(ws.xbStride)); err != nil {
 				return err
 			}
-			if err := launch(f.gemmWgb, grid, dim3{256, 1, 1}, wgbSmem, l.stream,
+			if err := launch(gl.fn, grid, gl.block, gl.smem, l.stream,
 				u(w), u(sc), u(ref), u(ws.xb), i(ws.xbStride), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), u(bias), u(out), i(n), i(kd)); err != nil {
 				return err
 			}
@@ -745,7 +745,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			return launch(f.gemmWgp, dim3{grid.x, py, 1}, dim3{256, 1, 1}, wgfPSmem, l.stream,
 				u(w), u(sc), u(ref), u(x), u(xs), u(ws.wtileList), u(ws.wplist), u(ws.nwplist), u(bias), u(out), i(n), i(kd))
 		}
-		return launch(f.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0, l.stream,
+		return launch(gl.fn, gl.grid, gl.block, gl.smem, l.stream,
 			u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd))
 	}
 	// GEMM1 of at most segmentRows pairs after moe_route_small: each block works out its tile
@@ -788,6 +788,29 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		return fmt.Errorf("cudaops: reduce: %w", err)
 	}
 	return l.mark(6)
+}
+
+// gemmLaunch is the launch of a grouped GEMM's main kernel: its function, grid, block and
+// dynamic shared memory.
+type gemmLaunch struct {
+	fn          cu.Function
+	grid, block dim3
+	smem        int
+}
+
+// gemmMain returns the main kernel's launch for an n-row GEMM of the given kernel over p routed
+// pairs in tiles tiles: the streaming GEMM's (decKernel, split and wide as decSplits picks
+// them), the wgmma path's moe_gemm_wgb (after its tile and staging kernels, which launchAll sizes
+// from this grid), or the tiled moe_gemm. launchAll launches it, Layer.Plan reports it.
+func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide bool) gemmLaunch {
+	switch kernel {
+	case GEMMDecode:
+		fn, smem, gx := l.decKernel(n, split, p, wide)
+		return gemmLaunch{fn, dim3{gx, tiles, 1}, dim3{32 * decWarps, 1, 1}, smem}
+	case GEMMWgmma:
+		return gemmLaunch{l.dev.fn.gemmWgb, dim3{int(n / wgfRows), l.wgfTiles(p), 1}, dim3{256, 1, 1}, wgbSmem}
+	}
+	return gemmLaunch{l.dev.fn.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0}
 }
 
 // decKernel picks the streaming GEMM's kernel for an n-row GEMM of split S (decSplit) over p

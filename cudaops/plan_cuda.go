@@ -9,10 +9,11 @@ import (
 )
 
 // Plan returns how a forward of m tokens with topk experts each runs its two grouped GEMMs
-// (GEMM1, GEMM2): the kernel and split launchAll picks for the batch, the grid it launches (the
-// wgmma path's main kernel; its staging and promoting kernels are not counted), and the
-// driver's occupancy for that kernel. Nothing runs; a perf tool's view of the grid rules
-// (decSplitFor, decKernel), so that their waves need not be worked out by hand.
+// (GEMM1, GEMM2): the kernel and split launchAll picks for the batch, the grid it launches
+// (gemmMain, the same launch launchAll makes; on the wgmma path its main kernel, the staging and
+// promoting kernels not counted), and the driver's occupancy for that kernel. Nothing runs; a
+// perf tool's view of the grid rules (decSplitFor, decKernel), so that their waves need not be
+// worked out by hand.
 func (l *Layer) Plan(m, topk int) ([2]GEMMPlan, error) {
 	var plans [2]GEMMPlan
 	if l.closed {
@@ -36,21 +37,16 @@ func (l *Layer) Plan(m, topk int) ([2]GEMMPlan, error) {
 		split int
 		wide  bool
 	}{{2 * I, split1, wide1}, {K, split2, wide2}} {
-		var fn = l.dev.fn.gemm
-		threads, smem, split, blocks := 128, 0, 1, int(c.n/gemmRows)*tiles
-		switch kernel {
-		case GEMMDecode:
-			var gx int
-			fn, smem, gx = l.decKernel(c.n, c.split, p, c.wide)
-			split, blocks = c.split, gx*tiles
-		case GEMMWgmma:
-			fn, threads, smem, blocks = l.dev.fn.gemmWgb, 256, wgbSmem, int(c.n/wgfRows)*l.wgfTiles(p)
+		gl := l.gemmMain(kernel, c.n, c.split, p, tiles, c.wide)
+		split := 1
+		if kernel == GEMMDecode {
+			split = c.split
 		}
-		perSM, err := fn.MaxActiveBlocksPerMultiProcessor(threads, int64(smem))
+		perSM, err := gl.fn.MaxActiveBlocksPerMultiProcessor(gl.block.x, int64(gl.smem))
 		if err != nil {
-			return plans, fmt.Errorf("cudaops: occupancy of %s: %v", l.dev.names[fn], err)
+			return plans, fmt.Errorf("cudaops: occupancy of %s: %v", l.dev.names[gl.fn], err)
 		}
-		plans[g] = planOf(l.dev.names[fn], split, blocks, perSM, l.dev.SMs)
+		plans[g] = planOf(l.dev.names[gl.fn], split, gl.grid.x*gl.grid.y, perSM, l.dev.SMs)
 	}
 	return plans, nil
 }
