@@ -40,15 +40,17 @@ type Options struct {
 type GEMMKernel uint8
 
 const (
-	// GEMMAuto picks GEMMDecode when the batch routes at most 16 rows per local expert on
-	// average (the crossover measured on an H200, docs/perf.md), else GEMMWgmma, or GEMMTiled
-	// for weights the wgmma kernel cannot take exactly (see GEMMWgmma).
+	// GEMMAuto picks GEMMDecode when the batch routes at most 24 rows per local expert on
+	// average, or 32 for layers of small experts (K·I at most 4Mi, e.g. Qwen3-30B-A3B; the
+	// crossovers measured on an H100 and an H200, docs/perf.md v29), else GEMMWgmma, or
+	// GEMMTiled for weights the wgmma kernel cannot take exactly (see GEMMWgmma).
 	GEMMAuto GEMMKernel = iota
 	// GEMMTiled: 64 weight rows by 32 tokens per block.
 	GEMMTiled
 	// GEMMDecode: FP16 mma.sync, 32 weight rows a warp, K split over up to 4 warps, weights and
 	// tokens streamed through cp.async rings in shared memory, one 8-token fragment per pass, or
-	// two (16 tokens) when the batch routes more than 6 rows per local expert on average.
+	// two (16 tokens) when the batch routes more than 6 rows per local expert on average, or
+	// four (32 tokens) above 12.
 	GEMMDecode
 	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 128 weight rows by up to 160 tokens per block,
 	// the E8M0 block scales folded exactly into the FP16 weights relative to a per-row
@@ -75,21 +77,42 @@ func (k GEMMKernel) String() string {
 }
 
 // autoDecodeRows is GEMMAuto's crossover: batches routing at most this many routed rows per
-// local expert on average take GEMMDecode. Measured on an H200 (docs/perf.md v29): with the
-// 32-token decode kernel, at 24 rows the decode GEMM was the faster for GPT-OSS-120B (982 against
-// 1154 µs) and DeepSeek-V3 (3355 against 3571 µs), at 32 rows the wgmma GEMM (1212 against 1315,
-// 3721 against 4256). Skewed routing (Zipf) slows the wgmma GEMM and not the decode one, so up to
-// this threshold decode stays the faster under skew too; beyond it some skewed or small-K batches
-// would still gain from decode, which the host cannot tell before the routing runs (docs/perf.md,
-// the crossover under Zipf).
+// local expert on average take GEMMDecode. Measured on both cards with the 32-token decode kernel
+// (docs/perf.md v29; decode against wgmma, both forced): at 24 rows the decode GEMM was the faster
+// for every bench shape (H100: GPT-OSS-120B 1087 against 1174 µs, DeepSeek-V3 3164 against 3628,
+// Qwen3-30B-A3B 225 against 321), at 28 DeepSeek-V3 was 9 % slower on the H100, at 32 GPT-OSS-120B
+// and DeepSeek-V3 8-23 % slower. Skewed routing (Zipf) slows the wgmma GEMM and not the decode
+// one, so up to this threshold decode stays the faster under skew too; beyond it some skewed
+// batches would still gain from decode, which the host cannot tell before the routing runs
+// (docs/perf.md, the crossover under Zipf).
 const autoDecodeRows = 24
 
-// resolve returns the kernel that k runs for p routed pairs over e local experts, with
-// foldable telling whether the layer's weights fold exactly into the wgmma kernel's FP16.
-func (k GEMMKernel) resolve(p, e int, foldable bool) GEMMKernel {
+// Layers of small experts, K·I at most smallExpertKI, keep the decode GEMM up to
+// autoDecodeRowsSmall rows an expert: the wgmma GEMM's tiles of short K pay their start and
+// epilogue on little work. Qwen3-30B-A3B (K·I = 1.5Mi) at 28 and 32 rows: decode 252 and 300 µs
+// against 336 and 351 on an H100, 291 against 336 at 32 on an H200; at 40, 362 against 348
+// (H200). GPT-OSS-120B (8.3Mi) and DeepSeek-V3 (14Mi) do not. Fitted to those three shapes.
+const (
+	smallExpertKI       = 4 << 20
+	autoDecodeRowsSmall = 32
+)
+
+// decodeRowsFor is GEMMAuto's crossover for a layer of hidden size k and intermediate size i:
+// autoDecodeRowsSmall for small experts, else autoDecodeRows.
+func decodeRowsFor(k, i int) int {
+	if int64(k)*int64(i) <= smallExpertKI {
+		return autoDecodeRowsSmall
+	}
+	return autoDecodeRows
+}
+
+// resolve returns the kernel that k runs for p routed pairs over e local experts, with rows the
+// layer's crossover (decodeRowsFor) and foldable telling whether the layer's weights fold
+// exactly into the wgmma kernel's FP16.
+func (k GEMMKernel) resolve(p, e, rows int, foldable bool) GEMMKernel {
 	if k == GEMMAuto {
 		k = GEMMWgmma
-		if p <= autoDecodeRows*e {
+		if p <= rows*e {
 			k = GEMMDecode
 		}
 	}

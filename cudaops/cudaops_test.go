@@ -32,8 +32,39 @@ func TestGEMMKernelResolve(t *testing.T) {
 		{"auto/expert parallel shard of 32 experts", GEMMAuto, 768, 32, true, GEMMDecode},
 		{"auto/expert parallel shard, over 24 rows each", GEMMAuto, 769, 32, true, GEMMWgmma},
 	} {
-		if got := c.k.resolve(c.p, c.e, c.foldable); got != c.want {
-			t.Errorf("%s: %v.resolve(%d, %d, %v) = %v, want %v", c.name, c.k, c.p, c.e, c.foldable, got, c.want)
+		if got := c.k.resolve(c.p, c.e, autoDecodeRows, c.foldable); got != c.want {
+			t.Errorf("%s: %v.resolve(%d, %d, %d, %v) = %v, want %v", c.name, c.k, c.p, c.e, autoDecodeRows, c.foldable, got, c.want)
+		}
+	}
+	// Layers of small experts keep the decode GEMM to 32 rows an expert.
+	for _, c := range []struct {
+		name string
+		p    int
+		want GEMMKernel
+	}{
+		{"small experts/decode at 32 rows per expert", 32 * 128, GEMMDecode},
+		{"small experts/wgmma above 32 rows per expert", 32*128 + 1, GEMMWgmma},
+	} {
+		if got := GEMMAuto.resolve(c.p, 128, autoDecodeRowsSmall, true); got != c.want {
+			t.Errorf("%s: resolve(%d, 128, %d, true) = %v, want %v", c.name, c.p, autoDecodeRowsSmall, got, c.want)
+		}
+	}
+}
+
+func TestDecodeRowsFor(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		k, i int
+		want int
+	}{
+		{"qwen3-30b-a3b", 2048, 768, 32},
+		{"gptoss120b", 2944, 2944, 24},
+		{"deepseekv3", 7168, 2048, 24},
+		{"at the bound", 4096, 1024, 32},
+		{"just past the bound", 4096, 1025, 24},
+	} {
+		if got := decodeRowsFor(c.k, c.i); got != c.want {
+			t.Errorf("%s: decodeRowsFor(%d, %d) = %d, want %d", c.name, c.k, c.i, got, c.want)
 		}
 	}
 }

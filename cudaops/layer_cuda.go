@@ -866,7 +866,9 @@ func tokenOrder(k GEMMKernel) int64 {
 }
 
 // kernel returns the grouped GEMM kernel for a batch of p routed pairs.
-func (l *Layer) kernel(p int) GEMMKernel { return l.opt.GEMM.resolve(p, l.E, l.foldable) }
+func (l *Layer) kernel(p int) GEMMKernel {
+	return l.opt.GEMM.resolve(p, l.E, decodeRowsFor(l.K, l.I), l.foldable)
+}
 
 // Kernel returns the grouped GEMM kernel a batch of m tokens with topk experts each runs.
 func (l *Layer) Kernel(m, topk int) GEMMKernel { return l.kernel(m * topk) }
