@@ -277,9 +277,10 @@ func TestDecodeSplits(t *testing.T) {
 	}
 }
 
-// TestDecodeWide runs the streaming GEMM at batch sizes of more than 8 routed rows per expert
-// (the 16-token kernel, moe_gemm_dec16: passes of 16 tokens, the last one partial, and tiles of
-// up to 32 rows), against native and twice (bitwise the same).
+// TestDecodeWide runs the streaming GEMM at batch sizes of more than dec16Rows routed rows per
+// expert, against native and twice (bitwise the same): M = 80 (10 rows an expert) on the 16-token
+// kernel, moe_gemm_dec16 (passes of 16 tokens, the last one partial), and M = 200 and 768 (25 and
+// 96 rows, in tiles of at most 32) on the 32-token one.
 func TestDecodeWide(t *testing.T) {
 	wide := 0 // GEMMs that ran the 16-token kernel
 	for _, m := range []int{80, 200, 768} {
