@@ -288,16 +288,13 @@ func TestDecodeWide(t *testing.T) {
 		c := conformance.Generate(s)
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		p := m * s.TopK
-		_, tiles := l.bounds(p)
-		s1, s2 := l.decSplit(int64(2*s.I), int64(s.K), tiles, true), l.decSplit(int64(s.K), int64(s.I), tiles, false)
-		f1, _, _ := l.decKernel(int64(2*s.I), s1, p, false)
-		f2, _, _ := l.decKernel(int64(s.K), s2, p, false)
-		wide += btoi(f1 == l.dev.fn.gemmDec16) + btoi(f2 == l.dev.fn.gemmDec16)
+		pl := mustPlan(t, l, m, s.TopK)
+		wide += planRuns(pl, "moe_gemm_dec16")
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 		l.Close()
 		want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
 		e := conformance.RelL2(got, want)
-		t.Logf("M=%d (%d rows an expert, splits %d and %d): rel L2 against native %.2e", m, p/s.E, s1, s2, e)
+		t.Logf("M=%d (%d rows an expert; GEMM1 %v; GEMM2 %v): rel L2 against native %.2e", m, p/s.E, pl[0], pl[1], e)
 		if e > 1e-4 {
 			t.Fatalf("M=%d: rel L2 %.3e against native", m, e)
 		}
@@ -320,11 +317,8 @@ func TestDecode32(t *testing.T) {
 		c := conformance.Generate(s)
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		p := m * s.TopK
-		_, tiles := l.bounds(p)
-		s1, s2 := l.decSplit(int64(2*s.I), int64(s.K), tiles, true), l.decSplit(int64(s.K), int64(s.I), tiles, false)
-		f1, _, _ := l.decKernel(int64(2*s.I), s1, p, false)
-		f2, _, _ := l.decKernel(int64(s.K), s2, p, false)
-		n32 += btoi(f1 == l.dev.fn.gemmDec32) + btoi(f2 == l.dev.fn.gemmDec32)
+		pl := mustPlan(t, l, m, s.TopK)
+		n32 += planRuns(pl, "moe_gemm_dec32")
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 		sameBits(t, fmt.Sprintf("M=%d, second run against the first", m), again, got)
 		l.tok32Rows = math.MaxInt32
@@ -332,7 +326,7 @@ func TestDecode32(t *testing.T) {
 		l.Close()
 		want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
 		e := conformance.RelL2(got, want)
-		t.Logf("M=%d (%d rows an expert, splits %d and %d): rel L2 against native %.2e", m, p/s.E, s1, s2, e)
+		t.Logf("M=%d (%d rows an expert; GEMM1 %v; GEMM2 %v): rel L2 against native %.2e", m, p/s.E, pl[0], pl[1], e)
 		if e > 1e-4 {
 			t.Fatalf("M=%d: rel L2 %.3e against native", m, e)
 		}
@@ -454,6 +448,21 @@ func TestDecodeEarlyTrigger(t *testing.T) {
 			nearNative(t, got, &c.Weights, c.Config, &c.Batch)
 		})
 	}
+}
+
+// mustPlan returns l's plans of a forward of m tokens with topk experts each (Layer.Plan).
+func mustPlan(t *testing.T, l *Layer, m, topk int) [2]GEMMPlan {
+	t.Helper()
+	pl, err := l.Plan(m, topk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pl
+}
+
+// planRuns counts the GEMMs of a forward's plans that run the kernel named name.
+func planRuns(pl [2]GEMMPlan, name string) int {
+	return btoi(pl[0].Kernel == name) + btoi(pl[1].Kernel == name)
 }
 
 func btoi(b bool) int {
