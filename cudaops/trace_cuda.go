@@ -17,12 +17,18 @@ var ErrNoTrace = errors.New("cudaops: the kernels were built without MOE_TRACE")
 
 // traceTable returns the traced kernels' moe_trace table, or ErrNoTrace.
 func (d *Device) traceTable() (cu.DevicePtr, error) {
-	p, size, err := d.mod.Global("moe_trace")
+	return d.table("moe_trace", traceWords, ErrNoTrace)
+}
+
+// table returns the module's global name, a table of words 8-byte words, or missing when the
+// kernels have none (built without its trace option).
+func (d *Device) table(name string, words int, missing error) (cu.DevicePtr, error) {
+	p, size, err := d.mod.Global(name)
 	if err != nil {
-		return 0, ErrNoTrace
+		return 0, missing
 	}
-	if size != 8*traceWords {
-		return 0, fmt.Errorf("cudaops: the kernels' moe_trace table has %d bytes, the host code expects %d; rebuild them", size, 8*traceWords)
+	if size != int64(8*words) {
+		return 0, fmt.Errorf("cudaops: the kernels' %s table has %d bytes, the host code expects %d; rebuild them", name, size, 8*words)
 	}
 	return p, nil
 }
@@ -77,14 +83,7 @@ var ErrNoBlockTrace = errors.New("cudaops: the kernels were built without MOE_TR
 
 // blockTable returns the MOE_TRACE_BLOCKS kernels' moe_trace_blk table, or ErrNoBlockTrace.
 func (d *Device) blockTable() (cu.DevicePtr, error) {
-	p, size, err := d.mod.Global("moe_trace_blk")
-	if err != nil {
-		return 0, ErrNoBlockTrace
-	}
-	if size != 8*blockWords {
-		return 0, fmt.Errorf("cudaops: the kernels' moe_trace_blk table has %d bytes, the host code expects %d; rebuild them", size, 8*blockWords)
-	}
-	return p, nil
+	return d.table("moe_trace_blk", blockWords, ErrNoBlockTrace)
 }
 
 // TraceBlocks replays the graph once and returns the span of every traced block (the first
