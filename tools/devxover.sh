@@ -12,6 +12,7 @@ for g in decode wgmma; do
 	FP4MOE_FATBIN=$PWD/cudaops/kernels/moe.fatbin timeout 100 /tmp/b/fp4moe bench --shapes qwen3-30b-a3b --m 256,384,448,512 \
 		--routing uniform --min-time 100ms --gemm $g --csv "$OUT/x2-$g.csv" > /dev/null 2>&1
 done
-(cd "$OUT" && cat x1-*.csv x2-*.csv | grep -v ^device > xover.csv && rm x1-*.csv x2-*.csv)
+# One CSV: the first file's header, then every file's rows.
+(cd "$OUT" && { head -1 x1-decode.csv; tail -q -n +2 x1-*.csv x2-*.csv; } > xover.csv && rm x1-*.csv x2-*.csv)
 cut -d, -f1,3,9,12,17,21 "$OUT/xover.csv"
 bash "$(dirname "$0")/devfinal.sh"
