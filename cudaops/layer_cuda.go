@@ -56,8 +56,10 @@ const (
 	dec16Smem = decWarps*dec1Stages*((32*64+16*128+32*4+16*4+127)/128*128) + decWsc
 	// The 32-token kernel (DEC32_SMEM): the same with stages of 32 token rows, for batches of more
 	// than dec32Rows routed rows per local expert on average (a tile of 17-32 rows then streams
-	// its weights once; a ring of 2 stages a warp, 3 blocks an SM).
-	dec32Smem = decWarps*2*((32*64+32*128+32*4+32*4+127)/128*128) + decWsc
+	// its weights once; a ring of dec32Stages a warp, DEC32_STAGES there, so that 3 blocks fit on
+	// an SM).
+	dec32Stages = 2
+	dec32Smem   = decWarps*dec32Stages*((32*64+32*128+32*4+32*4+127)/128*128) + decWsc
 	// The 64-row kernel (DEC1W_SMEM): split 1, 8 tokens a pass, each warp on 64 weight rows (the
 	// token fragments' conversion, token scales and loop bookkeeping serve twice the rows), for
 	// the split-1 batches the 16-token kernel does not take.
