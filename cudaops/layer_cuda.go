@@ -85,7 +85,11 @@ const (
 	// dec32Rows: the 32-token kernel takes split-1 batches of more than this many routed rows per
 	// local expert on average (at 16 rows an expert over 40 % of the experts route more than 16
 	// under uniform routing, and the 16-token kernel streams their weights twice).
-	dec32Rows = 12
+	dec32Rows = 9
+	// dec32sRows: of those, batches of at most this many rows per local expert take its instance
+	// with short passes (moe_gemm_dec32s: a tile of at most 16 rows does the 16-token MMAs only),
+	// which costs tiles of 17-32 rows about 3 % (docs/perf.md v30).
+	dec32sRows = 16
 )
 
 // layoutConst is a launch constant the kernels define too (by its name there).
@@ -828,6 +832,8 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 		return f.gemmDecW, decwSmem, int(n) * split / (64 * decWarps)
 	case split > 1:
 		return f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
+	case p > l.tok32Rows*l.E && p <= dec32sRows*l.E:
+		return f.gemmDec32s, dec32Smem, int(n) / (32 * decWarps)
 	case p > l.tok32Rows*l.E:
 		return f.gemmDec32, dec32Smem, int(n) / (32 * decWarps)
 	case p > dec16Rows*l.E:

@@ -278,12 +278,13 @@ func TestDecodeSplits(t *testing.T) {
 }
 
 // TestDecodeWide runs the streaming GEMM at batch sizes of more than dec16Rows routed rows per
-// expert, against native and twice (bitwise the same): M = 80 (10 rows an expert) on the 16-token
-// kernel, moe_gemm_dec16 (passes of 16 tokens, the last one partial), and M = 200 and 768 (25 and
-// 96 rows, in tiles of at most 32) on the 32-token one.
+// expert, against native and twice (bitwise the same): M = 64 (8 rows an expert) on the 16-token
+// kernel, moe_gemm_dec16 (passes of 16 tokens, the last one partial), M = 80 (10 rows) on the
+// 32-token one with short passes, and M = 200 and 768 (25 and 96 rows, in tiles of at most 32)
+// on the 32-token one.
 func TestDecodeWide(t *testing.T) {
 	wide := 0 // GEMMs that ran the 16-token kernel
-	for _, m := range []int{80, 200, 768} {
+	for _, m := range []int{64, 80, 200, 768} {
 		s := conformance.Spec{M: m, K: 1024, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 37}
 		c := conformance.Generate(s)
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
@@ -306,19 +307,21 @@ func TestDecodeWide(t *testing.T) {
 }
 
 // TestDecode32 runs the streaming GEMM at batch sizes of more than dec32Rows routed rows per
-// expert (the 32-token kernel, moe_gemm_dec32: one pass of up to 32 tokens a tile, partial ones
-// included) against native, twice (bitwise the same), and against the 16-token kernel, which
-// does each token's arithmetic in the same order (bitwise the same). 128 experts, so that the
-// grids are large enough for split 1 (on 132 SMs).
+// expert (the 32-token kernel: one pass of up to 32 tokens a tile, partial ones included; M =
+// 384 and 512, 12 and 16 rows an expert, on its instance with short passes, moe_gemm_dec32s, M =
+// 640-1024 on moe_gemm_dec32) against native, twice (bitwise the same), and against the 16-token
+// kernel, which does each token's arithmetic in the same order (bitwise the same). 128 experts,
+// so that the grids are large enough for split 1 (on 132 SMs).
 func TestDecode32(t *testing.T) {
-	n32 := 0 // GEMMs that ran the 32-token kernel
-	for _, m := range []int{640, 768, 1024} {
+	n32, n32s := 0, 0 // GEMMs that ran the 32-token kernel without and with short passes
+	for _, m := range []int{384, 512, 640, 768, 1024} {
 		s := conformance.Spec{M: m, K: 1024, I: 512, E: 128, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 41}
 		c := conformance.Generate(s)
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		p := m * s.TopK
 		pl := mustPlan(t, l, m, s.TopK)
 		n32 += planRuns(pl, "moe_gemm_dec32")
+		n32s += planRuns(pl, "moe_gemm_dec32s")
 		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
 		sameBits(t, fmt.Sprintf("M=%d, second run against the first", m), again, got)
 		l.tok32Rows = math.MaxInt32
@@ -331,8 +334,9 @@ func TestDecode32(t *testing.T) {
 			t.Fatalf("M=%d: rel L2 %.3e against native", m, e)
 		}
 	}
-	if n32 == 0 {
-		t.Fatalf("no GEMM ran the 32-token kernel (split 1 with more than %d rows an expert)", dec32Rows)
+	if n32 == 0 || n32s == 0 {
+		t.Fatalf("%d GEMMs ran the 32-token kernel and %d its instance with short passes (split 1 with more than %d rows an expert, at most %d for short passes), want both",
+			n32, n32s, dec32Rows, dec32sRows)
 	}
 }
 

@@ -235,7 +235,10 @@ __device__ __forceinline__ void block_mma(uint32_t wa, uint32_t wb, const uint32
 // RB: 16-row blocks a warp (2, or 4 at S = 1 and XT = 1: the token fragments' conversion, the
 // token scales, the copies' bookkeeping and the loop serve 64 rows instead of 32; N need then
 // be a multiple of 64 only, the warps past N return at once).
-template <int S, bool EXACT, int XT, int RB = 2>
+// SHORT (XT = 4 only): a pass of at most 16 tokens runs the 16-token MMAs only (its fragments 2
+// and 3 hold no token); the kernel for tiles of at most 16 rows on average, since the second
+// loop costs tiles of 17-32 rows about 3 % (docs/perf.md v30).
+template <int S, bool EXACT, int XT, int RB = 2, bool SHORT = false>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
                                          const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
@@ -252,6 +255,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const i64 G = Kd / MOE_GROUP;
   const int mine = (int)((G - r + S - 1) / S);  // groups of this warp
   static_assert(XT == 1 || S == 1, "16-token passes only at split 1");
+  static_assert(!SHORT || XT == 4, "short passes only in the 32-token kernel");
   using Stage = DecStageT<XT, RB>;
   constexpr int D = XT > 2 ? DEC32_STAGES : S == 1 ? DEC1_STAGES : DEC_STAGES, FT = 8 * XT;  // ring depth, tokens a pass
   Stage* const st = reinterpret_cast<Stage*>(dec_smem) + warp * D;
@@ -361,92 +365,112 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       cp_async_commit();
     });
     float acc[XT][4 * RB] = {};
-    int cur = 0, nxt = (D - 1) * SZ;
-#pragma unroll 1
-    for (int i = 0; i < mine; i++) {
-      // Group i of the warp, in the slot at byte offset cur (slot i % D): the copies of group
-      // i + D - 1 into the slot at nxt (the one group i - 1 used), then the wait for group i,
-      // then its MMAs.
-      if (i + D - 1 < mine) {
-        issue_w(nxt, Ic<D - 1>{});
-        issue_x(nxt, Ic<D - 1>{});
-      }
-      cp_async_commit();
-      cp_async_wait<D - 1>();
-      __syncwarp();
-      const Stage& d = *reinterpret_cast<const Stage*>(reinterpret_cast<const u8*>(st) + cur);
-      // The group's block scales, decoded once a warp: lane l converts rows l, l + 32, ... (four
-      // scales each), and each lane then reads those of its rows g + 8k (the four lanes of a
-      // quad share their rows, so decoding in every lane would do each four times).
-#pragma unroll
-      for (int k = 0; k < RB / 2; k++) {
-        const uint32_t w4 = *reinterpret_cast<const uint32_t*>(&d.s[lane + 32 * k][0]);
-        wsc[lane + 32 * k] = make_float4(dec_scale<EXACT>(w4, 0), dec_scale<EXACT>(w4, 1), dec_scale<EXACT>(w4, 2),
-                                         dec_scale<EXACT>(w4, 3));
-      }
-      __syncwarp();
-      if constexpr (RB > 2) {
-        // 64 rows: the token fragments of all four blocks first, then each 16-row block over
-        // them (its scales and partial sums only are live, not every block's), adding the same
-        // terms in the same order as the 32-row loop below.
-        uint32_t bt[4][2][2];
-#pragma unroll
-        for (int b = 0; b < 4; b++) e4m3_frags(*reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]), bt[b][0], bt[b][1]);
-        // 2^14: the expansion's factor
-        const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;
-#pragma unroll
-        for (int h = 0; h < RB; h++) {
-          const float4 s0 = wsc[16 * h + g], s1 = wsc[16 * h + g + 8];
-          float p[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-          for (int b = 0; b < 4; b++) {
-            block_mma(*reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]),
-                      *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]), bt[b][0], bt[b][1], s0, s1, b, p);
-          }
-          acc[0][4 * h + 0] += p[0] * xs0;
-          acc[0][4 * h + 1] += p[1] * xs1;
-          acc[0][4 * h + 2] += p[2] * xs0;
-          acc[0][4 * h + 3] += p[3] * xs1;
+    // The pass's groups, with the MMAs of its first NF token fragments: at SHORT, a pass of at
+    // most 16 tokens does the 16-token kernel's (its fragments 2 and 3 hold no token, and their
+    // sums are never stored). The pass picks its loop once, so that each loop is laid out as if
+    // alone.
+    auto groups = [&](auto nf) {
+      constexpr int NF = decltype(nf)::value;
+      int cur = 0, nxt = (D - 1) * SZ;
+  #pragma unroll 1
+      for (int i = 0; i < mine; i++) {
+        // Group i of the warp, in the slot at byte offset cur (slot i % D): the copies of group
+        // i + D - 1 into the slot at nxt (the one group i - 1 used), then the wait for group i,
+        // then its MMAs.
+        if (i + D - 1 < mine) {
+          issue_w(nxt, Ic<D - 1>{});
+          issue_x(nxt, Ic<D - 1>{});
         }
-      } else {
-        float4 sw[2 * RB];
-#pragma unroll
-        for (int k = 0; k < 2 * RB; k++) sw[k] = wsc[g + 8 * k];
-        float part[XT][4 * RB] = {};
-#pragma unroll
-        for (int b = 0; b < 4; b++) {
-          // The weight words' expansion serves the MMAs of every token fragment u.
-          uint32_t bf[XT][2][2];
-#pragma unroll
-          for (int u = 0; u < XT; u++) e4m3_frags(*reinterpret_cast<const uint2*>(&d.x[g + 8 * u][xo ^ (32 * b)]), bf[u][0], bf[u][1]);
-#pragma unroll
-          for (int h = 0; h < RB; h++) {  // the 16-row block
-            const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
-            const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
-#pragma unroll
-            for (int u = 0; u < XT; u++) block_mma(wa, wb, bf[u][0], bf[u][1], sw[2 * h], sw[2 * h + 1], b, &part[u][4 * h]);
-          }
+        cp_async_commit();
+        cp_async_wait<D - 1>();
+        __syncwarp();
+        const Stage& d = *reinterpret_cast<const Stage*>(reinterpret_cast<const u8*>(st) + cur);
+        // The group's block scales, decoded once a warp: lane l converts rows l, l + 32, ... (four
+        // scales each), and each lane then reads those of its rows g + 8k (the four lanes of a
+        // quad share their rows, so decoding in every lane would do each four times).
+  #pragma unroll
+        for (int k = 0; k < RB / 2; k++) {
+          const uint32_t w4 = *reinterpret_cast<const uint32_t*>(&d.s[lane + 32 * k][0]);
+          wsc[lane + 32 * k] = make_float4(dec_scale<EXACT>(w4, 0), dec_scale<EXACT>(w4, 1), dec_scale<EXACT>(w4, 2),
+                                           dec_scale<EXACT>(w4, 3));
         }
-#pragma unroll
-        for (int u = 0; u < XT; u++) {
+        __syncwarp();
+        if constexpr (RB > 2) {
+          // 64 rows: the token fragments of all four blocks first, then each 16-row block over
+          // them (its scales and partial sums only are live, not every block's), adding the same
+          // terms in the same order as the 32-row loop below.
+          uint32_t bt[4][2][2];
+  #pragma unroll
+          for (int b = 0; b < 4; b++) e4m3_frags(*reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]), bt[b][0], bt[b][1]);
           // 2^14: the expansion's factor
-          const float xs0 = d.xs[8 * u + 2 * t] * 16384.f, xs1 = d.xs[8 * u + 2 * t + 1] * 16384.f;
-#pragma unroll
+          const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;
+  #pragma unroll
           for (int h = 0; h < RB; h++) {
-            acc[u][4 * h + 0] += part[u][4 * h + 0] * xs0;
-            acc[u][4 * h + 1] += part[u][4 * h + 1] * xs1;
-            acc[u][4 * h + 2] += part[u][4 * h + 2] * xs0;
-            acc[u][4 * h + 3] += part[u][4 * h + 3] * xs1;
+            const float4 s0 = wsc[16 * h + g], s1 = wsc[16 * h + g + 8];
+            float p[4] = {0.f, 0.f, 0.f, 0.f};
+  #pragma unroll
+            for (int b = 0; b < 4; b++) {
+              block_mma(*reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]),
+                        *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]), bt[b][0], bt[b][1], s0, s1, b, p);
+            }
+            acc[0][4 * h + 0] += p[0] * xs0;
+            acc[0][4 * h + 1] += p[1] * xs1;
+            acc[0][4 * h + 2] += p[2] * xs0;
+            acc[0][4 * h + 3] += p[3] * xs1;
           }
+        } else {
+          float4 sw[2 * RB];
+  #pragma unroll
+          for (int k = 0; k < 2 * RB; k++) sw[k] = wsc[g + 8 * k];
+          // The group's MMAs for the pass's first NF token fragments (the others hold no token).
+          auto mmas = [&](auto nf) {
+            constexpr int NF = decltype(nf)::value;
+            float part[NF][4 * RB] = {};
+  #pragma unroll
+            for (int b = 0; b < 4; b++) {
+              // The weight words' expansion serves the MMAs of every token fragment u.
+              uint32_t bf[NF][2][2];
+  #pragma unroll
+              for (int u = 0; u < NF; u++) e4m3_frags(*reinterpret_cast<const uint2*>(&d.x[g + 8 * u][xo ^ (32 * b)]), bf[u][0], bf[u][1]);
+  #pragma unroll
+              for (int h = 0; h < RB; h++) {  // the 16-row block
+                const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
+                const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
+  #pragma unroll
+                for (int u = 0; u < NF; u++) block_mma(wa, wb, bf[u][0], bf[u][1], sw[2 * h], sw[2 * h + 1], b, &part[u][4 * h]);
+              }
+            }
+  #pragma unroll
+            for (int u = 0; u < NF; u++) {
+              // 2^14: the expansion's factor
+              const float xs0 = d.xs[8 * u + 2 * t] * 16384.f, xs1 = d.xs[8 * u + 2 * t + 1] * 16384.f;
+  #pragma unroll
+              for (int h = 0; h < RB; h++) {
+                acc[u][4 * h + 0] += part[u][4 * h + 0] * xs0;
+                acc[u][4 * h + 1] += part[u][4 * h + 1] * xs1;
+                acc[u][4 * h + 2] += part[u][4 * h + 2] * xs0;
+                acc[u][4 * h + 3] += part[u][4 * h + 3] * xs1;
+              }
+            }
+          };
+          mmas(Ic<NF>{});
         }
+        __syncwarp();  // every lane is done with this slot before it is refilled
+        wq += 1024 * S;
+        sq += 64 * S;
+        xq += MOE_GROUP * S;
+        xsq += S;
+        cur = cur == (D - 1) * SZ ? 0 : cur + SZ;
+        nxt = nxt == (D - 1) * SZ ? 0 : nxt + SZ;
       }
-      __syncwarp();  // every lane is done with this slot before it is refilled
-      wq += 1024 * S;
-      sq += 64 * S;
-      xq += MOE_GROUP * S;
-      xsq += S;
-      cur = cur == (D - 1) * SZ ? 0 : cur + SZ;
-      nxt = nxt == (D - 1) * SZ ? 0 : nxt + SZ;
+    };
+    if constexpr (SHORT) {
+      if (live <= 16)
+        groups(Ic<2>{});
+      else
+        groups(Ic<XT>{});
+    } else {
+      groups(Ic<XT>{});
     }
     cp_async_wait<0>();
     if constexpr (S > 1) {
@@ -556,16 +580,19 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
        const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd,        \
        i64 split, i64 exact, i64 early, const int* __restrict__ ids, const int* __restrict__ emap, i64 pe)
 
-// gemm_dec with S splits, XT 8-token fragments a pass and RB 16-row blocks a warp, in the
-// instance for the kernel's scale format (exact: scales that need the exact path).
-#define DEC_ONE(s, x, xt, rb) gemm_dec<s, x, xt, rb>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
-#define DEC_RUN(s, xt, rb)       \
-  do {                           \
-    if (exact)                   \
-      DEC_ONE(s, true, xt, rb);  \
-    else                         \
-      DEC_ONE(s, false, xt, rb); \
+// gemm_dec with S splits, XT 8-token fragments a pass, RB 16-row blocks a warp and short passes
+// or not (sh), in the instance for the kernel's scale format (exact: scales that need the exact
+// path).
+#define DEC_ONE(s, x, xt, rb, sh) \
+  gemm_dec<s, x, xt, rb, sh>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
+#define DEC_RUNS(s, xt, rb, sh)       \
+  do {                                \
+    if (exact)                        \
+      DEC_ONE(s, true, xt, rb, sh);   \
+    else                              \
+      DEC_ONE(s, false, xt, rb, sh);  \
   } while (0)
+#define DEC_RUN(s, xt, rb) DEC_RUNS(s, xt, rb, false)
 
 // A decode kernel: its stage in the trace, its tile (dec_tile; a block without one returns), then
 // gemm_dec at split S (DEC_SPLIT: S = split, 4 or 2; else the given S) with XT token fragments a
@@ -587,15 +614,18 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
 
 // The split kernels (S = 2 or 4) of 32 and of 64 weight rows a warp (grid x: N · S / 128 and
 // N · S / 256; N is a multiple of 128, so every warp has rows), the split-1 kernels of 32 rows,
-// of 16 tokens a pass and of 64 rows (grid x: N / 256 rounded up).
+// of 16 and of 32 tokens a pass (the latter with and without short passes) and of 64 rows (grid
+// x: N / 256 rounded up).
 DEC_DEFINE(moe_gemm_dec, DEC_BLOCKS, DEC_SPLIT(1, 2))
 DEC_DEFINE(moe_gemm_dec1, DEC1_BLOCKS, DEC_RUN(1, 1, 2))
 DEC_DEFINE(moe_gemm_dec16, DEC16_BLOCKS, DEC_RUN(1, 2, 2))
 DEC_DEFINE(moe_gemm_dec32, DEC32_BLOCKS, DEC_RUN(1, 4, 2))
+DEC_DEFINE(moe_gemm_dec32s, DEC32_BLOCKS, DEC_RUNS(1, 4, 2, true))
 DEC_DEFINE(moe_gemm_decw, DECW_BLOCKS, DEC_SPLIT(1, 4))
 DEC_DEFINE(moe_gemm_dec1w, DEC1W_BLOCKS, DEC_RUN(1, 1, 4))
 #undef DEC_SPLIT
 #undef DEC_DEFINE
 #undef DEC_RUN
+#undef DEC_RUNS
 #undef DEC_ONE
 #undef DEC_KERNEL
