@@ -3,7 +3,8 @@
 # ../shared/golden) carried: builds every variant's fatbin from its own kernel sources (in
 # parallel), then runs every variant's cudaops tests side by side (TESTRE, default the
 # conformance suite with the golden cases, against-native, decode, wgmma, poison, device-forward
-# and weight-layout tests; PAR=0 runs them one after another), then, one at a time, the bench of
+# and weight-layout tests; PAR=0 runs them one after another, as TestMemoryStable needs: it
+# compares the whole device's free memory, which the other variants' tests move), then, one at a time, the bench of
 # each variant whose tests passed (SHAPES, MS, MIN, GEMM, BENCH_ARGS: more bench flags, e.g.
 # "--input float"; CSV per variant under $OUT). NOTEST="a b"
 # skips the tests of variants a and b; TTIME (default 300) limits each variant's tests, in
