@@ -84,11 +84,13 @@ const (
 	dec16Rows = 6
 	// dec32Rows: the 32-token kernel takes split-1 batches of more than this many routed rows per
 	// local expert on average (at 16 rows an expert over 40 % of the experts route more than 16
-	// under uniform routing, and the 16-token kernel streams their weights twice).
+	// under uniform routing, and the 16-token kernel streams their weights twice; at 12 rows
+	// about 12 %, and with short passes the 32-token kernel was 4-7 % faster there for GPT-OSS,
+	// as fast for DeepSeek-V3: docs/perf.md v30).
 	dec32Rows = 9
 	// dec32sRows: of those, batches of at most this many rows per local expert take its instance
 	// with short passes (moe_gemm_dec32s: a tile of at most 16 rows does the 16-token MMAs only),
-	// which costs tiles of 17-32 rows about 3 % (docs/perf.md v30).
+	// whose second loop cost tiles of 17-32 rows 3-7 % on the H200 (docs/perf.md v30).
 	dec32sRows = 16
 )
 
@@ -822,9 +824,9 @@ func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide b
 // decKernel picks the streaming GEMM's kernel for an n-row GEMM of split S (decSplit) over p
 // routed pairs: its function, dynamic shared memory and grid width (blocks per tile). Split-1
 // batches of more than tok32Rows (dec32Rows) rows per local expert on average take the 32-token
-// kernel, of more than dec16Rows the 16-token kernel, the others the 64-row one when n >=
-// wideRows, else the 32-row one. Split GEMMs take the split
-// kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
+// kernel (its instance with short passes up to dec32sRows), of more than dec16Rows the 16-token
+// kernel, the others the 64-row one when n >= wideRows, else the 32-row one. Split GEMMs take
+// the split kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
 func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
 	switch {
