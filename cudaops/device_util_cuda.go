@@ -237,3 +237,97 @@ func MeasureCopy(n int64, reps int) (float64, error) {
 	sort.Float64s(ms)
 	return 2 * float64(n) / (ms[len(ms)/2] / 1e3), nil
 }
+
+// MeasureGraphFloor returns the device time per replay of a CUDA graph of n chained one-block
+// kernels (moe_reduce on one 128-column row with one slot, each launched as the layer launches
+// its stages: waiting for the one before under programmatic launch), replayed back to back on
+// one stream, as Layer.TimeGraphs replays a forward: the median over reps rounds of per replays
+// each. A forward of n kernels pays at least this per graph launch, whatever its kernels do;
+// the decode path's forward is 5 kernels (6 with the gather, 7 with float input).
+func MeasureGraphFloor(n, reps, per int) (time.Duration, error) {
+	if n < 1 || reps < 1 || per < 1 {
+		return 0, fmt.Errorf("cudaops: graph floor of %d kernels, %d rounds of %d", n, reps, per)
+	}
+	d, err := Open()
+	if err != nil {
+		return 0, err
+	}
+	unbind, err := d.bind()
+	if err != nil {
+		return 0, err
+	}
+	defer unbind()
+	const k = 128
+	// z: one row of k floats, then inv_perm (one int, 0: row 0), the slot's weight, the output row.
+	mem, err := cu.MemAlloc(4 * (2*k + 64))
+	if err != nil {
+		return 0, err
+	}
+	defer cu.MemFree(mem)
+	s, err := cu.MakeStream(cu.NonBlocking)
+	if err != nil {
+		return 0, err
+	}
+	defer s.Destroy()
+	if err := cu.MemsetD32Async(mem, 0, 2*k+64, s); err != nil {
+		return 0, err
+	}
+	if err := s.Synchronize(); err != nil {
+		return 0, err
+	}
+	z, inv, w, out := uint64(mem), uint64(mem)+4*k, uint64(mem)+4*k+4, uint64(mem)+4*k+256
+	if err := beginCapture(s); err != nil {
+		return 0, err
+	}
+	var lerr error
+	for range n {
+		if lerr = launch(d.fn.reduce, dim3{1, 1, 1}, dim3{128, 1, 1}, 0, s, z, inv, w, out, 1, k, 1, 0); lerr != nil {
+			break
+		}
+	}
+	exec, err := endCapture(s)
+	if lerr != nil {
+		exec.destroy()
+		return 0, lerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer exec.destroy()
+	a, err := cu.MakeEvent(cu.DefaultEvent)
+	if err != nil {
+		return 0, err
+	}
+	defer cu.DestroyEvent(&a)
+	b, err := cu.MakeEvent(cu.DefaultEvent)
+	if err != nil {
+		return 0, err
+	}
+	defer cu.DestroyEvent(&b)
+	var ms []float64
+	for r := range reps + 1 { // the first round warms up
+		if err := a.Record(s); err != nil {
+			return 0, err
+		}
+		for range per {
+			if err := exec.launch(s); err != nil {
+				return 0, err
+			}
+		}
+		if err := b.Record(s); err != nil {
+			return 0, err
+		}
+		if err := s.Synchronize(); err != nil {
+			return 0, err
+		}
+		t, err := a.Elapsed(b)
+		if err != nil {
+			return 0, err
+		}
+		if r > 0 {
+			ms = append(ms, t)
+		}
+	}
+	sort.Float64s(ms)
+	return time.Duration(ms[len(ms)/2] * float64(time.Millisecond) / float64(per)), nil
+}

@@ -65,7 +65,7 @@ for n in $list; do
 		--min-time "${MIN:-100ms}" ${BENCH_ARGS:-} --csv "$OUT/ab-$n$sfx.csv" > "$OUT/bench-$n$sfx.log" 2>&1
 	rc=$?
 	clocks_stop
-	echo "$n$sfx bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n$sfx.log"); $(clocks_summary "$OUT/clk-$n$sfx.log")" | tee -a "$OUT/summary.txt"
+	echo "$n$sfx bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n$sfx.log"), graph floor $(grep -o 'kernels [0-9.]* and [0-9.]* µs' "$OUT/bench-$n$sfx.log"); $(clocks_summary "$OUT/clk-$n$sfx.log")" | tee -a "$OUT/summary.txt"
 done
 done
 for f in "$OUT"/ab-*.csv; do

@@ -33,7 +33,7 @@ for i in 1 2 3; do
 		--m "${MS:-1,8,64,512,4096,16384}" --routing uniform --min-time 100ms --csv "$OUT/bench$i.csv" > "$OUT/bench$i.log" 2>&1
 	rc=$?
 	clocks_stop
-	echo "bench run $i rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench$i.log"); $(clocks_summary "$OUT/clk$i.log")" | tee -a "$OUT/summary.txt"
+	echo "bench run $i rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench$i.log"), graph floor $(grep -o 'kernels [0-9.]* and [0-9.]* µs' "$OUT/bench$i.log"); $(clocks_summary "$OUT/clk$i.log")" | tee -a "$OUT/summary.txt"
 done
 cat "$OUT/bench1.log"
 (cd "$OUT" && mkdir -p more && mv -f logs.tgz registers.txt *.log more/ 2> /dev/null; tar czf logs.tgz --remove-files more)

@@ -106,8 +106,17 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fp4moe bench: measuring copy bandwidth: %v\n", err)
 		return 2
 	}
-	fmt.Fprintf(stdout, "device %s (%d SMs, peak memory %.0f GB/s, %.1f bytes per SM cycle), kernels %s, GEMM %s; device-to-device copy %.0f GB/s (read + write)\n",
-		d.Name, d.SMs, d.MemBandwidth/1e9, d.BytesPerSMCycle(), d.Fatbin, *gemmName, copyBW/1e9)
+	// The graph replay's floor: the time per replay of graphs of one and of five chained
+	// one-block kernels, what the decode path's five stages pay per call whatever they do.
+	var floors [2]time.Duration
+	for i, n := range []int{1, 5} {
+		if floors[i], err = cudaops.MeasureGraphFloor(n, 5, 200); err != nil {
+			fmt.Fprintf(stderr, "fp4moe bench: measuring the graph floor: %v\n", err)
+			return 2
+		}
+	}
+	fmt.Fprintf(stdout, "device %s (%d SMs, peak memory %.0f GB/s, %.1f bytes per SM cycle), kernels %s, GEMM %s; device-to-device copy %.0f GB/s (read + write); graph replay of 1 and 5 chained one-block kernels %.1f and %.1f µs\n",
+		d.Name, d.SMs, d.MemBandwidth/1e9, d.BytesPerSMCycle(), d.Fatbin, *gemmName, copyBW/1e9, us(floors[0]), us(floors[1]))
 	w, closeCSV, err := createCSV(*csvPath, []string{"device", "date", "shape", "K", "I", "E", "topk", "routing", "M", "experts_touched", "weight_bytes",
 		"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm",
 		"uploads", "min_upload_us", "max_upload_us", "input"})
