@@ -30,6 +30,9 @@ the median is over rounds of the mean per call.
 Per row: median µs, weight bytes of the touched experts, achieved GB/s and TFLOP/s
 (2·M·topk·3·K·I FLOPs), and the weight floor (those bytes over the device-to-device copy
 bandwidth measured in the same run) with the ratio to it, and the grouped GEMM kernel that ran.
+The first line also gives the graph replay's floor measured in the same run: the time per replay
+of a graph of 1 and of 5 chained one-block kernels launched as the layer launches its stages
+(CSV columns graph1_us, graph5_us), what a forward pays per call whatever its kernels do.
 With --uploads N the weights of each shape are uploaded N times, each into fresh device memory
 while the earlier copies stay allocated, every row is timed on each copy, and the row reports the
 copy with the median time, with the fastest and slowest copies' times beside it (CSV columns
@@ -117,9 +120,10 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "device %s (%d SMs, peak memory %.0f GB/s, %.1f bytes per SM cycle), kernels %s, GEMM %s; device-to-device copy %.0f GB/s (read + write); graph replay of 1 and 5 chained one-block kernels %.1f and %.1f µs\n",
 		d.Name, d.SMs, d.MemBandwidth/1e9, d.BytesPerSMCycle(), d.Fatbin, *gemmName, copyBW/1e9, us(floors[0]), us(floors[1]))
+	run := benchRun{device: d.Name, copyBW: copyBW, graph: floors}
 	w, closeCSV, err := createCSV(*csvPath, []string{"device", "date", "shape", "K", "I", "E", "topk", "routing", "M", "experts_touched", "weight_bytes",
 		"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm",
-		"uploads", "min_upload_us", "max_upload_us", "input"})
+		"uploads", "min_upload_us", "max_upload_us", "input", "graph1_us", "graph5_us"})
 	if err != nil {
 		fmt.Fprintf(stderr, "fp4moe bench: %v\n", err)
 		return 2
@@ -145,7 +149,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.Name, err)
 			return 2
 		}
-		code := benchShapeRows(layers, s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, copyBW, *stages, *plan, tr, d.Name, w, stdout, stderr)
+		code := benchShapeRows(layers, s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, run, *stages, *plan, tr, w, stdout, stderr)
 		closeLayers(layers)
 		if code != 0 {
 			return code
@@ -176,17 +180,25 @@ func closeLayers(layers []*cudaops.Layer) {
 	}
 }
 
+// benchRun is what the bench measures once a run: the device's name, its copy bandwidth (bytes
+// read plus written per second) and the graph replay's floor for 1 and 5 chained kernels.
+type benchRun struct {
+	device string
+	copyBW float64
+	graph  [2]time.Duration
+}
+
 // benchShapeRows times every (routing, M) of one shape on each of its uploads and prints (and
 // writes, when w is set) the rows; it returns the command's exit code.
-func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []string, input string, ms []int, seed uint64, minTime time.Duration, copyBW float64,
-	stages, plan bool, tr traceOpts, device string, w *csv.Writer, stdout, stderr io.Writer) int {
+func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []string, input string, ms []int, seed uint64, minTime time.Duration, run benchRun,
+	stages, plan bool, tr traceOpts, w *csv.Writer, stdout, stderr io.Writer) int {
 	l := layers[0]
 	for _, routing := range routings {
 		for _, m := range ms {
 			rs := make([]benchResult, len(layers))
 			for i, li := range layers {
 				var err error
-				if rs[i], err = benchRow(li, s, routing, input, m, seed, minTime, copyBW, tr); err != nil {
+				if rs[i], err = benchRow(li, s, routing, input, m, seed, minTime, run.copyBW, tr); err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.Name, routing, m, err)
 					return 2
 				}
@@ -224,10 +236,10 @@ func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []strin
 				tr.blocks.Write([]string{s.Name, routing, itoa(m), cudaops.TraceStages[b.Stage], itoa(b.X), itoa(b.Y), itoa(b.SM), ff(us(b.Start)), ff(us(b.End))})
 			}
 			if w != nil {
-				w.Write([]string{device, time.Now().UTC().Format("2006-01-02"), s.Name, itoa(s.K), itoa(s.I), itoa(s.E), itoa(s.TopK), routing, itoa(m),
+				w.Write([]string{run.device, time.Now().UTC().Format("2006-01-02"), s.Name, itoa(s.K), itoa(s.I), itoa(s.E), itoa(s.TopK), routing, itoa(m),
 					ff(r.experts), ff(r.bytes), ff(us(r.median)), ff(us(r.p10)), ff(us(r.p90)), ff(r.bytes / r.median.Seconds() / 1e9),
-					ff(r.flops / r.median.Seconds() / 1e12), ff(copyBW / 1e9), ff(us(r.floor)), ff(r.median.Seconds() / r.floor.Seconds()), itoa(r.launches), gemm,
-					itoa(len(rs)), ff(us(lo)), ff(us(hi)), input})
+					ff(r.flops / r.median.Seconds() / 1e12), ff(run.copyBW / 1e9), ff(us(r.floor)), ff(r.median.Seconds() / r.floor.Seconds()), itoa(r.launches), gemm,
+					itoa(len(rs)), ff(us(lo)), ff(us(hi)), input, ff(us(run.graph[0])), ff(us(run.graph[1]))})
 			}
 		}
 	}
