@@ -212,17 +212,37 @@ func MeasureCopy(n int64, reps int) (float64, error) {
 	if err := cu.MemsetD8Async(src, 0x5A, n, s); err != nil {
 		return 0, err
 	}
-	a, _ := cu.MakeEvent(cu.DefaultEvent)
-	b, _ := cu.MakeEvent(cu.DefaultEvent)
+	ms, err := medianTime(s, 2, reps, func() error { return cu.MemcpyDtoDAsync(dst, src, n, s) })
+	if err != nil {
+		return 0, err
+	}
+	return 2 * float64(n) / (ms / 1e3), nil
+}
+
+// medianTime runs f (work queued on s) warm times untimed, then reps times each between two
+// events, waiting for each, and returns the median of the timed runs in milliseconds.
+func medianTime(s cu.Stream, warm, reps int, f func() error) (float64, error) {
+	a, err := cu.MakeEvent(cu.DefaultEvent)
+	if err != nil {
+		return 0, err
+	}
 	defer cu.DestroyEvent(&a)
+	b, err := cu.MakeEvent(cu.DefaultEvent)
+	if err != nil {
+		return 0, err
+	}
 	defer cu.DestroyEvent(&b)
 	var ms []float64
-	for i := range reps + 2 {
-		a.Record(s)
-		if err := cu.MemcpyDtoDAsync(dst, src, n, s); err != nil {
+	for i := range warm + reps {
+		if err := a.Record(s); err != nil {
 			return 0, err
 		}
-		b.Record(s)
+		if err := f(); err != nil {
+			return 0, err
+		}
+		if err := b.Record(s); err != nil {
+			return 0, err
+		}
 		if err := s.Synchronize(); err != nil {
 			return 0, err
 		}
@@ -230,12 +250,12 @@ func MeasureCopy(n int64, reps int) (float64, error) {
 		if err != nil {
 			return 0, err
 		}
-		if i >= 2 { // two warm-up copies
+		if i >= warm {
 			ms = append(ms, t)
 		}
 	}
 	sort.Float64s(ms)
-	return 2 * float64(n) / (ms[len(ms)/2] / 1e3), nil
+	return ms[len(ms)/2], nil
 }
 
 // MeasureGraphFloor returns the device time per replay of a CUDA graph of n chained one-block
@@ -294,40 +314,17 @@ func MeasureGraphFloor(n, reps, per int) (time.Duration, error) {
 		return 0, err
 	}
 	defer exec.destroy()
-	a, err := cu.MakeEvent(cu.DefaultEvent)
-	if err != nil {
-		return 0, err
-	}
-	defer cu.DestroyEvent(&a)
-	b, err := cu.MakeEvent(cu.DefaultEvent)
-	if err != nil {
-		return 0, err
-	}
-	defer cu.DestroyEvent(&b)
-	var ms []float64
-	for r := range reps + 1 { // the first round warms up
-		if err := a.Record(s); err != nil {
-			return 0, err
-		}
+	// The first round warms up.
+	ms, err := medianTime(s, 1, reps, func() error {
 		for range per {
 			if err := exec.launch(s); err != nil {
-				return 0, err
+				return err
 			}
 		}
-		if err := b.Record(s); err != nil {
-			return 0, err
-		}
-		if err := s.Synchronize(); err != nil {
-			return 0, err
-		}
-		t, err := a.Elapsed(b)
-		if err != nil {
-			return 0, err
-		}
-		if r > 0 {
-			ms = append(ms, t)
-		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
-	sort.Float64s(ms)
-	return time.Duration(ms[len(ms)/2] * float64(time.Millisecond) / float64(per)), nil
+	return time.Duration(ms * float64(time.Millisecond) / float64(per)), nil
 }
