@@ -398,6 +398,50 @@ struct WgbStage {
 // The ring, then a FULL and an EMPTY mbarrier per stage.
 #define WGB_SMEM (WGF_STAGES * (int)sizeof(WgbStage) + 2 * WGF_STAGES * 8)
 
+// The folding kernel's epilogue through shared memory: once both warpgroups' MMAs are done with
+// the ring, each thread writes its accumulators into a token-major tile there (rows of WGB_TROW
+// floats, padded so that a warp's writes hit 32 banks), and the block then stores each token's
+// 128 results as one 512-byte row: warp w takes tokens w, w+8, ..., lane l rows 4l .. 4l+3 (one
+// 16-byte read, scale and bias, one 16-byte store). Each value is acc · 2^(R - 127 + x) plus the
+// bias, R the row's fold reference and x the token's largest exponent less 127 (tref), the power
+// of two built from its bits where it is a normal float (one rounding of the exact product, as
+// ldexpf), ldexpf otherwise, chosen per value: the same bits as wgf_store. A rolled loop without
+// per-value branches on the token count, where wgf_store's unrolled one was a large share of
+// the kernel's instruction-fetch stalls.
+#define WGB_TROW 132
+template <int NT>
+__device__ __forceinline__ void wgb_store(const WgfArgs& A, u8* smem, int row0, int nvalid, int wrow, int t,
+                                          const float (&acc)[NT / 2], const int* tref) {
+  float* tile = reinterpret_cast<float*>(smem);
+  __syncthreads();  // every warpgroup's MMAs are done reading the ring
+#pragma unroll
+  for (int i = 0; i < NT / 8; i++)
+#pragma unroll
+    for (int c = 0; c < 2; c++) {
+      tile[(8 * i + 2 * t + c) * WGB_TROW + wrow] = acc[4 * i + c];
+      tile[(8 * i + 2 * t + c) * WGB_TROW + wrow + 8] = acc[4 * i + 2 + c];
+    }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const uint32_t r4 = *reinterpret_cast<const uint32_t*>(A.ref + A.wrow0 + 4 * lane);
+  const int R[4] = {(int)(r4 & 0xff), (int)((r4 >> 8) & 0xff), (int)((r4 >> 16) & 0xff), (int)(r4 >> 24)};
+  const float4 b = A.bias ? *reinterpret_cast<const float4*>(A.bias + A.wrow0 + 4 * lane) : make_float4(0.f, 0.f, 0.f, 0.f);
+  const float bb[4] = {b.x, b.y, b.z, b.w};
+  float* o = A.out + (i64)row0 * A.N + (A.wrow0 - (i64)A.e * A.N) + 4 * lane;
+  for (int tok = w; tok < nvalid; tok += 8) {
+    const int v = tref[tok] - 127;
+    const float4 a = *reinterpret_cast<const float4*>(&tile[tok * WGB_TROW + 4 * lane]);
+    const float av[4] = {a.x, a.y, a.z, a.w};
+    float r[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const int e = R[k] + v;
+      r[k] = (unsigned)(e - 1) < 254u ? __fadd_rn(__fmul_rn(av[k], __int_as_float(e << 23)), bb[k]) : ldexpf(av[k], e - 127) + bb[k];
+    }
+    *reinterpret_cast<float4*>(o + (i64)tok * A.N) = make_float4(r[0], r[1], r[2], r[3]);
+  }
+}
+
 template <int NT>
 struct WgbFold {
   static constexpr int NA = NT / 2;
@@ -528,10 +572,7 @@ struct WgbFold {
     wgf_keep(a0);
     wgf_keep(a1);
     cp_async_wait<0>();
-    int xlo = 255, xhi = 0;  // the tile's exponent range, from the warps' (not kept live through the loop)
-#pragma unroll
-    for (int w = 0; w < 8; w++) xlo = min(xlo, tref[WGF_TOK + w]), xhi = max(xhi, tref[WGF_TOK + 8 + w]);
-    wgf_store<NT, true>(A, row0, nvalid, wrow, t, R, acc, (uint32_t)__cvta_generic_to_shared(tref), xlo - 127, xhi - 127);
+    wgb_store<NT>(A, smem, row0, nvalid, wrow, t, acc, tref);
   }
 };
 #endif
