@@ -153,3 +153,17 @@ func (d *Device) bind() (func(), error) {
 	}
 	return runtime.UnlockOSThread, nil
 }
+
+// openBound opens the device (Open) and binds it to the calling goroutine (bind); the returned
+// function undoes the bind.
+func openBound() (*Device, func(), error) {
+	d, err := Open()
+	if err != nil {
+		return nil, nil, err
+	}
+	unbind, err := d.bind()
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, unbind, nil
+}

@@ -185,11 +185,7 @@ func (l *Layer) TimeGraphs(gs []*Graph, rounds, per int) ([]time.Duration, error
 // MeasureCopy returns the device-to-device copy bandwidth, bytes read plus bytes written per
 // second, of an n-byte copy: the median of reps copies timed with events.
 func MeasureCopy(n int64, reps int) (float64, error) {
-	d, err := Open()
-	if err != nil {
-		return 0, err
-	}
-	unbind, err := d.bind()
+	_, unbind, err := openBound()
 	if err != nil {
 		return 0, err
 	}
@@ -268,11 +264,7 @@ func MeasureGraphFloor(n, reps, per int) (time.Duration, error) {
 	if n < 1 || reps < 1 || per < 1 {
 		return 0, fmt.Errorf("cudaops: graph floor of %d kernels, %d rounds of %d", n, reps, per)
 	}
-	d, err := Open()
-	if err != nil {
-		return 0, err
-	}
-	unbind, err := d.bind()
+	d, unbind, err := openBound()
 	if err != nil {
 		return 0, err
 	}

@@ -219,11 +219,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 	if w.E > maxExperts {
 		return nil, &moe.ConfigError{Msg: fmt.Sprintf("the CUDA backend handles at most %d local experts, got %d", maxExperts, w.E)}
 	}
-	d, err := Open()
-	if err != nil {
-		return nil, err
-	}
-	unbind, err := d.bind()
+	d, unbind, err := openBound()
 	if err != nil {
 		return nil, err
 	}
