@@ -36,6 +36,12 @@ const (
 	// bytes each), 128·64 weight bytes and 128 scale words per stage, then a FULL and an EMPTY
 	// mbarrier (8 bytes each) per stage.
 	wgbSmem = wgfStages*(wgfTokens*256+wgfRows*64+wgfRows*4) + 2*wgfStages*8
+	// WG3_ROWS, WG3_THREADS, WG3_SMEM: the three-warpgroup folding kernel (moe_gemm_wg3, the
+	// wgmma path's main kernel): 192 weight rows a block, 384 threads, the same ring with 192
+	// rows' weights and scales a stage.
+	wg3Rows    = 192
+	wg3Threads = 384
+	wg3Smem    = wgfStages*(wgfTokens*256+wg3Rows*64+wg3Rows*4) + 2*wgfStages*8
 	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
 	// scale words and 128 token scales per stage, and two FP16 token buffers.
 	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
@@ -112,6 +118,7 @@ func layoutConsts() []layoutConst {
 		{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
 		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem}, {"ORDER_TRIGGER", orderTrigger},
 		{"DEC32_SMEM", dec32Smem},
+		{"WG3_ROWS", wg3Rows}, {"WG3_THREADS", wg3Threads}, {"WG3_SMEM", wg3Smem},
 	}
 }
 
@@ -745,8 +752,9 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			}
 			// The promoting kernel walks the list of tiles that do not fold: about four waves of blocks
 			// when every tile is on it, a few idle blocks when none is.
-			py := min(l.wgfTiles(P), max(8, (4*l.dev.SMs+grid.x-1)/grid.x))
-			return launch(f.gemmWgp, dim3{grid.x, py, 1}, dim3{256, 1, 1}, wgfPSmem, l.stream,
+			px := int(n / wgfRows)
+			py := min(l.wgfTiles(P), max(8, (4*l.dev.SMs+px-1)/px))
+			return launch(f.gemmWgp, dim3{px, py, 1}, dim3{256, 1, 1}, wgfPSmem, l.stream,
 				u(w), u(sc), u(ref), u(x), u(xs), u(ws.wtileList), u(ws.wplist), u(ws.nwplist), u(bias), u(out), i(n), i(kd))
 		}
 		return launch(gl.fn, gl.grid, gl.block, gl.smem, l.stream,
@@ -812,7 +820,7 @@ func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide b
 		fn, smem, gx := l.decKernel(n, split, p, wide)
 		return gemmLaunch{fn, dim3{gx, tiles, 1}, dim3{32 * decWarps, 1, 1}, smem}
 	case GEMMWgmma:
-		return gemmLaunch{l.dev.fn.gemmWgb, dim3{int(n / wgfRows), l.wgfTiles(p), 1}, dim3{256, 1, 1}, wgbSmem}
+		return gemmLaunch{l.dev.fn.gemmWg3, dim3{int((n + wg3Rows - 1) / wg3Rows), l.wgfTiles(p), 1}, dim3{wg3Threads, 1, 1}, wg3Smem}
 	}
 	return gemmLaunch{l.dev.fn.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0}
 }

@@ -42,8 +42,8 @@ func TestPlan(t *testing.T) {
 				}
 			}
 		case GEMMWgmma:
-			if got := plans[0]; got.Kernel != "moe_gemm_wgb" || got.Blocks != 2*s.I/wgfRows*l.wgfTiles(p) {
-				t.Errorf("M=%d GEMM1: plan %v, want moe_gemm_wgb with %d blocks", m, got, 2*s.I/wgfRows*l.wgfTiles(p))
+			if want := (2*s.I + wg3Rows - 1) / wg3Rows * l.wgfTiles(p); plans[0].Kernel != "moe_gemm_wg3" || plans[0].Blocks != want {
+				t.Errorf("M=%d GEMM1: plan %v, want moe_gemm_wg3 with %d blocks", m, plans[0], want)
 			}
 		}
 		for g, pl := range plans {

@@ -45,6 +45,8 @@
 #define WGF_PTOK 128   // most tokens per pass of the promoting kernel
 #define WGF_STAGES 4   // ring depth, in 128-element chunks (a power of two)
 #define WGF_XROW 144   // promoting kernel: token row bytes in the ring, padded for conflict-free reads
+#define WG3_ROWS 192     // weight rows per block of the three-warpgroup folding kernel (moe_gemm_wg3)
+#define WG3_THREADS 384  // its block
 #define WGF_SPAN 23    // the largest exponent distance the weight fold keeps exact
 
 // Promoting kernel: ring slots, then two FP16 B buffers.
@@ -729,6 +731,225 @@ moe_gemm_wgb(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   else if (nvalid <= 144) WGB_FOLD(144);
   else WGB_FOLD(160);
 #undef WGB_FOLD
+#else
+  __trap();
+#endif
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// The three-warpgroup folding kernel (moe_gemm_wg3): moe_gemm_wgb's work with 192 weight rows a
+// block (three warpgroups of 64, three warps a scheduler instead of two; a token tile read from
+// L2 once for 192 rows instead of 128) at the 168 registers a thread that 384 threads leave: the
+// A fragments are converted and issued in half chunks (4 k16 steps, two buffers of 16 registers)
+// instead of whole ones. The last row block of a GEMM whose N is not a multiple of 192 holds 64
+// or 128 rows; its other warpgroups only take part in the block barriers.
+#define WG3_TROW 196  // the epilogue tile's row stride in floats (conflict-free writes)
+struct Wg3Stage {
+  u8 b[WGF_TOK * 256];   // the tokens' FP16 values of the chunk, as WgbStage
+  u8 w[WG3_ROWS * 64];   // the rows' packed E2M1 codes of the chunk
+  uint32_t s[WG3_ROWS];  // the rows' 4 E8M0 exponents of the chunk
+};
+#define WG3_SMEM (WGF_STAGES * (int)sizeof(Wg3Stage) + 2 * WGF_STAGES * 8)
+
+// The A fragments of half h of a chunk (k16 steps 4h .. 4h+3: words 2h and 2h+1 of the thread's
+// 16 bytes of rows g and g+8), as wgf_convert_a does for a whole chunk.
+template <int H>
+__device__ __forceinline__ void wg3_load_half(const u8* w, const uint32_t* s, int wrow, int t, const int (&R)[2], uint32_t (&a)[4][4]) {
+  const uint2 pg = *reinterpret_cast<const uint2*>(&w[wrow * 64 + 16 * t + 8 * H]);
+  const uint2 ph = *reinterpret_cast<const uint2*>(&w[(wrow + 8) * 64 + 16 * t + 8 * H]);
+  const uint32_t mg = wgf_mult((s[wrow] >> (8 * t)) & 0xff, R[0]), mh = wgf_mult((s[wrow + 8] >> (8 * t)) & 0xff, R[1]);
+  const uint32_t wg[2] = {pg.x, pg.y}, wh[2] = {ph.x, ph.y};
+#pragma unroll
+  for (int w2 = 0; w2 < 2; w2++) {
+    a[2 * w2][0] = wgf_hmul2(e2m1_pair_f16<0>(wg[w2]), mg);
+    a[2 * w2][1] = wgf_hmul2(e2m1_pair_f16<0>(wh[w2]), mh);
+    a[2 * w2][2] = wgf_hmul2(e2m1_pair_f16<1>(wg[w2]), mg);
+    a[2 * w2][3] = wgf_hmul2(e2m1_pair_f16<1>(wh[w2]), mh);
+    a[2 * w2 + 1][0] = wgf_hmul2(e2m1_pair_f16<2>(wg[w2]), mg);
+    a[2 * w2 + 1][1] = wgf_hmul2(e2m1_pair_f16<2>(wh[w2]), mh);
+    a[2 * w2 + 1][2] = wgf_hmul2(e2m1_pair_f16<3>(wg[w2]), mg);
+    a[2 * w2 + 1][3] = wgf_hmul2(e2m1_pair_f16<3>(wh[w2]), mh);
+  }
+}
+__device__ __forceinline__ void wg3_keep(uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int j = 0; j < 4; j++)
+#pragma unroll
+    for (int k = 0; k < 4; k++) asm volatile("" : "+r"(a[j][k])::"memory");
+}
+
+// The epilogue through shared memory, as wgb_store with 192 rows: the active warpgroups write
+// their accumulators into a token-major tile in the ring's memory, then thread i stores 4 rows
+// (i mod 48) of tokens i/48, i/48 + 8, ...: 8 tokens a pass, each a contiguous row of up to 768
+// bytes. nrows: the block's rows (64, 128 or 192).
+template <int NT>
+__device__ __forceinline__ void wg3_store(const WgfArgs& A, u8* smem, int row0, int nvalid, int nrows, bool active, int wrow, int t,
+                                          const float (&acc)[NT / 2], const int* tref) {
+  float* tile = reinterpret_cast<float*>(smem);
+  __syncthreads();  // every warpgroup's MMAs are done reading the ring
+  if (active) {
+#pragma unroll
+    for (int i = 0; i < NT / 8; i++)
+#pragma unroll
+      for (int c = 0; c < 2; c++) {
+        tile[(8 * i + 2 * t + c) * WG3_TROW + wrow] = acc[4 * i + c];
+        tile[(8 * i + 2 * t + c) * WG3_TROW + wrow + 8] = acc[4 * i + 2 + c];
+      }
+  }
+  __syncthreads();
+  const int c4 = threadIdx.x % 48;
+  if (4 * c4 >= nrows) return;
+  const uint32_t r4 = *reinterpret_cast<const uint32_t*>(A.ref + A.wrow0 + 4 * c4);
+  const int R[4] = {(int)(r4 & 0xff), (int)((r4 >> 8) & 0xff), (int)((r4 >> 16) & 0xff), (int)(r4 >> 24)};
+  const float4 b = A.bias ? *reinterpret_cast<const float4*>(A.bias + A.wrow0 + 4 * c4) : make_float4(0.f, 0.f, 0.f, 0.f);
+  const float bb[4] = {b.x, b.y, b.z, b.w};
+  float* o = A.out + (i64)row0 * A.N + (A.wrow0 - (i64)A.e * A.N) + 4 * c4;
+  for (int tok = threadIdx.x / 48; tok < nvalid; tok += 8) {
+    const int v = tref[tok] - 127;
+    const float4 a = *reinterpret_cast<const float4*>(&tile[tok * WG3_TROW + 4 * c4]);
+    const float av[4] = {a.x, a.y, a.z, a.w};
+    float r[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const int e = R[k] + v;
+      r[k] = (unsigned)(e - 1) < 254u ? __fadd_rn(__fmul_rn(av[k], __int_as_float(e << 23)), bb[k]) : ldexpf(av[k], e - 127) + bb[k];
+    }
+    *reinterpret_cast<float4*>(o + (i64)tok * A.N) = make_float4(r[0], r[1], r[2], r[3]);
+  }
+}
+
+// One block's tile: the ring as moe_gemm_wgb's (tokens by thread 0's bulk copies two chunks
+// ahead on the FULL barriers, each thread's own weight and scale copies three chunks ahead, an
+// EMPTY arrival per active warp), the MMAs in half chunks. Per chunk q: half 0 (wait for the
+// tokens; its MMAs; wait for half 1 of chunk q-1, so that chunk q-1's stage is released and this
+// thread's copies of chunk q+3 go into it; half 1's fragments), half 1 (its MMAs; wait for half
+// 0; chunk q+1's copies landed; its half 0's fragments).
+template <int NT>
+__device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xbase, i64 cstride, int row0, int nvalid, int nrows,
+                                        const int (&R)[2], int* tref, const int* trow) {
+  constexpr int NA = NT / 2;
+  constexpr uint32_t SSZ = sizeof(Wg3Stage);
+  const int tid = threadIdx.x, t = tid & 3, lane = tid & 31;
+  const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + (lane >> 2);
+  const bool active = (tid / 128) * 64 < nrows;
+  const u8* tsrc = xbase + (i64)(row0 >> 3) * 2048;
+  const u8* wp = weight_row(A.W, A.wrow0 + wrow, A.G) + 16 * t;
+  const u8* sp = scale_row(A.Ws, A.wrow0 + wrow + 8 * (t & 1), A.G);
+  const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(smem), full = s0 + WGF_STAGES * SSZ, empty = full + 8 * WGF_STAGES;
+  const uint32_t wdst = s0 + (uint32_t)offsetof(Wg3Stage, w) + wrow * 64 + 16 * t;
+  const uint32_t sdst = s0 + (uint32_t)offsetof(Wg3Stage, s) + (wrow + 8 * t) * 4;
+  const uint64_t bdesc = wgf_desc(smem, 128, 2048);
+  const i64 G = A.G;
+  auto stage = [&](i64 q) -> const Wg3Stage& { return reinterpret_cast<const Wg3Stage*>(smem)[q & (WGF_STAGES - 1)]; };
+  auto tokens = [&](i64 q) {
+    const uint32_t st = (uint32_t)(q & (WGF_STAGES - 1));
+    if (q >= WGF_STAGES) wgb_bar_wait(empty + 8 * st, (unsigned)((q / WGF_STAGES - 1) & 1));
+    wgb_bar_expect(full + 8 * st, NT * 256);
+    wgb_bulk(s0 + st * SSZ, tsrc + q * cstride, NT * 256, full + 8 * st);
+  };
+  auto issue = [&](i64 q) {
+    const uint32_t o = (uint32_t)(q & (WGF_STAGES - 1)) * SSZ;
+    cp_async16_s(wdst + o, wp + q * 1024);
+    cp_async16_s(wdst + o + 8 * 64, wp + 512 + q * 1024);
+    if (t < 2) cp_async4_s(sdst + o, sp + 64 * q);
+  };
+  float acc[NA];
+#pragma unroll
+  for (int i = 0; i < NA; i++) acc[i] = 0.f;
+  uint32_t a0[4][4], a1[4][4];
+  if (active) {
+    if (tid == 0) {
+      tokens(0);
+      if (G > 1) tokens(1);
+    }
+#pragma unroll
+    for (int q = 0; q < WGF_STAGES - 1; q++) {
+      if (q < G) issue(q);
+      cp_async_commit();
+    }
+  }
+  // While the first copies are in flight: the tile's token exponents into tref, and one block
+  // barrier that publishes them and the mbarriers' initialisation.
+  for (int i = tid; i < nvalid; i += WG3_THREADS) tref[i] = trow[row0 + i];
+  __syncthreads();
+  if (active) {
+    cp_async_wait<WGF_STAGES - 2>();
+    __syncwarp();
+    wg3_load_half<0>(stage(0).w, stage(0).s, wrow, t, R, a0);
+    auto mma = [&](const uint32_t(&a)[4][4], i64 q, int h) {
+      const uint64_t d0 = bdesc + ((uint32_t)(q & (WGF_STAGES - 1)) * SSZ >> 4) + 64 * h;
+      wgf_keep(acc);
+      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+      for (int j = 0; j < 4; j++) wgf_mma<NT>(acc, a[j], d0 + 16 * j, (j > 0 || h > 0 || q > 0) ? 1 : 0);
+      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      wgf_keep(acc);
+    };
+    for (i64 q = 0; q < G; q++) {
+      wgb_bar_wait(full + 8 * (uint32_t)(q & (WGF_STAGES - 1)), (unsigned)((q / WGF_STAGES) & 1));
+      mma(a0, q, 0);
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // half 1 of chunk q-1: a1 and its stage are free
+      wg3_keep(a1);
+      if (q >= 1 && lane == 0) wgb_bar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
+      if (tid == 0 && q + 2 < G) tokens(q + 2);
+      if (q + WGF_STAGES - 1 < G) issue(q + WGF_STAGES - 1);  // into chunk q-1's stage
+      cp_async_commit();
+      wg3_load_half<1>(stage(q).w, stage(q).s, wrow, t, R, a1);
+      mma(a1, q, 1);
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // half 0 of chunk q: a0 is free
+      wg3_keep(a0);
+      if (q + 1 < G) {
+        cp_async_wait<WGF_STAGES - 2>();  // this thread's chunk q+1
+        __syncwarp();
+        wg3_load_half<0>(stage(q + 1).w, stage(q + 1).s, wrow, t, R, a0);
+      }
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgf_keep(acc);
+    wg3_keep(a0);
+    wg3_keep(a1);
+    cp_async_wait<0>();
+  }
+  wg3_store<NT>(A, smem, row0, nvalid, nrows, active, wrow, t, acc, tref);
+}
+#endif
+
+// The three-warpgroup form of moe_gemm_wgb (the same arguments and results, 192 weight rows a
+// block): grid = (ceil(N / 192), tile bound), block = WG3_THREADS, dynamic shared memory WG3_SMEM.
+extern "C" __global__ void __launch_bounds__(WG3_THREADS, 1)
+moe_gemm_wg3(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
+             i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
+             const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+  pdl_begin();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) u8 wgf_smem[];
+  __shared__ int tref[WGF_TOK];  // the tile's token exponents
+  const int by = blockIdx.y, count = *ntiles, fl = flags[by];
+  const int e = tiles[3 * by], row0 = tiles[3 * by + 1], nvalid = tiles[3 * by + 2];
+  if (by >= count || !fl) return;
+  const int tid = threadIdx.x;
+  const int nrows = (int)min((i64)WG3_ROWS, N - (i64)blockIdx.x * WG3_ROWS);
+  const WgfArgs args{W, Ws, ref, nullptr, nullptr, bias, out, N, Kd, Kd / MOE_GROUP, (i64)e * N + (i64)blockIdx.x * WG3_ROWS, e};
+  const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
+  int R[2] = {0, 0};
+  if (wrow < nrows) R[0] = ref[args.wrow0 + wrow], R[1] = ref[args.wrow0 + wrow + 8];
+  if (tid == 0) {  // FULL: thread 0's arrival; EMPTY: one per warp of the active warpgroups.
+    const uint32_t bars = (uint32_t)__cvta_generic_to_shared(wgf_smem + WGF_STAGES * sizeof(Wg3Stage));
+    for (int b = 0; b < 2 * WGF_STAGES; b++) wgb_bar_init(bars + 8 * b, b < WGF_STAGES ? 1 : nrows / 16);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+#define WG3_RUN(nt) wg3_run<nt>(args, wgf_smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
+  if (nvalid <= 16) WG3_RUN(16);
+  else if (nvalid <= 32) WG3_RUN(32);
+  else if (nvalid <= 48) WG3_RUN(48);
+  else if (nvalid <= 64) WG3_RUN(64);
+  else if (nvalid <= 80) WG3_RUN(80);
+  else if (nvalid <= 96) WG3_RUN(96);
+  else if (nvalid <= 112) WG3_RUN(112);
+  else if (nvalid <= 128) WG3_RUN(128);
+  else if (nvalid <= 144) WG3_RUN(144);
+  else WG3_RUN(160);
+#undef WG3_RUN
 #else
   __trap();
 #endif

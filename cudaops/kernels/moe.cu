@@ -11,9 +11,10 @@
 // WGB_SMEM is -1 in the compute_90 PTX, which has no wgmma kernels.
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WGB_SMEM (-1)
+#define WG3_SMEM (-1)
 #endif
 extern "C" __device__ const long long moe_layout[] = {
     MOE_BM,     GEMM_ROWS, ROUTE_THREADS, ROUTE_SMALL_THREADS, ROUTE_SMALL_PAIRS, WGF_ROWS, WGF_TOK,
     WGF_STAGES, WGB_SMEM,  WGF_PSMEM,     DEC_WARPS,           DEC_SMEM,          DEC1_SMEM, DEC16_SMEM,
-    DEC1W_SMEM, DECW_SMEM, ORDER_TRIGGER, DEC32_SMEM,
+    DEC1W_SMEM, DECW_SMEM, ORDER_TRIGGER, DEC32_SMEM, WG3_ROWS, WG3_THREADS, WG3_SMEM,
 };
