@@ -60,6 +60,13 @@ func (l *Layer) Upload(b *moe.Batch) (*DeviceBuffers, error) {
 			}
 		}
 	}
+	// A copy from pageable memory may return before its bytes land, and the layer's stream does
+	// not wait for the default stream's copies: wait here, so that the batch is in place for
+	// any stream.
+	if err := cu.Synchronize(); err != nil {
+		cu.MemFree(mem)
+		return nil, fmt.Errorf("cudaops: uploading a batch: %v", err)
+	}
 	d.Batch = DeviceBatch{M: b.M, TopK: b.TopK, X: at[0], A1q: at[1], A1qScale: at[2], TopKIDs: at[3], TopKWeights: at[4]}
 	d.Out = at[5]
 	return d, nil
@@ -103,13 +110,17 @@ func ptr[T any](s []T) unsafe.Pointer {
 	return unsafe.Pointer(&s[0])
 }
 
-// Download copies n float32 values from device memory.
+// Download waits for all work queued on the device (every layer's stream, so a ForwardDevice or a
+// graph launch into Out has finished), then copies the first n float32 values of Out.
 func (d *DeviceBuffers) Download(n int) ([]float32, error) {
 	unbind, err := d.dev.bind()
 	if err != nil {
 		return nil, err
 	}
 	defer unbind()
+	if err := cu.Synchronize(); err != nil {
+		return nil, err
+	}
 	out := make([]float32, n)
 	if n > 0 {
 		if err := cu.MemcpyDtoH(unsafe.Pointer(&out[0]), d.Out, int64(4*n)); err != nil {

@@ -513,7 +513,12 @@ func TestPoisonedWorkspace(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The memset runs on the default stream, which the layer's stream does not wait for, and
+		// may return before it is done: wait for it, or it can land in the middle of the forward.
 		if err := cu.MemsetD8(l.ws.mem, 0xFF, l.ws.size); err != nil {
+			t.Fatal(err)
+		}
+		if err := cu.Synchronize(); err != nil {
 			t.Fatal(err)
 		}
 		unbind()
@@ -577,6 +582,10 @@ func TestDeviceForwardAndGraph(t *testing.T) {
 			if err := cu.MemcpyHtoD(d, p, int64(n)); err != nil {
 				t.Fatal(err)
 			}
+			// The copy may return before its bytes land, and the layer's stream does not wait.
+			if err := cu.Synchronize(); err != nil {
+				t.Fatal(err)
+			}
 		}
 		t.Cleanup(func() { cu.MemFree(d) })
 		return d
@@ -610,6 +619,7 @@ func TestDeviceForwardAndGraph(t *testing.T) {
 	defer g.Close()
 	unbind, _ = l.dev.bind()
 	cu.MemsetD8(out, 0xFF, int64(4*b.M*K))
+	cu.Synchronize() // the graph's stream does not wait for the default stream
 	unbind()
 	for range 3 {
 		if err := g.Launch(); err != nil {
@@ -625,6 +635,7 @@ func TestDeviceForwardAndGraph(t *testing.T) {
 	bad[3] = 99
 	unbind, _ = l.dev.bind()
 	cu.MemcpyHtoD(db.TopKIDs, unsafe.Pointer(&bad[0]), int64(4*len(bad)))
+	cu.Synchronize()
 	unbind()
 	if err := l.ForwardDevice(out, db); err != nil {
 		t.Fatal(err)
