@@ -203,29 +203,20 @@ __device__ __forceinline__ void wgf_expand(const uint4& v, uint32_t m, u8* d) {
   *reinterpret_cast<uint4*>(d + 128) = make_uint4(o[4], o[5], o[6], o[7]);
 }
 
-// The 32-bit word at shared-window address a.
-__device__ __forceinline__ int wgf_lds(uint32_t a) {
-  int v;
-  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(a));
-  return v;
-}
-
-// Stores acc · 2^(R - 127 + x(col)) plus the bias for the real tokens, x(col) = the token's
-// exponent word at shared address tx + 4·col, less 127 (TX), or 0; xlo and xhi bound x over the
-// tile. Thread (g, t) holds rows wrow, wrow+8 and tokens 8i + 2t, 8i + 2t + 1. While every power of
-// two the thread may apply is a normal float (the usual case: the weights' and tokens' reference
-// exponents lie near 127), the scale is one multiply by it, which rounds the exact product once, as
-// ldexpf does; else ldexpf. The multiply and the bias's add stay two roundings (__fmul_rn is never
-// fused into an FMA). The two output rows of a token column are walked by pointers (8 columns = 8·N
-// floats a step), so a store costs a few instructions.
-template <int NT, bool TX>
+// The promoting kernel's epilogue: stores acc · 2^(R - 127) plus the bias for the real tokens
+// (the tokens' scales are already in acc). Thread (g, t) holds rows wrow, wrow+8 and tokens
+// 8i + 2t, 8i + 2t + 1. While both powers of two are normal floats (the usual case: the weights'
+// reference exponents lie near 127), the scale is one multiply by it, which rounds the exact
+// product once, as ldexpf does; else ldexpf. The multiply and the bias's add stay two roundings
+// (__fmul_rn is never fused into an FMA). The two output rows of a token column are walked by
+// pointers (8 columns = 8·N floats a step), so a store costs a few instructions.
+template <int NT>
 __device__ __forceinline__ void wgf_store(const WgfArgs& A, int row0, int nvalid, int wrow, int t, const int (&R)[2],
-                                          const float (&acc)[NT / 2], uint32_t tx, int xlo, int xhi) {
+                                          const float (&acc)[NT / 2]) {
   const float b0 = A.bias ? A.bias[A.wrow0 + wrow] : 0.f;
   const float b1 = A.bias ? A.bias[A.wrow0 + wrow + 8] : 0.f;
   const i64 n = A.wrow0 - (i64)A.e * A.N + wrow;  // this thread's first row within the expert
-  auto x = [&](int col) { return TX ? wgf_lds(tx + 4 * col) - 127 : 0; };
-  const bool fast = min(R[0], R[1]) - 127 + xlo >= -126 && max(R[0], R[1]) - 127 + xhi <= 127;
+  const bool fast = min(R[0], R[1]) >= 1 && max(R[0], R[1]) <= 254;
   float* q = A.out + (i64)(row0 + 2 * t) * A.N + n;  // token 8i + 2t's row, i = 0
   const i64 N = A.N;
 #pragma unroll
@@ -233,14 +224,13 @@ __device__ __forceinline__ void wgf_store(const WgfArgs& A, int row0, int nvalid
 #pragma unroll
     for (int c = 0; c < 2; c++) {
       if (8 * i + 2 * t + c >= nvalid) continue;
-      const int v = x(8 * i + 2 * t + c);
       float* o = q + c * N;
       if (fast) {
-        o[0] = __fadd_rn(__fmul_rn(acc[4 * i + c], __int_as_float((R[0] + v) << 23)), b0);
-        o[8] = __fadd_rn(__fmul_rn(acc[4 * i + 2 + c], __int_as_float((R[1] + v) << 23)), b1);
+        o[0] = __fadd_rn(__fmul_rn(acc[4 * i + c], __int_as_float(R[0] << 23)), b0);
+        o[8] = __fadd_rn(__fmul_rn(acc[4 * i + 2 + c], __int_as_float(R[1] << 23)), b1);
       } else {
-        o[0] = ldexpf(acc[4 * i + c], R[0] - 127 + v) + b0;
-        o[8] = ldexpf(acc[4 * i + 2 + c], R[1] - 127 + v) + b1;
+        o[0] = ldexpf(acc[4 * i + c], R[0] - 127) + b0;
+        o[8] = ldexpf(acc[4 * i + 2 + c], R[1] - 127) + b1;
       }
     }
   }
@@ -360,7 +350,7 @@ struct WgfPromote {
       if (q + 1 < A.G) step(q + 1, a1, a0);
     }
     cp_async_wait<0>();
-    wgf_store<NT, false>(A, row0, nvalid, wrow, t, R, acc, 0, 0, 0);
+    wgf_store<NT>(A, row0, nvalid, wrow, t, R, acc);
   }
 };
 
@@ -537,15 +527,8 @@ struct WgbFold {
       if (q < A.G) issue(q);
       cp_async_commit();
     }
-    // The tile's exponents into tref, and their range (per warp into tlo/thi).
-    int lo = 255, hi = 0;
-    for (int i = tid; i < nvalid; i += 256) {
-      const int v = trow[row0 + i];
-      tref[i] = v;
-      lo = min(lo, v), hi = max(hi, v);
-    }
-    lo = __reduce_min_sync(0xffffffffu, lo), hi = __reduce_max_sync(0xffffffffu, hi);
-    if ((tid & 31) == 0) tref[WGF_TOK + tid / 32] = lo, tref[WGF_TOK + 8 + tid / 32] = hi;
+    // The tile's token exponents into tref (read by the epilogue, wgb_store).
+    for (int i = tid; i < nvalid; i += 256) tref[i] = trow[row0 + i];
     __syncthreads();
     cp_async_wait<WGF_STAGES - 2>();
     __syncwarp();
@@ -704,7 +687,7 @@ moe_gemm_wgb(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) u8 wgf_smem[];
-  __shared__ int tref[WGF_TOK + 16];  // the tile's token exponents, then 8 warps' minima and maxima
+  __shared__ int tref[WGF_TOK];  // the tile's token exponents
   // The tile's entries load together (tiles and flags hold an entry for every block row of the
   // grid, so the loads stay in bounds before the check).
   const int by = blockIdx.y, count = *ntiles, fl = flags[by];
