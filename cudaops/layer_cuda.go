@@ -32,13 +32,10 @@ const (
 	wgfRows      = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
 	wgfTokens    = 160 // WGF_TOK (MOE_WG_TOK): the most tokens of its tiles
 	wgfStages    = 4   // WGF_STAGES: the depth of both wgmma kernels' shared-memory rings
-	// WGB_SMEM, the staged-token folding kernel's: a ring of 160 FP16 token rows of a chunk (256
-	// bytes each), 128·64 weight bytes and 128 scale words per stage, then a FULL and an EMPTY
-	// mbarrier (8 bytes each) per stage.
-	wgbSmem = wgfStages*(wgfTokens*256+wgfRows*64+wgfRows*4) + 2*wgfStages*8
-	// WG3_ROWS, WG3_THREADS, WG3_SMEM: the three-warpgroup folding kernel (moe_gemm_wg3, the
-	// wgmma path's main kernel): 192 weight rows a block, 384 threads, the same ring with 192
-	// rows' weights and scales a stage.
+	// WG3_ROWS, WG3_THREADS, WG3_SMEM: the folding kernel (moe_gemm_wg3, the wgmma path's main
+	// kernel): 192 weight rows a block, 384 threads; a ring of 160 FP16 token rows of a chunk
+	// (256 bytes each), 192·64 weight bytes and 192 scale words per stage, then a FULL and an
+	// EMPTY mbarrier (8 bytes each) per stage.
 	wg3Rows    = 192
 	wg3Threads = 384
 	wg3Smem    = wgfStages*(wgfTokens*256+wg3Rows*64+wg3Rows*4) + 2*wgfStages*8
@@ -114,7 +111,7 @@ func layoutConsts() []layoutConst {
 	return []layoutConst{
 		{"MOE_BM", segmentRows}, {"GEMM_ROWS", gemmRows}, {"ROUTE_THREADS", routeThreads},
 		{"ROUTE_SMALL_THREADS", routeSmallThreads}, {"ROUTE_SMALL_PAIRS", fusedPermutePairs},
-		{"WGF_ROWS", wgfRows}, {"WGF_TOK", wgfTokens}, {"WGF_STAGES", wgfStages}, {"WGB_SMEM", wgbSmem},
+		{"WGF_ROWS", wgfRows}, {"WGF_TOK", wgfTokens}, {"WGF_STAGES", wgfStages},
 		{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
 		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem}, {"ORDER_TRIGGER", orderTrigger},
 		{"DEC32_SMEM", dec32Smem},
@@ -812,7 +809,7 @@ type gemmLaunch struct {
 
 // gemmMain returns the main kernel's launch for an n-row GEMM of the given kernel over p routed
 // pairs in tiles tiles: the streaming GEMM's (decKernel, split and wide as decSplits picks
-// them), the wgmma path's moe_gemm_wgb (after its tile and staging kernels, which launchAll sizes
+// them), the wgmma path's moe_gemm_wg3 (after its tile and staging kernels, which launchAll sizes
 // from this grid), or the tiled moe_gemm. launchAll launches it, Layer.Plan reports it.
 func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide bool) gemmLaunch {
 	switch kernel {

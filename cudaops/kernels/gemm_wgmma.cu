@@ -14,15 +14,16 @@
 // so the fold is always exact here. 2^(R-127) multiplies the result in the epilogue. The
 // activation scales, one per token per 128 columns, take one of two paths (below).
 //
-// A block: 128 weight rows (two warpgroups of 64, the MMA's M) × one tile of up to 160 tokens
-// of an expert (N; the route kernel splits an expert's rows into equal tiles that start at
-// multiples of 8 rows, and the instruction width is picked per tile, a multiple of 16 up to 160).
+// A block: 192 weight rows (three warpgroups of 64, the MMA's M; 128 rows, two warpgroups, in the
+// promoting kernel) × one tile of up to 160 tokens of an expert (N; the route kernel splits an
+// expert's rows into equal tiles that start at multiples of 8 rows, and the instruction width is
+// picked per tile, a multiple of 16 up to 160).
 //
 // Two paths, chosen per tile by moe_wg_tiles. Folded (every token's activation scales are finite
 // powers of two within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the
 // scales are folded into FP16 tokens relative to that largest exponent, exactly. moe_wg_stage
 // writes those FP16 tokens once per GEMM, already in the MMA's core-matrix layout, so the GEMM
-// (moe_gemm_wgb) copies them into shared memory without touching them in registers; one float32
+// (moe_gemm_wg3) copies them into shared memory without touching them in registers; one float32
 // accumulator runs over all of K, the next chunk's MMAs queue behind the current ones, and the
 // epilogue applies 2^(R-127) · the token's largest scale. Promoting (any other scales,
 // moe_gemm_wgp): each chunk's 8 k16 MMAs sum into a fresh float32 partial, which is multiplied
@@ -35,8 +36,8 @@
 // order of its terms), so each 8-value piece expands to FP16 (exact) as one 16-byte row of a
 // core matrix of the MMA's K-major no-swizzle layout. A WGF_STAGES-deep cp.async ring brings
 // each chunk's tokens, weights and scales; while the tensor cores run chunk q, the threads
-// convert chunk q+1's weights into a second set of A registers (the structs below say how each
-// path synchronises).
+// convert chunk q+1's (or the next half chunk's) weights into a second set of A registers (the
+// kernels below say how each path synchronises).
 #include "common.cuh"
 #include "wgmma_f16.cuh"
 
@@ -354,212 +355,27 @@ struct WgfPromote {
   }
 };
 
-// The folding path with staged tokens (moe_gemm_wgb): moe_wg_stage already wrote the tile's
-// tokens as FP16 in the MMA's core-matrix layout, contiguous per chunk, so a stage's tokens are
-// one bulk copy, not a conversion. No block barrier after the start: the MMAs of chunk q wait
-// for its tokens on the stage's FULL mbarrier, each warp releases a stage on its EMPTY mbarrier
-// once its warpgroup's MMAs of that chunk are done, and the weights and scales a thread
-// converts are its own (and its quad's) cp.async copies.
 // mbarrier and bulk-copy helpers (shared::cta addresses).
-__device__ __forceinline__ void wgb_bar_init(uint32_t bar, int count) {
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
-__device__ __forceinline__ void wgb_bar_arrive(uint32_t bar) {
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-__device__ __forceinline__ void wgb_bar_expect(uint32_t bar, unsigned bytes) {
+__device__ __forceinline__ void mbar_expect(uint32_t bar, unsigned bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
-__device__ __forceinline__ void wgb_bar_wait(uint32_t bar, unsigned parity) {
+__device__ __forceinline__ void mbar_wait(uint32_t bar, unsigned parity) {
   asm volatile(
-      "{\n.reg .pred p;\nWGB_WAIT_%=:\n"
+      "{\n.reg .pred p;\nMBAR_WAIT_%=:\n"
       "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra WGB_WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+      "@!p bra MBAR_WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
 }
 // bytes (a multiple of 16) from global src to shared dst, completing on mbarrier bar.
-__device__ __forceinline__ void wgb_bulk(uint32_t dst, const void* src, unsigned bytes, uint32_t bar) {
+__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, unsigned bytes, uint32_t bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
                ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
 }
-
-struct WgbStage {
-  u8 b[WGF_TOK * 256];   // the tokens' FP16 values of the chunk, 8-row groups of 16 core matrices
-  u8 w[WGF_ROWS * 64];   // the rows' packed E2M1 codes of the chunk (4 blocks)
-  uint32_t s[WGF_ROWS];  // the rows' 4 E8M0 exponents of the chunk
-};
-// The ring, then a FULL and an EMPTY mbarrier per stage.
-#define WGB_SMEM (WGF_STAGES * (int)sizeof(WgbStage) + 2 * WGF_STAGES * 8)
-
-// The folding kernel's epilogue through shared memory: once both warpgroups' MMAs are done with
-// the ring, each thread writes its accumulators into a token-major tile there (rows of WGB_TROW
-// floats, padded so that a warp's writes hit 32 banks), and the block then stores each token's
-// 128 results as one 512-byte row: warp w takes tokens w, w+8, ..., lane l rows 4l .. 4l+3 (one
-// 16-byte read, scale and bias, one 16-byte store). Each value is acc · 2^(R - 127 + x) plus the
-// bias, R the row's fold reference and x the token's largest exponent less 127 (tref), the power
-// of two built from its bits where it is a normal float (one rounding of the exact product, as
-// ldexpf), ldexpf otherwise, chosen per value: the same bits as wgf_store. A rolled loop without
-// per-value branches on the token count, where wgf_store's unrolled one was a large share of
-// the kernel's instruction-fetch stalls.
-#define WGB_TROW 132
-template <int NT>
-__device__ __forceinline__ void wgb_store(const WgfArgs& A, u8* smem, int row0, int nvalid, int wrow, int t,
-                                          const float (&acc)[NT / 2], const int* tref) {
-  float* tile = reinterpret_cast<float*>(smem);
-  __syncthreads();  // every warpgroup's MMAs are done reading the ring
-#pragma unroll
-  for (int i = 0; i < NT / 8; i++)
-#pragma unroll
-    for (int c = 0; c < 2; c++) {
-      tile[(8 * i + 2 * t + c) * WGB_TROW + wrow] = acc[4 * i + c];
-      tile[(8 * i + 2 * t + c) * WGB_TROW + wrow + 8] = acc[4 * i + 2 + c];
-    }
-  __syncthreads();
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  const uint32_t r4 = *reinterpret_cast<const uint32_t*>(A.ref + A.wrow0 + 4 * lane);
-  const int R[4] = {(int)(r4 & 0xff), (int)((r4 >> 8) & 0xff), (int)((r4 >> 16) & 0xff), (int)(r4 >> 24)};
-  const float4 b = A.bias ? *reinterpret_cast<const float4*>(A.bias + A.wrow0 + 4 * lane) : make_float4(0.f, 0.f, 0.f, 0.f);
-  const float bb[4] = {b.x, b.y, b.z, b.w};
-  float* o = A.out + (i64)row0 * A.N + (A.wrow0 - (i64)A.e * A.N) + 4 * lane;
-  for (int tok = w; tok < nvalid; tok += 8) {
-    const int v = tref[tok] - 127;
-    const float4 a = *reinterpret_cast<const float4*>(&tile[tok * WGB_TROW + 4 * lane]);
-    const float av[4] = {a.x, a.y, a.z, a.w};
-    float r[4];
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      const int e = R[k] + v;
-      r[k] = (unsigned)(e - 1) < 254u ? __fadd_rn(__fmul_rn(av[k], __int_as_float(e << 23)), bb[k]) : ldexpf(av[k], e - 127) + bb[k];
-    }
-    *reinterpret_cast<float4*>(o + (i64)tok * A.N) = make_float4(r[0], r[1], r[2], r[3]);
-  }
-}
-
-template <int NT>
-struct WgbFold {
-  static constexpr int NA = NT / 2;
-  static constexpr uint32_t SSZ = sizeof(WgbStage);
-  const WgfArgs& A;
-  u8* smem;
-  i64 cstride;
-  int row0, nvalid, tid, wrow, t;
-  // Per thread, computed once: the sources of its copies (tokens of chunk 0, weight rows wrow
-  // and wrow + 8, scale words), their destinations in stage 0 (shared addresses), and the
-  // MMAs' B descriptor of stage 0; a chunk adds q · cstride or q · 64 / q · 4 to the sources
-  // and (q mod WGF_STAGES) · SSZ to the destinations.
-  const u8 *tsrc, *wp, *wp8, *sp;
-  uint32_t s0, wdst, sdst, full, empty;
-  uint64_t bdesc;
-
-  __device__ __forceinline__ WgbFold(const WgfArgs& a, u8* sm, const u8* xbase, i64 cs, int r0, int nv)
-      : A(a), smem(sm), cstride(cs), row0(r0), nvalid(nv) {
-    tid = threadIdx.x;
-    t = tid & 3;
-    wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
-    tsrc = xbase + (i64)(row0 >> 3) * 2048;
-    wp = weight_row(A.W, A.wrow0 + wrow, A.G) + 16 * t;
-    wp8 = wp + 512;  // row + 8, the same 16-row block
-    sp = scale_row(A.Ws, A.wrow0 + wrow + 8 * (t & 1), A.G);
-    s0 = (uint32_t)__cvta_generic_to_shared(smem);
-    full = s0 + WGF_STAGES * SSZ;
-    empty = full + 8 * WGF_STAGES;
-    wdst = s0 + (uint32_t)offsetof(WgbStage, w) + wrow * 64 + 16 * t;
-    sdst = s0 + (uint32_t)offsetof(WgbStage, s) + (wrow + 8 * t) * 4;
-    bdesc = wgf_desc(smem, 128, 2048);
-  }
-  __device__ __forceinline__ WgbStage& stage(i64 q) const { return reinterpret_cast<WgbStage*>(smem)[q & (WGF_STAGES - 1)]; }
-  __device__ __forceinline__ uint32_t soff(i64 q) const { return (uint32_t)(q & (WGF_STAGES - 1)) * SSZ; }
-
-  // Thread 0: chunk q's NT·256 token bytes (contiguous in the staging) into its stage by one
-  // bulk copy that completes on the stage's FULL barrier, once every warp has released the
-  // stage's previous chunk (q - WGF_STAGES) on its EMPTY barrier.
-  __device__ __forceinline__ void tokens(i64 q) const {
-    const uint32_t st = (uint32_t)(q & (WGF_STAGES - 1));
-    if (q >= WGF_STAGES) wgb_bar_wait(empty + 8 * st, (unsigned)((q / WGF_STAGES - 1) & 1));
-    wgb_bar_expect(full + 8 * st, NT * 256);
-    wgb_bulk(s0 + st * SSZ, tsrc + q * cstride, NT * 256, full + 8 * st);
-  }
-
-  // This thread's weight bytes and (quad lanes t < 2) scale words of chunk q: exactly what it
-  // and its quad convert, so a __syncwarp after its wait publishes them.
-  __device__ __forceinline__ void issue(i64 q) const {
-    const uint32_t o = soff(q);
-    cp_async16_s(wdst + o, wp + q * 1024);
-    cp_async16_s(wdst + o + 8 * 64, wp8 + q * 1024);
-    if (t < 2) cp_async4_s(sdst + o, sp + 64 * q);
-  }
-
-  __device__ __forceinline__ void convert(i64 q, const int (&R)[2], uint32_t (&a)[8][4]) const {
-    const WgbStage& s = stage(q);
-    wgf_load_a(s.w, s.s, wrow, t, R, a);
-  }
-
-  // Eight k16 MMAs of chunk q: step j reads core matrices 2j, 2j+1 of every 8-row group (the
-  // descriptor's address field, in 16-byte units, advances by 16 per step).
-  __device__ __forceinline__ void mma(float (&d)[NA], const uint32_t (&a)[8][4], i64 q) const {
-    const uint64_t d0 = bdesc + (soff(q) >> 4);
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-    for (int j = 0; j < 8; j++) wgf_mma<NT>(d, a[j], d0 + 16 * j, (j > 0 || q > 0) ? 1 : 0);
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-  }
-
-  // No block barrier in the loop: the tokens of chunk q are waited on FULL, the weights by
-  // each thread's own cp.async groups. Per step: MMAs(q); wait for MMAs(q-1) (nxt and chunk
-  // q-1's tokens are free: each warp's lane 0 arrives on that stage's EMPTY); thread 0 brings
-  // chunk q+2's tokens; this thread's chunk q+1 weights landed (__syncwarp for the quad's
-  // scales); copies of chunk q+3's weights; chunk q+1's conversion.
-  //
-  // The start: thread 0 (which initialised the mbarriers) brings chunks 0 and 1's tokens, every
-  // thread its weights of chunks 0 .. WGF_STAGES-2, and while those are in flight the block
-  // copies the tile's token exponents (trow) into tref; one block barrier publishes tref and
-  // the mbarriers' initialisation to every thread.
-  __device__ __forceinline__ void run(const int (&R)[2], int* tref, const int* trow) const {
-    float acc[NA];
-#pragma unroll
-    for (int i = 0; i < NA; i++) acc[i] = 0.f;
-    uint32_t a0[8][4], a1[8][4];
-    if (tid == 0) {
-      tokens(0);
-      if (A.G > 1) tokens(1);
-    }
-#pragma unroll
-    for (int q = 0; q < WGF_STAGES - 1; q++) {
-      if (q < A.G) issue(q);
-      cp_async_commit();
-    }
-    // The tile's token exponents into tref (read by the epilogue, wgb_store).
-    for (int i = tid; i < nvalid; i += 256) tref[i] = trow[row0 + i];
-    __syncthreads();
-    cp_async_wait<WGF_STAGES - 2>();
-    __syncwarp();
-    convert(0, R, a0);
-    auto step = [&](i64 q, uint32_t(&cur)[8][4], uint32_t(&nxt)[8][4]) {
-      wgb_bar_wait(full + 8 * (uint32_t)(q & (WGF_STAGES - 1)), (unsigned)((q / WGF_STAGES) & 1));
-      wgf_keep(acc);
-      mma(acc, cur, q);
-      wgf_keep(acc);
-      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // chunk q-1's MMAs: nxt is free
-      wgf_keep(nxt);
-      if (q >= 1 && (tid & 31) == 0) wgb_bar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
-      if (tid == 0 && q + 2 < A.G) tokens(q + 2);
-      cp_async_wait<WGF_STAGES - 3>();  // this thread's chunk q+1
-      __syncwarp();
-      if (q + WGF_STAGES - 1 < A.G) issue(q + WGF_STAGES - 1);  // the weights of chunk q-1's stage
-      cp_async_commit();
-      if (q + 1 < A.G) convert(q + 1, R, nxt);
-    };
-    for (i64 q = 0; q < A.G; q += 2) {
-      step(q, a0, a1);
-      if (q + 1 < A.G) step(q + 1, a1, a0);
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    wgf_keep(acc);
-    wgf_keep(a0);
-    wgf_keep(a1);
-    cp_async_wait<0>();
-    wgb_store<NT>(A, smem, row0, nvalid, wrow, t, acc, tref);
-  }
-};
 #endif
 
 // W (E, N, Kd/2) packed E2M1 blocked (weight_row), Ws (E, N, Kd/32) E8M0 blocked (scale_row), ref
@@ -568,7 +384,7 @@ struct WgbFold {
 // null, out (rows, N) float32.
 // moe_gemm_wgp computes the tiles that moe_wg_tiles listed in plist (*nplist of them; the
 // tiles whose activation scales do not fold), block (x, y) taking list entries y, y + grid.y,
-// ...: grid = (N / 128, any), block = 256, WGF_PSMEM bytes of dynamic shared memory. moe_gemm_wgb
+// ...: grid = (N / 128, any), block = 256, WGF_PSMEM bytes of dynamic shared memory. moe_gemm_wg3
 // (below) computes the others: two kernels rather than two branches of one, so that each gets
 // its own register allocation, and a compact list so that the promoting kernel costs little
 // when no tile needs it.
@@ -638,7 +454,7 @@ extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int*
   }
 }
 
-// Stages chunk q = blockIdx.y of every folding tile's tokens for moe_gemm_wgb: X (rows, 128·G)
+// Stages chunk q = blockIdx.y of every folding tile's tokens for moe_gemm_wg3: X (rows, 128·G)
 // FP8 in fp16_slot order, Xs (rows, G), flags and trow from moe_wg_tiles -> xb, FP16 times
 // 2^(exponent - trow), chunk q of row r at xb + q·cstride + (r/8)·2048 + c·128 + (r%8)·16 for its
 // 16 8-value pieces c (8-row core matrices of the MMA's K-major layout; every tile starts at a
@@ -677,58 +493,21 @@ extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* _
 #endif
 }
 
-// The folding kernel, for the tiles whose flag is set: the tokens from xb (moe_wg_stage's staging,
-// chunk stride cstride bytes), trow from moe_wg_tiles, the rest as moe_gemm_wgp. block = 256,
-// dynamic shared memory WGB_SMEM.
-extern "C" __global__ void __launch_bounds__(256, 1)
-moe_gemm_wgb(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
-             i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
-             const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
-  pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(1024) u8 wgf_smem[];
-  __shared__ int tref[WGF_TOK];  // the tile's token exponents
-  // The tile's entries load together (tiles and flags hold an entry for every block row of the
-  // grid, so the loads stay in bounds before the check).
-  const int by = blockIdx.y, count = *ntiles, fl = flags[by];
-  const int e = tiles[3 * by], row0 = tiles[3 * by + 1], nvalid = tiles[3 * by + 2];
-  if (by >= count || !fl) return;
-  const int tid = threadIdx.x;
-  const WgfArgs args{W, Ws, ref, nullptr, nullptr, bias, out, N, Kd, Kd / MOE_GROUP, (i64)e * N + (i64)blockIdx.x * WGF_ROWS, e};
-  const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
-  const int R[2] = {ref[args.wrow0 + wrow], ref[args.wrow0 + wrow + 8]};
-  if (tid == 0) {  // FULL: thread 0's arrival; EMPTY: one per warp. Thread 0 starts the token copies.
-    const uint32_t bars = (uint32_t)__cvta_generic_to_shared(wgf_smem + WGF_STAGES * sizeof(WgbStage));
-    for (int b = 0; b < 2 * WGF_STAGES; b++) wgb_bar_init(bars + 8 * b, b < WGF_STAGES ? 1 : 8);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-#define WGB_FOLD(nt) WgbFold<nt>(args, wgf_smem, xb, cstride, row0, nvalid).run(R, tref, trow)
-  if (nvalid <= 16) WGB_FOLD(16);
-  else if (nvalid <= 32) WGB_FOLD(32);
-  else if (nvalid <= 48) WGB_FOLD(48);
-  else if (nvalid <= 64) WGB_FOLD(64);
-  else if (nvalid <= 80) WGB_FOLD(80);
-  else if (nvalid <= 96) WGB_FOLD(96);
-  else if (nvalid <= 112) WGB_FOLD(112);
-  else if (nvalid <= 128) WGB_FOLD(128);
-  else if (nvalid <= 144) WGB_FOLD(144);
-  else WGB_FOLD(160);
-#undef WGB_FOLD
-#else
-  __trap();
-#endif
-}
-
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// The three-warpgroup folding kernel (moe_gemm_wg3): moe_gemm_wgb's work with 192 weight rows a
-// block (three warpgroups of 64, three warps a scheduler instead of two; a token tile read from
-// L2 once for 192 rows instead of 128) at the 168 registers a thread that 384 threads leave: the
-// A fragments are converted and issued in half chunks (4 k16 steps, two buffers of 16 registers)
-// instead of whole ones. The last row block of a GEMM whose N is not a multiple of 192 holds 64
-// or 128 rows; its other warpgroups only take part in the block barriers.
+// The folding kernel (moe_gemm_wg3), for the tiles whose flag is set: moe_wg_stage already wrote
+// the tile's tokens as FP16 in the MMA's core-matrix layout, contiguous per chunk, so a stage's
+// tokens are one bulk copy, not a conversion. No block barrier after the start: the MMAs of
+// chunk q wait for its tokens on the stage's FULL mbarrier, each warp releases a stage on its
+// EMPTY mbarrier once its warpgroup's MMAs of that chunk are done, and the weights and scales a
+// thread converts are its own (and its quad's) cp.async copies. 192 weight rows a block (three
+// warpgroups of 64, three warps a scheduler; a token tile read from L2 once per 192 rows) at the
+// 168 registers a thread that 384 threads leave: the A fragments are converted and issued in
+// half chunks (4 k16 steps, two buffers of 16 registers). The last row block of a GEMM whose N
+// is not a multiple of 192 holds 64 or 128 rows; its other warpgroups only take part in the
+// block barriers.
 #define WG3_TROW 196  // the epilogue tile's row stride in floats (conflict-free writes)
 struct Wg3Stage {
-  u8 b[WGF_TOK * 256];   // the tokens' FP16 values of the chunk, as WgbStage
+  u8 b[WGF_TOK * 256];   // the tokens' FP16 values of the chunk, 8-row groups of 16 core matrices
   u8 w[WG3_ROWS * 64];   // the rows' packed E2M1 codes of the chunk
   uint32_t s[WG3_ROWS];  // the rows' 4 E8M0 exponents of the chunk
 };
@@ -761,10 +540,15 @@ __device__ __forceinline__ void wg3_keep(uint32_t (&a)[4][4]) {
     for (int k = 0; k < 4; k++) asm volatile("" : "+r"(a[j][k])::"memory");
 }
 
-// The epilogue through shared memory, as wgb_store with 192 rows: the active warpgroups write
-// their accumulators into a token-major tile in the ring's memory, then thread i stores 4 rows
-// (i mod 48) of tokens i/48, i/48 + 8, ...: 8 tokens a pass, each a contiguous row of up to 768
-// bytes. nrows: the block's rows (64, 128 or 192).
+// The epilogue through shared memory: once every warpgroup's MMAs are done with the ring, the
+// active warpgroups write their accumulators into a token-major tile there (rows of WG3_TROW
+// floats, padded so that a warp's writes hit 32 banks), then thread i stores rows 4(i mod 48)
+// .. 4(i mod 48)+3 of tokens i/48, i/48 + 8, ... (one 16-byte read, scale and bias, one 16-byte
+// store; 8 tokens a pass, each a contiguous row of up to 768 bytes). Each value is
+// acc · 2^(R - 127 + x) plus the bias, R the row's fold reference and x the token's largest
+// exponent less 127 (tref), the power of two built from its bits where it is a normal float
+// (one rounding of the exact product, as ldexpf), ldexpf otherwise, chosen per value. A rolled
+// loop without per-value branches on the token count. nrows: the block's rows (64, 128 or 192).
 template <int NT>
 __device__ __forceinline__ void wg3_store(const WgfArgs& A, u8* smem, int row0, int nvalid, int nrows, bool active, int wrow, int t,
                                           const float (&acc)[NT / 2], const int* tref) {
@@ -801,7 +585,7 @@ __device__ __forceinline__ void wg3_store(const WgfArgs& A, u8* smem, int row0, 
   }
 }
 
-// One block's tile: the ring as moe_gemm_wgb's (tokens by thread 0's bulk copies two chunks
+// One block's tile: the ring (tokens by thread 0's bulk copies two chunks
 // ahead on the FULL barriers, each thread's own weight and scale copies three chunks ahead, an
 // EMPTY arrival per active warp), the MMAs in half chunks. Per chunk q: half 0 (wait for the
 // tokens; its MMAs; wait for half 1 of chunk q-1, so that chunk q-1's stage is released and this
@@ -826,9 +610,9 @@ __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xb
   auto stage = [&](i64 q) -> const Wg3Stage& { return reinterpret_cast<const Wg3Stage*>(smem)[q & (WGF_STAGES - 1)]; };
   auto tokens = [&](i64 q) {
     const uint32_t st = (uint32_t)(q & (WGF_STAGES - 1));
-    if (q >= WGF_STAGES) wgb_bar_wait(empty + 8 * st, (unsigned)((q / WGF_STAGES - 1) & 1));
-    wgb_bar_expect(full + 8 * st, NT * 256);
-    wgb_bulk(s0 + st * SSZ, tsrc + q * cstride, NT * 256, full + 8 * st);
+    if (q >= WGF_STAGES) mbar_wait(empty + 8 * st, (unsigned)((q / WGF_STAGES - 1) & 1));
+    mbar_expect(full + 8 * st, NT * 256);
+    bulk_copy(s0 + st * SSZ, tsrc + q * cstride, NT * 256, full + 8 * st);
   };
   auto issue = [&](i64 q) {
     const uint32_t o = (uint32_t)(q & (WGF_STAGES - 1)) * SSZ;
@@ -869,11 +653,11 @@ __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xb
       wgf_keep(acc);
     };
     for (i64 q = 0; q < G; q++) {
-      wgb_bar_wait(full + 8 * (uint32_t)(q & (WGF_STAGES - 1)), (unsigned)((q / WGF_STAGES) & 1));
+      mbar_wait(full + 8 * (uint32_t)(q & (WGF_STAGES - 1)), (unsigned)((q / WGF_STAGES) & 1));
       mma(a0, q, 0);
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // half 1 of chunk q-1: a1 and its stage are free
       wg3_keep(a1);
-      if (q >= 1 && lane == 0) wgb_bar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
+      if (q >= 1 && lane == 0) mbar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
       if (tid == 0 && q + 2 < G) tokens(q + 2);
       if (q + WGF_STAGES - 1 < G) issue(q + WGF_STAGES - 1);  // into chunk q-1's stage
       cp_async_commit();
@@ -897,8 +681,9 @@ __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xb
 }
 #endif
 
-// The three-warpgroup form of moe_gemm_wgb (the same arguments and results, 192 weight rows a
-// block): grid = (ceil(N / 192), tile bound), block = WG3_THREADS, dynamic shared memory WG3_SMEM.
+// The folding kernel: the tokens from xb (moe_wg_stage's staging, chunk stride cstride bytes),
+// trow from moe_wg_tiles, the rest as moe_gemm_wgp; grid = (ceil(N / 192), tile bound),
+// block = WG3_THREADS, dynamic shared memory WG3_SMEM.
 extern "C" __global__ void __launch_bounds__(WG3_THREADS, 1)
 moe_gemm_wg3(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
              i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
@@ -918,7 +703,7 @@ moe_gemm_wg3(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   if (wrow < nrows) R[0] = ref[args.wrow0 + wrow], R[1] = ref[args.wrow0 + wrow + 8];
   if (tid == 0) {  // FULL: thread 0's arrival; EMPTY: one per warp of the active warpgroups.
     const uint32_t bars = (uint32_t)__cvta_generic_to_shared(wgf_smem + WGF_STAGES * sizeof(Wg3Stage));
-    for (int b = 0; b < 2 * WGF_STAGES; b++) wgb_bar_init(bars + 8 * b, b < WGF_STAGES ? 1 : nrows / 16);
+    for (int b = 0; b < 2 * WGF_STAGES; b++) mbar_init(bars + 8 * b, b < WGF_STAGES ? 1 : nrows / 16);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
 #define WG3_RUN(nt) wg3_run<nt>(args, wgf_smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
