@@ -30,14 +30,14 @@ const (
 	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
 	scatterPairs = 4096
 	wgfRows      = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
-	wgfTokens    = 160 // WGF_TOK (MOE_WG_TOK): the most tokens of its tiles
+	wgfTokens    = 152 // WGF_TOK (MOE_WG_TOK): the most tokens of its tiles
 	wgfStages    = 4   // WGF_STAGES: the depth of both wgmma kernels' shared-memory rings
 	// WG3_ROWS, WG3_THREADS, WG3_SMEM: the folding kernel (moe_gemm_wg3, the wgmma path's main
 	// kernel): 192 weight rows a block, 384 threads; a ring of 160 FP16 token rows of a chunk
 	// (256 bytes each), 192·64 weight bytes and 192 scale words per stage, then a FULL and an
 	// EMPTY mbarrier (8 bytes each) per stage.
-	wg3Rows    = 192
-	wg3Threads = 384
+	wg3Rows    = 256
+	wg3Threads = 512
 	wg3Smem    = wgfStages*(wgfTokens*256+wg3Rows*64+wg3Rows*4) + 2*wgfStages*8
 	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
 	// scale words and 128 token scales per stage, and two FP16 token buffers.

@@ -10,7 +10,7 @@ typedef unsigned char u8;
 #define MOE_GROUP 128   // activation scale group
 #define MOE_BLOCK 32    // MXFP4 weight block
 #define MOE_BM 32       // row alignment of expert segments and token tile of the GEMMs
-#define MOE_WG_TOK 160  // most rows of a wgmma GEMM tile (moe_route splits larger segments)
+#define MOE_WG_TOK 152  // most rows of a wgmma GEMM tile (moe_route splits larger segments)
 
 // Activations, scale formats: the values of moe.Activation and moe.ScaleFormat.
 #define ACT_SILU 0

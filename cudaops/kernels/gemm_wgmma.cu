@@ -46,8 +46,8 @@
 #define WGF_PTOK 128   // most tokens per pass of the promoting kernel
 #define WGF_STAGES 4   // ring depth, in 128-element chunks (a power of two)
 #define WGF_XROW 144   // promoting kernel: token row bytes in the ring, padded for conflict-free reads
-#define WG3_ROWS 192     // weight rows per block of the three-warpgroup folding kernel (moe_gemm_wg3)
-#define WG3_THREADS 384  // its block
+#define WG3_ROWS 256     // weight rows per block of the folding kernel (moe_gemm_wg3): four warpgroups
+#define WG3_THREADS 512  // its block
 #define WGF_SPAN 23    // the largest exponent distance the weight fold keeps exact
 
 // Promoting kernel: ring slots, then two FP16 B buffers.
@@ -146,6 +146,7 @@ __device__ __forceinline__ void wgf_mma(float (&d)[NT / 2], const uint32_t (&a)[
   else if constexpr (NT == 112) wgmma_f16_n112(d, a, desc, acc);
   else if constexpr (NT == 128) wgmma_f16_n128(d, a, desc, acc);
   else if constexpr (NT == 144) wgmma_f16_n144(d, a, desc, acc);
+  else if constexpr (NT == 152) wgmma_f16_n152(d, a, desc, acc);
   else wgmma_f16_n160(d, a, desc, acc);
 }
 
@@ -505,7 +506,7 @@ extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* _
 // half chunks (4 k16 steps, two buffers of 16 registers). The last row block of a GEMM whose N
 // is not a multiple of 192 holds 64 or 128 rows; its other warpgroups only take part in the
 // block barriers.
-#define WG3_TROW 196  // the epilogue tile's row stride in floats (conflict-free writes)
+#define WG3_TROW (WG3_ROWS + 4)  // the epilogue tile's row stride in floats (conflict-free writes)
 struct Wg3Stage {
   u8 b[WGF_TOK * 256];   // the tokens' FP16 values of the chunk, 8-row groups of 16 core matrices
   u8 w[WG3_ROWS * 64];   // the rows' packed E2M1 codes of the chunk
@@ -513,16 +514,24 @@ struct Wg3Stage {
 };
 #define WG3_SMEM (WGF_STAGES * (int)sizeof(Wg3Stage) + 2 * WGF_STAGES * 8)
 
-// The A fragments of half h of a chunk (k16 steps 4h .. 4h+3: words 2h and 2h+1 of the thread's
-// 16 bytes of rows g and g+8), as wgf_convert_a does for a whole chunk.
-template <int H>
-__device__ __forceinline__ void wg3_load_half(const u8* w, const uint32_t* s, int wrow, int t, const int (&R)[2], uint32_t (&a)[4][4]) {
-  const uint2 pg = *reinterpret_cast<const uint2*>(&w[wrow * 64 + 16 * t + 8 * H]);
-  const uint2 ph = *reinterpret_cast<const uint2*>(&w[(wrow + 8) * 64 + 16 * t + 8 * H]);
+// The A fragments of part P of a chunk of NW words (NW = 2: half a chunk, k16 steps 4P .. 4P+3;
+// NW = 1: a quarter, steps 2P, 2P+1): words NW·P .. NW·P+NW-1 of the thread's 16 bytes of rows g
+// and g+8, each word two k16 steps, as wgf_convert_a does for a whole chunk.
+template <int NW, int P>
+__device__ __forceinline__ void wg3_load_part(const u8* w, const uint32_t* s, int wrow, int t, const int (&R)[2],
+                                              uint32_t (&a)[2 * NW][4]) {
+  uint32_t wg[NW], wh[NW];
+  if constexpr (NW == 2) {
+    const uint2 pg = *reinterpret_cast<const uint2*>(&w[wrow * 64 + 16 * t + 8 * P]);
+    const uint2 ph = *reinterpret_cast<const uint2*>(&w[(wrow + 8) * 64 + 16 * t + 8 * P]);
+    wg[0] = pg.x, wg[1] = pg.y, wh[0] = ph.x, wh[1] = ph.y;
+  } else {
+    wg[0] = *reinterpret_cast<const uint32_t*>(&w[wrow * 64 + 16 * t + 4 * P]);
+    wh[0] = *reinterpret_cast<const uint32_t*>(&w[(wrow + 8) * 64 + 16 * t + 4 * P]);
+  }
   const uint32_t mg = wgf_mult((s[wrow] >> (8 * t)) & 0xff, R[0]), mh = wgf_mult((s[wrow + 8] >> (8 * t)) & 0xff, R[1]);
-  const uint32_t wg[2] = {pg.x, pg.y}, wh[2] = {ph.x, ph.y};
 #pragma unroll
-  for (int w2 = 0; w2 < 2; w2++) {
+  for (int w2 = 0; w2 < NW; w2++) {
     a[2 * w2][0] = wgf_hmul2(e2m1_pair_f16<0>(wg[w2]), mg);
     a[2 * w2][1] = wgf_hmul2(e2m1_pair_f16<0>(wh[w2]), mh);
     a[2 * w2][2] = wgf_hmul2(e2m1_pair_f16<1>(wg[w2]), mg);
@@ -533,9 +542,10 @@ __device__ __forceinline__ void wg3_load_half(const u8* w, const uint32_t* s, in
     a[2 * w2 + 1][3] = wgf_hmul2(e2m1_pair_f16<3>(wh[w2]), mh);
   }
 }
-__device__ __forceinline__ void wg3_keep(uint32_t (&a)[4][4]) {
+template <int S>
+__device__ __forceinline__ void wg3_keep(uint32_t (&a)[S][4]) {
 #pragma unroll
-  for (int j = 0; j < 4; j++)
+  for (int j = 0; j < S; j++)
 #pragma unroll
     for (int k = 0; k < 4; k++) asm volatile("" : "+r"(a[j][k])::"memory");
 }
@@ -564,14 +574,14 @@ __device__ __forceinline__ void wg3_store(const WgfArgs& A, u8* smem, int row0, 
       }
   }
   __syncthreads();
-  const int c4 = threadIdx.x % 48;
+  const int c4 = threadIdx.x % (WG3_ROWS / 4);
   if (4 * c4 >= nrows) return;
   const uint32_t r4 = *reinterpret_cast<const uint32_t*>(A.ref + A.wrow0 + 4 * c4);
   const int R[4] = {(int)(r4 & 0xff), (int)((r4 >> 8) & 0xff), (int)((r4 >> 16) & 0xff), (int)(r4 >> 24)};
   const float4 b = A.bias ? *reinterpret_cast<const float4*>(A.bias + A.wrow0 + 4 * c4) : make_float4(0.f, 0.f, 0.f, 0.f);
   const float bb[4] = {b.x, b.y, b.z, b.w};
   float* o = A.out + (i64)row0 * A.N + (A.wrow0 - (i64)A.e * A.N) + 4 * c4;
-  for (int tok = threadIdx.x / 48; tok < nvalid; tok += 8) {
+  for (int tok = threadIdx.x / (WG3_ROWS / 4); tok < nvalid; tok += WG3_THREADS / (WG3_ROWS / 4)) {
     const int v = tref[tok] - 127;
     const float4 a = *reinterpret_cast<const float4*>(&tile[tok * WG3_TROW + 4 * c4]);
     const float av[4] = {a.x, a.y, a.z, a.w};
@@ -591,7 +601,12 @@ __device__ __forceinline__ void wg3_store(const WgfArgs& A, u8* smem, int row0, 
 // tokens; its MMAs; wait for half 1 of chunk q-1, so that chunk q-1's stage is released and this
 // thread's copies of chunk q+3 go into it; half 1's fragments), half 1 (its MMAs; wait for half
 // 0; chunk q+1's copies landed; its half 0's fragments).
-template <int NT>
+template <int V>
+struct IntC {
+  static constexpr int value = V;
+};
+
+template <int NT, int NW>
 __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xbase, i64 cstride, int row0, int nvalid, int nrows,
                                         const int (&R)[2], int* tref, const int* trow) {
   constexpr int NA = NT / 2;
@@ -623,7 +638,8 @@ __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xb
   float acc[NA];
 #pragma unroll
   for (int i = 0; i < NA; i++) acc[i] = 0.f;
-  uint32_t a0[4][4], a1[4][4];
+  constexpr int NP = 4 / NW, S = 2 * NW;  // parts a chunk, k16 steps a part
+  uint32_t a0[S][4], a1[S][4];
   if (active) {
     if (tid == 0) {
       tokens(0);
@@ -642,33 +658,46 @@ __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xb
   if (active) {
     cp_async_wait<WGF_STAGES - 2>();
     __syncwarp();
-    wg3_load_half<0>(stage(0).w, stage(0).s, wrow, t, R, a0);
-    auto mma = [&](const uint32_t(&a)[4][4], i64 q, int h) {
-      const uint64_t d0 = bdesc + ((uint32_t)(q & (WGF_STAGES - 1)) * SSZ >> 4) + 64 * h;
+    wg3_load_part<NW, 0>(stage(0).w, stage(0).s, wrow, t, R, a0);
+    auto mma = [&](const uint32_t(&a)[S][4], i64 q, int p) {
+      const uint64_t d0 = bdesc + ((uint32_t)(q & (WGF_STAGES - 1)) * SSZ >> 4) + 16 * S * p;
       wgf_keep(acc);
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-      for (int j = 0; j < 4; j++) wgf_mma<NT>(acc, a[j], d0 + 16 * j, (j > 0 || h > 0 || q > 0) ? 1 : 0);
+      for (int j = 0; j < S; j++) wgf_mma<NT>(acc, a[j], d0 + 16 * j, (j > 0 || p > 0 || q > 0) ? 1 : 0);
       asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
       wgf_keep(acc);
     };
-    for (i64 q = 0; q < G; q++) {
-      mbar_wait(full + 8 * (uint32_t)(q & (WGF_STAGES - 1)), (unsigned)((q / WGF_STAGES) & 1));
-      mma(a0, q, 0);
-      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // half 1 of chunk q-1: a1 and its stage are free
-      wg3_keep(a1);
-      if (q >= 1 && lane == 0) mbar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
-      if (tid == 0 && q + 2 < G) tokens(q + 2);
-      if (q + WGF_STAGES - 1 < G) issue(q + WGF_STAGES - 1);  // into chunk q-1's stage
-      cp_async_commit();
-      wg3_load_half<1>(stage(q).w, stage(q).s, wrow, t, R, a1);
-      mma(a1, q, 1);
-      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // half 0 of chunk q: a0 is free
-      wg3_keep(a0);
-      if (q + 1 < G) {
+    // Part p of chunk q: its MMAs from one register set while the other, free once the part
+    // before is done, takes the next part's fragments.
+    auto part = [&](auto pc, i64 q) {
+      constexpr int p = decltype(pc)::value;
+      uint32_t(&cur)[S][4] = (p & 1) ? a1 : a0;
+      uint32_t(&nxt)[S][4] = (p & 1) ? a0 : a1;
+      if (p == 0) mbar_wait(full + 8 * (uint32_t)(q & (WGF_STAGES - 1)), (unsigned)((q / WGF_STAGES) & 1));
+      mma(cur, q, p);
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // the part before is done: nxt is free
+      wg3_keep(nxt);
+      if (p == 0) {  // chunk q-1's MMAs are done: its stage is free
+        if (q >= 1 && lane == 0) mbar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
+        if (tid == 0 && q + 2 < G) tokens(q + 2);
+        if (q + WGF_STAGES - 1 < G) issue(q + WGF_STAGES - 1);  // into chunk q-1's stage
+        cp_async_commit();
+      }
+      if constexpr (p + 1 < NP) {
+        wg3_load_part<NW, p + 1>(stage(q).w, stage(q).s, wrow, t, R, nxt);
+      } else if (q + 1 < G) {
         cp_async_wait<WGF_STAGES - 2>();  // this thread's chunk q+1
         __syncwarp();
-        wg3_load_half<0>(stage(q + 1).w, stage(q + 1).s, wrow, t, R, a0);
+        wg3_load_part<NW, 0>(stage(q + 1).w, stage(q + 1).s, wrow, t, R, nxt);
+      }
+    };
+    for (i64 q = 0; q < G; q++) {
+      part(IntC<0>{}, q);
+      part(IntC<1>{}, q);
+      if constexpr (NP == 4) {
+        part(IntC<2>{}, q);
+        part(IntC<3>{}, q);
       }
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -706,7 +735,7 @@ moe_gemm_wg3(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
     for (int b = 0; b < 2 * WGF_STAGES; b++) mbar_init(bars + 8 * b, b < WGF_STAGES ? 1 : nrows / 16);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-#define WG3_RUN(nt) wg3_run<nt>(args, wgf_smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
+#define WG3_RUN(nt) wg3_run<nt, (nt > 128 ? 1 : 2)>(args, wgf_smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
   if (nvalid <= 16) WG3_RUN(16);
   else if (nvalid <= 32) WG3_RUN(32);
   else if (nvalid <= 48) WG3_RUN(48);
@@ -716,7 +745,7 @@ moe_gemm_wg3(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   else if (nvalid <= 112) WG3_RUN(112);
   else if (nvalid <= 128) WG3_RUN(128);
   else if (nvalid <= 144) WG3_RUN(144);
-  else WG3_RUN(160);
+  else WG3_RUN(152);
 #undef WG3_RUN
 #else
   __trap();
