@@ -52,7 +52,7 @@ const (
 	// two (16 tokens) when the batch routes more than 6 rows per local expert on average, or
 	// four (32 tokens) above 12.
 	GEMMDecode
-	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 128 weight rows by up to 160 tokens per block,
+	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 256 weight rows by up to 152 tokens per block,
 	// the E8M0 block scales folded exactly into the FP16 weights relative to a per-row
 	// reference exponent. Layers whose weight rows span more than 24 binades of nonzero block
 	// scales, or hold a NaN scale, cannot be folded exactly and run GEMMTiled instead, also

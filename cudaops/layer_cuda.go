@@ -32,13 +32,13 @@ const (
 	wgfRows      = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
 	wgfTokens    = 152 // WGF_TOK (MOE_WG_TOK): the most tokens of its tiles
 	wgfStages    = 4   // WGF_STAGES: the depth of both wgmma kernels' shared-memory rings
-	// WG3_ROWS, WG3_THREADS, WG3_SMEM: the folding kernel (moe_gemm_wg3, the wgmma path's main
-	// kernel): 192 weight rows a block, 384 threads; a ring of 160 FP16 token rows of a chunk
-	// (256 bytes each), 192·64 weight bytes and 192 scale words per stage, then a FULL and an
+	// WG4_ROWS, WG4_THREADS, WG4_SMEM: the folding kernel (moe_gemm_wg4, the wgmma path's main
+	// kernel): 256 weight rows a block, 512 threads; a ring of 152 FP16 token rows of a chunk
+	// (256 bytes each), 256·64 weight bytes and 256 scale words per stage, then a FULL and an
 	// EMPTY mbarrier (8 bytes each) per stage.
-	wg3Rows    = 256
-	wg3Threads = 512
-	wg3Smem    = wgfStages*(wgfTokens*256+wg3Rows*64+wg3Rows*4) + 2*wgfStages*8
+	wg4Rows    = 256
+	wg4Threads = 512
+	wg4Smem    = wgfStages*(wgfTokens*256+wg4Rows*64+wg4Rows*4) + 2*wgfStages*8
 	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
 	// scale words and 128 token scales per stage, and two FP16 token buffers.
 	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
@@ -115,7 +115,7 @@ func layoutConsts() []layoutConst {
 		{"WGF_PSMEM", wgfPSmem}, {"DEC_WARPS", decWarps}, {"DEC_SMEM", decSmem}, {"DEC1_SMEM", dec1Smem},
 		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem}, {"ORDER_TRIGGER", orderTrigger},
 		{"DEC32_SMEM", dec32Smem},
-		{"WG3_ROWS", wg3Rows}, {"WG3_THREADS", wg3Threads}, {"WG3_SMEM", wg3Smem},
+		{"WG4_ROWS", wg4Rows}, {"WG4_THREADS", wg4Threads}, {"WG4_SMEM", wg4Smem},
 	}
 }
 
@@ -411,7 +411,7 @@ func (l *Layer) bounds(p int) (rows, tiles int) {
 	return rows, rows / segmentRows
 }
 
-// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/160) <= p/160 + min(p, E).
+// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/152) <= p/152 + min(p, E).
 func (l *Layer) wgfTiles(p int) int { return p/wgfTokens + min(p, l.E) }
 
 // begin binds the device to the calling goroutine's thread and grows the workspace to hold m
@@ -809,7 +809,7 @@ type gemmLaunch struct {
 
 // gemmMain returns the main kernel's launch for an n-row GEMM of the given kernel over p routed
 // pairs in tiles tiles: the streaming GEMM's (decKernel, split and wide as decSplits picks
-// them), the wgmma path's moe_gemm_wg3 (after its tile and staging kernels, which launchAll sizes
+// them), the wgmma path's moe_gemm_wg4 (after its tile and staging kernels, which launchAll sizes
 // from this grid), or the tiled moe_gemm. launchAll launches it, Layer.Plan reports it.
 func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide bool) gemmLaunch {
 	switch kernel {
@@ -817,7 +817,7 @@ func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide b
 		fn, smem, gx := l.decKernel(n, split, p, wide)
 		return gemmLaunch{fn, dim3{gx, tiles, 1}, dim3{32 * decWarps, 1, 1}, smem}
 	case GEMMWgmma:
-		return gemmLaunch{l.dev.fn.gemmWg3, dim3{int((n + wg3Rows - 1) / wg3Rows), l.wgfTiles(p), 1}, dim3{wg3Threads, 1, 1}, wg3Smem}
+		return gemmLaunch{l.dev.fn.gemmWg4, dim3{int((n + wg4Rows - 1) / wg4Rows), l.wgfTiles(p), 1}, dim3{wg4Threads, 1, 1}, wg4Smem}
 	}
 	return gemmLaunch{l.dev.fn.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0}
 }

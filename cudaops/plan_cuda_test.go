@@ -42,8 +42,8 @@ func TestPlan(t *testing.T) {
 				}
 			}
 		case GEMMWgmma:
-			if want := (2*s.I + wg3Rows - 1) / wg3Rows * l.wgfTiles(p); plans[0].Kernel != "moe_gemm_wg3" || plans[0].Blocks != want {
-				t.Errorf("M=%d GEMM1: plan %v, want moe_gemm_wg3 with %d blocks", m, plans[0], want)
+			if want := (2*s.I + wg4Rows - 1) / wg4Rows * l.wgfTiles(p); plans[0].Kernel != "moe_gemm_wg4" || plans[0].Blocks != want {
+				t.Errorf("M=%d GEMM1: plan %v, want moe_gemm_wg4 with %d blocks", m, plans[0], want)
 			}
 		}
 		for g, pl := range plans {

@@ -6,7 +6,7 @@
 # embedded kernels unless FP4MOE_FATBIN is set. SM (default 4096) and SKIP (default 4: launches
 # of the kernel skipped before the sampled one, e.g. 9 for GEMM2 of the decode kernel) pick the
 # sampled launch.
-#   bash tools/devprof.sh [KERNEL]    # KERNEL: the kernel to sample, moe_gemm_wg3 by default
+#   bash tools/devprof.sh [KERNEL]    # KERNEL: the kernel to sample, moe_gemm_wg4 by default
 #   SM=1 SKIP=8 bash tools/devprof.sh moe_gemm_dec   # GEMM1 of GPT-OSS M = 1
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -19,14 +19,14 @@ for m in 1 4096; do
 	timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 40 --launch-count 16 --csv \
 		$F bench --shapes gptoss120b --m $m --routing uniform --min-time 1ms > "$OUT/ncu_times_m$m.csv" 2>&1
 done
-timeout 240 ncu --clock-control none --kernel-name "${1:-moe_gemm_wg3}" --launch-skip "${SKIP:-4}" --launch-count 1 \
+timeout 240 ncu --clock-control none --kernel-name "${1:-moe_gemm_wg4}" --launch-skip "${SKIP:-4}" --launch-count 1 \
 	--section SourceCounters --section WarpStateStats --section SchedulerStats --page source --print-source sass --csv \
 	$F bench --shapes gptoss120b --m "${SM:-4096}" --routing uniform --min-time 1ms > "$OUT/ncu_src.csv" 2>&1
 gzip -f "$OUT/ncu_src.csv"
 # Throughputs of that kernel against the device's peaks (speed of light, memory workload: L2 and
 # DRAM bytes, tensor pipe), to tell whether it is bound by L2 (the staged tokens are read by
 # every block of a tile) or by issue.
-timeout 120 ncu --clock-control none --kernel-name "${1:-moe_gemm_wg3}" --launch-skip "${SKIP:-4}" --launch-count 1 \
+timeout 120 ncu --clock-control none --kernel-name "${1:-moe_gemm_wg4}" --launch-skip "${SKIP:-4}" --launch-count 1 \
 	--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
 	$F bench --shapes gptoss120b --m "${SM:-4096}" --routing uniform --min-time 1ms > "$OUT/ncu_sol.txt" 2>&1
 cat "$OUT/stages.txt"

@@ -14,16 +14,16 @@
 // so the fold is always exact here. 2^(R-127) multiplies the result in the epilogue. The
 // activation scales, one per token per 128 columns, take one of two paths (below).
 //
-// A block: 192 weight rows (three warpgroups of 64, the MMA's M; 128 rows, two warpgroups, in the
-// promoting kernel) × one tile of up to 160 tokens of an expert (N; the route kernel splits an
+// A block: 256 weight rows (four warpgroups of 64, the MMA's M; 128 rows, two warpgroups, in the
+// promoting kernel) × one tile of up to 152 tokens of an expert (N; the route kernel splits an
 // expert's rows into equal tiles that start at multiples of 8 rows, and the instruction width is
-// picked per tile, a multiple of 16 up to 160).
+// picked per tile: a multiple of 16 up to 144, or 152).
 //
 // Two paths, chosen per tile by moe_wg_tiles. Folded (every token's activation scales are finite
 // powers of two within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the
 // scales are folded into FP16 tokens relative to that largest exponent, exactly. moe_wg_stage
 // writes those FP16 tokens once per GEMM, already in the MMA's core-matrix layout, so the GEMM
-// (moe_gemm_wg3) copies them into shared memory without touching them in registers; one float32
+// (moe_gemm_wg4) copies them into shared memory without touching them in registers; one float32
 // accumulator runs over all of K, the next chunk's MMAs queue behind the current ones, and the
 // epilogue applies 2^(R-127) · the token's largest scale. Promoting (any other scales,
 // moe_gemm_wgp): each chunk's 8 k16 MMAs sum into a fresh float32 partial, which is multiplied
@@ -46,8 +46,8 @@
 #define WGF_PTOK 128   // most tokens per pass of the promoting kernel
 #define WGF_STAGES 4   // ring depth, in 128-element chunks (a power of two)
 #define WGF_XROW 144   // promoting kernel: token row bytes in the ring, padded for conflict-free reads
-#define WG3_ROWS 256     // weight rows per block of the folding kernel (moe_gemm_wg3): four warpgroups
-#define WG3_THREADS 512  // its block
+#define WG4_ROWS 256     // weight rows per block of the folding kernel (moe_gemm_wg4): four warpgroups
+#define WG4_THREADS 512  // its block
 #define WGF_SPAN 23    // the largest exponent distance the weight fold keeps exact
 
 // Promoting kernel: ring slots, then two FP16 B buffers.
@@ -146,8 +146,7 @@ __device__ __forceinline__ void wgf_mma(float (&d)[NT / 2], const uint32_t (&a)[
   else if constexpr (NT == 112) wgmma_f16_n112(d, a, desc, acc);
   else if constexpr (NT == 128) wgmma_f16_n128(d, a, desc, acc);
   else if constexpr (NT == 144) wgmma_f16_n144(d, a, desc, acc);
-  else if constexpr (NT == 152) wgmma_f16_n152(d, a, desc, acc);
-  else wgmma_f16_n160(d, a, desc, acc);
+  else wgmma_f16_n152(d, a, desc, acc);
 }
 
 #endif
@@ -385,7 +384,7 @@ __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, unsigne
 // null, out (rows, N) float32.
 // moe_gemm_wgp computes the tiles that moe_wg_tiles listed in plist (*nplist of them; the
 // tiles whose activation scales do not fold), block (x, y) taking list entries y, y + grid.y,
-// ...: grid = (N / 128, any), block = 256, WGF_PSMEM bytes of dynamic shared memory. moe_gemm_wg3
+// ...: grid = (N / 128, any), block = 256, WGF_PSMEM bytes of dynamic shared memory. moe_gemm_wg4
 // (below) computes the others: two kernels rather than two branches of one, so that each gets
 // its own register allocation, and a compact list so that the promoting kernel costs little
 // when no tile needs it.
@@ -455,7 +454,7 @@ extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int*
   }
 }
 
-// Stages chunk q = blockIdx.y of every folding tile's tokens for moe_gemm_wg3: X (rows, 128·G)
+// Stages chunk q = blockIdx.y of every folding tile's tokens for moe_gemm_wg4: X (rows, 128·G)
 // FP8 in fp16_slot order, Xs (rows, G), flags and trow from moe_wg_tiles -> xb, FP16 times
 // 2^(exponent - trow), chunk q of row r at xb + q·cstride + (r/8)·2048 + c·128 + (r%8)·16 for its
 // 16 8-value pieces c (8-row core matrices of the MMA's K-major layout; every tile starts at a
@@ -495,30 +494,32 @@ extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* _
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// The folding kernel (moe_gemm_wg3), for the tiles whose flag is set: moe_wg_stage already wrote
+// The folding kernel (moe_gemm_wg4), for the tiles whose flag is set: moe_wg_stage already wrote
 // the tile's tokens as FP16 in the MMA's core-matrix layout, contiguous per chunk, so a stage's
 // tokens are one bulk copy, not a conversion. No block barrier after the start: the MMAs of
 // chunk q wait for its tokens on the stage's FULL mbarrier, each warp releases a stage on its
 // EMPTY mbarrier once its warpgroup's MMAs of that chunk are done, and the weights and scales a
-// thread converts are its own (and its quad's) cp.async copies. 192 weight rows a block (three
-// warpgroups of 64, three warps a scheduler; a token tile read from L2 once per 192 rows) at the
-// 168 registers a thread that 384 threads leave: the A fragments are converted and issued in
-// half chunks (4 k16 steps, two buffers of 16 registers). The last row block of a GEMM whose N
-// is not a multiple of 192 holds 64 or 128 rows; its other warpgroups only take part in the
-// block barriers.
-#define WG3_TROW (WG3_ROWS + 4)  // the epilogue tile's row stride in floats (conflict-free writes)
-struct Wg3Stage {
+// thread converts are its own (and its quad's) cp.async copies. 256 weight rows a block (four
+// warpgroups of 64, four warps a scheduler; a token tile read from L2 once per 256 rows) at the
+// 128 registers a thread that 512 threads leave: the A fragments are converted and issued in
+// half chunks (4 k16 steps, two buffers of 16 registers) for tiles of up to 128 tokens, in
+// quarter chunks (2 steps, two buffers of 8) for wider ones, whose accumulators take 72 or 76
+// registers. Four ring stages of 152 tokens fit the shared memory (four of 160 would not). The
+// last row block of a GEMM whose N is not a multiple of 256 holds 64, 128 or 192 rows; its other
+// warpgroups only take part in the block barriers.
+#define WG4_TROW (WG4_ROWS + 4)  // the epilogue tile's row stride in floats (conflict-free writes)
+struct Wg4Stage {
   u8 b[WGF_TOK * 256];   // the tokens' FP16 values of the chunk, 8-row groups of 16 core matrices
-  u8 w[WG3_ROWS * 64];   // the rows' packed E2M1 codes of the chunk
-  uint32_t s[WG3_ROWS];  // the rows' 4 E8M0 exponents of the chunk
+  u8 w[WG4_ROWS * 64];   // the rows' packed E2M1 codes of the chunk
+  uint32_t s[WG4_ROWS];  // the rows' 4 E8M0 exponents of the chunk
 };
-#define WG3_SMEM (WGF_STAGES * (int)sizeof(Wg3Stage) + 2 * WGF_STAGES * 8)
+#define WG4_SMEM (WGF_STAGES * (int)sizeof(Wg4Stage) + 2 * WGF_STAGES * 8)
 
 // The A fragments of part P of a chunk of NW words (NW = 2: half a chunk, k16 steps 4P .. 4P+3;
 // NW = 1: a quarter, steps 2P, 2P+1): words NW·P .. NW·P+NW-1 of the thread's 16 bytes of rows g
 // and g+8, each word two k16 steps, as wgf_convert_a does for a whole chunk.
 template <int NW, int P>
-__device__ __forceinline__ void wg3_load_part(const u8* w, const uint32_t* s, int wrow, int t, const int (&R)[2],
+__device__ __forceinline__ void wg4_load_part(const u8* w, const uint32_t* s, int wrow, int t, const int (&R)[2],
                                               uint32_t (&a)[2 * NW][4]) {
   uint32_t wg[NW], wh[NW];
   if constexpr (NW == 2) {
@@ -543,7 +544,7 @@ __device__ __forceinline__ void wg3_load_part(const u8* w, const uint32_t* s, in
   }
 }
 template <int S>
-__device__ __forceinline__ void wg3_keep(uint32_t (&a)[S][4]) {
+__device__ __forceinline__ void wg4_keep(uint32_t (&a)[S][4]) {
 #pragma unroll
   for (int j = 0; j < S; j++)
 #pragma unroll
@@ -551,16 +552,16 @@ __device__ __forceinline__ void wg3_keep(uint32_t (&a)[S][4]) {
 }
 
 // The epilogue through shared memory: once every warpgroup's MMAs are done with the ring, the
-// active warpgroups write their accumulators into a token-major tile there (rows of WG3_TROW
-// floats, padded so that a warp's writes hit 32 banks), then thread i stores rows 4(i mod 48)
-// .. 4(i mod 48)+3 of tokens i/48, i/48 + 8, ... (one 16-byte read, scale and bias, one 16-byte
-// store; 8 tokens a pass, each a contiguous row of up to 768 bytes). Each value is
+// active warpgroups write their accumulators into a token-major tile there (rows of WG4_TROW
+// floats, padded so that a warp's writes hit 32 banks), then thread i stores rows 4(i mod 64)
+// .. 4(i mod 64)+3 of tokens i/64, i/64 + 8, ... (one 16-byte read, scale and bias, one 16-byte
+// store; 8 tokens a pass, each a contiguous row of up to 1024 bytes). Each value is
 // acc · 2^(R - 127 + x) plus the bias, R the row's fold reference and x the token's largest
 // exponent less 127 (tref), the power of two built from its bits where it is a normal float
 // (one rounding of the exact product, as ldexpf), ldexpf otherwise, chosen per value. A rolled
-// loop without per-value branches on the token count. nrows: the block's rows (64, 128 or 192).
+// loop without per-value branches on the token count. nrows: the block's rows (64, 128, 192 or 256).
 template <int NT>
-__device__ __forceinline__ void wg3_store(const WgfArgs& A, u8* smem, int row0, int nvalid, int nrows, bool active, int wrow, int t,
+__device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, int nvalid, int nrows, bool active, int wrow, int t,
                                           const float (&acc)[NT / 2], const int* tref) {
   float* tile = reinterpret_cast<float*>(smem);
   __syncthreads();  // every warpgroup's MMAs are done reading the ring
@@ -569,21 +570,21 @@ __device__ __forceinline__ void wg3_store(const WgfArgs& A, u8* smem, int row0, 
     for (int i = 0; i < NT / 8; i++)
 #pragma unroll
       for (int c = 0; c < 2; c++) {
-        tile[(8 * i + 2 * t + c) * WG3_TROW + wrow] = acc[4 * i + c];
-        tile[(8 * i + 2 * t + c) * WG3_TROW + wrow + 8] = acc[4 * i + 2 + c];
+        tile[(8 * i + 2 * t + c) * WG4_TROW + wrow] = acc[4 * i + c];
+        tile[(8 * i + 2 * t + c) * WG4_TROW + wrow + 8] = acc[4 * i + 2 + c];
       }
   }
   __syncthreads();
-  const int c4 = threadIdx.x % (WG3_ROWS / 4);
+  const int c4 = threadIdx.x % (WG4_ROWS / 4);
   if (4 * c4 >= nrows) return;
   const uint32_t r4 = *reinterpret_cast<const uint32_t*>(A.ref + A.wrow0 + 4 * c4);
   const int R[4] = {(int)(r4 & 0xff), (int)((r4 >> 8) & 0xff), (int)((r4 >> 16) & 0xff), (int)(r4 >> 24)};
   const float4 b = A.bias ? *reinterpret_cast<const float4*>(A.bias + A.wrow0 + 4 * c4) : make_float4(0.f, 0.f, 0.f, 0.f);
   const float bb[4] = {b.x, b.y, b.z, b.w};
   float* o = A.out + (i64)row0 * A.N + (A.wrow0 - (i64)A.e * A.N) + 4 * c4;
-  for (int tok = threadIdx.x / (WG3_ROWS / 4); tok < nvalid; tok += WG3_THREADS / (WG3_ROWS / 4)) {
+  for (int tok = threadIdx.x / (WG4_ROWS / 4); tok < nvalid; tok += WG4_THREADS / (WG4_ROWS / 4)) {
     const int v = tref[tok] - 127;
-    const float4 a = *reinterpret_cast<const float4*>(&tile[tok * WG3_TROW + 4 * c4]);
+    const float4 a = *reinterpret_cast<const float4*>(&tile[tok * WG4_TROW + 4 * c4]);
     const float av[4] = {a.x, a.y, a.z, a.w};
     float r[4];
 #pragma unroll
@@ -597,20 +598,21 @@ __device__ __forceinline__ void wg3_store(const WgfArgs& A, u8* smem, int row0, 
 
 // One block's tile: the ring (tokens by thread 0's bulk copies two chunks
 // ahead on the FULL barriers, each thread's own weight and scale copies three chunks ahead, an
-// EMPTY arrival per active warp), the MMAs in half chunks. Per chunk q: half 0 (wait for the
-// tokens; its MMAs; wait for half 1 of chunk q-1, so that chunk q-1's stage is released and this
-// thread's copies of chunk q+3 go into it; half 1's fragments), half 1 (its MMAs; wait for half
-// 0; chunk q+1's copies landed; its half 0's fragments).
+// EMPTY arrival per active warp), the MMAs in parts of NW words (NW = 2: halves, 1: quarters).
+// Per chunk q, part 0: wait for the tokens; its MMAs; wait for the last part of chunk q-1, so
+// that chunk q-1's stage is released and this thread's copies of chunk q+3 go into it; part 1's
+// fragments. Each later part: its MMAs; wait for the part before; the next part's fragments (after
+// the last, once chunk q+1's copies landed, part 0 of chunk q+1).
 template <int V>
 struct IntC {
   static constexpr int value = V;
 };
 
 template <int NT, int NW>
-__device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xbase, i64 cstride, int row0, int nvalid, int nrows,
+__device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xbase, i64 cstride, int row0, int nvalid, int nrows,
                                         const int (&R)[2], int* tref, const int* trow) {
   constexpr int NA = NT / 2;
-  constexpr uint32_t SSZ = sizeof(Wg3Stage);
+  constexpr uint32_t SSZ = sizeof(Wg4Stage);
   const int tid = threadIdx.x, t = tid & 3, lane = tid & 31;
   const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + (lane >> 2);
   const bool active = (tid / 128) * 64 < nrows;
@@ -618,11 +620,11 @@ __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xb
   const u8* wp = weight_row(A.W, A.wrow0 + wrow, A.G) + 16 * t;
   const u8* sp = scale_row(A.Ws, A.wrow0 + wrow + 8 * (t & 1), A.G);
   const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(smem), full = s0 + WGF_STAGES * SSZ, empty = full + 8 * WGF_STAGES;
-  const uint32_t wdst = s0 + (uint32_t)offsetof(Wg3Stage, w) + wrow * 64 + 16 * t;
-  const uint32_t sdst = s0 + (uint32_t)offsetof(Wg3Stage, s) + (wrow + 8 * t) * 4;
+  const uint32_t wdst = s0 + (uint32_t)offsetof(Wg4Stage, w) + wrow * 64 + 16 * t;
+  const uint32_t sdst = s0 + (uint32_t)offsetof(Wg4Stage, s) + (wrow + 8 * t) * 4;
   const uint64_t bdesc = wgf_desc(smem, 128, 2048);
   const i64 G = A.G;
-  auto stage = [&](i64 q) -> const Wg3Stage& { return reinterpret_cast<const Wg3Stage*>(smem)[q & (WGF_STAGES - 1)]; };
+  auto stage = [&](i64 q) -> const Wg4Stage& { return reinterpret_cast<const Wg4Stage*>(smem)[q & (WGF_STAGES - 1)]; };
   auto tokens = [&](i64 q) {
     const uint32_t st = (uint32_t)(q & (WGF_STAGES - 1));
     if (q >= WGF_STAGES) mbar_wait(empty + 8 * st, (unsigned)((q / WGF_STAGES - 1) & 1));
@@ -653,12 +655,12 @@ __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xb
   }
   // While the first copies are in flight: the tile's token exponents into tref, and one block
   // barrier that publishes them and the mbarriers' initialisation.
-  for (int i = tid; i < nvalid; i += WG3_THREADS) tref[i] = trow[row0 + i];
+  for (int i = tid; i < nvalid; i += WG4_THREADS) tref[i] = trow[row0 + i];
   __syncthreads();
   if (active) {
     cp_async_wait<WGF_STAGES - 2>();
     __syncwarp();
-    wg3_load_part<NW, 0>(stage(0).w, stage(0).s, wrow, t, R, a0);
+    wg4_load_part<NW, 0>(stage(0).w, stage(0).s, wrow, t, R, a0);
     auto mma = [&](const uint32_t(&a)[S][4], i64 q, int p) {
       const uint64_t d0 = bdesc + ((uint32_t)(q & (WGF_STAGES - 1)) * SSZ >> 4) + 16 * S * p;
       wgf_keep(acc);
@@ -677,7 +679,7 @@ __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xb
       if (p == 0) mbar_wait(full + 8 * (uint32_t)(q & (WGF_STAGES - 1)), (unsigned)((q / WGF_STAGES) & 1));
       mma(cur, q, p);
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // the part before is done: nxt is free
-      wg3_keep(nxt);
+      wg4_keep(nxt);
       if (p == 0) {  // chunk q-1's MMAs are done: its stage is free
         if (q >= 1 && lane == 0) mbar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
         if (tid == 0 && q + 2 < G) tokens(q + 2);
@@ -685,11 +687,11 @@ __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xb
         cp_async_commit();
       }
       if constexpr (p + 1 < NP) {
-        wg3_load_part<NW, p + 1>(stage(q).w, stage(q).s, wrow, t, R, nxt);
+        wg4_load_part<NW, p + 1>(stage(q).w, stage(q).s, wrow, t, R, nxt);
       } else if (q + 1 < G) {
         cp_async_wait<WGF_STAGES - 2>();  // this thread's chunk q+1
         __syncwarp();
-        wg3_load_part<NW, 0>(stage(q + 1).w, stage(q + 1).s, wrow, t, R, nxt);
+        wg4_load_part<NW, 0>(stage(q + 1).w, stage(q + 1).s, wrow, t, R, nxt);
       }
     };
     for (i64 q = 0; q < G; q++) {
@@ -702,19 +704,19 @@ __device__ __forceinline__ void wg3_run(const WgfArgs& A, u8* smem, const u8* xb
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wgf_keep(acc);
-    wg3_keep(a0);
-    wg3_keep(a1);
+    wg4_keep(a0);
+    wg4_keep(a1);
     cp_async_wait<0>();
   }
-  wg3_store<NT>(A, smem, row0, nvalid, nrows, active, wrow, t, acc, tref);
+  wg4_store<NT>(A, smem, row0, nvalid, nrows, active, wrow, t, acc, tref);
 }
 #endif
 
 // The folding kernel: the tokens from xb (moe_wg_stage's staging, chunk stride cstride bytes),
-// trow from moe_wg_tiles, the rest as moe_gemm_wgp; grid = (ceil(N / 192), tile bound),
-// block = WG3_THREADS, dynamic shared memory WG3_SMEM.
-extern "C" __global__ void __launch_bounds__(WG3_THREADS, 1)
-moe_gemm_wg3(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
+// trow from moe_wg_tiles, the rest as moe_gemm_wgp; grid = (ceil(N / 256), tile bound),
+// block = WG4_THREADS, dynamic shared memory WG4_SMEM.
+extern "C" __global__ void __launch_bounds__(WG4_THREADS, 1)
+moe_gemm_wg4(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
              i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
              const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
   pdl_begin();
@@ -725,28 +727,28 @@ moe_gemm_wg3(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   const int e = tiles[3 * by], row0 = tiles[3 * by + 1], nvalid = tiles[3 * by + 2];
   if (by >= count || !fl) return;
   const int tid = threadIdx.x;
-  const int nrows = (int)min((i64)WG3_ROWS, N - (i64)blockIdx.x * WG3_ROWS);
-  const WgfArgs args{W, Ws, ref, nullptr, nullptr, bias, out, N, Kd, Kd / MOE_GROUP, (i64)e * N + (i64)blockIdx.x * WG3_ROWS, e};
+  const int nrows = (int)min((i64)WG4_ROWS, N - (i64)blockIdx.x * WG4_ROWS);
+  const WgfArgs args{W, Ws, ref, nullptr, nullptr, bias, out, N, Kd, Kd / MOE_GROUP, (i64)e * N + (i64)blockIdx.x * WG4_ROWS, e};
   const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
   int R[2] = {0, 0};
   if (wrow < nrows) R[0] = ref[args.wrow0 + wrow], R[1] = ref[args.wrow0 + wrow + 8];
   if (tid == 0) {  // FULL: thread 0's arrival; EMPTY: one per warp of the active warpgroups.
-    const uint32_t bars = (uint32_t)__cvta_generic_to_shared(wgf_smem + WGF_STAGES * sizeof(Wg3Stage));
+    const uint32_t bars = (uint32_t)__cvta_generic_to_shared(wgf_smem + WGF_STAGES * sizeof(Wg4Stage));
     for (int b = 0; b < 2 * WGF_STAGES; b++) mbar_init(bars + 8 * b, b < WGF_STAGES ? 1 : nrows / 16);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-#define WG3_RUN(nt) wg3_run<nt, (nt > 128 ? 1 : 2)>(args, wgf_smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
-  if (nvalid <= 16) WG3_RUN(16);
-  else if (nvalid <= 32) WG3_RUN(32);
-  else if (nvalid <= 48) WG3_RUN(48);
-  else if (nvalid <= 64) WG3_RUN(64);
-  else if (nvalid <= 80) WG3_RUN(80);
-  else if (nvalid <= 96) WG3_RUN(96);
-  else if (nvalid <= 112) WG3_RUN(112);
-  else if (nvalid <= 128) WG3_RUN(128);
-  else if (nvalid <= 144) WG3_RUN(144);
-  else WG3_RUN(152);
-#undef WG3_RUN
+#define WG4_RUN(nt) wg4_run<nt, (nt > 128 ? 1 : 2)>(args, wgf_smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
+  if (nvalid <= 16) WG4_RUN(16);
+  else if (nvalid <= 32) WG4_RUN(32);
+  else if (nvalid <= 48) WG4_RUN(48);
+  else if (nvalid <= 64) WG4_RUN(64);
+  else if (nvalid <= 80) WG4_RUN(80);
+  else if (nvalid <= 96) WG4_RUN(96);
+  else if (nvalid <= 112) WG4_RUN(112);
+  else if (nvalid <= 128) WG4_RUN(128);
+  else if (nvalid <= 144) WG4_RUN(144);
+  else WG4_RUN(152);
+#undef WG4_RUN
 #else
   __trap();
 #endif
