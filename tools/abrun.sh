@@ -16,6 +16,9 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 AB=${AB:-.devicework/ab} # the staged variants (tools/abstage.sh; AB there too)
 G=$PWD/.devicework/golden
+# Without the golden cases TestConformance fails (and abrun skips that variant's bench): stop
+# before spending the call.
+ls "$G"/*.safetensors > /dev/null 2>&1 || { echo "no golden cases in $G: carry .devicework/golden (cp -r ../shared/golden .devicework/golden)"; exit 1; }
 mkdir -p "$OUT"
 echo "card: $(nvidia-smi --query-gpu=name --format=csv,noheader)"
 for n in "$@"; do

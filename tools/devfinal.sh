@@ -11,6 +11,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 t0=$(date +%s)
 budget=${BUDGET:-560}
+ls .devicework/golden/*.safetensors > /dev/null 2>&1 || { echo "no golden cases in .devicework/golden: carry it (cp -r ../shared/golden .devicework/golden)"; exit 1; }
 mkdir -p "$OUT"
 # The kernels first, and their fatbin and manifest straight into $OUT, so that they come back
 # even if the tests run out of time (devrun.sh reuses $OUT/k).
