@@ -118,21 +118,25 @@ __device__ __forceinline__ uint32_t wgf_mult(int s, int R) {
   return h | (h << 16);
 }
 
+// The A fragments of the two k16 steps of one word of the thread's bytes of rows g (wg) and
+// g+8 (wh): the first step nibble pairs (0, 4) and (1, 5), the second (2, 6) and (3, 7).
+__device__ __forceinline__ void wgf_convert_word(uint32_t wg, uint32_t wh, uint32_t mg, uint32_t mh, uint32_t (&a0)[4],
+                                                 uint32_t (&a1)[4]) {
+  a0[0] = wgf_hmul2(e2m1_pair_f16<0>(wg), mg);
+  a0[1] = wgf_hmul2(e2m1_pair_f16<0>(wh), mh);
+  a0[2] = wgf_hmul2(e2m1_pair_f16<1>(wg), mg);
+  a0[3] = wgf_hmul2(e2m1_pair_f16<1>(wh), mh);
+  a1[0] = wgf_hmul2(e2m1_pair_f16<2>(wg), mg);
+  a1[1] = wgf_hmul2(e2m1_pair_f16<2>(wh), mh);
+  a1[2] = wgf_hmul2(e2m1_pair_f16<3>(wg), mg);
+  a1[3] = wgf_hmul2(e2m1_pair_f16<3>(wh), mh);
+}
 // The A fragments of a chunk's 8 k16 steps from the thread's 16 bytes of rows g and g+8:
-// step j takes word j/2, nibble pairs (2(j%2), +4) and (2(j%2)+1, +4).
+// step j takes word j/2 (wgf_convert_word).
 __device__ __forceinline__ void wgf_convert_a(const uint4& pg, const uint4& ph, uint32_t mg, uint32_t mh, uint32_t (&a)[8][4]) {
   const uint32_t wg[4] = {pg.x, pg.y, pg.z, pg.w}, wh[4] = {ph.x, ph.y, ph.z, ph.w};
 #pragma unroll
-  for (int w = 0; w < 4; w++) {
-    a[2 * w][0] = wgf_hmul2(e2m1_pair_f16<0>(wg[w]), mg);
-    a[2 * w][1] = wgf_hmul2(e2m1_pair_f16<0>(wh[w]), mh);
-    a[2 * w][2] = wgf_hmul2(e2m1_pair_f16<1>(wg[w]), mg);
-    a[2 * w][3] = wgf_hmul2(e2m1_pair_f16<1>(wh[w]), mh);
-    a[2 * w + 1][0] = wgf_hmul2(e2m1_pair_f16<2>(wg[w]), mg);
-    a[2 * w + 1][1] = wgf_hmul2(e2m1_pair_f16<2>(wh[w]), mh);
-    a[2 * w + 1][2] = wgf_hmul2(e2m1_pair_f16<3>(wg[w]), mg);
-    a[2 * w + 1][3] = wgf_hmul2(e2m1_pair_f16<3>(wh[w]), mh);
-  }
+  for (int w = 0; w < 4; w++) wgf_convert_word(wg[w], wh[w], mg, mh, a[2 * w], a[2 * w + 1]);
 }
 
 template <int NT>
@@ -167,9 +171,10 @@ __device__ __forceinline__ void wgf_keep(float (&v)[N]) {
 #pragma unroll
   for (int i = 0; i < N; i++) asm volatile("" : "+f"(v[i])::"memory");
 }
-__device__ __forceinline__ void wgf_keep(uint32_t (&a)[8][4]) {
+template <int S>
+__device__ __forceinline__ void wgf_keep(uint32_t (&a)[S][4]) {
 #pragma unroll
-  for (int j = 0; j < 8; j++)
+  for (int j = 0; j < S; j++)
 #pragma unroll
     for (int k = 0; k < 4; k++) asm volatile("" : "+r"(a[j][k])::"memory");
 }
@@ -532,23 +537,7 @@ __device__ __forceinline__ void wg4_load_part(const u8* w, const uint32_t* s, in
   }
   const uint32_t mg = wgf_mult((s[wrow] >> (8 * t)) & 0xff, R[0]), mh = wgf_mult((s[wrow + 8] >> (8 * t)) & 0xff, R[1]);
 #pragma unroll
-  for (int w2 = 0; w2 < NW; w2++) {
-    a[2 * w2][0] = wgf_hmul2(e2m1_pair_f16<0>(wg[w2]), mg);
-    a[2 * w2][1] = wgf_hmul2(e2m1_pair_f16<0>(wh[w2]), mh);
-    a[2 * w2][2] = wgf_hmul2(e2m1_pair_f16<1>(wg[w2]), mg);
-    a[2 * w2][3] = wgf_hmul2(e2m1_pair_f16<1>(wh[w2]), mh);
-    a[2 * w2 + 1][0] = wgf_hmul2(e2m1_pair_f16<2>(wg[w2]), mg);
-    a[2 * w2 + 1][1] = wgf_hmul2(e2m1_pair_f16<2>(wh[w2]), mh);
-    a[2 * w2 + 1][2] = wgf_hmul2(e2m1_pair_f16<3>(wg[w2]), mg);
-    a[2 * w2 + 1][3] = wgf_hmul2(e2m1_pair_f16<3>(wh[w2]), mh);
-  }
-}
-template <int S>
-__device__ __forceinline__ void wg4_keep(uint32_t (&a)[S][4]) {
-#pragma unroll
-  for (int j = 0; j < S; j++)
-#pragma unroll
-    for (int k = 0; k < 4; k++) asm volatile("" : "+r"(a[j][k])::"memory");
+  for (int w2 = 0; w2 < NW; w2++) wgf_convert_word(wg[w2], wh[w2], mg, mh, a[2 * w2], a[2 * w2 + 1]);
 }
 
 // The epilogue through shared memory: once every warpgroup's MMAs are done with the ring, the
@@ -679,7 +668,7 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
       if (p == 0) mbar_wait(full + 8 * (uint32_t)(q & (WGF_STAGES - 1)), (unsigned)((q / WGF_STAGES) & 1));
       mma(cur, q, p);
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // the part before is done: nxt is free
-      wg4_keep(nxt);
+      wgf_keep(nxt);
       if (p == 0) {  // chunk q-1's MMAs are done: its stage is free
         if (q >= 1 && lane == 0) mbar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
         if (tid == 0 && q + 2 < G) tokens(q + 2);
@@ -704,8 +693,8 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wgf_keep(acc);
-    wg4_keep(a0);
-    wg4_keep(a1);
+    wgf_keep(a0);
+    wgf_keep(a1);
     cp_async_wait<0>();
   }
   wg4_store<NT>(A, smem, row0, nvalid, nrows, active, wrow, t, acc, tref);
