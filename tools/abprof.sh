@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On the GPU machine, after tools/abstage.sh (carry its AB directory): ncu of one kernel for each
+# staged variant, side by side: its throughputs (speed of light, memory workload: L2 hits, DRAM,
+# warp states) and its source-level warp-state samples for tools/ncu_stalls.py. Builds a
+# variant's fatbin from its kernel sources unless an abrun.sh earlier in the same call did.
+# KERNEL (default moe_gemm_wg4), SHAPE (default gptoss120b), M (default 4096), SKIP (default 4:
+# launches of the kernel skipped before the sampled one; the wgmma GEMMs run twice a forward, so
+# 4 samples GEMM1 and 5 GEMM2). Output: $OUT/sol-NAME.txt, $OUT/src-NAME.csv.gz.
+#   KERNEL=moe_act_quant SHAPE=qwen3-30b-a3b M=1024 AB=.devicework/abx bash tools/abprof.sh main x
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+AB=${AB:-.devicework/ab}
+K=${KERNEL:-moe_gemm_wg4}
+mkdir -p "$OUT"
+for n in "$@"; do
+	if [ ! -f /tmp/ab/$n/moe.fatbin ]; then
+		mkdir -p /tmp/ab/$n/bin && tar xJf $AB/$n/bin.txz -C /tmp/ab/$n/bin
+		(cd $AB/$n/kernels && bash build.sh /tmp/ab/$n > /dev/null 2>&1) || { echo "build $n failed"; continue; }
+	fi
+	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
+	run=(/tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPE:-gptoss120b}" --m "${M:-4096}" --routing uniform --min-time 1ms)
+	timeout 150 ncu --clock-control none --kernel-name "$K" --launch-skip "${SKIP:-4}" --launch-count 1 \
+		--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats --section Occupancy \
+		"${run[@]}" > "$OUT/sol-$n.txt" 2>&1
+	timeout 200 ncu --clock-control none --kernel-name "$K" --launch-skip "${SKIP:-4}" --launch-count 1 \
+		--section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
+		"${run[@]}" > "$OUT/src-$n.csv" 2>&1
+	gzip -f "$OUT/src-$n.csv"
+	echo "== $n ($K, ${SHAPE:-gptoss120b} M=${M:-4096})"
+	grep -E "Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Registers Per Thread|Achieved Occupancy|Warp Cycles Per Issued" "$OUT/sol-$n.txt"
+done
