@@ -5,7 +5,9 @@
 # variant's fatbin from its kernel sources unless an abrun.sh earlier in the same call did.
 # KERNEL (default moe_gemm_wg4), SHAPE (default gptoss120b), M (default 4096), SKIP (default 4:
 # launches of the kernel skipped before the sampled one; the wgmma GEMMs run twice a forward, so
-# 4 samples GEMM1 and 5 GEMM2). Output: $OUT/sol-NAME.txt, $OUT/src-NAME.csv.gz.
+# 4 samples GEMM1 and 5 GEMM2). Output: $OUT/sol-NAME.txt, $OUT/src-NAME.csv.gz. TIMES=1 also
+# lists every kernel's device time over 16 launches of a forward ($OUT/times-NAME.csv), so that
+# the stages' kernels (routing, scatter, gather, staging, activation, reduce) show one by one.
 #   KERNEL=moe_act_quant SHAPE=qwen3-30b-a3b M=1024 AB=.devicework/abx bash tools/abprof.sh main x
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -26,6 +28,12 @@ for n in "$@"; do
 		--section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
 		"${run[@]}" > "$OUT/src-$n.csv" 2>&1
 	gzip -f "$OUT/src-$n.csv"
+	if [ "${TIMES:-0}" = 1 ]; then
+		timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 40 --launch-count 16 --csv \
+			"${run[@]}" > "$OUT/times-$n.csv" 2>&1
+		echo "== $n kernel times (µs... as ncu reports them)"
+		grep -E '"gpu__time_duration.sum"' "$OUT/times-$n.csv" | awk -F'","' '{print $5, $NF}' | tr -d '"' | cut -c1-90
+	fi
 	echo "== $n ($K, ${SHAPE:-gptoss120b} M=${M:-4096})"
 	grep -E "Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Registers Per Thread|Achieved Occupancy|Warp Cycles Per Issued" "$OUT/sol-$n.txt"
 done
