@@ -31,7 +31,7 @@ for n in "$@"; do
 	if [ "${TIMES:-0}" = 1 ]; then
 		timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 40 --launch-count 16 --csv \
 			"${run[@]}" > "$OUT/times-$n.csv" 2>&1
-		echo "== $n kernel times (µs... as ncu reports them)"
+		echo "== $n kernel times (in the unit ncu gives)"
 		grep -E '"gpu__time_duration.sum"' "$OUT/times-$n.csv" | awk -F'","' '{print $5, $NF}' | tr -d '"' | cut -c1-90
 	fi
 	echo "== $n ($K, ${SHAPE:-gptoss120b} M=${M:-4096})"
