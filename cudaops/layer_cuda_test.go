@@ -181,7 +181,10 @@ func TestLargeBatch(t *testing.T) {
 		}
 		c := conformance.Generate(s)
 		want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
-		inv := hostInvPerm(&c.Batch, c.Config.ExpertMap, s.E)
+		// The host's routing: native.Permutation with the device layout's segment alignment.
+		var perm native.Permutation
+		perm.Permute(c.Batch.TopKIDs, s.M, s.TopK, &c.Config, s.E, segmentRows)
+		inv := perm.InvPerm
 		for _, k := range []GEMMKernel{GEMMDecode, GEMMWgmma, GEMMTiled} {
 			l := kernelLayer(t, &c.Weights, c.Config, k)
 			got := forward(t, l, &c.Batch, s.K)
@@ -210,41 +213,6 @@ func TestLargeBatch(t *testing.T) {
 			sameBits(t, "second run against the first", again, got)
 		}
 	}
-}
-
-// hostInvPerm is the routing's inv_perm for a batch: each pair's row in the layout of expert
-// segments aligned to MOE_BM rows, the pairs of an expert in pair order, -1 for a pair without a
-// local expert.
-func hostInvPerm(b *moe.Batch, expertMap []int32, E int) []int32 {
-	local := func(i int) int {
-		id := int(b.TopKIDs[i])
-		if id < 0 {
-			return -1
-		}
-		if expertMap != nil {
-			return int(expertMap[id])
-		}
-		return id
-	}
-	P := len(b.TopKIDs)
-	off := make([]int32, E+1)
-	for i := range P {
-		if e := local(i); e >= 0 {
-			off[e+1]++
-		}
-	}
-	for e := range E {
-		off[e+1] = off[e] + (off[e+1]+segmentRows-1)/segmentRows*segmentRows
-	}
-	inv := make([]int32, P)
-	for i := range P {
-		inv[i] = -1
-		if e := local(i); e >= 0 {
-			inv[i] = off[e]
-			off[e]++
-		}
-	}
-	return inv
 }
 
 // TestWgmmaScaleSpread gives one token a group scale 2^-20 times its others: the tokens' scales
