@@ -146,6 +146,21 @@ __device__ __forceinline__ i64 weight_blk(i64 b) { return (b >> 2) * 1024 + (b &
 __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 }
+// A compile-time int as a value (to pass offsets and part numbers to generic lambdas).
+template <int V>
+struct Ic {
+  static constexpr int value = V;
+};
+
+// f(Ic<0>{}), f(Ic<1>{}), ..., f(Ic<N - 1>{}), in that order, unrolled at compile time.
+template <int N, int I = 0, class F>
+__device__ __forceinline__ void static_for(F&& f) {
+  if constexpr (I < N) {
+    f(Ic<I>{});
+    static_for<N, I + 1>(f);
+  }
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }

@@ -171,21 +171,6 @@ using DecStage = DecStageT<1>;
 // The split kernel with 64 weight rows a warp: its partial sums live in the rings.
 #define DECW_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStageT<1, 4>) + DEC_WSC(4))
 
-// A compile-time int as a value (to pass group offsets to generic lambdas).
-template <int V>
-struct Ic {
-  static constexpr int value = V;
-};
-
-// f(Ic<0>{}), f(Ic<1>{}), ..., f(Ic<N - 1>{}), in that order, unrolled at compile time.
-template <int N, int I = 0, class F>
-__device__ __forceinline__ void static_for(F&& f) {
-  if constexpr (I < N) {
-    f(Ic<I>{});
-    static_for<N, I + 1>(f);
-  }
-}
-
 // Scale byte b of a word of four E8M0 scales as a float.
 template <bool EXACT>
 __device__ __forceinline__ float dec_scale(uint32_t word, int b) {

@@ -520,12 +520,19 @@ struct Wg4Stage {
 };
 #define WG4_SMEM (WGF_STAGES * (int)sizeof(Wg4Stage) + 2 * WGF_STAGES * 8)
 
+// The fold multipliers (wgf_mult) of rows g and g+8 for the thread's 32-column block t of a
+// chunk, from the chunk's E8M0 exponents s: the same for every part of the chunk, so computed once
+// a chunk.
+__device__ __forceinline__ void wg4_mults(const uint32_t* s, int wrow, int t, const int (&R)[2], uint32_t& mg, uint32_t& mh) {
+  mg = wgf_mult((s[wrow] >> (8 * t)) & 0xff, R[0]);
+  mh = wgf_mult((s[wrow + 8] >> (8 * t)) & 0xff, R[1]);
+}
 // The A fragments of part P of a chunk of NW words (NW = 2: half a chunk, k16 steps 4P .. 4P+3;
 // NW = 1: a quarter, steps 2P, 2P+1): words NW·P .. NW·P+NW-1 of the thread's 16 bytes of rows g
-// and g+8, each word two k16 steps, as wgf_convert_a does for a whole chunk.
+// and g+8, each word two k16 steps, as wgf_convert_a does for a whole chunk; mg, mh: the chunk's
+// multipliers (wg4_mults).
 template <int NW, int P>
-__device__ __forceinline__ void wg4_load_part(const u8* w, const uint32_t* s, int wrow, int t, const int (&R)[2],
-                                              uint32_t (&a)[2 * NW][4]) {
+__device__ __forceinline__ void wg4_load_part(const u8* w, int wrow, int t, uint32_t mg, uint32_t mh, uint32_t (&a)[2 * NW][4]) {
   uint32_t wg[NW], wh[NW];
   if constexpr (NW == 2) {
     const uint2 pg = *reinterpret_cast<const uint2*>(&w[wrow * 64 + 16 * t + 8 * P]);
@@ -535,7 +542,6 @@ __device__ __forceinline__ void wg4_load_part(const u8* w, const uint32_t* s, in
     wg[0] = *reinterpret_cast<const uint32_t*>(&w[wrow * 64 + 16 * t + 4 * P]);
     wh[0] = *reinterpret_cast<const uint32_t*>(&w[(wrow + 8) * 64 + 16 * t + 4 * P]);
   }
-  const uint32_t mg = wgf_mult((s[wrow] >> (8 * t)) & 0xff, R[0]), mh = wgf_mult((s[wrow + 8] >> (8 * t)) & 0xff, R[1]);
 #pragma unroll
   for (int w2 = 0; w2 < NW; w2++) wgf_convert_word(wg[w2], wh[w2], mg, mh, a[2 * w2], a[2 * w2 + 1]);
 }
@@ -592,11 +598,6 @@ __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, 
 // that chunk q-1's stage is released and this thread's copies of chunk q+3 go into it; part 1's
 // fragments. Each later part: its MMAs; wait for the part before; the next part's fragments (after
 // the last, once chunk q+1's copies landed, part 0 of chunk q+1).
-template <int V>
-struct IntC {
-  static constexpr int value = V;
-};
-
 template <int NT, int NW>
 __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xbase, i64 cstride, int row0, int nvalid, int nrows,
                                         const int (&R)[2], int* tref, const int* trow) {
@@ -612,15 +613,15 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
   const uint32_t wdst = s0 + (uint32_t)offsetof(Wg4Stage, w) + wrow * 64 + 16 * t;
   const uint32_t sdst = s0 + (uint32_t)offsetof(Wg4Stage, s) + (wrow + 8 * t) * 4;
   const uint64_t bdesc = wgf_desc(smem, 128, 2048);
-  const i64 G = A.G;
-  auto stage = [&](i64 q) -> const Wg4Stage& { return reinterpret_cast<const Wg4Stage*>(smem)[q & (WGF_STAGES - 1)]; };
-  auto tokens = [&](i64 q) {
+  const int G = (int)A.G;  // a 32-bit chunk counter (a 64-bit one costs extended compares a chunk)
+  auto stage = [&](int q) -> const Wg4Stage& { return reinterpret_cast<const Wg4Stage*>(smem)[q & (WGF_STAGES - 1)]; };
+  auto tokens = [&](int q) {
     const uint32_t st = (uint32_t)(q & (WGF_STAGES - 1));
     if (q >= WGF_STAGES) mbar_wait(empty + 8 * st, (unsigned)((q / WGF_STAGES - 1) & 1));
     mbar_expect(full + 8 * st, NT * 256);
     bulk_copy(s0 + st * SSZ, tsrc + q * cstride, NT * 256, full + 8 * st);
   };
-  auto issue = [&](i64 q) {
+  auto issue = [&](int q) {
     const uint32_t o = (uint32_t)(q & (WGF_STAGES - 1)) * SSZ;
     cp_async16_s(wdst + o, wp + q * 1024);
     cp_async16_s(wdst + o + 8 * 64, wp + 512 + q * 1024);
@@ -649,8 +650,10 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
   if (active) {
     cp_async_wait<WGF_STAGES - 2>();
     __syncwarp();
-    wg4_load_part<NW, 0>(stage(0).w, stage(0).s, wrow, t, R, a0);
-    auto mma = [&](const uint32_t(&a)[S][4], i64 q, int p) {
+    uint32_t mg, mh;  // the current chunk's multipliers
+    wg4_mults(stage(0).s, wrow, t, R, mg, mh);
+    wg4_load_part<NW, 0>(stage(0).w, wrow, t, mg, mh, a0);
+    auto mma = [&](const uint32_t(&a)[S][4], int q, int p) {
       const uint64_t d0 = bdesc + ((uint32_t)(q & (WGF_STAGES - 1)) * SSZ >> 4) + 16 * S * p;
       wgf_keep(acc);
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -661,7 +664,7 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
     };
     // Part p of chunk q: its MMAs from one register set while the other, free once the part
     // before is done, takes the next part's fragments.
-    auto part = [&](auto pc, i64 q) {
+    auto part = [&](auto pc, int q) {
       constexpr int p = decltype(pc)::value;
       uint32_t(&cur)[S][4] = (p & 1) ? a1 : a0;
       uint32_t(&nxt)[S][4] = (p & 1) ? a0 : a1;
@@ -676,21 +679,15 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
         cp_async_commit();
       }
       if constexpr (p + 1 < NP) {
-        wg4_load_part<NW, p + 1>(stage(q).w, stage(q).s, wrow, t, R, nxt);
+        wg4_load_part<NW, p + 1>(stage(q).w, wrow, t, mg, mh, nxt);
       } else if (q + 1 < G) {
         cp_async_wait<WGF_STAGES - 2>();  // this thread's chunk q+1
         __syncwarp();
-        wg4_load_part<NW, 0>(stage(q + 1).w, stage(q + 1).s, wrow, t, R, nxt);
+        wg4_mults(stage(q + 1).s, wrow, t, R, mg, mh);
+        wg4_load_part<NW, 0>(stage(q + 1).w, wrow, t, mg, mh, nxt);
       }
     };
-    for (i64 q = 0; q < G; q++) {
-      part(IntC<0>{}, q);
-      part(IntC<1>{}, q);
-      if constexpr (NP == 4) {
-        part(IntC<2>{}, q);
-        part(IntC<3>{}, q);
-      }
-    }
+    for (int q = 0; q < G; q++) static_for<NP>([&](auto pc) { part(pc, q); });
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wgf_keep(acc);
     wgf_keep(a0);
