@@ -705,9 +705,12 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		if kernel == GEMMDecode {
 			grid = P
 		}
+		// The wgmma path's gather writes only the scales: GEMM1's staging reads the tokens
+		// unpermuted (moe_wg_stage with row_pair), and moe_permute_np the rows of the tiles that
+		// do not fold.
 		if err := launch(permute, dim3{grid, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
 			u(a1q), u(a1s), u(ws.rowPair), u(ws.invPerm), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm),
-			flag(kernel == GEMMDecode)); err != nil {
+			flag(kernel == GEMMDecode || kernel == GEMMWgmma)); err != nil {
 			return fmt.Errorf("cudaops: permute: %w", err)
 		}
 	}
@@ -721,7 +724,8 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// The streaming GEMMs' splits (decSplit, once each), and whether their split kernels have 64
 	// or 32 weight rows a warp (splitWide).
 	split1, split2, wide1, wide2 := l.decSplits(tiles)
-	gemm := func(w, sc, ref, x, xs, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide bool) error {
+	// gsrc: GEMM1's tokens unpermuted (a1q), which the wgmma path stages straight from; 0 for GEMM2.
+	gemm := func(w, sc, ref, x, xs, gsrc, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide bool) error {
 		gl := l.gemmMain(kernel, n, split, P, tiles, wide)
 		switch kernel {
 		case GEMMDecode:
@@ -739,9 +743,21 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 				u(xs), u(ws.wtileList), u(ws.nwtiles), i(kd/128), u(ws.wflags), u(ws.wtrow), u(ws.wplist), u(ws.nwplist)); err != nil {
 				return err
 			}
+			src, rowPair := x, cu.DevicePtr(0)
+			if gsrc != 0 {
+				src, rowPair = gsrc, ws.rowPair
+			}
 			if err := launch(f.wgStage, dim3{grid.y, int(kd / 128), 1}, dim3{256, 1, 1}, 0, l.stream,
-				u(x), u(xs), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), i(kd/128), u(ws.xb), i(ws.xbStride)); err != nil {
+				u(src), u(xs), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), i(kd/128), u(ws.xb), i(ws.xbStride),
+				u(rowPair), i(topk)); err != nil {
 				return err
+			}
+			if gsrc != 0 {
+				// The permuted rows of the tiles that do not fold, for moe_gemm_wgp (none: idle blocks).
+				if err := launch(f.permuteNP, dim3{min(grid.y, 2*l.dev.SMs), 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+					u(gsrc), u(ws.rowPair), u(ws.wtileList), u(ws.wplist), u(ws.nwplist), i(kd), i(topk), u(x)); err != nil {
+					return err
+				}
 			}
 			if err := launch(gl.fn, grid, gl.block, gl.smem, l.stream,
 				u(w), u(sc), u(ref), u(ws.xb), i(ws.xbStride), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), u(bias), u(out), i(n), i(kd)); err != nil {
@@ -763,7 +779,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if fused && P <= segmentRows && !l.noPredict {
 		early1 = 2
 	}
-	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, l.b13, ws.h, 2*I, K, split1, early1, wide1); err != nil {
+	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, a1q, l.b13, ws.h, 2*I, K, split1, early1, wide1); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -786,7 +802,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, l.b2, ws.z, K, I, split2, early2, wide2); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, 0, l.b2, ws.z, K, I, split2, early2, wide2); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {

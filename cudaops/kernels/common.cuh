@@ -310,3 +310,12 @@ __device__ __forceinline__ float quant_group(const float (&v)[4], i64 fmt, uint3
 // of a chunk goes to index (piece · 8 + slot) = (4w + rr) · 8 + 2b + c. The permute and
 // activation kernels write FP8 rows in this order (each computes the inverse mapping inline),
 // so that 16 bytes expand to FP16 as one 16-byte row of a core matrix.
+// 8 bytes of a chunk in fp16_slot order: for each 32-column block b, bytes rr and rr + 4 of the
+// block's words 2w and 2w + 1 (x[b]), which hold columns 8w + rr and 8w + rr + 4; piece 2j + h of
+// the chunk is the half with w = j/2, rr = 2(j%2) + h.
+__device__ __forceinline__ uint2 fp16_slot_half(const uint2 (&x)[4], int rr) {
+  uint32_t v[4];
+#pragma unroll
+  for (int b = 0; b < 4; b++) v[b] = __byte_perm(x[b].x, x[b].y, rr | ((rr + 4) << 4)) & 0xffffu;
+  return make_uint2(v[0] | (v[1] << 16), v[2] | (v[3] << 16));
+}

@@ -459,8 +459,24 @@ extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int*
   }
 }
 
+// Piece kc (16 bytes, halves 2kc and 2kc + 1: fp16_slot_half) of a 128-column chunk in fp16_slot
+// order, from the chunk in column order in shared memory (its 16-byte pieces at piece ^ sw, as
+// moe_wg_stage stores them): words 2w, 2w + 1 of block b (w = kc/2) are one 8-byte read.
+__device__ __forceinline__ uint4 wg_slot_piece(const u8* row, int sw, int kc) {
+  uint2 x[4];
+#pragma unroll
+  for (int b = 0; b < 4; b++) {
+    const int o = 8 * b + 2 * (kc >> 1);  // word o, inside piece o / 4
+    x[b] = *reinterpret_cast<const uint2*>(row + 16 * ((o >> 2) ^ sw) + 4 * (o & 3));
+  }
+  const uint2 lo = fp16_slot_half(x, 2 * (kc & 1)), hi = fp16_slot_half(x, 2 * (kc & 1) + 1);
+  return make_uint4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // Stages chunk q = blockIdx.y of every folding tile's tokens for moe_gemm_wg4: X (rows, 128·G)
-// FP8 in fp16_slot order, Xs (rows, G), flags and trow from moe_wg_tiles -> xb, FP16 times
+// FP8 in fp16_slot order (or, with row_pair, the unpermuted tokens (M, 128·G) in column order: row
+// r's token is row_pair[r] / topk, and the chunk is put in fp16_slot order here, so that GEMM1
+// needs no permuted copy of its tokens), Xs (rows, G), flags and trow from moe_wg_tiles -> xb, FP16 times
 // 2^(exponent - trow), chunk q of row r at xb + q·cstride + (r/8)·2048 + c·128 + (r%8)·16 for its
 // 16 8-value pieces c (8-row core matrices of the MMA's K-major layout; every tile starts at a
 // multiple of 8 rows). The rows pass through shared memory, so that both the reads (128 bytes
@@ -468,7 +484,7 @@ extern "C" __global__ void moe_wg_tiles(const float* __restrict__ Xs, const int*
 // grid = (tile bound, G), block = 256.
 extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* __restrict__ Xs, const int* __restrict__ tiles,
                                         const int* __restrict__ ntiles, const int* __restrict__ flags, const int* __restrict__ trow,
-                                        i64 G, u8* __restrict__ xb, i64 cstride) {
+                                        i64 G, u8* __restrict__ xb, i64 cstride, const int* __restrict__ row_pair, i64 topk) {
   pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __shared__ __align__(16) u8 xs_[WGF_TOK * 128];
@@ -477,10 +493,12 @@ extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* _
   const int tid = threadIdx.x;
   const i64 Kd = G * MOE_GROUP;
   // Piece kc of row r at piece kc ^ (r % 8) of its shared row: conflict-free reads below.
+  // With row_pair (GEMM1): the row's token, row_pair[row] / topk, from the unpermuted X.
   for (int it = tid; it < nvalid * 8; it += 256) {
     const int r = it >> 3, kc = it & 7;
+    const i64 src = row_pair ? (i64)__ldg(row_pair + row0 + r) / topk : (i64)(row0 + r);
     *reinterpret_cast<uint4*>(&xs_[r * 128 + 16 * (kc ^ (r & 7))]) =
-        *reinterpret_cast<const uint4*>(X + (i64)(row0 + r) * Kd + (i64)q * MOE_GROUP + 16 * kc);
+        *reinterpret_cast<const uint4*>(X + src * Kd + (i64)q * MOE_GROUP + 16 * kc);
   }
   __syncthreads();
   u8* out = xb + q * cstride + (i64)(row0 >> 3) * 2048;
@@ -488,7 +506,7 @@ extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* _
   for (int it = tid; it < ng * 64; it += 256) {  // (8-row group, piece kc, row in group)
     const int i = it & 7, kc = (it >> 3) & 7, gr = it >> 6, r = gr * 8 + i;
     if (r >= nvalid) continue;
-    const uint4 v = *reinterpret_cast<const uint4*>(&xs_[r * 128 + 16 * (kc ^ i)]);
+    const uint4 v = row_pair ? wg_slot_piece(xs_ + r * 128, i, kc) : *reinterpret_cast<const uint4*>(&xs_[r * 128 + 16 * (kc ^ i)]);
     const int f = max((int)((__float_as_uint(Xs[(i64)(row0 + r) * G + q]) >> 23) & 0xff) - trow[row0 + r] + 15, 0);
     const uint32_t h = f ? (uint32_t)f << 10 : 0x0200u;
     wgf_expand<true>(v, h | (h << 16), out + gr * 2048 + 2 * kc * 128 + i * 16);

@@ -73,15 +73,16 @@ __device__ __forceinline__ void gather_row(const u8* __restrict__ a1q, const flo
 }
 
 // The token of permuted row r (blockIdx.x), or -1 for a row past offsets[E] or a padding row,
-// whose K FP8 bytes and K/128 scales this block then zeroes.
+// whose K/128 scales and (with values) K FP8 bytes this block then zeroes.
 __device__ __forceinline__ i64 permute_token(const int* __restrict__ row_pair, const int* __restrict__ offsets, i64 E, i64 K,
-                                             i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+                                             i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, bool values = true) {
   const i64 r = blockIdx.x;
   if (r >= offsets[E]) return -1;
   const int pair = row_pair[r];
   if (pair >= 0) return pair / topk;
   uint4* dst = reinterpret_cast<uint4*>(a1q_perm + r * K);
-  for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = make_uint4(0, 0, 0, 0);
+  if (values)
+    for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = make_uint4(0, 0, 0, 0);
   const i64 G = K / MOE_GROUP;
   for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = 0.f;
   return -1;
@@ -411,32 +412,51 @@ extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* 
   if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, false);
 }
 
-// moe_permute with the bytes of each 128-column chunk of a row reordered for the wgmma GEMM's
-// token expansion: 16-byte piece p = 2j + h of chunk q holds, for each of the chunk's four
-// 32-column blocks b, bytes rr of the block's words 2w and 2w + 1 (columns 8w + rr and
-// 8w + rr + 4), w = j/2, rr = 2(j%2) + h. grid.x = the largest possible M_sum, block = 128. Its
-// parameters are moe_permute's (one launch serves both); inv_perm and dec are not used.
+// Token t's FP8 row as row r of a1q_perm with the bytes of each 128-column chunk reordered for
+// the wgmma GEMM's token expansion (fp16_slot_half, common.cuh). Threads lane0, lane0 + step, ...
+// of the caller take its 8-byte pieces.
+__device__ __forceinline__ void permute_wg_row(const u8* __restrict__ a1q, i64 t, i64 r, i64 K, u8* __restrict__ a1q_perm,
+                                               int lane0, int step) {
+  const uint2* src = reinterpret_cast<const uint2*>(a1q + t * K);  // word pairs
+  uint2* dst = reinterpret_cast<uint2*>(a1q_perm + r * K);
+  for (i64 p = lane0; p < K / 8; p += step) {
+    const i64 q = p >> 4;
+    const int pj = (int)(p & 15), j = pj >> 1, h = pj & 1, w = j >> 1;
+    uint2 x[4];
+#pragma unroll
+    for (int b = 0; b < 4; b++) x[b] = __ldg(src + q * 16 + b * 4 + w);  // words 2w, 2w + 1 of block b
+    dst[p] = fp16_slot_half(x, 2 * (j & 1) + h);
+  }
+}
+
+// moe_permute for the wgmma GEMM: every real row's scales and, unless scales_only (the dec
+// argument: GEMM1's tiles that fold take their tokens unpermuted, moe_wg_stage, and
+// moe_permute_np writes the rows of the others), its FP8 row in fp16_slot order
+// (permute_wg_row); padding rows zeroed likewise. grid.x = the largest possible M_sum, block =
+// 128. Its parameters are moe_permute's (one launch serves both); inv_perm is not used.
 extern "C" __global__ void moe_permute_wg(const u8* __restrict__ a1q, const float* __restrict__ a1s,
                                           const int* __restrict__ row_pair, const int* __restrict__ inv_perm,
                                           const int* __restrict__ offsets, i64 E, i64 K, i64 topk,
-                                          u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, i64 dec) {
+                                          u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, i64 scales_only) {
   pdl_begin();
-  const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm);
+  const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm, !scales_only);
   if (t < 0) return;
   const i64 r = blockIdx.x;
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(a1q + t * K);
-  uint2* dst = reinterpret_cast<uint2*>(a1q_perm + r * K);
-  for (i64 p = threadIdx.x; p < K / 8; p += blockDim.x) {
-    const i64 q = p >> 4;
-    const int pj = (int)(p & 15), j = pj >> 1, h = pj & 1, w = j >> 1, rr = 2 * (j & 1) + h;
-    uint32_t v[4];
-#pragma unroll
-    for (int b = 0; b < 4; b++) {
-      const i64 o = q * 32 + b * 8 + 2 * w;  // word 2w of block b
-      v[b] = __byte_perm(__ldg(src + o), __ldg(src + o + 1), rr | ((rr + 4) << 4)) & 0xffffu;
-    }
-    dst[p] = make_uint2(v[0] | (v[1] << 16), v[2] | (v[3] << 16));
-  }
+  if (!scales_only) permute_wg_row(a1q, t, r, K, a1q_perm, threadIdx.x, blockDim.x);
   const i64 G = K / MOE_GROUP;
   for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = a1s[t * G + g];
+}
+
+// The FP8 rows (fp16_slot order, permute_wg_row) of the tiles that do not fold, moe_wg_tiles'
+// plist (*nplist of them), for moe_gemm_wgp, when moe_permute_wg wrote only the scales: tile
+// plist[i] to block i mod gridDim.x, its rows to the block's warps in turn. grid = any, block = 128.
+extern "C" __global__ void moe_permute_np(const u8* __restrict__ a1q, const int* __restrict__ row_pair,
+                                          const int* __restrict__ tiles, const int* __restrict__ plist,
+                                          const int* __restrict__ nplist, i64 K, i64 topk, u8* __restrict__ a1q_perm) {
+  pdl_begin();
+  const int n = *nplist, warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  for (int i = blockIdx.x; i < n; i += gridDim.x) {
+    const int tile = plist[i], row0 = tiles[3 * tile + 1], nvalid = tiles[3 * tile + 2];
+    for (int r = warp; r < nvalid; r += nw) permute_wg_row(a1q, (i64)row_pair[row0 + r] / topk, row0 + r, K, a1q_perm, lane, 32);
+  }
 }
