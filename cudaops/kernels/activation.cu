@@ -44,10 +44,8 @@ __device__ __forceinline__ uint32_t wg_reorder(uint32_t q, int lane) {
 // per lane and group, both groups' loads issued before either is computed: grid = (P, ceil(I/128
 // / 8)), block = 128 (the block's four warps take groups 8·blockIdx.y + warp and 8·blockIdx.y +
 // warp + 4 of pair blockIdx.x's row, inv_perm[pair]; padding rows get no block). Two memory round
-// trips before the values: the row and its expert (for the bias), then its values. At most 40
-// registers (twelve blocks an SM, 48 warps, against nine at the 52 it would take): a memory-bound
-// kernel whose loads are in flight only while its warps are.
-extern "C" __global__ void __launch_bounds__(128, 12) moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
+// trips before the values: the row and its expert (for the bias), then its values.
+extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
                                          const int* __restrict__ inv_perm, const float* __restrict__ bias,
                                          u8* __restrict__ a2q, float* __restrict__ a2s, i64 P, i64 I,
                                          i64 act, i64 clamp, double limit, double alpha, double beta, i64 fmt, i64 order) {
