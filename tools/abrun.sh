@@ -54,22 +54,43 @@ for n in "$@"; do
 	fi | tee -a "$OUT/summary.txt"
 done
 # REPS=2 benches every variant a second time, in the reverse order (CSV ab-NAME.r2.csv), to see
-# the spread between passes (an H200's power cap moves its clock).
+# the spread between passes (an H200's power cap moves its clock). INTERLEAVE=1 takes the
+# variants in turn for each shape (a process per variant and shape, the order rotated each pass)
+# instead of each variant's whole bench in turn, so that a drift of the card's clock over the
+# call falls on every variant alike; the same CSVs.
 order="$*" rev=$(printf '%s\n' "$@" | tac | tr '\n' ' ')
-for r in $(seq 1 "${REPS:-1}"); do
-sfx= list=$order
-[ "$r" = 1 ] || sfx=.r$r
-[ $((r % 2)) = 1 ] || list=$rev
-for n in $list; do
+bench1() { # NAME SUFFIX SHAPES TAG: one bench process, its CSV ab-NAME$SUFFIX$TAG.csv
+	local n=$1 sfx=$2 tag=$4
 	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
-	case "$(cat /tmp/ab/$n/rc)" in 0 | skipped) ;; *) continue ;; esac
-	clocks_start "$OUT/clk-$n$sfx.log"
-	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPES:-gptoss120b,deepseekv3}" --m "${MS:-1,8,64,512,4096}" --routing uniform --gemm "${GEMM:-auto}" \
-		--min-time "${MIN:-100ms}" ${BENCH_ARGS:-} --csv "$OUT/ab-$n$sfx.csv" > "$OUT/bench-$n$sfx.log" 2>&1
-	rc=$?
+	clocks_start "$OUT/clk-$n$sfx$tag.log"
+	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "$3" --m "${MS:-1,8,64,512,4096}" --routing uniform --gemm "${GEMM:-auto}" \
+		--min-time "${MIN:-100ms}" ${BENCH_ARGS:-} --csv "$OUT/ab-$n$sfx$tag.csv" > "$OUT/bench-$n$sfx$tag.log" 2>&1
+	local rc=$?
 	clocks_stop
-	echo "$n$sfx bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n$sfx.log"), graph floor $(grep -o 'kernels [0-9.]* and [0-9.]* µs' "$OUT/bench-$n$sfx.log"); $(clocks_summary "$OUT/clk-$n$sfx.log")" | tee -a "$OUT/summary.txt"
-done
+	echo "$n$sfx$tag bench rc=$rc $(grep -o 'copy [0-9]* GB/s' "$OUT/bench-$n$sfx$tag.log"), graph floor $(grep -o 'kernels [0-9.]* and [0-9.]* µs' "$OUT/bench-$n$sfx$tag.log"); $(clocks_summary "$OUT/clk-$n$sfx$tag.log")" | tee -a "$OUT/summary.txt"
+}
+ok() { case "$(cat /tmp/ab/$1/rc)" in 0 | skipped) return 0 ;; esac; return 1; }
+shapes=${SHAPES:-gptoss120b,deepseekv3}
+for r in $(seq 1 "${REPS:-1}"); do
+	sfx=
+	[ "$r" = 1 ] || sfx=.r$r
+	if [ "${INTERLEAVE:-0}" = 1 ]; then
+		set -- $order
+		for k in $(seq 2 "$r"); do set -- "${@:2}" "$1"; done # the first variant differs each pass
+		for s in ${shapes//,/ }; do
+			for n in "$@"; do ok $n && bench1 $n "$sfx" $s ".$s"; done
+			set -- "${@:2}" "$1" # and each shape
+		done
+		for n in $order; do # one CSV per variant and pass, as without INTERLEAVE
+			ls "$OUT"/ab-$n$sfx.*.csv > /dev/null 2>&1 || continue
+			awk 'FNR > 1 || NR == 1' "$OUT"/ab-$n$sfx.*.csv > "$OUT/ab-$n$sfx.csv.tmp" && rm "$OUT"/ab-$n$sfx.*.csv && mv "$OUT/ab-$n$sfx.csv.tmp" "$OUT/ab-$n$sfx.csv"
+		done
+		set -- $order
+	else
+		list=$order
+		[ $((r % 2)) = 1 ] || list=$rev
+		for n in $list; do ok $n && bench1 $n "$sfx" "$shapes" ""; done
+	fi
 done
 for f in "$OUT"/ab-*.csv; do
 	n=$(basename "$f" .csv) && n=${n#ab-}
