@@ -158,9 +158,9 @@ func TestWgmma(t *testing.T) {
 }
 
 // TestLargeBatch runs batches of more than scatterPairs routed pairs, where the routing block only
-// counts the pairs and moe_route_scatter places them,
-// on every GEMM: the routing metadata against the host's, the output within the contract of the
-// float64 reference and of the native backend, and a second run against the first. (Against the
+// counts the pairs and moe_route_scatter places them, on every GEMM: the routing metadata against
+// the host's, the output within the contract of the float64 reference and of the native backend,
+// and a second run against the first. (Against the
 // native backend the output is not bitwise the same at this size: among some 10^6 activations a
 // few round to the other FP8 neighbour, a last-bit difference of the activation function moving
 // a value across a rounding boundary, which changes that token's whole output row by about one
