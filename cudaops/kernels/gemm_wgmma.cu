@@ -209,13 +209,26 @@ __device__ __forceinline__ void wgf_expand(const uint4& v, uint32_t m, u8* d) {
   *reinterpret_cast<uint4*>(d + 128) = make_uint4(o[4], o[5], o[6], o[7]);
 }
 
+// An output value of the wgmma GEMMs: a · 2^(e - 127) + b. Where the power of two is a normal
+// float (e in 1 .. 254, the usual case: the weights' reference exponents lie near 127) the scale is
+// one multiply by it built from its bits, which rounds the exact product once, as ldexpf does;
+// else ldexpf (the same value). The multiply and the bias's add stay two roundings (__fmul_rn is
+// never fused into an FMA).
+// wg_rescale_normal and wg_rescale_any are the two forms, for a caller that chooses once for
+// many values.
+__device__ __forceinline__ float wg_rescale_normal(float a, int e, float b) {
+  return __fadd_rn(__fmul_rn(a, __int_as_float(e << 23)), b);
+}
+__device__ __forceinline__ float wg_rescale_any(float a, int e, float b) { return ldexpf(a, e - 127) + b; }
+__device__ __forceinline__ float wg_rescale(float a, int e, float b) {
+  return (unsigned)(e - 1) < 254u ? wg_rescale_normal(a, e, b) : wg_rescale_any(a, e, b);
+}
+
 // The promoting kernel's epilogue: stores acc · 2^(R - 127) plus the bias for the real tokens
-// (the tokens' scales are already in acc). Thread (g, t) holds rows wrow, wrow+8 and tokens
-// 8i + 2t, 8i + 2t + 1. While both powers of two are normal floats (the usual case: the weights'
-// reference exponents lie near 127), the scale is one multiply by it, which rounds the exact
-// product once, as ldexpf does; else ldexpf. The multiply and the bias's add stay two roundings
-// (__fmul_rn is never fused into an FMA). The two output rows of a token column are walked by
-// pointers (8 columns = 8·N floats a step), so a store costs a few instructions.
+// (the tokens' scales are already in acc; wg_rescale's two forms, chosen once a thread). Thread
+// (g, t) holds rows wrow, wrow+8 and tokens 8i + 2t, 8i + 2t + 1. The two output rows of a token
+// column are walked by pointers (8 columns = 8·N floats a step), so a store costs a few
+// instructions.
 template <int NT>
 __device__ __forceinline__ void wgf_store(const WgfArgs& A, int row0, int nvalid, int wrow, int t, const int (&R)[2],
                                           const float (&acc)[NT / 2]) {
@@ -232,11 +245,11 @@ __device__ __forceinline__ void wgf_store(const WgfArgs& A, int row0, int nvalid
       if (8 * i + 2 * t + c >= nvalid) continue;
       float* o = q + c * N;
       if (fast) {
-        o[0] = __fadd_rn(__fmul_rn(acc[4 * i + c], __int_as_float(R[0] << 23)), b0);
-        o[8] = __fadd_rn(__fmul_rn(acc[4 * i + 2 + c], __int_as_float(R[1] << 23)), b1);
+        o[0] = wg_rescale_normal(acc[4 * i + c], R[0], b0);
+        o[8] = wg_rescale_normal(acc[4 * i + 2 + c], R[1], b1);
       } else {
-        o[0] = ldexpf(acc[4 * i + c], R[0] - 127) + b0;
-        o[8] = ldexpf(acc[4 * i + 2 + c], R[1] - 127) + b1;
+        o[0] = wg_rescale_any(acc[4 * i + c], R[0], b0);
+        o[8] = wg_rescale_any(acc[4 * i + 2 + c], R[1], b1);
       }
     }
   }
@@ -569,10 +582,9 @@ __device__ __forceinline__ void wg4_load_part(const u8* w, int wrow, int t, uint
 // floats, padded so that a warp's writes hit 32 banks), then thread i stores rows 4(i mod 64)
 // .. 4(i mod 64)+3 of tokens i/64, i/64 + 8, ... (one 16-byte read, scale and bias, one 16-byte
 // store; 8 tokens a pass, each a contiguous row of up to 1024 bytes). Each value is
-// acc · 2^(R - 127 + x) plus the bias, R the row's fold reference and x the token's largest
-// exponent less 127 (tref), the power of two built from its bits where it is a normal float
-// (one rounding of the exact product, as ldexpf), ldexpf otherwise, chosen per value. A rolled
-// loop without per-value branches on the token count. nrows: the block's rows (64, 128, 192 or 256).
+// acc · 2^(R - 127 + x) plus the bias (wg_rescale, chosen per value), R the row's fold reference
+// and x the token's largest exponent less 127 (tref). A rolled loop without per-value branches on
+// the token count. nrows: the block's rows (64, 128, 192 or 256).
 template <int NT>
 __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, int nvalid, int nrows, bool active, int wrow, int t,
                                           const float (&acc)[NT / 2], const int* tref) {
@@ -602,8 +614,7 @@ __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, 
     float r[4];
 #pragma unroll
     for (int k = 0; k < 4; k++) {
-      const int e = R[k] + v;
-      r[k] = (unsigned)(e - 1) < 254u ? __fadd_rn(__fmul_rn(av[k], __int_as_float(e << 23)), bb[k]) : ldexpf(av[k], e - 127) + bb[k];
+      r[k] = wg_rescale(av[k], R[k] + v, bb[k]);
     }
     *reinterpret_cast<float4*>(o + (i64)tok * A.N) = make_float4(r[0], r[1], r[2], r[3]);
   }
