@@ -650,11 +650,17 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
     mbar_expect(full + 8 * st, NT * 256);
     bulk_copy(s0 + st * SSZ, tsrc + q * cstride, NT * 256, full + 8 * st);
   };
-  auto issue = [&](int q) {
-    const uint32_t o = (uint32_t)(q & (WGF_STAGES - 1)) * SSZ;
-    cp_async16_s(wdst + o, wp + q * 1024);
-    cp_async16_s(wdst + o + 8 * 64, wp + 512 + q * 1024);
-    if (t < 2) cp_async4_s(sdst + o, sp + 64 * q);
+  // This thread's copies of the next chunk in order (chunks 0, 1, 2, ... into stages 0, 1, 2, 3,
+  // 0, ...): running source pointers and stage offset, no per-chunk products.
+  const u8* wq = wp;
+  const u8* sq = sp;
+  uint32_t oq = 0;
+  auto issue = [&]() {
+    cp_async16_s(wdst + oq, wq);
+    cp_async16_s(wdst + oq + 8 * 64, wq + 512);
+    if (t < 2) cp_async4_s(sdst + oq, sq);
+    wq += 1024, sq += 64;
+    oq = oq == (WGF_STAGES - 1) * SSZ ? 0 : oq + SSZ;
   };
   float acc[NA];
 #pragma unroll
@@ -668,7 +674,7 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
     }
 #pragma unroll
     for (int q = 0; q < WGF_STAGES - 1; q++) {
-      if (q < G) issue(q);
+      if (q < G) issue();
       cp_async_commit();
     }
   }
@@ -704,7 +710,7 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
       if (p == 0) {  // chunk q-1's MMAs are done: its stage is free
         if (q >= 1 && lane == 0) mbar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
         if (tid == 0 && q + 2 < G) tokens(q + 2);
-        if (q + WGF_STAGES - 1 < G) issue(q + WGF_STAGES - 1);  // into chunk q-1's stage
+        if (q + WGF_STAGES - 1 < G) issue();  // chunk q+3, into chunk q-1's stage
         cp_async_commit();
       }
       if constexpr (p + 1 < NP) {
