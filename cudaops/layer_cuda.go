@@ -706,8 +706,8 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			grid = P
 		}
 		// The wgmma path's gather writes only the scales: GEMM1's staging reads the tokens
-		// unpermuted (moe_wg_stage with row_pair), and moe_permute_np the rows of the tiles that
-		// do not fold.
+		// unpermuted (moe_wg_stage with row_pair), and writes the permuted rows of the tiles that
+		// do not fold itself.
 		if err := launch(permute, dim3{grid, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
 			u(a1q), u(a1s), u(ws.rowPair), u(ws.invPerm), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm),
 			flag(kernel == GEMMDecode || kernel == GEMMWgmma)); err != nil {
@@ -747,17 +747,12 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			if gsrc != 0 {
 				src, rowPair = gsrc, ws.rowPair
 			}
+			// With row_pair (GEMM1), the staging also writes the permuted rows x of the tiles
+			// that do not fold, for moe_gemm_wgp.
 			if err := launch(f.wgStage, dim3{grid.y, int(kd / 128), 1}, dim3{256, 1, 1}, 0, l.stream,
 				u(src), u(xs), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), i(kd/128), u(ws.xb), i(ws.xbStride),
-				u(rowPair), i(topk)); err != nil {
+				u(rowPair), i(topk), u(x)); err != nil {
 				return err
-			}
-			if gsrc != 0 {
-				// The permuted rows of the tiles that do not fold, for moe_gemm_wgp (none: idle blocks).
-				if err := launch(f.permuteNP, dim3{min(grid.y, 2*l.dev.SMs), 1, 1}, dim3{128, 1, 1}, 0, l.stream,
-					u(gsrc), u(ws.rowPair), u(ws.wtileList), u(ws.wplist), u(ws.nwplist), i(kd), i(topk), u(x)); err != nil {
-					return err
-				}
 			}
 			if err := launch(gl.fn, grid, gl.block, gl.smem, l.stream,
 				u(w), u(sc), u(ref), u(ws.xb), i(ws.xbStride), u(ws.wtileList), u(ws.nwtiles), u(ws.wflags), u(ws.wtrow), u(bias), u(out), i(n), i(kd)); err != nil {

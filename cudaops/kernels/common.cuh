@@ -319,3 +319,12 @@ __device__ __forceinline__ uint2 fp16_slot_half(const uint2 (&x)[4], int rr) {
   for (int b = 0; b < 4; b++) v[b] = __byte_perm(x[b].x, x[b].y, rr | ((rr + 4) << 4)) & 0xffffu;
   return make_uint2(v[0] | (v[1] << 16), v[2] | (v[3] << 16));
 }
+// Piece p (8 bytes) of an FP8 row in fp16_slot order, from the row as it is (src: its word pairs).
+__device__ __forceinline__ uint2 fp16_slot_piece(const uint2* __restrict__ src, i64 p) {
+  const i64 q = p >> 4;
+  const int pj = (int)(p & 15), j = pj >> 1, h = pj & 1, w = j >> 1;
+  uint2 x[4];
+#pragma unroll
+  for (int b = 0; b < 4; b++) x[b] = __ldg(src + q * 16 + b * 4 + w);  // words 2w, 2w + 1 of block b
+  return fp16_slot_half(x, 2 * (j & 1) + h);
+}

@@ -493,18 +493,31 @@ __device__ __forceinline__ uint4 wg_slot_piece(const u8* row, int sw, int kc) {
 // 2^(exponent - trow), chunk q of row r at xb + q·cstride + (r/8)·2048 + c·128 + (r%8)·16 for its
 // 16 8-value pieces c (8-row core matrices of the MMA's K-major layout; every tile starts at a
 // multiple of 8 rows). The rows pass through shared memory, so that both the reads (128 bytes
-// of a row) and the writes (16-byte core-matrix rows of consecutive rows) are contiguous.
-// grid = (tile bound, G), block = 256.
+// of a row) and the writes (16-byte core-matrix rows of consecutive rows) are contiguous. With
+// row_pair, the blocks of the tiles that do not fold write chunk q of their rows, permuted and in
+// fp16_slot order, to xp (rows, 128·G) for moe_gemm_wgp instead. grid = (tile bound, G), block = 256.
 extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* __restrict__ Xs, const int* __restrict__ tiles,
                                         const int* __restrict__ ntiles, const int* __restrict__ flags, const int* __restrict__ trow,
-                                        i64 G, u8* __restrict__ xb, i64 cstride, const int* __restrict__ row_pair, i64 topk) {
+                                        i64 G, u8* __restrict__ xb, i64 cstride, const int* __restrict__ row_pair, i64 topk,
+                                        u8* __restrict__ xp) {
   pdl_begin();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __shared__ __align__(16) u8 xs_[WGF_TOK * 128];
-  if ((int)blockIdx.x >= *ntiles || !flags[blockIdx.x]) return;
+  if ((int)blockIdx.x >= *ntiles) return;
   const int row0 = tiles[3 * blockIdx.x + 1], nvalid = tiles[3 * blockIdx.x + 2], q = blockIdx.y;
   const int tid = threadIdx.x;
   const i64 Kd = G * MOE_GROUP;
+  if (!flags[blockIdx.x]) {
+    // A tile that does not fold: with row_pair (GEMM1, whose gather wrote only the scales), chunk
+    // q of its rows in fp16_slot order into xp, the permuted rows moe_gemm_wgp reads.
+    if (row_pair)
+      for (int it = tid; it < nvalid * 16; it += 256) {
+        const int r = it >> 4;
+        const i64 src = (i64)__ldg(row_pair + row0 + r) / topk, p = (i64)q * 16 + (it & 15);
+        reinterpret_cast<uint2*>(xp + (i64)(row0 + r) * Kd)[p] = fp16_slot_piece(reinterpret_cast<const uint2*>(X + src * Kd), p);
+      }
+    return;
+  }
   // Piece kc of row r at piece kc ^ (r % 8) of its shared row: conflict-free reads below.
   // With row_pair (GEMM1): the row's token, row_pair[row] / topk, from the unpermuted X.
   for (int it = tid; it < nvalid * 8; it += 256) {

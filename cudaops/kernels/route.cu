@@ -419,19 +419,12 @@ __device__ __forceinline__ void permute_wg_row(const u8* __restrict__ a1q, i64 t
                                                int lane0, int step) {
   const uint2* src = reinterpret_cast<const uint2*>(a1q + t * K);  // word pairs
   uint2* dst = reinterpret_cast<uint2*>(a1q_perm + r * K);
-  for (i64 p = lane0; p < K / 8; p += step) {
-    const i64 q = p >> 4;
-    const int pj = (int)(p & 15), j = pj >> 1, h = pj & 1, w = j >> 1;
-    uint2 x[4];
-#pragma unroll
-    for (int b = 0; b < 4; b++) x[b] = __ldg(src + q * 16 + b * 4 + w);  // words 2w, 2w + 1 of block b
-    dst[p] = fp16_slot_half(x, 2 * (j & 1) + h);
-  }
+  for (i64 p = lane0; p < K / 8; p += step) dst[p] = fp16_slot_piece(src, p);
 }
 
 // moe_permute for the wgmma GEMM: every real row's scales and, unless scales_only (the dec
-// argument: GEMM1's tiles that fold take their tokens unpermuted, moe_wg_stage, and
-// moe_permute_np writes the rows of the others), its FP8 row in fp16_slot order
+// argument: GEMM1's tokens go to moe_wg_stage unpermuted, which also writes the permuted rows of
+// the tiles that do not fold), its FP8 row in fp16_slot order
 // (permute_wg_row); padding rows zeroed likewise. grid.x = the largest possible M_sum, block =
 // 128. Its parameters are moe_permute's (one launch serves both); inv_perm is not used.
 extern "C" __global__ void moe_permute_wg(const u8* __restrict__ a1q, const float* __restrict__ a1s,
@@ -447,16 +440,3 @@ extern "C" __global__ void moe_permute_wg(const u8* __restrict__ a1q, const floa
   for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = a1s[t * G + g];
 }
 
-// The FP8 rows (fp16_slot order, permute_wg_row) of the tiles that do not fold, moe_wg_tiles'
-// plist (*nplist of them), for moe_gemm_wgp, when moe_permute_wg wrote only the scales: tile
-// plist[i] to block i mod gridDim.x, its rows to the block's warps in turn. grid = any, block = 128.
-extern "C" __global__ void moe_permute_np(const u8* __restrict__ a1q, const int* __restrict__ row_pair,
-                                          const int* __restrict__ tiles, const int* __restrict__ plist,
-                                          const int* __restrict__ nplist, i64 K, i64 topk, u8* __restrict__ a1q_perm) {
-  pdl_begin();
-  const int n = *nplist, warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-  for (int i = blockIdx.x; i < n; i += gridDim.x) {
-    const int tile = plist[i], row0 = tiles[3 * tile + 1], nvalid = tiles[3 * tile + 2];
-    for (int r = warp; r < nvalid; r += nw) permute_wg_row(a1q, (i64)row_pair[row0 + r] / topk, row0 + r, K, a1q_perm, lane, 32);
-  }
-}
