@@ -29,9 +29,13 @@ const (
 	fusedPermuteBytes = 64 << 10
 	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
 	scatterPairs = 4096
-	wgfRows      = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
-	wgfTokens    = 152 // WGF_TOK (MOE_WG_TOK): the most tokens of its tiles
-	wgfStages    = 4   // WGF_STAGES: the depth of both wgmma kernels' shared-memory rings
+	// PS_THREADS: the wgmma path's gather of the scales (moe_permute_scales), whose blocks take
+	// runs of rows of about permScaleRun scales each.
+	permScaleThreads = 256
+	permScaleRun     = 1024
+	wgfRows          = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
+	wgfTokens        = 152 // WGF_TOK (MOE_WG_TOK): the most tokens of its tiles
+	wgfStages        = 4   // WGF_STAGES: the depth of both wgmma kernels' shared-memory rings
 	// WG4_ROWS, WG4_THREADS, WG4_SMEM: the folding kernel (moe_gemm_wg4, the wgmma path's main
 	// kernel): 256 weight rows a block, 512 threads; a ring of 152 FP16 token rows of a chunk
 	// (256 bytes each), 256·64 weight bytes and 256 scale words per stage, then a FULL and an
@@ -116,6 +120,7 @@ func layoutConsts() []layoutConst {
 		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem}, {"ORDER_TRIGGER", orderTrigger},
 		{"DEC32_SMEM", dec32Smem},
 		{"WG4_ROWS", wg4Rows}, {"WG4_THREADS", wg4Threads}, {"WG4_SMEM", wg4Smem},
+		{"PS_THREADS", permScaleThreads},
 	}
 }
 
@@ -694,23 +699,28 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			return fmt.Errorf("cudaops: route: %w", err)
 		}
 	}
-	permute := f.permute
-	if kernel == GEMMWgmma {
-		permute = f.permuteWG
-	}
-	if !fused {
+	switch {
+	case fused: // the routing kernel gathered the rows
+	case kernel == GEMMWgmma:
+		// The wgmma path's gather writes only the scales: GEMM1's staging reads the tokens
+		// unpermuted (moe_wg_stage with row_pair), and writes the permuted rows of the tiles that
+		// do not fold itself. A block takes a run of rows.
+		G := K / 128
+		rpb := max(1, permScaleRun/G)
+		if err := launch(f.permuteScales, dim3{blocks(int64(rows), rpb), 1, 1}, dim3{permScaleThreads, 1, 1}, 0, l.stream,
+			u(a1s), u(ws.rowPair), u(ws.offsets), i(E), i(G), i(topk), i(rpb), u(ws.a1sPerm)); err != nil {
+			return fmt.Errorf("cudaops: permute: %w", err)
+		}
+	default:
 		// The decode GEMM's gather takes one block per pair (its padding rows are never read),
 		// the others one per row of the layout.
 		grid := rows
 		if kernel == GEMMDecode {
 			grid = P
 		}
-		// The wgmma path's gather writes only the scales: GEMM1's staging reads the tokens
-		// unpermuted (moe_wg_stage with row_pair), and writes the permuted rows of the tiles that
-		// do not fold itself.
-		if err := launch(permute, dim3{grid, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
+		if err := launch(f.permute, dim3{grid, 1, 1}, dim3{128, 1, 1}, 0, l.stream,
 			u(a1q), u(a1s), u(ws.rowPair), u(ws.invPerm), u(ws.offsets), i(E), i(K), i(topk), u(ws.a1qPerm), u(ws.a1sPerm),
-			flag(kernel == GEMMDecode || kernel == GEMMWgmma)); err != nil {
+			flag(kernel == GEMMDecode)); err != nil {
 			return fmt.Errorf("cudaops: permute: %w", err)
 		}
 	}

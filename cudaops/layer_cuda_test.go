@@ -3,6 +3,7 @@
 package cudaops
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -212,6 +213,61 @@ func TestLargeBatch(t *testing.T) {
 			}
 			sameBits(t, "second run against the first", again, got)
 		}
+	}
+}
+
+// TestPermuteScales checks the wgmma path's gather of the tokens' scales (moe_permute_scales)
+// row by row after a forward: every row of the layout below offsets[E] holds the K/128 scales of
+// its pair's token, a padding row zeros. At K = 2944 a row has 23 scales, so a block's run of rows
+// (44 of them, 1012 scales) is not a multiple of the threads' stride; the batches take one block,
+// several, and the spread routing (more than scatterPairs pairs), with -1 ids and repeats.
+func TestPermuteScales(t *testing.T) {
+	for _, s := range []conformance.Spec{
+		{M: 3, K: 2944, I: 128, E: 4, TopK: 2, Seed: 31},
+		{M: 300, K: 2944, I: 128, E: 8, TopK: 4, NegIDs: 0.05, Dup: true, Seed: 32},
+		{M: 1100, K: 256, I: 128, E: 64, TopK: 8, Seed: 33},
+	} {
+		c := conformance.Generate(s)
+		l := kernelLayer(t, &c.Weights, c.Config, GEMMWgmma)
+		forward(t, l, &c.Batch, s.K)
+		P, G := s.M*s.TopK, s.K/128
+		rows, _ := l.bounds(P)
+		offsets := make([]int32, s.E+1)
+		rowPair := make([]int32, rows)
+		got := make([]float32, rows*G)
+		unbind, err := l.dev.bind()
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = errors.Join(cu.MemcpyDtoH(unsafe.Pointer(&offsets[0]), l.ws.offsets, int64(4*len(offsets))),
+			cu.MemcpyDtoH(unsafe.Pointer(&rowPair[0]), l.ws.rowPair, int64(4*rows)),
+			cu.MemcpyDtoH(unsafe.Pointer(&got[0]), l.ws.a1sPerm, int64(4*rows*G)))
+		unbind()
+		if err != nil {
+			t.Fatal(err)
+		}
+		real, pad := 0, 0
+		for r := range int(offsets[s.E]) {
+			pair := int(rowPair[r])
+			for g := range G {
+				want := float32(0)
+				if pair >= 0 {
+					want = c.Batch.A1qScale[pair/s.TopK*G+g]
+				}
+				if math.Float32bits(got[r*G+g]) != math.Float32bits(want) {
+					t.Fatalf("M=%d K=%d: row %d (pair %d) scale %d = %v, want %v", s.M, s.K, r, pair, g, got[r*G+g], want)
+				}
+			}
+			if pair >= 0 {
+				real++
+			} else {
+				pad++
+			}
+		}
+		if real == 0 || pad == 0 {
+			t.Fatalf("M=%d K=%d: %d real and %d padding rows, want both", s.M, s.K, real, pad)
+		}
+		t.Logf("M=%d K=%d: %d real and %d padding rows", s.M, s.K, real, pad)
 	}
 }
 

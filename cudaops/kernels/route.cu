@@ -73,16 +73,15 @@ __device__ __forceinline__ void gather_row(const u8* __restrict__ a1q, const flo
 }
 
 // The token of permuted row r (blockIdx.x), or -1 for a row past offsets[E] or a padding row,
-// whose K/128 scales and (with values) K FP8 bytes this block then zeroes.
+// whose K/128 scales and K FP8 bytes this block then zeroes.
 __device__ __forceinline__ i64 permute_token(const int* __restrict__ row_pair, const int* __restrict__ offsets, i64 E, i64 K,
-                                             i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, bool values = true) {
+                                             i64 topk, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
   const i64 r = blockIdx.x;
   if (r >= offsets[E]) return -1;
   const int pair = row_pair[r];
   if (pair >= 0) return pair / topk;
   uint4* dst = reinterpret_cast<uint4*>(a1q_perm + r * K);
-  if (values)
-    for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = make_uint4(0, 0, 0, 0);
+  for (i64 j = threadIdx.x; j < K / 16; j += blockDim.x) dst[j] = make_uint4(0, 0, 0, 0);
   const i64 G = K / MOE_GROUP;
   for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = 0.f;
   return -1;
@@ -412,31 +411,41 @@ extern "C" __global__ void moe_permute(const u8* __restrict__ a1q, const float* 
   if (t >= 0) gather_row(a1q, a1s, t, blockIdx.x, K, a1q_perm, a1s_perm, false);
 }
 
-// Token t's FP8 row as row r of a1q_perm with the bytes of each 128-column chunk reordered for
-// the wgmma GEMM's token expansion (fp16_slot_half, common.cuh). Threads lane0, lane0 + step, ...
-// of the caller take its 8-byte pieces.
-__device__ __forceinline__ void permute_wg_row(const u8* __restrict__ a1q, i64 t, i64 r, i64 K, u8* __restrict__ a1q_perm,
-                                               int lane0, int step) {
-  const uint2* src = reinterpret_cast<const uint2*>(a1q + t * K);  // word pairs
-  uint2* dst = reinterpret_cast<uint2*>(a1q_perm + r * K);
-  for (i64 p = lane0; p < K / 8; p += step) dst[p] = fp16_slot_piece(src, p);
-}
-
-// moe_permute for the wgmma GEMM: every real row's scales and, unless scales_only (the dec
-// argument: GEMM1's tokens go to moe_wg_stage unpermuted, which also writes the permuted rows of
-// the tiles that do not fold), its FP8 row in fp16_slot order
-// (permute_wg_row); padding rows zeroed likewise. grid.x = the largest possible M_sum, block =
-// 128. Its parameters are moe_permute's (one launch serves both); inv_perm is not used.
-extern "C" __global__ void moe_permute_wg(const u8* __restrict__ a1q, const float* __restrict__ a1s,
-                                          const int* __restrict__ row_pair, const int* __restrict__ inv_perm,
-                                          const int* __restrict__ offsets, i64 E, i64 K, i64 topk,
-                                          u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, i64 scales_only) {
+// The wgmma path's gather writes only the scales (GEMM1's staging reads the tokens unpermuted
+// through row_pair, and writes the permuted rows of the tiles that do not fold itself): row r of
+// the layout, r < offsets[E], gets token row_pair[r] / topk's G = K/128 scales, a padding row
+// (row_pair[r] < 0) zeros; rows from offsets[E] on are not written. Block b takes the rows
+// [b·rpb, (b+1)·rpb) as one run of rpb·G scales, a thread every PS_THREADS-th of them, PS_PER at
+// a time with their loads issued before their stores. (A block per row, G of its 128 threads
+// busy behind a chain of dependent loads, took 46 µs at Qwen3-30B-A3B M = 4096 for 3 MB.)
+// grid = ceil(rows / rpb), block = PS_THREADS.
+#define PS_THREADS 256
+#define PS_PER 4
+extern "C" __global__ void __launch_bounds__(PS_THREADS)
+moe_permute_scales(const float* __restrict__ a1s, const int* __restrict__ row_pair, const int* __restrict__ offsets,
+                   i64 E, i64 G, i64 topk, i64 rpb, float* __restrict__ a1s_perm) {
+  TRACE_SCOPE(TRACE_PERMUTE);
   pdl_begin();
-  const i64 t = permute_token(row_pair, offsets, E, K, topk, a1q_perm, a1s_perm, !scales_only);
-  if (t < 0) return;
-  const i64 r = blockIdx.x;
-  if (!scales_only) permute_wg_row(a1q, t, r, K, a1q_perm, threadIdx.x, blockDim.x);
-  const i64 G = K / MOE_GROUP;
-  for (i64 g = threadIdx.x; g < G; g += blockDim.x) a1s_perm[r * G + g] = a1s[t * G + g];
+  const i64 r0 = (i64)blockIdx.x * rpb, nrows = min((i64)offsets[E] - r0, rpb);
+  if (nrows <= 0) return;
+  const int g32 = (int)G, n = (int)nrows * g32;
+  float* dst = a1s_perm + r0 * G;
+  for (int base = threadIdx.x; base < n; base += PS_THREADS * PS_PER) {
+    int pair[PS_PER], g[PS_PER];
+#pragma unroll
+    for (int u = 0; u < PS_PER; u++) {
+      const int e = base + u * PS_THREADS, r = e / g32;
+      g[u] = e - r * g32;
+      pair[u] = e < n ? row_pair[r0 + r] : -1;
+    }
+    float v[PS_PER];
+#pragma unroll
+    for (int u = 0; u < PS_PER; u++) v[u] = pair[u] >= 0 ? a1s[(i64)(pair[u] / (int)topk) * G + g[u]] : 0.f;
+#pragma unroll
+    for (int u = 0; u < PS_PER; u++) {
+      const int e = base + u * PS_THREADS;
+      if (e < n) dst[e] = v[u];
+    }
+  }
 }
 
