@@ -396,7 +396,8 @@ type workspace struct {
 	a1qPerm, a1sPerm, h, a2q, a2s, z cu.DevicePtr
 	// routing metadata
 	counts, offsets, expertIDs, rowPair, invPerm, tileList, ntiles, errs cu.DevicePtr
-	// per chunk of 1024 routed pairs, each expert's pairs in the chunks before it (moe_route_scatter)
+	// per chunk of 1024 routed pairs, each expert's pairs in the chunk (moe_route_count), then in
+	// the chunks before it (moe_route, for moe_route_scatter); after them, each chunk's invalid ids
 	routePre cu.DevicePtr
 	// the wgmma GEMM's tiles, and per tile and row whether and how the activation scales fold
 	wtileList, nwtiles, wflags, wtrow cu.DevicePtr
@@ -457,7 +458,7 @@ func (l *Layer) ensure(m, topk int) error {
 		a.take(int(int64(rows) * K * 4)),
 		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(4), a.take(4),
 		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4), a.take(wtiles * 4), a.take(4),
-		a.take((p + routeThreads - 1) / routeThreads * l.E * 4),
+		a.take((p + routeThreads - 1) / routeThreads * (l.E + 1) * 4),
 		a.take(xbBytes),
 	}
 	mem, err := cu.MemAlloc(a.size)
@@ -673,12 +674,17 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	kernel := l.kernel(P)
 	// Small decode batches: moe_route_small, which also gathers the rows (one launch fewer).
 	fused := kernel == GEMMDecode && P <= fusedPermutePairs && int64(P)*K <= fusedPermuteBytes
-	// Prefill-sized ones (more than scatterPairs): the routing block counts, and one block per
-	// 1024 pairs places them, so that the scattered stores spread over the SMs.
+	// Prefill-sized ones (more than scatterPairs): one block per 1024 pairs counts them, the
+	// routing block scans the counts, and one block per 1024 pairs places them, so that neither
+	// the loads nor the scattered stores wait on one block.
 	spread := P > scatterPairs
 	pre := uint64(0)
 	if spread {
 		pre = u(ws.routePre)
+		if err := launch(f.routeCount, dim3{blocks(int64(P), routeThreads), 1, 1}, dim3{routeThreads, 1, 1}, int(4*E), l.stream,
+			u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)), pre); err != nil {
+			return fmt.Errorf("cudaops: route: %w", err)
+		}
 	}
 	meta := []uint64{u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs)}

@@ -676,17 +676,15 @@ func memInfo(t *testing.T, l *Layer) (int64, int64, error) {
 	return cu.MemInfo()
 }
 
-// TestDeviceForwardAndGraph runs the device-resident path directly and as a replayed CUDA
-// graph, and checks both against the host path; an invalid id is skipped and counted.
-func TestDeviceForwardAndGraph(t *testing.T) {
-	c := conformance.Generate(conformance.Spec{M: 19, K: 256, I: 128, E: 6, TopK: 2, Bias: true, Seed: 6})
-	l := mustLayer(t, &c.Weights, c.Config)
-	K := c.Weights.K
-	want := forward(t, l, &c.Batch, K)
+// uploadBatch copies batch b into device memory of its own for l's device (freed when the test
+// ends) and allocates an output for it; read waits for l's stream and returns that output.
+func uploadBatch(t *testing.T, l *Layer, b *moe.Batch, K int) (db DeviceBatch, out cu.DevicePtr, read func() []float32) {
+	t.Helper()
 	unbind, err := l.dev.bind()
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer unbind()
 	alloc := func(p unsafe.Pointer, n int) cu.DevicePtr {
 		d, err := cu.MemAlloc(int64(n))
 		if err != nil {
@@ -704,13 +702,11 @@ func TestDeviceForwardAndGraph(t *testing.T) {
 		t.Cleanup(func() { cu.MemFree(d) })
 		return d
 	}
-	b := c.Batch
-	db := DeviceBatch{M: b.M, TopK: b.TopK,
+	db = DeviceBatch{M: b.M, TopK: b.TopK,
 		A1q: alloc(unsafe.Pointer(&b.A1q[0]), len(b.A1q)), A1qScale: alloc(unsafe.Pointer(&b.A1qScale[0]), 4*len(b.A1qScale)),
 		TopKIDs: alloc(unsafe.Pointer(&b.TopKIDs[0]), 4*len(b.TopKIDs)), TopKWeights: alloc(unsafe.Pointer(&b.TopKWeights[0]), 4*len(b.TopKWeights))}
-	out := alloc(nil, 4*b.M*K)
-	unbind()
-	read := func() []float32 {
+	out = alloc(nil, 4*b.M*K)
+	read = func() []float32 {
 		unbind, _ := l.dev.bind()
 		defer unbind()
 		if err := l.stream.Synchronize(); err != nil {
@@ -722,6 +718,48 @@ func TestDeviceForwardAndGraph(t *testing.T) {
 		}
 		return got
 	}
+	return db, out, read
+}
+
+// TestDeviceErrorsSpread gives a batch of more than scatterPairs pairs (the routing that counts
+// each chunk of pairs in a block of its own) out-of-range ids in three of its chunks, on the
+// device path: they are counted, and skipped as a -1 id is (the output is the host path's for
+// the batch with -1 in their place), on every GEMM kernel.
+func TestDeviceErrorsSpread(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 2600, K: 128, I: 128, E: 16, TopK: 2, NegIDs: 0.02, Seed: 24})
+	b := c.Batch
+	bad := []int{3, 2100, 5199}
+	b.TopKIDs = append([]int32(nil), b.TopKIDs...)
+	for _, i := range bad {
+		b.TopKIDs[i] = -1
+	}
+	K := c.Weights.K
+	for _, k := range []GEMMKernel{GEMMDecode, GEMMWgmma, GEMMTiled} {
+		l := kernelLayer(t, &c.Weights, c.Config, k)
+		want := forward(t, l, &b, K)
+		withBad := b
+		withBad.TopKIDs = append([]int32(nil), b.TopKIDs...)
+		withBad.TopKIDs[bad[0]], withBad.TopKIDs[bad[1]], withBad.TopKIDs[bad[2]] = 16, 99, -7
+		db, out, read := uploadBatch(t, l, &withBad, K)
+		if err := l.ForwardDevice(out, db); err != nil {
+			t.Fatal(err)
+		}
+		sameBits(t, fmt.Sprintf("GEMM %v: invalid ids against -1 ids", k), read(), want)
+		if n, err := l.DeviceErrors(); err != nil || n != len(bad) {
+			t.Fatalf("GEMM %v: DeviceErrors = %d, %v; want %d", k, n, err, len(bad))
+		}
+	}
+}
+
+// TestDeviceForwardAndGraph runs the device-resident path directly and as a replayed CUDA
+// graph, and checks both against the host path; an invalid id is skipped and counted.
+func TestDeviceForwardAndGraph(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 19, K: 256, I: 128, E: 6, TopK: 2, Bias: true, Seed: 6})
+	l := mustLayer(t, &c.Weights, c.Config)
+	K := c.Weights.K
+	want := forward(t, l, &c.Batch, K)
+	b := c.Batch
+	db, out, read := uploadBatch(t, l, &b, K)
 	if err := l.ForwardDevice(out, db); err != nil {
 		t.Fatal(err)
 	}
@@ -731,7 +769,7 @@ func TestDeviceForwardAndGraph(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	unbind, _ = l.dev.bind()
+	unbind, _ := l.dev.bind()
 	cu.MemsetD8(out, 0xFF, int64(4*b.M*K))
 	cu.Synchronize() // the graph's stream does not wait for the default stream
 	unbind()

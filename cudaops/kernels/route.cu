@@ -105,9 +105,9 @@ __device__ __forceinline__ void place_pair(int le, int row, i64 i, int* __restri
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
 // up to 8 rows (the last smaller). Decode batches of up to 64 pairs take moe_route_small
-// instead. With pre set, the block only counts (and writes into pre, (P/ROUTE_THREADS
-// rounded up) × E ints, each chunk's counts of the chunks before it) and leaves the placing of
-// the pairs to moe_route_scatter.
+// instead. With pre set (moe_route_count ran first and left each chunk's counts there), the
+// block turns them into each chunk's counts of the chunks before it, sums the chunks' invalid
+// ids into *err, and leaves the placing of the pairs to moe_route_scatter.
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
 moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
           int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
@@ -128,16 +128,33 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   if (tid == 0) *err = 0;
   __syncthreads();
   if (pre) {
-    // Per chunk of ROUTE_THREADS pairs, the counts of the chunks before it, for moe_route_scatter.
-    for (i64 base = 0, k = 0; base < P; base += ROUTE_THREADS, k++) {
-      if (tid < E) pre[k * E + tid] = scount[tid];
-      __syncthreads();
-      if (base + tid < P) {
-        const int le = local_expert(ids, expert_map, base + tid, Eg, err, true);
-        if (le >= 0) atomicAdd(&scount[le], 1);
+    // Each expert's column of chunk counts (moe_route_count) becomes, in place, the counts of the
+    // chunks before each chunk, for moe_route_scatter; its total is the expert's count. The
+    // column's loads go eight at a time, ahead of the running sum.
+    const int nch = (int)((P + ROUTE_THREADS - 1) / ROUTE_THREADS);
+    if (tid < E) {
+      int run = 0, k = 0;
+      for (; k + 8 <= nch; k += 8) {
+        int c[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) c[u] = pre[(k + u) * E + tid];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+          pre[(k + u) * E + tid] = run;
+          run += c[u];
+        }
       }
-      __syncthreads();
+      for (; k < nch; k++) {
+        const int c = pre[k * E + tid];
+        pre[k * E + tid] = run;
+        run += c;
+      }
+      scount[tid] = run;
     }
+    int nbad = 0;
+    for (int k = tid; k < nch; k += ROUTE_THREADS) nbad += pre[nch * E + k];
+    if (nbad) atomicAdd(err, nbad);  // after the barrier above that follows *err = 0
+    __syncthreads();
   } else {
 #pragma unroll 4
     for (i64 i = tid; i < P; i += ROUTE_THREADS) {
@@ -175,6 +192,21 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     *ntiles = tiles_total;
     *nwtiles = wtiles_total;
   }
+  __syncthreads();  // scursor
+  if (pre) {
+    // Only the segments' padding rows are marked (at most 31 an expert, where the layout has
+    // thousands of rows): moe_route_scatter writes every real row, the first cnt of its segment.
+    // A warp takes an expert at a time, a lane a row, so that the stores coalesce.
+    for (int e = warp; e < E; e += ROUTE_THREADS / 32) {
+      const int c = scount[e];
+      if (lane < (MOE_BM - c % MOE_BM) % MOE_BM) {
+        const int r = scursor[e] + c + lane;
+        expert_ids[r] = -1;
+        row_pair[r] = -1;
+      }
+    }
+    return;  // moe_route_scatter places the pairs
+  }
   for (int r = tid; r < msum; r += ROUTE_THREADS) {
     expert_ids[r] = -1;
     row_pair[r] = -1;
@@ -185,7 +217,6 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   // which the warps' leaders leave in wcnt[e][w] (one byte each, rows of 36 bytes so that the
   // rows of a warp's different experts start in different banks); scursor[e] then moves past
   // the chunk's pairs of expert e. Three barriers per chunk.
-  if (pre) return;  // moe_route_scatter places the pairs
   int le_next = tid < P ? local_expert(ids, expert_map, tid, Eg, err, false) : -2;
   for (i64 base = 0; base < P; base += ROUTE_THREADS) {
     const i64 i = base + tid;
@@ -365,9 +396,39 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     route_put_scale(a1s_perm, srow, tk, G, idx, a1s[idx]);
 }
 
+// The spread routing's count (more than scatterPairs pairs, the host's choice), one block per
+// chunk of ROUTE_THREADS pairs, one pair a thread: pre[c·E + e] receives the number of chunk c's
+// pairs on local expert e, and pre[nch·E + c] the number of its ids outside [-1, Eg) (nch =
+// gridDim.x chunks). moe_route then scans each expert's column. (moe_route's single block took
+// the chunks one after another, two barriers and a round trip of loads each: about 1 µs a
+// chunk.) grid = nch, block = ROUTE_THREADS, dynamic shared memory 4E bytes.
+extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
+moe_route_count(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
+                int* __restrict__ pre) {
+  TRACE_SCOPE(TRACE_ROUTE);
+  pdl_begin();
+  extern __shared__ int smem[];
+  const int tid = threadIdx.x;
+  const i64 P = M * topk, i = (i64)blockIdx.x * ROUTE_THREADS + tid;
+  for (int e = tid; e < E; e += ROUTE_THREADS) smem[e] = 0;
+  bool bad = false;
+  int le = -1;
+  if (i < P) {
+    const int id = ids[i];
+    bad = id < -1 || id >= Eg;
+    le = bad || id < 0 ? -1 : (expert_map ? expert_map[id] : id);
+  }
+  __syncthreads();  // smem zeroed
+  if (le >= 0) atomicAdd(&smem[le], 1);
+  const int nbad = __syncthreads_count(bad);  // also: the counts
+  for (int e = tid; e < E; e += ROUTE_THREADS) pre[(i64)blockIdx.x * E + e] = smem[e];
+  if (tid == 0) pre[(i64)gridDim.x * E + blockIdx.x] = nbad;
+}
+
 // Places the pairs of chunk blockIdx.x (ROUTE_THREADS pairs, one per thread) as moe_route's
-// scatter does, from the segment offsets and pre (moe_route with pre set): expert_ids, row_pair
-// and inv_perm of its pairs. Chunks are independent, so the stores spread over the SMs.
+// scatter does, from the segment offsets and pre (moe_route_count, then moe_route with pre set):
+// expert_ids, row_pair and inv_perm of its pairs. Chunks are independent, so the stores spread
+// over the SMs.
 // grid = ceil(P / ROUTE_THREADS), block = ROUTE_THREADS, dynamic shared memory 4E + 36E bytes.
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
 moe_route_scatter(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
