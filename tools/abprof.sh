@@ -20,7 +20,9 @@ for n in "$@"; do
 		(cd $AB/$n/kernels && bash build.sh /tmp/ab/$n > /dev/null 2>&1) || { echo "build $n failed"; continue; }
 	fi
 	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
-	run=(/tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPE:-gptoss120b}" --m "${M:-4096}" --routing uniform --min-time 1ms)
+	# Without the graph floor's thousands of one-block launches (moe_reduce), the first kernels
+	# are the layer's: the weight upload's, then the forwards'.
+	run=(/tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPE:-gptoss120b}" --m "${M:-4096}" --routing uniform --min-time 1ms --graph-floor=false)
 	timeout 150 ncu --clock-control none --kernel-name "$K" --launch-skip "${SKIP:-4}" --launch-count 1 \
 		--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats --section Occupancy \
 		"${run[@]}" > "$OUT/sol-$n.txt" 2>&1

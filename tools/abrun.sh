@@ -2,8 +2,8 @@
 # On the GPU machine, with .devicework/ab (tools/abstage.sh) and .devicework/golden (a copy of
 # ../shared/golden) carried: builds every variant's fatbin from its own kernel sources (in
 # parallel), then runs every variant's cudaops tests side by side (TESTRE, default the
-# conformance suite with the golden cases, against-native, decode, wgmma, poison, device-forward
-# and weight-layout tests; PAR=0 runs them one after another, as TestMemoryStable needs: it
+# conformance suite with the golden cases, against-native, decode, wgmma, poison, device-forward,
+# weight-layout and output-digest tests, the digests then compared with the first variant's; PAR=0 runs them one after another, as TestMemoryStable needs: it
 # compares the whole device's free memory, which the other variants' tests move), then, one at a time, the bench of
 # each variant whose tests passed (SHAPES, MS, MIN, GEMM, BENCH_ARGS: more bench flags, e.g.
 # "--input float"; CSV per variant under $OUT). NOTEST="a b"
@@ -39,7 +39,7 @@ t0=$(date +%s)
 for n in "$@"; do
 	case " ${NOTEST:-} " in *" $n "*) echo skipped > /tmp/ab/$n/rc ;; *)
 	(cd cudaops && FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin FP4MOE_GOLDEN=$G timeout ${TTIME:-300} /tmp/ab/$n/bin/cudaops.test \
-		-test.run "${TESTRE:-TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward|TestWeightLayout}" -test.v > "$OUT/test-$n.log" 2>&1
+		-test.run "${TESTRE:-TestConformance|TestAgainstNative|TestDecode|TestWgmma|TestPoison|TestDeviceForward|TestWeightLayout|TestOutputDigests}" -test.v > "$OUT/test-$n.log" 2>&1
 	echo $? > /tmp/ab/$n/rc) &
 	[ "${PAR:-1}" = 1 ] || wait
 	;; esac
@@ -52,6 +52,16 @@ for n in "$@"; do
 	else
 		echo "$n tests rc=$rc (all tests $(($(date +%s) - t0))s) $(grep -E '^(--- FAIL|FAIL|panic)' "$OUT/test-$n.log" | head -3 | tr '\n' ' ')"
 	fi | tee -a "$OUT/summary.txt"
+done
+# TestOutputDigests (when TESTRE runs it) logs a hash of each case's output bits: a variant
+# meant to keep every bit shows here whether it did, against the first variant.
+first=$1
+for n in "${@:2}"; do
+	a=$(grep -o 'digest [a-z0-9-]* [0-9a-f]\{16\}' "$OUT/test-$first.log" 2> /dev/null | sort)
+	[ -n "$a" ] || break
+	b=$(grep -o 'digest [a-z0-9-]* [0-9a-f]\{16\}' "$OUT/test-$n.log" 2> /dev/null | sort)
+	d=$(comm -3 <(echo "$a") <(echo "$b") | awk '{print $2}' | sort -u | tr '\n' ' ')
+	echo "$n output digests against $first: $([ -z "$d" ] && echo "all $(echo "$a" | wc -l) the same" || echo "differ: $d")" | tee -a "$OUT/summary.txt"
 done
 # REPS=2 benches every variant a second time, in the reverse order (CSV ab-NAME.r2.csv), to see
 # the spread between passes (an H200's power cap moves its clock). INTERLEAVE=1 takes the

@@ -17,18 +17,18 @@ timeout 150 $F bench --shapes gptoss120b,deepseekv3,qwen3-30b-a3b --m 1,64,4096 
 	--stages > "$OUT/stages.txt" 2>&1
 for m in 1 4096; do
 	timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 40 --launch-count 16 --csv \
-		$F bench --shapes gptoss120b --m $m --routing uniform --min-time 1ms > "$OUT/ncu_times_m$m.csv" 2>&1
+		$F bench --shapes gptoss120b --m $m --routing uniform --min-time 1ms --graph-floor=false > "$OUT/ncu_times_m$m.csv" 2>&1
 done
 timeout 240 ncu --clock-control none --kernel-name "${1:-moe_gemm_wg4}" --launch-skip "${SKIP:-4}" --launch-count 1 \
 	--section SourceCounters --section WarpStateStats --section SchedulerStats --page source --print-source sass --csv \
-	$F bench --shapes gptoss120b --m "${SM:-4096}" --routing uniform --min-time 1ms > "$OUT/ncu_src.csv" 2>&1
+	$F bench --shapes gptoss120b --m "${SM:-4096}" --routing uniform --min-time 1ms --graph-floor=false > "$OUT/ncu_src.csv" 2>&1
 gzip -f "$OUT/ncu_src.csv"
 # Throughputs of that kernel against the device's peaks (speed of light, memory workload: L2 and
 # DRAM bytes, tensor pipe), to tell whether it is bound by L2 (the staged tokens are read by
 # every block of a tile) or by issue.
 timeout 120 ncu --clock-control none --kernel-name "${1:-moe_gemm_wg4}" --launch-skip "${SKIP:-4}" --launch-count 1 \
 	--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
-	$F bench --shapes gptoss120b --m "${SM:-4096}" --routing uniform --min-time 1ms > "$OUT/ncu_sol.txt" 2>&1
+	$F bench --shapes gptoss120b --m "${SM:-4096}" --routing uniform --min-time 1ms --graph-floor=false > "$OUT/ncu_sol.txt" 2>&1
 cat "$OUT/stages.txt"
 grep -E "Throughput|Busy|Pipe|Hit Rate|Bandwidth|Duration" "$OUT/ncu_sol.txt" | head -40
 for m in 1 4096; do echo "== ncu M=$m"; grep -E '"gpu__time_duration.sum"' "$OUT/ncu_times_m$m.csv" | awk -F'","' '{print $5, $NF}' | tr -d '"' | cut -c1-80; done

@@ -21,6 +21,7 @@ import (
 const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
                     [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
                     [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--plan] [--trace N] [--trace-blocks FILE]
+                    [--graph-floor=false]
 
 Shapes: gptoss120b, deepseekv3, qwen3-30b-a3b (the default set), qwen3-235b-a22b, deepseekv2-lite.
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
@@ -32,7 +33,9 @@ Per row: median µs, weight bytes of the touched experts, achieved GB/s and TFLO
 bandwidth measured in the same run) with the ratio to it, and the grouped GEMM kernel that ran.
 The first line also gives the graph replay's floor measured in the same run: the time per replay
 of a graph of 1 and of 5 chained one-block kernels launched as the layer launches its stages
-(CSV columns graph1_us, graph5_us), what a forward pays per call whatever its kernels do.
+(CSV columns graph1_us, graph5_us), what a forward pays per call whatever its kernels do;
+--graph-floor=false leaves it out (0 in the CSV), so that a profiler's first kernels are the
+layer's.
 With --uploads N the weights of each shape are uploaded N times, each into fresh device memory
 while the earlier copies stay allocated, every row is timed on each copy, and the row reports the
 copy with the median time, with the fastest and slowest copies' times beside it (CSV columns
@@ -68,6 +71,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	gemmName := fs.String("gemm", "auto", "grouped GEMM kernel: auto, tiled, decode or wgmma")
 	uploads := fs.Int("uploads", 1, "uploads of each shape's weights, each timed (median reported)")
 	input := fs.String("input", "fp8", "the tokens: fp8 (quantized, with scales) or float (float32, quantized by the layer)")
+	graphFloor := fs.Bool("graph-floor", true, "measure the graph replay's floor first (thousands of one-block launches)")
 	trace := fs.Int("trace", 0, "also print each row's stage timeline over this many replays of each batch (kernels built with MOE_TRACE)")
 	traceBlocks := fs.String("trace-blocks", "", "write every traced block's span and SM, one replay of each row, as CSV to this file (kernels built with MOE_TRACE and MOE_TRACE_BLOCKS)")
 	if err := fs.Parse(args); err != nil {
@@ -113,6 +117,9 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	// one-block kernels, what the decode path's five stages pay per call whatever they do.
 	var floors [2]time.Duration
 	for i, n := range []int{1, 5} {
+		if !*graphFloor {
+			break
+		}
 		if floors[i], err = cudaops.MeasureGraphFloor(n, 5, 200); err != nil {
 			fmt.Fprintf(stderr, "fp4moe bench: measuring the graph floor: %v\n", err)
 			return 2
