@@ -719,7 +719,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		}
 	default:
 		// The decode GEMM's gather takes one block per pair (its padding rows are never read),
-		// the others one per row of the layout.
+		// the tiled GEMM's one per row of the layout.
 		grid := rows
 		if kernel == GEMMDecode {
 			grid = P
