@@ -125,8 +125,12 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
-	fmt.Fprintf(stdout, "device %s (%d SMs, peak memory %.0f GB/s, %.1f bytes per SM cycle), kernels %s, GEMM %s; device-to-device copy %.0f GB/s (read + write); graph replay of 1 and 5 chained one-block kernels %.1f and %.1f µs\n",
-		d.Name, d.SMs, d.MemBandwidth/1e9, d.BytesPerSMCycle(), d.Fatbin, *gemmName, copyBW/1e9, us(floors[0]), us(floors[1]))
+	floorText := fmt.Sprintf("graph replay of 1 and 5 chained one-block kernels %.1f and %.1f µs", us(floors[0]), us(floors[1]))
+	if !*graphFloor {
+		floorText = "graph replay floor not measured (--graph-floor=false)"
+	}
+	fmt.Fprintf(stdout, "device %s (%d SMs, peak memory %.0f GB/s, %.1f bytes per SM cycle), kernels %s, GEMM %s; device-to-device copy %.0f GB/s (read + write); %s\n",
+		d.Name, d.SMs, d.MemBandwidth/1e9, d.BytesPerSMCycle(), d.Fatbin, *gemmName, copyBW/1e9, floorText)
 	run := benchRun{device: d.Name, copyBW: copyBW, graph: floors}
 	w, closeCSV, err := createCSV(*csvPath, []string{"device", "date", "shape", "K", "I", "E", "topk", "routing", "M", "experts_touched", "weight_bytes",
 		"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm",
