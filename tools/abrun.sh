@@ -3,8 +3,9 @@
 # ../shared/golden) carried: builds every variant's fatbin from its own kernel sources (in
 # parallel), then runs every variant's cudaops tests side by side (TESTRE, default the
 # conformance suite with the golden cases, against-native, decode, wgmma, poison, device-forward,
-# weight-layout and output-digest tests, the digests then compared with the first variant's; PAR=0 runs them one after another, as TestMemoryStable needs: it
-# compares the whole device's free memory, which the other variants' tests move), then, one at a time, the bench of
+# weight-layout and output-digest tests, the digests then compared with the first variant's;
+# PAR=0 runs them one after another, as TestMemoryStable needs: it compares the whole device's
+# free memory, which the other variants' tests move), then, one at a time, the bench of
 # each variant whose tests passed (SHAPES, MS, MIN, GEMM, BENCH_ARGS: more bench flags, e.g.
 # "--input float"; CSV per variant under $OUT). NOTEST="a b"
 # skips the tests of variants a and b; TTIME (default 300) limits each variant's tests, in

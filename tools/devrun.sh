@@ -20,8 +20,8 @@ if [ "$mode" != bench ]; then
 	export FP4MOE_FATBIN=$OUT/k/moe.fatbin
 fi
 G=$PWD/.devicework/golden
-# Without the golden cases TestConformance fails (and abrun skips that variant's bench): stop
-# before spending the call.
+# Without the golden cases TestConformance and the golden check fail: stop before spending the
+# call.
 ls "$G"/*.safetensors > /dev/null 2>&1 || { echo "no golden cases in $G: carry .devicework/golden (cp -r ../shared/golden .devicework/golden)"; exit 1; }
 sum() { printf '%-10s %s\n' "$1" "$2" >> "$OUT/summary.txt"; }
 : > "$OUT/summary.txt"
