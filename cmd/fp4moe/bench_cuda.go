@@ -116,18 +116,15 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	// The graph replay's floor: the time per replay of graphs of one and of five chained
 	// one-block kernels, what the decode path's five stages pay per call whatever they do.
 	var floors [2]time.Duration
-	for i, n := range []int{1, 5} {
-		if !*graphFloor {
-			break
+	floorText := "graph replay floor not measured (--graph-floor=false)"
+	if *graphFloor {
+		for i, n := range []int{1, 5} {
+			if floors[i], err = cudaops.MeasureGraphFloor(n, 5, 200); err != nil {
+				fmt.Fprintf(stderr, "fp4moe bench: measuring the graph floor: %v\n", err)
+				return 2
+			}
 		}
-		if floors[i], err = cudaops.MeasureGraphFloor(n, 5, 200); err != nil {
-			fmt.Fprintf(stderr, "fp4moe bench: measuring the graph floor: %v\n", err)
-			return 2
-		}
-	}
-	floorText := fmt.Sprintf("graph replay of 1 and 5 chained one-block kernels %.1f and %.1f µs", us(floors[0]), us(floors[1]))
-	if !*graphFloor {
-		floorText = "graph replay floor not measured (--graph-floor=false)"
+		floorText = fmt.Sprintf("graph replay of 1 and 5 chained one-block kernels %.1f and %.1f µs", us(floors[0]), us(floors[1]))
 	}
 	fmt.Fprintf(stdout, "device %s (%d SMs, peak memory %.0f GB/s, %.1f bytes per SM cycle), kernels %s, GEMM %s; device-to-device copy %.0f GB/s (read + write); %s\n",
 		d.Name, d.SMs, d.MemBandwidth/1e9, d.BytesPerSMCycle(), d.Fatbin, *gemmName, copyBW/1e9, floorText)
