@@ -5,25 +5,71 @@
 // the early trigger, common.cuh).
 #include "common.cuh"
 
-__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
+// 1/d by the sequence the compiler's round-to-nearest division by d takes for divisors of 2^-126
+// up to 2^126 (MUFU.RCP and one Newton step), without the range test and branch it places around
+// each division. For d in [1, 2^126) only.
+__device__ __forceinline__ float rcp_near(float d) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  return fmaf(r, -fmaf(d, r, -1.f), r);
+}
+
+// sigmoid(x) = 1 / (1 + exp(-x)) of a lane's four values, bit for bit as 1.f / (1.f + expf(-x)):
+// rcp_near for every value, then the division for those whose 1 + exp(-x) is 2^126 or more, or
+// NaN (x below about -87), one branch for the four instead of one each.
+__device__ __forceinline__ void sigmoid4(const float (&x)[4], float (&s)[4]) {
+  float d[4];
+  bool far = false;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    d[i] = 1.f + expf(-x[i]);
+    s[i] = rcp_near(d[i]);
+    far |= !(d[i] < 0x1p126f);
+  }
+  if (far) {
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+      if (!(d[i] < 0x1p126f)) s[i] = 1.f / d[i];
+  }
+}
 
 // min(x, l) and clamp(x, -l, l) that keep a NaN x (as torch.clamp does; fminf would drop it).
 __device__ __forceinline__ float min_nan(float x, float l) { return x > l ? l : x; }
 __device__ __forceinline__ float clamp_nan(float x, float l) { return x > l ? l : (x < -l ? -l : x); }
 
-// act(g, u) of one value, the GEMM1 bias already added. A NaN input gives NaN.
-__device__ __forceinline__ float act_value(float gg, float uu, i64 act, i64 clamp, float L, float A, float B) {
+// y = act(g, u) of a lane's four values, the GEMM1 bias already added. A NaN input gives NaN.
+__device__ __forceinline__ void act4(float (&g)[4], float (&u)[4], float (&y)[4], i64 act, i64 clamp, float L, float A,
+                                     float B) {
+  float x[4], s[4];
   if (act == ACT_SILU) {
-    if (clamp) {
-      gg = min_nan(gg, L);
-      uu = clamp_nan(uu, L);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      if (clamp) {
+        g[i] = min_nan(g[i], L);
+        u[i] = clamp_nan(u[i], L);
+      }
+      x[i] = g[i];
     }
-    return gg * sigmoidf_(gg) * uu;
+    sigmoid4(x, s);
+#pragma unroll
+    for (int i = 0; i < 4; i++) y[i] = g[i] * s[i] * u[i];
+    return;
   }
-  if (act == ACT_SWIGLUSTEP) return min_nan(gg * sigmoidf_(gg), 7.f) * clamp_nan(uu, 7.f);
-  gg = min_nan(gg, L);
-  uu = clamp_nan(uu, L);
-  return (uu + B) * gg * sigmoidf_(A * gg);
+  if (act == ACT_SWIGLUSTEP) {
+    sigmoid4(g, s);
+#pragma unroll
+    for (int i = 0; i < 4; i++) y[i] = min_nan(g[i] * s[i], 7.f) * clamp_nan(u[i], 7.f);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    g[i] = min_nan(g[i], L);
+    u[i] = clamp_nan(u[i], L);
+    x[i] = A * g[i];
+  }
+  sigmoid4(x, s);
+#pragma unroll
+  for (int i = 0; i < 4; i++) y[i] = (u[i] + B) * g[i] * s[i];
 }
 
 // The group's codes in the wgmma GEMM's order (fp16_slot, common.cuh), from each lane's codes of
@@ -90,8 +136,7 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
       uv[0] += bu.x, uv[1] += bu.y, uv[2] += bu.z, uv[3] += bu.w;
     }
     float y[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) y[i] = act_value(gv[i], uv[i], act, clamp, L, A, B);
+    act4(gv, uv, y, act, clamp, L, A, B);
     uint32_t q;
     const float s = quant_group(y, fmt, &q);
     if (order == 1) q = wg_reorder(q, lane);
