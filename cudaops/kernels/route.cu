@@ -34,15 +34,20 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int* buf, int* total)
   return res;
 }
 
-// The local expert of pair i, -1 when skipped; an id outside [-1, Eg) counts as an error.
-__device__ __forceinline__ int local_expert(const int* ids, const int* expert_map, i64 i, i64 Eg, int* err, bool count_err) {
-  const int id = ids[i];
-  if (id < -1 || id >= Eg) {
-    if (count_err) atomicAdd(err, 1);
-    return -1;
-  }
-  if (id < 0) return -1;
+// The local expert of global expert id: -1 for an id of -1, an id without a local expert
+// (expert_map holds -1 there), or an invalid id, one outside [-1, Eg), for which *bad is set.
+__device__ __forceinline__ int expert_of(int id, const int* expert_map, i64 Eg, bool* bad) {
+  *bad = id < -1 || id >= Eg;
+  if (*bad || id < 0) return -1;
   return expert_map ? expert_map[id] : id;
+}
+
+// The local expert of pair i, -1 when skipped; an invalid id counts in *err when count_err.
+__device__ __forceinline__ int local_expert(const int* ids, const int* expert_map, i64 i, i64 Eg, int* err, bool count_err) {
+  bool bad;
+  const int le = expert_of(ids[i], expert_map, Eg, &bad);
+  if (bad && count_err) atomicAdd(err, 1);
+  return le;
 }
 
 // The rank of a pair among the pairs of its expert le in a chunk of ROUTE_THREADS pairs (one
@@ -309,11 +314,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   // (outside [-1, Eg): counted in *err).
   int le = -2;
   bool bad = false;
-  if (tid < P) {
-    const int id = ids[tid];
-    bad = id < -1 || id >= Eg;
-    le = bad || id < 0 ? -1 : (expert_map ? expert_map[id] : id);
-  }
+  if (tid < P) le = expert_of(ids[tid], expert_map, Eg, &bad);
   __syncthreads();  // scount zeroed
   if (tid < P) {
     sle[tid] = le;
@@ -413,11 +414,7 @@ moe_route_count(const int* __restrict__ ids, const int* __restrict__ expert_map,
   for (int e = tid; e < E; e += ROUTE_THREADS) smem[e] = 0;
   bool bad = false;
   int le = -1;
-  if (i < P) {
-    const int id = ids[i];
-    bad = id < -1 || id >= Eg;
-    le = bad || id < 0 ? -1 : (expert_map ? expert_map[id] : id);
-  }
+  if (i < P) le = expert_of(ids[i], expert_map, Eg, &bad);
   __syncthreads();  // smem zeroed
   if (le >= 0) atomicAdd(&smem[le], 1);
   const int nbad = __syncthreads_count(bad);  // also: the counts
