@@ -42,15 +42,14 @@ __device__ __forceinline__ void act4(float (&g)[4], float (&u)[4], float (&y)[4]
                                      float B) {
   float x[4], s[4];
   if (act == ACT_SILU) {
+    if (clamp) {
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      if (clamp) {
+      for (int i = 0; i < 4; i++) {
         g[i] = min_nan(g[i], L);
         u[i] = clamp_nan(u[i], L);
       }
-      x[i] = g[i];
     }
-    sigmoid4(x, s);
+    sigmoid4(g, s);
 #pragma unroll
     for (int i = 0; i < 4; i++) y[i] = g[i] * s[i] * u[i];
     return;

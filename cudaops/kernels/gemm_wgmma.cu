@@ -486,6 +486,10 @@ __device__ __forceinline__ uint4 wg_slot_piece(const u8* row, int sw, int kc) {
   return make_uint4(lo.x, lo.y, hi.x, hi.y);
 }
 
+// The token of routed row r when the rows are the tokens' pairs in the routing's order: row_pair[r]
+// is the row's pair, topk pairs a token.
+__device__ __forceinline__ i64 token_of(const int* row_pair, int r, i64 topk) { return (i64)__ldg(row_pair + r) / topk; }
+
 // Stages chunk q = blockIdx.y of every folding tile's tokens for moe_gemm_wg4: X (rows, 128·G)
 // FP8 in fp16_slot order (or, with row_pair, the unpermuted tokens (M, 128·G) in column order: row
 // r's token is row_pair[r] / topk, and the chunk is put in fp16_slot order here, so that GEMM1
@@ -513,7 +517,7 @@ extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* _
     if (row_pair)
       for (int it = tid; it < nvalid * 16; it += 256) {
         const int r = it >> 4;
-        const i64 src = (i64)__ldg(row_pair + row0 + r) / topk, p = (i64)q * 16 + (it & 15);
+        const i64 src = token_of(row_pair, row0 + r, topk), p = (i64)q * 16 + (it & 15);
         reinterpret_cast<uint2*>(xp + (i64)(row0 + r) * Kd)[p] = fp16_slot_piece(reinterpret_cast<const uint2*>(X + src * Kd), p);
       }
     return;
@@ -522,7 +526,7 @@ extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* _
   // With row_pair (GEMM1): the row's token, row_pair[row] / topk, from the unpermuted X.
   for (int it = tid; it < nvalid * 8; it += 256) {
     const int r = it >> 3, kc = it & 7;
-    const i64 src = row_pair ? (i64)__ldg(row_pair + row0 + r) / topk : (i64)(row0 + r);
+    const i64 src = row_pair ? token_of(row_pair, row0 + r, topk) : (i64)(row0 + r);
     *reinterpret_cast<uint4*>(&xs_[r * 128 + 16 * (kc ^ (r & 7))]) =
         *reinterpret_cast<const uint4*>(X + src * Kd + (i64)q * MOE_GROUP + 16 * kc);
   }
