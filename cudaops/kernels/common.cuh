@@ -114,6 +114,26 @@ struct TraceScope {
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
 }
+// The same 16-byte copy with an L2 eviction policy (l2_evict_first): for bytes a kernel reads
+// once, so that streaming them does not push out of L2 what the next kernels and the next
+// forward read again (their code, the tokens, the routing metadata).
+__device__ __forceinline__ void cp_async16_pol(void* smem, const void* gmem, uint64_t pol) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)),
+               "l"(gmem), "l"(pol));
+}
+// An L2 policy that marks every line it touches first to be evicted.
+__device__ __forceinline__ uint64_t l2_evict_first() {
+  uint64_t pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+  return pol;
+}
+// Zero, from an instruction the compiler cannot see through (the lane id shifted out), so that a
+// value it is added to lives in a per-thread register.
+__device__ __forceinline__ int opaque_zero() {
+  unsigned l;
+  asm volatile("mov.u32 %0, %%laneid;" : "=r"(l));
+  return (int)(l >> 5);
+}
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
 }

@@ -281,14 +281,23 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   // from the bases (moved by one group a step), so that every source address is a register plus
   // an immediate. Only the fragment's real tokens are copied: the other columns of the MMA are
   // never stored, so whatever the ring holds there cannot reach a result.
+  // The weights and their scales are read once a forward (a tile of 32 tokens streams its
+  // expert's rows once; decode batches rarely give an expert two tiles): they go through L2 marked
+  // evict-first, so that they do not push out what is read again.
+  const uint64_t wpol = l2_evict_first();
   auto issue_w = [&](int o, auto grp) {
     constexpr int q = decltype(grp)::value;
+    // At S = 1 the slot offset is kept out of the uniform registers (opaque_zero): there ptxas
+    // (CUDA 12.4's and 13.0's) addressed the ring through a uniform register beside the copies'
+    // policy descriptor and the copies faulted (illegal instruction); the split kernels' copies
+    // are addressed otherwise and need nothing.
+    if constexpr (S == 1) o += opaque_zero();
 #pragma unroll
     for (int h = 0; h < RB; h++) {
-      cp_async16(dw + o + 16 * h * 64, wq + h * wblk + q * 1024 * S);
-      cp_async16(dw + o + (16 * h + 8) * 64, wq + h * wblk + 512 + q * 1024 * S);
+      cp_async16_pol(dw + o + 16 * h * 64, wq + h * wblk + q * 1024 * S, wpol);
+      cp_async16_pol(dw + o + (16 * h + 8) * 64, wq + h * wblk + 512 + q * 1024 * S, wpol);
     }
-    if (lane < 4 * RB) cp_async16(ds + o, sq + q * 64 * S);
+    if (lane < 4 * RB) cp_async16_pol(ds + o, sq + q * 64 * S, wpol);
   };
   auto issue_x = [&](int o, auto grp) {
     constexpr int q = decltype(grp)::value;
