@@ -20,4 +20,10 @@ nvcc -ptx -arch=sm_90 -std=c++17 -O3 -D__CUDA_ARCH_FEAT_SM90_ALL -o "$d/k.ptx" "
 sed -e 's/^\.version .*/.version 8.4/' -e 's/^\.target sm_90$/.target sm_90a/' "$d/k.ptx" > "$d/k90a.ptx"
 "$PTXAS" -arch=sm_90a -O3 -v "$d/k90a.ptx" -o "$d/k.cubin" 2>&1 |
 	awk -v re="${2:-.}" '/Compiling entry function/ { f = $7; keep = f ~ re } /C75[0-9][0-9]/ { print } keep && (/Used [0-9]+ registers|spill/) { print f, $0 }' | grep -v " 0 bytes spill stores" || true
+# The hinted copies' miscompile (docs/perf.md v40): a memory descriptor in an odd uniform register
+# (cuobjdump prints desc[UR1]) marks a copy that faulted at run time. Needs cuobjdump beside PTXAS.
+cuobjdump=$(dirname "$PTXAS")/cuobjdump
+if [ -x "$cuobjdump" ]; then
+	"$cuobjdump" -sass "$d/k.cubin" | awk '/Function :/ { f = $3 } /desc\[UR[0-9]*[13579]\]/ { n[f]++ } END { for (k in n) print "WARNING: " k ": " n[k] " instructions with a descriptor in an odd uniform register" }'
+fi
 rm -rf "$d"
