@@ -16,6 +16,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 AB=${AB:-.devicework/ab}
 K=${KERNEL:-moe_gemm_wg4}
+prof=(ncu --clock-control none --cache-control "${CACHE:-all}")
 mkdir -p "$OUT"
 for n in "$@"; do
 	if [ ! -f /tmp/ab/$n/moe.fatbin ]; then
@@ -26,15 +27,15 @@ for n in "$@"; do
 	# Without the graph floor's thousands of one-block launches (moe_reduce), the first kernels
 	# are the layer's: the weight upload's, then the forwards'.
 	run=(/tmp/ab/$n/bin/fp4moe bench --shapes "${SHAPE:-gptoss120b}" --m "${M:-4096}" --routing uniform --min-time 1ms --graph-floor=false)
-	timeout 150 ncu --clock-control none --cache-control "${CACHE:-all}" --kernel-name "$K" --launch-skip "${SKIP:-4}" --launch-count 1 \
+	timeout 150 "${prof[@]}" --kernel-name "$K" --launch-skip "${SKIP:-4}" --launch-count 1 \
 		--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats --section Occupancy \
 		"${run[@]}" > "$OUT/sol-$n.txt" 2>&1
-	timeout 200 ncu --clock-control none --cache-control "${CACHE:-all}" --kernel-name "$K" --launch-skip "${SKIP:-4}" --launch-count 1 \
+	timeout 200 "${prof[@]}" --kernel-name "$K" --launch-skip "${SKIP:-4}" --launch-count 1 \
 		--section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
 		"${run[@]}" > "$OUT/src-$n.csv" 2>&1
 	gzip -f "$OUT/src-$n.csv"
 	if [ "${TIMES:-0}" = 1 ]; then
-		timeout 120 ncu --clock-control none --cache-control "${CACHE:-all}" --metrics gpu__time_duration.sum --launch-skip 40 --launch-count 16 --csv \
+		timeout 120 "${prof[@]}" --metrics gpu__time_duration.sum --launch-skip 40 --launch-count 16 --csv \
 			"${run[@]}" > "$OUT/times-$n.csv" 2>&1
 		echo "== $n kernel times (in the unit ncu gives)"
 		grep -E '"gpu__time_duration.sum"' "$OUT/times-$n.csv" | awk -F'","' '{print $5, $NF}' | tr -d '"' | cut -c1-90
