@@ -97,7 +97,7 @@ extern "C" __global__ void deci_ref(const u8* __restrict__ W, const u8* __restri
 
 // gemm_dec's structure (S warps share 32 rows, each its groups q ≡ r mod S, a DEC_STAGES ring a
 // warp, partial sums added in the order of r), one token a pass, EXACT false, the MMAs on s8.
-template <int S, bool F>
+template <int S, bool F, int MODE = 0>
 __device__ __forceinline__ void gemm_deci(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ P,
                                           const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
                                           const int* __restrict__ offsets, float* __restrict__ out, i64 N, i64 Kd) {
@@ -170,7 +170,7 @@ __device__ __forceinline__ void gemm_deci(const u8* __restrict__ W, const u8* __
     int cur = 0, nxt = (D - 1) * SZ;
 #pragma unroll 1
     for (int i = 0; i < mine; i++) {
-      if (i + D - 1 < mine) {
+      if (MODE != 2 && i + D - 1 < mine) {  // MODE 2: the ring head only (the compute alone)
         issue_w(nxt, Ic<D - 1>{});
         issue_x(nxt, Ic<D - 1>{});
       }
@@ -178,6 +178,7 @@ __device__ __forceinline__ void gemm_deci(const u8* __restrict__ W, const u8* __
       cp_async_wait<D - 1>();
       __syncwarp();
       const Stage& d = *reinterpret_cast<const Stage*>(reinterpret_cast<const u8*>(st) + cur);
+      if constexpr (MODE != 1) {  // MODE 1: the copies and waits alone
       {
         const uint32_t w4 = *reinterpret_cast<const uint32_t*>(&d.s[lane][0]);
         if constexpr (F) {
@@ -252,6 +253,7 @@ __device__ __forceinline__ void gemm_deci(const u8* __restrict__ W, const u8* __
 #pragma unroll
         for (int c = 0; c < 4 * RB; c++) acc[c] += part[c] * x0;
       }
+      }
       __syncwarp();
       wq += 1024 * S;
       sq += 64 * S;
@@ -292,27 +294,44 @@ __device__ __forceinline__ void gemm_deci(const u8* __restrict__ W, const u8* __
   }
 }
 
-extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, DEC_BLOCKS)
-moe_gemm_deci(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ P, const float* __restrict__ Xs,
+__device__ __forceinline__ void deci_entry(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ P, const float* __restrict__ Xs,
               const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
               const int* __restrict__ offsets, float* __restrict__ out, i64 N, i64 Kd, i64 split, i64 fold) {
   if ((int)blockIdx.y >= *ntiles) return;
   const int e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
-#define DECI_RUN(f)                                                  \
+#define DECI_RUN(f, m)                                                \
   do {                                                               \
     if (split == 4)                                                  \
-      gemm_deci<4, f>(W, Ws, P, Xs, e, row0, counts, offsets, out, N, Kd); \
+      gemm_deci<4, f, m>(W, Ws, P, Xs, e, row0, counts, offsets, out, N, Kd); \
     else if (split == 2)                                             \
-      gemm_deci<2, f>(W, Ws, P, Xs, e, row0, counts, offsets, out, N, Kd); \
+      gemm_deci<2, f, m>(W, Ws, P, Xs, e, row0, counts, offsets, out, N, Kd); \
     else                                                             \
-      gemm_deci<1, f>(W, Ws, P, Xs, e, row0, counts, offsets, out, N, Kd); \
+      gemm_deci<1, f, m>(W, Ws, P, Xs, e, row0, counts, offsets, out, N, Kd); \
   } while (0)
-  if (fold)
-    DECI_RUN(true);
+  // fold: 0 the integer MMA, 1 with the folded scales, 2 its copies and waits alone (no
+  // arithmetic), 3 its arithmetic alone (on the ring's first groups, no further copies).
+  if (fold == 1)
+    DECI_RUN(true, 0);
+  else if (fold == 2)
+    DECI_RUN(false, 1);
+  else if (fold == 3)
+    DECI_RUN(false, 2);
   else
-    DECI_RUN(false);
+    DECI_RUN(false, 0);
 #undef DECI_RUN
 }
+// The kernel at four blocks an SM (128 registers at most, as the split kernels), and at three
+// (moe_gemm_deci3: room for more registers, which one-token GEMMs of one wave lose nothing by).
+#define DECI_KERNEL(name, blocks)                                                                                       \
+  extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, blocks)                                                   \
+  name(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ P, const float* __restrict__ Xs,      \
+       const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,                    \
+       const int* __restrict__ offsets, float* __restrict__ out, i64 N, i64 Kd, i64 split, i64 fold) {                   \
+    deci_entry(W, Ws, P, Xs, tiles, ntiles, counts, offsets, out, N, Kd, split, fold);                                  \
+  }
+DECI_KERNEL(moe_gemm_deci, DEC_BLOCKS)
+DECI_KERNEL(moe_gemm_deci3, 3)
+#undef DECI_KERNEL
 
 // The split kernel's shared memory (the fold keeps each row's smallest scale in the partial sums'
 // area, which the pass uses only after its groups).
@@ -343,10 +362,28 @@ int main(int argc, char** argv) {
   if (m8)
     shapes = {{"gptoss-gemm1", 5760, 2944, 32, 1}, {"gptoss-gemm2", 2880, 2944, 32, 2}, {"dsv3-gemm1", 4096, 7168, 64, 1},
               {"dsv3-gemm2", 7168, 2048, 64, 1},   {"qwen3-gemm1", 1536, 2048, 64, 1},  {"qwen3-gemm2", 2048, 768, 64, 1}};
+  if (argc > 1 && std::string(argv[1]) == "split")  // GPT-OSS's one-token GEMMs at each split
+    shapes = {{"gptoss-gemm1", 5760, 2944, 4, 1}, {"gptoss-gemm1", 5760, 2944, 4, 2}, {"gptoss-gemm1", 5760, 2944, 4, 4},
+              {"gptoss-gemm2", 2880, 2944, 4, 2}, {"gptoss-gemm2", 2880, 2944, 4, 4}};
+  if (argc > 1 && std::string(argv[1]) == "ovh")  // GPT-OSS GEMM1's rows with 1, 2, 6 and 23 groups
+    shapes = {{"gptoss-k128", 5760, 128, 4, 1},  {"gptoss-k256", 5760, 256, 4, 2}, {"gptoss-k1536", 5760, 1536, 4, 2},
+              {"gptoss-gemm1", 5760, 2944, 4, 2}};
+  // sweep: each one-token GEMM at splits 2 and 4 (the 32-row and 64-row split kernels).
+  if (argc > 1 && std::string(argv[1]) == "sweep") {
+    std::vector<Shape> all;
+    for (const Shape& x : shapes)
+      for (int sp : {2, 4}) all.push_back({x.name, x.N, x.Kd, x.T, sp});
+    shapes = all;
+  }
+  // prof: GPT-OSS GEMM1 only, each variant launched three times in turn (for ncu), no timing.
+  const bool prof = argc > 1 && std::string(argv[1]) == "prof";
+  if (prof) shapes = {{"gptoss-gemm1", 5760, 2944, 4, 2}};
   const int tokens = argc > 2 ? atoi(argv[2]) : 1;  // tokens a tile
   CK(cudaFuncSetAttribute(moe_gemm_dec, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM));
   CK(cudaFuncSetAttribute(moe_gemm_dec1, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC1_SMEM));
   CK(cudaFuncSetAttribute(moe_gemm_deci, cudaFuncAttributeMaxDynamicSharedMemorySize, DECI_SMEM));
+  CK(cudaFuncSetAttribute(moe_gemm_deci3, cudaFuncAttributeMaxDynamicSharedMemorySize, DECI_SMEM));
+  CK(cudaFuncSetAttribute(moe_gemm_decw, cudaFuncAttributeMaxDynamicSharedMemorySize, DECW_SMEM));
   // Copy bandwidth, for the ratios.
   {
     const size_t B = 1ull << 30;
@@ -368,8 +405,8 @@ int main(int argc, char** argv) {
     cudaFree(a);
     cudaFree(b);
   }
-  printf("%-14s %6s %9s %9s %9s %7s %7s %9s %9s %9s\n", "shape", "tokens", "dec us", "deci us", "decif us", "deci/", "decif/",
-         "decif GB/s", "deci err", "decif err");
+  printf("%-15s %6s %9s %9s %9s %7s %7s %9s %9s %9s %9s %9s %9s %9s\n", "shape", "tokens", "dec us", "deci us", "decif us", "deci/", "decif/",
+         "decif GB/s", "deci err", "decif err", "copies us", "arith us", "deci3 us", "decw us");
   for (const Shape& sh : shapes) {
     const i64 N = sh.N, Kd = sh.Kd, G = Kd / 128;
     const i64 wbytes = N * Kd / 2, sbytes = N * Kd / 32;
@@ -438,15 +475,25 @@ int main(int argc, char** argv) {
       moe_gemm_deci<<<grid, block, DECI_SMEM>>>(W, Ws, P, Xs, tiles + s * 2 * sh.T, nt, counts + s * pool, offs + s * pool, outi, N,
                                                 Kd, sh.S, fold);
     };
-    // Variants: 0 moe_gemm_dec, 1 the integer MMA, 2 the same with the block scales folded.
+    // Variants: 0 moe_gemm_dec, 1 the integer MMA, 2 the same with the block scales folded, 3 its
+    // copies alone, 4 its arithmetic alone, 5 the integer MMA at three blocks an SM, 6
+    // moe_gemm_decw (FP16, 64 weight rows a warp, three blocks an SM; split 2 or 4 only).
     auto run = [&](int v, int s) {
       if (v == 0)
         run_dec(s);
+      else if (v == 5)
+        moe_gemm_deci3<<<grid, block, DECI_SMEM>>>(W, Ws, P, Xs, tiles + s * 2 * sh.T, nt, counts + s * pool, offs + s * pool, outi,
+                                                   N, Kd, sh.S, 0);
+      else if (v == 6)
+        moe_gemm_decw<<<dim3((unsigned)(N * sh.S / 256), sh.T), block, DECW_SMEM>>>(
+            W, Ws, X, Xs, tiles + s * 2 * sh.T, nt, counts + s * pool, offs + s * pool, nullptr, out, N, Kd, sh.S, 0, 0, nullptr,
+            nullptr, 0);
       else
         run_deci(s, v - 1);
     };
     // Check: set 0, every token of every tile against float64.
     double maxrel[3] = {0, 0, 0};
+    const int NV = sh.S > 1 && N * sh.S % 256 == 0 ? 7 : 6;
     for (int v = 1; v < 3; v++) {
       run(v, 0);
       CK(cudaDeviceSynchronize());
@@ -474,16 +521,23 @@ int main(int argc, char** argv) {
         cudaFree(dtj);
       }
     }
+    if (prof) {
+      for (int v = 0; v < NV; v++)
+        for (int i = 0; i < 3; i++) run(v, i % sets);
+      CK(cudaDeviceSynchronize());
+      printf("prof: variants 0..%d launched 3 times each\n", NV - 1);
+      continue;
+    }
     // Time: rounds of 20 launches over rotating sets, each variant in turn, medians.
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
-    std::vector<float> tv[3];
+    std::vector<float> tv[7];
     for (int w = 0; w < 3 * sets; w++)
-      for (int v = 0; v < 3; v++) run(v, w % sets);
+      for (int v = 0; v < NV; v++) run(v, w % sets);
     int s = 0;
     for (int round = 0; round < 15; round++) {
-      for (int v = 0; v < 3; v++) {
+      for (int v = 0; v < NV; v++) {
         cudaEventRecord(e0);
         for (int i = 0; i < 20; i++, s++) run(v, s % sets);
         cudaEventRecord(e1);
@@ -494,13 +548,14 @@ int main(int argc, char** argv) {
       }
     }
     CK(cudaGetLastError());
-    double med[3];
-    for (int v = 0; v < 3; v++) {
+    double med[7] = {0, 0, 0, 0, 0, 0, 0};
+    for (int v = 0; v < NV; v++) {
       std::sort(tv[v].begin(), tv[v].end());
       med[v] = tv[v][tv[v].size() / 2];
     }
-    printf("%-14s %6d %9.2f %9.2f %9.2f %7.3f %7.3f %9.0f %9.2e %9.2e\n", sh.name, tokens, med[0], med[1], med[2], med[1] / med[0],
-           med[2] / med[0], (double)(wbytes + sbytes) * sh.T / (med[2] * 1e-6) / 1e9, maxrel[1], maxrel[2]);
+    printf("%-12s S%d %6d %9.2f %9.2f %9.2f %7.3f %7.3f %9.0f %9.2e %9.2e %9.2f %9.2f %9.2f %9.2f\n", sh.name, sh.S, tokens, med[0], med[1], med[2],
+           med[1] / med[0], med[2] / med[0], (double)(wbytes + sbytes) * sh.T / (med[2] * 1e-6) / 1e9, maxrel[1], maxrel[2], med[3],
+           med[4], med[5], med[6]);
     cudaFree(W), cudaFree(Ws), cudaFree(X), cudaFree(P), cudaFree(Xs), cudaFree(out), cudaFree(outi), cudaFree(ref);
     cudaFree(tiles), cudaFree(counts), cudaFree(offs), cudaFree(nt);
   }
