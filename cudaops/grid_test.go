@@ -153,3 +153,23 @@ func TestDecSplitFor(t *testing.T) {
 		}
 	}
 }
+
+func TestWideFirst(t *testing.T) {
+	cases := []struct {
+		name  string
+		n, kd int64
+		tiles int
+		want  bool
+	}{
+		{"deepseekv3 one token", 4096, 7168, 8, true},    // split 4: 1024 blocks; 64-row split 2: 256
+		{"deepseekv3 two tokens", 4096, 7168, 16, false}, // 64-row split 2: 512 blocks, over a wave
+		{"gptoss120b one token", 5760, 2944, 4, false},   // split 4: 720 blocks, one and a half waves at most
+		{"qwen3 one token", 1536, 2048, 8, false},        // split 4 fits in a wave
+		{"few groups", 4096, 512, 8, false},              // 4 groups a row
+	}
+	for _, c := range cases {
+		if got := wideFirst(c.n, c.kd, c.tiles, 132); got != c.want {
+			t.Errorf("%s: wideFirst(%d, %d, %d, 132) = %v, want %v", c.name, c.n, c.kd, c.tiles, got, c.want)
+		}
+	}
+}

@@ -158,6 +158,9 @@ func (l *Layer) decSplits(tiles int) (split1, split2 int, wide1, wide2 bool) {
 	K, I := int64(l.K), int64(l.I)
 	split1, split2 = l.decSplit(2*I, K, tiles, true), l.decSplit(K, I, tiles, false)
 	wide1, wide2 = l.splitWide(2*I, K, split1, split2, tiles)
+	if l.splitRows == 0 && split1 == 4 && wideFirst(2*I, K, tiles, l.dev.SMs) {
+		split1, wide1 = 2, true
+	}
 	return split1, split2, wide1, wide2
 }
 
