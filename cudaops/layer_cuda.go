@@ -153,7 +153,8 @@ func (l *Layer) decSplit(n, kd int64, tiles int, first bool) int {
 }
 
 // decSplits returns a decode forward's two streaming GEMMs' splits (decSplit) and whether each
-// takes the split kernel of 64 rows a warp (splitWide), at a bound of tiles.
+// takes the split kernel of 64 rows a warp (splitWide), at a bound of tiles; GEMM1 at split 4
+// takes split 2 on the 64-row kernel where wideFirst says so.
 func (l *Layer) decSplits(tiles int) (split1, split2 int, wide1, wide2 bool) {
 	K, I := int64(l.K), int64(l.I)
 	split1, split2 = l.decSplit(2*I, K, tiles, true), l.decSplit(K, I, tiles, false)
