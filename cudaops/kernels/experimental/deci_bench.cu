@@ -2,7 +2,10 @@
 // program (not part of moe.fatbin) that times both on the same weights and checks the new
 // kernel against a float64 reference. Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/deci deci_bench.cu
-//   /tmp/deci m1 1    (one token a tile at each shape's M = 1 tiles; m8: batches of 8 tokens)
+//   /tmp/deci m1 1    (one token a tile at each shape's M = 1 tiles; m8: batches of 8 tokens;
+//                      sweep: splits 2 and 4; multi: 2 and 4 tokens at splits 1, 2, 4; ovh:
+//                      GPT-OSS GEMM1 at 1-12 groups a warp; prof: launches only, for ncu)
+// DECI_POOL_MB sets the weight pool the tiles rotate over (default 400 MB, several times L2).
 // It prints, per GEMM, the median µs of moe_gemm_dec, of this kernel, and of this kernel with the
 // block scales folded into integer multipliers (fold), and their errors against float64.
 //
@@ -375,6 +378,15 @@ int main(int argc, char** argv) {
       for (int sp : {2, 4}) all.push_back({x.name, x.N, x.Kd, x.T, sp});
     shapes = all;
   }
+  // multi: 2 and 4 tokens (tiles of one token on distinct experts) at splits 1, 2 and 4.
+  if (argc > 1 && std::string(argv[1]) == "multi") {
+    std::vector<Shape> all;
+    for (const Shape& x : shapes)
+      for (int m : {2, 4})
+        for (int sp : {1, 2, 4})
+          if (x.N * sp % 128 == 0) all.push_back({x.name, x.N, x.Kd, x.T * m, sp});
+    shapes = all;
+  }
   // prof: GPT-OSS GEMM1 only, each variant launched three times in turn (for ncu), no timing.
   const bool prof = argc > 1 && std::string(argv[1]) == "prof";
   if (prof) shapes = {{"gptoss-gemm1", 5760, 2944, 4, 2}};
@@ -384,6 +396,7 @@ int main(int argc, char** argv) {
   CK(cudaFuncSetAttribute(moe_gemm_deci, cudaFuncAttributeMaxDynamicSharedMemorySize, DECI_SMEM));
   CK(cudaFuncSetAttribute(moe_gemm_deci3, cudaFuncAttributeMaxDynamicSharedMemorySize, DECI_SMEM));
   CK(cudaFuncSetAttribute(moe_gemm_decw, cudaFuncAttributeMaxDynamicSharedMemorySize, DECW_SMEM));
+  CK(cudaFuncSetAttribute(moe_gemm_dec1w, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC1W_SMEM));
   // Copy bandwidth, for the ratios.
   {
     const size_t B = 1ull << 30;
@@ -406,12 +419,13 @@ int main(int argc, char** argv) {
     cudaFree(b);
   }
   printf("%-15s %6s %9s %9s %9s %7s %7s %9s %9s %9s %9s %9s %9s %9s\n", "shape", "tokens", "dec us", "deci us", "decif us", "deci/", "decif/",
-         "decif GB/s", "deci err", "decif err", "copies us", "arith us", "deci3 us", "decw us");
+         "decif GB/s", "deci err", "decif err", "copies us", "arith us", "deci3 us", "64-row us");
   for (const Shape& sh : shapes) {
     const i64 N = sh.N, Kd = sh.Kd, G = Kd / 128;
     const i64 wbytes = N * Kd / 2, sbytes = N * Kd / 32;
     // A pool of experts several times L2, T a forward, rotated.
-    const int pool = (int)std::max<i64>(2 * sh.T, (400ll << 20) / (wbytes + sbytes) / sh.T * sh.T);
+    const i64 poolBytes = getenv("DECI_POOL_MB") ? atoll(getenv("DECI_POOL_MB")) << 20 : 400ll << 20;
+    const int pool = (int)std::max<i64>(2 * sh.T, poolBytes / (wbytes + sbytes) / sh.T * sh.T);
     const int sets = pool / sh.T;
     std::vector<u8> hw(wbytes * pool), hs(sbytes * pool);
     for (auto& x : hw) x = (u8)rnd();
@@ -477,13 +491,18 @@ int main(int argc, char** argv) {
     };
     // Variants: 0 moe_gemm_dec, 1 the integer MMA, 2 the same with the block scales folded, 3 its
     // copies alone, 4 its arithmetic alone, 5 the integer MMA at three blocks an SM, 6
-    // moe_gemm_decw (FP16, 64 weight rows a warp, three blocks an SM; split 2 or 4 only).
+    // moe_gemm_decw (FP16, 64 weight rows a warp, three blocks an SM) at split 2 or 4, and
+    // moe_gemm_dec1w (the same at split 1).
     auto run = [&](int v, int s) {
       if (v == 0)
         run_dec(s);
       else if (v == 5)
         moe_gemm_deci3<<<grid, block, DECI_SMEM>>>(W, Ws, P, Xs, tiles + s * 2 * sh.T, nt, counts + s * pool, offs + s * pool, outi,
                                                    N, Kd, sh.S, 0);
+      else if (v == 6 && sh.S == 1)
+        moe_gemm_dec1w<<<dim3((unsigned)((N + 255) / 256), sh.T), block, DEC1W_SMEM>>>(
+            W, Ws, X, Xs, tiles + s * 2 * sh.T, nt, counts + s * pool, offs + s * pool, nullptr, out, N, Kd, 1, 0, 0, nullptr, nullptr,
+            0);
       else if (v == 6)
         moe_gemm_decw<<<dim3((unsigned)(N * sh.S / 256), sh.T), block, DECW_SMEM>>>(
             W, Ws, X, Xs, tiles + s * 2 * sh.T, nt, counts + s * pool, offs + s * pool, nullptr, out, N, Kd, sh.S, 0, 0, nullptr,
@@ -493,7 +512,7 @@ int main(int argc, char** argv) {
     };
     // Check: set 0, every token of every tile against float64.
     double maxrel[3] = {0, 0, 0};
-    const int NV = sh.S > 1 && N * sh.S % 256 == 0 ? 7 : 6;
+    const int NV = sh.S == 1 || N * sh.S % 256 == 0 ? 7 : 6;
     for (int v = 1; v < 3; v++) {
       run(v, 0);
       CK(cudaDeviceSynchronize());
