@@ -387,6 +387,24 @@ func TestDecodeSplits(t *testing.T) {
 	}
 }
 
+// TestDecodeWideFirst runs a one-token batch whose GEMM1 at split 4 would take more than one and
+// a half waves of the 32-row kernel (2I = 4096 rows, K = 2048, eight tiles), so that it takes the
+// 64-row split kernel at split 2 (wideFirst), against native and twice (bitwise the same). It
+// skips on devices where the rule does not apply (their SM count, or the 32-row kernels only).
+func TestDecodeWideFirst(t *testing.T) {
+	s := conformance.Spec{M: 1, K: 2048, I: 2048, E: 8, TopK: 8, Activation: moe.SiLU, Bias: true, Seed: 43}
+	c := conformance.Generate(s)
+	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+	defer l.Close()
+	_, tiles := l.bounds(s.M * s.TopK)
+	if split1, _, wide1, _ := l.decSplits(tiles); split1 != 2 || !wide1 {
+		t.Skipf("GEMM1 takes split %d (64-row kernel %v) on this device (%d SMs): wideFirst does not apply", split1, wide1, l.dev.SMs)
+	}
+	got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
+	nearNative(t, got, &c.Weights, c.Config, &c.Batch)
+	sameBits(t, "second run against the first", again, got)
+}
+
 // TestDecodeWide runs the streaming GEMM at batch sizes of more than dec16Rows routed rows per
 // expert, against native and twice (bitwise the same): M = 64 (8 rows an expert) on the 16-token
 // kernel, moe_gemm_dec16 (passes of 16 tokens, the last one partial), M = 80 (10 rows) on the
