@@ -109,15 +109,15 @@ func wideSplit(n int64, split, tiles, sms int) bool {
 
 // wideFirst reports whether the forward's GEMM1 (n rows of kd columns, tiles tiles, on sms SMs),
 // which decSplitFor leaves at split 4 in more than one and a half waves of the 32-row kernel
-// (with at least 4 column groups a warp), takes the
-// 64-row split kernel at split 2 instead, where that grid fits in one wave of decwBlocks an SM.
+// (with at least 4 column groups a warp), takes the 64-row split kernel at split 2 instead,
+// where that grid fits in one wave of decwBlocks an SM. (n is a multiple of 256, as 2I is.)
 // (H200: alone, DeepSeek-V3's one-token GEMM1, 1.94 waves at split 4, took 37.3 µs, and 35.2 on
 // the 64-row kernel at split 2, 0.65 of a wave (cudaops/kernels/experimental/deci_bench.cu); in
 // the forward the rule took DeepSeek-V3 at one token 2.9-3.9 %, GPT-OSS-120B at two 1.8-3.8 % and
 // Qwen3-30B-A3B at four 5.6-6.9 % lower, the rows it changes; docs/perf.md, v41.)
 func wideFirst(n, kd int64, tiles, sms int) bool {
-	narrow := int(n/decSplitRows) * tiles * 4 / decWarps
-	wide := int(n) * 2 / (64 * decWarps) * tiles
+	narrow := int(n/decSplitRows) * tiles * 4 / decWarps // the 32-row kernel's blocks at split 4
+	wide := int(n) * 2 / (64 * decWarps) * tiles         // the 64-row kernel's at split 2
 	wave := decSplitBlocks * sms
 	return kd/128 >= 16 && 2*narrow > 3*wave && wide <= decwBlocks*sms
 }
