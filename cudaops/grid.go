@@ -102,9 +102,13 @@ func chainWide(split1, fill1, split2, fill2 bool) (wide1, wide2 bool) {
 // GEMM1 at 2 tokens (1.3 waves against 1.9) and Qwen3's at 1 (0.48 wave against 0.73):
 // docs/perf.md v24.) splitWide decides from it with chainWide.
 func wideSplit(n int64, split, tiles, sms int) bool {
-	narrow := int(n) * split / (32 * decWarps) * tiles
-	wide := int(n) * split / (64 * decWarps) * tiles
-	return fillsAsWell(wide, decwBlocks, narrow, decSplitBlocks, sms)
+	return fillsAsWell(splitBlocks(n, 64, split, tiles), decwBlocks, splitBlocks(n, 32, split, tiles), decSplitBlocks, sms)
+}
+
+// splitBlocks is the grid of a split kernel of rows weight rows a warp (32 or 64) for n rows at
+// split S over tiles tiles: n·S/(rows·decWarps) blocks a tile.
+func splitBlocks(n int64, rows, split, tiles int) int {
+	return int(n) * split / (rows * decWarps) * tiles
 }
 
 // wideFirst reports whether the forward's GEMM1 (n rows of kd columns, tiles tiles, on sms SMs),
@@ -116,10 +120,8 @@ func wideSplit(n int64, split, tiles, sms int) bool {
 // the forward the rule took DeepSeek-V3 at one token 2.9-3.9 %, GPT-OSS-120B at two 1.8-3.8 % and
 // Qwen3-30B-A3B at four 5.6-6.9 % lower, the rows it changes; docs/perf.md, v41.)
 func wideFirst(n, kd int64, tiles, sms int) bool {
-	narrow := int(n/decSplitRows) * tiles * 4 / decWarps // the 32-row kernel's blocks at split 4
-	wide := int(n) * 2 / (64 * decWarps) * tiles         // the 64-row kernel's at split 2
-	wave := decSplitBlocks * sms
-	return kd/128 >= 16 && 2*narrow > 3*wave && wide <= decwBlocks*sms
+	narrow, wide := splitBlocks(n, 32, 4, tiles), splitBlocks(n, 64, 2, tiles)
+	return kd/128 >= 16 && 2*narrow > 3*decSplitBlocks*sms && wide <= decwBlocks*sms
 }
 
 // The early trigger's range (earlyTrigger): GEMM2 weights of at least earlyTriggerBytes over the
