@@ -3,7 +3,7 @@
 // kernel against a float64 reference. Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/deci deci_bench.cu
 //   /tmp/deci m1 1    (one token a tile at each shape's M = 1 tiles; m8: batches of 8 tokens;
-//                      sweep: splits 2 and 4; multi: 2 and 4 tokens at splits 1, 2, 4; ovh:
+//                      sweep: splits 2 and 4; multi: 2 and 4 tokens (DECI_MULTI) at splits 1, 2, 4; ovh:
 //                      GPT-OSS GEMM1 at 1-12 groups a warp; prof: launches only, for ncu)
 // DECI_POOL_MB sets the weight pool the tiles rotate over (default 400 MB, several times L2).
 // It prints, per GEMM, the median µs of moe_gemm_dec, of this kernel, and of this kernel with the
@@ -378,11 +378,22 @@ int main(int argc, char** argv) {
       for (int sp : {2, 4}) all.push_back({x.name, x.N, x.Kd, x.T, sp});
     shapes = all;
   }
-  // multi: 2 and 4 tokens (tiles of one token on distinct experts) at splits 1, 2 and 4.
+  // multi: 2 and 4 tokens (tiles of one token on distinct experts; DECI_MULTI="8,16" for others)
+  // at splits 1, 2 and 4.
   if (argc > 1 && std::string(argv[1]) == "multi") {
+    std::vector<int> mult;
+    for (const char* p = getenv("DECI_MULTI") ? getenv("DECI_MULTI") : "2,4"; *p;) {
+      char* end;
+      mult.push_back((int)strtol(p, &end, 10));
+      p = *end ? end + 1 : end;
+    }
+    // DECI_PAD=1: GPT-OSS at the bench's sizes (K = I = 2944, 23 groups of 128), whose GEMM2
+    // rows the 64-row kernel's blocks divide at split 2.
+    if (getenv("DECI_PAD") && atoi(getenv("DECI_PAD")))
+      shapes[0].N = 5888, shapes[1].N = 2944;
     std::vector<Shape> all;
     for (const Shape& x : shapes)
-      for (int m : {2, 4})
+      for (int m : mult)
         for (int sp : {1, 2, 4})
           if (x.N * sp % 128 == 0) all.push_back({x.name, x.N, x.Kd, x.T * m, sp});
     shapes = all;
