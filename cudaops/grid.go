@@ -124,6 +124,22 @@ func wideFirst(n, kd int64, tiles, sms int) bool {
 	return kd/128 >= 16 && 2*narrow > 3*decSplitBlocks*sms && wide <= decwBlocks*sms
 }
 
+// deepFirst reports whether the forward's GEMM1 (n rows of kd columns, tiles tiles, on sms SMs),
+// which decSplitFor and chainWide leave at split 1, or at split 2 on the 32-row kernel, takes
+// split 2 on the 64-row kernel whatever its grid's fill (decSplits then also puts a split GEMM2
+// on the 64-row kernel, as chainWide asks): where each warp keeps at least 16 column groups
+// (kd/128 >= 32, DeepSeek-V3's 7168) and the grid takes at most decSplitWaves2 waves of
+// decwBlocks an SM. With that many groups a warp, the 64-row kernel's fewer instructions a
+// weight byte outweigh a thinner last wave, which wideSplit's fill measure does not see. (H200,
+// alone: DeepSeek-V3's GEMM1 at 16 one-token tiles 71.5 µs at split 2 on the 32-row kernel,
+// 67.5 on the 64-row one; at 32 tiles 138.4 and 129.7; at 64 tiles, split 1 on the 64-row kernel,
+// 248.8 and 240.0 (cudaops/kernels/experimental/deci_bench.cu). In the forward, interleaved
+// A/B, two passes: DeepSeek-V3 at 2 tokens −3.1/−3.0 %, at 4 −2.2/−2.9 %, at 8 −3.3 % in the
+// passes' mean (their medians 4 % apart there), 1 and 16 within the spread; docs/perf.md, v42.)
+func deepFirst(n, kd int64, tiles, sms int) bool {
+	return kd/128 >= 32 && splitBlocks(n, 64, 2, tiles) <= decSplitWaves2*decwBlocks*sms
+}
+
 // The early trigger's range (earlyTrigger): GEMM2 weights of at least earlyTriggerBytes over the
 // batch's tile bound, and at most earlyTriggerPairs routed pairs.
 const (

@@ -173,3 +173,26 @@ func TestWideFirst(t *testing.T) {
 		}
 	}
 }
+
+// TestDeepFirst checks deepFirst's rule on the bench shapes' GEMM1 (H200: 132 SMs).
+func TestDeepFirst(t *testing.T) {
+	cases := []struct {
+		name  string
+		n, kd int64
+		tiles int
+		want  bool
+	}{
+		{"deepseekv3 two tokens", 4096, 7168, 16, true},       // 64-row split 2: 512 blocks, 1.3 waves
+		{"deepseekv3 eight tokens", 4096, 7168, 64, true},     // 2048 blocks, 5.2 waves
+		{"deepseekv3 sixteen tokens", 4096, 7168, 128, false}, // 4096 blocks, over six waves
+		{"gptoss120b eight tokens", 5888, 2944, 32, false},    // 23 groups a row
+		{"qwen3 eight tokens", 1536, 2048, 64, false},         // 16 groups a row
+		{"31 groups a row", 4096, 3968, 16, false},
+		{"32 groups a row", 4096, 4096, 16, true},
+	}
+	for _, c := range cases {
+		if got := deepFirst(c.n, c.kd, c.tiles, 132); got != c.want {
+			t.Errorf("%s: deepFirst(%d, %d, %d, 132) = %v, want %v", c.name, c.n, c.kd, c.tiles, got, c.want)
+		}
+	}
+}

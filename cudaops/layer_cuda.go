@@ -153,12 +153,16 @@ func (l *Layer) decSplit(n, kd int64, tiles int, first bool) int {
 }
 
 // decSplits returns a decode forward's two streaming GEMMs' splits (decSplit) and whether each
-// takes the split kernel of 64 rows a warp (splitWide), at a bound of tiles; GEMM1 at split 4
-// takes split 2 on the 64-row kernel where wideFirst says so.
+// takes the split kernel of 64 rows a warp (splitWide), at a bound of tiles; GEMM1 takes split 2
+// on the 64-row kernel where deepFirst (from split 1 or 2, GEMM2 then on the 64-row kernel too
+// where it is split) or wideFirst (from split 4) says so.
 func (l *Layer) decSplits(tiles int) (split1, split2 int, wide1, wide2 bool) {
 	K, I := int64(l.K), int64(l.I)
 	split1, split2 = l.decSplit(2*I, K, tiles, true), l.decSplit(K, I, tiles, false)
 	wide1, wide2 = l.splitWide(2*I, K, split1, split2, tiles)
+	if l.splitRows == 0 && split1 <= 2 && !wide1 && deepFirst(2*I, K, tiles, l.dev.SMs) {
+		split1, wide1, wide2 = 2, true, split2 > 1
+	}
 	if l.splitRows == 0 && split1 == 4 && wideFirst(2*I, K, tiles, l.dev.SMs) {
 		split1, wide1 = 2, true
 	}

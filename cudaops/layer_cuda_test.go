@@ -405,6 +405,28 @@ func TestDecodeWideFirst(t *testing.T) {
 	sameBits(t, "second run against the first", again, got)
 }
 
+// TestDecodeDeepFirst runs a two-token batch of K = 4096 (32 column groups a row) whose GEMM1
+// and GEMM2 take split 2 on the 32-row kernel by the grid-fill measure (2I = 4096 rows, sixteen
+// tiles), so that both take the 64-row split kernel (deepFirst), against native and twice
+// (bitwise the same). It skips on devices where the rule does not apply.
+func TestDecodeDeepFirst(t *testing.T) {
+	s := conformance.Spec{M: 2, K: 4096, I: 2048, E: 16, TopK: 8, Activation: moe.SiLU, Bias: true, Seed: 47}
+	c := conformance.Generate(s)
+	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+	defer l.Close()
+	_, tiles := l.bounds(s.M * s.TopK)
+	split1, split2, wide1, wide2 := l.decSplits(tiles)
+	if !deepFirst(int64(2*s.I), int64(s.K), tiles, l.dev.SMs) || l.splitRows != 0 {
+		t.Skipf("deepFirst does not apply on this device (%d SMs, split rows %d)", l.dev.SMs, l.splitRows)
+	}
+	if split1 != 2 || !wide1 || split2 != 2 || !wide2 {
+		t.Fatalf("GEMM1 split %d (64-row %v), GEMM2 split %d (64-row %v); want both at split 2 on the 64-row kernel", split1, wide1, split2, wide2)
+	}
+	got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
+	nearNative(t, got, &c.Weights, c.Config, &c.Batch)
+	sameBits(t, "second run against the first", again, got)
+}
+
 // TestDecodeWide runs the streaming GEMM at batch sizes of more than dec16Rows routed rows per
 // expert, against native and twice (bitwise the same): M = 64 (8 rows an expert) on the 16-token
 // kernel, moe_gemm_dec16 (passes of 16 tokens, the last one partial), M = 80 (10 rows) on the
