@@ -140,6 +140,25 @@ func deepFirst(n, kd int64, tiles, sms int) bool {
 	return kd/128 >= 32 && splitBlocks(n, 64, 2, tiles) <= decSplitWaves2*decwBlocks*sms
 }
 
+// moe_route_small's gather (routeSmallGrid): one block gathers rows of up to fusedPermuteBytes
+// (as fast as moe_permute's grid after moe_route, on an H200: docs/perf.md, v13b), larger gathers
+// take a block per routeSmallBlockBytes.
+const (
+	fusedPermuteBytes    = 64 << 10
+	routeSmallBlockBytes = 16 << 10
+)
+
+// routeSmallGrid is moe_route_small's grid for p routed pairs of k FP8 bytes a row on sms SMs:
+// one block while the rows it gathers, p·k bytes, are at most fusedPermuteBytes, else a block per
+// routeSmallBlockBytes, at most one an SM.
+func routeSmallGrid(p int, k int64, sms int) int {
+	b := int64(p) * k
+	if b <= fusedPermuteBytes {
+		return 1
+	}
+	return max(1, min(sms, int((b+routeSmallBlockBytes-1)/routeSmallBlockBytes)))
+}
+
 // The early trigger's range (earlyTrigger): GEMM2 weights of at least earlyTriggerBytes over the
 // batch's tile bound, and at most earlyTriggerPairs routed pairs.
 const (

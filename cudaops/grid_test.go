@@ -196,3 +196,26 @@ func TestDeepFirst(t *testing.T) {
 		}
 	}
 }
+
+// TestRouteSmallGrid checks moe_route_small's block count at the bench shapes' decode batches.
+func TestRouteSmallGrid(t *testing.T) {
+	cases := []struct {
+		name string
+		p    int
+		k    int64
+		want int
+	}{
+		{"gptoss120b one token", 4, 2944, 1},
+		{"deepseekv3 one token", 8, 7168, 1}, // 56 KiB
+		{"qwen3 four tokens", 32, 2048, 1},   // 64 KiB exactly
+		{"gptoss120b eight tokens", 32, 2944, 6},
+		{"qwen3 eight tokens", 64, 2048, 8},
+		{"deepseekv3 eight tokens", 64, 7168, 28},
+		{"capped at the SMs", 64, 65536, 132},
+	}
+	for _, c := range cases {
+		if got := routeSmallGrid(c.p, c.k, 132); got != c.want {
+			t.Errorf("%s: routeSmallGrid(%d, %d, 132) = %d, want %d", c.name, c.p, c.k, got, c.want)
+		}
+	}
+}

@@ -17,16 +17,13 @@ const (
 	segmentRows  = 32   // MOE_BM: row alignment of expert segments and token tile of the GEMMs
 	gemmRows     = 64   // GEMM_ROWS: weight rows per GEMM block
 	routeThreads = 1024 // ROUTE_THREADS
-	// ROUTE_SMALL_THREADS: the routing kernel of small decode batches (fusedPermutePairs and
-	// fusedPermuteBytes bound them)
+	// ROUTE_SMALL_THREADS: the routing kernel of small decode batches (fusedPermutePairs bounds
+	// them; routeSmallGrid gives its blocks)
 	routeSmallThreads = 256
 	maxExperts        = 1024 // local experts the routing kernel handles
 	// fusedPermutePairs: up to this many routed pairs (ROUTE_SMALL_PAIRS), the decode batch's
 	// routing kernel (moe_route_small) gathers the rows itself.
 	fusedPermutePairs = 64
-	// fusedPermuteBytes: and only while the rows it gathers are at most this many bytes (its one
-	// block of 256 threads gathers slower than moe_permute's grid beyond that).
-	fusedPermuteBytes = 64 << 10
 	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
 	scatterPairs = 4096
 	// PS_THREADS: the wgmma path's gather of the scales (moe_permute_scales), whose blocks take
@@ -216,8 +213,10 @@ type Layer struct {
 	// trigger: on the decode path, the early trigger by earlyTrigger's rule (0), always (1) or
 	// never (-1) (tests compare the two).
 	trigger int
-	ws      workspace
-	closed  bool
+	// routeGrid: moe_route_small's blocks, or 0 for routeSmallGrid's count (tests compare them).
+	routeGrid int
+	ws        workspace
+	closed    bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
 	events [7]cu.Event
@@ -681,7 +680,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	kernel := l.kernel(P)
 	// Small decode batches: moe_route_small, which also gathers the rows (one launch fewer).
-	fused := kernel == GEMMDecode && P <= fusedPermutePairs && int64(P)*K <= fusedPermuteBytes
+	fused := kernel == GEMMDecode && P <= fusedPermutePairs
+	rsBlocks := routeSmallGrid(P, K, l.dev.SMs)
+	if l.routeGrid > 0 {
+		rsBlocks = l.routeGrid
+	}
 	// Prefill-sized ones (more than scatterPairs): one block per 1024 pairs counts them, the
 	// routing block scans the counts, and one block per 1024 pairs places them, so that neither
 	// the loads nor the scattered stores wait on one block.
@@ -698,7 +701,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs)}
 	var err error
 	if fused {
-		err = launch(f.routeSmall, dim3{1, 1, 1}, dim3{routeSmallThreads, 1, 1}, int(8*E), l.stream,
+		err = launch(f.routeSmall, dim3{rsBlocks, 1, 1}, dim3{routeSmallThreads, 1, 1}, int(8*E), l.stream,
 			append(meta, u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm))...)
 	} else {
 		err = launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E), l.stream,

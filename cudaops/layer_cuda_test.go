@@ -561,6 +561,33 @@ func TestDecodePredictedTiles(t *testing.T) {
 	}
 }
 
+// TestDecodeRouteGrid runs decode batches whose routing kernel (moe_route_small) gathers more
+// rows than one block takes, in blocks that each route the pairs and share the gather: against
+// native, and bitwise against the same layer with the routing in one block and in three (the
+// expert map, ids of -1 and repeated experts included).
+func TestDecodeRouteGrid(t *testing.T) {
+	for _, s := range []conformance.Spec{
+		{Name: "M=16, 64 pairs", M: 16, K: 2048, I: 256, E: 16, TopK: 4, Activation: moe.SiLU, Seed: 71},
+		{Name: "M=8, map, -1, repeats", M: 8, K: 4096, I: 256, E: 8, GlobalExperts: 24, TopK: 8, Dup: true, NegIDs: 0.2, Activation: moe.SwiGLUOAI, Bias: true, Seed: 72},
+	} {
+		t.Run(s.Name, func(t *testing.T) {
+			c := conformance.Generate(s)
+			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+			defer l.Close()
+			p := s.M * s.TopK
+			if n := routeSmallGrid(p, int64(s.K), l.dev.SMs); p > fusedPermutePairs || n < 2 {
+				t.Fatalf("%d pairs of %d bytes: routing grid %d, want a fused routing of several blocks", p, s.K, n)
+			}
+			got := forward(t, l, &c.Batch, s.K)
+			for _, g := range []int{1, 3} {
+				l.routeGrid = g
+				sameBits(t, fmt.Sprintf("routing in %d blocks against the default grid", g), forward(t, l, &c.Batch, s.K), got)
+			}
+			nearNative(t, got, &c.Weights, c.Config, &c.Batch)
+		})
+	}
+}
+
 // TestDecodeEarlyTrigger runs decode batches with the early trigger (the activation kernel and
 // GEMM2 let the next kernel launch before they wait) against native, and bitwise against the
 // same layer without it: predicted and routed GEMM1 tiles, the expert map with ids of -1 and

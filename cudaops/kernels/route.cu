@@ -275,7 +275,7 @@ __device__ __forceinline__ void route_put_scale(float* __restrict__ a1s_perm, co
 #define ROUTE_SMALL_PAIRS 64
 #define ROUTE_SMALL_PRE 4  // tokens' pieces a thread loads before the routing
 
-// Routing of decode batches (P = M·topk <= 64 pairs, E <= 1024) in one block of
+// Routing of decode batches (P = M·topk <= 64 pairs, E <= 1024) in blocks of
 // ROUTE_SMALL_THREADS threads, with the gather of the rows: the same results as moe_route
 // (counts, offsets, the MOE_BM-row tile list, expert_ids, row_pair, inv_perm, *err; no wgmma tiles)
 // plus moe_permute's rows and scales (a1q, a1s: (M, K), (M, K/128)) in the decode GEMM's byte
@@ -283,10 +283,13 @@ __device__ __forceinline__ void route_put_scale(float* __restrict__ a1s_perm, co
 // pairs of its expert by a scan of the pairs in shared memory), warp 0 the segment offsets and
 // tiles (each lane a run of consecutive experts), while the other warps mark every row of the
 // layout's bound (P + min(P, E)·31, rounded up to MOE_BM) as padding; then every thread gathers.
-// The gather's loads do not depend on the routing: each thread loads up to ROUTE_SMALL_PRE
-// 16-byte pieces of the tokens' rows (and one scale) right after the wait, so that their round
-// trip overlaps the ids' and the scan, and stores each to the rows of the token's pairs at the
-// end; pieces past those go through the loop after. Dynamic shared memory 8E bytes.
+// Every block routes the pairs in its shared memory (a few hundred bytes of ids), block 0 alone
+// writes the routing's results, and the blocks share the gather: the grid's thread g takes the
+// pieces g, g + stride, ... (stride: the grid's threads). The gather's loads do not depend on the
+// routing: each thread loads up to ROUTE_SMALL_PRE 16-byte pieces of the tokens' rows (and one
+// scale) right after the wait, so that their round trip overlaps the ids' and the scan, and
+// stores each to the rows of the token's pairs at the end; pieces past those go through the loop
+// after. Dynamic shared memory 8E bytes.
 extern "C" __global__ void __launch_bounds__(ROUTE_SMALL_THREADS, 1)
 moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
                 int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
@@ -300,16 +303,18 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   int* soff = smem + E;    // segment offsets
   __shared__ int sle[ROUTE_SMALL_PAIRS], srow[ROUTE_SMALL_PAIRS];
   const int tid = threadIdx.x, lane = tid % 32, ne = (int)E, P = (int)(M * topk);
+  const bool lead = blockIdx.x == 0;  // the block that writes the routing's results
+  const int first = (int)blockIdx.x * ROUTE_SMALL_THREADS + tid, stride = (int)gridDim.x * ROUTE_SMALL_THREADS;
   for (int e = tid; e < ne; e += ROUTE_SMALL_THREADS) scount[e] = 0;
   // The tokens' first pieces and scales (token-major: piece idx of a1q is token idx / pieces).
   const int pieces = (int)(K / 16), G = (int)(K / MOE_GROUP), tk = (int)topk, npc = (int)M * pieces, nsc = (int)M * G;
   uint4 pre[ROUTE_SMALL_PRE];
 #pragma unroll
   for (int u = 0; u < ROUTE_SMALL_PRE; u++) {
-    const int idx = tid + u * ROUTE_SMALL_THREADS;
+    const int idx = first + u * stride;
     if (idx < npc) pre[u] = reinterpret_cast<const uint4*>(a1q)[idx];
   }
-  const float pscale = tid < nsc ? a1s[tid] : 0.f;
+  const float pscale = first < nsc ? a1s[first] : 0.f;
   // Pair tid's local expert: -1 for an id of -1, an id without a local expert, or an invalid id
   // (outside [-1, Eg): counted in *err).
   int le = -2;
@@ -338,20 +343,23 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
       const int e = e0 + k;
       if (e >= ne) break;
       const int c = scount[e], nt = (c + MOE_BM - 1) / MOE_BM;
-      counts[e] = c;
-      offsets[e] = soff[e] = t * MOE_BM;
-      for (int j = 0; j < nt; j++) {
-        tiles[2 * (t + j)] = e;
-        tiles[2 * (t + j) + 1] = (t + j) * MOE_BM;
+      soff[e] = t * MOE_BM;
+      if (lead) {
+        counts[e] = c;
+        offsets[e] = t * MOE_BM;
+        for (int j = 0; j < nt; j++) {
+          tiles[2 * (t + j)] = e;
+          tiles[2 * (t + j) + 1] = (t + j) * MOE_BM;
+        }
       }
       t += nt;
     }
-    if (lane == 31) {
+    if (lead && lane == 31) {
       offsets[E] = incl * MOE_BM;
       *ntiles = incl;
       *err = nbad;
     }
-  } else {
+  } else if (lead) {
     const int bound = (P + min(P, ne) * (MOE_BM - 1) + MOE_BM - 1) / MOE_BM * MOE_BM;
     for (int r = tid - 32; r < bound; r += ROUTE_SMALL_THREADS - 32) {
       expert_ids[r] = -1;
@@ -366,7 +374,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
       for (int j = 0; j < tid; j++) rank += sle[j] == le;
       row = soff[le] + rank;
     }
-    place_pair(le, row, tid, expert_ids, row_pair, inv_perm);
+    if (lead) place_pair(le, row, tid, expert_ids, row_pair, inv_perm);
     srow[tid] = row;
   }
   __syncthreads();  // srow
@@ -374,27 +382,26 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   // first ROUTE_SMALL_PRE a thread, their loads issued before their stores.
 #pragma unroll
   for (int u = 0; u < ROUTE_SMALL_PRE; u++) {
-    const int idx = tid + u * ROUTE_SMALL_THREADS;
+    const int idx = first + u * stride;
     if (idx >= npc) break;
     route_put_piece(a1q_perm, srow, tk, pieces, idx, pre[u]);
   }
-  if (tid < nsc) route_put_scale(a1s_perm, srow, tk, G, tid, pscale);
-  for (int b = tid + ROUTE_SMALL_PRE * ROUTE_SMALL_THREADS; b < npc; b += 4 * ROUTE_SMALL_THREADS) {
+  if (first < nsc) route_put_scale(a1s_perm, srow, tk, G, first, pscale);
+  for (int b = first + ROUTE_SMALL_PRE * stride; b < npc; b += 4 * stride) {
     uint4 v[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) {
-      const int idx = b + u * ROUTE_SMALL_THREADS;
+      const int idx = b + u * stride;
       if (idx < npc) v[u] = reinterpret_cast<const uint4*>(a1q)[idx];
     }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
-      const int idx = b + u * ROUTE_SMALL_THREADS;
+      const int idx = b + u * stride;
       if (idx >= npc) break;
       route_put_piece(a1q_perm, srow, tk, pieces, idx, v[u]);
     }
   }
-  for (int idx = tid + ROUTE_SMALL_THREADS; idx < nsc; idx += ROUTE_SMALL_THREADS)
-    route_put_scale(a1s_perm, srow, tk, G, idx, a1s[idx]);
+  for (int idx = first + stride; idx < nsc; idx += stride) route_put_scale(a1s_perm, srow, tk, G, idx, a1s[idx]);
 }
 
 // The spread routing's count (more than scatterPairs pairs, the host's choice), one block per
