@@ -142,8 +142,8 @@ func deepFirst(n, kd int64, tiles, sms int) bool {
 
 // moe_route_small's gather (routeSmallGrid): one block gathers rows of up to fusedPermuteBytes
 // (one block's gather of larger rows was slower than moe_permute's grid after moe_route on an
-// H200, docs/perf.md v13b), larger gathers take a block per routeSmallBlockBytes (16 KiB, not
-// tuned: the A/B of v43 measured this size only).
+// H200, docs/perf.md v13b), larger gathers take a block per routeSmallBlockBytes (8 and 32 KiB
+// were within the spread of 16 at 8 tokens on an H200, docs/perf.md v43).
 const (
 	fusedPermuteBytes    = 64 << 10
 	routeSmallBlockBytes = 16 << 10
