@@ -154,34 +154,38 @@ func TestDecSplitFor(t *testing.T) {
 	}
 }
 
+// gemm1Rule is a case of a rule on the forward's GEMM1 (wideFirst, deepFirst): n rows of kd
+// columns in tiles tiles, on an H200's 132 SMs.
+type gemm1Rule struct {
+	name  string
+	n, kd int64
+	tiles int
+	want  bool
+}
+
+// checkGEMM1Rule runs rule's cases.
+func checkGEMM1Rule(t *testing.T, name string, rule func(n, kd int64, tiles, sms int) bool, cases []gemm1Rule) {
+	t.Helper()
+	for _, c := range cases {
+		if got := rule(c.n, c.kd, c.tiles, 132); got != c.want {
+			t.Errorf("%s: %s(%d, %d, %d, 132) = %v, want %v", c.name, name, c.n, c.kd, c.tiles, got, c.want)
+		}
+	}
+}
+
 func TestWideFirst(t *testing.T) {
-	cases := []struct {
-		name  string
-		n, kd int64
-		tiles int
-		want  bool
-	}{
+	checkGEMM1Rule(t, "wideFirst", wideFirst, []gemm1Rule{
 		{"deepseekv3 one token", 4096, 7168, 8, true},    // split 4: 1024 blocks; 64-row split 2: 256
 		{"deepseekv3 two tokens", 4096, 7168, 16, false}, // 64-row split 2: 512 blocks, over a wave
 		{"gptoss120b one token", 5760, 2944, 4, false},   // split 4: 720 blocks, one and a half waves at most
 		{"qwen3 one token", 1536, 2048, 8, false},        // split 4 fits in a wave
 		{"few groups", 4096, 512, 8, false},              // 4 groups a row
-	}
-	for _, c := range cases {
-		if got := wideFirst(c.n, c.kd, c.tiles, 132); got != c.want {
-			t.Errorf("%s: wideFirst(%d, %d, %d, 132) = %v, want %v", c.name, c.n, c.kd, c.tiles, got, c.want)
-		}
-	}
+	})
 }
 
 // TestDeepFirst checks deepFirst's rule on the bench shapes' GEMM1 (H200: 132 SMs).
 func TestDeepFirst(t *testing.T) {
-	cases := []struct {
-		name  string
-		n, kd int64
-		tiles int
-		want  bool
-	}{
+	checkGEMM1Rule(t, "deepFirst", deepFirst, []gemm1Rule{
 		{"deepseekv3 two tokens", 4096, 7168, 16, true},       // 64-row split 2: 512 blocks, 1.3 waves
 		{"deepseekv3 eight tokens", 4096, 7168, 64, true},     // 2048 blocks, 5.2 waves
 		{"deepseekv3 sixteen tokens", 4096, 7168, 128, false}, // 4096 blocks, over six waves
@@ -189,12 +193,7 @@ func TestDeepFirst(t *testing.T) {
 		{"qwen3 eight tokens", 1536, 2048, 64, false},         // 16 groups a row
 		{"31 groups a row", 4096, 3968, 16, false},
 		{"32 groups a row", 4096, 4096, 16, true},
-	}
-	for _, c := range cases {
-		if got := deepFirst(c.n, c.kd, c.tiles, 132); got != c.want {
-			t.Errorf("%s: deepFirst(%d, %d, %d, 132) = %v, want %v", c.name, c.n, c.kd, c.tiles, got, c.want)
-		}
-	}
+	})
 }
 
 // TestRouteSmallGrid checks moe_route_small's block count at the bench shapes' decode batches.
