@@ -681,10 +681,6 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	kernel := l.kernel(P)
 	// Small decode batches: moe_route_small, which also gathers the rows (one launch fewer).
 	fused := kernel == GEMMDecode && P <= fusedPermutePairs
-	rsBlocks := routeSmallGrid(P, K, l.dev.SMs)
-	if l.routeGrid > 0 {
-		rsBlocks = l.routeGrid
-	}
 	// Prefill-sized ones (more than scatterPairs): one block per 1024 pairs counts them, the
 	// routing block scans the counts, and one block per 1024 pairs places them, so that neither
 	// the loads nor the scattered stores wait on one block.
@@ -701,7 +697,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs)}
 	var err error
 	if fused {
-		err = launch(f.routeSmall, dim3{rsBlocks, 1, 1}, dim3{routeSmallThreads, 1, 1}, int(8*E), l.stream,
+		grid := routeSmallGrid(P, K, l.dev.SMs)
+		if l.routeGrid > 0 {
+			grid = l.routeGrid
+		}
+		err = launch(f.routeSmall, dim3{grid, 1, 1}, dim3{routeSmallThreads, 1, 1}, int(8*E), l.stream,
 			append(meta, u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm))...)
 	} else {
 		err = launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E), l.stream,
