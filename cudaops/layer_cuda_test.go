@@ -76,6 +76,15 @@ func forward(t *testing.T, l moe.Layer, b *moe.Batch, k int) []float32 {
 	return out
 }
 
+// forwardTwice runs the forward twice on the batch, fails the test unless the second output is
+// bitwise the first (label names the case), and returns the first.
+func forwardTwice(t *testing.T, l moe.Layer, b *moe.Batch, k int, label string) []float32 {
+	t.Helper()
+	got := forward(t, l, b, k)
+	sameBits(t, label+": second run against the first", forward(t, l, b, k), got)
+	return got
+}
+
 // nearNative fails the test unless got is within a rel L2 of 1e-4 of the native backend's output
 // for the batch, and logs the distance.
 func nearNative(t *testing.T, got []float32, w *moe.Weights, cfg moe.Config, b *moe.Batch) {
@@ -371,7 +380,7 @@ func TestDecodeSplits(t *testing.T) {
 		c := conformance.Generate(s)
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		l.splitRows = 64 // the 64-row split kernel on every card, at every grid
-		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
+		got := forwardTwice(t, l, &c.Batch, s.K, fmt.Sprintf("M=%d", m))
 		if split > 1 {
 			// The split kernels of 64 and 32 rows a warp add the same terms in the same order.
 			l.splitRows = 32
@@ -380,7 +389,6 @@ func TestDecodeSplits(t *testing.T) {
 		l.Close()
 		t.Logf("M=%d: split %d", m, split)
 		nearNative(t, got, &c.Weights, c.Config, &c.Batch)
-		sameBits(t, fmt.Sprintf("M=%d, second run against the first", m), again, got)
 	}
 	if len(seen) != 3 {
 		t.Fatalf("splits %v, want 4, 2 and 1", seen)
@@ -400,9 +408,7 @@ func TestDecodeWideFirst(t *testing.T) {
 	if split1, _, wide1, _ := l.decSplits(tiles); split1 != 2 || !wide1 {
 		t.Skipf("GEMM1 takes split %d (64-row kernel %v) on this device (%d SMs): wideFirst does not apply", split1, wide1, l.dev.SMs)
 	}
-	got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
-	nearNative(t, got, &c.Weights, c.Config, &c.Batch)
-	sameBits(t, "second run against the first", again, got)
+	nearNative(t, forwardTwice(t, l, &c.Batch, s.K, "forward"), &c.Weights, c.Config, &c.Batch)
 }
 
 // TestDecodeDeepFirst runs a two-token batch of K = 4096 (32 column groups a row) whose GEMM1
@@ -422,9 +428,7 @@ func TestDecodeDeepFirst(t *testing.T) {
 	if split1 != 2 || !wide1 || split2 != 2 || !wide2 {
 		t.Fatalf("GEMM1 split %d (64-row %v), GEMM2 split %d (64-row %v); want both at split 2 on the 64-row kernel", split1, wide1, split2, wide2)
 	}
-	got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
-	nearNative(t, got, &c.Weights, c.Config, &c.Batch)
-	sameBits(t, "second run against the first", again, got)
+	nearNative(t, forwardTwice(t, l, &c.Batch, s.K, "forward"), &c.Weights, c.Config, &c.Batch)
 }
 
 // TestDecodeWide runs the streaming GEMM at batch sizes of more than dec16Rows routed rows per
@@ -441,11 +445,10 @@ func TestDecodeWide(t *testing.T) {
 		p := m * s.TopK
 		pl := mustPlan(t, l, m, s.TopK)
 		wide += planRuns(pl, "moe_gemm_dec16")
-		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
+		got := forwardTwice(t, l, &c.Batch, s.K, fmt.Sprintf("M=%d", m))
 		l.Close()
 		t.Logf("M=%d (%d rows an expert; GEMM1 %v; GEMM2 %v)", m, p/s.E, pl[0], pl[1])
 		nearNative(t, got, &c.Weights, c.Config, &c.Batch)
-		sameBits(t, fmt.Sprintf("M=%d, second run against the first", m), again, got)
 	}
 	if wide == 0 {
 		t.Fatalf("no GEMM ran the 16-token kernel (split 1 with more than %d rows an expert)", dec16Rows)
@@ -468,8 +471,7 @@ func TestDecode32(t *testing.T) {
 		pl := mustPlan(t, l, m, s.TopK)
 		n32 += planRuns(pl, "moe_gemm_dec32")
 		n32s += planRuns(pl, "moe_gemm_dec32s")
-		got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
-		sameBits(t, fmt.Sprintf("M=%d, second run against the first", m), again, got)
+		got := forwardTwice(t, l, &c.Batch, s.K, fmt.Sprintf("M=%d", m))
 		l.tok32Rows = math.MaxInt32
 		sameBits(t, fmt.Sprintf("M=%d, the 16-token kernel against the 32-token one", m), forward(t, l, &c.Batch, s.K), got)
 		l.Close()
@@ -526,8 +528,7 @@ func TestDecodeWideRows(t *testing.T) {
 					t.Fatalf("%s (%d rows) does not take the 64-row kernel with wideRows 0 (split %d)", g.name, g.n, l.decSplit(g.n, g.kd, tiles, g.first))
 				}
 			}
-			got, again := forward(t, l, &c.Batch, s.K), forward(t, l, &c.Batch, s.K)
-			sameBits(t, "second run against the first", again, got)
+			got := forwardTwice(t, l, &c.Batch, s.K, "64-row kernel")
 			sameBits(t, "64-row kernel against the 32-row one", got, narrow)
 			nearNative(t, got, &w, c.Config, &c.Batch)
 		})
