@@ -1,0 +1,388 @@
+// The one-token decode GEMM with its work handed out at run time, against moe_gemm_dec: a
+// standalone program (not part of moe.fatbin) that times both on the same weights, each launched
+// alone, and checks that they give the same sums. Build and run on the GPU machine:
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/dyn dyn_bench.cu && /tmp/dyn
+// DYN_POOL_MB sets the weight pool the tiles rotate over (default 400 MB, several times L2).
+//
+// Why: at one token a tile the split kernels' grid is one wave, every block the same work, and the
+// forward's stage timeline has their blocks end 5–13 µs apart (GPT-OSS-120B's GEMM1 at M = 1:
+// 9.8–14.6 µs on an H200; DeepSeek-V3's 25.7–37.0): a block's time varies with where it runs, and a
+// grid of one wave cannot hand the early finishers more work. Here a unit is 32 weight rows of one
+// tile over a chunk of about Q column groups; every warp starts on a unit of its own and then takes
+// the next from a counter (or, static, the warp's stride), its ring running on from unit to unit
+// (the next unit's first copies go out while the current one's last groups compute). Each unit
+// writes its partial sums to its chunk's plane, in a fixed order of groups, so the planes, added in
+// the order of their chunks by whatever reads them, do not depend on timing. The counter starts at
+// zero and the last warp to leave sets it back.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "../gemm_fp8fp4.cu"
+
+#define CK(x)                                                                              \
+  do {                                                                                     \
+    cudaError_t e_ = (x);                                                                  \
+    if (e_ != cudaSuccess) {                                                               \
+      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      exit(1);                                                                             \
+    }                                                                                      \
+  } while (0)
+
+#define DYN_WARPS 4
+#define DYN_STAGES 3
+#define DYN_SMEM (DYN_WARPS * (DYN_STAGES * (int)sizeof(DecStage) + 32 * 16))
+
+// A unit's place: tile y's expert e and first row row0, its nvalid tokens, its first weight row nb
+// (within the expert), its groups [q0, q1) and its chunk c.
+struct DynUnit {
+  int e, row0, nvalid, c, q0, q1;
+  i64 nb;
+};
+
+// Unit u of T tiles of RBN 32-row blocks of C chunks each (u = (y · RBN + rb) · C + c); chunk c
+// takes groups [c·G/C, (c+1)·G/C).
+__device__ __forceinline__ DynUnit dyn_unit(int u, const int* __restrict__ tiles, const int* __restrict__ counts, int RBN, int C,
+                                            int G) {
+  DynUnit d;
+  const int y = u / (RBN * C), rem = u % (RBN * C), rb = rem / C;
+  d.c = rem % C;
+  d.e = tiles[2 * y];
+  d.row0 = tiles[2 * y + 1];
+  d.nvalid = min(8, counts[d.e]);
+  d.nb = 32 * (i64)rb;
+  d.q0 = d.c * G / C;
+  d.q1 = (d.c + 1) * G / C;
+  return d;
+}
+
+// grid: any number of blocks of DYN_WARPS warps (one wave: 4 an SM), DYN_SMEM bytes of dynamic
+// shared memory. planes: C planes of rows × N floats, unit (y, rb, c)'s sums at plane c, rows
+// row0 .. row0 + nvalid - 1, columns nb .. nb + 31. ctr: 256 ints, zero at launch (left zero).
+// dynamic 0: warp w takes units w, w + nW, w + 2nW, ... (nW warps in the grid).
+extern "C" __global__ void __launch_bounds__(DYN_WARPS * 32, 4)
+moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
+             const int* __restrict__ tiles, const int* __restrict__ counts, float* __restrict__ planes, int* __restrict__ ctr,
+             i64 N, i64 Kd, i64 T, i64 C, i64 rows, i64 dynamic) {
+  extern __shared__ __align__(128) u8 dyn_smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int G = (int)(Kd / MOE_GROUP), RBN = (int)(N / 32), U = (int)T * RBN * (int)C, nW = gridDim.x * DYN_WARPS;
+  const int w0 = blockIdx.x * DYN_WARPS + warp;
+  constexpr int D = DYN_STAGES, SZ = (int)sizeof(DecStage);
+  DecStage* const st = reinterpret_cast<DecStage*>(dyn_smem) + warp * D;
+  float4* const wsc = reinterpret_cast<float4*>(dyn_smem + DYN_WARPS * D * sizeof(DecStage)) + 32 * warp;
+  u8* const dw = &st[0].w[lane >> 2][16 * ((lane & 3) ^ ((lane >> 3) & 3))];
+  u8* const dx = &st[0].x[lane >> 3][16 * ((lane & 7) ^ (2 * ((lane >> 3) & 3)))];
+  u8* const ds = lane < 8 ? &st[0].s[4 * lane][0] : reinterpret_cast<u8*>(&st[0].xs[max(lane - 16, 0)]);
+  const int wo = 16 * ((g >> 1) & 3) + 4 * t, xo = 32 * (g & 3) + 8 * t;
+  const i64 wblk = (i64)G * 1024;
+  const uint64_t wpol = l2_evict_first();
+
+  // The next unit: lane 0 asks the counter when the producer enters a unit (request) and the
+  // warp reads the answer when it leaves it (take), at least two groups later.
+  // dynamic 2: eight counters, 128 bytes apart, each handing out one stream of units (those of
+  // u mod 8 = the warp's w0 mod 8; nW is a multiple of 8), so that no one address takes every
+  // unit's atomic.
+  int pend = 0, k = 1;
+  const int sid = dynamic == 2 ? w0 % 8 : 0;
+  auto request = [&] {
+    if (dynamic == 1 && lane == 0) pend = nW + atomicAdd(ctr, 1);
+    if (dynamic == 2 && lane == 0) pend = sid + 8 * (nW / 8 + atomicAdd(ctr + 32 * sid, 1));
+  };
+  auto take = [&]() -> int {
+    if (dynamic) return __shfl_sync(0xffffffffu, pend, 0);
+    return w0 + (k++) * nW;
+  };
+
+  // Producer: unit pu (P), next group pq; its lane's copy sources at group pq.
+  int pu = w0;
+  DynUnit P{};
+  int pq = 0;
+  const u8 *wq = nullptr, *sq = nullptr, *xq = nullptr;
+  const float* xsq = nullptr;
+  bool x0 = false, x1 = false, xs = false;
+  auto enter = [&] {
+    P = dyn_unit(pu, tiles, counts, RBN, (int)C, G);
+    pq = P.q0;
+    wq = weight_row(W, (i64)P.e * N + P.nb + (lane >> 2), G) + 16 * (lane & 3) + 1024 * (i64)pq;
+    sq = scale_row(Ws, (i64)P.e * N + P.nb + 16 * ((lane >> 2) & 1), G) + 64 * (i64)pq + 16 * (lane & 3);
+    xq = X + (P.row0 + (lane >> 3)) * Kd + 16 * (lane & 7) + MOE_GROUP * (i64)pq;
+    xsq = Xs + (i64)(P.row0 + max(lane - 16, 0)) * G + pq;
+    x0 = (lane >> 3) < P.nvalid, x1 = (lane >> 3) + 4 < P.nvalid, xs = lane >= 16 && lane - 16 < P.nvalid;
+  };
+  // One group's copies into slot o, entering the next unit first where the current one is done.
+  auto produce = [&](int o) {
+    if (pu < U && pq == P.q1) {
+      pu = take();
+      if (pu < U) {
+        request();
+        enter();
+      }
+    }
+    if (pu < U) {
+      cp_async16_pol(dw + o, wq, wpol);
+      cp_async16_pol(dw + o + 8 * 64, wq + 512, wpol);
+      cp_async16_pol(dw + o + 16 * 64, wq + wblk, wpol);
+      cp_async16_pol(dw + o + 24 * 64, wq + wblk + 512, wpol);
+      if (lane < 8) cp_async16_pol(ds + o, sq, wpol);
+      if (x0) cp_async16(dx + o, xq);
+      if (x1) cp_async16(dx + o + 4 * 128, xq + 4 * Kd);
+      if (xs) cp_async4(ds + o, xsq);
+      pq++;
+      wq += 1024, sq += 64, xq += MOE_GROUP, xsq += 1;
+    }
+    cp_async_commit();
+  };
+
+  if (pu < U) {
+    request();
+    enter();
+  }
+  DynUnit Cu = P;  // the consumer's unit
+  int cu = pu, cq = P.q0;
+  int cur = 0, nxt = (D - 1) * SZ;
+#pragma unroll
+  for (int s = 0; s < D - 1; s++) produce(s * SZ);
+  float acc[8] = {};
+  while (cu < U) {
+    produce(nxt);
+    cp_async_wait<D - 1>();
+    __syncwarp();
+    const DecStage& d = *reinterpret_cast<const DecStage*>(reinterpret_cast<const u8*>(st) + cur);
+    {
+      const uint32_t w4 = *reinterpret_cast<const uint32_t*>(&d.s[lane][0]);
+      wsc[lane] = make_float4(dec_scale<false>(w4, 0), dec_scale<false>(w4, 1), dec_scale<false>(w4, 2), dec_scale<false>(w4, 3));
+    }
+    __syncwarp();
+    float4 sw[4];
+#pragma unroll
+    for (int q = 0; q < 4; q++) sw[q] = wsc[g + 8 * q];
+    float part[8] = {};
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+      uint32_t bf[2][2];
+      e4m3_frags(*reinterpret_cast<const uint2*>(&d.x[g][xo ^ (32 * b)]), bf[0], bf[1]);
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
+        const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
+        block_mma(wa, wb, bf[0], bf[1], sw[2 * h], sw[2 * h + 1], b, &part[4 * h]);
+      }
+    }
+    const float xs0 = d.xs[2 * t] * 16384.f, xs1 = d.xs[2 * t + 1] * 16384.f;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      acc[4 * h + 0] += part[4 * h + 0] * xs0;
+      acc[4 * h + 1] += part[4 * h + 1] * xs1;
+      acc[4 * h + 2] += part[4 * h + 2] * xs0;
+      acc[4 * h + 3] += part[4 * h + 3] * xs1;
+    }
+    __syncwarp();  // every lane is done with this slot before it is refilled
+    cur = cur == (D - 1) * SZ ? 0 : cur + SZ;
+    nxt = nxt == (D - 1) * SZ ? 0 : nxt + SZ;
+    if (++cq == Cu.q1) {
+      // The unit's sums into its chunk's plane; the producer, two groups on, is in the next unit
+      // (every unit has at least two groups), or past the last.
+      float* const pl = planes + (Cu.c * rows + Cu.row0) * N + Cu.nb;
+#pragma unroll
+      for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int col = 2 * t + c;
+          if (col < Cu.nvalid) {
+            pl[col * N + 16 * h + g] = acc[4 * h + c];
+            pl[col * N + 16 * h + g + 8] = acc[4 * h + 2 + c];
+          }
+        }
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[i] = 0.f;
+      cu = pu;
+      Cu = P;
+      cq = P.q0;
+    }
+  }
+  cp_async_wait<0>();
+  if (dynamic && lane == 0) {
+    __threadfence();
+    if (atomicAdd(ctr + 1, 1) == nW - 1) {
+      for (int i = 0; i < 8; i++) ctr[32 * i] = 0;
+      ctr[1] = 0;
+    }
+  }
+}
+
+static uint32_t rs = 12345;
+static uint32_t rnd() {
+  rs ^= rs << 13;
+  rs ^= rs >> 17;
+  rs ^= rs << 5;
+  return rs;
+}
+
+int main() {
+  // The one-token GEMMs of the bench shapes at M = 1 (T tiles of one token), and the split the
+  // host takes for each on the 32-row kernel.
+  struct Shape {
+    const char* name;
+    i64 N, Kd;
+    int T, S;
+  };
+  const std::vector<Shape> shapes = {{"gptoss-gemm1", 5888, 2944, 4, 2}, {"gptoss-gemm2", 2944, 2944, 4, 4},
+                                     {"dsv3-gemm1", 4096, 7168, 8, 4},   {"dsv3-gemm2", 7168, 2048, 8, 2},
+                                     {"qwen3-gemm1", 1536, 2048, 8, 4},  {"qwen3-gemm2", 2048, 768, 8, 4}};
+  int sms;
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  CK(cudaFuncSetAttribute(moe_gemm_dec, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM));
+  CK(cudaFuncSetAttribute(moe_gemm_dyn, cudaFuncAttributeMaxDynamicSharedMemorySize, DYN_SMEM));
+  int occ = 0;
+  double copy_gbs = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moe_gemm_dyn, DYN_WARPS * 32, DYN_SMEM));
+  {
+    const size_t B = 1ull << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, B));
+    CK(cudaMalloc(&b, B));
+    CK(cudaMemset(a, 1, B));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    for (int i = 0; i < 3; i++) CK(cudaMemcpy(b, a, B, cudaMemcpyDeviceToDevice));
+    cudaEventRecord(e0);
+    for (int i = 0; i < 10; i++) CK(cudaMemcpy(b, a, B, cudaMemcpyDeviceToDevice));
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    copy_gbs = 2.0 * B * 10 / (ms * 1e-3) / 1e9;
+    printf("copy %.0f GB/s; moe_gemm_dyn: %d blocks an SM, %d SMs\n", copy_gbs, occ, sms);
+    cudaFree(a);
+    cudaFree(b);
+  }
+  // Variants: 0 moe_gemm_dec at split 2, 1 at split 4, then moe_gemm_dyn static / dynamic at
+  // chunks of about 2 groups (2, 3), about 4 (4, 5), and dynamic on eight counters (6, 7).
+  const char* vname[8] = {"dec S2", "dec S4", "static q2", "dyn q2", "static q4", "dyn q4", "dyn8 q2", "dyn8 q4"};
+  printf("%-13s %8s %8s %9s %8s %9s %8s %8s %8s  %s\n", "shape", vname[0], vname[1], vname[2], vname[3], vname[4], vname[5], vname[6], vname[7],
+         "(µs, median; dyn's planes against dec S2: max |diff| / rms)");
+  for (const Shape& sh : shapes) {
+    const i64 N = sh.N, Kd = sh.Kd, G = Kd / 128;
+    const i64 wbytes = N * Kd / 2, sbytes = N * Kd / 32;
+    const i64 poolBytes = getenv("DYN_POOL_MB") ? atoll(getenv("DYN_POOL_MB")) << 20 : 400ll << 20;
+    const int pool = (int)std::max<i64>(2 * sh.T, poolBytes / (wbytes + sbytes) / sh.T * sh.T);
+    const int sets = pool / sh.T;
+    std::vector<u8> hw(wbytes * pool), hs(sbytes * pool);
+    for (auto& x : hw) x = (u8)rnd();
+    for (auto& x : hs) x = (u8)(122 + rnd() % 12);
+    const i64 rows = 32 * sh.T;
+    std::vector<u8> hx(rows * Kd);
+    for (auto& x : hx) {
+      u8 v;
+      do v = (u8)rnd();
+      while ((v & 0x7f) == 0x7f);
+      x = v;
+    }
+    std::vector<float> hxs(rows * G);
+    for (auto& x : hxs) x = ldexpf(1.f, -(int)(rnd() % 12));
+    std::vector<int> htiles(sets * 2 * sh.T), hcounts(sets * pool, 0), hoff(sets * pool, 0);
+    for (int s = 0; s < sets; s++)
+      for (int y = 0; y < sh.T; y++) {
+        const int e = s * sh.T + y;
+        htiles[s * 2 * sh.T + 2 * y] = e;
+        htiles[s * 2 * sh.T + 2 * y + 1] = 32 * y;
+        hcounts[s * pool + e] = 1;
+        hoff[s * pool + e] = 32 * y;
+      }
+    const int Cs[2] = {(int)std::max<i64>(1, G / 2), (int)std::max<i64>(1, G / 4)};
+    u8 *W, *Ws, *X;
+    float *Xs, *out, *planes;
+    int *tiles, *counts, *offs, *nt, *ctr;
+    CK(cudaMalloc(&W, hw.size()));
+    CK(cudaMalloc(&Ws, hs.size()));
+    CK(cudaMalloc(&X, hx.size()));
+    CK(cudaMalloc(&Xs, hxs.size() * 4));
+    CK(cudaMalloc(&out, rows * N * 4));
+    CK(cudaMalloc(&planes, (size_t)Cs[0] * rows * N * 4));
+    CK(cudaMalloc(&tiles, htiles.size() * 4));
+    CK(cudaMalloc(&counts, hcounts.size() * 4));
+    CK(cudaMalloc(&offs, hoff.size() * 4));
+    CK(cudaMalloc(&nt, 4));
+    CK(cudaMalloc(&ctr, 256 * 4));
+    CK(cudaMemset(ctr, 0, 256 * 4));
+    CK(cudaMemcpy(W, hw.data(), hw.size(), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(Ws, hs.data(), hs.size(), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(X, hx.data(), hx.size(), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(Xs, hxs.data(), hxs.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(tiles, htiles.data(), htiles.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(counts, hcounts.data(), hcounts.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(offs, hoff.data(), hoff.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(nt, &sh.T, 4, cudaMemcpyHostToDevice));
+    auto run = [&](int v, int s) {
+      if (v < 2) {
+        const int S = v == 0 ? 2 : 4;
+        moe_gemm_dec<<<dim3((unsigned)(N * S / 128), sh.T), 128, DEC_SMEM>>>(W, Ws, X, Xs, tiles + s * 2 * sh.T, nt, counts + s * pool,
+                                                                              offs + s * pool, nullptr, out, N, Kd, S, 0, 0, nullptr,
+                                                                              nullptr, 0);
+      } else {
+        const int C = Cs[v < 6 ? (v - 2) / 2 : v - 6], dyn = v < 6 ? (v - 2) % 2 : 2;
+        moe_gemm_dyn<<<occ * sms, DYN_WARPS * 32, DYN_SMEM>>>(W, Ws, X, Xs, tiles + s * 2 * sh.T, counts + s * pool, planes, ctr, N, Kd,
+                                                              sh.T, C, rows, dyn);
+      }
+    };
+    // Check: each dyn variant's planes, added in chunk order, against dec S2's sums (set 0).
+    double err[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    run(0, 0);
+    CK(cudaDeviceSynchronize());
+    std::vector<float> ho(rows * N);
+    CK(cudaMemcpy(ho.data(), out, ho.size() * 4, cudaMemcpyDeviceToHost));
+    for (int v = 2; v < 8; v++) {
+      const int C = Cs[v < 6 ? (v - 2) / 2 : v - 6];
+      CK(cudaMemset(planes, 0xff, (size_t)C * rows * N * 4));  // NaN: a sum a unit missed shows
+      run(v, 0);
+      CK(cudaDeviceSynchronize());
+      std::vector<float> hp((size_t)C * rows * N);
+      CK(cudaMemcpy(hp.data(), planes, hp.size() * 4, cudaMemcpyDeviceToHost));
+      double mx = 0, ss = 0;
+      for (int y = 0; y < sh.T; y++)
+        for (i64 n = 0; n < N; n++) {
+          float a = 0;
+          for (int c = 0; c < C; c++) a += hp[((size_t)c * rows + 32 * y) * N + n];
+          const double b = ho[(32 * y) * N + n];
+          mx = std::max(mx, std::fabs((double)a - b));
+          if (!(std::fabs((double)a - b) < 1e30)) mx = INFINITY;
+          ss += b * b;
+        }
+      err[v] = mx / std::sqrt(ss / (sh.T * N));
+    }
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    std::vector<float> tv[8];
+    for (int w = 0; w < 3 * sets; w++)
+      for (int v = 0; v < 8; v++) run(v, w % sets);
+    int s = 0;
+    for (int round = 0; round < 15; round++)
+      for (int v = 0; v < 8; v++) {
+        cudaEventRecord(e0);
+        for (int i = 0; i < 20; i++, s++) run(v, s % sets);
+        cudaEventRecord(e1);
+        cudaEventSynchronize(e1);
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        tv[v].push_back(ms * 1000 / 20);
+      }
+    CK(cudaGetLastError());
+    double med[8];
+    for (int v = 0; v < 8; v++) {
+      std::sort(tv[v].begin(), tv[v].end());
+      med[v] = tv[v][tv[v].size() / 2];
+    }
+    printf("%-13s %8.2f %8.2f %9.2f %8.2f %9.2f %8.2f %8.2f %8.2f  C=%d/%d, diffs %.1e %.1e %.1e %.1e %.1e %.1e; floor %.2f µs\n", sh.name,
+           med[0], med[1], med[2], med[3], med[4], med[5], med[6], med[7], Cs[0], Cs[1], err[2], err[3], err[4], err[5], err[6], err[7],
+           (double)(wbytes + sbytes) * sh.T / (copy_gbs * 1e3));
+    cudaFree(W), cudaFree(Ws), cudaFree(X), cudaFree(Xs), cudaFree(out), cudaFree(planes);
+    cudaFree(tiles), cudaFree(counts), cudaFree(offs), cudaFree(nt), cudaFree(ctr);
+  }
+  return 0;
+}
