@@ -43,19 +43,27 @@ struct DynUnit {
   i64 nb;
 };
 
+// q = n / d for 0 <= n < 2^22 and 0 < d, from a float product and one correction each way.
+__device__ __forceinline__ int dyn_div(int n, int d, float rd) {
+  int q = (int)((float)n * rd);
+  q -= q * d > n;
+  q += (q + 1) * d <= n;
+  return q;
+}
+
 // Unit u of T tiles of RBN 32-row blocks of C chunks each (u = (y · RBN + rb) · C + c); chunk c
-// takes groups [c·G/C, (c+1)·G/C).
+// takes groups [c·G/C, (c+1)·G/C). rC, rRBN: 1/C and 1/RBN as floats.
 __device__ __forceinline__ DynUnit dyn_unit(int u, const int* __restrict__ tiles, const int* __restrict__ counts, int RBN, int C,
-                                            int G) {
+                                            int G, float rC, float rRBN) {
   DynUnit d;
-  const int y = u / (RBN * C), rem = u % (RBN * C), rb = rem / C;
-  d.c = rem % C;
+  const int b = dyn_div(u, C, rC), y = dyn_div(b, RBN, rRBN);
+  d.c = u - b * C;
   d.e = tiles[2 * y];
   d.row0 = tiles[2 * y + 1];
   d.nvalid = min(8, counts[d.e]);
-  d.nb = 32 * (i64)rb;
-  d.q0 = d.c * G / C;
-  d.q1 = (d.c + 1) * G / C;
+  d.nb = 32 * (i64)(b - y * RBN);
+  d.q0 = dyn_div(d.c * G, C, rC);
+  d.q1 = dyn_div((d.c + 1) * G, C, rC);
   return d;
 }
 
@@ -66,11 +74,14 @@ __device__ __forceinline__ DynUnit dyn_unit(int u, const int* __restrict__ tiles
 extern "C" __global__ void __launch_bounds__(DYN_WARPS * 32, 4)
 moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
              const int* __restrict__ tiles, const int* __restrict__ counts, float* __restrict__ planes, int* __restrict__ ctr,
-             i64 N, i64 Kd, i64 T, i64 C, i64 rows, i64 dynamic) {
+             i64 N, i64 Kd, i64 T, i64 C, i64 rows, i64 dynamic, unsigned long long* __restrict__ times) {
   extern __shared__ __align__(128) u8 dyn_smem[];
+  unsigned long long t_start = 0;
+  if (times) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_start));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int G = (int)(Kd / MOE_GROUP), RBN = (int)(N / 32), U = (int)T * RBN * (int)C, nW = gridDim.x * DYN_WARPS;
   const int w0 = blockIdx.x * DYN_WARPS + warp;
+  const float rC = 1.f / (float)C, rRBN = 1.f / (float)RBN;
   constexpr int D = DYN_STAGES, SZ = (int)sizeof(DecStage);
   DecStage* const st = reinterpret_cast<DecStage*>(dyn_smem) + warp * D;
   float4* const wsc = reinterpret_cast<float4*>(dyn_smem + DYN_WARPS * D * sizeof(DecStage)) + 32 * warp;
@@ -86,11 +97,19 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   // dynamic 2: eight counters, 128 bytes apart, each handing out one stream of units (those of
   // u mod 8 = the warp's w0 mod 8; nW is a multiple of 8), so that no one address takes every
   // unit's atomic.
-  int pend = 0, k = 1;
+  // The answers are asked for two units ahead (pend, then pend2), so that a slow atomic has two
+  // units' groups to come back in.
+  int pend = 0, pend2 = 0, k = 1;
   const int sid = dynamic == 2 ? w0 % 8 : 0;
+  auto ask = [&]() -> int {
+    if (dynamic == 1) return nW + atomicAdd(ctr, 1);
+    return sid + 8 * (nW / 8 + atomicAdd(ctr + 32 * sid, 1));
+  };
   auto request = [&] {
-    if (dynamic == 1 && lane == 0) pend = nW + atomicAdd(ctr, 1);
-    if (dynamic == 2 && lane == 0) pend = sid + 8 * (nW / 8 + atomicAdd(ctr + 32 * sid, 1));
+    if (dynamic && lane == 0) {
+      pend = pend2;
+      pend2 = ask();
+    }
   };
   auto take = [&]() -> int {
     if (dynamic) return __shfl_sync(0xffffffffu, pend, 0);
@@ -105,7 +124,7 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   const float* xsq = nullptr;
   bool x0 = false, x1 = false, xs = false;
   auto enter = [&] {
-    P = dyn_unit(pu, tiles, counts, RBN, (int)C, G);
+    P = dyn_unit(pu, tiles, counts, RBN, (int)C, G, rC, rRBN);
     pq = P.q0;
     wq = weight_row(W, (i64)P.e * N + P.nb + (lane >> 2), G) + 16 * (lane & 3) + 1024 * (i64)pq;
     sq = scale_row(Ws, (i64)P.e * N + P.nb + 16 * ((lane >> 2) & 1), G) + 64 * (i64)pq + 16 * (lane & 3);
@@ -138,6 +157,7 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   };
 
   if (pu < U) {
+    if (dynamic && lane == 0) pend2 = ask();
     request();
     enter();
   }
@@ -147,7 +167,9 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
 #pragma unroll
   for (int s = 0; s < D - 1; s++) produce(s * SZ);
   float acc[8] = {};
+  unsigned long long ngroups = 0;
   while (cu < U) {
+    ngroups++;
     produce(nxt);
     cp_async_wait<D - 1>();
     __syncwarp();
@@ -205,6 +227,13 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
     }
   }
   cp_async_wait<0>();
+  if (times && lane == 0) {
+    unsigned long long t_end;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_end));
+    unsigned smid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    times[4 * w0] = t_start, times[4 * w0 + 1] = t_end, times[4 * w0 + 2] = smid, times[4 * w0 + 3] = ngroups;
+  }
   if (dynamic && lane == 0) {
     __threadfence();
     if (atomicAdd(ctr + 1, 1) == nW - 1) {
@@ -318,6 +347,9 @@ int main() {
     CK(cudaMemcpy(counts, hcounts.data(), hcounts.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(offs, hoff.data(), hoff.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(nt, &sh.T, 4, cudaMemcpyHostToDevice));
+    unsigned long long* times;
+    bool timed = false;
+    CK(cudaMalloc(&times, (size_t)occ * sms * DYN_WARPS * 32));
     auto run = [&](int v, int s) {
       if (v < 2) {
         const int S = v == 0 ? 2 : 4;
@@ -327,7 +359,7 @@ int main() {
       } else {
         const int C = Cs[v < 6 ? (v - 2) / 2 : v - 6], dyn = v < 6 ? (v - 2) % 2 : 2;
         moe_gemm_dyn<<<occ * sms, DYN_WARPS * 32, DYN_SMEM>>>(W, Ws, X, Xs, tiles + s * 2 * sh.T, counts + s * pool, planes, ctr, N, Kd,
-                                                              sh.T, C, rows, dyn);
+                                                              sh.T, C, rows, dyn, timed ? times : nullptr);
       }
     };
     // Check: each dyn variant's planes, added in chunk order, against dec S2's sums (set 0).
@@ -373,6 +405,62 @@ int main() {
         tv[v].push_back(ms * 1000 / 20);
       }
     CK(cudaGetLastError());
+    // Every warp's span in one launch of each moe_gemm_dyn variant (after the timed rounds):
+    // the warps' ends from the first start, percentiles 10 / 50 / 90 / 100, µs.
+    std::string spans;
+    timed = true;
+    for (int v = 2; v < 8; v++) {
+      run(v, 1 % sets);
+      CK(cudaDeviceSynchronize());
+      const int nw = occ * sms * DYN_WARPS;
+      std::vector<unsigned long long> ht(4 * nw);
+      CK(cudaMemcpy(ht.data(), times, ht.size() * 8, cudaMemcpyDeviceToHost));
+      unsigned long long t0 = ~0ull;
+      for (int i = 0; i < nw; i++) t0 = std::min(t0, ht[4 * i]);
+      std::vector<double> ends(nw);
+      for (int i = 0; i < nw; i++) ends[i] = (ht[4 * i + 1] - t0) * 1e-3;
+      std::sort(ends.begin(), ends.end());
+      char buf[160];
+      snprintf(buf, sizeof buf, "  %s: %.1f/%.1f/%.1f/%.1f", vname[v], ends[nw / 10], ends[nw / 2], ends[9 * nw / 10], ends[nw - 1]);
+      spans += buf;
+    }
+    // The SMs' rates (groups their warps computed over the warps' summed time) in six launches
+    // of static q4, whose full grid gives every SM four blocks: their spread across SMs, and
+    // whether the same SMs are fast in every launch (the correlation of each launch's rates with
+    // the first's).
+    {
+      const int nw = occ * sms * DYN_WARPS;
+      std::vector<std::vector<double>> rate;
+      for (int l = 0; l < 6; l++) {
+        run(4, 1 % sets);
+        CK(cudaDeviceSynchronize());
+        std::vector<unsigned long long> ht(4 * nw);
+        CK(cudaMemcpy(ht.data(), times, ht.size() * 8, cudaMemcpyDeviceToHost));
+        std::vector<double> g(sms, 0), tt(sms, 0);
+        for (int i = 0; i < nw; i++) {
+          const int sm = (int)ht[4 * i + 2];
+          if (sm < sms && ht[4 * i + 3]) g[sm] += ht[4 * i + 3], tt[sm] += (ht[4 * i + 1] - ht[4 * i]) * 1e-3;
+        }
+        std::vector<double> r(sms);
+        for (int m = 0; m < sms; m++) r[m] = tt[m] > 0 ? g[m] / tt[m] : 0;
+        rate.push_back(r);
+      }
+      auto corr = [&](const std::vector<double>& a, const std::vector<double>& b) {
+        double ma = 0, mb = 0;
+        for (int m = 0; m < sms; m++) ma += a[m], mb += b[m];
+        ma /= sms, mb /= sms;
+        double sab = 0, saa = 0, sbb = 0;
+        for (int m = 0; m < sms; m++) sab += (a[m] - ma) * (b[m] - mb), saa += (a[m] - ma) * (a[m] - ma), sbb += (b[m] - mb) * (b[m] - mb);
+        return sab / std::sqrt(saa * sbb);
+      };
+      std::vector<double> r0 = rate[0];
+      std::sort(r0.begin(), r0.end());
+      printf("    static q4, SM rates (groups a warp-µs): min %.3f p10 %.3f p50 %.3f p90 %.3f max %.3f; correlation with launch 1:", r0[0],
+             r0[sms / 10], r0[sms / 2], r0[9 * sms / 10], r0[sms - 1]);
+      for (int l = 1; l < 6; l++) printf(" %.2f", corr(rate[0], rate[l]));
+      printf("\n");
+    }
+    timed = false;
     double med[8];
     for (int v = 0; v < 8; v++) {
       std::sort(tv[v].begin(), tv[v].end());
@@ -381,8 +469,9 @@ int main() {
     printf("%-13s %8.2f %8.2f %9.2f %8.2f %9.2f %8.2f %8.2f %8.2f  C=%d/%d, diffs %.1e %.1e %.1e %.1e %.1e %.1e; floor %.2f µs\n", sh.name,
            med[0], med[1], med[2], med[3], med[4], med[5], med[6], med[7], Cs[0], Cs[1], err[2], err[3], err[4], err[5], err[6], err[7],
            (double)(wbytes + sbytes) * sh.T / (copy_gbs * 1e3));
+    printf("    warp ends (p10/p50/p90/max µs from the first start):%s\n", spans.c_str());
     cudaFree(W), cudaFree(Ws), cudaFree(X), cudaFree(Xs), cudaFree(out), cudaFree(planes);
-    cudaFree(tiles), cudaFree(counts), cudaFree(offs), cudaFree(nt), cudaFree(ctr);
+    cudaFree(tiles), cudaFree(counts), cudaFree(offs), cudaFree(nt), cudaFree(ctr), cudaFree(times);
   }
   return 0;
 }
