@@ -74,7 +74,7 @@ __device__ __forceinline__ DynUnit dyn_unit(int u, const int* __restrict__ tiles
 extern "C" __global__ void __launch_bounds__(DYN_WARPS * 32, 4)
 moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
              const int* __restrict__ tiles, const int* __restrict__ counts, float* __restrict__ planes, int* __restrict__ ctr,
-             i64 N, i64 Kd, i64 T, i64 C, i64 rows, i64 dynamic, unsigned long long* __restrict__ times) {
+             i64 N, i64 Kd, i64 T, i64 C, i64 rows, i64 dynamic, unsigned long long* __restrict__ times, int nP) {
   extern __shared__ __align__(128) u8 dyn_smem[];
   unsigned long long t_start = 0;
   if (times) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_start));
@@ -99,11 +99,24 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   // unit's atomic.
   // The answers are asked for two units ahead (pend, then pend2), so that a slow atomic has two
   // units' groups to come back in.
+  // dynamic 3: a pool of units an SM (u mod nP = the pool; nP = the SMs), each with its counter,
+  // the warp asking its own SM's pool; when that is empty, the warp reads the other pools'
+  // counters, 32 at a time (a lane each), and takes from the first that has units left. Every
+  // unit is handed out once whatever the placement; no unit is handed out before a claim, so
+  // the first unit also comes from the pool.
   int pend = 0, pend2 = 0, k = 1;
   const int sid = dynamic == 2 ? w0 % 8 : 0;
+  int pool = 0;
+  if (dynamic == 3) {
+    unsigned smid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    pool = (int)(smid % (unsigned)nP);
+  }
+  auto psize = [&](int q) { return q < U ? (U - 1 - q) / nP + 1 : 0; };
   auto ask = [&]() -> int {
     if (dynamic == 1) return nW + atomicAdd(ctr, 1);
-    return sid + 8 * (nW / 8 + atomicAdd(ctr + 32 * sid, 1));
+    if (dynamic == 2) return sid + 8 * (nW / 8 + atomicAdd(ctr + 32 * sid, 1));
+    return pool + nP * atomicAdd(ctr + 32 * pool, 1);
   };
   auto request = [&] {
     if (dynamic && lane == 0) {
@@ -111,13 +124,42 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
       pend2 = ask();
     }
   };
+  // Warp-wide: a unit from another pool, or U when every pool is empty.
+  auto steal = [&]() -> int {
+    for (int base = 1; base <= nP; base += 32) {
+      const int q = (pool + base + lane) % nP;
+      const bool avail = base + lane <= nP && *reinterpret_cast<volatile int*>(ctr + 32 * q) < psize(q);
+      unsigned m = __ballot_sync(0xffffffffu, avail);
+      while (m) {
+        const int q2 = __shfl_sync(0xffffffffu, q, __ffs(m) - 1);
+        int v = 0;
+        if (lane == 0) v = q2 + nP * atomicAdd(ctr + 32 * q2, 1);
+        v = __shfl_sync(0xffffffffu, v, 0);
+        if (v < U) {
+          pool = q2;
+          if (lane == 0) pend2 = ask();  // the next from the new pool
+          return v;
+        }
+        m &= m - 1;
+      }
+    }
+    return U;
+  };
   auto take = [&]() -> int {
+    if (dynamic == 3) {
+      const int v = __shfl_sync(0xffffffffu, pend, 0);
+      return v < U ? v : steal();
+    }
     if (dynamic) return __shfl_sync(0xffffffffu, pend, 0);
     return w0 + (k++) * nW;
   };
 
   // Producer: unit pu (P), next group pq; its lane's copy sources at group pq.
   int pu = w0;
+  if (dynamic == 3) {
+    if (lane == 0) pend = ask();
+    pu = take();
+  }
   DynUnit P{};
   int pq = 0;
   const u8 *wq = nullptr, *sq = nullptr, *xq = nullptr;
@@ -237,7 +279,7 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   if (dynamic && lane == 0) {
     __threadfence();
     if (atomicAdd(ctr + 1, 1) == nW - 1) {
-      for (int i = 0; i < 8; i++) ctr[32 * i] = 0;
+      for (int i = 0; i < max(8, nP); i++) ctr[32 * i] = 0;
       ctr[1] = 0;
     }
   }
@@ -290,9 +332,10 @@ int main() {
     cudaFree(a);
     cudaFree(b);
   }
-  // Variants: 0 moe_gemm_dec at split 2, 1 at split 4, then moe_gemm_dyn static / dynamic at
-  // chunks of about 2 groups (2, 3), about 4 (4, 5), and dynamic on eight counters (6, 7).
-  const char* vname[8] = {"dec S2", "dec S4", "static q2", "dyn q2", "static q4", "dyn q4", "dyn8 q2", "dyn8 q4"};
+  // Variants: 0 moe_gemm_dec at split 2, 1 at split 4, then moe_gemm_dyn static / from the SMs'
+  // pools at chunks of about 2 groups (2, 3), about 4 (4, 5), and on eight counters (6, 7).
+  // (One counter for all units, dynamic 1, was the slowest form; docs/perf.md.)
+  const char* vname[8] = {"dec S2", "dec S4", "static q2", "pool q2", "static q4", "pool q4", "dyn8 q2", "dyn8 q4"};
   printf("%-13s %8s %8s %9s %8s %9s %8s %8s %8s  %s\n", "shape", vname[0], vname[1], vname[2], vname[3], vname[4], vname[5], vname[6], vname[7],
          "(µs, median; dyn's planes against dec S2: max |diff| / rms)");
   for (const Shape& sh : shapes) {
@@ -337,8 +380,8 @@ int main() {
     CK(cudaMalloc(&counts, hcounts.size() * 4));
     CK(cudaMalloc(&offs, hoff.size() * 4));
     CK(cudaMalloc(&nt, 4));
-    CK(cudaMalloc(&ctr, 256 * 4));
-    CK(cudaMemset(ctr, 0, 256 * 4));
+    CK(cudaMalloc(&ctr, 32 * 4 * std::max(8, sms)));
+    CK(cudaMemset(ctr, 0, 32 * 4 * std::max(8, sms)));
     CK(cudaMemcpy(W, hw.data(), hw.size(), cudaMemcpyHostToDevice));
     CK(cudaMemcpy(Ws, hs.data(), hs.size(), cudaMemcpyHostToDevice));
     CK(cudaMemcpy(X, hx.data(), hx.size(), cudaMemcpyHostToDevice));
@@ -357,9 +400,9 @@ int main() {
                                                                               offs + s * pool, nullptr, out, N, Kd, S, 0, 0, nullptr,
                                                                               nullptr, 0);
       } else {
-        const int C = Cs[v < 6 ? (v - 2) / 2 : v - 6], dyn = v < 6 ? (v - 2) % 2 : 2;
+        const int C = Cs[v < 6 ? (v - 2) / 2 : v - 6], dyn = v < 6 ? 3 * ((v - 2) % 2) : 2;
         moe_gemm_dyn<<<occ * sms, DYN_WARPS * 32, DYN_SMEM>>>(W, Ws, X, Xs, tiles + s * 2 * sh.T, counts + s * pool, planes, ctr, N, Kd,
-                                                              sh.T, C, rows, dyn, timed ? times : nullptr);
+                                                              sh.T, C, rows, dyn, timed ? times : nullptr, sms);
       }
     };
     // Check: each dyn variant's planes, added in chunk order, against dec S2's sums (set 0).
