@@ -119,7 +119,7 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
     return pool + nP * atomicAdd(ctr + 32 * pool, 1);
   };
   auto request = [&] {
-    if (dynamic && lane == 0) {
+    if (dynamic && dynamic != 4 && lane == 0) {
       pend = pend2;
       pend2 = ask();
     }
@@ -145,7 +145,28 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
     }
     return U;
   };
+  // dynamic 4: a static range of consecutive units a warp, its length weighted by the place of
+  // the warp's block in the launch order (round r = blockIdx.x / nP of the blocks the scheduler
+  // puts on the SMs in turn; weights 1, 0.85, 0.73, 0.63 for rounds 0..3), so that the blocks an
+  // SM holds, which end in the order they were placed when their work is equal, end together.
+  int wend = 0;
+  if (dynamic == 4) {
+    // Integer weights, so that one warp's range ends exactly where the next one's begins.
+    const long long wt[4] = {100, 85, 73, 63};
+    const int per = nP * DYN_WARPS;  // warps a round
+    long long total = 0, before = 0;
+    for (int r = 0; r * per < nW; r++) {
+      const int n = min(per, nW - r * per);
+      const long long w = wt[min(r, 3)];
+      if (w0 >= r * per && w0 < r * per + n) before = total + (long long)(w0 - r * per) * w;
+      total += (long long)n * w;
+    }
+    const long long mine = wt[min(w0 / per, 3)];
+    k = (int)((long long)U * before / total);
+    wend = (int)((long long)U * (before + mine) / total);
+  }
   auto take = [&]() -> int {
+    if (dynamic == 4) return k < wend ? k++ : U;
     if (dynamic == 3) {
       const int v = __shfl_sync(0xffffffffu, pend, 0);
       return v < U ? v : steal();
@@ -156,6 +177,7 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
 
   // Producer: unit pu (P), next group pq; its lane's copy sources at group pq.
   int pu = w0;
+  if (dynamic == 4) pu = take();
   if (dynamic == 3) {
     if (lane == 0) pend = ask();
     pu = take();
@@ -199,7 +221,7 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   };
 
   if (pu < U) {
-    if (dynamic && lane == 0) pend2 = ask();
+    if (dynamic && dynamic != 4 && lane == 0) pend2 = ask();
     request();
     enter();
   }
@@ -276,7 +298,7 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
     asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
     times[4 * w0] = t_start, times[4 * w0 + 1] = t_end, times[4 * w0 + 2] = smid, times[4 * w0 + 3] = ngroups;
   }
-  if (dynamic && lane == 0) {
+  if (dynamic && dynamic != 4 && lane == 0) {
     __threadfence();
     if (atomicAdd(ctr + 1, 1) == nW - 1) {
       for (int i = 0; i < max(8, nP); i++) ctr[32 * i] = 0;
@@ -333,9 +355,10 @@ int main() {
     cudaFree(b);
   }
   // Variants: 0 moe_gemm_dec at split 2, 1 at split 4, then moe_gemm_dyn static / from the SMs'
-  // pools at chunks of about 2 groups (2, 3), about 4 (4, 5), and on eight counters (6, 7).
+  // pools at chunks of about 2 groups (2, 3), about 4 (4, 5), and static ranges weighted by the
+  // launch order (6, 7). (Eight counters, dynamic 2, were measured in an earlier version.)
   // (One counter for all units, dynamic 1, was the slowest form; docs/perf.md.)
-  const char* vname[8] = {"dec S2", "dec S4", "static q2", "pool q2", "static q4", "pool q4", "dyn8 q2", "dyn8 q4"};
+  const char* vname[8] = {"dec S2", "dec S4", "static q2", "pool q2", "static q4", "pool q4", "wtd q2", "wtd q4"};
   printf("%-13s %8s %8s %9s %8s %9s %8s %8s %8s  %s\n", "shape", vname[0], vname[1], vname[2], vname[3], vname[4], vname[5], vname[6], vname[7],
          "(µs, median; dyn's planes against dec S2: max |diff| / rms)");
   for (const Shape& sh : shapes) {
@@ -400,7 +423,7 @@ int main() {
                                                                               offs + s * pool, nullptr, out, N, Kd, S, 0, 0, nullptr,
                                                                               nullptr, 0);
       } else {
-        const int C = Cs[v < 6 ? (v - 2) / 2 : v - 6], dyn = v < 6 ? 3 * ((v - 2) % 2) : 2;
+        const int C = Cs[v < 6 ? (v - 2) / 2 : v - 6], dyn = v < 6 ? 3 * ((v - 2) % 2) : 4;
         moe_gemm_dyn<<<occ * sms, DYN_WARPS * 32, DYN_SMEM>>>(W, Ws, X, Xs, tiles + s * 2 * sh.T, counts + s * pool, planes, ctr, N, Kd,
                                                               sh.T, C, rows, dyn, timed ? times : nullptr, sms);
       }
