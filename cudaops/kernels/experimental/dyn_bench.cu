@@ -6,14 +6,16 @@
 //
 // Why: at one token a tile the split kernels' grid is one wave, every block the same work, and the
 // forward's stage timeline has their blocks end 5–13 µs apart (GPT-OSS-120B's GEMM1 at M = 1:
-// 9.8–14.6 µs on an H200; DeepSeek-V3's 25.7–37.0): a block's time varies with where it runs, and a
-// grid of one wave cannot hand the early finishers more work. Here a unit is 32 weight rows of one
-// tile over a chunk of about Q column groups; every warp starts on a unit of its own and then takes
-// the next from a counter (or, static, the warp's stride), its ring running on from unit to unit
-// (the next unit's first copies go out while the current one's last groups compute). Each unit
-// writes its partial sums to its chunk's plane, in a fixed order of groups, so the planes, added in
-// the order of their chunks by whatever reads them, do not depend on timing. The counter starts at
-// zero and the last warp to leave sets it back.
+// 9.8–14.6 µs on an H200; DeepSeek-V3's 25.7–37.0; an SM's blocks end in the order they were
+// placed), and a grid of one wave cannot hand the early finishers more work. Here a unit is 32
+// weight rows of one tile over a chunk of about Q column groups, and a warp takes its units in
+// one of five ways (`dynamic`): its stride (0), one counter (1), eight counters (2), a pool an SM
+// with stealing (3), or a static range weighted by its block's launch round (4); its ring runs on
+// from unit to unit (the next unit's first copies go out while the current one's last groups
+// compute). Each unit writes its partial sums to its chunk's plane, in a fixed order of groups,
+// so the planes, added in the order of their chunks by whatever reads them, do not depend on
+// timing. The counters start at zero and the last warp to leave sets them back. main() runs
+// 0, 3 and 4 (1 and 2 were measured by earlier versions of main; docs/perf.md has all five).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
