@@ -76,7 +76,8 @@ __device__ __forceinline__ DynUnit dyn_unit(int u, const int* __restrict__ tiles
 extern "C" __global__ void __launch_bounds__(DYN_WARPS * 32, 4)
 moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
              const int* __restrict__ tiles, const int* __restrict__ counts, float* __restrict__ planes, int* __restrict__ ctr,
-             i64 N, i64 Kd, i64 T, i64 C, i64 rows, i64 dynamic, unsigned long long* __restrict__ times, int nP) {
+             i64 N, i64 Kd, i64 T, i64 C, i64 rows, i64 dynamic, unsigned long long* __restrict__ times, int nP,
+             unsigned long long* __restrict__ ulog) {
   extern __shared__ __align__(128) u8 dyn_smem[];
   unsigned long long t_start = 0;
   if (times) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_start));
@@ -234,6 +235,7 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   for (int s = 0; s < D - 1; s++) produce(s * SZ);
   float acc[8] = {};
   unsigned long long ngroups = 0;
+  int nunits = 0;
   while (cu < U) {
     ngroups++;
     produce(nxt);
@@ -272,6 +274,13 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
     cur = cur == (D - 1) * SZ ? 0 : cur + SZ;
     nxt = nxt == (D - 1) * SZ ? 0 : nxt + SZ;
     if (++cq == Cu.q1) {
+      if (ulog && lane == 0 && nunits < 32) {
+        unsigned long long t_u;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_u));
+        // ns since the warp's start (the globaltimer itself needs more than 56 bits)
+        ulog[32 * w0 + nunits] = (t_u - t_start) << 8 | (unsigned long long)(Cu.q1 - Cu.q0);
+      }
+      nunits++;
       // The unit's sums into its chunk's plane; the producer, two groups on, is in the next unit
       // (every unit has at least two groups), or past the last.
       float* const pl = planes + (Cu.c * rows + Cu.row0) * N + Cu.nb;
@@ -415,8 +424,9 @@ int main() {
     CK(cudaMemcpy(counts, hcounts.data(), hcounts.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(offs, hoff.data(), hoff.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(nt, &sh.T, 4, cudaMemcpyHostToDevice));
-    unsigned long long* times;
-    bool timed = false;
+    unsigned long long *times, *ulog;
+    bool timed = false, logged = false;
+    CK(cudaMalloc(&ulog, (size_t)occ * sms * DYN_WARPS * 32 * 8));
     CK(cudaMalloc(&times, (size_t)occ * sms * DYN_WARPS * 32));
     auto run = [&](int v, int s) {
       if (v < 2) {
@@ -427,7 +437,7 @@ int main() {
       } else {
         const int C = Cs[v < 6 ? (v - 2) / 2 : v - 6], dyn = v < 6 ? 3 * ((v - 2) % 2) : 4;
         moe_gemm_dyn<<<occ * sms, DYN_WARPS * 32, DYN_SMEM>>>(W, Ws, X, Xs, tiles + s * 2 * sh.T, counts + s * pool, planes, ctr, N, Kd,
-                                                              sh.T, C, rows, dyn, timed ? times : nullptr, sms);
+                                                              sh.T, C, rows, dyn, timed ? times : nullptr, sms, logged ? ulog : nullptr);
       }
     };
     // Check: each dyn variant's planes, added in chunk order, against dec S2's sums (set 0).
@@ -528,6 +538,58 @@ int main() {
       for (int l = 1; l < 6; l++) printf(" %.2f", corr(rate[0], rate[l]));
       printf("\n");
     }
+    // An SM's rate against its active warps: one launch each of static q2 and q4 with every
+    // unit's end logged; each unit's groups spread evenly over the time since the warp's previous
+    // unit ended; per SM, the time with k warps active and the groups done in it; summed over
+    // the SMs by k in 13-16, 9-12, 5-8, 1-4: groups an SM-µs.
+    std::string krates;
+    for (int v : {2, 4}) {
+      const int nw = occ * sms * DYN_WARPS;
+      CK(cudaMemset(ulog, 0, (size_t)nw * 32 * 8));
+      logged = true;
+      run(v, 1 % sets);
+      CK(cudaDeviceSynchronize());
+      logged = false;
+      std::vector<unsigned long long> ht(4 * nw), hl((size_t)nw * 32);
+      CK(cudaMemcpy(ht.data(), times, ht.size() * 8, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(hl.data(), ulog, hl.size() * 8, cudaMemcpyDeviceToHost));
+      unsigned long long base = ~0ull;  // times from the first start, exact in a double
+      for (int i = 0; i < nw; i++)
+        if (ht[4 * i + 3]) base = std::min(base, ht[4 * i]);
+      auto at = [&](unsigned long long t) { return (double)(t - base); };
+      double gk[4] = {0, 0, 0, 0}, tk[4] = {0, 0, 0, 0};
+      for (int m = 0; m < sms; m++) {
+        std::vector<int> ws;
+        for (int i = 0; i < nw; i++)
+          if ((int)ht[4 * i + 2] == m && ht[4 * i + 3]) ws.push_back(i);
+        std::vector<double> cuts;
+        for (int i : ws) cuts.push_back(at(ht[4 * i])), cuts.push_back(at(ht[4 * i + 1]));
+        std::sort(cuts.begin(), cuts.end());
+        for (size_t c = 0; c + 1 < cuts.size(); c++) {
+          const double a = cuts[c], b = cuts[c + 1];
+          if (b <= a) continue;
+          int k = 0;
+          double g = 0;
+          for (int i : ws) {
+            if (at(ht[4 * i]) <= a && at(ht[4 * i + 1]) >= b) k++;
+            double prev = at(ht[4 * i]);
+            for (int j = 0; j < 32 && hl[32 * (size_t)i + j]; j++) {
+              const double tj = at(ht[4 * i]) + (double)(hl[32 * (size_t)i + j] >> 8), gj = (double)(hl[32 * (size_t)i + j] & 0xff);
+              const double lo = std::max(prev, a), hi = std::min(tj, b);
+              if (hi > lo && tj > prev) g += gj * (hi - lo) / (tj - prev);
+              prev = tj;
+            }
+          }
+          if (k == 0) continue;
+          const int bk = k > 12 ? 0 : k > 8 ? 1 : k > 4 ? 2 : 3;
+          gk[bk] += g, tk[bk] += (b - a) * 1e-3;
+        }
+      }
+      char buf[200];
+      snprintf(buf, sizeof buf, "  %s: %.2f / %.2f / %.2f / %.2f (%.0f / %.0f / %.0f / %.0f SM-µs)", vname[v], tk[0] > 0 ? gk[0] / tk[0] : 0,
+               tk[1] > 0 ? gk[1] / tk[1] : 0, tk[2] > 0 ? gk[2] / tk[2] : 0, tk[3] > 0 ? gk[3] / tk[3] : 0, tk[0], tk[1], tk[2], tk[3]);
+      krates += buf;
+    }
     timed = false;
     double med[8];
     for (int v = 0; v < 8; v++) {
@@ -538,8 +600,9 @@ int main() {
            med[0], med[1], med[2], med[3], med[4], med[5], med[6], med[7], Cs[0], Cs[1], err[2], err[3], err[4], err[5], err[6], err[7],
            (double)(wbytes + sbytes) * sh.T / (copy_gbs * 1e3));
     printf("    warp ends (p10/p50/p90/max µs from the first start):%s\n", spans.c_str());
+    printf("    an SM's groups a µs with 13-16 / 9-12 / 5-8 / 1-4 warps active (and the SM-µs spent so):%s\n", krates.c_str());
     cudaFree(W), cudaFree(Ws), cudaFree(X), cudaFree(Xs), cudaFree(out), cudaFree(planes);
-    cudaFree(tiles), cudaFree(counts), cudaFree(offs), cudaFree(nt), cudaFree(ctr), cudaFree(times);
+    cudaFree(tiles), cudaFree(counts), cudaFree(offs), cudaFree(nt), cudaFree(ctr), cudaFree(times), cudaFree(ulog);
   }
   return 0;
 }
