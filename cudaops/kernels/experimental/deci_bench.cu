@@ -26,23 +26,10 @@
 // (as the FP16 path does with its float block sums), the groups' sums by the token's scale, and
 // the planes' sums combined by their powers of two at the end. Per word of codes: one XOR, two
 // shifts, four `prmt` (7 instructions instead of 11); no FP8 → FP16 conversion of tokens.
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <cmath>
 #include <string>
-#include <vector>
 
 #include "../gemm_fp8fp4.cu"
-
-#define CK(x)                                                                              \
-  do {                                                                                     \
-    cudaError_t e_ = (x);                                                                  \
-    if (e_ != cudaSuccess) {                                                               \
-      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(1);                                                                             \
-    }                                                                                      \
-  } while (0)
+#include "bench_setup.cuh"
 
 __device__ __forceinline__ void imma(int d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -340,14 +327,6 @@ DECI_KERNEL(moe_gemm_deci3, 3)
 // area, which the pass uses only after its groups).
 #define DECI_SMEM DEC_SMEM
 
-static uint32_t rng = 12345;
-static uint32_t rnd() {
-  rng ^= rng << 13;
-  rng ^= rng >> 17;
-  rng ^= rng << 5;
-  return rng;
-}
-
 int main(int argc, char** argv) {
   // GEMM1 and GEMM2 of GPT-OSS-120B, DeepSeek-V3 and Qwen3-30B-A3B at one token (T experts).
   struct Shape {
@@ -408,83 +387,26 @@ int main(int argc, char** argv) {
   CK(cudaFuncSetAttribute(moe_gemm_deci3, cudaFuncAttributeMaxDynamicSharedMemorySize, DECI_SMEM));
   CK(cudaFuncSetAttribute(moe_gemm_decw, cudaFuncAttributeMaxDynamicSharedMemorySize, DECW_SMEM));
   CK(cudaFuncSetAttribute(moe_gemm_dec1w, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC1W_SMEM));
-  // Copy bandwidth, for the ratios.
-  {
-    const size_t B = 1ull << 30;
-    void *a, *b;
-    CK(cudaMalloc(&a, B));
-    CK(cudaMalloc(&b, B));
-    CK(cudaMemset(a, 1, B));
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    for (int i = 0; i < 3; i++) CK(cudaMemcpy(b, a, B, cudaMemcpyDeviceToDevice));
-    cudaEventRecord(e0);
-    for (int i = 0; i < 10; i++) CK(cudaMemcpy(b, a, B, cudaMemcpyDeviceToDevice));
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms;
-    cudaEventElapsedTime(&ms, e0, e1);
-    printf("copy %.0f GB/s\n", 2.0 * B * 10 / (ms * 1e-3) / 1e9);
-    cudaFree(a);
-    cudaFree(b);
-  }
+  printf("copy %.0f GB/s\n", copy_gbps());
   printf("%-15s %6s %9s %9s %9s %7s %7s %9s %9s %9s %9s %9s %9s %9s\n", "shape", "tokens", "dec us", "deci us", "decif us", "deci/", "decif/",
          "decif GB/s", "deci err", "decif err", "copies us", "arith us", "deci3 us", "64-row us");
   for (const Shape& sh : shapes) {
-    const i64 N = sh.N, Kd = sh.Kd, G = Kd / 128;
-    const i64 wbytes = N * Kd / 2, sbytes = N * Kd / 32;
-    // A pool of experts several times L2, T a forward, rotated.
-    const i64 poolBytes = getenv("DECI_POOL_MB") ? atoll(getenv("DECI_POOL_MB")) << 20 : 400ll << 20;
-    const int pool = (int)std::max<i64>(2 * sh.T, poolBytes / (wbytes + sbytes) / sh.T * sh.T);
-    const int sets = pool / sh.T;
-    std::vector<u8> hw(wbytes * pool), hs(sbytes * pool);
-    for (auto& x : hw) x = (u8)rnd();
-    for (auto& x : hs) x = (u8)(122 + rnd() % 12);  // block scales 2^-5 .. 2^6 (the fold needs at most 11 apart)
-    const i64 rows = 32 * sh.T;
-    std::vector<u8> hx(rows * Kd);
-    for (auto& x : hx) {
-      u8 v;
-      do v = (u8)rnd();
-      while ((v & 0x7f) == 0x7f);
-      x = v;
-    }
-    std::vector<float> hxs(rows * G);
-    for (auto& x : hxs) x = ldexpf(1.f, -(int)(rnd() % 12));
-    // Tile sets: set s takes experts s·T .. s·T + T - 1, tile y at rows 32y.
-    std::vector<int> htiles(sets * 2 * sh.T), hcounts(sets * pool, 0), hoff(sets * pool, 0);
-    for (int s = 0; s < sets; s++)
-      for (int y = 0; y < sh.T; y++) {
-        const int e = s * sh.T + y;
-        htiles[s * 2 * sh.T + 2 * y] = e;
-        htiles[s * 2 * sh.T + 2 * y + 1] = 32 * y;
-        hcounts[s * pool + e] = tokens;
-        hoff[s * pool + e] = 32 * y;
-      }
-    u8 *W, *Ws, *X, *P;
-    float *Xs, *out, *outi;
-    int *tiles, *counts, *offs, *nt;
+    const i64 N = sh.N, Kd = sh.Kd;
+    TilePool tp = make_pool(N, Kd, sh.T, tokens, "DECI_POOL_MB");
+    const i64 wbytes = tp.wbytes, sbytes = tp.sbytes, rows = tp.rows;
+    const int pool = tp.pool, sets = tp.sets;
+    u8 *const W = tp.W, *const Ws = tp.Ws, *const X = tp.X;
+    float* const Xs = tp.Xs;
+    int *const tiles = tp.tiles, *const counts = tp.counts, *const offs = tp.offs, *const nt = tp.nt;
+    std::vector<int> htiles(2 * sh.T);  // set 0's tile list, for the reference
+    CK(cudaMemcpy(htiles.data(), tiles, htiles.size() * 4, cudaMemcpyDeviceToHost));
+    u8* P;
+    float *out, *outi;
     double* ref;
-    CK(cudaMalloc(&W, hw.size()));
-    CK(cudaMalloc(&Ws, hs.size()));
-    CK(cudaMalloc(&X, hx.size()));
-    CK(cudaMalloc(&P, hx.size() * 8));
-    CK(cudaMalloc(&Xs, hxs.size() * 4));
+    CK(cudaMalloc(&P, rows * Kd * 8));
     CK(cudaMalloc(&out, rows * N * 4));
     CK(cudaMalloc(&outi, rows * N * 4));
     CK(cudaMalloc(&ref, sh.T * N * 8));
-    CK(cudaMalloc(&tiles, htiles.size() * 4));
-    CK(cudaMalloc(&counts, hcounts.size() * 4));
-    CK(cudaMalloc(&offs, hoff.size() * 4));
-    CK(cudaMalloc(&nt, 4));
-    CK(cudaMemcpy(W, hw.data(), hw.size(), cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(Ws, hs.data(), hs.size(), cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(X, hx.data(), hx.size(), cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(Xs, hxs.data(), hxs.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(tiles, htiles.data(), htiles.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(counts, hcounts.data(), hcounts.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(offs, hoff.data(), hoff.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(nt, &sh.T, 4, cudaMemcpyHostToDevice));
     deci_planes<<<(unsigned)((rows * Kd + 255) / 256), 256>>>(X, P, rows, Kd);
     CK(cudaGetLastError());
     if (N * sh.S % 128) {
@@ -559,35 +481,14 @@ int main(int argc, char** argv) {
       continue;
     }
     // Time: rounds of 20 launches over rotating sets, each variant in turn, medians.
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    std::vector<float> tv[7];
-    for (int w = 0; w < 3 * sets; w++)
-      for (int v = 0; v < NV; v++) run(v, w % sets);
-    int s = 0;
-    for (int round = 0; round < 15; round++) {
-      for (int v = 0; v < NV; v++) {
-        cudaEventRecord(e0);
-        for (int i = 0; i < 20; i++, s++) run(v, s % sets);
-        cudaEventRecord(e1);
-        cudaEventSynchronize(e1);
-        float ms;
-        cudaEventElapsedTime(&ms, e0, e1);
-        tv[v].push_back(ms * 1000 / 20);
-      }
-    }
-    CK(cudaGetLastError());
+    const std::vector<double> mv = time_variants(NV, sets, run);
     double med[7] = {0, 0, 0, 0, 0, 0, 0};
-    for (int v = 0; v < NV; v++) {
-      std::sort(tv[v].begin(), tv[v].end());
-      med[v] = tv[v][tv[v].size() / 2];
-    }
+    std::copy(mv.begin(), mv.end(), med);
     printf("%-12s S%d %6d %9.2f %9.2f %9.2f %7.3f %7.3f %9.0f %9.2e %9.2e %9.2f %9.2f %9.2f %9.2f\n", sh.name, sh.S, tokens, med[0], med[1], med[2],
            med[1] / med[0], med[2] / med[0], (double)(wbytes + sbytes) * sh.T / (med[2] * 1e-6) / 1e9, maxrel[1], maxrel[2], med[3],
            med[4], med[5], med[6]);
-    cudaFree(W), cudaFree(Ws), cudaFree(X), cudaFree(P), cudaFree(Xs), cudaFree(out), cudaFree(outi), cudaFree(ref);
-    cudaFree(tiles), cudaFree(counts), cudaFree(offs), cudaFree(nt);
+    cudaFree(P), cudaFree(out), cudaFree(outi), cudaFree(ref);
+    tp.release();
   }
   return 0;
 }

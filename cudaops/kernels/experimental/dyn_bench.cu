@@ -16,23 +16,10 @@
 // so the planes, added in the order of their chunks by whatever reads them, do not depend on
 // timing. The counters start at zero and the last warp to leave sets them back. main() runs
 // 0, 3 and 4 (1 and 2 were measured by earlier versions of main; docs/perf.md has all five).
-#include <algorithm>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
-#include <vector>
 
 #include "../gemm_fp8fp4.cu"
-
-#define CK(x)                                                                              \
-  do {                                                                                     \
-    cudaError_t e_ = (x);                                                                  \
-    if (e_ != cudaSuccess) {                                                               \
-      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(1);                                                                             \
-    }                                                                                      \
-  } while (0)
+#include "bench_setup.cuh"
 
 #define DYN_WARPS 4
 #define DYN_STAGES 3
@@ -318,14 +305,6 @@ moe_gemm_dyn(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
   }
 }
 
-static uint32_t rs = 12345;
-static uint32_t rnd() {
-  rs ^= rs << 13;
-  rs ^= rs >> 17;
-  rs ^= rs << 5;
-  return rs;
-}
-
 int main() {
   // The one-token GEMMs of the bench shapes at M = 1 (T tiles of one token), and the split the
   // host takes for each on the 32-row kernel.
@@ -344,27 +323,8 @@ int main() {
   int occ = 0;
   double copy_gbs = 0;
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moe_gemm_dyn, DYN_WARPS * 32, DYN_SMEM));
-  {
-    const size_t B = 1ull << 30;
-    void *a, *b;
-    CK(cudaMalloc(&a, B));
-    CK(cudaMalloc(&b, B));
-    CK(cudaMemset(a, 1, B));
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    for (int i = 0; i < 3; i++) CK(cudaMemcpy(b, a, B, cudaMemcpyDeviceToDevice));
-    cudaEventRecord(e0);
-    for (int i = 0; i < 10; i++) CK(cudaMemcpy(b, a, B, cudaMemcpyDeviceToDevice));
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms;
-    cudaEventElapsedTime(&ms, e0, e1);
-    copy_gbs = 2.0 * B * 10 / (ms * 1e-3) / 1e9;
-    printf("copy %.0f GB/s; moe_gemm_dyn: %d blocks an SM, %d SMs\n", copy_gbs, occ, sms);
-    cudaFree(a);
-    cudaFree(b);
-  }
+  copy_gbs = copy_gbps();
+  printf("copy %.0f GB/s; moe_gemm_dyn: %d blocks an SM, %d SMs\n", copy_gbs, occ, sms);
   // Variants: 0 moe_gemm_dec at split 2, 1 at split 4, then moe_gemm_dyn static / from the SMs'
   // pools at chunks of about 2 groups (2, 3), about 4 (4, 5), and static ranges weighted by the
   // launch order (6, 7). (Eight counters, dynamic 2, were measured in an earlier version.)
@@ -374,56 +334,19 @@ int main() {
          "(µs, median; dyn's planes against dec S2: max |diff| / rms)");
   for (const Shape& sh : shapes) {
     const i64 N = sh.N, Kd = sh.Kd, G = Kd / 128;
-    const i64 wbytes = N * Kd / 2, sbytes = N * Kd / 32;
-    const i64 poolBytes = getenv("DYN_POOL_MB") ? atoll(getenv("DYN_POOL_MB")) << 20 : 400ll << 20;
-    const int pool = (int)std::max<i64>(2 * sh.T, poolBytes / (wbytes + sbytes) / sh.T * sh.T);
-    const int sets = pool / sh.T;
-    std::vector<u8> hw(wbytes * pool), hs(sbytes * pool);
-    for (auto& x : hw) x = (u8)rnd();
-    for (auto& x : hs) x = (u8)(122 + rnd() % 12);
-    const i64 rows = 32 * sh.T;
-    std::vector<u8> hx(rows * Kd);
-    for (auto& x : hx) {
-      u8 v;
-      do v = (u8)rnd();
-      while ((v & 0x7f) == 0x7f);
-      x = v;
-    }
-    std::vector<float> hxs(rows * G);
-    for (auto& x : hxs) x = ldexpf(1.f, -(int)(rnd() % 12));
-    std::vector<int> htiles(sets * 2 * sh.T), hcounts(sets * pool, 0), hoff(sets * pool, 0);
-    for (int s = 0; s < sets; s++)
-      for (int y = 0; y < sh.T; y++) {
-        const int e = s * sh.T + y;
-        htiles[s * 2 * sh.T + 2 * y] = e;
-        htiles[s * 2 * sh.T + 2 * y + 1] = 32 * y;
-        hcounts[s * pool + e] = 1;
-        hoff[s * pool + e] = 32 * y;
-      }
+    TilePool tp = make_pool(N, Kd, sh.T, 1, "DYN_POOL_MB");
+    const i64 wbytes = tp.wbytes, sbytes = tp.sbytes, rows = tp.rows;
+    const int pool = tp.pool, sets = tp.sets;
+    u8 *const W = tp.W, *const Ws = tp.Ws, *const X = tp.X;
+    float* const Xs = tp.Xs;
+    int *const tiles = tp.tiles, *const counts = tp.counts, *const offs = tp.offs, *const nt = tp.nt;
     const int Cs[2] = {(int)std::max<i64>(1, G / 2), (int)std::max<i64>(1, G / 4)};
-    u8 *W, *Ws, *X;
-    float *Xs, *out, *planes;
-    int *tiles, *counts, *offs, *nt, *ctr;
-    CK(cudaMalloc(&W, hw.size()));
-    CK(cudaMalloc(&Ws, hs.size()));
-    CK(cudaMalloc(&X, hx.size()));
-    CK(cudaMalloc(&Xs, hxs.size() * 4));
+    float *out, *planes;
+    int* ctr;
     CK(cudaMalloc(&out, rows * N * 4));
     CK(cudaMalloc(&planes, (size_t)Cs[0] * rows * N * 4));
-    CK(cudaMalloc(&tiles, htiles.size() * 4));
-    CK(cudaMalloc(&counts, hcounts.size() * 4));
-    CK(cudaMalloc(&offs, hoff.size() * 4));
-    CK(cudaMalloc(&nt, 4));
     CK(cudaMalloc(&ctr, 32 * 4 * std::max(8, sms)));
     CK(cudaMemset(ctr, 0, 32 * 4 * std::max(8, sms)));
-    CK(cudaMemcpy(W, hw.data(), hw.size(), cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(Ws, hs.data(), hs.size(), cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(X, hx.data(), hx.size(), cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(Xs, hxs.data(), hxs.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(tiles, htiles.data(), htiles.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(counts, hcounts.data(), hcounts.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(offs, hoff.data(), hoff.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(nt, &sh.T, 4, cudaMemcpyHostToDevice));
     unsigned long long *times, *ulog;
     bool timed = false, logged = false;
     CK(cudaMalloc(&ulog, (size_t)occ * sms * DYN_WARPS * 32 * 8));
@@ -465,24 +388,7 @@ int main() {
         }
       err[v] = mx / std::sqrt(ss / (sh.T * N));
     }
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    std::vector<float> tv[8];
-    for (int w = 0; w < 3 * sets; w++)
-      for (int v = 0; v < 8; v++) run(v, w % sets);
-    int s = 0;
-    for (int round = 0; round < 15; round++)
-      for (int v = 0; v < 8; v++) {
-        cudaEventRecord(e0);
-        for (int i = 0; i < 20; i++, s++) run(v, s % sets);
-        cudaEventRecord(e1);
-        cudaEventSynchronize(e1);
-        float ms;
-        cudaEventElapsedTime(&ms, e0, e1);
-        tv[v].push_back(ms * 1000 / 20);
-      }
-    CK(cudaGetLastError());
+    const std::vector<double> med = time_variants(8, sets, run);
     // Every warp's span in one launch of each moe_gemm_dyn variant (after the timed rounds):
     // the warps' ends from the first start, percentiles 10 / 50 / 90 / 100, µs.
     std::string spans;
@@ -591,18 +497,13 @@ int main() {
       krates += buf;
     }
     timed = false;
-    double med[8];
-    for (int v = 0; v < 8; v++) {
-      std::sort(tv[v].begin(), tv[v].end());
-      med[v] = tv[v][tv[v].size() / 2];
-    }
     printf("%-13s %8.2f %8.2f %9.2f %8.2f %9.2f %8.2f %8.2f %8.2f  C=%d/%d, diffs %.1e %.1e %.1e %.1e %.1e %.1e; floor %.2f µs\n", sh.name,
            med[0], med[1], med[2], med[3], med[4], med[5], med[6], med[7], Cs[0], Cs[1], err[2], err[3], err[4], err[5], err[6], err[7],
            (double)(wbytes + sbytes) * sh.T / (copy_gbs * 1e3));
     printf("    warp ends (p10/p50/p90/max µs from the first start):%s\n", spans.c_str());
     printf("    an SM's groups a µs with 13-16 / 9-12 / 5-8 / 1-4 warps active (and the SM-µs spent so):%s\n", krates.c_str());
-    cudaFree(W), cudaFree(Ws), cudaFree(X), cudaFree(Xs), cudaFree(out), cudaFree(planes);
-    cudaFree(tiles), cudaFree(counts), cudaFree(offs), cudaFree(nt), cudaFree(ctr), cudaFree(times), cudaFree(ulog);
+    cudaFree(out), cudaFree(planes), cudaFree(ctr), cudaFree(times), cudaFree(ulog);
+    tp.release();
   }
   return 0;
 }
