@@ -668,7 +668,7 @@ func TestWeightLayout(t *testing.T) {
 	for x := 0; x < c.Weights.E; x++ {
 		blockedWeights(stored[x*per:(x+1)*per], c.Weights.W13[x*per:(x+1)*per], 2*c.Weights.I, c.Weights.K)
 	}
-	mag, sgn := [4]uint{9, 0, 3, 12}, [4]uint{15, 6, 7, 8}
+	mag, sgn := [4]uint{9, 6, 0, 3}, [4]uint{15, 12, 13, 14}
 	for i := range got {
 		var s, want uint32
 		for b := range 4 {
