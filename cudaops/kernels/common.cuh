@@ -215,8 +215,9 @@ __device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t p) {
 // away (two instructions); codes 2, 6 and 3, 7 each take an AND that keeps their bits, one
 // multiply that puts a copy of them at each of the two shifts they need, and an AND (the two
 // copies share no bit but bit 20 of codes 3 and 7's, whose carry dies in bits 23 and 24, zero in
-// both): 9 instructions a word instead of 16. (Every one of the 2^32 words was checked against the stored codes.) Every
-// kernel reads the weights through the helpers below.
+// both): 9 instructions a word instead of 16. Each pair depends only on the 8 bits its first
+// AND (or its shift) keeps; all 2^32 words were checked against the stored codes (docs/perf.md,
+// v44). Every kernel reads the weights through the helpers below.
 #define E2M1_MAG_MASK 0x0FFF0FFFu  // the magnitude bits of a device word (nonzero test)
 
 // Code n of a standard word -> its bits in a device word (moe_reencode).
