@@ -40,9 +40,9 @@ type Options struct {
 type GEMMKernel uint8
 
 const (
-	// GEMMAuto picks GEMMDecode when the batch routes at most 24 rows per local expert on
-	// average, or 32 for layers of small experts (K·I at most 4Mi, e.g. Qwen3-30B-A3B; the
-	// crossovers measured on an H100 and an H200, docs/perf.md v29), else GEMMWgmma, or
+	// GEMMAuto picks GEMMDecode when the batch routes at most 12 rows per local expert on
+	// average, or 24 for layers of small experts (K·I at most 4Mi, e.g. Qwen3-30B-A3B; the
+	// crossovers measured on an H200, docs/perf.md v44), else GEMMWgmma, or
 	// GEMMTiled for weights the wgmma kernel cannot take exactly (see GEMMWgmma).
 	GEMMAuto GEMMKernel = iota
 	// GEMMTiled: 64 weight rows by 32 tokens per block.
@@ -77,24 +77,29 @@ func (k GEMMKernel) String() string {
 }
 
 // autoDecodeRows is GEMMAuto's crossover: batches routing at most this many routed rows per
-// local expert on average take GEMMDecode. Measured on both cards with the 32-token decode kernel
-// (docs/perf.md v29; decode against wgmma, both forced): at 24 rows the decode GEMM was the faster
-// for every bench shape (H100: GPT-OSS-120B 1087 against 1174 µs, DeepSeek-V3 3164 against 3628,
-// Qwen3-30B-A3B 225 against 321), at 28 DeepSeek-V3 was 9 % slower on the H100, at 32 GPT-OSS-120B
-// and DeepSeek-V3 8-23 % slower. Skewed routing (Zipf) slows the wgmma GEMM and not the decode
-// one, so up to this threshold decode stays the faster under skew too; beyond it some skewed
-// batches would still gain from decode, which the host cannot tell before the routing runs
-// (docs/perf.md, the crossover under Zipf).
-const autoDecodeRows = 24
+// local expert on average take GEMMDecode. Measured on an H200 with v44's kernels (docs/perf.md,
+// the v44 entry; decode against wgmma, both forced, uniform routing): at 8 and 10 rows the
+// decode GEMM was the faster or level for GPT-OSS-120B and DeepSeek-V3 (GPT-OSS 639.7 against
+// 711.7 µs and 687.9 against 719.3); at 12 level in one call (731.9 against 730.2, DeepSeek-V3
+// 2309.5 against 2284.1) and 11 % faster for GPT-OSS in another (666.4 against 739.7); from 14
+// rows on the wgmma GEMM was 4-19 % faster for both. (v29 measured 24 on both cards; the wgmma
+// GEMM has since become 25-40 % faster, v32-v37.) On an H100, whose copy bandwidth is 0.7 of
+// the H200's, the streaming decode GEMM loses more than the wgmma GEMM, so its crossover likely
+// lies at or below this one (not yet measured there). Skewed routing (Zipf) slows the wgmma GEMM
+// and not the decode one, so up to this threshold decode stays the faster under skew too; beyond
+// it some skewed batches would still gain from decode, which the host cannot tell before the
+// routing runs (docs/perf.md, the crossover under Zipf).
+const autoDecodeRows = 12
 
 // Layers of small experts, K·I at most smallExpertKI, keep the decode GEMM up to
 // autoDecodeRowsSmall rows an expert: the wgmma GEMM's tiles of short K pay their start and
-// epilogue on little work. Qwen3-30B-A3B (K·I = 1.5Mi) at 28 and 32 rows: decode 252 and 300 µs
-// against 336 and 351 on an H100, 291 against 336 at 32 on an H200; at 40, 362 against 348
-// (H200). GPT-OSS-120B (8.3Mi) and DeepSeek-V3 (14Mi) do not. Fitted to those three shapes.
+// epilogue on little work. Qwen3-30B-A3B (K·I = 1.5Mi) on an H200 with v44's kernels: decode
+// 204.3 and 217.0 µs against 218.5 and 228.0 at 20 and 24 rows, 242.6 against 238.3 at 28, 286.4
+// against 248.1 at 32. GPT-OSS-120B (8.3Mi) and DeepSeek-V3 (14Mi) do not. Fitted to those three
+// shapes.
 const (
 	smallExpertKI       = 4 << 20
-	autoDecodeRowsSmall = 32
+	autoDecodeRowsSmall = 24
 )
 
 // decodeRowsFor is GEMMAuto's crossover for a layer of hidden size k and intermediate size i:

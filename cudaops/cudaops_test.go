@@ -19,9 +19,10 @@ func TestGEMMKernelResolve(t *testing.T) {
 		want     GEMMKernel
 	}{
 		{"auto/decode at 1 pair", GEMMAuto, 1, 128, true, GEMMDecode},
-		{"auto/decode at 16 rows per expert", GEMMAuto, 16 * 128, 128, true, GEMMDecode},
-		{"auto/decode at 24 rows per expert", GEMMAuto, 24 * 128, 128, true, GEMMDecode},
-		{"auto/wgmma above 24 rows per expert", GEMMAuto, 24*128 + 1, 128, true, GEMMWgmma},
+		{"auto/decode at 8 rows per expert", GEMMAuto, 8 * 128, 128, true, GEMMDecode},
+		{"auto/decode at 12 rows per expert", GEMMAuto, 12 * 128, 128, true, GEMMDecode},
+		{"auto/wgmma above 12 rows per expert", GEMMAuto, 12*128 + 1, 128, true, GEMMWgmma},
+		{"auto/wgmma at 24 rows per expert", GEMMAuto, 24 * 128, 128, true, GEMMWgmma},
 		{"auto/wgmma at prefill", GEMMAuto, 16384, 128, true, GEMMWgmma},
 		{"auto/tiled when the weights do not fold", GEMMAuto, 16384, 128, false, GEMMTiled},
 		{"auto/decode even when the weights do not fold", GEMMAuto, 4, 128, false, GEMMDecode},
@@ -29,21 +30,21 @@ func TestGEMMKernelResolve(t *testing.T) {
 		{"wgmma asked, weights do not fold", GEMMWgmma, 16384, 128, false, GEMMTiled},
 		{"decode asked at prefill", GEMMDecode, 16384, 128, true, GEMMDecode},
 		{"tiled asked", GEMMTiled, 1, 128, true, GEMMTiled},
-		{"auto/expert parallel shard of 32 experts", GEMMAuto, 768, 32, true, GEMMDecode},
-		{"auto/expert parallel shard, over 24 rows each", GEMMAuto, 769, 32, true, GEMMWgmma},
+		{"auto/expert parallel shard of 32 experts", GEMMAuto, 384, 32, true, GEMMDecode},
+		{"auto/expert parallel shard, over 12 rows each", GEMMAuto, 385, 32, true, GEMMWgmma},
 	} {
 		if got := c.k.resolve(c.p, c.e, autoDecodeRows, c.foldable); got != c.want {
 			t.Errorf("%s: %v.resolve(%d, %d, %d, %v) = %v, want %v", c.name, c.k, c.p, c.e, autoDecodeRows, c.foldable, got, c.want)
 		}
 	}
-	// Layers of small experts keep the decode GEMM to 32 rows an expert.
+	// Layers of small experts keep the decode GEMM to 24 rows an expert.
 	for _, c := range []struct {
 		name string
 		p    int
 		want GEMMKernel
 	}{
-		{"small experts/decode at 32 rows per expert", 32 * 128, GEMMDecode},
-		{"small experts/wgmma above 32 rows per expert", 32*128 + 1, GEMMWgmma},
+		{"small experts/decode at 24 rows per expert", 24 * 128, GEMMDecode},
+		{"small experts/wgmma above 24 rows per expert", 24*128 + 1, GEMMWgmma},
 	} {
 		if got := GEMMAuto.resolve(c.p, 128, autoDecodeRowsSmall, true); got != c.want {
 			t.Errorf("%s: resolve(%d, 128, %d, true) = %v, want %v", c.name, c.p, autoDecodeRowsSmall, got, c.want)
@@ -57,11 +58,11 @@ func TestDecodeRowsFor(t *testing.T) {
 		k, i int
 		want int
 	}{
-		{"qwen3-30b-a3b", 2048, 768, 32},
-		{"gptoss120b", 2944, 2944, 24},
-		{"deepseekv3", 7168, 2048, 24},
-		{"at the bound", 4096, 1024, 32},
-		{"just past the bound", 4096, 1025, 24},
+		{"qwen3-30b-a3b", 2048, 768, 24},
+		{"gptoss120b", 2944, 2944, 12},
+		{"deepseekv3", 7168, 2048, 12},
+		{"at the bound", 4096, 1024, 24},
+		{"just past the bound", 4096, 1025, 12},
 	} {
 		if got := decodeRowsFor(c.k, c.i); got != c.want {
 			t.Errorf("%s: decodeRowsFor(%d, %d) = %d, want %d", c.name, c.k, c.i, got, c.want)
