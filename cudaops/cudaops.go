@@ -42,7 +42,7 @@ type GEMMKernel uint8
 const (
 	// GEMMAuto picks GEMMDecode when the batch routes at most 12 rows per local expert on
 	// average, or 24 for layers of small experts (K·I at most 4Mi, e.g. Qwen3-30B-A3B; the
-	// crossovers measured on an H200, docs/perf.md v44), else GEMMWgmma, or
+	// crossovers measured on an H200, docs/perf.md v45), else GEMMWgmma, or
 	// GEMMTiled for weights the wgmma kernel cannot take exactly (see GEMMWgmma).
 	GEMMAuto GEMMKernel = iota
 	// GEMMTiled: 64 weight rows by 32 tokens per block.
@@ -78,7 +78,7 @@ func (k GEMMKernel) String() string {
 
 // autoDecodeRows is GEMMAuto's crossover: batches routing at most this many routed rows per
 // local expert on average take GEMMDecode. Measured on an H200 with v44's kernels (docs/perf.md,
-// the v44 entry; decode against wgmma, both forced, uniform routing): at 8 and 10 rows the
+// the v45 entry; decode against wgmma, both forced, uniform routing): at 8 and 10 rows the
 // decode GEMM was the faster or level for GPT-OSS-120B and DeepSeek-V3 (GPT-OSS 639.7 against
 // 711.7 µs and 687.9 against 719.3); at 12 level in one call (731.9 against 730.2, DeepSeek-V3
 // 2309.5 against 2284.1) and 11 % faster for GPT-OSS in another (666.4 against 739.7); from 14
