@@ -197,6 +197,10 @@ __device__ __forceinline__ void e4m3_frags(uint2 xv, uint32_t b0[2], uint32_t b1
 // the expansion written out before the fragments' loop). This order, each step's expansion next
 // to its MMA and the scales picked after, is the 64-row kernel's leanest: with both steps
 // expanded first and the scales picked before, CUDA 12.4's ptxas gave it 157 registers, not 155.
+// ONE: the fragment holds one token, in the MMA's column 0, so only the sums of column 0 (p[0] and
+// p[2], this lane's rows g and g + 8 when t = 0) are kept; column 1's are left out (16 of the
+// 32-row loop's 40 FFMA a group, with the token scale of column 1 and its 4 FFMA).
+template <bool ONE = false>
 __device__ __forceinline__ void block_mma(uint32_t wa, uint32_t wb, const uint32_t b0[2], const uint32_t b1[2],
                                           const float4& s0, const float4& s1, int b, float p[4]) {
   float dd[4] = {0.f, 0.f, 0.f, 0.f};
@@ -210,9 +214,9 @@ __device__ __forceinline__ void block_mma(uint32_t wa, uint32_t wb, const uint32
   }
   const float ws0 = f4_at(s0, b), ws1 = f4_at(s1, b);
   p[0] += dd[0] * ws0;
-  p[1] += dd[1] * ws0;
+  if constexpr (!ONE) p[1] += dd[1] * ws0;
   p[2] += dd[2] * ws1;
-  p[3] += dd[3] * ws1;
+  if constexpr (!ONE) p[3] += dd[3] * ws1;
 }
 
 // XT: 8-token fragments a pass (1, or 2 or 4 at S = 1: each expanded weight fragment then feeds
@@ -363,8 +367,9 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     // most 16 tokens does the 16-token kernel's (its fragments 2 and 3 hold no token, and their
     // sums are never stored). The pass picks its loop once, so that each loop is laid out as if
     // alone.
-    auto groups = [&](auto nf) {
+    auto groups = [&](auto nf, auto one) {
       constexpr int NF = decltype(nf)::value;
+      constexpr bool ONE = decltype(one)::value;  // a pass of one token (block_mma's ONE)
       int cur = 0, nxt = (D - 1) * SZ;
   #pragma unroll 1
       for (int i = 0; i < mine; i++) {
@@ -431,19 +436,19 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
                 const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
                 const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
   #pragma unroll
-                for (int u = 0; u < NF; u++) block_mma(wa, wb, bf[u][0], bf[u][1], sw[2 * h], sw[2 * h + 1], b, &part[u][4 * h]);
+                for (int u = 0; u < NF; u++) block_mma<ONE>(wa, wb, bf[u][0], bf[u][1], sw[2 * h], sw[2 * h + 1], b, &part[u][4 * h]);
               }
             }
   #pragma unroll
             for (int u = 0; u < NF; u++) {
               // 2^14: the expansion's factor
-              const float xs0 = d.xs[8 * u + 2 * t] * 16384.f, xs1 = d.xs[8 * u + 2 * t + 1] * 16384.f;
+              const float xs0 = d.xs[8 * u + 2 * t] * 16384.f, xs1 = ONE ? 0.f : d.xs[8 * u + 2 * t + 1] * 16384.f;
   #pragma unroll
               for (int h = 0; h < RB; h++) {
                 acc[u][4 * h + 0] += part[u][4 * h + 0] * xs0;
-                acc[u][4 * h + 1] += part[u][4 * h + 1] * xs1;
+                if constexpr (!ONE) acc[u][4 * h + 1] += part[u][4 * h + 1] * xs1;
                 acc[u][4 * h + 2] += part[u][4 * h + 2] * xs0;
-                acc[u][4 * h + 3] += part[u][4 * h + 3] * xs1;
+                if constexpr (!ONE) acc[u][4 * h + 3] += part[u][4 * h + 3] * xs1;
               }
             }
           };
@@ -460,11 +465,21 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     };
     if constexpr (SHORT) {
       if (live <= 16)
-        groups(Ic<2>{});
+        groups(Ic<2>{}, Ic<0>{});
       else
-        groups(Ic<XT>{});
+        groups(Ic<XT>{}, Ic<0>{});
+    } else if constexpr (XT == 1 && RB == 2) {
+      // A pass of one token (every tile at M = 1, most at a few tokens) takes a loop without
+      // the second column's sums: 329 -> 307 instructions a group (CUDA 12.4's ptxas, split 2),
+      // 4-5 % off GPT-OSS-120B at one token on an H200. Not in the 64-row kernels: there the same
+      // loop (574 -> 528) was 2-4 % slower at GPT-OSS-120B's two tokens, though 2-3 % faster at
+      // DeepSeek-V3's 2-8 (docs/perf.md v46).
+      if (live == 1)
+        groups(Ic<1>{}, Ic<1>{});
+      else
+        groups(Ic<1>{}, Ic<0>{});
     } else {
-      groups(Ic<XT>{});
+      groups(Ic<XT>{}, Ic<0>{});
     }
     cp_async_wait<0>();
     if constexpr (S > 1) {
