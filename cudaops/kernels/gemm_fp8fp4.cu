@@ -471,7 +471,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     } else if constexpr (XT == 1 && RB == 2) {
       // A pass of one token (every tile at M = 1, most at a few tokens) takes a loop without
       // the second column's sums: 329 -> 307 instructions a group (CUDA 12.4's ptxas, split 2),
-      // 4-5 % off GPT-OSS-120B at one token on an H200. Not in the 64-row kernels: there the same
+      // 3-5 % off GPT-OSS-120B at one token on an H200. Not in the 64-row kernels: there the same
       // loop (574 -> 528) was 2-4 % slower at GPT-OSS-120B's two tokens, though 2-3 % faster at
       // DeepSeek-V3's 2-8 (docs/perf.md v46).
       if (live == 1)
