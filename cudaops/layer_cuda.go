@@ -26,6 +26,10 @@ const (
 	fusedPermutePairs = 64
 	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
 	scatterPairs = 4096
+	// routeShortTile (ROUTE_SHORT_TILE): moe_route lists the tiles of more than this many real
+	// rows (two passes or more of the 8-token decode kernels) before the others, so that the
+	// decode GEMMs place their blocks first.
+	routeShortTile = 8
 	// PS_THREADS: the wgmma path's gather of the scales (moe_permute_scales), whose blocks take
 	// runs of rows of about permScaleRun scales each.
 	permScaleThreads = 256
@@ -117,7 +121,7 @@ func layoutConsts() []layoutConst {
 		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem}, {"ORDER_TRIGGER", orderTrigger},
 		{"DEC32_SMEM", dec32Smem},
 		{"WG4_ROWS", wg4Rows}, {"WG4_THREADS", wg4Threads}, {"WG4_SMEM", wg4Smem},
-		{"PS_THREADS", permScaleThreads},
+		{"PS_THREADS", permScaleThreads}, {"ROUTE_SHORT_TILE", routeShortTile},
 	}
 }
 

@@ -105,8 +105,16 @@ __device__ __forceinline__ void place_pair(int le, int row, i64 i, int* __restri
   }
 }
 
+// A tile of at most this many real rows is short: one pass of every decode kernel (8 tokens a pass
+// or more), where a longer tile takes two or more passes of the 8-token kernels.
+#define ROUTE_SHORT_TILE 8
+
 // One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 36E bytes, E <= 1024.
-// tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number;
+// tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number,
+// the tiles of more than ROUTE_SHORT_TILE rows first (each group in order of expert and row), so
+// that the decode GEMMs' blocks of the longer tiles are placed in the grid's first waves, not
+// its last (Qwen3-30B-A3B at 64 tokens, a few experts of 128 with more than 8 rows: 2 % lower on
+// an H200, docs/perf.md v47);
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
 // up to 8 rows (the last smaller). Decode batches of up to 64 pairs take moe_route_small
@@ -170,9 +178,13 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   }
   const int cnt = tid < E ? scount[tid] : 0;
   const int aligned = (cnt + MOE_BM - 1) / MOE_BM * MOE_BM;
-  int msum, tiles_total;
-  const int off = block_exclusive_scan(aligned, sbuf, &msum);
-  const int toff = block_exclusive_scan(aligned / MOE_BM, sbuf, &tiles_total);
+  // The expert's tiles: nlong of more than ROUTE_SHORT_TILE rows (its first ones), then at most one
+  // short one (its last). The tiles before it in the expert order are the scans' sum.
+  const int rest = cnt % MOE_BM, nshort = rest > 0 && rest <= ROUTE_SHORT_TILE, nlong = aligned / MOE_BM - nshort;
+  int nl, ns;
+  const int loff = block_exclusive_scan(nlong, sbuf, &nl);
+  const int soff = block_exclusive_scan(nshort, sbuf, &ns);
+  const int tiles_total = nl + ns, msum = tiles_total * MOE_BM, off = (loff + soff) * MOE_BM;
   int wtiles_total = 0, wtoff = 0;
   // Tile sizes round up to 8 rows, so every tile starts at a multiple of 8 (the staged FP16
   // tokens' 8-row core matrices); (wn-1)·wsize < cnt still holds, as wsize <= MOE_WG_TOK.
@@ -182,9 +194,13 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     counts[tid] = cnt;
     offsets[tid] = off;
     scursor[tid] = off;
-    for (int j = 0; j < aligned / MOE_BM; j++) {
-      tiles[2 * (toff + j)] = tid;
-      tiles[2 * (toff + j) + 1] = off + j * MOE_BM;
+    for (int j = 0; j < nlong; j++) {
+      tiles[2 * (loff + j)] = tid;
+      tiles[2 * (loff + j) + 1] = off + j * MOE_BM;
+    }
+    if (nshort) {
+      tiles[2 * (nl + soff)] = tid;
+      tiles[2 * (nl + soff) + 1] = off + nlong * MOE_BM;
     }
     for (int j = 0; j < wn; j++) {
       wtiles[3 * (wtoff + j)] = tid;

@@ -1,0 +1,88 @@
+//go:build cudaops
+
+package cudaops
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"unsafe"
+
+	"github.com/fp4moe/fp4moe/conformance"
+	"github.com/fp4moe/fp4moe/moe"
+	"gorgonia.org/cu"
+)
+
+// TestRouteTileOrder checks the routing kernel's tile list: every segmentRows-row tile of each
+// expert's rows once, as (expert, its first row), those of more than 8 real rows (routeShortTile)
+// first and the others after, each group in order of expert and row, and a forward against
+// native. The batches give each local expert a chosen count (short and long tiles, a full tile
+// then a short one, an expert without pairs), in shuffled order, through the one-block routing
+// and, above scatterPairs, the counting and scattering kernels around it.
+func TestRouteTileOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		counts []int
+	}{
+		{"one block", []int{3, 12, 0, 40, 41, 64, 8, 1}},
+		{"counted chunks", []int{3, 1200, 0, 1064, 41, 2000, 8, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ids []int32
+			for e, n := range tc.counts {
+				for range n {
+					ids = append(ids, int32(e))
+				}
+			}
+			P := len(ids)
+			s := conformance.Spec{M: P, K: 256, I: 128, E: len(tc.counts), TopK: 1, Activation: moe.SiLU, Seed: 81}
+			c := conformance.Generate(s)
+			rand.New(rand.NewPCG(7, 8)).Shuffle(P, func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+			copy(c.Batch.TopKIDs, ids)
+			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+			if (P > scatterPairs) != (tc.name == "counted chunks") || P <= fusedPermutePairs {
+				t.Fatalf("%d pairs: not the routing path the case names", P)
+			}
+			got := forwardTwice(t, l, &c.Batch, s.K, "forward")
+			_, bound := l.bounds(P)
+			tiles := make([]int32, 2*bound)
+			offsets := make([]int32, s.E+1)
+			var nt int32
+			unbind, err := l.dev.bind()
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = errors.Join(cu.MemcpyDtoH(unsafe.Pointer(&tiles[0]), l.ws.tileList, int64(4*len(tiles))),
+				cu.MemcpyDtoH(unsafe.Pointer(&offsets[0]), l.ws.offsets, int64(4*len(offsets))),
+				cu.MemcpyDtoH(unsafe.Pointer(&nt), l.ws.ntiles, 4))
+			unbind()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The expected list: the long tiles in order of expert and row, then the short ones.
+			var long, short []string
+			for e, n := range tc.counts {
+				for j := 0; j*segmentRows < n; j++ {
+					tile := fmt.Sprintf("(%d, %d)", e, int(offsets[e])+j*segmentRows)
+					if min(segmentRows, n-j*segmentRows) > routeShortTile {
+						long = append(long, tile)
+					} else {
+						short = append(short, tile)
+					}
+				}
+			}
+			want := append(long, short...)
+			if int(nt) != len(want) {
+				t.Fatalf("%d tiles, want %d", nt, len(want))
+			}
+			for k, w := range want {
+				if g := fmt.Sprintf("(%d, %d)", tiles[2*k], tiles[2*k+1]); g != w {
+					t.Fatalf("tile %d is %s, want %s (long tiles %v, then short %v)", k, g, w, long, short)
+				}
+			}
+			t.Logf("%d pairs: %d long tiles, then %d short", P, len(long), len(short))
+			nearNative(t, got, &c.Weights, c.Config, &c.Batch)
+		})
+	}
+}
