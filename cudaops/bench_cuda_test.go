@@ -33,20 +33,52 @@ func BenchmarkForward(b *testing.B) {
 			}
 			defer l.Close()
 			for _, m := range []int{1, 8, 64, 512, 4096} {
-				b.Run(fmt.Sprintf("M=%d", m), func(b *testing.B) { benchForward(b, l, s, m) })
+				b.Run(fmt.Sprintf("M=%d", m), func(b *testing.B) { benchForward(b, l, s, m, "uniform") })
 			}
 		})
 	}
 }
 
-// benchForward captures the rotated batches of m tokens of shape s on l, checks that a replay
-// writes a nonzero, finite output, and times b.N replays.
-func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int) {
+// BenchmarkDecodeZipf times the decode path under Zipf routing (benchdata's: a few experts in
+// most tokens), as BenchmarkForward does, with the streaming GEMM's kernel chosen by the average
+// rows an expert (pass=auto) and with the 32-token kernel for every split-1 GEMM (pass=32,
+// tok32Rows 0: a hot expert's tiles of 17-32 rows stream their weights once instead of in four
+// 8-token passes, the others pay the 32-token kernel's larger passes):
+// BenchmarkDecodeZipf/gptoss120b/M=64/pass=32 and so on.
+func BenchmarkDecodeZipf(b *testing.B) {
+	for _, s := range benchdata.Shapes[:benchdata.DefaultShapes] {
+		b.Run(s.Name, func(b *testing.B) {
+			l, err := Backend{Options: Options{GEMM: GEMMDecode}}.NewLayer(benchdata.Weights(s, 1), moe.GPTOSSConfig())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			cl := l.(*Layer)
+			for _, m := range []int{16, 32, 64, 128} {
+				for _, pass := range []string{"auto", "32"} {
+					b.Run(fmt.Sprintf("M=%d/pass=%s", m, pass), func(b *testing.B) {
+						cl.tok32Rows = dec32Rows
+						if pass == "32" {
+							cl.tok32Rows = 0
+						}
+						defer func() { cl.tok32Rows = dec32Rows }()
+						benchForward(b, cl, s, m, "zipf")
+					})
+				}
+			}
+		})
+	}
+}
+
+// benchForward captures the rotated batches of m tokens of shape s and the given routing
+// (benchdata.Batch's) on l, checks that a replay writes a nonzero, finite output, and times b.N
+// replays.
+func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int, routing string) {
 	rotate := s.Rotations(m)
 	batches := make([]*moe.Batch, rotate)
 	touched := 0
 	for r := range rotate {
-		batch, t, err := benchdata.Batch(s, "uniform", "fp8", m, 1+uint64(1000*m+r))
+		batch, t, err := benchdata.Batch(s, routing, "fp8", m, 1+uint64(1000*m+r))
 		if err != nil {
 			b.Fatal(err)
 		}
