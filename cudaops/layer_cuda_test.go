@@ -3,7 +3,6 @@
 package cudaops
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -74,6 +73,22 @@ func forward(t *testing.T, l moe.Layer, b *moe.Batch, k int) []float32 {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// download copies n values of type T from the device memory at p (the layer's workspace or
+// weights) into a new slice, the layer's device bound to the calling thread for the copy.
+func download[T any](t *testing.T, l *Layer, p cu.DevicePtr, n int) []T {
+	t.Helper()
+	v := make([]T, n)
+	unbind, err := l.dev.bind()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unbind()
+	if err := cu.MemcpyDtoH(unsafe.Pointer(&v[0]), p, int64(n)*int64(unsafe.Sizeof(v[0]))); err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // forwardTwice runs the forward twice on the batch, fails the test unless the second output is
@@ -197,17 +212,8 @@ func TestLargeBatch(t *testing.T) {
 		for _, k := range []GEMMKernel{GEMMDecode, GEMMWgmma, GEMMTiled} {
 			l := kernelLayer(t, &c.Weights, c.Config, k)
 			got := forwardTwice(t, l, &c.Batch, s.K, fmt.Sprintf("M=%d top%d GEMM %v", s.M, s.TopK, k))
-			gotInv := make([]int32, P)
-			unbind, err := l.dev.bind()
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = cu.MemcpyDtoH(unsafe.Pointer(&gotInv[0]), l.ws.invPerm, int64(4*P))
-			unbind()
+			gotInv := download[int32](t, l, l.ws.invPerm, P)
 			l.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
 			for i := range inv {
 				if gotInv[i] != inv[i] {
 					t.Fatalf("M=%d top%d GEMM %v: inv_perm[%d] = %d, want %d", s.M, s.TopK, k, i, gotInv[i], inv[i])
@@ -238,20 +244,9 @@ func TestPermuteScales(t *testing.T) {
 		forward(t, l, &c.Batch, s.K)
 		P, G := s.M*s.TopK, s.K/128
 		rows, _ := l.bounds(P)
-		offsets := make([]int32, s.E+1)
-		rowPair := make([]int32, rows)
-		got := make([]float32, rows*G)
-		unbind, err := l.dev.bind()
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = errors.Join(cu.MemcpyDtoH(unsafe.Pointer(&offsets[0]), l.ws.offsets, int64(4*len(offsets))),
-			cu.MemcpyDtoH(unsafe.Pointer(&rowPair[0]), l.ws.rowPair, int64(4*rows)),
-			cu.MemcpyDtoH(unsafe.Pointer(&got[0]), l.ws.a1sPerm, int64(4*rows*G)))
-		unbind()
-		if err != nil {
-			t.Fatal(err)
-		}
+		offsets := download[int32](t, l, l.ws.offsets, s.E+1)
+		rowPair := download[int32](t, l, l.ws.rowPair, rows)
+		got := download[float32](t, l, l.ws.a1sPerm, rows*G)
 		real, pad := 0, 0
 		for r := range int(offsets[s.E]) {
 			pair := int(rowPair[r])
@@ -649,16 +644,7 @@ func btoi(b bool) int {
 func TestWeightLayout(t *testing.T) {
 	c := conformance.Generate(conformance.Spec{M: 1, K: 256, I: 128, E: 2, TopK: 1, Seed: 41})
 	l := mustLayer(t, &c.Weights, c.Config)
-	unbind, err := l.dev.bind()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make([]uint32, len(c.Weights.W13)/4)
-	err = cu.MemcpyDtoH(unsafe.Pointer(&got[0]), l.w13, int64(len(c.Weights.W13)))
-	unbind()
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := download[uint32](t, l, l.w13, len(c.Weights.W13)/4)
 	// The stored codes in the blocked order (blockedWeights), then each word re-encoded.
 	stored := make([]uint8, len(c.Weights.W13))
 	per := 2 * c.Weights.I * c.Weights.K / 2

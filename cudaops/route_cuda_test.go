@@ -3,15 +3,12 @@
 package cudaops
 
 import (
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
-	"unsafe"
 
 	"github.com/fp4moe/fp4moe/conformance"
 	"github.com/fp4moe/fp4moe/moe"
-	"gorgonia.org/cu"
 )
 
 // TestRouteTileOrder checks the routing kernel's tile list: every segmentRows-row tile of each
@@ -46,20 +43,9 @@ func TestRouteTileOrder(t *testing.T) {
 			}
 			got := forwardTwice(t, l, &c.Batch, s.K, "forward")
 			_, bound := l.bounds(P)
-			tiles := make([]int32, 2*bound)
-			offsets := make([]int32, s.E+1)
-			var nt int32
-			unbind, err := l.dev.bind()
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = errors.Join(cu.MemcpyDtoH(unsafe.Pointer(&tiles[0]), l.ws.tileList, int64(4*len(tiles))),
-				cu.MemcpyDtoH(unsafe.Pointer(&offsets[0]), l.ws.offsets, int64(4*len(offsets))),
-				cu.MemcpyDtoH(unsafe.Pointer(&nt), l.ws.ntiles, 4))
-			unbind()
-			if err != nil {
-				t.Fatal(err)
-			}
+			tiles := download[int32](t, l, l.ws.tileList, 2*bound)
+			offsets := download[int32](t, l, l.ws.offsets, s.E+1)
+			nt := download[int32](t, l, l.ws.ntiles, 1)[0]
 			// The expected list: the long tiles in order of expert and row, then the short ones.
 			var long, short []string
 			for e, n := range tc.counts {
