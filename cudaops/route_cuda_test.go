@@ -15,8 +15,10 @@ import (
 // expert's rows once, as (expert, its first row), those of more than 8 real rows (routeShortTile)
 // first and the others after, each group in order of expert and row, and a forward against
 // native. The batches give each local expert a chosen count (short and long tiles, a full tile
-// then a short one, an expert without pairs), in shuffled order, through the one-block routing
-// and, above scatterPairs, the counting and scattering kernels around it.
+// then a short one, an expert without pairs), in shuffled order, through the one-block routing,
+// above scatterPairs the counting and scattering kernels around it, and up to fusedPermutePairs
+// the small batches' routing (moe_route_small; at most segmentRows pairs, GEMM1 working out its
+// tiles from the ids).
 func TestRouteTileOrder(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -24,6 +26,8 @@ func TestRouteTileOrder(t *testing.T) {
 	}{
 		{"one block", []int{3, 12, 0, 40, 41, 64, 8, 1}},
 		{"counted chunks", []int{3, 1200, 0, 1064, 41, 2000, 8, 1}},
+		{"small", []int{3, 12, 0, 9, 1, 20, 8}},
+		{"small, predicted", []int{12, 3, 0, 9, 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ids []int32
@@ -38,8 +42,17 @@ func TestRouteTileOrder(t *testing.T) {
 			rand.New(rand.NewPCG(7, 8)).Shuffle(P, func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
 			copy(c.Batch.TopKIDs, ids)
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
-			if (P > scatterPairs) != (tc.name == "counted chunks") || P <= fusedPermutePairs {
-				t.Fatalf("%d pairs: not the routing path the case names", P)
+			path := "one block"
+			switch {
+			case P <= segmentRows:
+				path = "small, predicted"
+			case P <= fusedPermutePairs:
+				path = "small"
+			case P > scatterPairs:
+				path = "counted chunks"
+			}
+			if path != tc.name {
+				t.Fatalf("%d pairs: routing path %q", P, path)
 			}
 			got := forwardTwice(t, l, &c.Batch, s.K, "forward")
 			_, bound := l.bounds(P)

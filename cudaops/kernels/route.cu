@@ -343,36 +343,48 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   }
   const int nbad = __syncthreads_count(bad);  // also: the counts and sle
   if (tid < 32) {
-    // Lane l: experts l·per ... (l+1)·per - 1. Rows are MOE_BM times the tiles before.
+    // Lane l: experts l·per ... (l+1)·per - 1. An expert's tiles: its long ones (more than
+    // ROUTE_SHORT_TILE rows, its first), then at most one short one (its last); the list holds
+    // the long tiles first, as moe_route's. One scan of both counts (16 bits each: at most P
+    // tiles); rows are MOE_BM times the tiles before in the expert order.
     const int per = (ne + 31) / 32, e0 = lane * per;
     int mine = 0;
     for (int k = 0; k < per; k++)
-      if (e0 + k < ne) mine += (scount[e0 + k] + MOE_BM - 1) / MOE_BM;
+      if (e0 + k < ne) {
+        const int c = scount[e0 + k], sh = c % MOE_BM > 0 && c % MOE_BM <= ROUTE_SHORT_TILE;
+        mine += (c + MOE_BM - 1) / MOE_BM - sh + (sh << 16);
+      }
     int incl = mine;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       const int n = __shfl_up_sync(0xffffffffu, incl, o);
       if (lane >= o) incl += n;
     }
-    int t = incl - mine;
+    const int all = __shfl_sync(0xffffffffu, incl, 31), nlong = all & 0xffff, ntotal = nlong + (all >> 16);
+    int tl = (incl - mine) & 0xffff, ts = (incl - mine) >> 16;
     for (int k = 0; k < per; k++) {
       const int e = e0 + k;
       if (e >= ne) break;
-      const int c = scount[e], nt = (c + MOE_BM - 1) / MOE_BM;
-      soff[e] = t * MOE_BM;
+      const int c = scount[e], sh = c % MOE_BM > 0 && c % MOE_BM <= ROUTE_SHORT_TILE, nl = (c + MOE_BM - 1) / MOE_BM - sh;
+      const int off = (tl + ts) * MOE_BM;
+      soff[e] = off;
       if (lead) {
         counts[e] = c;
-        offsets[e] = t * MOE_BM;
-        for (int j = 0; j < nt; j++) {
-          tiles[2 * (t + j)] = e;
-          tiles[2 * (t + j) + 1] = (t + j) * MOE_BM;
+        offsets[e] = off;
+        for (int j = 0; j < nl; j++) {
+          tiles[2 * (tl + j)] = e;
+          tiles[2 * (tl + j) + 1] = off + j * MOE_BM;
+        }
+        if (sh) {
+          tiles[2 * (nlong + ts)] = e;
+          tiles[2 * (nlong + ts) + 1] = off + nl * MOE_BM;
         }
       }
-      t += nt;
+      tl += nl, ts += sh;
     }
     if (lead && lane == 31) {
-      offsets[E] = incl * MOE_BM;
-      *ntiles = incl;
+      offsets[E] = ntotal * MOE_BM;
+      *ntiles = ntotal;
       *err = nbad;
     }
   } else if (lead) {
