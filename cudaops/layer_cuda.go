@@ -30,6 +30,11 @@ const (
 	// rows (two passes or more of the 8-token decode kernels) before the others, so that the
 	// decode GEMMs place their blocks first.
 	routeShortTile = 8
+	// decChunk (DEC_CHUNK): the decode kernels' early argument's flag for the routing's list of
+	// 8-row chunks (chunked); maxChunkPairs bounds the batches that take it (moe_route scans the
+	// chunks' count in 16 bits).
+	decChunk      = 8
+	maxChunkPairs = 0xffff
 	// PS_THREADS: the wgmma path's gather of the scales (moe_permute_scales), whose blocks take
 	// runs of rows of about permScaleRun scales each.
 	permScaleThreads = 256
@@ -121,7 +126,7 @@ func layoutConsts() []layoutConst {
 		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem}, {"ORDER_TRIGGER", orderTrigger},
 		{"DEC32_SMEM", dec32Smem},
 		{"WG4_ROWS", wg4Rows}, {"WG4_THREADS", wg4Threads}, {"WG4_SMEM", wg4Smem},
-		{"PS_THREADS", permScaleThreads}, {"ROUTE_SHORT_TILE", routeShortTile},
+		{"PS_THREADS", permScaleThreads}, {"ROUTE_SHORT_TILE", routeShortTile}, {"DEC_CHUNK", decChunk},
 	}
 }
 
@@ -214,6 +219,9 @@ type Layer struct {
 	// noPredict: GEMM1 waits for the routing kernel before it reads its tile, also for batches
 	// whose tiles it could work out from the ids (tests compare the two).
 	noPredict bool
+	// noChunks: the decode kernels of 8 tokens a pass take the routing's tile list, not its list
+	// of 8-row chunks (chunked; tests compare the two).
+	noChunks bool
 	// trigger: on the decode path, the early trigger by earlyTrigger's rule (0), always (1) or
 	// never (-1) (tests compare the two).
 	trigger int
@@ -407,6 +415,8 @@ type workspace struct {
 	a1qPerm, a1sPerm, h, a2q, a2s, z cu.DevicePtr
 	// routing metadata
 	counts, offsets, expertIDs, rowPair, invPerm, tileList, ntiles, errs cu.DevicePtr
+	// the tile list's 8-row chunks (moe_route's tiles8; their number is ntiles' second word)
+	chunkList cu.DevicePtr
 	// per chunk of 1024 routed pairs, each expert's pairs in the chunk (moe_route_count), then in
 	// the chunks before it (moe_route, for moe_route_scatter); after them, each chunk's invalid ids
 	routePre cu.DevicePtr
@@ -427,6 +437,10 @@ func (l *Layer) bounds(p int) (rows, tiles int) {
 	rows = (rows + segmentRows - 1) / segmentRows * segmentRows
 	return rows, rows / segmentRows
 }
+
+// chunkTiles bounds the routing's list of 8-row chunks of p routed pairs:
+// Σ_e ceil(count_e/8) <= (p + 7·min(p, E))/8.
+func (l *Layer) chunkTiles(p int) int { return (p + 7*min(p, l.E)) / 8 }
 
 // wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/152) <= p/152 + min(p, E).
 func (l *Layer) wgfTiles(p int) int { return p/wgfTokens + min(p, l.E) }
@@ -467,10 +481,10 @@ func (l *Layer) ensure(m, topk int) error {
 		a.take(m * l.K * 4), a.take(m * l.K), a.take(m * l.K / 32), a.take(p * 4), a.take(p * 4), a.take(m * l.K * 4),
 		a.take(rows * l.K), a.take(rows * l.K / 32), a.take(int(int64(rows) * 2 * I * 4)), a.take(rows * l.I), a.take(rows * l.I / 32),
 		a.take(int(int64(rows) * K * 4)),
-		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(4), a.take(4),
+		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(8), a.take(4),
 		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4), a.take(wtiles * 4), a.take(4),
 		a.take((p + routeThreads - 1) / routeThreads * (l.E + 1) * 4),
-		a.take(xbBytes),
+		a.take(xbBytes), a.take(l.chunkTiles(p) * 8),
 	}
 	mem, err := cu.MemAlloc(a.size)
 	if err != nil {
@@ -485,7 +499,7 @@ func (l *Layer) ensure(m, topk int) error {
 	ws.mem, ws.size, ws.host = mem, a.size, host
 	ptrs := []*cu.DevicePtr{&ws.x, &ws.a1q, &ws.a1s, &ws.ids, &ws.tw, &ws.out, &ws.a1qPerm, &ws.a1sPerm, &ws.h, &ws.a2q, &ws.a2s, &ws.z,
 		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.ntiles, &ws.errs,
-		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wplist, &ws.nwplist, &ws.routePre, &ws.xb}
+		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wplist, &ws.nwplist, &ws.routePre, &ws.xb, &ws.chunkList}
 	for i, p := range ptrs {
 		*p = mem + cu.DevicePtr(offs[i])
 	}
@@ -697,6 +711,16 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			return fmt.Errorf("cudaops: route: %w", err)
 		}
 	}
+	// The streaming GEMMs' splits (decSplit, once each), and whether their split kernels have 64
+	// or 32 weight rows a warp (splitWide); whether GEMM1 works out its tiles from the ids
+	// (predicted), and which GEMMs take the list of 8-row chunks (chunked), which the routing
+	// kernel then writes.
+	split1, split2, wide1, wide2 := l.decSplits(tiles)
+	chunk1, chunk2 := l.chunked(1, P, split1), l.chunked(2, P, split2)
+	chunks := cu.DevicePtr(0)
+	if chunk1 || chunk2 {
+		chunks = ws.chunkList
+	}
 	meta := []uint64{u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs)}
 	var err error
@@ -706,10 +730,10 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			grid = l.routeGrid
 		}
 		err = launch(f.routeSmall, dim3{grid, 1, 1}, dim3{routeSmallThreads, 1, 1}, int(8*E), l.stream,
-			append(meta, u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm))...)
+			append(meta, u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm), u(chunks))...)
 	} else {
 		err = launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E), l.stream,
-			append(meta, u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), pre)...)
+			append(meta, u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), pre, u(chunks))...)
 	}
 	if err != nil {
 		return fmt.Errorf("cudaops: route: %w", err)
@@ -751,17 +775,18 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// early 1: the routing metadata comes from a kernel before the previous one (GEMM2), so the
 	// streaming GEMM reads it and issues its first weight copies before it waits for the
 	// previous kernel; 3: that and the early trigger (below); 2: GEMM1 works out its tiles from
-	// the ids (below).
-	// The streaming GEMMs' splits (decSplit, once each), and whether their split kernels have 64
-	// or 32 weight rows a warp (splitWide).
-	split1, split2, wide1, wide2 := l.decSplits(tiles)
+	// the ids (below); with decChunk, the list of 8-row chunks.
 	// gsrc: GEMM1's tokens unpermuted (a1q), which the wgmma path stages straight from; 0 for GEMM2.
-	gemm := func(w, sc, ref, x, xs, gsrc, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide bool) error {
+	gemm := func(w, sc, ref, x, xs, gsrc, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide, chunk bool) error {
 		gl := l.gemmMain(kernel, n, split, P, tiles, wide)
 		switch kernel {
 		case GEMMDecode:
+			list, nt := ws.tileList, ws.ntiles
+			if chunk {
+				gl.grid.y, list, nt, early = l.chunkTiles(P), ws.chunkList, ws.ntiles+4, early|decChunk
+			}
 			return launch(gl.fn, gl.grid, gl.block, gl.smem, l.stream,
-				u(w), u(sc), u(x), u(xs), u(ws.tileList), u(ws.ntiles), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
+				u(w), u(sc), u(x), u(xs), u(list), u(nt), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
 				i(int64(split)), flag(l.exactScales), i(early), u(b.TopKIDs), u(l.expertMap), i(int64(P)|int64(l.eg)<<32))
 		case GEMMWgmma:
 			// Per tile, whether the activation scales fold into FP16 (and if so its FP16 tokens);
@@ -802,10 +827,10 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// GEMM1 of at most segmentRows pairs after moe_route_small: each block works out its tile
 	// from the ids and starts its weight copies before the routing kernel ends (mode 2).
 	early1 := int64(0)
-	if fused && P <= segmentRows && !l.noPredict {
+	if l.predicted(P) {
 		early1 = 2
 	}
-	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, a1q, l.b13, ws.h, 2*I, K, split1, early1, wide1); err != nil {
+	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, a1q, l.b13, ws.h, 2*I, K, split1, early1, wide1, chunk1); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -828,7 +853,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, 0, l.b2, ws.z, K, I, split2, early2, wide2); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, 0, l.b2, ws.z, K, I, split2, early2, wide2, chunk2); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {
@@ -839,6 +864,25 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 		return fmt.Errorf("cudaops: reduce: %w", err)
 	}
 	return l.mark(6)
+}
+
+// predicted reports whether GEMM1 of a batch of p routed pairs works out its tiles from the ids
+// (dec_tile's mode 2): decode batches of at most segmentRows pairs, which moe_route_small routes.
+func (l *Layer) predicted(p int) bool {
+	return l.kernel(p) == GEMMDecode && p <= segmentRows && p <= fusedPermutePairs && !l.noPredict
+}
+
+// chunked reports whether GEMM g (1 or 2) of a decode batch of p routed pairs, at split s, takes
+// the routing's list of 8-row chunks (moe_route's tiles8, DEC_CHUNK; chunkTiles bounds it)
+// instead of its tile list: on the kernels of 8 tokens a pass (the split kernels, and the
+// split-1 ones up to the 16- and 32-token kernels' thresholds), unless GEMM1 predicts its tiles
+// (predicted). A tile of more than 8 rows is there as its chunks, a block each, so that a hot
+// expert's 9-32 rows take one 8-token pass in each of up to four blocks at once (reading the same
+// weights at about the same time) instead of up to four passes one after another in one block.
+// The rows and every sum are the same.
+func (l *Layer) chunked(g, p, split int) bool {
+	return l.kernel(p) == GEMMDecode && !l.noChunks && p <= maxChunkPairs && (g == 2 || !l.predicted(p)) &&
+		(split > 1 || p <= l.tok32Rows*l.E && p <= dec16Rows*l.E)
 }
 
 // gemmLaunch is the launch of a grouped GEMM's main kernel: its function, grid, block and

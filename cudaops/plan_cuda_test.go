@@ -33,8 +33,12 @@ func TestPlan(t *testing.T) {
 				wide  bool
 			}{{int64(2 * s.I), split1, wide1}, {int64(s.K), split2, wide2}} {
 				fn, _, gx := l.decKernel(c.n, c.split, p, c.wide)
-				if got := plans[g]; got.Kernel != l.dev.names[fn] || got.Split != c.split || got.Blocks != gx*tiles {
-					t.Errorf("M=%d GEMM%d: plan %v, want %s S=%d, %d blocks", m, g+1, got, l.dev.names[fn], c.split, gx*tiles)
+				gy := tiles
+				if l.chunked(g+1, p, c.split) {
+					gy = l.chunkTiles(p)
+				}
+				if got := plans[g]; got.Kernel != l.dev.names[fn] || got.Split != c.split || got.Blocks != gx*gy {
+					t.Errorf("M=%d GEMM%d: plan %v, want %s S=%d, %d blocks", m, g+1, got, l.dev.names[fn], c.split, gx*gy)
 				}
 				want := map[string]int{"moe_gemm_dec": decSplitBlocks, "moe_gemm_decw": decwBlocks}
 				if n, ok := want[plans[g].Kernel]; ok && plans[g].BlocksPerSM != n {

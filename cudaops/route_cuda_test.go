@@ -85,3 +85,74 @@ func TestRouteTileOrder(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeChunks runs decode batches whose routing gives a few experts tiles of more than 8 rows
+// (a full tile and one of 18, tiles of 20, 17, 12 and 9 rows) and the others few, on the
+// kernels of 8 tokens a pass: it reads back the routing kernel's list of 8-row chunks (each long
+// tile's chunks in order of expert and row, then the short tiles, as the tile list orders them),
+// runs the forward against native and twice (bitwise the same), and against the tile list
+// (noChunks), bitwise: the chunks change which block computes a row, not its sums. Through the
+// one-block routing, and the small batches' (moe_route_small), with GEMM1 on the list and with
+// GEMM1 working out its tiles from the ids (then GEMM2 alone on the chunks).
+func TestDecodeChunks(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		counts []int
+		E      int  // local experts: counts, then experts of no pair
+		gemm1  bool // GEMM1 takes the chunks
+	}{
+		{"one block", []int{50, 3, 20, 9, 1, 0, 17, 8, 12, 2, 5, 1, 0, 4, 6, 2}, 40, true},
+		{"small", []int{3, 20, 0, 9, 1, 12, 2, 5}, 16, true},
+		{"small, predicted", []int{17, 3, 0, 9, 1, 2}, 16, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ids []int32
+			for e, n := range tc.counts {
+				for range n {
+					ids = append(ids, int32(e))
+				}
+			}
+			P := len(ids)
+			s := conformance.Spec{M: P, K: 512, I: 256, E: tc.E, TopK: 1, Activation: moe.SwiGLUOAI, Bias: true, Seed: 87}
+			c := conformance.Generate(s)
+			rand.New(rand.NewPCG(11, 12)).Shuffle(P, func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+			copy(c.Batch.TopKIDs, ids)
+			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+			_, tiles := l.bounds(P)
+			split1, split2, _, _ := l.decSplits(tiles)
+			if l.chunked(1, P, split1) != tc.gemm1 || !l.chunked(2, P, split2) {
+				t.Fatalf("%d pairs over %d experts (splits %d, %d): GEMM1 on the chunks %v, GEMM2 %v; want %v and true",
+					P, tc.E, split1, split2, l.chunked(1, P, split1), l.chunked(2, P, split2), tc.gemm1)
+			}
+			got := forwardTwice(t, l, &c.Batch, s.K, "chunks")
+			offsets := download[int32](t, l, l.ws.offsets, s.E+1)
+			nt := download[int32](t, l, l.ws.ntiles, 2)
+			list := download[int32](t, l, l.ws.chunkList, 2*l.chunkTiles(P))
+			var long, short []string
+			for e, n := range tc.counts {
+				rest := n % segmentRows
+				longRows := n
+				if rest > 0 && rest <= routeShortTile {
+					longRows = n - rest
+					short = append(short, fmt.Sprintf("(%d, %d)", e, int(offsets[e])+longRows))
+				}
+				for r := 0; r < longRows; r += 8 {
+					long = append(long, fmt.Sprintf("(%d, %d)", e, int(offsets[e])+r))
+				}
+			}
+			want := append(long, short...)
+			if int(nt[1]) != len(want) || len(want) > l.chunkTiles(P) {
+				t.Fatalf("%d chunks, want %d (bound %d)", nt[1], len(want), l.chunkTiles(P))
+			}
+			for k, w := range want {
+				if g := fmt.Sprintf("(%d, %d)", list[2*k], list[2*k+1]); g != w {
+					t.Fatalf("chunk %d is %s, want %s (long tiles' chunks %v, then short tiles %v)", k, g, w, long, short)
+				}
+			}
+			nearNative(t, got, &c.Weights, c.Config, &c.Batch)
+			l.noChunks = true
+			sameBits(t, "chunks against tiles", got, forward(t, l, &c.Batch, s.K))
+			t.Logf("%d pairs: %d chunks of long tiles, then %d short tiles; splits %d, %d", P, len(long), len(short), split1, split2)
+		})
+	}
+}

@@ -121,6 +121,11 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 // into the accumulator. With EXACT false (the layer has no scale byte 0 or 255, checked at
 // upload) a scale is 2^(s-127) straight from its bits.
 #define DEC_WARPS 4
+// The decode kernels' early argument: its mode (0-3, dec_tile) and DEC_CHUNK, set when the tile
+// list is the routing kernel's list of 8-row chunks (moe_route's tiles8): the block then takes at
+// most 8 of the tile's rows.
+#define DEC_MODE 3
+#define DEC_CHUNK 8
 #define DEC_STAGES 3     // ring depth of the split kernel (S = 2, 4)
 #define DEC_BLOCKS 4     // its blocks per SM (registers)
 #ifndef DEC1_STAGES
@@ -334,11 +339,12 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     });
   };
   issue_w_head();
-  if (early == 2) pdl_begin();  // a predicted tile (dec_tile): its row count comes from the previous kernel
-  const bool g2 = early == 1 || early == 3;
-  const int nvalid = min(GEMM_TOK, (g2 ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
-  if (early == 1) pdl_begin();
-  if (early == 3) pdl_wait();  // its trigger came first (dec_tile)
+  const int mode = early & DEC_MODE;
+  if (mode == 2) pdl_begin();  // a predicted tile (dec_tile): its row count comes from the previous kernel
+  const bool g2 = mode == 1 || mode == 3;
+  const int nvalid = min(early & DEC_CHUNK ? 8 : GEMM_TOK, (g2 ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
+  if (mode == 1) pdl_begin();
+  if (mode == 3) pdl_wait();  // its trigger came first (dec_tile)
   for (int j = 0; FT * j < nvalid; j++) {
     const i64 tok0 = row0 + FT * j;
     const int live = min(FT, nvalid - FT * j);  // real tokens in this pass
@@ -529,9 +535,14 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
 // kernel places it, and issues its first weight copies before it waits for the routing kernel;
 // its row count after. early = 3: as 1, with the early trigger (common.cuh): the block lets the
 // reduce launch before it reads its tile.
+// With DEC_CHUNK in early (modes 0, 1, 3) tiles is the routing kernel's list of 8-row chunks
+// (tiles8): a tile of more than 8 rows is there as one entry a chunk, each a block of its own, so
+// that a hot expert's 9-32 rows run as one 8-token pass in each of up to four blocks at once
+// instead of up to four passes one after another in one block.
 __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const int* __restrict__ ntiles, i64 early, int& e,
                                          int& row0, const int* __restrict__ ids, const int* __restrict__ emap, i64 pe) {
-  if (early == 2) {
+  const int mode = (int)(early & DEC_MODE);
+  if (mode == 2) {
     // Tile blockIdx.y of a batch of at most MOE_BM routed pairs, before the routing kernel has
     // written it: the routing kernel gives each local expert ceil(count / MOE_BM) tiles in
     // ascending order of expert, so here one tile each, tile y the y-th distinct local expert,
@@ -571,8 +582,8 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
   int nt;
   // The tile count and the tile load together (the list holds the grid's tiles, so the entry is
   // inside it even past the count).
-  if (early) {
-    if (early == 3) pdl_trigger();  // the early trigger (common.cuh): the reduce may launch now
+  if (mode) {
+    if (mode == 3) pdl_trigger();  // the early trigger (common.cuh): the reduce may launch now
     nt = __ldcg(ntiles), e = __ldcg(tiles + 2 * blockIdx.y), row0 = __ldcg(tiles + 2 * blockIdx.y + 1);
   } else {
     pdl_begin();
@@ -608,7 +619,7 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
 // pass and RB 16-row blocks a warp.
 #define DEC_DEFINE(name, blocks, run)                                    \
   DEC_KERNEL(name, blocks) {                                             \
-    TRACE_SCOPE(early == 1 || early == 3 ? TRACE_GEMM2 : TRACE_GEMM1);   \
+    TRACE_SCOPE((early & 1) ? TRACE_GEMM2 : TRACE_GEMM1);                \
     int e, row0;                                                         \
     if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return; \
     run;                                                                 \

@@ -115,6 +115,9 @@ __device__ __forceinline__ void place_pair(int le, int row, i64 i, int* __restri
 // that the decode GEMMs' blocks of the longer tiles are placed in the grid's first waves, not
 // its last (Qwen3-30B-A3B at 64 tokens, a few experts of 128 with more than 8 rows: 2 % lower on
 // an H200, docs/perf.md v47);
+// tiles8 (when not null: decode batches on the 8-token kernels) receives the same list with each
+// tile of more than ROUTE_SHORT_TILE rows as its 8-row chunks, (expert, first row) each, ntiles[1]
+// their number (dec_tile's DEC_CHUNK; at most 65535 entries, which the host's use of it bounds);
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
 // up to 8 rows (the last smaller). Decode batches of up to 64 pairs take moe_route_small
@@ -126,7 +129,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
           int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
           int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
           int* __restrict__ ntiles, int* __restrict__ err, int* __restrict__ wtiles, int* __restrict__ nwtiles, i64 wg,
-          int* __restrict__ pre) {
+          int* __restrict__ pre, int* __restrict__ tiles8) {
   TRACE_SCOPE(TRACE_ROUTE);
   pdl_begin();
   extern __shared__ int smem[];
@@ -181,8 +184,15 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   // The expert's tiles: nlong of more than ROUTE_SHORT_TILE rows (its first ones), then at most one
   // short one (its last). The tiles before it in the expert order are the scans' sum.
   const int rest = cnt % MOE_BM, nshort = rest > 0 && rest <= ROUTE_SHORT_TILE, nlong = aligned / MOE_BM - nshort;
-  int nl, ns;
-  const int loff = block_exclusive_scan(nlong, sbuf, &nl);
+  // With tiles8, the long tiles' 8-row chunks (nch) are scanned with them, 16 bits each.
+  const int nch = tiles8 ? (min(cnt, nlong * MOE_BM) + 7) / 8 : 0;
+  int nl, ns, loff, nc = 0, coff = 0;
+  if (tiles8) {
+    const int v = block_exclusive_scan(nlong | nch << 16, sbuf, &nl);
+    loff = v & 0xffff, coff = v >> 16, nc = nl >> 16, nl &= 0xffff;
+  } else {
+    loff = block_exclusive_scan(nlong, sbuf, &nl);
+  }
   const int soff = block_exclusive_scan(nshort, sbuf, &ns);
   const int tiles_total = nl + ns, msum = tiles_total * MOE_BM, off = (loff + soff) * MOE_BM;
   int wtiles_total = 0, wtoff = 0;
@@ -202,6 +212,16 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
       tiles[2 * (nl + soff)] = tid;
       tiles[2 * (nl + soff) + 1] = off + nlong * MOE_BM;
     }
+    if (tiles8) {
+      for (int j = 0; j < nch; j++) {
+        tiles8[2 * (coff + j)] = tid;
+        tiles8[2 * (coff + j) + 1] = off + 8 * j;
+      }
+      if (nshort) {
+        tiles8[2 * (nc + soff)] = tid;
+        tiles8[2 * (nc + soff) + 1] = off + nlong * MOE_BM;
+      }
+    }
     for (int j = 0; j < wn; j++) {
       wtiles[3 * (wtoff + j)] = tid;
       wtiles[3 * (wtoff + j) + 1] = off + j * wsize;
@@ -211,6 +231,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   if (tid == 0) {
     offsets[E] = msum;
     *ntiles = tiles_total;
+    if (tiles8) ntiles[1] = nc + ns;
     *nwtiles = wtiles_total;
   }
   __syncthreads();  // scursor
@@ -293,7 +314,8 @@ __device__ __forceinline__ void route_put_scale(float* __restrict__ a1s_perm, co
 
 // Routing of decode batches (P = M·topk <= 64 pairs, E <= 1024) in blocks of
 // ROUTE_SMALL_THREADS threads, with the gather of the rows: the same results as moe_route
-// (counts, offsets, the MOE_BM-row tile list, expert_ids, row_pair, inv_perm, *err; no wgmma tiles)
+// (counts, offsets, the MOE_BM-row tile list and with tiles8 its chunk list, expert_ids, row_pair,
+// inv_perm, *err; no wgmma tiles)
 // plus moe_permute's rows and scales (a1q, a1s: (M, K), (M, K/128)) in the decode GEMM's byte
 // order (dec_order8), with three block barriers: one thread a pair (its rank among the earlier
 // pairs of its expert by a scan of the pairs in shared memory), warp 0 the segment offsets and
@@ -311,7 +333,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
                 int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
                 int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
                 int* __restrict__ ntiles, int* __restrict__ err, const u8* __restrict__ a1q, const float* __restrict__ a1s,
-                i64 K, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm) {
+                i64 K, u8* __restrict__ a1q_perm, float* __restrict__ a1s_perm, int* __restrict__ tiles8) {
   TRACE_SCOPE(TRACE_ROUTE);
   pdl_begin();
   extern __shared__ int smem[];
@@ -345,14 +367,16 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   if (tid < 32) {
     // Lane l: experts l·per ... (l+1)·per - 1. An expert's tiles: its long ones (more than
     // ROUTE_SHORT_TILE rows, its first), then at most one short one (its last); the list holds
-    // the long tiles first, as moe_route's. One scan of both counts (16 bits each: at most P
-    // tiles); rows are MOE_BM times the tiles before in the expert order.
+    // the long tiles first, as moe_route's. One scan of the counts of long tiles, short tiles
+    // and (with tiles8, as moe_route's) the long tiles' 8-row chunks, 10 bits each (at most P <=
+    // 64 each); rows are MOE_BM times the tiles before in the expert order.
     const int per = (ne + 31) / 32, e0 = lane * per;
     int mine = 0;
     for (int k = 0; k < per; k++)
       if (e0 + k < ne) {
         const int c = scount[e0 + k], sh = c % MOE_BM > 0 && c % MOE_BM <= ROUTE_SHORT_TILE;
-        mine += (c + MOE_BM - 1) / MOE_BM - sh + (sh << 16);
+        const int nl = (c + MOE_BM - 1) / MOE_BM - sh, nch = tiles8 ? (min(c, nl * MOE_BM) + 7) / 8 : 0;
+        mine += nl + (sh << 10) + (nch << 20);
       }
     int incl = mine;
 #pragma unroll
@@ -360,8 +384,9 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
       const int n = __shfl_up_sync(0xffffffffu, incl, o);
       if (lane >= o) incl += n;
     }
-    const int all = __shfl_sync(0xffffffffu, incl, 31), nlong = all & 0xffff, ntotal = nlong + (all >> 16);
-    int tl = (incl - mine) & 0xffff, ts = (incl - mine) >> 16;
+    const int all = __shfl_sync(0xffffffffu, incl, 31), nlong = all & 0x3ff, nshort = (all >> 10) & 0x3ff;
+    const int ntotal = nlong + nshort, nchunk = all >> 20;
+    int tl = (incl - mine) & 0x3ff, ts = ((incl - mine) >> 10) & 0x3ff, tc = (incl - mine) >> 20;
     for (int k = 0; k < per; k++) {
       const int e = e0 + k;
       if (e >= ne) break;
@@ -379,12 +404,25 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
           tiles[2 * (nlong + ts)] = e;
           tiles[2 * (nlong + ts) + 1] = off + nl * MOE_BM;
         }
+        if (tiles8) {
+          const int nch = (min(c, nl * MOE_BM) + 7) / 8;
+          for (int j = 0; j < nch; j++) {
+            tiles8[2 * (tc + j)] = e;
+            tiles8[2 * (tc + j) + 1] = off + 8 * j;
+          }
+          if (sh) {
+            tiles8[2 * (nchunk + ts)] = e;
+            tiles8[2 * (nchunk + ts) + 1] = off + nl * MOE_BM;
+          }
+          tc += nch;
+        }
       }
       tl += nl, ts += sh;
     }
     if (lead && lane == 31) {
       offsets[E] = ntotal * MOE_BM;
       *ntiles = ntotal;
+      if (tiles8) ntiles[1] = nchunk + nshort;
       *err = nbad;
     }
   } else if (lead) {
