@@ -481,10 +481,10 @@ func (l *Layer) ensure(m, topk int) error {
 		a.take(m * l.K * 4), a.take(m * l.K), a.take(m * l.K / 32), a.take(p * 4), a.take(p * 4), a.take(m * l.K * 4),
 		a.take(rows * l.K), a.take(rows * l.K / 32), a.take(int(int64(rows) * 2 * I * 4)), a.take(rows * l.I), a.take(rows * l.I / 32),
 		a.take(int(int64(rows) * K * 4)),
-		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(8), a.take(4),
+		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(l.chunkTiles(p) * 8), a.take(8), a.take(4),
 		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4), a.take(wtiles * 4), a.take(4),
 		a.take((p + routeThreads - 1) / routeThreads * (l.E + 1) * 4),
-		a.take(xbBytes), a.take(l.chunkTiles(p) * 8),
+		a.take(xbBytes),
 	}
 	mem, err := cu.MemAlloc(a.size)
 	if err != nil {
@@ -498,8 +498,8 @@ func (l *Layer) ensure(m, topk int) error {
 	l.freeWorkspace()
 	ws.mem, ws.size, ws.host = mem, a.size, host
 	ptrs := []*cu.DevicePtr{&ws.x, &ws.a1q, &ws.a1s, &ws.ids, &ws.tw, &ws.out, &ws.a1qPerm, &ws.a1sPerm, &ws.h, &ws.a2q, &ws.a2s, &ws.z,
-		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.ntiles, &ws.errs,
-		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wplist, &ws.nwplist, &ws.routePre, &ws.xb, &ws.chunkList}
+		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.chunkList, &ws.ntiles, &ws.errs,
+		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wplist, &ws.nwplist, &ws.routePre, &ws.xb}
 	for i, p := range ptrs {
 		*p = mem + cu.DevicePtr(offs[i])
 	}
@@ -716,7 +716,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// (predicted), and which GEMMs take the list of 8-row chunks (chunked), which the routing
 	// kernel then writes.
 	split1, split2, wide1, wide2 := l.decSplits(tiles)
-	chunk1, chunk2 := l.chunked(1, P, split1), l.chunked(2, P, split2)
+	chunk1, chunk2 := l.chunked(1, int(M), P, split1), l.chunked(2, int(M), P, split2)
 	chunks := cu.DevicePtr(0)
 	if chunk1 || chunk2 {
 		chunks = ws.chunkList
@@ -872,16 +872,18 @@ func (l *Layer) predicted(p int) bool {
 	return l.kernel(p) == GEMMDecode && p <= segmentRows && p <= fusedPermutePairs && !l.noPredict
 }
 
-// chunked reports whether GEMM g (1 or 2) of a decode batch of p routed pairs, at split s, takes
+// chunked reports whether GEMM g (1 or 2) of a decode batch of m tokens and p routed pairs, at
+// split s, takes
 // the routing's list of 8-row chunks (moe_route's tiles8, DEC_CHUNK; chunkTiles bounds it)
 // instead of its tile list: on the kernels of 8 tokens a pass (the split kernels, and the
 // split-1 ones up to the 16- and 32-token kernels' thresholds), unless GEMM1 predicts its tiles
-// (predicted). A tile of more than 8 rows is there as its chunks, a block each, so that a hot
+// (predicted), and unless the batch has at most 8 tokens (an expert takes a token at most once, so
+// every tile is one chunk). A tile of more than 8 rows is there as its chunks, a block each, so that a hot
 // expert's 9-32 rows take one 8-token pass in each of up to four blocks at once (reading the same
 // weights at about the same time) instead of up to four passes one after another in one block.
 // The rows and every sum are the same.
-func (l *Layer) chunked(g, p, split int) bool {
-	return l.kernel(p) == GEMMDecode && !l.noChunks && p <= maxChunkPairs && (g == 2 || !l.predicted(p)) &&
+func (l *Layer) chunked(g, m, p, split int) bool {
+	return l.kernel(p) == GEMMDecode && !l.noChunks && m > routeShortTile && p <= maxChunkPairs && (g == 2 || !l.predicted(p)) &&
 		(split > 1 || p <= l.tok32Rows*l.E && p <= dec16Rows*l.E)
 }
 

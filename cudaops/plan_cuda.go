@@ -38,7 +38,7 @@ func (l *Layer) Plan(m, topk int) ([2]GEMMPlan, error) {
 		wide  bool
 	}{{2 * I, split1, wide1}, {K, split2, wide2}} {
 		gl := l.gemmMain(kernel, c.n, c.split, p, tiles, c.wide)
-		if l.chunked(g+1, p, c.split) {
+		if l.chunked(g+1, m, p, c.split) {
 			gl.grid.y = l.chunkTiles(p) // the list of 8-row chunks, as launchAll launches it
 		}
 		split := 1

@@ -34,7 +34,7 @@ func TestPlan(t *testing.T) {
 			}{{int64(2 * s.I), split1, wide1}, {int64(s.K), split2, wide2}} {
 				fn, _, gx := l.decKernel(c.n, c.split, p, c.wide)
 				gy := tiles
-				if l.chunked(g+1, p, c.split) {
+				if l.chunked(g+1, m, p, c.split) {
 					gy = l.chunkTiles(p)
 				}
 				if got := plans[g]; got.Kernel != l.dev.names[fn] || got.Split != c.split || got.Blocks != gx*gy {
