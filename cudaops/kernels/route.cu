@@ -113,8 +113,9 @@ __device__ __forceinline__ void place_pair(int le, int row, i64 i, int* __restri
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number,
 // the tiles of more than ROUTE_SHORT_TILE rows first (each group in order of expert and row), so
 // that the decode GEMMs' blocks of the longer tiles are placed in the grid's first waves, not
-// its last (Qwen3-30B-A3B at 64 tokens, a few experts of 128 with more than 8 rows: 2 % lower on
-// an H200, docs/perf.md v47);
+// its last (on an H200, docs/perf.md v47: Qwen3-30B-A3B at 64 tokens 2 % lower under uniform
+// routing, a few experts of 128 with more than 8 rows; under Zipf routing the three bench shapes
+// 4-11 % lower at 16-128 tokens);
 // tiles8 (when not null: decode batches on the 8-token kernels) receives the same list with each
 // tile of more than ROUTE_SHORT_TILE rows as its 8-row chunks, (expert, first row) each, ntiles[1]
 // their number (dec_tile's DEC_CHUNK; at most 65535 entries, which the host's use of it bounds);
