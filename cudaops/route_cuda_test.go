@@ -88,13 +88,19 @@ func TestRouteTileOrder(t *testing.T) {
 
 // TestDecodeChunks runs decode batches whose routing gives a few experts tiles of more than 8 rows
 // (a full tile and one of 18, tiles of 20, 17, 12 and 9 rows) and the others few, on the
-// kernels of 8 tokens a pass: it reads back the routing kernel's list of 8-row chunks (each long
-// tile's chunks in order of expert and row, then the short tiles, as the tile list orders them),
+// kernels of 8 tokens a pass (the split ones, and at split 1): it reads back the routing
+// kernel's list of 8-row chunks (each long tile's chunks in order of expert and row, then the
+// short tiles, as the tile list orders them),
 // runs the forward against native and twice (bitwise the same), and against the tile list
 // (noChunks), bitwise: the chunks change which block computes a row, not its sums. Through the
 // one-block routing, and the small batches' (moe_route_small), with GEMM1 on the list and with
 // GEMM1 working out its tiles from the ids (then GEMM2 alone on the chunks).
 func TestDecodeChunks(t *testing.T) {
+	// The split-1 kernels: 64 experts, 5.9 rows each on average.
+	c1 := []int{50, 40, 20, 17, 12, 9}
+	for e := len(c1); e < 64; e++ {
+		c1 = append(c1, []int{5, 4, 3, 6, 2, 4}[e%6])
+	}
 	for _, tc := range []struct {
 		name   string
 		counts []int
@@ -104,6 +110,7 @@ func TestDecodeChunks(t *testing.T) {
 		{"one block", []int{50, 3, 20, 9, 1, 0, 17, 8, 12, 2, 5, 1, 0, 4, 6, 2}, 40, true},
 		{"small", []int{3, 20, 0, 9, 1, 12, 2, 5}, 16, true},
 		{"small, predicted", []int{17, 3, 0, 9, 1, 2}, 16, false},
+		{"split 1", c1, 64, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ids []int32
