@@ -7,9 +7,27 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/fp4moe/fp4moe/casefile"
 	"github.com/fp4moe/fp4moe/conformance"
 	"github.com/fp4moe/fp4moe/moe"
 )
+
+// countedCase generates the case of spec s (its M and TopK set here: a token a pair) whose routing
+// gives local expert e counts[e] pairs, the pairs in an order shuffled by seed; it returns the
+// case and its pair count.
+func countedCase(counts []int, s *conformance.Spec, seed uint64) (*casefile.Case, int) {
+	var ids []int32
+	for e, n := range counts {
+		for range n {
+			ids = append(ids, int32(e))
+		}
+	}
+	s.M, s.TopK = len(ids), 1
+	c := conformance.Generate(*s)
+	rand.New(rand.NewPCG(seed, seed+1)).Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	copy(c.Batch.TopKIDs, ids)
+	return c, len(ids)
+}
 
 // TestRouteTileOrder checks the routing kernel's tile list: every segmentRows-row tile of each
 // expert's rows once, as (expert, its first row), those of more than 8 real rows (routeShortTile)
@@ -30,17 +48,8 @@ func TestRouteTileOrder(t *testing.T) {
 		{"small, predicted", []int{12, 3, 0, 9, 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var ids []int32
-			for e, n := range tc.counts {
-				for range n {
-					ids = append(ids, int32(e))
-				}
-			}
-			P := len(ids)
-			s := conformance.Spec{M: P, K: 256, I: 128, E: len(tc.counts), TopK: 1, Activation: moe.SiLU, Seed: 81}
-			c := conformance.Generate(s)
-			rand.New(rand.NewPCG(7, 8)).Shuffle(P, func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
-			copy(c.Batch.TopKIDs, ids)
+			s := conformance.Spec{K: 256, I: 128, E: len(tc.counts), Activation: moe.SiLU, Seed: 81}
+			c, P := countedCase(tc.counts, &s, 7)
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 			path := "one block"
 			switch {
@@ -113,17 +122,8 @@ func TestDecodeChunks(t *testing.T) {
 		{"split 1", c1, 64, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var ids []int32
-			for e, n := range tc.counts {
-				for range n {
-					ids = append(ids, int32(e))
-				}
-			}
-			P := len(ids)
-			s := conformance.Spec{M: P, K: 512, I: 256, E: tc.E, TopK: 1, Activation: moe.SwiGLUOAI, Bias: true, Seed: 87}
-			c := conformance.Generate(s)
-			rand.New(rand.NewPCG(11, 12)).Shuffle(P, func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
-			copy(c.Batch.TopKIDs, ids)
+			s := conformance.Spec{K: 512, I: 256, E: tc.E, Activation: moe.SwiGLUOAI, Bias: true, Seed: 87}
+			c, P := countedCase(tc.counts, &s, 11)
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 			_, tiles := l.bounds(P)
 			split1, split2, _, _ := l.decSplits(tiles)
