@@ -883,7 +883,7 @@ func (l *Layer) predicted(p int) bool {
 // another in one block. The rows and every sum are the same.
 func (l *Layer) chunked(g, m, p, split int) bool {
 	return l.kernel(p) == GEMMDecode && !l.noChunks && m > routeShortTile && p <= maxChunkPairs && (g == 2 || !l.predicted(p)) &&
-		(split > 1 || p <= l.tok32Rows*l.E && p <= dec16Rows*l.E)
+		l.decPass(split, p) == 8
 }
 
 // gemmLaunch is the launch of a grouped GEMM's main kernel: its function, grid, block and
@@ -922,16 +922,35 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 		return f.gemmDecW, decwSmem, int(n) * split / (64 * decWarps)
 	case split > 1:
 		return f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
-	case p > l.tok32Rows*l.E && p <= dec32sRows*l.E:
-		return f.gemmDec32s, dec32Smem, int(n) / (32 * decWarps)
-	case p > l.tok32Rows*l.E:
+	}
+	switch l.decPass(split, p) {
+	case 32:
+		if p <= dec32sRows*l.E {
+			return f.gemmDec32s, dec32Smem, int(n) / (32 * decWarps)
+		}
 		return f.gemmDec32, dec32Smem, int(n) / (32 * decWarps)
-	case p > dec16Rows*l.E:
+	case 16:
 		return f.gemmDec16, dec16Smem, int(n) / (32 * decWarps)
-	case n >= l.wideRows:
+	}
+	if n >= l.wideRows {
 		return f.gemmDec1w, dec1wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)
 	}
 	return f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
+}
+
+// decPass returns the tokens a pass (8, 16 or 32) of the streaming kernel decKernel picks at
+// split S over p routed pairs: 8 for the split kernels, else by the average rows a local expert
+// (tok32Rows, dec16Rows).
+func (l *Layer) decPass(split, p int) int {
+	switch {
+	case split > 1:
+		return 8
+	case p > l.tok32Rows*l.E:
+		return 32
+	case p > dec16Rows*l.E:
+		return 16
+	}
+	return 8
 }
 
 // splitWide reports whether GEMM1 (n1 = 2I rows over K columns, split s1) and GEMM2 (K rows,
