@@ -875,12 +875,13 @@ func (l *Layer) predicted(p int) bool {
 // chunked reports whether GEMM g (1 or 2) of a decode batch of m tokens and p routed pairs, at
 // split s, takes the routing's list of 8-row chunks (moe_route's tiles8, DEC_CHUNK; chunkTiles
 // bounds it) instead of its tile list: on the kernels of 8 tokens a pass (the split kernels, and
-// the split-1 ones up to the 16- and 32-token kernels' thresholds: decPass), unless GEMM1 predicts its
-// tiles (predicted), and unless the batch has at most 8 tokens (there a tile has more than 8
-// rows only where a token repeats an expert, which the tile list serves as well). A tile of more than 8 rows is there as its chunks, a block
-// each, so that a hot expert's 9-32 rows take one 8-token pass in each of up to four blocks at
-// once (reading the same weights at about the same time) instead of up to four passes one after
-// another in one block. The rows and every sum are the same.
+// the split-1 ones up to the 16- and 32-token kernels' thresholds: decPass), unless GEMM1
+// predicts its tiles (predicted), and unless the batch has at most 8 tokens (there a tile has
+// more than 8 rows only where a token repeats an expert, which the tile list serves as well). A
+// tile of more than 8 rows is there as its chunks, a block each, so that a hot expert's 9-32 rows
+// take one 8-token pass in each of up to four blocks at once (reading the same weights at about
+// the same time) instead of up to four passes one after another in one block. The rows and every
+// sum are the same.
 func (l *Layer) chunked(g, m, p, split int) bool {
 	return l.kernel(p) == GEMMDecode && !l.noChunks && m > routeShortTile && p <= maxChunkPairs && (g == 2 || !l.predicted(p)) &&
 		l.decPass(split, p) == 8
