@@ -109,6 +109,35 @@ __device__ __forceinline__ void place_pair(int le, int row, i64 i, int* __restri
 // or more), where a longer tile takes two or more passes of the 8-token kernels.
 #define ROUTE_SHORT_TILE 8
 
+// An expert's 8-row chunks on the chunk list: those of its long tiles (nl of them, c real rows).
+__device__ __forceinline__ int expert_chunks(int c, int nl) { return (min(c, nl * MOE_BM) + 7) / 8; }
+
+// Writes expert e's entries, (expert, first row) each, its rows from off: its nl long tiles at
+// tiles[2·tl ...], its short tile (sh) at tiles[2·(ntl + ts)] (ntl: every expert's long tiles);
+// with tiles8, its long tiles' chunks (c real rows) at tiles8[2·tc ...] and its short tile at
+// tiles8[2·(nch + ts)] (nch: every expert's chunks).
+__device__ __forceinline__ void list_expert(int e, int off, int c, int nl, int sh, int tl, int ntl, int ts,
+                                            int* __restrict__ tiles, int* __restrict__ tiles8, int tc, int nch) {
+  for (int j = 0; j < nl; j++) {
+    tiles[2 * (tl + j)] = e;
+    tiles[2 * (tl + j) + 1] = off + j * MOE_BM;
+  }
+  if (sh) {
+    tiles[2 * (ntl + ts)] = e;
+    tiles[2 * (ntl + ts) + 1] = off + nl * MOE_BM;
+  }
+  if (!tiles8) return;
+  const int n = expert_chunks(c, nl);
+  for (int j = 0; j < n; j++) {
+    tiles8[2 * (tc + j)] = e;
+    tiles8[2 * (tc + j) + 1] = off + 8 * j;
+  }
+  if (sh) {
+    tiles8[2 * (nch + ts)] = e;
+    tiles8[2 * (nch + ts) + 1] = off + nl * MOE_BM;
+  }
+}
+
 // One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 36E bytes, E <= 1024.
 // tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number,
 // the tiles of more than ROUTE_SHORT_TILE rows first (each group in order of expert and row), so
@@ -186,7 +215,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   // short one (its last). The tiles before it in the expert order are the scans' sum.
   const int rest = cnt % MOE_BM, nshort = rest > 0 && rest <= ROUTE_SHORT_TILE, nlong = aligned / MOE_BM - nshort;
   // With tiles8, the long tiles' 8-row chunks (nch) are scanned with them, 16 bits each.
-  const int nch = tiles8 ? (min(cnt, nlong * MOE_BM) + 7) / 8 : 0;
+  const int nch = tiles8 ? expert_chunks(cnt, nlong) : 0;
   int nl, ns, loff, nc = 0, coff = 0;
   if (tiles8) {
     const int v = block_exclusive_scan(nlong | nch << 16, sbuf, &nl);
@@ -205,24 +234,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     counts[tid] = cnt;
     offsets[tid] = off;
     scursor[tid] = off;
-    for (int j = 0; j < nlong; j++) {
-      tiles[2 * (loff + j)] = tid;
-      tiles[2 * (loff + j) + 1] = off + j * MOE_BM;
-    }
-    if (nshort) {
-      tiles[2 * (nl + soff)] = tid;
-      tiles[2 * (nl + soff) + 1] = off + nlong * MOE_BM;
-    }
-    if (tiles8) {
-      for (int j = 0; j < nch; j++) {
-        tiles8[2 * (coff + j)] = tid;
-        tiles8[2 * (coff + j) + 1] = off + 8 * j;
-      }
-      if (nshort) {
-        tiles8[2 * (nc + soff)] = tid;
-        tiles8[2 * (nc + soff) + 1] = off + nlong * MOE_BM;
-      }
-    }
+    list_expert(tid, off, cnt, nlong, nshort, loff, nl, soff, tiles, tiles8, coff, nc);
     for (int j = 0; j < wn; j++) {
       wtiles[3 * (wtoff + j)] = tid;
       wtiles[3 * (wtoff + j) + 1] = off + j * wsize;
@@ -376,7 +388,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     for (int k = 0; k < per; k++)
       if (e0 + k < ne) {
         const int c = scount[e0 + k], sh = c % MOE_BM > 0 && c % MOE_BM <= ROUTE_SHORT_TILE;
-        const int nl = (c + MOE_BM - 1) / MOE_BM - sh, nch = tiles8 ? (min(c, nl * MOE_BM) + 7) / 8 : 0;
+        const int nl = (c + MOE_BM - 1) / MOE_BM - sh, nch = tiles8 ? expert_chunks(c, nl) : 0;
         mine += nl + (sh << 10) + (nch << 20);
       }
     int incl = mine;
@@ -397,26 +409,8 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
       if (lead) {
         counts[e] = c;
         offsets[e] = off;
-        for (int j = 0; j < nl; j++) {
-          tiles[2 * (tl + j)] = e;
-          tiles[2 * (tl + j) + 1] = off + j * MOE_BM;
-        }
-        if (sh) {
-          tiles[2 * (nlong + ts)] = e;
-          tiles[2 * (nlong + ts) + 1] = off + nl * MOE_BM;
-        }
-        if (tiles8) {
-          const int nch = (min(c, nl * MOE_BM) + 7) / 8;
-          for (int j = 0; j < nch; j++) {
-            tiles8[2 * (tc + j)] = e;
-            tiles8[2 * (tc + j) + 1] = off + 8 * j;
-          }
-          if (sh) {
-            tiles8[2 * (nchunk + ts)] = e;
-            tiles8[2 * (nchunk + ts) + 1] = off + nl * MOE_BM;
-          }
-          tc += nch;
-        }
+        list_expert(e, off, c, nl, sh, tl, nlong, ts, tiles, tiles8, tc, nchunk);
+        if (tiles8) tc += expert_chunks(c, nl);
       }
       tl += nl, ts += sh;
     }
