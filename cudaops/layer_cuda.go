@@ -35,6 +35,10 @@ const (
 	// chunks' count in 16 bits).
 	decChunk      = 8
 	maxChunkPairs = 0xffff
+	// DEC_HEAVY_ROW, DEC_HALF_SHIFT: the heavy list's flag of a tile of more than 16 rows in an
+	// entry's row field, and the bit of its half (heavyWide).
+	decHeavyRow  = 1 << 30
+	decHalfShift = 29
 	// PS_THREADS: the wgmma path's gather of the scales (moe_permute_scales), whose blocks take
 	// runs of rows of about permScaleRun scales each.
 	permScaleThreads = 256
@@ -127,6 +131,7 @@ func layoutConsts() []layoutConst {
 		{"DEC32_SMEM", dec32Smem},
 		{"WG4_ROWS", wg4Rows}, {"WG4_THREADS", wg4Threads}, {"WG4_SMEM", wg4Smem},
 		{"PS_THREADS", permScaleThreads}, {"ROUTE_SHORT_TILE", routeShortTile}, {"DEC_CHUNK", decChunk},
+		{"DEC_HEAVY_ROW", decHeavyRow}, {"DEC_HALF_SHIFT", decHalfShift},
 	}
 }
 
@@ -222,6 +227,9 @@ type Layer struct {
 	// noChunks: the decode kernels of 8 tokens a pass take the routing's tile list, not its list
 	// of 8-row chunks (chunked; tests compare the two).
 	noChunks bool
+	// noHeavy: the 64-row kernel's GEMMs take moe_gemm_dec1w over the chunk list, not
+	// moe_gemm_dec1wh over the heavy list (heavyWide; tests compare the two).
+	noHeavy bool
 	// trigger: on the decode path, the early trigger by earlyTrigger's rule (0), always (1) or
 	// never (-1) (tests compare the two).
 	trigger int
@@ -417,6 +425,8 @@ type workspace struct {
 	counts, offsets, expertIDs, rowPair, invPerm, tileList, ntiles, errs cu.DevicePtr
 	// the tile list's 8-row chunks (moe_route's tiles8; their number is ntiles' second word)
 	chunkList cu.DevicePtr
+	// the heavy list (moe_route's tilesh, two entries a tile of more than 8 rows; ntiles' third word)
+	heavyList cu.DevicePtr
 	// per chunk of 1024 routed pairs, each expert's pairs in the chunk (moe_route_count), then in
 	// the chunks before it (moe_route, for moe_route_scatter); after them, each chunk's invalid ids
 	routePre cu.DevicePtr
@@ -481,7 +491,7 @@ func (l *Layer) ensure(m, topk int) error {
 		a.take(m * l.K * 4), a.take(m * l.K), a.take(m * l.K / 32), a.take(p * 4), a.take(p * 4), a.take(m * l.K * 4),
 		a.take(rows * l.K), a.take(rows * l.K / 32), a.take(int(int64(rows) * 2 * I * 4)), a.take(rows * l.I), a.take(rows * l.I / 32),
 		a.take(int(int64(rows) * K * 4)),
-		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(l.chunkTiles(p) * 8), a.take(8), a.take(4),
+		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(l.chunkTiles(p) * 8), a.take(tiles * 16), a.take(12), a.take(4),
 		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4), a.take(wtiles * 4), a.take(4),
 		a.take((p + routeThreads - 1) / routeThreads * (l.E + 1) * 4),
 		a.take(xbBytes),
@@ -498,7 +508,7 @@ func (l *Layer) ensure(m, topk int) error {
 	l.freeWorkspace()
 	ws.mem, ws.size, ws.host = mem, a.size, host
 	ptrs := []*cu.DevicePtr{&ws.x, &ws.a1q, &ws.a1s, &ws.ids, &ws.tw, &ws.out, &ws.a1qPerm, &ws.a1sPerm, &ws.h, &ws.a2q, &ws.a2s, &ws.z,
-		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.chunkList, &ws.ntiles, &ws.errs,
+		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.chunkList, &ws.heavyList, &ws.ntiles, &ws.errs,
 		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wplist, &ws.nwplist, &ws.routePre, &ws.xb}
 	for i, p := range ptrs {
 		*p = mem + cu.DevicePtr(offs[i])
@@ -716,10 +726,15 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// (predicted), and which GEMMs take the list of 8-row chunks (chunked), which the routing
 	// kernel then writes.
 	split1, split2, wide1, wide2 := l.decSplits(tiles)
-	chunk1, chunk2 := l.chunked(1, int(M), P, split1), l.chunked(2, int(M), P, split2)
-	chunks := cu.DevicePtr(0)
+	heavy1, heavy2 := l.heavyWide(int(M), P, split1, 2*I), l.heavyWide(int(M), P, split2, K)
+	chunk1 := !heavy1 && l.chunked(1, int(M), P, split1)
+	chunk2 := !heavy2 && l.chunked(2, int(M), P, split2)
+	chunks, heavies := cu.DevicePtr(0), cu.DevicePtr(0)
 	if chunk1 || chunk2 {
 		chunks = ws.chunkList
+	}
+	if heavy1 || heavy2 {
+		heavies = ws.heavyList
 	}
 	meta := []uint64{u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs)}
@@ -733,7 +748,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			append(meta, u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm), u(chunks))...)
 	} else {
 		err = launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E), l.stream,
-			append(meta, u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), pre, u(chunks))...)
+			append(meta, u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), pre, u(chunks), u(heavies))...)
 	}
 	if err != nil {
 		return fmt.Errorf("cudaops: route: %w", err)
@@ -777,13 +792,16 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// previous kernel; 3: that and the early trigger (below); 2: GEMM1 works out its tiles from
 	// the ids (below); with decChunk, the list of 8-row chunks.
 	// gsrc: GEMM1's tokens unpermuted (a1q), which the wgmma path stages straight from; 0 for GEMM2.
-	gemm := func(w, sc, ref, x, xs, gsrc, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide, chunk bool) error {
+	gemm := func(w, sc, ref, x, xs, gsrc, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide, chunk, heavy bool) error {
 		gl := l.gemmMain(kernel, n, split, P, tiles, wide)
 		switch kernel {
 		case GEMMDecode:
 			list, nt := ws.tileList, ws.ntiles
 			if chunk {
 				gl.grid.y, list, nt, early = l.chunkTiles(P), ws.chunkList, ws.ntiles+4, early|decChunk
+			}
+			if heavy {
+				gl.fn, gl.grid.y, list, nt, early = l.dev.fn.gemmDec1wh, 2*tiles, ws.heavyList, ws.ntiles+8, early|decChunk
 			}
 			return launch(gl.fn, gl.grid, gl.block, gl.smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(list), u(nt), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
@@ -830,7 +848,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if l.predicted(P) {
 		early1 = 2
 	}
-	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, a1q, l.b13, ws.h, 2*I, K, split1, early1, wide1, chunk1); err != nil {
+	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, a1q, l.b13, ws.h, 2*I, K, split1, early1, wide1, chunk1, heavy1); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -853,7 +871,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, 0, l.b2, ws.z, K, I, split2, early2, wide2, chunk2); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, 0, l.b2, ws.z, K, I, split2, early2, wide2, chunk2, heavy2); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {
@@ -885,6 +903,18 @@ func (l *Layer) predicted(p int) bool {
 func (l *Layer) chunked(g, m, p, split int) bool {
 	return l.kernel(p) == GEMMDecode && !l.noChunks && m > routeShortTile && p <= maxChunkPairs && (g == 2 || !l.predicted(p)) &&
 		l.decPass(split, p) == 8
+}
+
+// heavyWide reports whether a decode GEMM of n weight rows over a batch of m tokens and p routed
+// pairs, at split s, takes moe_gemm_dec1wh over the routing's heavy list instead of
+// moe_gemm_dec1w (the 64-row kernel, which decKernel picks for it) over the chunk list: batches
+// of more than 16 tokens (fewer give no tile more than 16 rows) that moe_route routes. Each tile
+// of more than 16 rows then takes the 32-token pass in two blocks of 128 weight rows each, its
+// weights expanded once for its rows, where the 8-row chunks expand them once a chunk; the
+// others take the 64-row kernel's pass as before, in the same launch.
+func (l *Layer) heavyWide(m, p, split int, n int64) bool {
+	return l.kernel(p) == GEMMDecode && !l.noHeavy && m > 16 && p > fusedPermutePairs && p <= maxChunkPairs &&
+		split == 1 && p <= l.tok32Rows*l.E && p <= dec16Rows*l.E && n >= l.wideRows
 }
 
 // gemmLaunch is the launch of a grouped GEMM's main kernel: its function, grid, block and

@@ -38,8 +38,11 @@ func (l *Layer) Plan(m, topk int) ([2]GEMMPlan, error) {
 		wide  bool
 	}{{2 * I, split1, wide1}, {K, split2, wide2}} {
 		gl := l.gemmMain(kernel, c.n, c.split, p, tiles, c.wide)
-		if l.chunked(g+1, m, p, c.split) {
-			gl.grid.y = l.chunkTiles(p) // the list of 8-row chunks, as launchAll launches it
+		// The heavy list's or the chunks' grid, as launchAll launches them.
+		if l.heavyWide(m, p, c.split, c.n) {
+			gl.fn, gl.grid.y = l.dev.fn.gemmDec1wh, 2*tiles
+		} else if l.chunked(g+1, m, p, c.split) {
+			gl.grid.y = l.chunkTiles(p)
 		}
 		split := 1
 		if kernel == GEMMDecode {

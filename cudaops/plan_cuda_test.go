@@ -34,7 +34,9 @@ func TestPlan(t *testing.T) {
 			}{{int64(2 * s.I), split1, wide1}, {int64(s.K), split2, wide2}} {
 				fn, _, gx := l.decKernel(c.n, c.split, p, c.wide)
 				gy := tiles
-				if l.chunked(g+1, m, p, c.split) {
+				if l.heavyWide(m, p, c.split, c.n) {
+					fn, gy = l.dev.fn.gemmDec1wh, 2*tiles
+				} else if l.chunked(g+1, m, p, c.split) {
 					gy = l.chunkTiles(p)
 				}
 				if got := plans[g]; got.Kernel != l.dev.names[fn] || got.Split != c.split || got.Blocks != gx*gy {

@@ -166,3 +166,70 @@ func TestDecodeChunks(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeHeavyWide runs a decode batch on the 64-row kernel (wideRows lowered to the test's
+// GEMMs) whose routing gives a few experts tiles of more than 16 rows (a full tile and one of 18,
+// a full tile and one of 8, tiles of 20 and 17) and tiles of 12 and 9 rows: it reads back the
+// routing kernel's heavy list (two entries a tile of more than 8 rows at twice its index in the
+// tile list, the halves of a tile of more than 16 rows flagged, the others' 8-row chunks; then
+// the short tiles), runs the forward on moe_gemm_dec1wh against native and twice (bitwise the
+// same), and against moe_gemm_dec1w over the chunk list (noHeavy), bitwise: the 32-token pass
+// adds each row's terms in the order the 8-token pass does.
+func TestDecodeHeavyWide(t *testing.T) {
+	counts := []int{50, 40, 20, 17, 12, 9}
+	for e := len(counts); e < 64; e++ {
+		counts = append(counts, []int{5, 4, 3, 6, 2, 4}[e%6])
+	}
+	var ids []int32
+	for e, n := range counts {
+		for range n {
+			ids = append(ids, int32(e))
+		}
+	}
+	P := len(ids)
+	s := conformance.Spec{M: P, K: 512, I: 256, E: len(counts), TopK: 1, Activation: moe.SwiGLUOAI, Bias: true, Seed: 89}
+	c := conformance.Generate(s)
+	rand.New(rand.NewPCG(13, 14)).Shuffle(P, func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	copy(c.Batch.TopKIDs, ids)
+	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
+	l.wideRows = 256
+	_, tiles := l.bounds(P)
+	split1, split2, _, _ := l.decSplits(tiles)
+	if !l.heavyWide(P, P, split1, int64(2*s.I)) || !l.heavyWide(P, P, split2, int64(s.K)) {
+		t.Fatalf("%d pairs over %d experts (splits %d, %d): not both GEMMs on the heavy list", P, s.E, split1, split2)
+	}
+	if l.heavyWide(16, P, split1, int64(2*s.I)) {
+		t.Error("a batch of 16 tokens on the heavy list: no tile of theirs has more than 16 rows")
+	}
+	got := forwardTwice(t, l, &c.Batch, s.K, "heavy list")
+	offsets := download[int32](t, l, l.ws.offsets, s.E+1)
+	nt := download[int32](t, l, l.ws.ntiles, 3)
+	list := download[int32](t, l, l.ws.heavyList, 4*tiles)
+	var long, short []string
+	for e, n := range counts {
+		for j := 0; j*segmentRows < n; j++ {
+			r0, r := int(offsets[e])+j*segmentRows, n-j*segmentRows
+			switch {
+			case r > 16:
+				long = append(long, fmt.Sprintf("(%d, %d)", e, r0|decHeavyRow), fmt.Sprintf("(%d, %d)", e, r0|decHeavyRow|1<<decHalfShift))
+			case r > routeShortTile:
+				long = append(long, fmt.Sprintf("(%d, %d)", e, r0), fmt.Sprintf("(%d, %d)", e, r0+8))
+			default:
+				short = append(short, fmt.Sprintf("(%d, %d)", e, r0))
+			}
+		}
+	}
+	want := append(long, short...)
+	if int(nt[2]) != len(want) || len(want) > 2*tiles {
+		t.Fatalf("%d entries, want %d (bound %d)", nt[2], len(want), 2*tiles)
+	}
+	for k, w := range want {
+		if g := fmt.Sprintf("(%d, %d)", list[2*k], list[2*k+1]); g != w {
+			t.Fatalf("entry %d is %s, want %s (long tiles' entries %v, then short tiles %v)", k, g, w, long, short)
+		}
+	}
+	nearNative(t, got, &c.Weights, c.Config, &c.Batch)
+	l.noHeavy = true
+	sameBits(t, "heavy list against chunks", got, forward(t, l, &c.Batch, s.K))
+	t.Logf("%d pairs: %d entries of long tiles, then %d short tiles; splits %d, %d", P, len(long), len(short), split1, split2)
+}

@@ -236,13 +236,13 @@ template <int S, bool EXACT, int XT, int RB = 2, bool SHORT = false>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
                                          const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
                                          const int* __restrict__ offsets, const float* __restrict__ bias,
-                                         float* __restrict__ out, i64 N, i64 Kd, int early) {
+                                         float* __restrict__ out, i64 N, i64 Kd, int early, int bx) {
   extern __shared__ __align__(128) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int r = warp % S;  // this warp's share of K
   static_assert(RB == 2 || XT == 1, "64-row warps only with 8 tokens a pass");
   constexpr int WR = 16 * RB;                                                // weight rows a warp
-  const i64 nb = (i64)blockIdx.x * (WR * DEC_WARPS / S) + (warp / S) * WR;  // the warp's first weight row
+  const i64 nb = (i64)bx * (WR * DEC_WARPS / S) + (warp / S) * WR;  // the warp's first weight row (bx: the block's column)
   if constexpr (RB > 2 && S == 1) {
     if (nb >= N) return;  // no block barrier at S = 1 (at S > 1, N is a multiple of the block's rows)
   }
@@ -592,6 +592,9 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
   return (int)blockIdx.y < nt;
 }
 
+// The block's column of weight rows (gemm_dec's bx) in the kernels that take one a block.
+__device__ __forceinline__ int dec_col() { return (int)blockIdx.x; }
+
 // The kernels' signature (the same parameters, so the host launches any of them the same way).
 #define DEC_KERNEL(name, blocks)                                                                                       \
   extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32, blocks)                                                 \
@@ -604,7 +607,7 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
 // or not (sh), in the instance for the kernel's scale format (exact: scales that need the exact
 // path).
 #define DEC_ONE(s, x, xt, rb, sh) \
-  gemm_dec<s, x, xt, rb, sh>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early)
+  gemm_dec<s, x, xt, rb, sh>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early, dec_col())
 #define DEC_RUNS(s, xt, rb, sh)       \
   do {                                \
     if (exact)                        \
@@ -643,6 +646,31 @@ DEC_DEFINE(moe_gemm_dec32, DEC32_BLOCKS, DEC_RUN(1, 4, 2))
 DEC_DEFINE(moe_gemm_dec32s, DEC32_BLOCKS, DEC_RUNS(1, 4, 2, true))
 DEC_DEFINE(moe_gemm_decw, DECW_BLOCKS, DEC_SPLIT(1, 4))
 DEC_DEFINE(moe_gemm_dec1w, DEC1W_BLOCKS, DEC_RUN(1, 1, 4))
+// The 64-row kernel with the 32-token kernel's pass for heavy tiles, one launch (grid x: N / 256
+// rounded up; y: the heavy list, moe_route's tilesh, 2 entries a tile of more than 8 rows, with
+// DEC_CHUNK). An entry with DEC_HEAVY_ROW (a tile of more than 16 rows) runs the 32-token pass of
+// 32 weight rows a warp over its half of the block's 256 rows (column 2 · blockIdx.x + half);
+// the others, 8-row chunks of the tiles of 9-16 rows and the short tiles, run the 64-row kernel's
+// pass. A hot expert's 17-32 rows then expand its weights once, not in four passes or four
+// chunks. Registers: the 32-token pass's (about 168), which three blocks an SM still hold, as
+// the 64-row kernel's 156 do; shared memory DEC1W_SMEM, the larger ring.
+DEC_KERNEL(moe_gemm_dec1wh, DEC1W_BLOCKS) {
+  TRACE_SCOPE((early & 1) ? TRACE_GEMM2 : TRACE_GEMM1);
+  int e, row0;
+  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
+  if (row0 & DEC_HEAVY_ROW) {
+    const int bx = 2 * (int)blockIdx.x + ((row0 >> DEC_HALF_SHIFT) & 1);
+    row0 &= (1 << DEC_HALF_SHIFT) - 1;
+    if ((i64)bx * 32 * DEC_WARPS >= N) return;  // N a multiple of 128 but not of 256: the last half
+    const int ea = (int)(early & ~(i64)DEC_CHUNK);  // a whole tile
+    if (exact)
+      gemm_dec<1, true, 4, 2>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, ea, bx);
+    else
+      gemm_dec<1, false, 4, 2>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, ea, bx);
+  } else {
+    DEC_RUN(1, 1, 4);
+  }
+}
 #undef DEC_SPLIT
 #undef DEC_DEFINE
 #undef DEC_RUN

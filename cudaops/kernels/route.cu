@@ -108,6 +108,11 @@ __device__ __forceinline__ void place_pair(int le, int row, i64 i, int* __restri
 // A tile of at most this many real rows is short: one pass of every decode kernel (8 tokens a pass
 // or more), where a longer tile takes two or more passes of the 8-token kernels.
 #define ROUTE_SHORT_TILE 8
+// In the heavy list (moe_route's tilesh, for moe_gemm_dec1wh): an entry's row field carries
+// DEC_HEAVY_ROW for a tile of more than 16 rows, with the half of the block's 256 weight rows it
+// takes in bit DEC_HALF_SHIFT.
+#define DEC_HEAVY_ROW (1 << 30)
+#define DEC_HALF_SHIFT 29
 
 // An expert's 8-row chunks on the chunk list: those of its long tiles (nl of them, c real rows).
 __device__ __forceinline__ int expert_chunks(int c, int nl) { return (min(c, nl * MOE_BM) + 7) / 8; }
@@ -148,6 +153,11 @@ __device__ __forceinline__ void list_expert(int e, int off, int c, int nl, int s
 // tiles8 (when not null: decode batches on the 8-token kernels) receives the same list with each
 // tile of more than ROUTE_SHORT_TILE rows as its 8-row chunks, (expert, first row) each, ntiles[1]
 // their number (dec_tile's DEC_CHUNK; at most 65535 entries, which the host's use of it bounds);
+// tilesh (when not null: decode GEMMs on moe_gemm_dec1wh) receives the heavy list: for each
+// tile of more than ROUTE_SHORT_TILE rows two entries, in the tile list's order (at twice its
+// index), (expert, first row | DEC_HEAVY_ROW | half << DEC_HALF_SHIFT) for halves 0 and 1 of a
+// tile of more than 16 rows, else its two 8-row chunks; then the short tiles; ntiles[2] their
+// number.
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
 // up to 8 rows (the last smaller). Decode batches of up to 64 pairs take moe_route_small
@@ -159,7 +169,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
           int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
           int* __restrict__ row_pair, int* __restrict__ inv_perm, int* __restrict__ tiles,
           int* __restrict__ ntiles, int* __restrict__ err, int* __restrict__ wtiles, int* __restrict__ nwtiles, i64 wg,
-          int* __restrict__ pre, int* __restrict__ tiles8) {
+          int* __restrict__ pre, int* __restrict__ tiles8, int* __restrict__ tilesh) {
   TRACE_SCOPE(TRACE_ROUTE);
   pdl_begin();
   extern __shared__ int smem[];
@@ -235,6 +245,20 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     offsets[tid] = off;
     scursor[tid] = off;
     list_expert(tid, off, cnt, nlong, nshort, loff, nl, soff, tiles, tiles8, coff, nc);
+    if (tilesh) {
+      for (int j = 0; j < nlong; j++) {
+        const int r0 = off + j * MOE_BM;
+        const bool heavy = cnt - j * MOE_BM > 16;
+        for (int h = 0; h < 2; h++) {
+          tilesh[4 * (loff + j) + 2 * h] = tid;
+          tilesh[4 * (loff + j) + 2 * h + 1] = heavy ? r0 | DEC_HEAVY_ROW | h << DEC_HALF_SHIFT : r0 + 8 * h;
+        }
+      }
+      if (nshort) {
+        tilesh[2 * (2 * nl + soff)] = tid;
+        tilesh[2 * (2 * nl + soff) + 1] = off + nlong * MOE_BM;
+      }
+    }
     for (int j = 0; j < wn; j++) {
       wtiles[3 * (wtoff + j)] = tid;
       wtiles[3 * (wtoff + j) + 1] = off + j * wsize;
@@ -245,6 +269,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     offsets[E] = msum;
     *ntiles = tiles_total;
     if (tiles8) ntiles[1] = nc + ns;
+    if (tilesh) ntiles[2] = 2 * nl + ns;
     *nwtiles = wtiles_total;
   }
   __syncthreads();  // scursor
