@@ -180,17 +180,8 @@ func TestDecodeHeavyWide(t *testing.T) {
 	for e := len(counts); e < 64; e++ {
 		counts = append(counts, []int{5, 4, 3, 6, 2, 4}[e%6])
 	}
-	var ids []int32
-	for e, n := range counts {
-		for range n {
-			ids = append(ids, int32(e))
-		}
-	}
-	P := len(ids)
-	s := conformance.Spec{M: P, K: 512, I: 256, E: len(counts), TopK: 1, Activation: moe.SwiGLUOAI, Bias: true, Seed: 89}
-	c := conformance.Generate(s)
-	rand.New(rand.NewPCG(13, 14)).Shuffle(P, func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
-	copy(c.Batch.TopKIDs, ids)
+	s := conformance.Spec{K: 512, I: 256, E: len(counts), Activation: moe.SwiGLUOAI, Bias: true, Seed: 89}
+	c, P := countedCase(counts, &s, 13)
 	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 	l.wideRows = 256
 	_, tiles := l.bounds(P)
