@@ -908,7 +908,8 @@ func (l *Layer) chunked(g, m, p, split int) bool {
 // heavyWide reports whether a decode GEMM of n weight rows over a batch of m tokens and p routed
 // pairs, at split s, takes moe_gemm_dec1wh over the routing's heavy list instead of
 // moe_gemm_dec1w (the 64-row kernel, which decKernel picks for it) over the chunk list: batches
-// of more than 16 tokens (fewer give no tile more than 16 rows) that moe_route routes. Each tile
+// of more than 16 tokens (fewer give a tile more than 16 rows only where a token repeats an
+// expert) that moe_route routes. Each tile
 // of more than 16 rows then takes the 32-token pass in two blocks of 128 weight rows each, its
 // weights expanded once for its rows, where the 8-row chunks expand them once a chunk; the
 // others take the 64-row kernel's pass as before, in the same launch.

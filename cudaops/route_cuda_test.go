@@ -190,7 +190,7 @@ func TestDecodeHeavyWide(t *testing.T) {
 		t.Fatalf("%d pairs over %d experts (splits %d, %d): not both GEMMs on the heavy list", P, s.E, split1, split2)
 	}
 	if l.heavyWide(16, P, split1, int64(2*s.I)) {
-		t.Error("a batch of 16 tokens on the heavy list: no tile of theirs has more than 16 rows")
+		t.Error("a batch of 16 tokens on the heavy list: its tiles have more than 16 rows only where a token repeats an expert")
 	}
 	got := forwardTwice(t, l, &c.Batch, s.K, "heavy list")
 	offsets := download[int32](t, l, l.ws.offsets, s.E+1)
