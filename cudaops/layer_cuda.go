@@ -909,13 +909,13 @@ func (l *Layer) chunked(g, m, p, split int) bool {
 // pairs, at split s, takes moe_gemm_dec1wh over the routing's heavy list instead of
 // moe_gemm_dec1w (the 64-row kernel, which decKernel picks for it) over the chunk list: batches
 // of more than 16 tokens (fewer give a tile more than 16 rows only where a token repeats an
-// expert) that moe_route routes. Each tile
+// expert) that moe_route routes, on the split-1 GEMMs of 8 tokens a pass (decPass). Each tile
 // of more than 16 rows then takes the 32-token pass in two blocks of 128 weight rows each, its
 // weights expanded once for its rows, where the 8-row chunks expand them once a chunk; the
 // others take the 64-row kernel's pass as before, in the same launch.
 func (l *Layer) heavyWide(m, p, split int, n int64) bool {
 	return l.kernel(p) == GEMMDecode && !l.noHeavy && m > 16 && p > fusedPermutePairs && p <= maxChunkPairs &&
-		split == 1 && p <= l.tok32Rows*l.E && p <= dec16Rows*l.E && n >= l.wideRows
+		l.decPass(split, p) == 8 && split == 1 && n >= l.wideRows
 }
 
 // gemmLaunch is the launch of a grouped GEMM's main kernel: its function, grid, block and
