@@ -452,6 +452,16 @@ func (l *Layer) bounds(p int) (rows, tiles int) {
 // Σ_e ceil(count_e/8) <= (p + 7·min(p, E))/8.
 func (l *Layer) chunkTiles(p int) int { return (p + 7*min(p, l.E)) / 8 }
 
+// heavyTiles bounds the routing's heavy list of p routed pairs: two entries a tile of more than
+// 8 rows and one for each other tile, so at most twice the tiles; and a tile of more than 8 rows
+// has at least two 8-row chunks, so at most chunkTiles too (which is the lower of the two but for
+// a few experts of many rows). The bound is the heavy GEMM's grid, and each block past the
+// list's end still launches (docs/perf.md v49).
+func (l *Layer) heavyTiles(p int) int {
+	_, tiles := l.bounds(p)
+	return min(2*tiles, l.chunkTiles(p))
+}
+
 // wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/152) <= p/152 + min(p, E).
 func (l *Layer) wgfTiles(p int) int { return p/wgfTokens + min(p, l.E) }
 
@@ -801,7 +811,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 				gl.grid.y, list, nt, early = l.chunkTiles(P), ws.chunkList, ws.ntiles+4, early|decChunk
 			}
 			if heavy {
-				gl.fn, gl.grid.y, list, nt, early = l.dev.fn.gemmDec1wh, 2*tiles, ws.heavyList, ws.ntiles+8, early|decChunk
+				gl.fn, gl.grid.y, list, nt, early = l.dev.fn.gemmDec1wh, l.heavyTiles(P), ws.heavyList, ws.ntiles+8, early|decChunk
 			}
 			return launch(gl.fn, gl.grid, gl.block, gl.smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(list), u(nt), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),

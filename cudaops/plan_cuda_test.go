@@ -35,7 +35,7 @@ func TestPlan(t *testing.T) {
 				fn, _, gx := l.decKernel(c.n, c.split, p, c.wide)
 				gy := tiles
 				if l.heavyWide(m, p, c.split, c.n) {
-					fn, gy = l.dev.fn.gemmDec1wh, 2*tiles
+					fn, gy = l.dev.fn.gemmDec1wh, l.heavyTiles(p)
 				} else if l.chunked(g+1, m, p, c.split) {
 					gy = l.chunkTiles(p)
 				}

@@ -211,8 +211,8 @@ func TestDecodeHeavyWide(t *testing.T) {
 		}
 	}
 	want := append(long, short...)
-	if int(nt[2]) != len(want) || len(want) > 2*tiles {
-		t.Fatalf("%d entries, want %d (bound %d)", nt[2], len(want), 2*tiles)
+	if int(nt[2]) != len(want) || len(want) > l.heavyTiles(P) {
+		t.Fatalf("%d entries, want %d (bound %d)", nt[2], len(want), l.heavyTiles(P))
 	}
 	for k, w := range want {
 		if g := fmt.Sprintf("(%d, %d)", list[2*k], list[2*k+1]); g != w {
