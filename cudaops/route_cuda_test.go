@@ -95,6 +95,22 @@ func TestRouteTileOrder(t *testing.T) {
 	}
 }
 
+// checkList compares a routing list read back from the device (n entries, (expert, first row)
+// each, in list) with the long tiles' entries followed by the short tiles', and n with the
+// list's bound (its GEMM's grid).
+func checkList(t *testing.T, what string, list []int32, n int32, long, short []string, bound int) {
+	t.Helper()
+	want := append(append([]string(nil), long...), short...)
+	if int(n) != len(want) || len(want) > bound {
+		t.Fatalf("%s: %d entries, want %d (bound %d)", what, n, len(want), bound)
+	}
+	for k, w := range want {
+		if g := fmt.Sprintf("(%d, %d)", list[2*k], list[2*k+1]); g != w {
+			t.Fatalf("%s: entry %d is %s, want %s (long tiles' entries %v, then short tiles %v)", what, k, g, w, long, short)
+		}
+	}
+}
+
 // TestDecodeChunks runs decode batches whose routing gives a few experts tiles of more than 8 rows
 // (a full tile and one of 18, tiles of 20, 17, 12 and 9 rows) and the others few, on the
 // kernels of 8 tokens a pass (the split ones, and at split 1): it reads back the routing
@@ -150,15 +166,7 @@ func TestDecodeChunks(t *testing.T) {
 					long = append(long, fmt.Sprintf("(%d, %d)", e, int(offsets[e])+r))
 				}
 			}
-			want := append(long, short...)
-			if int(nt[1]) != len(want) || len(want) > l.chunkTiles(P) {
-				t.Fatalf("%d chunks, want %d (bound %d)", nt[1], len(want), l.chunkTiles(P))
-			}
-			for k, w := range want {
-				if g := fmt.Sprintf("(%d, %d)", list[2*k], list[2*k+1]); g != w {
-					t.Fatalf("chunk %d is %s, want %s (long tiles' chunks %v, then short tiles %v)", k, g, w, long, short)
-				}
-			}
+			checkList(t, "chunk list", list, nt[1], long, short, l.chunkTiles(P))
 			nearNative(t, got, &c.Weights, c.Config, &c.Batch)
 			l.noChunks = true
 			sameBits(t, "chunks against tiles", got, forward(t, l, &c.Batch, s.K))
@@ -210,15 +218,7 @@ func TestDecodeHeavyWide(t *testing.T) {
 			}
 		}
 	}
-	want := append(long, short...)
-	if int(nt[2]) != len(want) || len(want) > l.heavyTiles(P) {
-		t.Fatalf("%d entries, want %d (bound %d)", nt[2], len(want), l.heavyTiles(P))
-	}
-	for k, w := range want {
-		if g := fmt.Sprintf("(%d, %d)", list[2*k], list[2*k+1]); g != w {
-			t.Fatalf("entry %d is %s, want %s (long tiles' entries %v, then short tiles %v)", k, g, w, long, short)
-		}
-	}
+	checkList(t, "heavy list", list, nt[2], long, short, l.heavyTiles(P))
 	nearNative(t, got, &c.Weights, c.Config, &c.Batch)
 	l.noHeavy = true
 	sameBits(t, "heavy list against chunks", got, forward(t, l, &c.Batch, s.K))
