@@ -14,7 +14,6 @@ import (
 
 // Launch constants shared with the kernels (kernels/common.cuh, gemm_fp8fp4.cu, route.cu).
 const (
-	segmentRows  = 32   // MOE_BM: row alignment of expert segments and token tile of the GEMMs
 	gemmRows     = 64   // GEMM_ROWS: weight rows per GEMM block
 	routeThreads = 1024 // ROUTE_THREADS
 	// ROUTE_SMALL_THREADS: the routing kernel of small decode batches (fusedPermutePairs bounds
@@ -26,10 +25,6 @@ const (
 	fusedPermutePairs = 64
 	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
 	scatterPairs = 4096
-	// routeShortTile (ROUTE_SHORT_TILE): moe_route lists the tiles of more than this many real
-	// rows (two passes or more of the 8-token decode kernels) before the others, so that the
-	// decode GEMMs place their blocks first.
-	routeShortTile = 8
 	// decChunk (DEC_CHUNK): the decode kernels' early argument's flag for the routing's list of
 	// 8-row chunks (chunked); maxChunkPairs bounds the batches that take it (moe_route scans the
 	// chunks' count in 16 bits).
@@ -440,27 +435,16 @@ type workspace struct {
 	host     pinned
 }
 
-// bounds returns, for p routed pairs, the most rows the permuted layout can take and the most
-// GEMM tiles: Σ_e roundup(count_e, 32) <= p + min(p, E)·31.
-func (l *Layer) bounds(p int) (rows, tiles int) {
-	rows = p + min(p, l.E)*(segmentRows-1)
-	rows = (rows + segmentRows - 1) / segmentRows * segmentRows
-	return rows, rows / segmentRows
-}
+// bounds returns, for p routed pairs over the layer's local experts, the most rows the permuted
+// layout can take and the most GEMM tiles (tileBound).
+func (l *Layer) bounds(p int) (rows, tiles int) { return tileBound(p, l.E) }
 
-// chunkTiles bounds the routing's list of 8-row chunks of p routed pairs:
-// Σ_e ceil(count_e/8) <= (p + 7·min(p, E))/8.
-func (l *Layer) chunkTiles(p int) int { return (p + 7*min(p, l.E)) / 8 }
+// chunkTiles bounds the routing's list of 8-row chunks of p routed pairs (chunkBound).
+func (l *Layer) chunkTiles(p int) int { return chunkBound(p, l.E) }
 
-// heavyTiles bounds the routing's heavy list of p routed pairs: two entries a tile of more than
-// 8 rows and one for each other tile, so at most twice the tiles; and a tile of more than 8 rows
-// has at least two 8-row chunks, so at most chunkTiles too (which is the lower of the two but for
-// a few experts of many rows). The bound is the heavy GEMM's grid, and each block past the
-// list's end still launches (docs/perf.md v49).
-func (l *Layer) heavyTiles(p int) int {
-	_, tiles := l.bounds(p)
-	return min(2*tiles, l.chunkTiles(p))
-}
+// heavyTiles bounds the routing's heavy list of p routed pairs (heavyBound): the heavy GEMM's
+// grid, whose blocks past the list's end still launch (docs/perf.md v49).
+func (l *Layer) heavyTiles(p int) int { return heavyBound(p, l.E) }
 
 // wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/152) <= p/152 + min(p, E).
 func (l *Layer) wgfTiles(p int) int { return p/wgfTokens + min(p, l.E) }

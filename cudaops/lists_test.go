@@ -1,0 +1,87 @@
+package cudaops
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// listSizes counts the entries of the routing kernels' lists for the given rows per local
+// expert, by their rules (route.cu: list_expert, and moe_route's heavy list): tiles of 32 rows,
+// the last one short when it holds 1..8 rows; the chunk list with each long tile as its 8-row
+// chunks; the heavy list with two entries a long tile. rows is the permuted layout's.
+func listSizes(counts []int) (rows, tiles, chunks, heavy int) {
+	for _, c := range counts {
+		n := (c + segmentRows - 1) / segmentRows
+		short := 0
+		if r := c % segmentRows; r > 0 && r <= routeShortTile {
+			short = 1
+		}
+		long := n - short
+		rows += n * segmentRows
+		tiles += n
+		chunks += (min(c, long*segmentRows)+7)/8 + short
+		heavy += 2*long + short
+	}
+	return rows, tiles, chunks, heavy
+}
+
+// TestListBounds checks that the bounds sizing the workspace and the decode GEMMs' grids hold
+// every list the routing can write: the counts of named batches (one hot expert, a repeated
+// expert, many experts of one row, full tiles, ones of 9 and 17 rows) and of random ones, Zipf-
+// skewed or uniform, up to 65535 pairs (the chunk and heavy lists' limit).
+func TestListBounds(t *testing.T) {
+	check := func(name string, counts []int) {
+		t.Helper()
+		p := 0
+		for _, c := range counts {
+			p += c
+		}
+		e := len(counts)
+		rows, tiles, chunks, heavy := listSizes(counts)
+		rb, tb := tileBound(p, e)
+		if rows > rb || tiles > tb || chunks > chunkBound(p, e) || heavy > heavyBound(p, e) {
+			t.Fatalf("%s (%d pairs, %d experts): rows %d (bound %d), tiles %d (%d), chunks %d (%d), heavy %d (%d)",
+				name, p, e, rows, rb, tiles, tb, chunks, chunkBound(p, e), heavy, heavyBound(p, e))
+		}
+		if heavy > chunks || heavy > 2*tiles {
+			t.Fatalf("%s: %d heavy entries against %d chunks and %d tiles", name, heavy, chunks, tiles)
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		counts []int
+	}{
+		{"one pair", []int{1}},
+		{"one hot expert", []int{4096, 0, 0, 1}},
+		{"full tiles", []int{32, 64, 96}},
+		{"9 and 17 rows", []int{9, 17, 41, 49}},
+		{"short tiles only", []int{8, 1, 40, 72}},
+		{"many experts of one row", make1(256)},
+	} {
+		check(tc.name, tc.counts)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 2000; i++ {
+		e := 1 + rng.IntN(512)
+		p := 1 + rng.IntN(65535)
+		counts := make([]int, e)
+		skew := rng.IntN(2) == 0
+		for j := 0; j < p; j++ {
+			x := rng.IntN(e)
+			if skew { // a few experts take most pairs
+				x = int(float64(e) * rng.Float64() * rng.Float64() * rng.Float64())
+			}
+			counts[x]++
+		}
+		check("random", counts)
+	}
+}
+
+// make1 returns n counts of one pair each.
+func make1(n int) []int {
+	c := make([]int, n)
+	for i := range c {
+		c[i] = 1
+	}
+	return c
+}
