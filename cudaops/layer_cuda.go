@@ -717,17 +717,15 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	// The streaming GEMMs' splits (decSplit, once each), and whether their split kernels have 64
 	// or 32 weight rows a warp (splitWide); whether GEMM1 works out its tiles from the ids
-	// (predicted), and which GEMMs take the list of 8-row chunks (chunked), which the routing
-	// kernel then writes.
+	// (predicted), and which of the routing's lists each GEMM reads (decList), which the
+	// routing kernel then writes.
 	split1, split2, wide1, wide2 := l.decSplits(tiles)
-	heavy1, heavy2 := l.heavyWide(int(M), P, split1, 2*I), l.heavyWide(int(M), P, split2, K)
-	chunk1 := !heavy1 && l.chunked(1, int(M), P, split1)
-	chunk2 := !heavy2 && l.chunked(2, int(M), P, split2)
+	list1, list2 := l.decList(1, int(M), P, split1, 2*I), l.decList(2, int(M), P, split2, K)
 	chunks, heavies := cu.DevicePtr(0), cu.DevicePtr(0)
-	if chunk1 || chunk2 {
+	if list1 == listChunks || list2 == listChunks {
 		chunks = ws.chunkList
 	}
-	if heavy1 || heavy2 {
+	if list1 == listHeavy || list2 == listHeavy {
 		heavies = ws.heavyList
 	}
 	meta := []uint64{u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
@@ -786,16 +784,18 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// previous kernel; 3: that and the early trigger (below); 2: GEMM1 works out its tiles from
 	// the ids (below); with decChunk, the list of 8-row chunks.
 	// gsrc: GEMM1's tokens unpermuted (a1q), which the wgmma path stages straight from; 0 for GEMM2.
-	gemm := func(w, sc, ref, x, xs, gsrc, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide, chunk, heavy bool) error {
+	gemm := func(w, sc, ref, x, xs, gsrc, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide bool, dl decodeList) error {
 		gl := l.gemmMain(kernel, n, split, P, tiles, wide)
 		switch kernel {
 		case GEMMDecode:
+			// The list and its count (a word of ntiles each).
+			l.onList(&gl, dl, P)
 			list, nt := ws.tileList, ws.ntiles
-			if chunk {
-				gl.grid.y, list, nt, early = l.chunkTiles(P), ws.chunkList, ws.ntiles+4, early|decChunk
-			}
-			if heavy {
-				gl.fn, gl.grid.y, list, nt, early = l.dev.fn.gemmDec1wh, l.heavyTiles(P), ws.heavyList, ws.ntiles+8, early|decChunk
+			switch dl {
+			case listChunks:
+				list, nt, early = ws.chunkList, ws.ntiles+4, early|decChunk
+			case listHeavy:
+				list, nt, early = ws.heavyList, ws.ntiles+8, early|decChunk
 			}
 			return launch(gl.fn, gl.grid, gl.block, gl.smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(list), u(nt), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
@@ -842,7 +842,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if l.predicted(P) {
 		early1 = 2
 	}
-	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, a1q, l.b13, ws.h, 2*I, K, split1, early1, wide1, chunk1, heavy1); err != nil {
+	if err := gemm(l.w13, l.s13, l.ref13, ws.a1qPerm, ws.a1sPerm, a1q, l.b13, ws.h, 2*I, K, split1, early1, wide1, list1); err != nil {
 		return fmt.Errorf("cudaops: GEMM1: %w", err)
 	}
 	if err := l.mark(3); err != nil {
@@ -865,7 +865,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	if err := l.mark(4); err != nil {
 		return err
 	}
-	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, 0, l.b2, ws.z, K, I, split2, early2, wide2, chunk2, heavy2); err != nil {
+	if err := gemm(l.w2, l.s2, l.ref2, ws.a2q, ws.a2s, 0, l.b2, ws.z, K, I, split2, early2, wide2, list2); err != nil {
 		return fmt.Errorf("cudaops: GEMM2: %w", err)
 	}
 	if err := l.mark(5); err != nil {
@@ -910,6 +910,39 @@ func (l *Layer) chunked(g, m, p, split int) bool {
 func (l *Layer) heavyWide(m, p, split int, n int64) bool {
 	return l.kernel(p) == GEMMDecode && !l.noHeavy && m > 16 && p > fusedPermutePairs && p <= maxChunkPairs &&
 		l.decPass(split, p) == 8 && split == 1 && n >= l.wideRows
+}
+
+// decodeList is the routing's list a streaming GEMM reads its tiles from.
+type decodeList uint8
+
+const (
+	listTiles  decodeList = iota // the tile list
+	listChunks                   // the list of 8-row chunks (chunked)
+	listHeavy                    // the heavy list, for moe_gemm_dec1wh (heavyWide)
+)
+
+// decList returns the list GEMM g (1 or 2) of n weight rows reads in a batch of m tokens and p
+// routed pairs at split s: the heavy list where heavyWide says, else the chunks where chunked
+// says, else the tile list.
+func (l *Layer) decList(g, m, p, split int, n int64) decodeList {
+	switch {
+	case l.heavyWide(m, p, split, n):
+		return listHeavy
+	case l.chunked(g, m, p, split):
+		return listChunks
+	}
+	return listTiles
+}
+
+// onList sets a streaming GEMM's launch for the list it reads: the grid's rows, the list's bound,
+// and for the heavy list its kernel. launchAll and Plan both take it.
+func (l *Layer) onList(gl *gemmLaunch, dl decodeList, p int) {
+	switch dl {
+	case listChunks:
+		gl.grid.y = l.chunkTiles(p)
+	case listHeavy:
+		gl.fn, gl.grid.y = l.dev.fn.gemmDec1wh, l.heavyTiles(p)
+	}
 }
 
 // gemmLaunch is the launch of a grouped GEMM's main kernel: its function, grid, block and

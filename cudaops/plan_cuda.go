@@ -38,12 +38,7 @@ func (l *Layer) Plan(m, topk int) ([2]GEMMPlan, error) {
 		wide  bool
 	}{{2 * I, split1, wide1}, {K, split2, wide2}} {
 		gl := l.gemmMain(kernel, c.n, c.split, p, tiles, c.wide)
-		// The heavy list's or the chunks' grid, as launchAll launches them.
-		if l.heavyWide(m, p, c.split, c.n) {
-			gl.fn, gl.grid.y = l.dev.fn.gemmDec1wh, l.heavyTiles(p)
-		} else if l.chunked(g+1, m, p, c.split) {
-			gl.grid.y = l.chunkTiles(p)
-		}
+		l.onList(&gl, l.decList(g+1, m, p, c.split, c.n), p)
 		split := 1
 		if kernel == GEMMDecode {
 			split = c.split
