@@ -485,7 +485,7 @@ func (l *Layer) ensure(m, topk int) error {
 		a.take(m * l.K * 4), a.take(m * l.K), a.take(m * l.K / 32), a.take(p * 4), a.take(p * 4), a.take(m * l.K * 4),
 		a.take(rows * l.K), a.take(rows * l.K / 32), a.take(int(int64(rows) * 2 * I * 4)), a.take(rows * l.I), a.take(rows * l.I / 32),
 		a.take(int(int64(rows) * K * 4)),
-		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(l.chunkTiles(p) * 8), a.take(tiles * 16), a.take(12), a.take(4),
+		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(l.chunkTiles(p) * 8), a.take(l.heavyTiles(p) * 8), a.take(12), a.take(4),
 		a.take(wtiles * 12), a.take(4), a.take(wtiles * 4), a.take(rows * 4), a.take(wtiles * 4), a.take(4),
 		a.take((p + routeThreads - 1) / routeThreads * (l.E + 1) * 4),
 		a.take(xbBytes),

@@ -203,7 +203,7 @@ func TestDecodeHeavyWide(t *testing.T) {
 	got := forwardTwice(t, l, &c.Batch, s.K, "heavy list")
 	offsets := download[int32](t, l, l.ws.offsets, s.E+1)
 	nt := download[int32](t, l, l.ws.ntiles, 3)
-	list := download[int32](t, l, l.ws.heavyList, 4*tiles)
+	list := download[int32](t, l, l.ws.heavyList, 2*l.heavyTiles(P))
 	var long, short []string
 	for e, n := range counts {
 		for j := 0; j*segmentRows < n; j++ {
