@@ -111,6 +111,17 @@ func checkList(t *testing.T, what string, list []int32, n int32, long, short []s
 	}
 }
 
+// hotCounts returns the pairs of 64 experts of a skewed decode batch (382 pairs, about 6 an expert on
+// average, split 1 for both GEMMs on an H200): a full tile and one of 18, a full tile and one of
+// 8, tiles of 20, 17, 12 and 9 rows, then experts of 2-6.
+func hotCounts() []int {
+	c := []int{50, 40, 20, 17, 12, 9}
+	for e := len(c); e < 64; e++ {
+		c = append(c, []int{5, 4, 3, 6, 2, 4}[e%6])
+	}
+	return c
+}
+
 // TestDecodeChunks runs decode batches whose routing gives a few experts tiles of more than 8 rows
 // (a full tile and one of 18, tiles of 20, 17, 12 and 9 rows) and the others few, on the
 // kernels of 8 tokens a pass (the split ones, and at split 1): it reads back the routing
@@ -121,11 +132,8 @@ func checkList(t *testing.T, what string, list []int32, n int32, long, short []s
 // one-block routing, and the small batches' (moe_route_small), with GEMM1 on the list and with
 // GEMM1 working out its tiles from the ids (then GEMM2 alone on the chunks).
 func TestDecodeChunks(t *testing.T) {
-	// The split-1 kernels: 64 experts, 5.9 rows each on average.
-	c1 := []int{50, 40, 20, 17, 12, 9}
-	for e := len(c1); e < 64; e++ {
-		c1 = append(c1, []int{5, 4, 3, 6, 2, 4}[e%6])
-	}
+	// The split-1 kernels: 64 experts, about 6 rows each on average (hotCounts).
+	c1 := hotCounts()
 	for _, tc := range []struct {
 		name   string
 		counts []int
@@ -184,10 +192,7 @@ func TestDecodeChunks(t *testing.T) {
 // same), and against moe_gemm_dec1w over the chunk list (noHeavy), bitwise: the 32-token pass
 // adds each row's terms in the order the 8-token pass does.
 func TestDecodeHeavyWide(t *testing.T) {
-	counts := []int{50, 40, 20, 17, 12, 9}
-	for e := len(counts); e < 64; e++ {
-		counts = append(counts, []int{5, 4, 3, 6, 2, 4}[e%6])
-	}
+	counts := hotCounts()
 	s := conformance.Spec{K: 512, I: 256, E: len(counts), Activation: moe.SwiGLUOAI, Bias: true, Seed: 89}
 	c, P := countedCase(counts, &s, 13)
 	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
