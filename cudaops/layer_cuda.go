@@ -25,15 +25,16 @@ const (
 	fusedPermutePairs = 64
 	// scatterPairs: above this many routed pairs, moe_route_scatter places them.
 	scatterPairs = 4096
-	// decChunk (DEC_CHUNK): the decode kernels' early argument's flag for the routing's list of
-	// 8-row chunks (chunked); maxChunkPairs bounds the batches that take it (moe_route scans the
-	// chunks' count in 16 bits).
-	decChunk      = 8
+	// maxChunkPairs bounds the batches that take the routing's list of 8-row chunks (chunked):
+	// moe_route scans the chunks' count in 16 bits.
 	maxChunkPairs = 0xffff
 	// DEC_HEAVY_ROW, DEC_HALF_SHIFT: the heavy list's flag of a tile of more than 16 rows in an
 	// entry's row field, and the bit of its half (heavyWide).
 	decHeavyRow  = 1 << 30
 	decHalfShift = 29
+	// DEC_ROWS_SHIFT: every routing list's entry holds its real rows in its expert word's bits
+	// from this one up (listEntry).
+	decRowsShift = 16
 	// PS_THREADS: the wgmma path's gather of the scales (moe_permute_scales), whose blocks take
 	// runs of rows of about permScaleRun scales each.
 	permScaleThreads = 256
@@ -125,8 +126,8 @@ func layoutConsts() []layoutConst {
 		{"DEC16_SMEM", dec16Smem}, {"DEC1W_SMEM", dec1wSmem}, {"DECW_SMEM", decwSmem}, {"ORDER_TRIGGER", orderTrigger},
 		{"DEC32_SMEM", dec32Smem},
 		{"WG4_ROWS", wg4Rows}, {"WG4_THREADS", wg4Threads}, {"WG4_SMEM", wg4Smem},
-		{"PS_THREADS", permScaleThreads}, {"ROUTE_SHORT_TILE", routeShortTile}, {"DEC_CHUNK", decChunk},
-		{"DEC_HEAVY_ROW", decHeavyRow}, {"DEC_HALF_SHIFT", decHalfShift},
+		{"PS_THREADS", permScaleThreads}, {"ROUTE_SHORT_TILE", routeShortTile},
+		{"DEC_HEAVY_ROW", decHeavyRow}, {"DEC_HALF_SHIFT", decHalfShift}, {"DEC_ROWS_SHIFT", decRowsShift},
 	}
 }
 
@@ -782,7 +783,8 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// early 1: the routing metadata comes from a kernel before the previous one (GEMM2), so the
 	// streaming GEMM reads it and issues its first weight copies before it waits for the
 	// previous kernel; 3: that and the early trigger (below); 2: GEMM1 works out its tiles from
-	// the ids (below); with decChunk, the list of 8-row chunks.
+	// the ids (below). Every list's entry carries its rows (list_word), so the chunk and heavy
+	// lists take the same early.
 	// gsrc: GEMM1's tokens unpermuted (a1q), which the wgmma path stages straight from; 0 for GEMM2.
 	gemm := func(w, sc, ref, x, xs, gsrc, bias, out cu.DevicePtr, n, kd int64, split int, early int64, wide bool, dl decodeList) error {
 		gl := l.gemmMain(kernel, n, split, P, tiles, wide)
@@ -793,9 +795,9 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			list, nt := ws.tileList, ws.ntiles
 			switch dl {
 			case listChunks:
-				list, nt, early = ws.chunkList, ws.ntiles+4, early|decChunk
+				list, nt = ws.chunkList, ws.ntiles+4
 			case listHeavy:
-				list, nt, early = ws.heavyList, ws.ntiles+8, early|decChunk
+				list, nt = ws.heavyList, ws.ntiles+8
 			}
 			return launch(gl.fn, gl.grid, gl.block, gl.smem, l.stream,
 				u(w), u(sc), u(x), u(xs), u(list), u(nt), u(ws.counts), u(ws.offsets), u(bias), u(out), i(n), i(kd),
@@ -885,7 +887,7 @@ func (l *Layer) predicted(p int) bool {
 }
 
 // chunked reports whether GEMM g (1 or 2) of a decode batch of m tokens and p routed pairs, at
-// split s, takes the routing's list of 8-row chunks (moe_route's tiles8, DEC_CHUNK; chunkTiles
+// split s, takes the routing's list of 8-row chunks (moe_route's tiles8; chunkTiles
 // bounds it) instead of its tile list: on the kernels of 8 tokens a pass (the split kernels, and
 // the split-1 ones up to the 16- and 32-token kernels' thresholds: decPass), unless GEMM1
 // predicts its tiles (predicted), and unless the batch has at most 8 tokens (there a tile has

@@ -72,8 +72,9 @@ func TestRouteTileOrder(t *testing.T) {
 			var long, short []string
 			for e, n := range tc.counts {
 				for j := 0; j*segmentRows < n; j++ {
-					tile := fmt.Sprintf("(%d, %d)", e, int(offsets[e])+j*segmentRows)
-					if min(segmentRows, n-j*segmentRows) > routeShortTile {
+					r := min(segmentRows, n-j*segmentRows)
+					tile := listEntry(e, r, int(offsets[e])+j*segmentRows)
+					if r > routeShortTile {
 						long = append(long, tile)
 					} else {
 						short = append(short, tile)
@@ -85,7 +86,7 @@ func TestRouteTileOrder(t *testing.T) {
 				t.Fatalf("%d tiles, want %d", nt, len(want))
 			}
 			for k, w := range want {
-				if g := fmt.Sprintf("(%d, %d)", tiles[2*k], tiles[2*k+1]); g != w {
+				if g := entryOf(tiles, k); g != w {
 					t.Fatalf("tile %d is %s, want %s (long tiles %v, then short %v)", k, g, w, long, short)
 				}
 			}
@@ -95,9 +96,19 @@ func TestRouteTileOrder(t *testing.T) {
 	}
 }
 
-// checkList compares a routing list read back from the device (n entries, (expert, first row)
-// each, in list) with the long tiles' entries followed by the short tiles', and n with the
-// list's bound (its GEMM's grid).
+// listEntry formats a routing list's entry as the test expects it: expert, real rows, first row
+// (the row field with the heavy list's flags).
+func listEntry(e, rows, row int) string { return fmt.Sprintf("(%d, %d rows, %d)", e, rows, row) }
+
+// entryOf formats entry k of a routing list read back from the device, (expert | rows <<
+// decRowsShift, first row) each, as listEntry does.
+func entryOf(list []int32, k int) string {
+	w := int(list[2*k])
+	return listEntry(w&(1<<decRowsShift-1), w>>decRowsShift, int(list[2*k+1]))
+}
+
+// checkList compares a routing list read back from the device (n entries in list) with the long
+// tiles' entries followed by the short tiles', and n with the list's bound (its GEMM's grid).
 func checkList(t *testing.T, what string, list []int32, n int32, long, short []string, bound int) {
 	t.Helper()
 	want := append(append([]string(nil), long...), short...)
@@ -105,7 +116,7 @@ func checkList(t *testing.T, what string, list []int32, n int32, long, short []s
 		t.Fatalf("%s: %d entries, want %d (bound %d)", what, n, len(want), bound)
 	}
 	for k, w := range want {
-		if g := fmt.Sprintf("(%d, %d)", list[2*k], list[2*k+1]); g != w {
+		if g := entryOf(list, k); g != w {
 			t.Fatalf("%s: entry %d is %s, want %s (long tiles' entries %v, then short tiles %v)", what, k, g, w, long, short)
 		}
 	}
@@ -168,10 +179,10 @@ func TestDecodeChunks(t *testing.T) {
 				longRows := n
 				if rest > 0 && rest <= routeShortTile {
 					longRows = n - rest
-					short = append(short, fmt.Sprintf("(%d, %d)", e, int(offsets[e])+longRows))
+					short = append(short, listEntry(e, rest, int(offsets[e])+longRows))
 				}
 				for r := 0; r < longRows; r += 8 {
-					long = append(long, fmt.Sprintf("(%d, %d)", e, int(offsets[e])+r))
+					long = append(long, listEntry(e, min(8, longRows-r), int(offsets[e])+r))
 				}
 			}
 			checkList(t, "chunk list", list, nt[1], long, short, l.chunkTiles(P))
@@ -215,11 +226,12 @@ func TestDecodeHeavyWide(t *testing.T) {
 			r0, r := int(offsets[e])+j*segmentRows, n-j*segmentRows
 			switch {
 			case r > 16:
-				long = append(long, fmt.Sprintf("(%d, %d)", e, r0|decHeavyRow), fmt.Sprintf("(%d, %d)", e, r0|decHeavyRow|1<<decHalfShift))
+				r = min(r, segmentRows)
+				long = append(long, listEntry(e, r, r0|decHeavyRow), listEntry(e, r, r0|decHeavyRow|1<<decHalfShift))
 			case r > routeShortTile:
-				long = append(long, fmt.Sprintf("(%d, %d)", e, r0), fmt.Sprintf("(%d, %d)", e, r0+8))
+				long = append(long, listEntry(e, 8, r0), listEntry(e, r-8, r0+8))
 			default:
-				short = append(short, fmt.Sprintf("(%d, %d)", e, r0))
+				short = append(short, listEntry(e, r, r0))
 			}
 		}
 	}

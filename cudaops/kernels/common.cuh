@@ -12,6 +12,19 @@ typedef unsigned char u8;
 #define MOE_BM 32       // row alignment of expert segments and token tile of the GEMMs
 #define MOE_WG_TOK 152  // most rows of a wgmma GEMM tile (moe_route splits larger segments)
 
+// The routing lists (moe_route's tiles, tiles8 and tilesh; read by the GEMMs): every entry is
+// (list_word(expert, rows), first row), rows the entry's real rows (1-32: a tile's, an 8-row
+// chunk's, or for a heavy half its tile's), so that a GEMM block has its row count with its
+// entry, one memory round trip before its first token copies rather than two (the expert's
+// offset and count after the entry). Local experts are fewer than 2^16. In the heavy list
+// (tilesh, for moe_gemm_dec1wh) the row field carries DEC_HEAVY_ROW for a tile of more than 16
+// rows, with the half of the block's 256 weight rows it takes in bit DEC_HALF_SHIFT.
+#define DEC_ROWS_SHIFT 16
+#define DEC_EXPERT_MASK ((1 << DEC_ROWS_SHIFT) - 1)
+#define DEC_HEAVY_ROW (1 << 30)
+#define DEC_HALF_SHIFT 29
+__host__ __device__ __forceinline__ int list_word(int e, int rows) { return e | rows << DEC_ROWS_SHIFT; }
+
 // Activations, scale formats: the values of moe.Activation and moe.ScaleFormat.
 #define ACT_SILU 0
 #define ACT_SWIGLUSTEP 1

@@ -31,7 +31,9 @@ __device__ __forceinline__ void mma_e4m3(float d[4], const uint32_t a[4], const 
 }
 
 // W (E, N, Kd/2) packed E2M1 blocked (weight_row), Ws (E, N, Kd/32) E8M0 blocked (scale_row),
-// X (rows, Kd) FP8, Xs (rows, Kd/128), bias (E, N) or null, out (rows, N) float32.
+// X (rows, Kd) FP8, Xs (rows, Kd/128), bias (E, N) or null, out (rows, N) float32; tiles the
+// routing's tile list (each entry with its rows, list_word), *ntiles its length; counts and
+// offsets are not read (the decode kernels' parameter order).
 // grid = (N / GEMM_ROWS, tile bound), block = 128.
 extern "C" __global__ void __launch_bounds__(GEMM_WARPS * 32)
 moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X, const float* __restrict__ Xs,
@@ -39,8 +41,8 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
          const int* __restrict__ offsets, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
   pdl_begin();
   if ((int)blockIdx.y >= *ntiles) return;
-  const int e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
-  const int nvalid = min(GEMM_TOK, offsets[e] + counts[e] - row0);
+  const int w = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
+  const int e = w & DEC_EXPERT_MASK, nvalid = w >> DEC_ROWS_SHIFT;  // list_word (common.cuh)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const i64 n0 = (i64)blockIdx.x * GEMM_ROWS + warp * 16 + g;  // this thread's weight rows: n0, n0 + 8
   const i64 KB = Kd / MOE_BLOCK, G = Kd / MOE_GROUP;
@@ -121,11 +123,8 @@ moe_gemm(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restri
 // into the accumulator. With EXACT false (the layer has no scale byte 0 or 255, checked at
 // upload) a scale is 2^(s-127) straight from its bits.
 #define DEC_WARPS 4
-// The decode kernels' early argument: its mode (0-3, dec_tile) and DEC_CHUNK, set when the tile
-// list is the routing kernel's list of 8-row chunks (moe_route's tiles8): the block then takes at
-// most 8 of the tile's rows.
+// The decode kernels' early argument: its mode (0-3, dec_tile).
 #define DEC_MODE 3
-#define DEC_CHUNK 8
 #define DEC_STAGES 3     // ring depth of the split kernel (S = 2, 4)
 #define DEC_BLOCKS 4     // its blocks per SM (registers)
 #ifndef DEC1_STAGES
@@ -234,8 +233,7 @@ __device__ __forceinline__ void block_mma(uint32_t wa, uint32_t wb, const uint32
 // loop costs tiles of 17-32 rows about 3 % (docs/perf.md v30).
 template <int S, bool EXACT, int XT, int RB = 2, bool SHORT = false>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
-                                         const float* __restrict__ Xs, int e, int row0, const int* __restrict__ counts,
-                                         const int* __restrict__ offsets, const float* __restrict__ bias,
+                                         const float* __restrict__ Xs, int e, int row0, int nvalid, const float* __restrict__ bias,
                                          float* __restrict__ out, i64 N, i64 Kd, int early, int bx) {
   extern __shared__ __align__(128) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
@@ -329,9 +327,9 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   // (G · 64 contiguous bytes each) at once, as the row-major layout's first reads would bring them.
   if (r == 0 && lane < RB) prefetch_l2(scale_row(Ws, (i64)e * N + nb + 16 * lane, G), (uint32_t)G * 64);
   constexpr int SZ = (int)sizeof(Stage);
-  // The first pass's first weights go out before the tile's row count is known (reading it is
-  // one more memory round trip, which they overlap). early: all of this before the wait for the
-  // previous kernel (moe_gemm_dec below), the entries read past L1.
+  // The first pass's first weights go out before the wait for the previous kernel at early
+  // modes 1-3 (dec_tile; its tile and row count, nvalid, come with the list's entry or from the
+  // ids).
   // The copies of the ring's first D - 1 groups.
   auto issue_w_head = [&] {
     static_for<D - 1>([&](auto q) {
@@ -340,10 +338,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   };
   issue_w_head();
   const int mode = early & DEC_MODE;
-  if (mode == 2) pdl_begin();  // a predicted tile (dec_tile): its row count comes from the previous kernel
-  const bool g2 = mode == 1 || mode == 3;
-  const int nvalid = min(early & DEC_CHUNK ? 8 : GEMM_TOK, (g2 ? __ldcg(offsets + e) + __ldcg(counts + e) : offsets[e] + counts[e]) - row0);
-  if (mode == 1) pdl_begin();
+  if (mode == 1 || mode == 2) pdl_begin();
   if (mode == 3) pdl_wait();  // its trigger came first (dec_tile)
   for (int j = 0; FT * j < nvalid; j++) {
     const i64 tok0 = row0 + FT * j;
@@ -524,23 +519,25 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
 // grid = (N · S / (32 · DEC_WARPS), tile bound), block = 32 · DEC_WARPS, dynamic shared memory
 // DEC_SMEM; moe_gemm_dec takes split S = 2 or 4 (split), moe_gemm_dec1 S = 1 (a kernel of its
 // own, which keeps the split kernels' code and registers as measured); exact != 0 when a weight
-// scale byte may be 0 or 255. early = 1 when the routing metadata (tiles, ntiles, counts,
-// offsets) comes from a kernel before the previous one (GEMM2, after the activation kernel): the
-// block then reads its tile and row count and issues its first weight copies before it waits for
+// scale byte may be 0 or 255; counts and offsets are not read (the entries carry their rows).
+// early = 1 when the routing metadata (tiles, ntiles) comes from a kernel before the previous one
+// (GEMM2, after the activation kernel): the block then reads its tile and row count and issues its first weight copies before it waits for
 // the previous kernel, so that under programmatic launch those round trips overlap the
 // activation kernel. The entries are read past L1 (written by an earlier kernel of the stream,
 // complete before the previous one began). early = 2 (GEMM1 of at most MOE_BM pairs, right after
 // the routing kernel): the block works out its tile from the pairs' expert ids (ids, P of them,
 // emap the expert map or null, Eg the global expert count; pe = P | Eg << 32) as the routing
-// kernel places it, and issues its first weight copies before it waits for the routing kernel;
-// its row count after. early = 3: as 1, with the early trigger (common.cuh): the block lets the
+// kernel places it, its row count the pairs of its expert, and issues its first weight copies
+// before it waits for the routing kernel. early = 3: as 1, with the early trigger (common.cuh): the block lets the
 // reduce launch before it reads its tile.
-// With DEC_CHUNK in early (modes 0, 1, 3) tiles is the routing kernel's list of 8-row chunks
-// (tiles8): a tile of more than 8 rows is there as one entry a chunk, each a block of its own, so
-// that a hot expert's 9-32 rows run as one 8-token pass in each of up to four blocks at once
-// instead of up to four passes one after another in one block.
+// At modes 0, 1 and 3 tiles may be the routing kernel's list of 8-row chunks (tiles8): a tile of
+// more than 8 rows is there as one entry a chunk, each a block of its own, so that a hot expert's
+// 9-32 rows run as one 8-token pass in each of up to four blocks at once instead of up to four
+// passes one after another in one block. rows: the entry's real rows (list_word, common.cuh), or
+// at mode 2 the expert's pairs.
 __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const int* __restrict__ ntiles, i64 early, int& e,
-                                         int& row0, const int* __restrict__ ids, const int* __restrict__ emap, i64 pe) {
+                                         int& row0, int& rows, const int* __restrict__ ids, const int* __restrict__ emap,
+                                         i64 pe) {
   const int mode = (int)(early & DEC_MODE);
   if (mode == 2) {
     // Tile blockIdx.y of a batch of at most MOE_BM routed pairs, before the routing kernel has
@@ -577,18 +574,20 @@ __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const in
     }
     e = __shfl_sync(0xffffffffu, le, __ffs(m) - 1);
     row0 = (int)blockIdx.y * MOE_BM;
+    rows = __popc(__ballot_sync(0xffffffffu, le == e));  // the expert's pairs: its tile's rows
     return true;
   }
-  int nt;
+  int nt, w;
   // The tile count and the tile load together (the list holds the grid's tiles, so the entry is
   // inside it even past the count).
   if (mode) {
     if (mode == 3) pdl_trigger();  // the early trigger (common.cuh): the reduce may launch now
-    nt = __ldcg(ntiles), e = __ldcg(tiles + 2 * blockIdx.y), row0 = __ldcg(tiles + 2 * blockIdx.y + 1);
+    nt = __ldcg(ntiles), w = __ldcg(tiles + 2 * blockIdx.y), row0 = __ldcg(tiles + 2 * blockIdx.y + 1);
   } else {
     pdl_begin();
-    nt = *ntiles, e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
+    nt = *ntiles, w = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
   }
+  e = w & DEC_EXPERT_MASK, rows = w >> DEC_ROWS_SHIFT;  // list_word (common.cuh)
   return (int)blockIdx.y < nt;
 }
 
@@ -607,7 +606,7 @@ __device__ __forceinline__ int dec_col() { return (int)blockIdx.x; }
 // or not (sh), in the instance for the kernel's scale format (exact: scales that need the exact
 // path).
 #define DEC_ONE(s, x, xt, rb, sh) \
-  gemm_dec<s, x, xt, rb, sh>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, (int)early, dec_col())
+  gemm_dec<s, x, xt, rb, sh>(W, Ws, X, Xs, e, row0, rows, bias, out, N, Kd, (int)early, dec_col())
 #define DEC_RUNS(s, xt, rb, sh)       \
   do {                                \
     if (exact)                        \
@@ -623,8 +622,8 @@ __device__ __forceinline__ int dec_col() { return (int)blockIdx.x; }
 #define DEC_DEFINE(name, blocks, run)                                    \
   DEC_KERNEL(name, blocks) {                                             \
     TRACE_SCOPE((early & 1) ? TRACE_GEMM2 : TRACE_GEMM1);                \
-    int e, row0;                                                         \
-    if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return; \
+    int e, row0, rows;                                                         \
+    if (!dec_tile(tiles, ntiles, early, e, row0, rows, ids, emap, pe)) return; \
     run;                                                                 \
   }
 #define DEC_SPLIT(xt, rb)   \
@@ -647,8 +646,7 @@ DEC_DEFINE(moe_gemm_dec32s, DEC32_BLOCKS, DEC_RUNS(1, 4, 2, true))
 DEC_DEFINE(moe_gemm_decw, DECW_BLOCKS, DEC_SPLIT(1, 4))
 DEC_DEFINE(moe_gemm_dec1w, DEC1W_BLOCKS, DEC_RUN(1, 1, 4))
 // The 64-row kernel with the 32-token kernel's pass for heavy tiles, one launch (grid x: N / 256
-// rounded up; y: the heavy list, moe_route's tilesh, 2 entries a tile of more than 8 rows, with
-// DEC_CHUNK). An entry with DEC_HEAVY_ROW (a tile of more than 16 rows) runs the 32-token pass of
+// rounded up; y: the heavy list, moe_route's tilesh, 2 entries a tile of more than 8 rows). An entry with DEC_HEAVY_ROW (a tile of more than 16 rows) runs the 32-token pass of
 // 32 weight rows a warp over its half of the block's 256 rows (column 2 · blockIdx.x + half);
 // the others, 8-row chunks of the tiles of 9-16 rows and the short tiles, run the 64-row kernel's
 // pass. A hot expert's 17-32 rows then expand its weights once, not in four passes or four
@@ -656,17 +654,16 @@ DEC_DEFINE(moe_gemm_dec1w, DEC1W_BLOCKS, DEC_RUN(1, 1, 4))
 // the 64-row kernel's 156 do; shared memory DEC1W_SMEM, the larger ring.
 DEC_KERNEL(moe_gemm_dec1wh, DEC1W_BLOCKS) {
   TRACE_SCOPE((early & 1) ? TRACE_GEMM2 : TRACE_GEMM1);
-  int e, row0;
-  if (!dec_tile(tiles, ntiles, early, e, row0, ids, emap, pe)) return;
+  int e, row0, rows;
+  if (!dec_tile(tiles, ntiles, early, e, row0, rows, ids, emap, pe)) return;
   if (row0 & DEC_HEAVY_ROW) {
     const int bx = 2 * (int)blockIdx.x + ((row0 >> DEC_HALF_SHIFT) & 1);
     row0 &= (1 << DEC_HALF_SHIFT) - 1;
     if ((i64)bx * 32 * DEC_WARPS >= N) return;  // N a multiple of 128 but not of 256: the last half
-    const int ea = (int)(early & ~(i64)DEC_CHUNK);  // a whole tile
     if (exact)
-      gemm_dec<1, true, 4, 2>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, ea, bx);
+      gemm_dec<1, true, 4, 2>(W, Ws, X, Xs, e, row0, rows, bias, out, N, Kd, (int)early, bx);
     else
-      gemm_dec<1, false, 4, 2>(W, Ws, X, Xs, e, row0, counts, offsets, bias, out, N, Kd, ea, bx);
+      gemm_dec<1, false, 4, 2>(W, Ws, X, Xs, e, row0, rows, bias, out, N, Kd, (int)early, bx);
   } else {
     DEC_RUN(1, 1, 4);
   }

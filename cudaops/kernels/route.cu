@@ -108,55 +108,52 @@ __device__ __forceinline__ void place_pair(int le, int row, i64 i, int* __restri
 // A tile of at most this many real rows is short: one pass of every decode kernel (8 tokens a pass
 // or more), where a longer tile takes two or more passes of the 8-token kernels.
 #define ROUTE_SHORT_TILE 8
-// In the heavy list (moe_route's tilesh, for moe_gemm_dec1wh): an entry's row field carries
-// DEC_HEAVY_ROW for a tile of more than 16 rows, with the half of the block's 256 weight rows it
-// takes in bit DEC_HALF_SHIFT.
-#define DEC_HEAVY_ROW (1 << 30)
-#define DEC_HALF_SHIFT 29
 
 // An expert's 8-row chunks on the chunk list: those of its long tiles (nl of them, c real rows).
 __device__ __forceinline__ int expert_chunks(int c, int nl) { return (min(c, nl * MOE_BM) + 7) / 8; }
 
-// Writes expert e's entries, (expert, first row) each, its rows from off: its nl long tiles at
-// tiles[2·tl ...], its short tile (sh) at tiles[2·(ntl + ts)] (ntl: every expert's long tiles);
-// with tiles8, its long tiles' chunks (c real rows) at tiles8[2·tc ...] and its short tile at
-// tiles8[2·(nch + ts)] (nch: every expert's chunks).
+// Writes expert e's entries, (list_word(expert, rows), first row) each, its c real rows from
+// off: its nl long tiles at tiles[2·tl ...], its short tile (sh) at tiles[2·(ntl + ts)] (ntl:
+// every expert's long tiles); with tiles8, its long tiles' chunks at tiles8[2·tc ...] and its
+// short tile at tiles8[2·(nch + ts)] (nch: every expert's chunks).
 __device__ __forceinline__ void list_expert(int e, int off, int c, int nl, int sh, int tl, int ntl, int ts,
                                             int* __restrict__ tiles, int* __restrict__ tiles8, int tc, int nch) {
   for (int j = 0; j < nl; j++) {
-    tiles[2 * (tl + j)] = e;
+    tiles[2 * (tl + j)] = list_word(e, min(MOE_BM, c - j * MOE_BM));
     tiles[2 * (tl + j) + 1] = off + j * MOE_BM;
   }
+  const int srows = c - nl * MOE_BM;  // the short tile's
   if (sh) {
-    tiles[2 * (ntl + ts)] = e;
+    tiles[2 * (ntl + ts)] = list_word(e, srows);
     tiles[2 * (ntl + ts) + 1] = off + nl * MOE_BM;
   }
   if (!tiles8) return;
   const int n = expert_chunks(c, nl);
   for (int j = 0; j < n; j++) {
-    tiles8[2 * (tc + j)] = e;
+    tiles8[2 * (tc + j)] = list_word(e, min(8, c - 8 * j));
     tiles8[2 * (tc + j) + 1] = off + 8 * j;
   }
   if (sh) {
-    tiles8[2 * (nch + ts)] = e;
+    tiles8[2 * (nch + ts)] = list_word(e, srows);
     tiles8[2 * (nch + ts) + 1] = off + nl * MOE_BM;
   }
 }
 
 // One block of ROUTE_THREADS threads; dynamic shared memory (2E + 33) ints and 36E bytes, E <= 1024.
-// tiles receives (expert, first row) for every MOE_BM-row tile of real rows, *ntiles their number,
+// tiles receives (list_word(expert, rows), first row) for every MOE_BM-row tile of real rows,
+// *ntiles their number,
 // the tiles of more than ROUTE_SHORT_TILE rows first (each group in order of expert and row), so
 // that the decode GEMMs' blocks of the longer tiles are placed in the grid's first waves, not
 // its last (on an H200, docs/perf.md v47: Qwen3-30B-A3B at 64 tokens 2 % lower under uniform
 // routing, a few experts of 128 with more than 8 rows; under Zipf routing the three bench shapes
 // 4-11 % lower at 16-128 tokens);
 // tiles8 (when not null: decode batches on the 8-token kernels) receives the same list with each
-// tile of more than ROUTE_SHORT_TILE rows as its 8-row chunks, (expert, first row) each, ntiles[1]
-// their number (dec_tile's DEC_CHUNK; at most 65535 entries, which the host's use of it bounds);
+// tile of more than ROUTE_SHORT_TILE rows as its 8-row chunks, an entry each, ntiles[1]
+// their number (at most 65535 entries, which the host's use of it bounds);
 // tilesh (when not null: decode GEMMs on moe_gemm_dec1wh) receives the heavy list: for each
 // tile of more than ROUTE_SHORT_TILE rows two entries, in the tile list's order (at twice its
-// index), (expert, first row | DEC_HEAVY_ROW | half << DEC_HALF_SHIFT) for halves 0 and 1 of a
-// tile of more than 16 rows, else its two 8-row chunks; then the short tiles; ntiles[2] their
+// index), (list_word(expert, the tile's rows), first row | DEC_HEAVY_ROW | half << DEC_HALF_SHIFT)
+// for halves 0 and 1 of a tile of more than 16 rows, else its two 8-row chunks; then the short tiles; ntiles[2] their
 // number.
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
@@ -247,15 +244,15 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     list_expert(tid, off, cnt, nlong, nshort, loff, nl, soff, tiles, tiles8, coff, nc);
     if (tilesh) {
       for (int j = 0; j < nlong; j++) {
-        const int r0 = off + j * MOE_BM;
-        const bool heavy = cnt - j * MOE_BM > 16;
+        const int r0 = off + j * MOE_BM, r = cnt - j * MOE_BM;
+        const bool heavy = r > 16;
         for (int h = 0; h < 2; h++) {
-          tilesh[4 * (loff + j) + 2 * h] = tid;
+          tilesh[4 * (loff + j) + 2 * h] = list_word(tid, heavy ? min(MOE_BM, r) : min(8, r - 8 * h));
           tilesh[4 * (loff + j) + 2 * h + 1] = heavy ? r0 | DEC_HEAVY_ROW | h << DEC_HALF_SHIFT : r0 + 8 * h;
         }
       }
       if (nshort) {
-        tilesh[2 * (2 * nl + soff)] = tid;
+        tilesh[2 * (2 * nl + soff)] = list_word(tid, cnt - nlong * MOE_BM);
         tilesh[2 * (2 * nl + soff) + 1] = off + nlong * MOE_BM;
       }
     }

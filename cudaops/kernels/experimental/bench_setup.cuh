@@ -85,7 +85,7 @@ static TilePool make_pool(i64 N, i64 Kd, int T, int tokens, const char* poolEnv)
   for (int s = 0; s < p.sets; s++)
     for (int y = 0; y < T; y++) {
       const int e = s * T + y;
-      htiles[s * 2 * T + 2 * y] = e;
+      htiles[s * 2 * T + 2 * y] = list_word(e, tokens);
       htiles[s * 2 * T + 2 * y + 1] = 32 * y;
       hcounts[s * p.pool + e] = tokens;
       hoff[s * p.pool + e] = 32 * y;

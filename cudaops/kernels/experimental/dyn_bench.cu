@@ -47,7 +47,7 @@ __device__ __forceinline__ DynUnit dyn_unit(int u, const int* __restrict__ tiles
   DynUnit d;
   const int b = dyn_div(u, C, rC), y = dyn_div(b, RBN, rRBN);
   d.c = u - b * C;
-  d.e = tiles[2 * y];
+  d.e = tiles[2 * y] & DEC_EXPERT_MASK;
   d.row0 = tiles[2 * y + 1];
   d.nvalid = min(8, counts[d.e]);
   d.nb = 32 * (i64)(b - y * RBN);
