@@ -81,15 +81,7 @@ func TestRouteTileOrder(t *testing.T) {
 					}
 				}
 			}
-			want := append(long, short...)
-			if int(nt) != len(want) {
-				t.Fatalf("%d tiles, want %d", nt, len(want))
-			}
-			for k, w := range want {
-				if g := entryOf(tiles, k); g != w {
-					t.Fatalf("tile %d is %s, want %s (long tiles %v, then short %v)", k, g, w, long, short)
-				}
-			}
+			checkList(t, "tile list", tiles, nt, long, short, bound)
 			t.Logf("%d pairs: %d long tiles, then %d short", P, len(long), len(short))
 			nearNative(t, got, &c.Weights, c.Config, &c.Batch)
 		})
