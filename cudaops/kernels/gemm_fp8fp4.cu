@@ -604,16 +604,17 @@ __device__ __forceinline__ int dec_col() { return (int)blockIdx.x; }
 
 // gemm_dec with S splits, XT 8-token fragments a pass, RB 16-row blocks a warp and short passes
 // or not (sh), in the instance for the kernel's scale format (exact: scales that need the exact
-// path).
-#define DEC_ONE(s, x, xt, rb, sh) \
-  gemm_dec<s, x, xt, rb, sh>(W, Ws, X, Xs, e, row0, rows, bias, out, N, Kd, (int)early, dec_col())
-#define DEC_RUNS(s, xt, rb, sh)       \
-  do {                                \
-    if (exact)                        \
-      DEC_ONE(s, true, xt, rb, sh);   \
-    else                              \
-      DEC_ONE(s, false, xt, rb, sh);  \
+// path), on the block's column of weight rows bx (DEC_RUNS: the grid's, dec_col).
+#define DEC_ONE(s, x, xt, rb, sh, bx) \
+  gemm_dec<s, x, xt, rb, sh>(W, Ws, X, Xs, e, row0, rows, bias, out, N, Kd, (int)early, bx)
+#define DEC_RUNS_AT(s, xt, rb, sh, bx)    \
+  do {                                    \
+    if (exact)                            \
+      DEC_ONE(s, true, xt, rb, sh, bx);   \
+    else                                  \
+      DEC_ONE(s, false, xt, rb, sh, bx);  \
   } while (0)
+#define DEC_RUNS(s, xt, rb, sh) DEC_RUNS_AT(s, xt, rb, sh, dec_col())
 #define DEC_RUN(s, xt, rb) DEC_RUNS(s, xt, rb, false)
 
 // A decode kernel: its stage in the trace, its tile (dec_tile; a block without one returns), then
@@ -660,10 +661,7 @@ DEC_KERNEL(moe_gemm_dec1wh, DEC1W_BLOCKS) {
     const int bx = 2 * (int)blockIdx.x + ((row0 >> DEC_HALF_SHIFT) & 1);
     row0 &= (1 << DEC_HALF_SHIFT) - 1;
     if ((i64)bx * 32 * DEC_WARPS >= N) return;  // N a multiple of 128 but not of 256: the last half
-    if (exact)
-      gemm_dec<1, true, 4, 2>(W, Ws, X, Xs, e, row0, rows, bias, out, N, Kd, (int)early, bx);
-    else
-      gemm_dec<1, false, 4, 2>(W, Ws, X, Xs, e, row0, rows, bias, out, N, Kd, (int)early, bx);
+    DEC_RUNS_AT(1, 4, 2, false, bx);
   } else {
     DEC_RUN(1, 1, 4);
   }
@@ -672,5 +670,6 @@ DEC_KERNEL(moe_gemm_dec1wh, DEC1W_BLOCKS) {
 #undef DEC_DEFINE
 #undef DEC_RUN
 #undef DEC_RUNS
+#undef DEC_RUNS_AT
 #undef DEC_ONE
 #undef DEC_KERNEL

@@ -109,15 +109,26 @@ __device__ __forceinline__ void place_pair(int le, int row, i64 i, int* __restri
 // or more), where a longer tile takes two or more passes of the 8-token kernels.
 #define ROUTE_SHORT_TILE 8
 
+// An expert's tiles of c real rows: nl long ones (more than ROUTE_SHORT_TILE rows, its first),
+// then sh (0 or 1) short one (its last).
+__device__ __forceinline__ void expert_tiles(int c, int& nl, int& sh) {
+  sh = c % MOE_BM > 0 && c % MOE_BM <= ROUTE_SHORT_TILE;
+  nl = (c + MOE_BM - 1) / MOE_BM - sh;
+}
+
 // An expert's 8-row chunks on the chunk list: those of its long tiles (nl of them, c real rows).
 __device__ __forceinline__ int expert_chunks(int c, int nl) { return (min(c, nl * MOE_BM) + 7) / 8; }
 
 // Writes expert e's entries, (list_word(expert, rows), first row) each, its c real rows from
 // off: its nl long tiles at tiles[2·tl ...], its short tile (sh) at tiles[2·(ntl + ts)] (ntl:
 // every expert's long tiles); with tiles8, its long tiles' chunks at tiles8[2·tc ...] and its
-// short tile at tiles8[2·(nch + ts)] (nch: every expert's chunks).
+// short tile at tiles8[2·(nch + ts)] (nch: every expert's chunks); with tilesh (moe_route's heavy
+// list), two entries a long tile at tilesh[4·(tl + j) ...] (the halves of a tile of more than 16
+// rows, flagged DEC_HEAVY_ROW, or its two 8-row chunks) and its short tile at
+// tilesh[2·(2·ntl + ts)].
 __device__ __forceinline__ void list_expert(int e, int off, int c, int nl, int sh, int tl, int ntl, int ts,
-                                            int* __restrict__ tiles, int* __restrict__ tiles8, int tc, int nch) {
+                                            int* __restrict__ tiles, int* __restrict__ tiles8, int tc, int nch,
+                                            int* __restrict__ tilesh = nullptr) {
   for (int j = 0; j < nl; j++) {
     tiles[2 * (tl + j)] = list_word(e, min(MOE_BM, c - j * MOE_BM));
     tiles[2 * (tl + j) + 1] = off + j * MOE_BM;
@@ -126,6 +137,20 @@ __device__ __forceinline__ void list_expert(int e, int off, int c, int nl, int s
   if (sh) {
     tiles[2 * (ntl + ts)] = list_word(e, srows);
     tiles[2 * (ntl + ts) + 1] = off + nl * MOE_BM;
+  }
+  if (tilesh) {
+    for (int j = 0; j < nl; j++) {
+      const int r0 = off + j * MOE_BM, r = c - j * MOE_BM;
+      const bool heavy = r > 16;
+      for (int h = 0; h < 2; h++) {
+        tilesh[4 * (tl + j) + 2 * h] = list_word(e, heavy ? min(MOE_BM, r) : min(8, r - 8 * h));
+        tilesh[4 * (tl + j) + 2 * h + 1] = heavy ? r0 | DEC_HEAVY_ROW | h << DEC_HALF_SHIFT : r0 + 8 * h;
+      }
+    }
+    if (sh) {
+      tilesh[2 * (2 * ntl + ts)] = list_word(e, srows);
+      tilesh[2 * (2 * ntl + ts) + 1] = off + nl * MOE_BM;
+    }
   }
   if (!tiles8) return;
   const int n = expert_chunks(c, nl);
@@ -217,10 +242,9 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     __syncthreads();
   }
   const int cnt = tid < E ? scount[tid] : 0;
-  const int aligned = (cnt + MOE_BM - 1) / MOE_BM * MOE_BM;
-  // The expert's tiles: nlong of more than ROUTE_SHORT_TILE rows (its first ones), then at most one
-  // short one (its last). The tiles before it in the expert order are the scans' sum.
-  const int rest = cnt % MOE_BM, nshort = rest > 0 && rest <= ROUTE_SHORT_TILE, nlong = aligned / MOE_BM - nshort;
+  // The expert's tiles (expert_tiles); the tiles before it in the expert order are the scans' sum.
+  int nlong, nshort;
+  expert_tiles(cnt, nlong, nshort);
   // With tiles8, the long tiles' 8-row chunks (nch) are scanned with them, 16 bits each.
   const int nch = tiles8 ? expert_chunks(cnt, nlong) : 0;
   int nl, ns, loff, nc = 0, coff = 0;
@@ -241,21 +265,7 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
     counts[tid] = cnt;
     offsets[tid] = off;
     scursor[tid] = off;
-    list_expert(tid, off, cnt, nlong, nshort, loff, nl, soff, tiles, tiles8, coff, nc);
-    if (tilesh) {
-      for (int j = 0; j < nlong; j++) {
-        const int r0 = off + j * MOE_BM, r = cnt - j * MOE_BM;
-        const bool heavy = r > 16;
-        for (int h = 0; h < 2; h++) {
-          tilesh[4 * (loff + j) + 2 * h] = list_word(tid, heavy ? min(MOE_BM, r) : min(8, r - 8 * h));
-          tilesh[4 * (loff + j) + 2 * h + 1] = heavy ? r0 | DEC_HEAVY_ROW | h << DEC_HALF_SHIFT : r0 + 8 * h;
-        }
-      }
-      if (nshort) {
-        tilesh[2 * (2 * nl + soff)] = list_word(tid, cnt - nlong * MOE_BM);
-        tilesh[2 * (2 * nl + soff) + 1] = off + nlong * MOE_BM;
-      }
-    }
+    list_expert(tid, off, cnt, nlong, nshort, loff, nl, soff, tiles, tiles8, coff, nc, tilesh);
     for (int j = 0; j < wn; j++) {
       wtiles[3 * (wtoff + j)] = tid;
       wtiles[3 * (wtoff + j) + 1] = off + j * wsize;
@@ -409,8 +419,10 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     int mine = 0;
     for (int k = 0; k < per; k++)
       if (e0 + k < ne) {
-        const int c = scount[e0 + k], sh = c % MOE_BM > 0 && c % MOE_BM <= ROUTE_SHORT_TILE;
-        const int nl = (c + MOE_BM - 1) / MOE_BM - sh, nch = tiles8 ? expert_chunks(c, nl) : 0;
+        const int c = scount[e0 + k];
+        int nl, sh;
+        expert_tiles(c, nl, sh);
+        const int nch = tiles8 ? expert_chunks(c, nl) : 0;
         mine += nl + (sh << 10) + (nch << 20);
       }
     int incl = mine;
@@ -425,7 +437,9 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     for (int k = 0; k < per; k++) {
       const int e = e0 + k;
       if (e >= ne) break;
-      const int c = scount[e], sh = c % MOE_BM > 0 && c % MOE_BM <= ROUTE_SHORT_TILE, nl = (c + MOE_BM - 1) / MOE_BM - sh;
+      const int c = scount[e];
+      int nl, sh;
+      expert_tiles(c, nl, sh);
       const int off = (tl + ts) * MOE_BM;
       soff[e] = off;
       if (lead) {
