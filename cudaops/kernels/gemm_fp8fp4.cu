@@ -517,24 +517,24 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
 }
 
 // grid = (N · S / (32 · DEC_WARPS), tile bound), block = 32 · DEC_WARPS, dynamic shared memory
-// DEC_SMEM; moe_gemm_dec takes split S = 2 or 4 (split), moe_gemm_dec1 S = 1 (a kernel of its
-// own, which keeps the split kernels' code and registers as measured); exact != 0 when a weight
-// scale byte may be 0 or 255; counts and offsets are not read (the entries carry their rows).
-// early = 1 when the routing metadata (tiles, ntiles) comes from a kernel before the previous one
-// (GEMM2, after the activation kernel): the block then reads its tile and row count and issues its first weight copies before it waits for
-// the previous kernel, so that under programmatic launch those round trips overlap the
-// activation kernel. The entries are read past L1 (written by an earlier kernel of the stream,
-// complete before the previous one began). early = 2 (GEMM1 of at most MOE_BM pairs, right after
-// the routing kernel): the block works out its tile from the pairs' expert ids (ids, P of them,
-// emap the expert map or null, Eg the global expert count; pe = P | Eg << 32) as the routing
-// kernel places it, its row count the pairs of its expert, and issues its first weight copies
-// before it waits for the routing kernel. early = 3: as 1, with the early trigger (common.cuh): the block lets the
-// reduce launch before it reads its tile.
+// DEC_SMEM; moe_gemm_dec takes split S = 2 or 4 (split), moe_gemm_dec1 S = 1 (a kernel of its own,
+// which keeps the split kernels' code and registers as measured); exact != 0 when a weight scale
+// byte may be 0 or 255; counts and offsets are not read (the entries carry their rows). early = 1
+// when the routing metadata (tiles, ntiles) comes from a kernel before the previous one (GEMM2,
+// after the activation kernel): the block then reads its tile and row count and issues its first
+// weight copies before it waits for the previous kernel, so that under programmatic launch those
+// round trips overlap the activation kernel. The entries are read past L1 (written by an earlier
+// kernel of the stream, complete before the previous one began). early = 2 (GEMM1 of at most MOE_BM
+// pairs, right after the routing kernel): the block works out its tile from the pairs' expert ids
+// (ids, P of them, emap the expert map or null, Eg the global expert count; pe = P | Eg << 32) as
+// the routing kernel places it, its row count the pairs of its expert, and issues its first weight
+// copies before it waits for the routing kernel. early = 3: as 1, with the early trigger
+// (common.cuh): the block lets the reduce launch before it reads its tile.
 // At modes 0, 1 and 3 tiles may be the routing kernel's list of 8-row chunks (tiles8): a tile of
 // more than 8 rows is there as one entry a chunk, each a block of its own, so that a hot expert's
 // 9-32 rows run as one 8-token pass in each of up to four blocks at once instead of up to four
-// passes one after another in one block. rows: the entry's real rows (list_word, common.cuh), or
-// at mode 2 the expert's pairs.
+// passes one after another in one block. rows: the entry's real rows (list_word, common.cuh), or at
+// mode 2 the expert's pairs.
 __device__ __forceinline__ bool dec_tile(const int* __restrict__ tiles, const int* __restrict__ ntiles, i64 early, int& e,
                                          int& row0, int& rows, const int* __restrict__ ids, const int* __restrict__ emap,
                                          i64 pe) {
@@ -647,12 +647,13 @@ DEC_DEFINE(moe_gemm_dec32s, DEC32_BLOCKS, DEC_RUNS(1, 4, 2, true))
 DEC_DEFINE(moe_gemm_decw, DECW_BLOCKS, DEC_SPLIT(1, 4))
 DEC_DEFINE(moe_gemm_dec1w, DEC1W_BLOCKS, DEC_RUN(1, 1, 4))
 // The 64-row kernel with the 32-token kernel's pass for heavy tiles, one launch (grid x: N / 256
-// rounded up; y: the heavy list, moe_route's tilesh, 2 entries a tile of more than 8 rows). An entry with DEC_HEAVY_ROW (a tile of more than 16 rows) runs the 32-token pass of
-// 32 weight rows a warp over its half of the block's 256 rows (column 2 · blockIdx.x + half);
-// the others, 8-row chunks of the tiles of 9-16 rows and the short tiles, run the 64-row kernel's
-// pass. A hot expert's 17-32 rows then expand its weights once, not in four passes or four
-// chunks. Registers: the 32-token pass's (about 168), which three blocks an SM still hold, as
-// the 64-row kernel's 156 do; shared memory DEC1W_SMEM, the larger ring.
+// rounded up; y: the heavy list, moe_route's tilesh, 2 entries a tile of more than 8 rows). An
+// entry with DEC_HEAVY_ROW (a tile of more than 16 rows) runs the 32-token pass of 32 weight rows a
+// warp over its half of the block's 256 rows (column 2 · blockIdx.x + half); the others, 8-row
+// chunks of the tiles of 9-16 rows and the short tiles, run the 64-row kernel's pass. A hot
+// expert's 17-32 rows then expand its weights once, not in four passes or four chunks. Registers:
+// the 32-token pass's (about 168), which three blocks an SM still hold, as the 64-row kernel's 156
+// do; shared memory DEC1W_SMEM, the larger ring.
 DEC_KERNEL(moe_gemm_dec1wh, DEC1W_BLOCKS) {
   TRACE_SCOPE((early & 1) ? TRACE_GEMM2 : TRACE_GEMM1);
   int e, row0, rows;

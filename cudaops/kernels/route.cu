@@ -175,11 +175,11 @@ __device__ __forceinline__ void list_expert(int e, int off, int c, int nl, int s
 // tiles8 (when not null: decode batches on the 8-token kernels) receives the same list with each
 // tile of more than ROUTE_SHORT_TILE rows as its 8-row chunks, an entry each, ntiles[1]
 // their number (at most 65535 entries, which the host's use of it bounds);
-// tilesh (when not null: decode GEMMs on moe_gemm_dec1wh) receives the heavy list: for each
-// tile of more than ROUTE_SHORT_TILE rows two entries, in the tile list's order (at twice its
-// index), (list_word(expert, the tile's rows), first row | DEC_HEAVY_ROW | half << DEC_HALF_SHIFT)
-// for halves 0 and 1 of a tile of more than 16 rows, else its two 8-row chunks; then the short tiles; ntiles[2] their
-// number.
+// tilesh (when not null: decode GEMMs on moe_gemm_dec1wh) receives the heavy list: for each tile of
+// more than ROUTE_SHORT_TILE rows two entries, in the tile list's order (at twice its index),
+// (list_word(expert, the tile's rows), first row | DEC_HEAVY_ROW | half << DEC_HALF_SHIFT) for
+// halves 0 and 1 of a tile of more than 16 rows, else its two 8-row chunks; then the short tiles;
+// ntiles[2] their number.
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
 // up to 8 rows (the last smaller). Decode batches of up to 64 pairs take moe_route_small
