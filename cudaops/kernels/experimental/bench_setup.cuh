@@ -1,6 +1,8 @@
-// Host-side pieces the standalone decode-GEMM benchmarks share (deci_bench.cu, dyn_bench.cu):
-// error checks, the data generator, the device's copy bandwidth, a pool of one-token tiles, and
-// the timing loop. Included after ../gemm_fp8fp4.cu (u8, i64).
+// What the standalone decode-GEMM benchmarks share (deci_bench.cu, dyn_bench.cu, d8_bench.cu,
+// expand_bench.cu): error checks, the data generator, the device's copy bandwidth, a pool of
+// one-token tiles, the timing loop, the launches of the decode kernels they time against, and the
+// expansion of a weight layout of E4M3 codes. Included after ../gemm_fp8fp4.cu (u8, i64, the
+// decode kernels).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -138,4 +140,30 @@ static std::vector<double> time_variants(int nv, int sets, Run run) {
     med[v] = tv[v][tv[v].size() / 2];
   }
   return med;
+}
+
+// The decode kernels on set `set` of a pool: moe_gemm_dec at split S (2 or 4; grid N · S / 128) and
+// moe_gemm_dec1w (split 1, 64 weight rows a warp; grid N / 256 rounded up), their dynamic shared
+// memory allowed first by allow_decode.
+static void allow_decode() {
+  CK(cudaFuncSetAttribute(moe_gemm_dec, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM));
+  CK(cudaFuncSetAttribute(moe_gemm_dec1w, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC1W_SMEM));
+}
+static void launch_dec(const TilePool& tp, int set, float* out, int S) {
+  moe_gemm_dec<<<dim3((unsigned)(tp.N * S / 128), tp.T), 128, DEC_SMEM>>>(tp.W, tp.Ws, tp.X, tp.Xs, tp.tiles + set * 2 * tp.T, tp.nt,
+                                                                           tp.counts + set * tp.pool, tp.offs + set * tp.pool, nullptr,
+                                                                           out, tp.N, tp.Kd, S, 0, 0, nullptr, nullptr, 0);
+}
+static void launch_dec1w(const TilePool& tp, int set, float* out) {
+  moe_gemm_dec1w<<<dim3((unsigned)((tp.N + 255) / 256), tp.T), 128, DEC1W_SMEM>>>(
+      tp.W, tp.Ws, tp.X, tp.Xs, tp.tiles + set * 2 * tp.T, tp.nt, tp.counts + set * tp.pool, tp.offs + set * tp.pool, nullptr, out,
+      tp.N, tp.Kd, 1, 0, 0, nullptr, nullptr, 0);
+}
+
+// A 32-bit word of a weight layout of E4M3 codes as two registers of four E4M3 codes each (v ·
+// 2^-6, exact: E2M1 embeds in E4M3 with its subnormal): x0 the codes in bits 7, 4, 3, 2 of each
+// byte (one AND), x1 those in bits 5 (sign), 6, 1, 0 (two shifts, two LOP3).
+__device__ __forceinline__ void e4m3_layout_word(uint32_t w, uint32_t& x0, uint32_t& x1) {
+  x0 = w & 0x9C9C9C9Cu;
+  x1 = ((w << 2) & 0x8C8C8C8Cu) | ((w >> 2) & 0x10101010u);
 }

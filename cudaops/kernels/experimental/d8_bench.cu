@@ -51,12 +51,6 @@ __device__ __forceinline__ void d8_wgmma(float (&d)[4], const uint32_t (&a)[4], 
 #endif
 }
 
-// The two E4M3 registers of a word of the layout above: codes 4t + i (x0) and 16 + 4t + i (x1).
-__device__ __forceinline__ void d8_expand(uint32_t w, uint32_t& x0, uint32_t& x1) {
-  x0 = w & 0x9C9C9C9Cu;
-  x1 = ((w << 2) & 0x8C8C8C8Cu) | ((w >> 2) & 0x10101010u);
-}
-
 // grid = (N / (64 · RB), tiles), block = 128 · S, dynamic shared memory: 8 · Kd bytes of
 // tokens, 8 · G token scales, and S · 64 · RB · 8 floats of partial sums. RB: 16-row blocks a
 // warp (one m64 wgmma each a k32 step, sharing the tokens' descriptors and scales); PF: groups
@@ -123,8 +117,8 @@ __global__ void __launch_bounds__(128 * S) d8_gemm(const u8* __restrict__ W, con
           cs[h][0] = sb[U][h][0], cs[h][1] = sb[U][h][1];
 #pragma unroll
           for (int b = 0; b < 4; b++) {
-            d8_expand(cg[b], a[h][b][0], a[h][b][2]);
-            d8_expand(ch[b], a[h][b][1], a[h][b][3]);
+            e4m3_layout_word(cg[b], a[h][b][0], a[h][b][2]);
+            e4m3_layout_word(ch[b], a[h][b][1], a[h][b][3]);
             // computed before the fence: an instruction defining a wgmma's input inside its
             // pipeline stage serialises the wgmmas (ptxas C7513)
             asm volatile("" : "+r"(a[h][b][0]), "+r"(a[h][b][1]), "+r"(a[h][b][2]), "+r"(a[h][b][3]));
@@ -246,8 +240,7 @@ int main() {
                                      {"qwen3-g2 M=8", 2048, 768, 52, 1},    {"qwen3-g2 8tok", 2048, 768, 52, 8}};
   int sms;
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  CK(cudaFuncSetAttribute(moe_gemm_dec, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM));
-  CK(cudaFuncSetAttribute(moe_gemm_dec1w, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC1W_SMEM));
+  allow_decode();
   const int maxsmem = (int)(8 * D8_MAXK + 8 * (D8_MAXK / 128) * 4 + 4 * 128 * 8 * 4);
   allow_d8<1, 1, 1>(maxsmem), allow_d8<2, 1, 1>(maxsmem), allow_d8<1, 1, 2>(maxsmem), allow_d8<2, 1, 2>(maxsmem);
   allow_d8<1, 2, 2>(maxsmem), allow_d8<2, 2, 2>(maxsmem);
@@ -267,14 +260,9 @@ int main() {
     CK(cudaMalloc(&out, rows * N * 4));
     auto run = [&](int v, int set) {
       if (v < 2) {
-        const int S = v == 0 ? 2 : 4;
-        moe_gemm_dec<<<dim3((unsigned)(N * S / 128), sh.T), 128, DEC_SMEM>>>(tp.W, tp.Ws, tp.X, tp.Xs, tp.tiles + set * 2 * sh.T, tp.nt,
-                                                                              tp.counts + set * tp.pool, tp.offs + set * tp.pool, nullptr,
-                                                                              out, N, Kd, S, 0, 0, nullptr, nullptr, 0);
+        launch_dec(tp, set, out, v == 0 ? 2 : 4);
       } else if (v == 2) {
-        moe_gemm_dec1w<<<dim3((unsigned)((N + 255) / 256), sh.T), 128, DEC1W_SMEM>>>(
-            tp.W, tp.Ws, tp.X, tp.Xs, tp.tiles + set * 2 * sh.T, tp.nt, tp.counts + set * tp.pool, tp.offs + set * tp.pool, nullptr, out, N,
-            Kd, 1, 0, 0, nullptr, nullptr, 0);
+        launch_dec1w(tp, set, out);
       } else if (v == 3) {
         launch_d8<1, 1, 1>(tp, set, out);
       } else if (v == 4) {

@@ -318,7 +318,7 @@ int main() {
                                      {"qwen3-gemm1", 1536, 2048, 8, 4},  {"qwen3-gemm2", 2048, 768, 8, 4}};
   int sms;
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  CK(cudaFuncSetAttribute(moe_gemm_dec, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM));
+  allow_decode();
   CK(cudaFuncSetAttribute(moe_gemm_dyn, cudaFuncAttributeMaxDynamicSharedMemorySize, DYN_SMEM));
   int occ = 0;
   double copy_gbs = 0;
@@ -353,10 +353,7 @@ int main() {
     CK(cudaMalloc(&times, (size_t)occ * sms * DYN_WARPS * 32));
     auto run = [&](int v, int s) {
       if (v < 2) {
-        const int S = v == 0 ? 2 : 4;
-        moe_gemm_dec<<<dim3((unsigned)(N * S / 128), sh.T), 128, DEC_SMEM>>>(W, Ws, X, Xs, tiles + s * 2 * sh.T, nt, counts + s * pool,
-                                                                              offs + s * pool, nullptr, out, N, Kd, S, 0, 0, nullptr,
-                                                                              nullptr, 0);
+        launch_dec(tp, s, out, v == 0 ? 2 : 4);
       } else {
         const int C = Cs[v < 6 ? (v - 2) / 2 : v - 6], dyn = v < 6 ? 3 * ((v - 2) % 2) : 4;
         moe_gemm_dyn<<<occ * sms, DYN_WARPS * 32, DYN_SMEM>>>(W, Ws, X, Xs, tiles + s * 2 * sh.T, counts + s * pool, planes, ctr, N, Kd,

@@ -17,37 +17,11 @@
 // 0x8C8C8C8C) | ((w >> 2) & 0x10101010), then the four 16-bit halves through cvt to f16x2. The k
 // order differs between the two (a layout would permute the tokens to match), so their sums
 // differ; this program times them only (the sums are stored so that nothing is left out).
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-
-#include "../common.cuh"
-
-#define CK(x)                                                                              \
-  do {                                                                                     \
-    cudaError_t e_ = (x);                                                                  \
-    if (e_ != cudaSuccess) {                                                               \
-      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(1);                                                                             \
-    }                                                                                      \
-  } while (0)
+#include "../gemm_fp8fp4.cu"
+#include "bench_setup.cuh"
 
 #define XB_WARPS 4
 #define XB_WORDS 512  // words of codes a warp's shared-memory buffer holds per lane group
-
-__device__ __forceinline__ void mma16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// The E4M3-layout word's two registers of four E4M3 codes each.
-__device__ __forceinline__ void e4m3_words(uint32_t w, uint32_t& x0, uint32_t& x1) {
-  x0 = w & 0x9C9C9C9Cu;
-  x1 = ((w << 2) & 0x8C8C8C8Cu) | ((w >> 2) & 0x10101010u);
-}
 
 // A warp's loop: iters passes over its words (wa, wb of 16-row block rows g and g + 8, four
 // 32-element blocks a group as block_mma takes them), each block's two k16 MMAs into a fresh
@@ -72,17 +46,17 @@ __global__ void __launch_bounds__(XB_WARPS * 32) expand_loop(const uint32_t* __r
       float dd[4] = {0.f, 0.f, 0.f, 0.f};
       if constexpr (MODE == 0) {
         const uint32_t a0[4] = {e2m1_pair_f16<0>(wa), e2m1_pair_f16<0>(wb), e2m1_pair_f16<1>(wa), e2m1_pair_f16<1>(wb)};
-        mma16(dd, a0, b0);
+        mma_f16(dd, a0, b0);
         const uint32_t a1[4] = {e2m1_pair_f16<2>(wa), e2m1_pair_f16<2>(wb), e2m1_pair_f16<3>(wa), e2m1_pair_f16<3>(wb)};
-        mma16(dd, a1, b1);
+        mma_f16(dd, a1, b1);
       } else {
         uint32_t xa0, xa1, xb0, xb1;
-        e4m3_words(wa, xa0, xa1);
-        e4m3_words(wb, xb0, xb1);
+        e4m3_layout_word(wa, xa0, xa1);
+        e4m3_layout_word(wb, xb0, xb1);
         const uint32_t a0[4] = {e4m3_lo_f16(xa0), e4m3_lo_f16(xb0), e4m3_hi_f16(xa0), e4m3_hi_f16(xb0)};
-        mma16(dd, a0, b0);
+        mma_f16(dd, a0, b0);
         const uint32_t a1[4] = {e4m3_lo_f16(xa1), e4m3_lo_f16(xb1), e4m3_hi_f16(xa1), e4m3_hi_f16(xb1)};
-        mma16(dd, a1, b1);
+        mma_f16(dd, a1, b1);
       }
       p[0] += dd[0] * ws;
       p[1] += dd[1] * ws;
@@ -102,11 +76,6 @@ int main(int argc, char** argv) {
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   int clk;
   CK(cudaDeviceGetAttribute(&clk, cudaDevAttrClockRate, dev));
-  uint32_t seed = 12345;
-  auto rnd = [&] {
-    seed ^= seed << 13, seed ^= seed >> 17, seed ^= seed << 5;
-    return seed;
-  };
   // Random codes without NaN concerns (E2M1 has none); tokens: small f16 values.
   for (int per : {4, 3, 2}) {  // blocks an SM: 16, 12 and 8 warps
     const int blocks = per * sms, nw = blocks * XB_WARPS;
