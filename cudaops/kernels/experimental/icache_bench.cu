@@ -1,0 +1,174 @@
+// What a kernel's code costs when it is not in the SM's instruction caches: chains of five
+// kernels, each launched as the layer launches its stages (programmatic stream serialization,
+// every block waiting for the kernel before it), replayed as one CUDA graph. Each kernel runs a
+// straight-line body of N FFMA (16 bytes of code each, eight independent chains, so a warp
+// issues about one a cycle once its code is fetched). "same" launches one function five times,
+// "distinct" five functions with the same body at different addresses, "loop" five functions
+// whose body is a loop of N/R FFMA run R times (the same instructions executed, 1/R of the code).
+// The difference between same and distinct is what the code's fetch costs the chain; a sweep
+// kernel reading 96 MB before the chain (once per replay) shows it with L2 emptied of code.
+//
+// Build and run on the GPU machine:
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/icache icache_bench.cu && /tmp/icache
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#define CK(x)                                                                              \
+  do {                                                                                     \
+    cudaError_t e_ = (x);                                                                  \
+    if (e_ != cudaSuccess) {                                                               \
+      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      exit(1);                                                                             \
+    }                                                                                      \
+  } while (0)
+
+#define FMA8(b, c)                                                                                                    \
+  asm volatile(                                                                                                       \
+      "fma.rn.f32 %0, %0, %8, %9;\n fma.rn.f32 %1, %1, %8, %9;\n fma.rn.f32 %2, %2, %8, %9;\n fma.rn.f32 %3, %3, %8, " \
+      "%9;\n fma.rn.f32 %4, %4, %8, %9;\n fma.rn.f32 %5, %5, %8, %9;\n fma.rn.f32 %6, %6, %8, %9;\n fma.rn.f32 %7, "   \
+      "%7, %8, %9;\n"                                                                                                 \
+      : "+f"(a[0]), "+f"(a[1]), "+f"(a[2]), "+f"(a[3]), "+f"(a[4]), "+f"(a[5]), "+f"(a[6]), "+f"(a[7])                \
+      : "f"(b), "f"(c))
+
+// V: the instance (its code's address); N: FFMA in the body; R: times the body's loop runs (N/R
+// FFMA a pass, so 1/R of the code for the same work).
+template <int V, int N, int R>
+__global__ void __launch_bounds__(128) chain_k(float* out, float b, float c) {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  float a[8];
+#pragma unroll
+  for (int j = 0; j < 8; j++) a[j] = (float)(threadIdx.x + j + V);
+#pragma unroll 1
+  for (int r = 0; r < R; r++) {
+#pragma unroll
+    for (int i = 0; i < N / R / 8; i++) FMA8(b, c);
+  }
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; j++) s += a[j];
+  if (s == 1234.5f) out[blockIdx.x * blockDim.x + threadIdx.x] = s;  // never true for these inputs
+}
+
+// Reads n float4 (once per replay: L2 then holds the sweep's lines, not the chain's code).
+__global__ void __launch_bounds__(256) sweep_k(const float4* __restrict__ in, size_t n, float* out) {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  float s = 0.f;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    const float4 v = in[i];
+    s += v.x + v.y + v.z + v.w;
+  }
+  if (s == 1234.5f) out[threadIdx.x] = s;
+}
+
+typedef void (*ChainFn)(float*, float, float);
+
+static void launch(const void* fn, int grid, int block, cudaStream_t st, void** args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
+  cfg.stream = st;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = 1;
+  CK(cudaLaunchKernelExC(&cfg, fn, args));
+}
+
+struct Chain {
+  const char* name;
+  std::vector<const void*> fns;
+};
+
+// Median µs a replay of a graph of the chain (after a sweep when sweep is set), grid blocks of 128.
+static double time_chain(const Chain& ch, int grid, bool sweep, float* out, const float4* buf, size_t nbuf, int sms) {
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  float b = 1.0001f, c = 0.5f;
+  void* args[] = {&out, &b, &c};
+  size_t n = nbuf;
+  void* sargs[] = {(void*)&buf, &n, &out};
+  cudaGraph_t g;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+  if (sweep) launch((const void*)sweep_k, 4 * sms, 256, st, sargs);
+  for (const void* f : ch.fns) launch(f, grid, 128, st, args);
+  CK(cudaStreamEndCapture(st, &g));
+  cudaGraphExec_t ge;
+  CK(cudaGraphInstantiateWithFlags(&ge, g, 0));
+  for (int i = 0; i < 50; i++) CK(cudaGraphLaunch(ge, st));
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<double> t;
+  const int reps = 100;
+  for (int k = 0; k < 9; k++) {
+    cudaEventRecord(e0, st);
+    for (int i = 0; i < reps; i++) CK(cudaGraphLaunch(ge, st));
+    cudaEventRecord(e1, st);
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    t.push_back(ms * 1e3 / reps);
+  }
+  std::sort(t.begin(), t.end());
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaStreamDestroy(st);
+  return t[t.size() / 2];
+}
+
+template <int N, int R>
+static Chain distinct_chain(const char* name) {
+  return {name, {(const void*)chain_k<0, N, R>, (const void*)chain_k<1, N, R>, (const void*)chain_k<2, N, R>,
+                 (const void*)chain_k<3, N, R>, (const void*)chain_k<4, N, R>}};
+}
+template <int N>
+static Chain same_chain(const char* name) {
+  const void* f = (const void*)chain_k<0, N, 1>;
+  return {name, {f, f, f, f, f}};
+}
+template <int N>
+static Chain one_chain(const char* name) {
+  return {name, {(const void*)chain_k<0, N, 1>}};
+}
+
+int main() {
+  int sms;
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  float* out;
+  CK(cudaMalloc(&out, 1 << 20));
+  const size_t nbuf = (96ull << 20) / 16;
+  float4* buf;
+  CK(cudaMalloc(&buf, nbuf * 16));
+  CK(cudaMemset(buf, 0, nbuf * 16));
+  printf("icache_bench: %s, %d SMs, L2 %d MB; µs a graph replay (median of 9 × 100)\n", prop.name, sms,
+         prop.l2CacheSize >> 20);
+  std::vector<Chain> chains = {
+      one_chain<64>("one N=64"),          one_chain<1024>("one N=1024"),        one_chain<4096>("one N=4096"),
+      same_chain<64>("same N=64"),        distinct_chain<64, 1>("distinct N=64"),
+      same_chain<256>("same N=256"),      distinct_chain<256, 1>("distinct N=256"),
+      same_chain<1024>("same N=1024"),    distinct_chain<1024, 1>("distinct N=1024"), distinct_chain<1024, 8>("loop N=1024 R=8"),
+      same_chain<4096>("same N=4096"),    distinct_chain<4096, 1>("distinct N=4096"), distinct_chain<4096, 8>("loop N=4096 R=8"),
+      same_chain<8192>("same N=8192"),    distinct_chain<8192, 1>("distinct N=8192"), distinct_chain<8192, 16>("loop N=8192 R=16"),
+  };
+  printf("%-20s %6s %10s %10s %10s %10s\n", "chain", "code", "1/SM", "3/SM", "1/SM+sw", "3/SM+sw");
+  for (const Chain& ch : chains) {
+    double v[4];
+    for (int k = 0; k < 4; k++) v[k] = time_chain(ch, (k & 1) ? 3 * sms : sms, k >= 2, out, buf, nbuf, sms);
+    int n = 0;
+    sscanf(ch.name, "%*s N=%d", &n);
+    printf("%-20s %5dK %10.2f %10.2f %10.2f %10.2f\n", ch.name, n * 16 / 1024, v[0], v[1], v[2], v[3]);
+  }
+  // The sweep alone (for the +sw columns).
+  {
+    Chain none = {"sweep only", {}};
+    printf("%-20s %6s %10s %10s %10.2f\n", "sweep only", "-", "-", "-", time_chain(none, sms, true, out, buf, nbuf, sms));
+  }
+  return 0;
+}
