@@ -7,22 +7,14 @@
 // whose body is a loop of N/R FFMA run R times (the same instructions executed, 1/R of the code).
 // The difference between same and distinct is what the code's fetch costs the chain; a sweep
 // kernel reading 96 MB before the chain (once per replay) shows it with L2 emptied of code.
+// Then the decode kernels themselves (real_chains): GPT-OSS-120B's one-token GEMM1 and GEMM2 in
+// sequence, GEMM2 on its own instance of the loop (split 4) or on GEMM1's (split 2), against
+// each alone.
 //
 // Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/icache icache_bench.cu && /tmp/icache
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-
-#define CK(x)                                                                              \
-  do {                                                                                     \
-    cudaError_t e_ = (x);                                                                  \
-    if (e_ != cudaSuccess) {                                                               \
-      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(1);                                                                             \
-    }                                                                                      \
-  } while (0)
+#include "../gemm_fp8fp4.cu"
+#include "bench_setup.cuh"
 
 #define FMA8(b, c)                                                                                                    \
   asm volatile(                                                                                                       \
@@ -136,6 +128,46 @@ static Chain one_chain(const char* name) {
   return {name, {(const void*)chain_k<0, N, 1>}};
 }
 
+
+// The decode GEMMs of GPT-OSS-120B at one token (4 tiles of one token; GEMM1 5888 × 2944, GEMM2
+// 2944 × 2944) in sequences as a forward runs them, with a kernel of 8 KB of code on 12 blocks
+// between them (the activation's place): GEMM2 at split 4 (the layer's choice) or at split 2,
+// whose code is GEMM1's (the same instance of gemm_dec), against each kernel alone (back to
+// back with itself, so with its code warm).
+static void real_chains() {
+  allow_decode();
+  TilePool g1 = make_pool(5888, 2944, 4, 1, "ICACHE_POOL_MB"), g2 = make_pool(2944, 2944, 4, 1, "ICACHE_POOL_MB");
+  const int sets = std::min(g1.sets, g2.sets);
+  float *o1, *o2, *oa;
+  CK(cudaMalloc(&o1, 4 * 32 * 4 * 5888));
+  CK(cudaMalloc(&o2, 4 * 32 * 4 * 2944));
+  CK(cudaMalloc(&oa, 1 << 20));
+  auto act = [&] { chain_k<5, 512, 1><<<12, 128>>>(oa, 1.0001f, 0.5f); };
+  const char* names[] = {"G1(2) A G2(4)", "G1(2) A G2(2)", "G1(4) A G2(4)", "G1(2) G2(4)", "G1(2) G2(2)",
+                         "G1(2) alone",   "G1(4) alone",   "G2(4) alone",   "G2(2) alone", "A alone"};
+  auto run = [&](int v, int set) {
+    switch (v) {
+      case 0: launch_dec(g1, set, o1, 2), act(), launch_dec(g2, set, o2, 4); break;
+      case 1: launch_dec(g1, set, o1, 2), act(), launch_dec(g2, set, o2, 2); break;
+      case 2: launch_dec(g1, set, o1, 4), act(), launch_dec(g2, set, o2, 4); break;
+      case 3: launch_dec(g1, set, o1, 2), launch_dec(g2, set, o2, 4); break;
+      case 4: launch_dec(g1, set, o1, 2), launch_dec(g2, set, o2, 2); break;
+      case 5: launch_dec(g1, set, o1, 2); break;
+      case 6: launch_dec(g1, set, o1, 4); break;
+      case 7: launch_dec(g2, set, o2, 4); break;
+      case 8: launch_dec(g2, set, o2, 2); break;
+      case 9: act(); break;
+    }
+  };
+  for (int pass = 0; pass < 2; pass++) {
+    const std::vector<double> t = time_variants(10, sets, run);
+    printf("real chains, pass %d (µs a sequence, median):\n", pass + 1);
+    for (int v = 0; v < 10; v++) printf("  %-16s %8.2f\n", names[v], t[v]);
+  }
+  g1.release();
+  g2.release();
+}
+
 int main() {
   int sms;
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
@@ -153,6 +185,8 @@ int main() {
       one_chain<64>("one N=64"),          one_chain<1024>("one N=1024"),        one_chain<4096>("one N=4096"),
       same_chain<64>("same N=64"),        distinct_chain<64, 1>("distinct N=64"),
       same_chain<256>("same N=256"),      distinct_chain<256, 1>("distinct N=256"),
+      distinct_chain<384, 1>("distinct N=384"),  distinct_chain<512, 1>("distinct N=512"),
+      distinct_chain<768, 1>("distinct N=768"),  same_chain<2048>("same N=2048"),
       same_chain<1024>("same N=1024"),    distinct_chain<1024, 1>("distinct N=1024"), distinct_chain<1024, 8>("loop N=1024 R=8"),
       same_chain<4096>("same N=4096"),    distinct_chain<4096, 1>("distinct N=4096"), distinct_chain<4096, 8>("loop N=4096 R=8"),
       same_chain<8192>("same N=8192"),    distinct_chain<8192, 1>("distinct N=8192"), distinct_chain<8192, 16>("loop N=8192 R=16"),
@@ -170,5 +204,6 @@ int main() {
     Chain none = {"sweep only", {}};
     printf("%-20s %6s %10s %10s %10.2f\n", "sweep only", "-", "-", "-", time_chain(none, sms, true, out, buf, nbuf, sms));
   }
+  real_chains();
   return 0;
 }
