@@ -9,11 +9,15 @@
 // kernel reading 96 MB before the chain (once per replay) shows it with L2 emptied of code.
 // Then the decode kernels themselves (real_chains): GPT-OSS-120B's one-token GEMM1 and GEMM2 in
 // sequence, GEMM2 on its own instance of the loop (split 4) or on GEMM1's (split 2), against
-// each alone.
+// each alone. Then the routing kernel of one GPT-OSS-120B token (moe_route_small: 4 pairs of 128
+// experts, the gather of a 2944-byte row), the forward's first kernel, which nothing before it
+// can warm: after five kernels of 16 KB of other code each (its code then gone from the SM), and
+// once more right after itself (its code there).
 //
 // Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/icache icache_bench.cu && /tmp/icache
 #include "../gemm_fp8fp4.cu"
+#include "../route.cu"
 #include "bench_setup.cuh"
 
 #define FMA8(b, c)                                                                                                    \
@@ -168,6 +172,89 @@ static void real_chains() {
   g2.release();
 }
 
+// The routing kernel of one token, cold and warm (see the header): µs a graph replay of the five
+// 16 KB kernels alone, with the routing kernel after them, and with it twice.
+static void route_chains(int sms) {
+  const int E = 128, topk = 4, M = 1, K = 2944, G = K / 128, P = M * topk, rows = 128;
+  int hids[topk] = {3, 40, 77, 101};
+  int *ids, *counts, *offsets, *eids, *rpair, *inv, *tiles, *ntiles, *err;
+  u8 *a1q, *a1qp;
+  float *a1s, *a1sp, *out;
+  CK(cudaMalloc(&ids, 4 * P));
+  CK(cudaMemcpy(ids, hids, 4 * P, cudaMemcpyHostToDevice));
+  CK(cudaMalloc(&counts, 4 * E));
+  CK(cudaMalloc(&offsets, 4 * (E + 1)));
+  CK(cudaMalloc(&eids, 4 * rows));
+  CK(cudaMalloc(&rpair, 4 * rows));
+  CK(cudaMalloc(&inv, 4 * P));
+  CK(cudaMalloc(&tiles, 8 * rows));
+  CK(cudaMalloc(&ntiles, 16));
+  CK(cudaMalloc(&err, 4));
+  CK(cudaMalloc(&a1q, M * K));
+  CK(cudaMemset(a1q, 0x38, M * K));
+  CK(cudaMalloc(&a1s, 4 * M * G));
+  CK(cudaMemset(a1s, 0, 4 * M * G));
+  CK(cudaMalloc(&a1qp, rows * K));
+  CK(cudaMalloc(&a1sp, 4 * rows * G));
+  CK(cudaMalloc(&out, 1 << 20));
+  i64 m = M, tk = topk, e = E, eg = E, k = K;
+  const int* emap = nullptr;
+  int* t8 = nullptr;
+  void* rargs[] = {&ids, &emap, &m, &tk, &e, &eg, &counts, &offsets, &eids, &rpair, &inv, &tiles, &ntiles, &err,
+                   &a1q, &a1s, &k, &a1qp, &a1sp, &t8};
+  float b = 1.0001f, c = 0.5f;
+  void* cargs[] = {&out, &b, &c};
+  const void* other[] = {(const void*)chain_k<0, 1024, 1>, (const void*)chain_k<1, 1024, 1>, (const void*)chain_k<2, 1024, 1>,
+                         (const void*)chain_k<3, 1024, 1>, (const void*)chain_k<4, 1024, 1>};
+  auto timed = [&](int nroute) {
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaGraph_t g;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+    for (const void* f : other) launch(f, sms, 128, st, cargs);
+    for (int i = 0; i < nroute; i++) {
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(1);
+      cfg.blockDim = dim3(ROUTE_SMALL_THREADS);
+      cfg.dynamicSmemBytes = 8 * E;
+      cfg.stream = st;
+      cudaLaunchAttribute at[1];
+      at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      at[0].val.programmaticStreamSerializationAllowed = 1;
+      cfg.attrs = at;
+      cfg.numAttrs = 1;
+      CK(cudaLaunchKernelExC(&cfg, (const void*)moe_route_small, rargs));
+    }
+    CK(cudaStreamEndCapture(st, &g));
+    cudaGraphExec_t ge;
+    CK(cudaGraphInstantiateWithFlags(&ge, g, 0));
+    for (int i = 0; i < 50; i++) CK(cudaGraphLaunch(ge, st));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    std::vector<double> t;
+    for (int r = 0; r < 9; r++) {
+      cudaEventRecord(e0, st);
+      for (int i = 0; i < 100; i++) CK(cudaGraphLaunch(ge, st));
+      cudaEventRecord(e1, st);
+      CK(cudaEventSynchronize(e1));
+      float ms;
+      cudaEventElapsedTime(&ms, e0, e1);
+      t.push_back(ms * 10);
+    }
+    std::sort(t.begin(), t.end());
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    cudaStreamDestroy(st);
+    return t[4];
+  };
+  int hn[2];
+  const double t0 = timed(0), t1 = timed(1), t2 = timed(2);
+  CK(cudaMemcpy(hn, ntiles, 8, cudaMemcpyDeviceToHost));
+  printf("routing kernel of one token (%d tiles routed): five 16 KB kernels %.2f µs; + route %.2f (cold: +%.2f); + route twice %.2f (warm: +%.2f)\n",
+         hn[0], t0, t1, t1 - t0, t2, t2 - t1);
+}
+
 int main() {
   int sms;
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
@@ -205,5 +292,6 @@ int main() {
     printf("%-20s %6s %10s %10s %10.2f\n", "sweep only", "-", "-", "-", time_chain(none, sms, true, out, buf, nbuf, sms));
   }
   real_chains();
+  for (int i = 0; i < 3; i++) route_chains(sms);
   return 0;
 }
