@@ -60,12 +60,12 @@ __global__ void __launch_bounds__(256) sweep_k(const float4* __restrict__ in, si
   if (s == 1234.5f) out[threadIdx.x] = s;
 }
 
-typedef void (*ChainFn)(float*, float, float);
-
-static void launch(const void* fn, int grid, int block, cudaStream_t st, void** args) {
+// A launch as the layer launches its stages (programmatic stream serialization).
+static void launch(const void* fn, int grid, int block, cudaStream_t st, void** args, size_t smem = 0) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(grid);
   cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
   cudaLaunchAttribute at[1];
   at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -75,30 +75,22 @@ static void launch(const void* fn, int grid, int block, cudaStream_t st, void** 
   CK(cudaLaunchKernelExC(&cfg, fn, args));
 }
 
-struct Chain {
-  const char* name;
-  std::vector<const void*> fns;
-};
-
-// Median µs a replay of a graph of the chain (after a sweep when sweep is set), grid blocks of 128.
-static double time_chain(const Chain& ch, int grid, bool sweep, float* out, const float4* buf, size_t nbuf, int sms) {
+// Median µs a replay of the graph that capture(stream) records: 50 replays of warm-up, then 9
+// rounds of 100 back to back, timed with events.
+template <class Capture>
+static double time_graph(Capture capture) {
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  float b = 1.0001f, c = 0.5f;
-  void* args[] = {&out, &b, &c};
-  size_t n = nbuf;
-  void* sargs[] = {(void*)&buf, &n, &out};
   cudaGraph_t g;
   CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-  if (sweep) launch((const void*)sweep_k, 4 * sms, 256, st, sargs);
-  for (const void* f : ch.fns) launch(f, grid, 128, st, args);
+  capture(st);
   CK(cudaStreamEndCapture(st, &g));
   cudaGraphExec_t ge;
   CK(cudaGraphInstantiateWithFlags(&ge, g, 0));
   for (int i = 0; i < 50; i++) CK(cudaGraphLaunch(ge, st));
   cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
   std::vector<double> t;
   const int reps = 100;
   for (int k = 0; k < 9; k++) {
@@ -111,10 +103,29 @@ static double time_chain(const Chain& ch, int grid, bool sweep, float* out, cons
     t.push_back(ms * 1e3 / reps);
   }
   std::sort(t.begin(), t.end());
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
   cudaGraphExecDestroy(ge);
   cudaGraphDestroy(g);
   cudaStreamDestroy(st);
   return t[t.size() / 2];
+}
+
+struct Chain {
+  const char* name;
+  std::vector<const void*> fns;
+};
+
+// Median µs a replay of a graph of the chain (after a sweep when sweep is set), grid blocks of 128.
+static double time_chain(const Chain& ch, int grid, bool sweep, float* out, const float4* buf, size_t nbuf, int sms) {
+  float b = 1.0001f, c = 0.5f;
+  void* args[] = {&out, &b, &c};
+  size_t n = nbuf;
+  void* sargs[] = {(void*)&buf, &n, &out};
+  return time_graph([&](cudaStream_t st) {
+    if (sweep) launch((const void*)sweep_k, 4 * sms, 256, st, sargs);
+    for (const void* f : ch.fns) launch(f, grid, 128, st, args);
+  });
 }
 
 template <int N, int R>
@@ -207,46 +218,10 @@ static void route_chains(int sms) {
   const void* other[] = {(const void*)chain_k<0, 1024, 1>, (const void*)chain_k<1, 1024, 1>, (const void*)chain_k<2, 1024, 1>,
                          (const void*)chain_k<3, 1024, 1>, (const void*)chain_k<4, 1024, 1>};
   auto timed = [&](int nroute) {
-    cudaStream_t st;
-    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    cudaGraph_t g;
-    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-    for (const void* f : other) launch(f, sms, 128, st, cargs);
-    for (int i = 0; i < nroute; i++) {
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3(1);
-      cfg.blockDim = dim3(ROUTE_SMALL_THREADS);
-      cfg.dynamicSmemBytes = 8 * E;
-      cfg.stream = st;
-      cudaLaunchAttribute at[1];
-      at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      at[0].val.programmaticStreamSerializationAllowed = 1;
-      cfg.attrs = at;
-      cfg.numAttrs = 1;
-      CK(cudaLaunchKernelExC(&cfg, (const void*)moe_route_small, rargs));
-    }
-    CK(cudaStreamEndCapture(st, &g));
-    cudaGraphExec_t ge;
-    CK(cudaGraphInstantiateWithFlags(&ge, g, 0));
-    for (int i = 0; i < 50; i++) CK(cudaGraphLaunch(ge, st));
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    std::vector<double> t;
-    for (int r = 0; r < 9; r++) {
-      cudaEventRecord(e0, st);
-      for (int i = 0; i < 100; i++) CK(cudaGraphLaunch(ge, st));
-      cudaEventRecord(e1, st);
-      CK(cudaEventSynchronize(e1));
-      float ms;
-      cudaEventElapsedTime(&ms, e0, e1);
-      t.push_back(ms * 10);
-    }
-    std::sort(t.begin(), t.end());
-    cudaGraphExecDestroy(ge);
-    cudaGraphDestroy(g);
-    cudaStreamDestroy(st);
-    return t[4];
+    return time_graph([&](cudaStream_t st) {
+      for (const void* f : other) launch(f, sms, 128, st, cargs);
+      for (int i = 0; i < nroute; i++) launch((const void*)moe_route_small, 1, ROUTE_SMALL_THREADS, st, rargs, 8 * E);
+    });
   };
   int hn[2];
   const double t0 = timed(0), t1 = timed(1), t2 = timed(2);
