@@ -15,12 +15,40 @@ var TraceStages = [...]string{"prepare", "route", "permute", "GEMM1", "activatio
 // traceSlots is the kernels' TRACE_SLOTS: the table has 4 values per slot, traceWords in all.
 const traceSlots, traceWords = 8, 4 * traceSlots
 
+// traceSteps is the kernels' TRACE_STEPS: the step table (moe_trace_step) has 2 values per step
+// and slot, stepWords in all.
+const traceSteps, stepWords = 4, 2 * traceSteps * traceSlots
+
+// TraceSteps names, per stage, the steps inside it that the traced kernels stamp (TRACE_STEP in
+// kernels/*.cu; "" for none): the routing kernel of small batches (moe_route_small; the other
+// routing kernels stamp none) after its ids are counted, after its tile list is written, after
+// its pairs' rows are placed, and after the first token pieces are stored to those rows (the
+// pieces' loads back); the decode GEMMs after their wait for the previous kernel (and their
+// first weight copies issued); the activation after its wait and after its first group is
+// stored (h loaded, activated and quantized); the reduce after its wait and after its first
+// batch of slots is added (GEMM2's rows loaded).
+var TraceSteps = [len(TraceStages)][traceSteps]string{
+	1: {"ids counted", "tiles listed", "rows placed", "pieces stored"},
+	3: {"waited"},
+	4: {"waited", "group stored"},
+	5: {"waited"},
+	6: {"waited", "slots added"},
+}
+
 // StageSpan is one stage's place in a traced forward, relative to the moment the forward's first
 // traced block began: when the stage's first and last blocks began and its first and last warps
-// ended. Ran is false for a stage whose kernel did not run in the forward.
+// ended, and when its first and last blocks passed each of its steps (TraceSteps). Ran is false
+// for a stage whose kernel did not run in the forward, and for a step no block passed.
 type StageSpan struct {
 	Ran                                      bool
 	FirstStart, LastStart, FirstEnd, LastEnd time.Duration
+	Steps                                    [traceSteps]StepSpan
+}
+
+// StepSpan is when the first and the last block of a stage passed one of its steps.
+type StepSpan struct {
+	Ran         bool
+	First, Last time.Duration
 }
 
 // traceReset is the table a traced forward starts from: first times at the largest value,
@@ -33,10 +61,21 @@ func traceReset() []uint64 {
 	return t
 }
 
+// stepReset is the step table a traced forward starts from, as traceReset's: each step's first
+// time at the largest value, its last at 0.
+func stepReset() []uint64 {
+	t := make([]uint64, stepWords)
+	for i := 0; i < stepWords; i += 2 {
+		t[i] = math.MaxUint64
+	}
+	return t
+}
+
 // spans reads a traced forward's table (4 %globaltimer values in ns per slot: first start, last
-// start, first end, last end) into one span per stage, relative to the earliest first start.
-// A slot still at its reset values did not run.
-func spans(table []uint64) [len(TraceStages)]StageSpan {
+// start, first end, last end) and its step table (2 per step and slot, first and last; nil for
+// kernels that stamp no steps) into one span per stage, relative to the earliest first start. A
+// slot or step still at its reset values did not run.
+func spans(table, steps []uint64) [len(TraceStages)]StageSpan {
 	var out [len(TraceStages)]StageSpan
 	t0 := uint64(math.MaxUint64)
 	for s := range TraceStages {
@@ -51,12 +90,18 @@ func spans(table []uint64) [len(TraceStages)]StageSpan {
 			continue
 		}
 		out[s] = StageSpan{Ran: true, FirstStart: rel(v[0]), LastStart: rel(v[1]), FirstEnd: rel(v[2]), LastEnd: rel(v[3])}
+		for k := range traceSteps {
+			if i := 2 * (traceSteps*s + k); steps != nil && steps[i+1] != 0 && steps[i] != math.MaxUint64 {
+				out[s].Steps[k] = StepSpan{Ran: true, First: rel(steps[i]), Last: rel(steps[i+1])}
+			}
+		}
 	}
 	return out
 }
 
 // MedianSpans is, per stage, the median of each of a stage's four times over the forwards in
-// which it ran (a stage that ran in none has Ran false).
+// which it ran (a stage that ran in none has Ran false), and per step the median of its two
+// times over the forwards in which it was passed.
 func MedianSpans(runs [][len(TraceStages)]StageSpan) [len(TraceStages)]StageSpan {
 	var out [len(TraceStages)]StageSpan
 	for s := range TraceStages {
@@ -70,6 +115,17 @@ func MedianSpans(runs [][len(TraceStages)]StageSpan) [len(TraceStages)]StageSpan
 			continue
 		}
 		out[s] = StageSpan{Ran: true, FirstStart: median(fs), LastStart: median(ls), FirstEnd: median(fe), LastEnd: median(le)}
+		for k := range traceSteps {
+			var f, l []time.Duration
+			for _, r := range runs {
+				if st := r[s].Steps[k]; r[s].Ran && st.Ran {
+					f, l = append(f, st.First), append(l, st.Last)
+				}
+			}
+			if len(f) > 0 {
+				out[s].Steps[k] = StepSpan{Ran: true, First: median(f), Last: median(l)}
+			}
+		}
 	}
 	return out
 }

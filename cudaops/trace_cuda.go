@@ -20,6 +20,14 @@ func (d *Device) traceTable() (cu.DevicePtr, error) {
 	return d.table("moe_trace", traceWords, ErrNoTrace)
 }
 
+// errNoSteps: the traced kernels have no step table (built from sources older than it).
+var errNoSteps = errors.New("cudaops: the traced kernels stamp no steps")
+
+// stepTable returns the traced kernels' moe_trace_step table, or errNoSteps.
+func (d *Device) stepTable() (cu.DevicePtr, error) {
+	return d.table("moe_trace_step", stepWords, errNoSteps)
+}
+
 // table returns the module's global name, a table of words 8-byte words, or missing when the
 // kernels have none (built without its trace option).
 func (d *Device) table(name string, words int, missing error) (cu.DevicePtr, error) {
@@ -38,7 +46,8 @@ func (d *Device) table(name string, words int, missing error) (cu.DevicePtr, err
 // whose blocks record %globaltimer as they start and end). Replays are not back to back, so a
 // replay's first kernels do not overlap the previous one's last; and each block's atomics on
 // the table add a little to its time, so the timeline places the stages rather than timing the
-// layer (TimeGraphs does that).
+// layer (TimeGraphs does that). The spans carry the stages' steps (TraceSteps) where the kernels
+// stamp them.
 func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageSpan, error) {
 	unbind, err := l.dev.bind()
 	if err != nil {
@@ -51,6 +60,14 @@ func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageS
 	}
 	reset, got := traceReset(), make([]uint64, traceWords)
 	bytes := int64(8 * len(reset))
+	steps, err := l.dev.stepTable()
+	var sreset, sgot []uint64
+	switch {
+	case err == nil:
+		sreset, sgot = stepReset(), make([]uint64, stepWords)
+	case !errors.Is(err, errNoSteps):
+		return nil, err
+	}
 	var out [][len(TraceStages)]StageSpan
 	for range rounds {
 		for _, g := range gs {
@@ -62,6 +79,11 @@ func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageS
 			if err := cu.MemcpyHtoDAsync(table, unsafe.Pointer(&reset[0]), bytes, l.stream); err != nil {
 				return nil, fmt.Errorf("cudaops: trace: %v", err)
 			}
+			if sreset != nil {
+				if err := cu.MemcpyHtoDAsync(steps, unsafe.Pointer(&sreset[0]), 8*stepWords, l.stream); err != nil {
+					return nil, fmt.Errorf("cudaops: trace: %v", err)
+				}
+			}
 			if err := g.exec.launch(l.stream); err != nil {
 				return nil, err
 			}
@@ -71,7 +93,12 @@ func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageS
 			if err := cu.MemcpyDtoH(unsafe.Pointer(&got[0]), table, bytes); err != nil {
 				return nil, fmt.Errorf("cudaops: trace: %v", err)
 			}
-			out = append(out, spans(got))
+			if sgot != nil {
+				if err := cu.MemcpyDtoH(unsafe.Pointer(&sgot[0]), steps, 8*stepWords); err != nil {
+					return nil, fmt.Errorf("cudaops: trace: %v", err)
+				}
+			}
+			out = append(out, spans(got, sgot))
 		}
 	}
 	return out, nil

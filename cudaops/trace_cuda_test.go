@@ -29,7 +29,8 @@ func oneTokenGraph(t *testing.T, seed uint64) (conformance.Spec, *Layer, *Graph)
 // TestTraceGraphs: kernels built without MOE_TRACE (the committed ones) give ErrNoTrace; traced
 // kernels (FP4MOE_FATBIN from a MOE_DEFS=-DMOE_TRACE build) give a timeline in which every stage
 // of a one-token decode forward ran, each began no later than it ended, and each ended no earlier
-// than the stage before it (each waits for its predecessor).
+// than the stage before it (each waits for its predecessor); and, for kernels with the step
+// table, every stage's steps were passed in order inside it (checkSteps).
 func TestTraceGraphs(t *testing.T) {
 	_, l, g := oneTokenGraph(t, 61)
 	runs, err := l.TraceGraphs([]*Graph{g}, 3)
@@ -46,6 +47,8 @@ func TestTraceGraphs(t *testing.T) {
 	if len(runs) != 3 {
 		t.Fatalf("%d traced replays, want 3", len(runs))
 	}
+	_, serr := l.dev.stepTable()
+	steps := serr == nil
 	for r, sp := range runs {
 		prev := -1
 		for i, name := range TraceStages {
@@ -61,9 +64,41 @@ func TestTraceGraphs(t *testing.T) {
 			if prev >= 0 && sp[i].LastEnd < sp[prev].LastEnd {
 				t.Fatalf("replay %d: %s ended at %v, before %s at %v", r, name, sp[i].LastEnd, TraceStages[prev], sp[prev].LastEnd)
 			}
+			if steps {
+				checkSteps(t, r, i, sp, prev)
+			}
 			prev = i
 		}
 		t.Logf("replay %d: %+v", r, sp)
+	}
+}
+
+// checkSteps checks stage i's steps in a traced replay whose previous stage (that ran) is prev
+// (-1 for none): each named step (TraceSteps) was passed, first no later than last, inside the
+// stage's span, each step's first and last no earlier than the step's before it (a block passes
+// them in order); and a "waited" step no earlier than the previous stage's last end.
+func checkSteps(t *testing.T, r, i int, sp [len(TraceStages)]StageSpan, prev int) {
+	t.Helper()
+	s := sp[i]
+	var last StepSpan
+	for k, name := range TraceSteps[i] {
+		st := s.Steps[k]
+		if name == "" {
+			if st.Ran {
+				t.Fatalf("replay %d: %s step %d, which no kernel stamps, ran: %+v", r, TraceStages[i], k, st)
+			}
+			continue
+		}
+		if !st.Ran || st.First > st.Last || st.First < s.FirstStart || st.Last > s.LastEnd {
+			t.Fatalf("replay %d: %s step %q missing or outside the stage (%v to %v): %+v", r, TraceStages[i], name, s.FirstStart, s.LastEnd, st)
+		}
+		if k > 0 && (st.First < last.First || st.Last < last.Last) {
+			t.Fatalf("replay %d: %s step %q (%+v) before the step before it (%+v)", r, TraceStages[i], name, st, last)
+		}
+		if name == "waited" && prev >= 0 && st.First < sp[prev].LastEnd {
+			t.Fatalf("replay %d: %s waited at %v, before %s ended at %v", r, TraceStages[i], st.First, TraceStages[prev], sp[prev].LastEnd)
+		}
+		last = st
 	}
 }
 

@@ -12,11 +12,18 @@ func TestSpans(t *testing.T) {
 	set(1, 1000, 1000, 3000, 3500)  // route: one block
 	set(3, 1200, 2000, 9000, 12000) // GEMM1, launched before the routing kernel ended
 	set(5, 8000, 9500, 14000, 15000)
-	got := spans(tab)
+	steps := stepReset()
+	step := func(slot, k int, first, last uint64) { copy(steps[2*(traceSteps*slot+k):], []uint64{first, last}) }
+	step(1, 0, 1400, 1400)  // route: ids counted
+	step(1, 3, 2900, 2900)  // route: pieces stored
+	step(5, 0, 8800, 10100) // GEMM2: waited
+	got := spans(tab, steps)
 	want := map[int]StageSpan{
-		1: {true, 0, 0, 2000, 2500},
-		3: {true, 200, 1000, 8000, 11000},
-		5: {true, 7000, 8500, 13000, 14000},
+		1: {Ran: true, FirstStart: 0, LastStart: 0, FirstEnd: 2000, LastEnd: 2500,
+			Steps: [traceSteps]StepSpan{0: {true, 400, 400}, 3: {true, 1900, 1900}}},
+		3: {Ran: true, FirstStart: 200, LastStart: 1000, FirstEnd: 8000, LastEnd: 11000},
+		5: {Ran: true, FirstStart: 7000, LastStart: 8500, FirstEnd: 13000, LastEnd: 14000,
+			Steps: [traceSteps]StepSpan{0: {true, 7800, 9100}}},
 	}
 	for s, name := range TraceStages {
 		w, ok := want[s]
@@ -33,6 +40,17 @@ func TestSpans(t *testing.T) {
 	if r := traceReset(); r[0] != math.MaxUint64 || r[1] != 0 || r[2] != math.MaxUint64 || r[3] != 0 || len(r) != traceWords {
 		t.Errorf("traceReset: %v", r[:4])
 	}
+	if r := stepReset(); r[0] != math.MaxUint64 || r[1] != 0 || r[stepWords-2] != math.MaxUint64 || r[stepWords-1] != 0 {
+		t.Errorf("stepReset: %v", r)
+	}
+	// Kernels without steps (nil table): the same stages, no step ran.
+	for s, sp := range spans(tab, nil) {
+		for k, st := range sp.Steps {
+			if st.Ran {
+				t.Errorf("%s step %d ran without a step table: %+v", TraceStages[s], k, st)
+			}
+		}
+	}
 }
 
 func TestMedianSpans(t *testing.T) {
@@ -42,11 +60,16 @@ func TestMedianSpans(t *testing.T) {
 	}
 	runs := [][len(TraceStages)]StageSpan{mk(5, 100), mk(1, 300), mk(3, 200)}
 	runs[1][6] = StageSpan{Ran: true, FirstStart: 7, LastStart: 8, FirstEnd: 9, LastEnd: 10}
+	// GEMM1's step 0 passed in all three forwards, its step 1 in two (the median of two: the upper).
+	runs[0][3].Steps[0], runs[1][3].Steps[0], runs[2][3].Steps[0] = StepSpan{true, 50, 60}, StepSpan{true, 10, 90}, StepSpan{true, 30, 70}
+	runs[0][3].Steps[1], runs[2][3].Steps[1] = StepSpan{true, 80, 81}, StepSpan{true, 82, 83}
 	got := MedianSpans(runs)
-	if want := (StageSpan{true, 3, 4, 199, 200}); got[3] != want {
-		t.Errorf("GEMM1: %+v, want %+v", got[3], want)
+	want3 := StageSpan{Ran: true, FirstStart: 3, LastStart: 4, FirstEnd: 199, LastEnd: 200,
+		Steps: [traceSteps]StepSpan{{true, 30, 70}, {true, 82, 83}}}
+	if got[3] != want3 {
+		t.Errorf("GEMM1: %+v, want %+v", got[3], want3)
 	}
-	if want := (StageSpan{true, 7, 8, 9, 10}); got[6] != want {
+	if want := (StageSpan{Ran: true, FirstStart: 7, LastStart: 8, FirstEnd: 9, LastEnd: 10}); got[6] != want {
 		t.Errorf("reduce (one run): %+v, want %+v", got[6], want)
 	}
 	if got[0].Ran {

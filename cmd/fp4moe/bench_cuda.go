@@ -293,15 +293,27 @@ type traceOpts struct {
 
 // printTrace prints a row's stage timeline (the stages that ran), in µs, with each stage's share
 // of the critical path: its last end less the previous stage's (each stage waits for the one
-// before it to finish).
+// before it to finish). Under each stage, the steps its kernel stamped (cudaops.TraceSteps):
+// when its first and last block passed each, in the start columns, and the last block's time
+// since the stage's previous step (the first step: since the previous stage's last end) in the
+// path column.
 func printTrace(w io.Writer, sp [len(cudaops.TraceStages)]cudaops.StageSpan) {
-	fmt.Fprintf(w, "    %-12s %12s %11s %10s %9s %8s\n", "trace µs", "first start", "last start", "first end", "last end", "+ path")
+	fmt.Fprintf(w, "    %-16s %12s %11s %10s %9s %8s\n", "trace µs", "first start", "last start", "first end", "last end", "+ path")
 	var prev time.Duration
 	for i, name := range cudaops.TraceStages {
-		if s := sp[i]; s.Ran {
-			fmt.Fprintf(w, "    %-12s %12.1f %11.1f %10.1f %9.1f %8.1f\n", name, us(s.FirstStart), us(s.LastStart), us(s.FirstEnd), us(s.LastEnd), us(s.LastEnd-prev))
-			prev = s.LastEnd
+		s := sp[i]
+		if !s.Ran {
+			continue
 		}
+		fmt.Fprintf(w, "    %-16s %12.1f %11.1f %10.1f %9.1f %8.1f\n", name, us(s.FirstStart), us(s.LastStart), us(s.FirstEnd), us(s.LastEnd), us(s.LastEnd-prev))
+		from := prev
+		for k, st := range s.Steps {
+			if st.Ran {
+				fmt.Fprintf(w, "      %-14s %12.1f %11.1f %10s %9s %8.1f\n", cudaops.TraceSteps[i][k], us(st.First), us(st.Last), "", "", us(st.Last-from))
+				from = st.Last
+			}
+		}
+		prev = s.LastEnd
 	}
 }
 

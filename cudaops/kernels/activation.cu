@@ -112,6 +112,7 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     pdl_wait();
   else
     pdl_begin();
+  TRACE_STEP(TRACE_ACT, 0, 0);
   const int lane = threadIdx.x % 32;
   const bool two = grp0 + 4 < G;
   const float* hr = h + r * 2 * I + grp0 * MOE_GROUP + 4 * lane;
@@ -145,5 +146,6 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     }
     *reinterpret_cast<uint32_t*>(a2q + r * I + grp * MOE_GROUP + 4 * lane) = q;
     if (lane == 0) a2s[r * G + grp] = s;
+    if (k == 0) TRACE_STEP(TRACE_ACT, 1, q);
   }
 }

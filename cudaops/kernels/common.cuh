@@ -118,8 +118,28 @@ struct TraceScope {
   }
 };
 #define TRACE_SCOPE(s) TraceScope trace_scope_(s)
+// Steps inside a stage: moe_trace_step[2 · (TRACE_STEPS · slot + k)] and the word after it, the
+// %globaltimer (ns) at which the first and the last block's thread 0 passed step k of stage slot
+// (the host resets them as moe_trace's first and last times). dep is a value the step has
+// produced: the branch on it makes thread 0 wait for that value (a load's, say) before it reads
+// the timer; a dep of all ones (a NaN pattern, which the bench's data never makes) skips the
+// stamp. The steps of each stage: the host's TraceSteps.
+#define TRACE_STEPS 4
+extern "C" {
+__device__ unsigned long long moe_trace_step[2 * TRACE_STEPS * TRACE_SLOTS];
+}
+__device__ __forceinline__ void trace_step(int s, int k, unsigned dep) {
+  if (threadIdx.x == 0 && dep != 0xffffffffu) {
+    unsigned long long t;  // not moved above the memory operations before it
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+    atomicMin(&moe_trace_step[2 * (TRACE_STEPS * s + k)], t);
+    atomicMax(&moe_trace_step[2 * (TRACE_STEPS * s + k) + 1], t);
+  }
+}
+#define TRACE_STEP(s, k, dep) trace_step(s, k, (unsigned)(dep))
 #else
 #define TRACE_SCOPE(s) ((void)0)
+#define TRACE_STEP(s, k, dep) ((void)0)
 #endif
 
 // cp.async copies global -> shared (16 bytes bypassing L1, 4 bytes through it), by generic shared

@@ -340,6 +340,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const int mode = early & DEC_MODE;
   if (mode == 1 || mode == 2) pdl_begin();
   if (mode == 3) pdl_wait();  // its trigger came first (dec_tile)
+  TRACE_STEP((early & 1) ? TRACE_GEMM2 : TRACE_GEMM1, 0, 0);
   for (int j = 0; FT * j < nvalid; j++) {
     const i64 tok0 = row0 + FT * j;
     const int live = min(FT, nvalid - FT * j);  // real tokens in this pass

@@ -29,6 +29,7 @@ extern "C" __global__ void moe_reduce(const float* __restrict__ z, const int* __
   };
   slots(0);
   pdl_begin();
+  TRACE_STEP(TRACE_REDUCE, 0, 0);
   for (i64 k0 = 0; k0 < topk; k0 += 8) {
     if (k0 > 0) slots(k0);
     float4 v[8];
@@ -43,6 +44,7 @@ extern "C" __global__ void moe_reduce(const float* __restrict__ z, const int* __
       acc.z += w[k] * v[k].z;
       acc.w += w[k] * v[k].w;
     }
+    if (k0 == 0) TRACE_STEP(TRACE_REDUCE, 1, __float_as_uint(acc.x));
   }
   *reinterpret_cast<float4*>(out + t * K + c) = acc;
 }

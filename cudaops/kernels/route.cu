@@ -409,6 +409,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     if (le >= 0) atomicAdd(&scount[le], 1);
   }
   const int nbad = __syncthreads_count(bad);  // also: the counts and sle
+  TRACE_STEP(TRACE_ROUTE, 0, 0);
   if (tid < 32) {
     // Lane l: experts l·per ... (l+1)·per - 1. An expert's tiles: its long ones (more than
     // ROUTE_SHORT_TILE rows, its first), then at most one short one (its last); the list holds
@@ -464,6 +465,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     }
   }
   __syncthreads();  // soff, and the padding marks before the real rows' entries
+  TRACE_STEP(TRACE_ROUTE, 1, 0);
   if (tid < P) {
     int row = -1;
     if (le >= 0) {
@@ -475,6 +477,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     srow[tid] = row;
   }
   __syncthreads();  // srow
+  TRACE_STEP(TRACE_ROUTE, 2, 0);
   // Each loaded piece (and scale) to the rows of its token's pairs; then the pieces past the
   // first ROUTE_SMALL_PRE a thread, their loads issued before their stores.
 #pragma unroll
@@ -484,6 +487,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     route_put_piece(a1q_perm, srow, tk, pieces, idx, pre[u]);
   }
   if (first < nsc) route_put_scale(a1s_perm, srow, tk, G, first, pscale);
+  TRACE_STEP(TRACE_ROUTE, 3, first < npc ? pre[0].x : 0u);
   for (int b = first + ROUTE_SMALL_PRE * stride; b < npc; b += 4 * stride) {
     uint4 v[4];
 #pragma unroll
