@@ -17,20 +17,20 @@ const traceSlots, traceWords = 8, 4 * traceSlots
 
 // traceSteps is the kernels' TRACE_STEPS: the step table (moe_trace_step) has 2 values per step
 // and slot, stepWords in all.
-const traceSteps, stepWords = 4, 2 * traceSteps * traceSlots
+const traceSteps, stepWords = 6, 2 * traceSteps * traceSlots
 
 // TraceSteps names, per stage, the steps inside it that the traced kernels stamp (TRACE_STEP in
 // kernels/*.cu; "" for none): the routing kernel of small batches (moe_route_small; the other
 // routing kernels stamp none) after its ids are counted, after its tile list is written, after
-// its pairs' rows are placed, and after the first token pieces are stored to those rows (the
-// pieces' loads back); the decode GEMMs after their wait for the previous kernel (and their
-// first weight copies issued); the activation after its wait and after its first group is
-// stored (h loaded, activated and quantized); the reduce after its wait and after its first
-// batch of slots is added (GEMM2's rows loaded).
+// its pairs' rows are placed, when its first token pieces (loaded at its start) are back, and
+// after they are stored to those rows; the decode GEMMs after their wait for the previous kernel
+// (and their first weight copies issued); the activation after its wait, when its first values
+// of h are back, and after its first group is stored (activated and quantized); the reduce after
+// its wait and after its first batch of slots is added (GEMM2's rows loaded).
 var TraceSteps = [len(TraceStages)][traceSteps]string{
-	1: {"ids counted", "tiles listed", "rows placed", "pieces stored"},
+	1: {"ids counted", "tiles listed", "rows placed", "pieces loaded", "pieces stored"},
 	3: {"waited"},
-	4: {"waited", "group stored"},
+	4: {"waited", "h loaded", "group stored"},
 	5: {"waited"},
 	6: {"waited", "slots added"},
 }

@@ -123,6 +123,7 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     g4[1] = *reinterpret_cast<const float4*>(hr + 4 * MOE_GROUP);
     u4[1] = *reinterpret_cast<const float4*>(hr + I + 4 * MOE_GROUP);
   }
+  TRACE_STEP(TRACE_ACT, 1, __float_as_uint(g4[0].x) ^ __float_as_uint(u4[0].x));
   const float L = (float)limit, A = (float)alpha, B = (float)beta;
 #pragma unroll
   for (int k = 0; k < 2; k++) {
@@ -146,6 +147,6 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     }
     *reinterpret_cast<uint32_t*>(a2q + r * I + grp * MOE_GROUP + 4 * lane) = q;
     if (lane == 0) a2s[r * G + grp] = s;
-    if (k == 0) TRACE_STEP(TRACE_ACT, 1, q);
+    if (k == 0) TRACE_STEP(TRACE_ACT, 2, q);
   }
 }

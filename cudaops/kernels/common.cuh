@@ -124,7 +124,7 @@ struct TraceScope {
 // produced: the branch on it makes thread 0 wait for that value (a load's, say) before it reads
 // the timer; a dep of all ones (a NaN pattern, which the bench's data never makes) skips the
 // stamp. The steps of each stage: the host's TraceSteps.
-#define TRACE_STEPS 4
+#define TRACE_STEPS 6
 extern "C" {
 __device__ unsigned long long moe_trace_step[2 * TRACE_STEPS * TRACE_SLOTS];
 }

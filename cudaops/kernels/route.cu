@@ -478,6 +478,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   }
   __syncthreads();  // srow
   TRACE_STEP(TRACE_ROUTE, 2, 0);
+  TRACE_STEP(TRACE_ROUTE, 3, first < npc ? pre[0].x : 0u);
   // Each loaded piece (and scale) to the rows of its token's pairs; then the pieces past the
   // first ROUTE_SMALL_PRE a thread, their loads issued before their stores.
 #pragma unroll
@@ -487,7 +488,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     route_put_piece(a1q_perm, srow, tk, pieces, idx, pre[u]);
   }
   if (first < nsc) route_put_scale(a1s_perm, srow, tk, G, first, pscale);
-  TRACE_STEP(TRACE_ROUTE, 3, first < npc ? pre[0].x : 0u);
+  TRACE_STEP(TRACE_ROUTE, 4, 0);
   for (int b = first + ROUTE_SMALL_PRE * stride; b < npc; b += 4 * stride) {
     uint4 v[4];
 #pragma unroll
