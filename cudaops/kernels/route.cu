@@ -362,10 +362,11 @@ __device__ __forceinline__ void route_put_scale(float* __restrict__ a1s_perm, co
 // (counts, offsets, the MOE_BM-row tile list and with tiles8 its chunk list, expert_ids, row_pair,
 // inv_perm, *err; no wgmma tiles)
 // plus moe_permute's rows and scales (a1q, a1s: (M, K), (M, K/128)) in the decode GEMM's byte
-// order (dec_order8), with three block barriers: one thread a pair (its rank among the earlier
-// pairs of its expert by a scan of the pairs in shared memory), warp 0 the segment offsets and
-// tiles (each lane a run of consecutive experts), while the other warps mark every row of the
-// layout's bound (P + min(P, E)·31, rounded up to MOE_BM) as padding; then every thread gathers.
+// order (dec_order8), with four block barriers after the ids: every row of the layout's bound
+// (P + min(P, E)·31, rounded up to MOE_BM) marked as padding while the ids load, one thread a
+// pair (its expert counted, then its rank among the earlier pairs of its expert by a scan of the
+// pairs in shared memory), one thread a run of consecutive experts (ceil(E / 256)) for the
+// segment offsets and tiles (a block-wide scan); then every thread gathers.
 // Every block routes the pairs in its shared memory (a few hundred bytes of ids), block 0 alone
 // writes the routing's results, and the blocks share the gather: the grid's thread g takes the
 // pieces g, g + stride, ... (stride: the grid's threads). The gather's loads do not depend on the
@@ -384,7 +385,7 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   extern __shared__ int smem[];
   int* scount = smem;      // pairs per local expert
   int* soff = smem + E;    // segment offsets
-  __shared__ int sle[ROUTE_SMALL_PAIRS], srow[ROUTE_SMALL_PAIRS];
+  __shared__ int sle[ROUTE_SMALL_PAIRS], srow[ROUTE_SMALL_PAIRS], swarp[ROUTE_SMALL_THREADS / 32];
   const int tid = threadIdx.x, lane = tid % 32, ne = (int)E, P = (int)(M * topk);
   const bool lead = blockIdx.x == 0;  // the block that writes the routing's results
   const int first = (int)blockIdx.x * ROUTE_SMALL_THREADS + tid, stride = (int)gridDim.x * ROUTE_SMALL_THREADS;
@@ -403,6 +404,15 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   int le = -2;
   bool bad = false;
   if (tid < P) le = expert_of(ids[tid], expert_map, Eg, &bad);
+  if (lead) {
+    // Every row of the layout's bound marked as padding, while the ids load; the barriers below
+    // order these stores before the real rows' entries.
+    const int bound = (P + min(P, ne) * (MOE_BM - 1) + MOE_BM - 1) / MOE_BM * MOE_BM;
+    for (int r = tid; r < bound; r += ROUTE_SMALL_THREADS) {
+      expert_ids[r] = -1;
+      row_pair[r] = -1;
+    }
+  }
   __syncthreads();  // scount zeroed
   if (tid < P) {
     sle[tid] = le;
@@ -410,13 +420,16 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
   }
   const int nbad = __syncthreads_count(bad);  // also: the counts and sle
   TRACE_STEP(TRACE_ROUTE, 0, 0);
-  if (tid < 32) {
-    // Lane l: experts l·per ... (l+1)·per - 1. An expert's tiles: its long ones (more than
-    // ROUTE_SHORT_TILE rows, its first), then at most one short one (its last); the list holds
-    // the long tiles first, as moe_route's. One scan of the counts of long tiles, short tiles
-    // and (with tiles8, as moe_route's) the long tiles' 8-row chunks, 10 bits each (at most P <=
-    // 64 each); rows are MOE_BM times the tiles before in the expert order.
-    const int per = (ne + 31) / 32, e0 = lane * per;
+  {
+    // Thread t: experts t·per ... (t+1)·per - 1 (one each up to ROUTE_SMALL_THREADS experts). An
+    // expert's tiles: its long ones (more than ROUTE_SHORT_TILE rows, its first), then at most
+    // one short one (its last); the list holds the long tiles first, as moe_route's. One scan
+    // over the block of the counts of long tiles, short tiles and (with tiles8, as moe_route's)
+    // the long tiles' 8-row chunks, 10 bits each (at most P <= 64 each): the warps' shuffle
+    // scans, one barrier, then each thread adds the totals of the warps below its own; rows are
+    // MOE_BM times the tiles before in the expert order. (Warp 0 alone, a lane a run of E/32
+    // experts, took 1.5 µs at 128 experts and 2.4 at 256 on an H200: docs/perf.md.)
+    const int per = (ne + ROUTE_SMALL_THREADS - 1) / ROUTE_SMALL_THREADS, e0 = tid * per;
     int mine = 0;
     for (int k = 0; k < per; k++)
       if (e0 + k < ne) {
@@ -432,9 +445,18 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
       const int n = __shfl_up_sync(0xffffffffu, incl, o);
       if (lane >= o) incl += n;
     }
-    const int all = __shfl_sync(0xffffffffu, incl, 31), nlong = all & 0x3ff, nshort = (all >> 10) & 0x3ff;
-    const int ntotal = nlong + nshort, nchunk = all >> 20;
-    int tl = (incl - mine) & 0x3ff, ts = ((incl - mine) >> 10) & 0x3ff, tc = (incl - mine) >> 20;
+    if (lane == 31) swarp[tid / 32] = incl;
+    __syncthreads();  // swarp
+    int below = 0, all = 0;
+#pragma unroll
+    for (int w = 0; w < ROUTE_SMALL_THREADS / 32; w++) {
+      const int v = swarp[w];
+      below += w < tid / 32 ? v : 0;
+      all += v;
+    }
+    const int nlong = all & 0x3ff, nshort = (all >> 10) & 0x3ff, ntotal = nlong + nshort, nchunk = all >> 20;
+    const int before = below + incl - mine;
+    int tl = before & 0x3ff, ts = (before >> 10) & 0x3ff, tc = before >> 20;
     for (int k = 0; k < per; k++) {
       const int e = e0 + k;
       if (e >= ne) break;
@@ -451,17 +473,11 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
       }
       tl += nl, ts += sh;
     }
-    if (lead && lane == 31) {
+    if (lead && tid == 0) {
       offsets[E] = ntotal * MOE_BM;
       *ntiles = ntotal;
       if (tiles8) ntiles[1] = nchunk + nshort;
       *err = nbad;
-    }
-  } else if (lead) {
-    const int bound = (P + min(P, ne) * (MOE_BM - 1) + MOE_BM - 1) / MOE_BM * MOE_BM;
-    for (int r = tid - 32; r < bound; r += ROUTE_SMALL_THREADS - 32) {
-      expert_ids[r] = -1;
-      row_pair[r] = -1;
     }
   }
   __syncthreads();  // soff, and the padding marks before the real rows' entries
