@@ -85,14 +85,18 @@ __device__ __forceinline__ uint32_t wg_reorder(uint32_t q, int lane) {
   return out;
 }
 
-// One warp per routed pair's row and group of it, 4 consecutive columns per lane: grid = (P,
-// ceil(I/128 / 8)), block = 256 (the block's eight warps take groups 8·blockIdx.y + warp of pair
-// blockIdx.x's row, inv_perm[pair]; padding rows get no block). A warp's work is one chain of
-// dependent steps (the activation's exp and reciprocal, the group's maximum over the warp, the
-// scale, the codes): eight warps a block run eight chains side by side, where four warps of two
-// groups each ran their second chain after their first (about 1 µs each on an H200 at one token:
-// docs/perf.md v53). Two memory round trips before the values: the row and its expert (for the
-// bias), then its values.
+// One warp per routed pair's row and one or two groups of it, 4 consecutive columns per lane and
+// group: grid = (P, ceil(I/128 / 8)), the block's warps taking eight groups of pair
+// blockIdx.x's row, inv_perm[pair] (padding rows get no block): with block = 256, group
+// 8·blockIdx.y + warp each; with block = 128, groups 8·blockIdx.y + warp and 8·blockIdx.y + warp
+// + 4, both groups' loads issued before either is computed. A group is a chain of dependent
+// steps (the activation's exp and reciprocal, the maximum over the warp, the scale, the codes),
+// about 1 µs at one warp a scheduler on an H200, and a warp of two runs its second after its
+// first: the host takes 256 threads for grids of one wave (actWarps), where every chain then
+// runs beside the others, and 128 for larger ones, where a warp's two groups' loads in flight
+// keep more bytes in flight an SM (at 2048 threads an SM) than one group's (docs/perf.md v53).
+// Two memory round trips before the values: the row and its expert (for the bias), then its
+// values.
 extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
                                          const int* __restrict__ inv_perm, const float* __restrict__ bias,
                                          u8* __restrict__ a2q, float* __restrict__ a2s, i64 P, i64 I,
@@ -106,8 +110,9 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
   if (trig) pdl_trigger();
   order &= ~(i64)ORDER_TRIGGER;
   const i64 G = I / MOE_GROUP;
-  const i64 grp = (i64)blockIdx.y * 8 + threadIdx.x / 32;
-  if (grp >= G) return;
+  const int nw = blockDim.x / 32;  // 8: a group a warp; 4: two
+  const i64 grp0 = (i64)blockIdx.y * 8 + threadIdx.x / 32;
+  if (grp0 >= G) return;
   const i64 r = __ldcg(inv_perm + blockIdx.x);
   if (r < 0) return;  // a pair without a local expert
   const int e = bias ? __ldcg(expert_ids + r) : 0;
@@ -117,27 +122,39 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     pdl_begin();
   TRACE_STEP(TRACE_ACT, 0, 0);
   const int lane = threadIdx.x % 32;
-  const float* hr = h + r * 2 * I + grp * MOE_GROUP + 4 * lane;
-  const float4 g4 = *reinterpret_cast<const float4*>(hr), u4 = *reinterpret_cast<const float4*>(hr + I);
-  TRACE_STEP(TRACE_ACT, 1, __float_as_uint(g4.x) ^ __float_as_uint(u4.x));
+  const bool two = nw == 4 && grp0 + 4 < G;
+  const float* hr = h + r * 2 * I + grp0 * MOE_GROUP + 4 * lane;
+  float4 g4[2], u4[2];
+  g4[0] = *reinterpret_cast<const float4*>(hr);
+  u4[0] = *reinterpret_cast<const float4*>(hr + I);
+  if (two) {
+    g4[1] = *reinterpret_cast<const float4*>(hr + 4 * MOE_GROUP);
+    u4[1] = *reinterpret_cast<const float4*>(hr + I + 4 * MOE_GROUP);
+  }
+  TRACE_STEP(TRACE_ACT, 1, __float_as_uint(g4[0].x) ^ __float_as_uint(u4[0].x));
   const float L = (float)limit, A = (float)alpha, B = (float)beta;
-  float gv[4] = {g4.x, g4.y, g4.z, g4.w}, uv[4] = {u4.x, u4.y, u4.z, u4.w};
-  if (bias) {
-    const float* br = bias + (i64)e * 2 * I + grp * MOE_GROUP + 4 * lane;
-    const float4 bg = *reinterpret_cast<const float4*>(br), bu = *reinterpret_cast<const float4*>(br + I);
-    gv[0] += bg.x, gv[1] += bg.y, gv[2] += bg.z, gv[3] += bg.w;
-    uv[0] += bu.x, uv[1] += bu.y, uv[2] += bu.z, uv[3] += bu.w;
+#pragma unroll
+  for (int k = 0; k < 2; k++) {
+    if (k == 1 && !two) break;
+    const i64 grp = grp0 + 4 * k;
+    float gv[4] = {g4[k].x, g4[k].y, g4[k].z, g4[k].w}, uv[4] = {u4[k].x, u4[k].y, u4[k].z, u4[k].w};
+    if (bias) {
+      const float* br = bias + (i64)e * 2 * I + grp * MOE_GROUP + 4 * lane;
+      const float4 bg = *reinterpret_cast<const float4*>(br), bu = *reinterpret_cast<const float4*>(br + I);
+      gv[0] += bg.x, gv[1] += bg.y, gv[2] += bg.z, gv[3] += bg.w;
+      uv[0] += bu.x, uv[1] += bu.y, uv[2] += bu.z, uv[3] += bu.w;
+    }
+    float y[4];
+    act4(gv, uv, y, act, clamp, L, A, B);
+    uint32_t q;
+    const float s = quant_group(y, fmt, &q);
+    if (order == 1) q = wg_reorder(q, lane);
+    else if (order == 2) {  // the decode GEMM's order: pieces of 8 columns over two lanes
+      const uint32_t o = __shfl_xor_sync(0xffffffffu, q, 1);
+      q = lane & 1 ? __byte_perm(o, q, 0x7362) : __byte_perm(q, o, 0x5140);
+    }
+    *reinterpret_cast<uint32_t*>(a2q + r * I + grp * MOE_GROUP + 4 * lane) = q;
+    if (lane == 0) a2s[r * G + grp] = s;
+    if (k == 0) TRACE_STEP(TRACE_ACT, 2, q);
   }
-  float y[4];
-  act4(gv, uv, y, act, clamp, L, A, B);
-  uint32_t q;
-  const float s = quant_group(y, fmt, &q);
-  if (order == 1) q = wg_reorder(q, lane);
-  else if (order == 2) {  // the decode GEMM's order: pieces of 8 columns over two lanes
-    const uint32_t o = __shfl_xor_sync(0xffffffffu, q, 1);
-    q = lane & 1 ? __byte_perm(o, q, 0x7362) : __byte_perm(q, o, 0x5140);
-  }
-  *reinterpret_cast<uint32_t*>(a2q + r * I + grp * MOE_GROUP + 4 * lane) = q;
-  if (lane == 0) a2s[r * G + grp] = s;
-  TRACE_STEP(TRACE_ACT, 2, q);
 }
