@@ -140,6 +140,19 @@ func deepFirst(n, kd int64, tiles, sms int) bool {
 	return kd/128 >= 32 && splitBlocks(n, 64, 2, tiles) <= decSplitWaves2*decwBlocks*sms
 }
 
+// actWarps is the activation kernel's warps a block for a grid of blocks blocks (a pair's row and
+// eight groups of 128 columns each) on sms SMs: 8, a group a warp, while the grid fits one wave
+// of 8 such blocks an SM (2048 threads), so that no warp runs a second group's chain after its
+// first (at one token 0.7–1.1 µs off the activation's path on an H200); else 4, two groups a
+// warp, whose loads in flight together keep twice the bytes in flight an SM (GPT-OSS-120B at
+// 4096 tokens: 161 µs against 180 with a group a warp; docs/perf.md v53).
+func actWarps(blocks, sms int) int {
+	if blocks <= 8*sms {
+		return 8
+	}
+	return 4
+}
+
 // moe_route_small's gather (routeSmallGrid): one block gathers rows of up to fusedPermuteBytes
 // (one block's gather of larger rows was slower than moe_permute's grid after moe_route on an
 // H200, docs/perf.md v13b), larger gathers take a block per routeSmallBlockBytes (8 and 32 KiB

@@ -218,3 +218,26 @@ func TestRouteSmallGrid(t *testing.T) {
 		}
 	}
 }
+
+// TestActWarps checks the activation kernel's block size at the bench shapes' batches (blocks:
+// pairs times ceil(I/128 / 8)) on 132 SMs: a group a warp up to one wave of 8 blocks an SM.
+func TestActWarps(t *testing.T) {
+	cases := []struct {
+		name   string
+		blocks int
+		want   int
+	}{
+		{"gptoss120b one token", 4 * 3, 8},
+		{"qwen3 eight tokens", 64 * 1, 8},
+		{"gptoss120b 64 tokens", 256 * 3, 8},
+		{"one wave exactly", 8 * 132, 8},
+		{"one block past the wave", 8*132 + 1, 4},
+		{"deepseekv3 64 tokens", 512 * 2, 8},
+		{"gptoss120b 4096 tokens", 16384 * 3, 4},
+	}
+	for _, c := range cases {
+		if got := actWarps(c.blocks, 132); got != c.want {
+			t.Errorf("%s: actWarps(%d, 132) = %d, want %d", c.name, c.blocks, got, c.want)
+		}
+	}
+}

@@ -231,6 +231,9 @@ type Layer struct {
 	trigger int
 	// routeGrid: moe_route_small's blocks, or 0 for routeSmallGrid's count (tests compare them).
 	routeGrid int
+	// actWarps: the activation kernel's warps a block (4 or 8), or 0 for actWarps' choice (tests
+	// compare them).
+	actWarps int
 	ws        workspace
 	closed    bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
@@ -858,7 +861,12 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	// GEMM1 added its bias in its epilogue; the activation kernel gets none.
 	limit, clamp := l.cfg.Limit()
-	if err := launch(f.actQuant, dim3{P, blocks(I/128, 8), 1}, dim3{128, 1, 1}, 0, l.stream,
+	ablocks := P * blocks(I/128, 8)
+	aw := actWarps(ablocks, l.dev.SMs)
+	if l.actWarps > 0 {
+		aw = l.actWarps
+	}
+	if err := launch(f.actQuant, dim3{P, blocks(I/128, 8), 1}, dim3{32 * aw, 1, 1}, 0, l.stream,
 		u(ws.h), u(ws.expertIDs), u(ws.invPerm), 0, u(ws.a2q), u(ws.a2s), i(int64(P)), i(I),
 		i(int64(l.cfg.Activation)), flag(clamp), fl(limit), fl(l.cfg.Alpha), fl(l.cfg.Beta), i(int64(l.cfg.ScaleFormat)),
 		i(order)); err != nil {

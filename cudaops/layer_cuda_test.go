@@ -581,6 +581,39 @@ func TestDecodeRouteGrid(t *testing.T) {
 	}
 }
 
+// TestActivationWarps runs batches through the activation kernel with a group a warp (eight
+// warps a block) and with two (four warps), bitwise against each other and near native, in each
+// GEMM's token order: the decode GEMM's (with the early trigger; an expert map with ids of -1),
+// the wgmma GEMM's (the clamped activation) and the tiled GEMM's; rows of 5 and 9 groups, so
+// that the four-warp blocks have warps of one group and of two, and a block of one group.
+func TestActivationWarps(t *testing.T) {
+	for _, c := range []struct {
+		k GEMMKernel
+		s conformance.Spec
+	}{
+		{GEMMDecode, conformance.Spec{Name: "decode M=2", M: 2, K: 1024, I: 640, E: 8, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 81}},
+		{GEMMDecode, conformance.Spec{Name: "decode map -1", M: 5, K: 1024, I: 1152, E: 8, GlobalExperts: 16, TopK: 4, NegIDs: 0.2, Activation: moe.SiLU, Seed: 82}},
+		{GEMMWgmma, conformance.Spec{Name: "wgmma", M: 300, K: 512, I: 640, E: 4, TopK: 2, Activation: moe.SwiGLUOAI, Clamp: true, Limit: 7, Seed: 83}},
+		{GEMMTiled, conformance.Spec{Name: "tiled", M: 40, K: 512, I: 1152, E: 4, TopK: 2, Activation: moe.SwiGLUStep, Seed: 84}},
+	} {
+		t.Run(c.s.Name, func(t *testing.T) {
+			cs := conformance.Generate(c.s)
+			l := kernelLayer(t, &cs.Weights, cs.Config, c.k)
+			if k := l.Kernel(c.s.M, c.s.TopK); k != c.k {
+				t.Fatalf("kernel %v, want %v", k, c.k)
+			}
+			if c.k == GEMMDecode {
+				l.trigger = 1
+			}
+			l.actWarps = 4
+			two := forward(t, l, &cs.Batch, c.s.K)
+			l.actWarps = 8
+			sameBits(t, "a group a warp against two", forward(t, l, &cs.Batch, c.s.K), two)
+			nearNative(t, two, &cs.Weights, cs.Config, &cs.Batch)
+		})
+	}
+}
+
 // TestDecodeEarlyTrigger runs decode batches with the early trigger (the activation kernel and
 // GEMM2 let the next kernel launch before they wait) against native, and bitwise against the
 // same layer without it: predicted and routed GEMM1 tiles, the expert map with ids of -1 and

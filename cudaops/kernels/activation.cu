@@ -85,11 +85,18 @@ __device__ __forceinline__ uint32_t wg_reorder(uint32_t q, int lane) {
   return out;
 }
 
-// One warp per routed pair's row and two groups of it (grp and grp + 4), 4 consecutive columns
-// per lane and group, both groups' loads issued before either is computed: grid = (P, ceil(I/128
-// / 8)), block = 128 (the block's four warps take groups 8·blockIdx.y + warp and 8·blockIdx.y +
-// warp + 4 of pair blockIdx.x's row, inv_perm[pair]; padding rows get no block). Two memory round
-// trips before the values: the row and its expert (for the bias), then its values.
+// One warp per routed pair's row and one or two groups of it, 4 consecutive columns per lane and
+// group: grid = (P, ceil(I/128 / 8)), the block's warps taking eight groups of pair
+// blockIdx.x's row, inv_perm[pair] (padding rows get no block): with block = 256, group
+// 8·blockIdx.y + warp each; with block = 128, groups 8·blockIdx.y + warp and 8·blockIdx.y + warp
+// + 4, both groups' loads issued before either is computed. A group is a chain of dependent
+// steps (the activation's exp and reciprocal, the maximum over the warp, the scale, the codes),
+// about 1 µs at one warp a scheduler on an H200, and a warp of two runs its second after its
+// first: the host takes 256 threads for grids of one wave (actWarps), where every chain then
+// runs beside the others, and 128 for larger ones, where a warp's two groups' loads in flight
+// keep more bytes in flight an SM (at 2048 threads an SM) than one group's (docs/perf.md v53).
+// Two memory round trips before the values: the row and its expert (for the bias), then its
+// values.
 extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
                                          const int* __restrict__ inv_perm, const float* __restrict__ bias,
                                          u8* __restrict__ a2q, float* __restrict__ a2s, i64 P, i64 I,
@@ -103,6 +110,7 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
   if (trig) pdl_trigger();
   order &= ~(i64)ORDER_TRIGGER;
   const i64 G = I / MOE_GROUP;
+  const int nw = blockDim.x / 32;  // 8: a group a warp; 4: two
   const i64 grp0 = (i64)blockIdx.y * 8 + threadIdx.x / 32;
   if (grp0 >= G) return;
   const i64 r = __ldcg(inv_perm + blockIdx.x);
@@ -114,7 +122,7 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     pdl_begin();
   TRACE_STEP(TRACE_ACT, 0, 0);
   const int lane = threadIdx.x % 32;
-  const bool two = grp0 + 4 < G;
+  const bool two = nw == 4 && grp0 + 4 < G;
   const float* hr = h + r * 2 * I + grp0 * MOE_GROUP + 4 * lane;
   float4 g4[2], u4[2];
   g4[0] = *reinterpret_cast<const float4*>(hr);
