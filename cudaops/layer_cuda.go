@@ -234,8 +234,8 @@ type Layer struct {
 	// actWarps: the activation kernel's warps a block (4 or 8), or 0 for actWarps' choice (tests
 	// compare them).
 	actWarps int
-	ws        workspace
-	closed    bool
+	ws       workspace
+	closed   bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
 	events [7]cu.Event
