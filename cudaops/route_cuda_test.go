@@ -36,16 +36,27 @@ func countedCase(counts []int, s *conformance.Spec, seed uint64) (*casefile.Case
 // then a short one, an expert without pairs), in shuffled order, through the one-block routing,
 // above scatterPairs the counting and scattering kernels around it, and up to fusedPermutePairs
 // the small batches' routing (moe_route_small; at most segmentRows pairs, GEMM1 working out its
-// tiles from the ids).
+// tiles from the ids). The small routing's scan gives each of its 256 threads a run of
+// ceil(E/256) experts: 520 experts take runs of 3, the last thread's run cut short, with pairs on
+// experts at the runs' and the warps' edges.
 func TestRouteTileOrder(t *testing.T) {
+	many := func(at map[int]int) []int {
+		c := make([]int, 520)
+		for e, n := range at {
+			c[e] = n
+		}
+		return c
+	}
 	for _, tc := range []struct {
-		name   string
-		counts []int
+		name, path string
+		counts     []int
 	}{
-		{"one block", []int{3, 12, 0, 40, 41, 64, 8, 1}},
-		{"counted chunks", []int{3, 1200, 0, 1064, 41, 2000, 8, 1}},
-		{"small", []int{3, 12, 0, 9, 1, 20, 8}},
-		{"small, predicted", []int{12, 3, 0, 9, 1}},
+		{"one block", "one block", []int{3, 12, 0, 40, 41, 64, 8, 1}},
+		{"counted chunks", "counted chunks", []int{3, 1200, 0, 1064, 41, 2000, 8, 1}},
+		{"small", "small", []int{3, 12, 0, 9, 1, 20, 8}},
+		{"small, predicted", "small, predicted", []int{12, 3, 0, 9, 1}},
+		{"small, 520 experts", "small", many(map[int]int{0: 3, 95: 9, 96: 12, 255: 1, 256: 20, 518: 8, 519: 2})},
+		{"small, 520 experts, predicted", "small, predicted", many(map[int]int{2: 12, 300: 3, 517: 9, 519: 1})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := conformance.Spec{K: 256, I: 128, E: len(tc.counts), Activation: moe.SiLU, Seed: 81}
@@ -60,8 +71,8 @@ func TestRouteTileOrder(t *testing.T) {
 			case P > scatterPairs:
 				path = "counted chunks"
 			}
-			if path != tc.name {
-				t.Fatalf("%d pairs: routing path %q", P, path)
+			if path != tc.path {
+				t.Fatalf("%d pairs: routing path %q, want %q", P, path, tc.path)
 			}
 			got := forwardTwice(t, l, &c.Batch, s.K, "forward")
 			_, bound := l.bounds(P)
