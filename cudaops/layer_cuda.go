@@ -861,12 +861,12 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	// GEMM1 added its bias in its epilogue; the activation kernel gets none.
 	limit, clamp := l.cfg.Limit()
-	ablocks := P * blocks(I/128, 8)
-	aw := actWarps(ablocks, l.dev.SMs)
+	ay := blocks(I/128, 8) // a block's eight groups of a pair's row
+	aw := actWarps(P*ay, l.dev.SMs)
 	if l.actWarps > 0 {
 		aw = l.actWarps
 	}
-	if err := launch(f.actQuant, dim3{P, blocks(I/128, 8), 1}, dim3{32 * aw, 1, 1}, 0, l.stream,
+	if err := launch(f.actQuant, dim3{P, ay, 1}, dim3{32 * aw, 1, 1}, 0, l.stream,
 		u(ws.h), u(ws.expertIDs), u(ws.invPerm), 0, u(ws.a2q), u(ws.a2s), i(int64(P)), i(I),
 		i(int64(l.cfg.Activation)), flag(clamp), fl(limit), fl(l.cfg.Alpha), fl(l.cfg.Beta), i(int64(l.cfg.ScaleFormat)),
 		i(order)); err != nil {

@@ -51,21 +51,13 @@ type StepSpan struct {
 	First, Last time.Duration
 }
 
-// traceReset is the table a traced forward starts from: first times at the largest value,
-// last times at 0, so that the kernels' atomic minima and maxima take the first write.
-func traceReset() []uint64 {
-	t := make([]uint64, traceWords)
-	for s := range traceSlots {
-		t[4*s], t[4*s+2] = math.MaxUint64, math.MaxUint64
-	}
-	return t
-}
-
-// stepReset is the step table a traced forward starts from, as traceReset's: each step's first
-// time at the largest value, its last at 0.
-func stepReset() []uint64 {
-	t := make([]uint64, stepWords)
-	for i := 0; i < stepWords; i += 2 {
+// resetTable is a table of words values as a traced forward starts from it: both tables
+// (moe_trace, traceWords; moe_trace_step, stepWords) alternate first and last times, so every
+// even word (a first time) at the largest value and every odd one (a last time) at 0, so that
+// the kernels' atomic minima and maxima take the first write.
+func resetTable(words int) []uint64 {
+	t := make([]uint64, words)
+	for i := 0; i < words; i += 2 {
 		t[i] = math.MaxUint64
 	}
 	return t

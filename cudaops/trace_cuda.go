@@ -58,13 +58,16 @@ func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageS
 	if err != nil {
 		return nil, err
 	}
-	reset, got := traceReset(), make([]uint64, traceWords)
-	bytes := int64(8 * len(reset))
-	steps, err := l.dev.stepTable()
-	var sreset, sgot []uint64
-	switch {
+	// The tables a replay resets and reads back: moe_trace, and moe_trace_step where the kernels
+	// have it.
+	type buf struct {
+		p          cu.DevicePtr
+		reset, got []uint64
+	}
+	bufs := []buf{{table, resetTable(traceWords), make([]uint64, traceWords)}}
+	switch steps, err := l.dev.stepTable(); {
 	case err == nil:
-		sreset, sgot = stepReset(), make([]uint64, stepWords)
+		bufs = append(bufs, buf{steps, resetTable(stepWords), make([]uint64, stepWords)})
 	case !errors.Is(err, errNoSteps):
 		return nil, err
 	}
@@ -74,13 +77,10 @@ func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageS
 			if err := l.replayable(g); err != nil {
 				return nil, err
 			}
-			// On the stream, so that the graph's kernels see the reset table (a synchronous copy
+			// On the stream, so that the graph's kernels see the reset tables (a synchronous copy
 			// from pageable memory may return before its bytes land).
-			if err := cu.MemcpyHtoDAsync(table, unsafe.Pointer(&reset[0]), bytes, l.stream); err != nil {
-				return nil, fmt.Errorf("cudaops: trace: %v", err)
-			}
-			if sreset != nil {
-				if err := cu.MemcpyHtoDAsync(steps, unsafe.Pointer(&sreset[0]), 8*stepWords, l.stream); err != nil {
+			for _, b := range bufs {
+				if err := cu.MemcpyHtoDAsync(b.p, unsafe.Pointer(&b.reset[0]), int64(8*len(b.reset)), l.stream); err != nil {
 					return nil, fmt.Errorf("cudaops: trace: %v", err)
 				}
 			}
@@ -90,15 +90,16 @@ func (l *Layer) TraceGraphs(gs []*Graph, rounds int) ([][len(TraceStages)]StageS
 			if err := l.stream.Synchronize(); err != nil {
 				return nil, err
 			}
-			if err := cu.MemcpyDtoH(unsafe.Pointer(&got[0]), table, bytes); err != nil {
-				return nil, fmt.Errorf("cudaops: trace: %v", err)
-			}
-			if sgot != nil {
-				if err := cu.MemcpyDtoH(unsafe.Pointer(&sgot[0]), steps, 8*stepWords); err != nil {
+			for _, b := range bufs {
+				if err := cu.MemcpyDtoH(unsafe.Pointer(&b.got[0]), b.p, int64(8*len(b.got))); err != nil {
 					return nil, fmt.Errorf("cudaops: trace: %v", err)
 				}
 			}
-			out = append(out, spans(got, sgot))
+			var stepsGot []uint64 // nil: kernels without steps
+			if len(bufs) > 1 {
+				stepsGot = bufs[1].got
+			}
+			out = append(out, spans(bufs[0].got, stepsGot))
 		}
 	}
 	return out, nil

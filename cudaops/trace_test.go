@@ -7,12 +7,12 @@ import (
 )
 
 func TestSpans(t *testing.T) {
-	tab := traceReset()
+	tab := resetTable(traceWords)
 	set := func(slot int, v ...uint64) { copy(tab[4*slot:], v) }
 	set(1, 1000, 1000, 3000, 3500)  // route: one block
 	set(3, 1200, 2000, 9000, 12000) // GEMM1, launched before the routing kernel ended
 	set(5, 8000, 9500, 14000, 15000)
-	steps := stepReset()
+	steps := resetTable(stepWords)
 	step := func(slot, k int, first, last uint64) { copy(steps[2*(traceSteps*slot+k):], []uint64{first, last}) }
 	step(1, 0, 1400, 1400)  // route: ids counted
 	step(1, 3, 2900, 2900)  // route: pieces stored
@@ -37,11 +37,11 @@ func TestSpans(t *testing.T) {
 			t.Errorf("%s: %+v, want %+v", name, got[s], w)
 		}
 	}
-	if r := traceReset(); r[0] != math.MaxUint64 || r[1] != 0 || r[2] != math.MaxUint64 || r[3] != 0 || len(r) != traceWords {
-		t.Errorf("traceReset: %v", r[:4])
+	if r := resetTable(traceWords); r[0] != math.MaxUint64 || r[1] != 0 || r[2] != math.MaxUint64 || r[3] != 0 || len(r) != traceWords {
+		t.Errorf("resetTable(traceWords): %v", r[:4])
 	}
-	if r := stepReset(); r[0] != math.MaxUint64 || r[1] != 0 || r[stepWords-2] != math.MaxUint64 || r[stepWords-1] != 0 {
-		t.Errorf("stepReset: %v", r)
+	if r := resetTable(stepWords); r[0] != math.MaxUint64 || r[1] != 0 || r[stepWords-2] != math.MaxUint64 || r[stepWords-1] != 0 || len(r) != stepWords {
+		t.Errorf("resetTable(stepWords): %v", r)
 	}
 	// Kernels without steps (nil table): the same stages, no step ran.
 	for s, sp := range spans(tab, nil) {
