@@ -22,13 +22,14 @@ const traceSteps, stepWords = 6, 2 * traceSteps * traceSlots
 // TraceSteps names, per stage, the steps inside it that the traced kernels stamp (TRACE_STEP in
 // kernels/*.cu; "" for none): the routing kernel of small batches (moe_route_small; the other
 // routing kernels stamp none) after its ids are counted, after its tile list is written, after
-// its pairs' rows are placed, when its first token pieces (loaded at its start) are back, and
-// after they are stored to those rows; the decode GEMMs after their wait for the previous kernel
-// (and their first weight copies issued); the activation after its wait, when its first values
-// of h are back, and after its first group is stored (activated and quantized); the reduce after
-// its wait and after its first batch of slots is added (GEMM2's rows loaded).
+// its pairs' rows are placed, when its first token pieces (loaded at its start) are back, after
+// they are stored to those rows, and after its first scale is; the decode GEMMs after their
+// wait for the previous kernel (and their first weight copies issued); the activation after its
+// wait, when its first values of h are back, and after its first group is stored (activated and
+// quantized); the reduce after its wait and after its first batch of slots is added (GEMM2's
+// rows loaded).
 var TraceSteps = [len(TraceStages)][traceSteps]string{
-	1: {"ids counted", "tiles listed", "rows placed", "pieces loaded", "pieces stored"},
+	1: {"ids counted", "tiles listed", "rows placed", "pieces loaded", "pieces stored", "scale stored"},
 	3: {"waited"},
 	4: {"waited", "h loaded", "group stored"},
 	5: {"waited"},

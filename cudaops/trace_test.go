@@ -15,12 +15,12 @@ func TestSpans(t *testing.T) {
 	steps := resetTable(stepWords)
 	step := func(slot, k int, first, last uint64) { copy(steps[2*(traceSteps*slot+k):], []uint64{first, last}) }
 	step(1, 0, 1400, 1400)  // route: ids counted
-	step(1, 3, 2900, 2900)  // route: pieces stored
+	step(1, 5, 2900, 2900)  // route: scale stored
 	step(5, 0, 8800, 10100) // GEMM2: waited
 	got := spans(tab, steps)
 	want := map[int]StageSpan{
 		1: {Ran: true, FirstStart: 0, LastStart: 0, FirstEnd: 2000, LastEnd: 2500,
-			Steps: [traceSteps]StepSpan{0: {true, 400, 400}, 3: {true, 1900, 1900}}},
+			Steps: [traceSteps]StepSpan{0: {true, 400, 400}, 5: {true, 1900, 1900}}},
 		3: {Ran: true, FirstStart: 200, LastStart: 1000, FirstEnd: 8000, LastEnd: 11000},
 		5: {Ran: true, FirstStart: 7000, LastStart: 8500, FirstEnd: 13000, LastEnd: 14000,
 			Steps: [traceSteps]StepSpan{0: {true, 7800, 9100}}},

@@ -122,8 +122,9 @@ struct TraceScope {
 // %globaltimer (ns) at which the first and the last block's thread 0 passed step k of stage slot
 // (the host resets them as moe_trace's first and last times). dep is a value the step has
 // produced: the branch on it makes thread 0 wait for that value (a load's, say) before it reads
-// the timer; a dep of all ones (a NaN pattern, which the bench's data never makes) skips the
-// stamp. The steps of each stage: the host's TraceSteps.
+// the timer; a dep of all ones skips the stamp (a block whose dep happens to be all ones, a NaN
+// pattern or an XOR of two values, leaves that step unstamped: tracing only, the medians over
+// blocks and replays take the others). The steps of each stage: the host's TraceSteps.
 #define TRACE_STEPS 6
 extern "C" {
 __device__ unsigned long long moe_trace_step[2 * TRACE_STEPS * TRACE_SLOTS];

@@ -503,8 +503,9 @@ moe_route_small(const int* __restrict__ ids, const int* __restrict__ expert_map,
     if (idx >= npc) break;
     route_put_piece(a1q_perm, srow, tk, pieces, idx, pre[u]);
   }
-  if (first < nsc) route_put_scale(a1s_perm, srow, tk, G, first, pscale);
   TRACE_STEP(TRACE_ROUTE, 4, 0);
+  if (first < nsc) route_put_scale(a1s_perm, srow, tk, G, first, pscale);
+  TRACE_STEP(TRACE_ROUTE, 5, 0);
   for (int b = first + ROUTE_SMALL_PRE * stride; b < npc; b += 4 * stride) {
     uint4 v[4];
 #pragma unroll
