@@ -50,8 +50,8 @@ With --trace N (kernels built with MOE_DEFS=-DMOE_TRACE cudaops/kernels/build.sh
 FP4MOE_FATBIN) each row is followed by its stage timeline: N replays of each rotated batch, one at
 a time, and per stage of the decode path the medians of when its first and last blocks began and
 its first and last warps ended, in µs after the forward's first block began; under each stage,
-the steps its kernel stamps (cudaops.TraceSteps: the routing kernel's count, tile list, rows and
-token stores, each kernel's wait, the activation's loads and first group), when its first and
+the steps its kernel stamps (cudaops.TraceSteps: the routing kernel's count, tile list, rows,
+token stores and scale store, each kernel's wait, the activation's loads and first group), when its first and
 last blocks passed each.
 With --trace-blocks FILE (kernels built with MOE_DEFS="-DMOE_TRACE -DMOE_TRACE_BLOCKS") one
 replay of each row's first batch records every block of each stage (up to 8192 a stage): the
