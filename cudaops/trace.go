@@ -25,13 +25,13 @@ const traceSteps, stepWords = 6, 2 * traceSteps * traceSlots
 // its pairs' rows are placed, when its first token pieces (loaded at its start) are back, after
 // they are stored to those rows, and after its first scale is; the decode GEMMs after their
 // wait for the previous kernel (and their first weight copies issued); the activation after its
-// wait, when its first values of h are back, and after its first group is stored (activated and
-// quantized); the reduce after its wait and after its first batch of slots is added (GEMM2's
-// rows loaded).
+// wait, when its first values of h are back, when they are activated, when they are quantized
+// (the group's scale and codes), and after its first group is stored; the reduce after its wait
+// and after its first batch of slots is added (GEMM2's rows loaded).
 var TraceSteps = [len(TraceStages)][traceSteps]string{
 	1: {"ids counted", "tiles listed", "rows placed", "pieces loaded", "pieces stored", "scale stored"},
 	3: {"waited"},
-	4: {"waited", "h loaded", "group stored"},
+	4: {"waited", "h loaded", "activated", "quantized", "group stored"},
 	5: {"waited"},
 	6: {"waited", "slots added"},
 }

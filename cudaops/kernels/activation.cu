@@ -146,8 +146,10 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     }
     float y[4];
     act4(gv, uv, y, act, clamp, L, A, B);
+    if (k == 0) TRACE_STEP(TRACE_ACT, 2, __float_as_uint(y[0]));
     uint32_t q;
     const float s = quant_group(y, fmt, &q);
+    if (k == 0) TRACE_STEP(TRACE_ACT, 3, q);
     if (order == 1) q = wg_reorder(q, lane);
     else if (order == 2) {  // the decode GEMM's order: pieces of 8 columns over two lanes
       const uint32_t o = __shfl_xor_sync(0xffffffffu, q, 1);
@@ -155,6 +157,6 @@ extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int*
     }
     *reinterpret_cast<uint32_t*>(a2q + r * I + grp * MOE_GROUP + 4 * lane) = q;
     if (lane == 0) a2s[r * G + grp] = s;
-    if (k == 0) TRACE_STEP(TRACE_ACT, 2, q);
+    if (k == 0) TRACE_STEP(TRACE_ACT, 4, q);
   }
 }
