@@ -14,11 +14,19 @@
 // can warm: after five kernels of 16 KB of other code each (its code then gone from the SM), and
 // once more right after itself (its code there).
 //
+// Last (mode "act"), the activation kernel of one GPT-OSS-120B token (moe_act_quant: 4 pairs, 23
+// groups of 128, SwiGLU with the clamp, the decode order) cold and warm the same way, and, built
+// with -DMOE_TRACE, its steps (h loaded, activated, quantized, group stored) in each: whether its
+// chain's microsecond in the forward's trace is its code's fetch.
+//
 // Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/icache icache_bench.cu && /tmp/icache
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -DMOE_TRACE -o /tmp/icache_t icache_bench.cu && /tmp/icache_t act
 #include "../gemm_fp8fp4.cu"
 #include "../route.cu"
+#include "../activation.cu"
 #include "bench_setup.cuh"
+#include <cstring>
 
 #define FMA8(b, c)                                                                                                    \
   asm volatile(                                                                                                       \
@@ -61,9 +69,9 @@ __global__ void __launch_bounds__(256) sweep_k(const float4* __restrict__ in, si
 }
 
 // A launch as the layer launches its stages (programmatic stream serialization).
-static void launch(const void* fn, int grid, int block, cudaStream_t st, void** args, size_t smem = 0) {
+static void launch(const void* fn, dim3 grid, int block, cudaStream_t st, void** args, size_t smem = 0) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid);
+  cfg.gridDim = grid;
   cfg.blockDim = dim3(block);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
@@ -230,7 +238,86 @@ static void route_chains(int sms) {
          hn[0], t0, t1, t1 - t0, t2, t2 - t1);
 }
 
-int main() {
+// The activation kernel of one token, cold and warm (see the header): µs a graph replay of the
+// five 16 KB kernels alone, with the activation kernel after them (cold), and with it twice
+// (warm); with MOE_TRACE, the last block's steps after its values of h are back (h loaded), the
+// median over 20 replays of each graph: the cold graph's are the cold launch's, the warm graph's
+// the second launch's (the table keeps each step's latest time).
+static void act_chains(int sms) {
+  const int P = 4, I = 2944, G = I / 128;
+  std::vector<float> hh(size_t(P) * 2 * I);
+  uint64_t st = 7;
+  for (float& v : hh) {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    v = (float)((int)(st >> 40) % 2001 - 1000) / 250.f;  // about ±4
+  }
+  int hinv[P] = {0, 1, 2, 3}, heid[P] = {3, 40, 77, 101};
+  float *h, *a2s, *out;
+  int *inv, *eid;
+  u8* a2q;
+  CK(cudaMalloc(&h, hh.size() * 4));
+  CK(cudaMemcpy(h, hh.data(), hh.size() * 4, cudaMemcpyHostToDevice));
+  CK(cudaMalloc(&inv, 4 * P));
+  CK(cudaMemcpy(inv, hinv, 4 * P, cudaMemcpyHostToDevice));
+  CK(cudaMalloc(&eid, 4 * P));
+  CK(cudaMemcpy(eid, heid, 4 * P, cudaMemcpyHostToDevice));
+  CK(cudaMalloc(&a2q, size_t(P) * I));
+  CK(cudaMalloc(&a2s, 4 * P * G));
+  CK(cudaMalloc(&out, 1 << 20));
+  const float* bias = nullptr;
+  i64 p = P, ii = I, act = ACT_SWIGLUOAI, clamp = 1, fmt = FMT_CEIL_UE8M0, order = 2;
+  double limit = 7, alpha = 1.702, beta = 1;
+  void* aargs[] = {&h, &eid, &inv, &bias, &a2q, &a2s, &p, &ii, &act, &clamp, &limit, &alpha, &beta, &fmt, &order};
+  float b = 1.0001f, c = 0.5f;
+  void* cargs[] = {&out, &b, &c};
+  const void* other[] = {(const void*)chain_k<0, 1024, 1>, (const void*)chain_k<1, 1024, 1>, (const void*)chain_k<2, 1024, 1>,
+                         (const void*)chain_k<3, 1024, 1>, (const void*)chain_k<4, 1024, 1>};
+  auto capture = [&](int nact) {
+    return [&, nact](cudaStream_t s) {
+      for (const void* f : other) launch(f, sms, 128, s, cargs);
+      for (int i = 0; i < nact; i++) launch((const void*)moe_act_quant, dim3(P, (G + 7) / 8), 256, s, aargs);
+    };
+  };
+  const double t0 = time_graph(capture(0)), t1 = time_graph(capture(1)), t2 = time_graph(capture(2));
+  printf("activation kernel of one token: five 16 KB kernels %.2f µs; + activation %.2f (cold: +%.2f); + activation twice %.2f (warm: +%.2f)\n",
+         t0, t1, t1 - t0, t2, t2 - t1);
+#ifdef MOE_TRACE
+  const char* names[] = {"h loaded", "activated", "quantized", "group stored"};
+  for (int nact = 1; nact <= 2; nact++) {
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    cudaGraph_t g;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    capture(nact)(s);
+    CK(cudaStreamEndCapture(s, &g));
+    cudaGraphExec_t ge;
+    CK(cudaGraphInstantiateWithFlags(&ge, g, 0));
+    std::vector<std::vector<double>> d(4);
+    unsigned long long tab[2 * TRACE_STEPS * TRACE_SLOTS];
+    for (int r = 0; r < 25; r++) {
+      for (int k = 0; k < TRACE_STEPS * TRACE_SLOTS; k++) tab[2 * k] = ~0ull, tab[2 * k + 1] = 0;
+      CK(cudaMemcpyToSymbol(moe_trace_step, tab, sizeof tab));
+      CK(cudaGraphLaunch(ge, s));
+      CK(cudaStreamSynchronize(s));
+      CK(cudaMemcpyFromSymbol(tab, moe_trace_step, sizeof tab));
+      if (r < 5) continue;  // warm-up
+      const unsigned long long* a = tab + 2 * TRACE_STEPS * TRACE_ACT;
+      for (int k = 0; k < 4; k++) d[k].push_back(((double)a[2 * (k + 1) + 1] - (double)a[2 * 1 + 1]) / 1e3);
+    }
+    printf("  %s launch, the last block's steps after h loaded (µs, median of 20):", nact == 1 ? "cold" : "warm");
+    for (int k = 1; k < 4; k++) {
+      std::sort(d[k].begin(), d[k].end());
+      printf("  %s %.2f", names[k], d[k][d[k].size() / 2]);
+    }
+    printf("\n");
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    cudaStreamDestroy(s);
+  }
+#endif
+}
+
+int main(int argc, char** argv) {
   int sms;
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   cudaDeviceProp prop;
@@ -243,6 +330,10 @@ int main() {
   CK(cudaMemset(buf, 0, nbuf * 16));
   printf("icache_bench: %s, %d SMs, L2 %d MB; µs a graph replay (median of 9 × 100)\n", prop.name, sms,
          prop.l2CacheSize >> 20);
+  if (argc > 1 && strcmp(argv[1], "act") == 0) {
+    for (int i = 0; i < 3; i++) act_chains(sms);
+    return 0;
+  }
   std::vector<Chain> chains = {
       one_chain<64>("one N=64"),          one_chain<1024>("one N=1024"),        one_chain<4096>("one N=4096"),
       same_chain<64>("same N=64"),        distinct_chain<64, 1>("distinct N=64"),
