@@ -91,10 +91,10 @@ __device__ __forceinline__ uint32_t wg_reorder(uint32_t q, int lane) {
 // 8·blockIdx.y + warp each; with block = 128, groups 8·blockIdx.y + warp and 8·blockIdx.y + warp
 // + 4, both groups' loads issued before either is computed. A group is a chain of dependent
 // steps (the activation's exp and reciprocal, the maximum over the warp, the scale, the codes),
-// about 1 µs at one warp a scheduler on an H200, and a warp of two runs its second after its
-// first: the host takes 256 threads for grids of one wave (actWarps), where every chain then
-// runs beside the others, and 128 for larger ones, where a warp's two groups' loads in flight
-// keep more bytes in flight an SM (at 2048 threads an SM) than one group's (docs/perf.md v53).
+// and a warp of two runs its second after its first: the host takes 256 threads for grids of one
+// wave (actWarps), where every chain then runs beside the others, and 128 for larger ones, where
+// a warp's two groups' loads in flight keep more bytes in flight an SM (at 2048 threads an SM)
+// than one group's (docs/perf.md v53).
 // Two memory round trips before the values: the row and its expert (for the bias), then its
 // values.
 extern "C" __global__ void moe_act_quant(const float* __restrict__ h, const int* __restrict__ expert_ids,
