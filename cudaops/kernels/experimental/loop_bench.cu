@@ -22,7 +22,15 @@
   } while (0)
 
 template <int N>
-__global__ void __launch_bounds__(384, 1) body(int trips, float* out) {
+__global__ void __launch_bounds__(384, 1) body(int trips, float* out, int spread) {
+  // spread: the three warps of a scheduler (warps w, w + 4, w + 8) start a third of a trip apart
+  // (a trip of N instructions takes a warp about 3N cycles beside two others), so that they run
+  // at different places in the body, as the decode warps do, each waiting on its own copies.
+  if (spread) {
+    const long long t0 = clock64(), d = (long long)(threadIdx.x / 128) * N;
+    while (clock64() - t0 < d) {
+    }
+  }
   float a[8];
 #pragma unroll
   for (int c = 0; c < 8; c++) a[c] = threadIdx.x * 1e-7f + c;
@@ -40,17 +48,17 @@ __global__ void __launch_bounds__(384, 1) body(int trips, float* out) {
 }
 
 template <int N>
-static void run(int sms, float* out) {
+static void run(int sms, float* out, int spread) {
   const long total = 1l << 20;  // FFMA a thread, whatever N
   const int trips = (int)(total / N);
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
-  for (int w = 0; w < 3; w++) body<N><<<sms, 384>>>(trips, out);
+  for (int w = 0; w < 3; w++) body<N><<<sms, 384>>>(trips, out, spread);
   std::vector<float> t;
   for (int i = 0; i < 7; i++) {
     CK(cudaEventRecord(e0));
-    body<N><<<sms, 384>>>(trips, out);
+    body<N><<<sms, 384>>>(trips, out, spread);
     CK(cudaEventRecord(e1));
     CK(cudaEventSynchronize(e1));
     float ms;
@@ -70,17 +78,20 @@ int main() {
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   float* out;
   CK(cudaMalloc(&out, 4096));
-  printf("%6s %8s %8s %10s %12s\n", "N", "body KB", "trips", "ms", "inst/ns/sch");
-  run<128>(sms, out);
-  run<256>(sms, out);
-  run<384>(sms, out);
-  run<512>(sms, out);
-  run<576>(sms, out);
-  run<640>(sms, out);
-  run<768>(sms, out);
-  run<896>(sms, out);
-  run<1024>(sms, out);
-  run<1280>(sms, out);
-  run<1536>(sms, out);
+  for (int spread = 0; spread < 2; spread++) {
+    printf("%s\n", spread ? "warps of a scheduler a third of a trip apart" : "warps in step");
+    printf("%6s %8s %8s %10s %12s\n", "N", "body KB", "trips", "ms", "inst/ns/sch");
+    run<128>(sms, out, spread);
+    run<256>(sms, out, spread);
+    run<384>(sms, out, spread);
+    run<512>(sms, out, spread);
+    run<576>(sms, out, spread);
+    run<640>(sms, out, spread);
+    run<768>(sms, out, spread);
+    run<896>(sms, out, spread);
+    run<1024>(sms, out, spread);
+    run<1280>(sms, out, spread);
+    run<1536>(sms, out, spread);
+  }
   return 0;
 }
