@@ -1,8 +1,8 @@
 // What the standalone decode-GEMM benchmarks share (deci_bench.cu, dyn_bench.cu, d8_bench.cu,
 // expand_bench.cu): error checks, the data generator, the device's copy bandwidth, a pool of
 // one-token tiles, the timing loop, the launches of the decode kernels they time against, and the
-// expansion of a weight layout of E4M3 codes. Included after ../gemm_fp8fp4.cu (u8, i64, the
-// decode kernels).
+// expansion of a weight layout of E4M3 codes (the error check from bench_check.cuh). Included
+// after ../gemm_fp8fp4.cu (u8, i64, the decode kernels).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -10,14 +10,7 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                              \
-  do {                                                                                     \
-    cudaError_t e_ = (x);                                                                  \
-    if (e_ != cudaSuccess) {                                                               \
-      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(1);                                                                             \
-    }                                                                                      \
-  } while (0)
+#include "bench_check.cuh"
 
 // xorshift32 from a fixed seed: every run generates the same data.
 static uint32_t bench_rs = 12345;

@@ -68,21 +68,6 @@ __global__ void __launch_bounds__(256) sweep_k(const float4* __restrict__ in, si
   if (s == 1234.5f) out[threadIdx.x] = s;
 }
 
-// A launch as the layer launches its stages (programmatic stream serialization).
-static void launch(const void* fn, dim3 grid, int block, cudaStream_t st, void** args, size_t smem = 0) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(block);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = st;
-  cudaLaunchAttribute at[1];
-  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = at;
-  cfg.numAttrs = 1;
-  CK(cudaLaunchKernelExC(&cfg, fn, args));
-}
-
 // The graph that capture(st) records on st, instantiated (*g: the graph, for its release).
 template <class Capture>
 static cudaGraphExec_t graph_of(Capture capture, cudaStream_t st, cudaGraph_t* g) {
@@ -138,8 +123,8 @@ static double time_chain(const Chain& ch, int grid, bool sweep, float* out, cons
   size_t n = nbuf;
   void* sargs[] = {(void*)&buf, &n, &out};
   return time_graph([&](cudaStream_t st) {
-    if (sweep) launch((const void*)sweep_k, 4 * sms, 256, st, sargs);
-    for (const void* f : ch.fns) launch(f, grid, 128, st, args);
+    if (sweep) launch_pdl((const void*)sweep_k, 4 * sms, 256, st, sargs);
+    for (const void* f : ch.fns) launch_pdl(f, grid, 128, st, args);
   });
 }
 
@@ -234,8 +219,8 @@ static void route_chains(int sms) {
                          (const void*)chain_k<3, 1024, 1>, (const void*)chain_k<4, 1024, 1>};
   auto timed = [&](int nroute) {
     return time_graph([&](cudaStream_t st) {
-      for (const void* f : other) launch(f, sms, 128, st, cargs);
-      for (int i = 0; i < nroute; i++) launch((const void*)moe_route_small, 1, ROUTE_SMALL_THREADS, st, rargs, 8 * E);
+      for (const void* f : other) launch_pdl(f, sms, 128, st, cargs);
+      for (int i = 0; i < nroute; i++) launch_pdl((const void*)moe_route_small, 1, ROUTE_SMALL_THREADS, st, rargs, 8 * E);
     });
   };
   int hn[2];
@@ -281,8 +266,8 @@ static void act_chains(int sms) {
                          (const void*)chain_k<3, 1024, 1>, (const void*)chain_k<4, 1024, 1>};
   auto capture = [&](int nact) {
     return [&, nact](cudaStream_t s) {
-      for (const void* f : other) launch(f, sms, 128, s, cargs);
-      for (int i = 0; i < nact; i++) launch((const void*)moe_act_quant, dim3(P, (G + 7) / 8), 256, s, aargs);
+      for (const void* f : other) launch_pdl(f, sms, 128, s, cargs);
+      for (int i = 0; i < nact; i++) launch_pdl((const void*)moe_act_quant, dim3(P, (G + 7) / 8), 256, s, aargs);
     };
   };
   const double t0 = time_graph(capture(0)), t1 = time_graph(capture(1)), t2 = time_graph(capture(2));

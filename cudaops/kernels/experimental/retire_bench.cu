@@ -19,14 +19,7 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                              \
-  do {                                                                                     \
-    cudaError_t e_ = (x);                                                                  \
-    if (e_ != cudaSuccess) {                                                               \
-      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(1);                                                                             \
-    }                                                                                      \
-  } while (0)
+#include "bench_check.cuh"
 
 typedef unsigned long long u64;
 __device__ u64 g_base, g_end_max, g_end_min, g_wait_min, g_wait_max, g_dep_start;
@@ -79,20 +72,6 @@ __global__ void dependent() {
     atomicMin(&g_wait_min, t);
     atomicMax(&g_wait_max, t);
   }
-}
-
-static void launch_pdl(const void* fn, dim3 grid, int block, size_t smem, void** args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(block);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = 0;
-  cudaLaunchAttribute at[1];
-  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = at;
-  cfg.numAttrs = 1;
-  CK(cudaLaunchKernelExC(&cfg, fn, args));
 }
 
 struct Conf {
