@@ -68,7 +68,7 @@ extern "C" __global__ void deci_ref(const u8* __restrict__ W, const u8* __restri
   const i64 n = (i64)blockIdx.x * blockDim.x + threadIdx.x;
   const int y = blockIdx.y;
   if (n >= N || y >= ntiles) return;
-  const int e = tiles[2 * y], row0 = tiles[2 * y + 1];
+  const int e = tiles[2 * y] & DEC_EXPERT_MASK, row0 = tiles[2 * y + 1];  // list_word (common.cuh)
   const i64 G = Kd / MOE_GROUP, R = (i64)e * N + n;
   double s = 0;
   for (i64 k = 0; k < Kd; k++) {
@@ -288,7 +288,7 @@ __device__ __forceinline__ void deci_entry(const u8* __restrict__ W, const u8* _
               const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ counts,
               const int* __restrict__ offsets, float* __restrict__ out, i64 N, i64 Kd, i64 split, i64 fold) {
   if ((int)blockIdx.y >= *ntiles) return;
-  const int e = tiles[2 * blockIdx.y], row0 = tiles[2 * blockIdx.y + 1];
+  const int e = tiles[2 * blockIdx.y] & DEC_EXPERT_MASK, row0 = tiles[2 * blockIdx.y + 1];  // list_word (common.cuh)
 #define DECI_RUN(f, m)                                                \
   do {                                                               \
     if (split == 4)                                                  \
