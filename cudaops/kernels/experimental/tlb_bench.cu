@@ -57,27 +57,22 @@ int main() {
   CK(cudaDeviceGetAttribute(&clk, cudaDevAttrClockRate, 0));
   printf("64 dependent loads, each on another 2 MB page of a 24 GB buffer; cycles a load (SM clock %d MHz nominal)\n", clk / 1000);
   printf("%5s %12s %14s %10s %12s\n", "round", "cold pages", "warm, L2 miss", "L2 hit", "sweep first");
+  // Cycles a load of the chain over line `line` of each page.
+  auto cycles = [&](int line) {
+    u64 h[2];
+    chase<<<1, 1>>>(b, pages, n, line, out);
+    CK(cudaMemcpy(h, out, 16, cudaMemcpyDeviceToHost));
+    return h[0];
+  };
   for (int r = 0; r < 5; r++) {
-    u64 h[2], c[3];
     sweep<<<264, 256>>>(reinterpret_cast<const int4*>(s), ns, sink);
     CK(cudaDeviceSynchronize());
-    chase<<<1, 1>>>(b, pages, n, 3 * r, out);  // cold: line 3r of each page, after the sweep
-    CK(cudaMemcpy(h, out, 16, cudaMemcpyDeviceToHost));
-    c[0] = h[0];
-    chase<<<1, 1>>>(b, pages, n, 3 * r + 1, out);  // the same pages, other lines
-    CK(cudaMemcpy(h, out, 16, cudaMemcpyDeviceToHost));
-    c[1] = h[0];
-    chase<<<1, 1>>>(b, pages, n, 3 * r + 1, out);  // the same lines
-    CK(cudaMemcpy(h, out, 16, cudaMemcpyDeviceToHost));
-    c[2] = h[0];
-    printf("%5d %12llu %14llu %10llu %12s\n", r, c[0], c[1], c[2], "yes");
+    const u64 cold = cycles(3 * r);      // line 3r of each page, after the sweep
+    const u64 warm = cycles(3 * r + 1);  // the same pages, other lines
+    const u64 hit = cycles(3 * r + 1);   // the same lines
+    printf("%5d %12llu %14llu %10llu %12s\n", r, cold, warm, hit, "yes");
   }
   // Without the sweep between rounds: pages touched in the previous round at another line.
-  for (int r = 5; r < 8; r++) {
-    u64 h[2];
-    chase<<<1, 1>>>(b, pages, n, 3 * r, out);
-    CK(cudaMemcpy(h, out, 16, cudaMemcpyDeviceToHost));
-    printf("%5d %12llu %14s %10s %12s\n", r, h[0], "-", "-", "no");
-  }
+  for (int r = 5; r < 8; r++) printf("%5d %12llu %14s %10s %12s\n", r, cycles(3 * r), "-", "-", "no");
   return 0;
 }
