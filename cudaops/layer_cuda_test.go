@@ -147,6 +147,37 @@ func TestAgainstNative(t *testing.T) {
 	}
 }
 
+// TestModelShapes runs the hidden and intermediate sizes and top-k of models beyond the three
+// benchmarked by default (fewer local experts than the models have, to keep the float64
+// reference quick; an expert map places them among the model's experts) on every grouped GEMM:
+// against native and float64 within the contract, twice (bitwise the same).
+func TestModelShapes(t *testing.T) {
+	for _, s := range []conformance.Spec{
+		// DeepSeek-V4-Flash: K 4096, I 2048, top-6 of 256 experts; 16 of them local.
+		{Name: "deepseekv4-flash", M: 48, K: 4096, I: 2048, E: 16, GlobalExperts: 256, TopK: 6, Activation: moe.SiLU, Seed: 31},
+		{Name: "deepseekv4-flash/one token", M: 1, K: 4096, I: 2048, E: 16, TopK: 6, Activation: moe.SiLU, Seed: 32},
+		// GPT-OSS-20B: GPT-OSS's sizes, top-4 of 32 experts; 8 of them local.
+		{Name: "gptoss20b", M: 24, K: 2944, I: 2944, E: 8, GlobalExperts: 32, TopK: 4, Activation: moe.SwiGLUOAI,
+			Clamp: true, Limit: 7, Bias: true, HStd: 2, Seed: 33},
+		// Qwen3-235B-A22B: K 4096, I 1536, top-8 of 128 experts; 16 of them local.
+		{Name: "qwen3-235b-a22b", M: 24, K: 4096, I: 1536, E: 16, GlobalExperts: 128, TopK: 8, Activation: moe.SiLU, Seed: 34},
+	} {
+		c := conformance.Generate(s)
+		want := nativeOutput(t, &c.Weights, c.Config, &c.Batch)
+		for _, k := range []GEMMKernel{GEMMAuto, GEMMDecode, GEMMWgmma} {
+			label := fmt.Sprintf("%s M=%d %v", s.Name, s.M, k)
+			l := kernelLayer(t, &c.Weights, c.Config, k)
+			got := forwardTwice(t, l, &c.Batch, s.K, label)
+			l.Close()
+			e, e64 := conformance.RelL2(got, want), conformance.RelL2(got, c.Expected)
+			t.Logf("%s: rel L2 against native %.2e, against float64 %.2e", label, e, e64)
+			if e > 1e-3 || e64 > 1e-3 {
+				t.Fatalf("%s: rel L2 %.3e against native, %.3e against float64", label, e, e64)
+			}
+		}
+	}
+}
+
 // TestWgmma runs the wgmma GEMM on batches whose experts take one or several tiles of many
 // widths, on both of its paths (folded and promoting activation scales), against native and
 // float64, twice (bitwise the same).

@@ -23,7 +23,8 @@ const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30
                     [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--plan] [--trace N] [--trace-blocks FILE]
                     [--graph-floor=false]
 
-Shapes: gptoss120b, deepseekv3, qwen3-30b-a3b (the default set), qwen3-235b-a22b, deepseekv2-lite.
+Shapes: gptoss120b, deepseekv3, qwen3-30b-a3b (the default set), qwen3-235b-a22b, deepseekv2-lite,
+deepseekv4-flash, gptoss20b.
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
 batches with different routings so that small batches read their weights from memory, not L2.
 Replays run back to back in rounds (one per rotated batch) with events around each round only;

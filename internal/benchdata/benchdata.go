@@ -28,6 +28,8 @@ var Shapes = []Shape{
 	// Not in the default set: more shapes for the kernel choices' rules.
 	{"qwen3-235b-a22b", 4096, 1536, 128, 8},
 	{"deepseekv2-lite", 2048, 1408, 64, 6},
+	{"deepseekv4-flash", 4096, 2048, 256, 6}, // ships MXFP4 experts
+	{"gptoss20b", 2944, 2944, 32, 4},
 }
 
 // DefaultShapes is how many of Shapes the benchmarks run unless told otherwise.
