@@ -105,6 +105,14 @@ const (
 	// with short passes (moe_gemm_dec32s: a tile of at most 16 rows does the 16-token MMAs only),
 	// whose second loop cost tiles of 17-32 rows 3-7 % on the H200 (docs/perf.md v30).
 	dec32sRows = 16
+	// unsplitRows: decode batches of more than this many routed rows per local expert on average
+	// run both streaming GEMMs at split 1 (decSplits), however few their tiles. Only layers of
+	// few experts reach it with tile bounds small enough to split (GPT-OSS-20B's 32 experts from
+	// 57 tokens, DeepSeek-V2-Lite's 64 from 75); the split kernels' passes of 8 tokens stream the
+	// weights of a tile of 9-16 rows twice. On an H200: at 8-12 rows an expert both shapes 2.0-6.9 %
+	// faster so; at 7 rows GPT-OSS-20B 3.7-4.0 % slower (fewer tiles above 8 rows, and split 1's
+	// thinner grid). docs/perf.md, "Four more model shapes".
+	unsplitRows = 7
 )
 
 // layoutConst is a launch constant the kernels define too (by its name there).
@@ -160,10 +168,16 @@ func (l *Layer) decSplit(n, kd int64, tiles int, first bool) int {
 }
 
 // decSplits returns a decode forward's two streaming GEMMs' splits (decSplit) and whether each
-// takes the split kernel of 64 rows a warp (splitWide), at a bound of tiles; GEMM1 takes split 2
-// on the 64-row kernel where deepFirst (from split 1 or 2, GEMM2 then on the 64-row kernel too
-// where it is split) or wideFirst (from split 4) says so.
-func (l *Layer) decSplits(tiles int) (split1, split2 int, wide1, wide2 bool) {
+// takes the split kernel of 64 rows a warp (splitWide), at a bound of tiles over p routed pairs;
+// GEMM1 takes split 2 on the 64-row kernel where deepFirst (from split 1 or 2, GEMM2 then on the
+// 64-row kernel too where it is split) or wideFirst (from split 4) says so. A batch of more than
+// unsplitRows rows a local expert on average runs both GEMMs unsplit, on the kernels of 16 or 32
+// tokens a pass (decPass), so that its tiles of 9-32 rows stream their weights once: the split
+// kernels' passes of 8 tokens would stream them two to four times.
+func (l *Layer) decSplits(tiles, p int) (split1, split2 int, wide1, wide2 bool) {
+	if p > unsplitRows*l.E {
+		return 1, 1, false, false
+	}
 	K, I := int64(l.K), int64(l.I)
 	split1, split2 = l.decSplit(2*I, K, tiles, true), l.decSplit(K, I, tiles, false)
 	wide1, wide2 = l.splitWide(2*I, K, split1, split2, tiles)
@@ -723,7 +737,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	// or 32 weight rows a warp (splitWide); whether GEMM1 works out its tiles from the ids
 	// (predicted), and which of the routing's lists each GEMM reads (decList), which the
 	// routing kernel then writes.
-	split1, split2, wide1, wide2 := l.decSplits(tiles)
+	split1, split2, wide1, wide2 := l.decSplits(tiles, P)
 	list1, list2 := l.decList(1, int(M), P, split1, 2*I), l.decList(2, int(M), P, split2, K)
 	chunks, heavies := cu.DevicePtr(0), cu.DevicePtr(0)
 	if list1 == listChunks || list2 == listChunks {

@@ -428,7 +428,7 @@ func TestDecodeWideFirst(t *testing.T) {
 	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 	defer l.Close()
 	_, tiles := l.bounds(s.M * s.TopK)
-	if split1, _, wide1, _ := l.decSplits(tiles); split1 != 2 || !wide1 {
+	if split1, _, wide1, _ := l.decSplits(tiles, s.M*s.TopK); split1 != 2 || !wide1 {
 		t.Skipf("GEMM1 takes split %d (64-row kernel %v) on this device (%d SMs): wideFirst does not apply", split1, wide1, l.dev.SMs)
 	}
 	nearNative(t, forwardTwice(t, l, &c.Batch, s.K, "forward"), &c.Weights, c.Config, &c.Batch)
@@ -444,7 +444,7 @@ func TestDecodeDeepFirst(t *testing.T) {
 	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 	defer l.Close()
 	_, tiles := l.bounds(s.M * s.TopK)
-	split1, split2, wide1, wide2 := l.decSplits(tiles)
+	split1, split2, wide1, wide2 := l.decSplits(tiles, s.M*s.TopK)
 	if !deepFirst(int64(2*s.I), int64(s.K), tiles, l.dev.SMs) || l.splitRows != 0 {
 		t.Skipf("deepFirst does not apply on this device (%d SMs, split rows %d)", l.dev.SMs, l.splitRows)
 	}

@@ -30,7 +30,7 @@ func (l *Layer) Plan(m, topk int) ([2]GEMMPlan, error) {
 	p := m * topk
 	_, tiles := l.bounds(p)
 	kernel := l.kernel(p)
-	split1, split2, wide1, wide2 := l.decSplits(tiles)
+	split1, split2, wide1, wide2 := l.decSplits(tiles, p)
 	K, I := int64(l.K), int64(l.I)
 	for g, c := range []struct {
 		n     int64

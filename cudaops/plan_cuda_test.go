@@ -26,7 +26,7 @@ func TestPlan(t *testing.T) {
 		t.Logf("M=%d: GEMM1 %v; GEMM2 %v", m, plans[0], plans[1])
 		switch l.kernel(p) {
 		case GEMMDecode:
-			split1, split2, wide1, wide2 := l.decSplits(tiles)
+			split1, split2, wide1, wide2 := l.decSplits(tiles, p)
 			for g, c := range []struct {
 				n     int64
 				split int

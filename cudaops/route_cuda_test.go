@@ -164,7 +164,7 @@ func TestDecodeChunks(t *testing.T) {
 			c, P := countedCase(tc.counts, &s, 11)
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 			_, tiles := l.bounds(P)
-			split1, split2, _, _ := l.decSplits(tiles)
+			split1, split2, _, _ := l.decSplits(tiles, P)
 			if l.chunked(1, P, P, split1) != tc.gemm1 || !l.chunked(2, P, P, split2) {
 				t.Fatalf("%d pairs over %d experts (splits %d, %d): GEMM1 on the chunks %v, GEMM2 %v; want %v and true",
 					P, tc.E, split1, split2, l.chunked(1, P, P, split1), l.chunked(2, P, P, split2), tc.gemm1)
@@ -212,7 +212,7 @@ func TestDecodeHeavyWide(t *testing.T) {
 	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 	l.wideRows = 256
 	_, tiles := l.bounds(P)
-	split1, split2, _, _ := l.decSplits(tiles)
+	split1, split2, _, _ := l.decSplits(tiles, P)
 	if !l.heavyWide(P, P, split1, int64(2*s.I)) || !l.heavyWide(P, P, split2, int64(s.K)) {
 		t.Fatalf("%d pairs over %d experts (splits %d, %d): not both GEMMs on the heavy list", P, s.E, split1, split2)
 	}

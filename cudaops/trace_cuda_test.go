@@ -120,7 +120,7 @@ func TestTraceBlocks(t *testing.T) {
 	}
 	p := s.M * s.TopK
 	_, tiles := l.bounds(p)
-	split1, _, wide1, _ := l.decSplits(tiles)
+	split1, _, wide1, _ := l.decSplits(tiles, p)
 	_, _, gx := l.decKernel(int64(2*s.I), split1, p, wide1)
 	seen := map[[2]int]bool{}
 	for _, b := range spans {
