@@ -140,6 +140,19 @@ func deepFirst(n, kd int64, tiles, sms int) bool {
 	return kd/128 >= 32 && splitBlocks(n, 64, 2, tiles) <= decSplitWaves2*decwBlocks*sms
 }
 
+// deepSplit is the split of a GEMM1 that deepFirst puts on the 64-row split kernel (n rows, tiles
+// tiles, on sms SMs): 4 where that grid still fits in one wave of decwBlocks an SM, else 2. (A
+// grid of under half a wave leaves each SM about six warps to stream with. H200, interleaved A/B,
+// two passes: DeepSeek-V4-Flash at one token (6 tiles, 192 blocks at split 2, 384 at 4) 6.1-7.5 %
+// lower, Qwen3-235B-A22B at one token (8 tiles) 13.2-13.6 %; every other row's plan unchanged;
+// docs/perf.md, "Four more model shapes".)
+func deepSplit(n int64, tiles, sms int) int {
+	if splitBlocks(n, 64, 4, tiles) <= decwBlocks*sms {
+		return 4
+	}
+	return 2
+}
+
 // actWarps is the activation kernel's warps a block for a grid of blocks blocks (a pair's row and
 // eight groups of 128 columns each) on sms SMs: 8, a group a warp, while the grid fits one wave
 // of 8 such blocks an SM (2048 threads), so that no warp runs a second group's chain after its

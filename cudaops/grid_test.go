@@ -196,6 +196,27 @@ func TestDeepFirst(t *testing.T) {
 	})
 }
 
+// TestDeepSplit checks deepSplit on the GEMM1 grids deepFirst takes (H200: 132 SMs, 396 blocks a
+// wave of the 64-row kernel).
+func TestDeepSplit(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		n     int64
+		tiles int
+		want  int
+	}{
+		{"deepseekv4-flash one token", 4096, 6, 4},   // split 4: 384 blocks
+		{"qwen3-235b-a22b one token", 3072, 8, 4},    // 384 blocks
+		{"deepseekv4-flash two tokens", 4096, 12, 2}, // split 4: 768 blocks, over a wave
+		{"deepseekv3 two tokens", 4096, 16, 2},       // 1024 blocks
+		{"qwen3-235b-a22b two tokens", 3072, 16, 2},  // 768 blocks
+	} {
+		if got := deepSplit(c.n, c.tiles, 132); got != c.want {
+			t.Errorf("%s: deepSplit(%d, %d, 132) = %d, want %d", c.name, c.n, c.tiles, got, c.want)
+		}
+	}
+}
+
 // TestRouteSmallGrid checks moe_route_small's block count at the bench shapes' decode batches.
 func TestRouteSmallGrid(t *testing.T) {
 	cases := []struct {
