@@ -1013,7 +1013,7 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 		}
 		return f.gemmDec32, dec32Smem, int(n) / (32 * decWarps)
 	case 16:
-		return f.gemmDec16, dec16Smem, int(n) / (32 * decWarps)
+		return f.gemmDec16s, dec16Smem, int(n) / (32 * decWarps)
 	}
 	if n >= l.wideRows {
 		return f.gemmDec1w, dec1wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)

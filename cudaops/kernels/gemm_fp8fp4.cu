@@ -228,9 +228,9 @@ __device__ __forceinline__ void block_mma(uint32_t wa, uint32_t wb, const uint32
 // RB: 16-row blocks a warp (2, or 4 at S = 1 and XT = 1: the token fragments' conversion, the
 // token scales, the copies' bookkeeping and the loop serve 64 rows instead of 32; N need then
 // be a multiple of 64 only, the warps past N return at once).
-// SHORT (XT = 4 only): a pass of at most 16 tokens runs the 16-token MMAs only (its fragments 2
-// and 3 hold no token); the kernel for tiles of at most 16 rows on average, since the second
-// loop costs tiles of 17-32 rows about 3 % (docs/perf.md v30).
+// SHORT (XT = 2 or 4): a pass of at most 4 · XT tokens runs the MMAs of its first XT / 2
+// fragments only (the others hold no token); in the 32-token kernel for tiles of at most 16 rows
+// on average, since the second loop costs tiles of 17-32 rows about 3 % (docs/perf.md v30).
 template <int S, bool EXACT, int XT, int RB = 2, bool SHORT = false>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
                                          const float* __restrict__ Xs, int e, int row0, int nvalid, const float* __restrict__ bias,
@@ -247,7 +247,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   const i64 G = Kd / MOE_GROUP;
   const int mine = (int)((G - r + S - 1) / S);  // groups of this warp
   static_assert(XT == 1 || S == 1, "16-token passes only at split 1");
-  static_assert(!SHORT || XT == 4, "short passes only in the 32-token kernel");
+  static_assert(!SHORT || XT >= 2, "short passes only in the 16- and 32-token kernels");
   using Stage = DecStageT<XT, RB>;
   constexpr int D = XT > 2 ? DEC32_STAGES : S == 1 ? DEC1_STAGES : DEC_STAGES, FT = 8 * XT;  // ring depth, tokens a pass
   Stage* const st = reinterpret_cast<Stage*>(dec_smem) + warp * D;
@@ -366,8 +366,8 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
     });
     float acc[XT][4 * RB] = {};
     // The pass's groups, with the MMAs of its first NF token fragments: at SHORT, a pass of at
-    // most 16 tokens does the 16-token kernel's (its fragments 2 and 3 hold no token, and their
-    // sums are never stored). The pass picks its loop once, so that each loop is laid out as if
+    // most 4 · XT tokens does those of its first XT / 2 fragments (the others hold no token, and
+    // their sums are never stored). The pass picks its loop once, so that each loop is laid out as if
     // alone.
     auto groups = [&](auto nf, auto one) {
       constexpr int NF = decltype(nf)::value;
@@ -466,8 +466,8 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       }
     };
     if constexpr (SHORT) {
-      if (live <= 16)
-        groups(Ic<2>{}, Ic<0>{});
+      if (live <= 4 * XT)
+        groups(Ic<XT / 2>{}, Ic<0>{});
       else
         groups(Ic<XT>{}, Ic<0>{});
     } else if constexpr (XT == 1 && RB == 2) {
@@ -643,6 +643,7 @@ __device__ __forceinline__ int dec_col() { return (int)blockIdx.x; }
 DEC_DEFINE(moe_gemm_dec, DEC_BLOCKS, DEC_SPLIT(1, 2))
 DEC_DEFINE(moe_gemm_dec1, DEC1_BLOCKS, DEC_RUN(1, 1, 2))
 DEC_DEFINE(moe_gemm_dec16, DEC16_BLOCKS, DEC_RUN(1, 2, 2))
+DEC_DEFINE(moe_gemm_dec16s, DEC16_BLOCKS, DEC_RUNS(1, 2, 2, true))
 DEC_DEFINE(moe_gemm_dec32, DEC32_BLOCKS, DEC_RUN(1, 4, 2))
 DEC_DEFINE(moe_gemm_dec32s, DEC32_BLOCKS, DEC_RUNS(1, 4, 2, true))
 DEC_DEFINE(moe_gemm_decw, DECW_BLOCKS, DEC_SPLIT(1, 4))
