@@ -63,9 +63,11 @@ const (
 	decSmem    = decWarps*decStages*decStage + decWsc + decWarps*8*32*4
 	dec1Stages = 3
 	dec1Smem   = decWarps*dec1Stages*decStage + decWsc
-	// The 16-token kernel (DEC16_SMEM): split 1, stages of 16 token rows, for batches of more
-	// than dec16Rows routed rows per local expert on average (a tile of 9-16 rows then streams
-	// its weights once).
+	// The 16-token kernel (DEC16_SMEM, moe_gemm_dec16s): split 1, stages of 16 token rows, for
+	// batches of more than dec16Rows routed rows per local expert on average (a tile of 9-16 rows
+	// then streams its weights once); a pass of at most 8 tokens runs one fragment's loop (short
+	// passes: GEMMs of 7-9 rows an expert 6.8-16.3 % faster on an H200 than with both fragments'
+	// MMAs in every pass, docs/perf.md v56).
 	dec16Smem = decWarps*dec1Stages*((32*64+16*128+32*4+16*4+127)/128*128) + decWsc
 	// The 32-token kernel (DEC32_SMEM): the same with stages of 32 token rows, for batches of more
 	// than dec32Rows routed rows per local expert on average (a tile of 17-32 rows then streams

@@ -638,11 +638,10 @@ __device__ __forceinline__ int dec_col() { return (int)blockIdx.x; }
 
 // The split kernels (S = 2 or 4) of 32 and of 64 weight rows a warp (grid x: N · S / 128 and
 // N · S / 256; N is a multiple of 128, so every warp has rows), the split-1 kernels of 32 rows,
-// of 16 and of 32 tokens a pass (the latter with and without short passes) and of 64 rows (grid
-// x: N / 256 rounded up).
+// of 16 tokens a pass (with short passes), of 32 (with and without) and of 64 rows (grid x: N /
+// 256 rounded up).
 DEC_DEFINE(moe_gemm_dec, DEC_BLOCKS, DEC_SPLIT(1, 2))
 DEC_DEFINE(moe_gemm_dec1, DEC1_BLOCKS, DEC_RUN(1, 1, 2))
-DEC_DEFINE(moe_gemm_dec16, DEC16_BLOCKS, DEC_RUN(1, 2, 2))
 DEC_DEFINE(moe_gemm_dec16s, DEC16_BLOCKS, DEC_RUNS(1, 2, 2, true))
 DEC_DEFINE(moe_gemm_dec32, DEC32_BLOCKS, DEC_RUN(1, 4, 2))
 DEC_DEFINE(moe_gemm_dec32s, DEC32_BLOCKS, DEC_RUNS(1, 4, 2, true))
