@@ -172,10 +172,10 @@ func (l *Layer) decSplit(n, kd int64, tiles int, first bool) int {
 // decSplits returns a decode forward's two streaming GEMMs' splits (decSplit) and whether each
 // takes the split kernel of 64 rows a warp (splitWide), at a bound of tiles over p routed pairs;
 // GEMM1 takes the 64-row kernel where deepFirst (from split 1 or 2, at deepSplit's split, GEMM2
-// then on the 64-row kernel too where it is split) or wideFirst (from split 4, at split 2) says so. A batch of more than
-// unsplitRows rows a local expert on average runs both GEMMs unsplit, on the kernels of 16 or 32
-// tokens a pass (decPass), so that its tiles of 9-32 rows stream their weights once: the split
-// kernels' passes of 8 tokens would stream them two to four times.
+// then on the 64-row kernel too where it is split) or wideFirst (from split 4, at split 2) says
+// so. A batch of more than unsplitRows rows a local expert on average runs both GEMMs unsplit,
+// on the kernels of 16 or 32 tokens a pass (decPass), so that its tiles of 9-32 rows stream their
+// weights once: the split kernels' passes of 8 tokens would stream them two to four times.
 func (l *Layer) decSplits(tiles, p int) (split1, split2 int, wide1, wide2 bool) {
 	if p > unsplitRows*l.E {
 		return 1, 1, false, false
