@@ -456,7 +456,7 @@ func TestDecodeDeepFirst(t *testing.T) {
 
 // TestDecodeWide runs the streaming GEMM at batch sizes of more than dec16Rows routed rows per
 // expert, against native and twice (bitwise the same): M = 64 (8 rows an expert) on the 16-token
-// kernel, moe_gemm_dec16 (passes of 16 tokens, the last one partial), M = 80 (10 rows) on the
+// kernel, moe_gemm_dec16s (passes of 16 tokens, the last one partial), M = 80 (10 rows) on the
 // 32-token one with short passes, and M = 200 and 768 (25 and 96 rows, in tiles of at most 32)
 // on the 32-token one.
 func TestDecodeWide(t *testing.T) {
