@@ -215,11 +215,10 @@ static void route_chains(int sms) {
                    &a1q, &a1s, &k, &a1qp, &a1sp, &t8};
   float b = 1.0001f, c = 0.5f;
   void* cargs[] = {&out, &b, &c};
-  const void* other[] = {(const void*)chain_k<0, 1024, 1>, (const void*)chain_k<1, 1024, 1>, (const void*)chain_k<2, 1024, 1>,
-                         (const void*)chain_k<3, 1024, 1>, (const void*)chain_k<4, 1024, 1>};
+  const Chain other = distinct_chain<1024, 1>("five 16 KB kernels");
   auto timed = [&](int nroute) {
     return time_graph([&](cudaStream_t st) {
-      for (const void* f : other) launch_pdl(f, sms, 128, st, cargs);
+      for (const void* f : other.fns) launch_pdl(f, sms, 128, st, cargs);
       for (int i = 0; i < nroute; i++) launch_pdl((const void*)moe_route_small, 1, ROUTE_SMALL_THREADS, st, rargs, 8 * E);
     });
   };
@@ -262,11 +261,10 @@ static void act_chains(int sms) {
   void* aargs[] = {&h, &eid, &inv, &bias, &a2q, &a2s, &p, &ii, &act, &clamp, &limit, &alpha, &beta, &fmt, &order};
   float b = 1.0001f, c = 0.5f;
   void* cargs[] = {&out, &b, &c};
-  const void* other[] = {(const void*)chain_k<0, 1024, 1>, (const void*)chain_k<1, 1024, 1>, (const void*)chain_k<2, 1024, 1>,
-                         (const void*)chain_k<3, 1024, 1>, (const void*)chain_k<4, 1024, 1>};
+  const Chain other = distinct_chain<1024, 1>("five 16 KB kernels");
   auto capture = [&](int nact) {
     return [&, nact](cudaStream_t s) {
-      for (const void* f : other) launch_pdl(f, sms, 128, s, cargs);
+      for (const void* f : other.fns) launch_pdl(f, sms, 128, s, cargs);
       for (int i = 0; i < nact; i++) launch_pdl((const void*)moe_act_quant, dim3(P, (G + 7) / 8), 256, s, aargs);
     };
   };

@@ -105,16 +105,9 @@ int main() {
     for (int rep = 0; rep < 45; rep++) {
       set_base<<<1, 1>>>(40000);  // 40 µs ahead: every block is placed before its deadline
       CK(cudaGetLastError());
-      u64 st = c.stagger;
-      int trig = c.trig;
-      const float4* b = c.work ? buf : nullptr;
-      void* pa[] = {&st, &trig, &b, &sink};
       // The primary after set_base in stream order (no programmatic launch: it reads g_base).
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3(c.n);
-      cfg.blockDim = dim3(c.threads);
-      cfg.dynamicSmemBytes = (size_t)c.smem_kb << 10;
-      CK(cudaLaunchKernelExC(&cfg, (const void*)primary, pa));
+      primary<<<c.n, c.threads, (size_t)c.smem_kb << 10>>>(c.stagger, c.trig, c.work ? buf : nullptr, sink);
+      CK(cudaGetLastError());
       void* da[] = {nullptr};
       launch_pdl((const void*)dependent, dim3(8), 256, 0, da);
       CK(cudaDeviceSynchronize());
