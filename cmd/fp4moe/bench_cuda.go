@@ -18,13 +18,14 @@ import (
 	"github.com/fp4moe/fp4moe/moe"
 )
 
-const benchUsage = `usage: fp4moe bench [--shapes gptoss120b,deepseekv3,qwen3-30b-a3b] [--m 1,8,64,512,4096,16384]
+// benchUsage is the bench's help; %[1]s stands for the default shapes, %[2]s for every shape
+// (benchShapes).
+const benchUsage = `usage: fp4moe bench [--shapes %[1]s] [--m 1,8,64,512,4096,16384]
                     [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
                     [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--plan] [--trace N] [--trace-blocks FILE]
                     [--graph-floor=false]
 
-Shapes: gptoss120b, deepseekv3, qwen3-30b-a3b (the default set), qwen3-235b-a22b, deepseekv2-lite,
-deepseekv4-flash, gptoss20b.
+Shapes: %[2]s.
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
 batches with different routings so that small batches read their weights from memory, not L2.
 Replays run back to back in rounds (one per rotated batch) with events around each round only;
@@ -60,11 +61,26 @@ CSV has its stage, blockIdx.x and .y, the SM it ran on, and when it began and it
 ended, in µs after the forward's first block began.
 `
 
+// benchShapes returns the default shapes as --shapes takes them (comma-separated) and every
+// shape the bench knows as the help lists them, the default set marked.
+func benchShapes() (defaults, all string) {
+	var d, a []string
+	for i, s := range benchdata.Shapes {
+		a = append(a, s.Name)
+		if i < benchdata.DefaultShapes {
+			d = append(d, s.Name)
+		}
+	}
+	a[benchdata.DefaultShapes-1] += " (the default set)"
+	return strings.Join(d, ","), strings.Join(a, ", ")
+}
+
 func bench(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, benchUsage) }
-	shapes := fs.String("shapes", "gptoss120b,deepseekv3,qwen3-30b-a3b", "shapes to run")
+	defaults, all := benchShapes()
+	fs.Usage = func() { fmt.Fprintf(stderr, benchUsage, defaults, all) }
+	shapes := fs.String("shapes", defaults, "shapes to run")
 	ms := fs.String("m", "1,8,64,512,4096,16384", "token counts")
 	routings := fs.String("routing", "uniform,zipf", "routings: uniform, zipf")
 	csvPath := fs.String("csv", "", "write the rows as CSV to this file")
