@@ -228,9 +228,10 @@ __device__ __forceinline__ void block_mma(uint32_t wa, uint32_t wb, const uint32
 // RB: 16-row blocks a warp (2, or 4 at S = 1 and XT = 1: the token fragments' conversion, the
 // token scales, the copies' bookkeeping and the loop serve 64 rows instead of 32; N need then
 // be a multiple of 64 only, the warps past N return at once).
-// SHORT (XT = 2 or 4): a pass of at most 4 · XT tokens runs the MMAs of its first XT / 2
-// fragments only (the others hold no token); in the 32-token kernel for tiles of at most 16 rows
-// on average, since the second loop costs tiles of 17-32 rows about 3 % (docs/perf.md v30).
+// SHORT (XT = 2 or 4): a pass of at most 8 tokens runs the first fragment's MMAs only, and at
+// XT = 4 a pass of at most 16 tokens those of the first two (the others hold no token); in the
+// 32-token kernel for tiles of at most 16 rows on average, since the extra loops cost tiles of
+// 17-32 rows about 3 % (docs/perf.md v30).
 template <int S, bool EXACT, int XT, int RB = 2, bool SHORT = false>
 __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ X,
                                          const float* __restrict__ Xs, int e, int row0, int nvalid, const float* __restrict__ bias,
@@ -466,8 +467,10 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
       }
     };
     if constexpr (SHORT) {
-      if (live <= 4 * XT)
-        groups(Ic<XT / 2>{}, Ic<0>{});
+      if (live <= 8)
+        groups(Ic<1>{}, Ic<0>{});
+      else if (XT > 2 && live <= 4 * XT)
+        groups(Ic<(XT > 2 ? XT / 2 : 1)>{}, Ic<0>{});
       else
         groups(Ic<XT>{}, Ic<0>{});
     } else if constexpr (XT == 1 && RB == 2) {
