@@ -41,7 +41,7 @@ type Device struct {
 
 // kernels are the module's functions.
 type kernels struct {
-	prepare, route, routeCount, routeSmall, routeScatter, permute, permuteScales, gemm, gemmDec, gemmWg4, gemmWgp, wgTiles, wgStage, foldRef, reencode, actQuant, reduce, gemmDec1, gemmDec16s, gemmDec32, gemmDec32s, gemmDec1w, gemmDecW, gemmDec1wh cu.Function
+	prepare, route, routeCount, routeSmall, routeScatter, permute, permuteScales, gemm, gemmDec, gemmWg4, gemmWgp, wgTiles, wgStage, foldRef, reencode, actQuant, reduce, gemmDec1, gemmDec16s, gemmDec16w, gemmDec32, gemmDec32s, gemmDec1w, gemmDecW, gemmDec1wh cu.Function
 }
 
 // BytesPerSMCycle is the peak memory bandwidth per SM and SM clock cycle: what an SM must
@@ -111,7 +111,7 @@ var open = sync.OnceValues(func() (*Device, error) {
 	for name, f := range map[string]*cu.Function{
 		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_route_count": &d.fn.routeCount, "moe_route_small": &d.fn.routeSmall, "moe_route_scatter": &d.fn.routeScatter, "moe_permute": &d.fn.permute, "moe_permute_scales": &d.fn.permuteScales,
 		"moe_gemm": &d.fn.gemm, "moe_gemm_dec": &d.fn.gemmDec, "moe_gemm_wg4": &d.fn.gemmWg4, "moe_gemm_wgp": &d.fn.gemmWgp, "moe_wg_tiles": &d.fn.wgTiles, "moe_wg_stage": &d.fn.wgStage, "moe_fold_ref": &d.fn.foldRef, "moe_reencode": &d.fn.reencode,
-		"moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce, "moe_gemm_dec1": &d.fn.gemmDec1, "moe_gemm_dec16s": &d.fn.gemmDec16s, "moe_gemm_dec32": &d.fn.gemmDec32, "moe_gemm_dec32s": &d.fn.gemmDec32s, "moe_gemm_dec1w": &d.fn.gemmDec1w, "moe_gemm_decw": &d.fn.gemmDecW,
+		"moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce, "moe_gemm_dec1": &d.fn.gemmDec1, "moe_gemm_dec16s": &d.fn.gemmDec16s, "moe_gemm_dec16w": &d.fn.gemmDec16w, "moe_gemm_dec32": &d.fn.gemmDec32, "moe_gemm_dec32s": &d.fn.gemmDec32s, "moe_gemm_dec1w": &d.fn.gemmDec1w, "moe_gemm_decw": &d.fn.gemmDecW,
 		"moe_gemm_dec1wh": &d.fn.gemmDec1wh,
 	} {
 		if *f, err = d.mod.Function(name); err != nil {
@@ -121,7 +121,7 @@ var open = sync.OnceValues(func() (*Device, error) {
 	}
 	// The streaming GEMM's kernels (split, and split 1): their shared memory a block, and the
 	// largest carveout, so that four blocks or more are resident on a multiprocessor.
-	for f, smem := range map[cu.Function]int{d.fn.gemmDec: decSmem, d.fn.gemmDec1: dec1Smem, d.fn.gemmDec16s: dec16Smem, d.fn.gemmDec32: dec32Smem, d.fn.gemmDec32s: dec32Smem, d.fn.gemmDec1w: dec1wSmem, d.fn.gemmDecW: decwSmem, d.fn.gemmDec1wh: dec1wSmem} {
+	for f, smem := range map[cu.Function]int{d.fn.gemmDec: decSmem, d.fn.gemmDec1: dec1Smem, d.fn.gemmDec16s: dec16Smem, d.fn.gemmDec16w: dec16wSmem, d.fn.gemmDec32: dec32Smem, d.fn.gemmDec32s: dec32Smem, d.fn.gemmDec1w: dec1wSmem, d.fn.gemmDecW: decwSmem, d.fn.gemmDec1wh: dec1wSmem} {
 		if err := setMaxDynamicSmem(f, smem); err != nil {
 			return nil, err
 		}

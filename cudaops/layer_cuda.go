@@ -80,6 +80,11 @@ const (
 	// the split-1 batches the 16-token kernel does not take.
 	dec1wRows = 64
 	dec1wSmem = decWarps*dec1Stages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
+	// The 64-row kernel of 16 tokens a pass (DEC16W_SMEM, moe_gemm_dec16w): the 16-token
+	// kernel's passes (short ones included) on 64 weight rows a warp, for the batches the
+	// 16-token kernel takes whose GEMMs have at least wideRows rows; a ring of dec32Stages, so
+	// that 3 blocks fit on an SM.
+	dec16wSmem = decWarps*dec32Stages*((64*64+16*128+64*4+16*4+127)/128*128) + 2*decWsc
 	// The split kernel with 64 weight rows a warp (DECW_SMEM; its partial sums in the rings).
 	decwSmem = decWarps*decStages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
 	// dec1wMinRows: the 64-row kernel takes GEMMs of at least this many weight rows an expert,
@@ -138,6 +143,7 @@ func layoutConsts() []layoutConst {
 		{"WG4_ROWS", wg4Rows}, {"WG4_THREADS", wg4Threads}, {"WG4_SMEM", wg4Smem},
 		{"PS_THREADS", permScaleThreads}, {"ROUTE_SHORT_TILE", routeShortTile},
 		{"DEC_HEAVY_ROW", decHeavyRow}, {"DEC_HALF_SHIFT", decHalfShift}, {"DEC_ROWS_SHIFT", decRowsShift},
+		{"DEC16W_SMEM", dec16wSmem},
 	}
 }
 
@@ -1015,6 +1021,9 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 		}
 		return f.gemmDec32, dec32Smem, int(n) / (32 * decWarps)
 	case 16:
+		if n >= l.wideRows {
+			return f.gemmDec16w, dec16wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)
+		}
 		return f.gemmDec16s, dec16Smem, int(n) / (32 * decWarps)
 	}
 	if n >= l.wideRows {

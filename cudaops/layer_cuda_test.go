@@ -467,7 +467,7 @@ func TestDecodeWide(t *testing.T) {
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 		p := m * s.TopK
 		pl := mustPlan(t, l, m, s.TopK)
-		wide += planRuns(pl, "moe_gemm_dec16s")
+		wide += planRuns(pl, "moe_gemm_dec16s") + planRuns(pl, "moe_gemm_dec16w")
 		got := forwardTwice(t, l, &c.Batch, s.K, fmt.Sprintf("M=%d", m))
 		l.Close()
 		t.Logf("M=%d (%d rows an expert; GEMM1 %v; GEMM2 %v)", m, p/s.E, pl[0], pl[1])
@@ -553,6 +553,57 @@ func TestDecodeWideRows(t *testing.T) {
 			}
 			got := forwardTwice(t, l, &c.Batch, s.K, "64-row kernel")
 			sameBits(t, "64-row kernel against the 32-row one", got, narrow)
+			nearNative(t, got, &w, c.Config, &c.Batch)
+		})
+	}
+}
+
+// TestDecodeWide16 runs a batch of more than dec16Rows rows an expert (8) on the 64-row kernel
+// of 16 tokens a pass (moe_gemm_dec16w, wideRows lowered to 0), on a GEMM whose rows fill its
+// last block (GEMM1, 1024 rows) and one whose last block has two warps past the rows (GEMM2,
+// 896), with and without the exact scale conversion: against native, twice (bitwise the same),
+// and bitwise against the 32-row 16-token kernel (moe_gemm_dec16s), which these GEMMs, below
+// dec1wMinRows, take by default.
+func TestDecodeWide16(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		exact bool
+	}{{"plain", false}, {"exact scales", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := conformance.Spec{M: 64, K: 896, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 53}
+			c := conformance.Generate(s)
+			w := c.Weights
+			if tc.exact {
+				w.W13Scale = append([]uint8(nil), w.W13Scale...)
+				w.W2Scale = append([]uint8(nil), w.W2Scale...)
+				w.W13Scale[5], w.W2Scale[9] = 0, 0
+			}
+			l := kernelLayer(t, &w, c.Config, GEMMDecode)
+			if l.exactScales != tc.exact {
+				t.Fatalf("exactScales %v, want %v", l.exactScales, tc.exact)
+			}
+			p := s.M * s.TopK
+			_, tiles := l.bounds(p)
+			split1, split2, _, _ := l.decSplits(tiles, p)
+			gemms := []struct {
+				name  string
+				n     int64
+				split int
+			}{{"GEMM1", int64(2 * s.I), split1}, {"GEMM2", int64(s.K), split2}}
+			for _, g := range gemms {
+				if fn, _, _ := l.decKernel(g.n, g.split, p, false); fn != l.dev.fn.gemmDec16s {
+					t.Fatalf("%s (%d rows, split %d) does not take the 16-token kernel", g.name, g.n, g.split)
+				}
+			}
+			narrow := forward(t, l, &c.Batch, s.K)
+			l.wideRows = 0
+			for _, g := range gemms {
+				if fn, _, _ := l.decKernel(g.n, g.split, p, false); fn != l.dev.fn.gemmDec16w {
+					t.Fatalf("%s (%d rows) does not take the 64-row 16-token kernel with wideRows 0", g.name, g.n)
+				}
+			}
+			got := forwardTwice(t, l, &c.Batch, s.K, "64-row 16-token kernel")
+			sameBits(t, "64-row 16-token kernel against the 32-row one", got, narrow)
 			nearNative(t, got, &w, c.Config, &c.Batch)
 		})
 	}

@@ -172,6 +172,7 @@ using DecStage = DecStageT<1>;
 #define DEC16_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<2>) + DEC_WSC(2))
 #define DEC32_SMEM (DEC_WARPS * DEC32_STAGES * (int)sizeof(DecStageT<4>) + DEC_WSC(2))
 #define DEC1W_SMEM (DEC_WARPS * DEC1_STAGES * (int)sizeof(DecStageT<1, 4>) + DEC_WSC(4))
+#define DEC16W_SMEM (DEC_WARPS * DEC32_STAGES * (int)sizeof(DecStageT<2, 4>) + DEC_WSC(4))
 // The split kernel with 64 weight rows a warp: its partial sums live in the rings.
 #define DECW_SMEM (DEC_WARPS * DEC_STAGES * (int)sizeof(DecStageT<1, 4>) + DEC_WSC(4))
 
@@ -239,7 +240,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   extern __shared__ __align__(128) u8 dec_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int r = warp % S;  // this warp's share of K
-  static_assert(RB == 2 || XT == 1, "64-row warps only with 8 tokens a pass");
+  static_assert(RB == 2 || XT <= 2, "64-row warps only with 8 or 16 tokens a pass");
   constexpr int WR = 16 * RB;                                                // weight rows a warp
   const i64 nb = (i64)bx * (WR * DEC_WARPS / S) + (warp / S) * WR;  // the warp's first weight row (bx: the block's column)
   if constexpr (RB > 2 && S == 1) {
@@ -250,7 +251,9 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
   static_assert(XT == 1 || S == 1, "16-token passes only at split 1");
   static_assert(!SHORT || XT >= 2, "short passes only in the 16- and 32-token kernels");
   using Stage = DecStageT<XT, RB>;
-  constexpr int D = XT > 2 ? DEC32_STAGES : S == 1 ? DEC1_STAGES : DEC_STAGES, FT = 8 * XT;  // ring depth, tokens a pass
+  // ring depth, tokens a pass (the 64-row 16-token kernel's ring as the 32-token kernel's, so
+  // that three blocks' rings fit on an SM)
+  constexpr int D = XT > 2 || (XT > 1 && RB > 2) ? DEC32_STAGES : S == 1 ? DEC1_STAGES : DEC_STAGES, FT = 8 * XT;
   Stage* const st = reinterpret_cast<Stage*>(dec_smem) + warp * D;
   float4* const wsc = reinterpret_cast<float4*>(dec_smem + DEC_WARPS * D * sizeof(Stage)) + WR * warp;
   // Warp w's partial sums at S > 1 (4 · RB values a lane): after the rings at 32 rows; at 64 rows
@@ -397,7 +400,7 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
                                            dec_scale<EXACT>(w4, 3));
         }
         __syncwarp();
-        if constexpr (RB > 2) {
+        if constexpr (RB > 2 && NF == 1) {
           // 64 rows: the token fragments of all four blocks first, then each 16-row block over
           // them (its scales and partial sums only are live, not every block's), adding the same
           // terms in the same order as the 32-row loop below.
@@ -419,6 +422,38 @@ __device__ __forceinline__ void gemm_dec(const u8* __restrict__ W, const u8* __r
             acc[0][4 * h + 1] += p[1] * xs1;
             acc[0][4 * h + 2] += p[2] * xs0;
             acc[0][4 * h + 3] += p[3] * xs1;
+          }
+        } else if constexpr (RB > 2) {
+          // 64 rows and two token fragments (the 16-token pass): the same, the weight words'
+          // expansion serving both fragments' MMAs.
+          uint32_t bt[NF][4][2][2];
+  #pragma unroll
+          for (int u = 0; u < NF; u++)
+  #pragma unroll
+            for (int b = 0; b < 4; b++)
+              e4m3_frags(*reinterpret_cast<const uint2*>(&d.x[g + 8 * u][xo ^ (32 * b)]), bt[u][b][0], bt[u][b][1]);
+          // 2^14: the expansion's factor
+          float xs0[NF], xs1[NF];
+  #pragma unroll
+          for (int u = 0; u < NF; u++) xs0[u] = d.xs[8 * u + 2 * t] * 16384.f, xs1[u] = d.xs[8 * u + 2 * t + 1] * 16384.f;
+  #pragma unroll
+          for (int h = 0; h < RB; h++) {
+            const float4 s0 = wsc[16 * h + g], s1 = wsc[16 * h + g + 8];
+            float p[NF][4] = {};
+  #pragma unroll
+            for (int b = 0; b < 4; b++) {
+              const uint32_t wa = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g][wo ^ (16 * b)]);
+              const uint32_t wb = *reinterpret_cast<const uint32_t*>(&d.w[16 * h + g + 8][wo ^ (16 * b)]);
+  #pragma unroll
+              for (int u = 0; u < NF; u++) block_mma(wa, wb, bt[u][b][0], bt[u][b][1], s0, s1, b, p[u]);
+            }
+  #pragma unroll
+            for (int u = 0; u < NF; u++) {
+              acc[u][4 * h + 0] += p[u][0] * xs0[u];
+              acc[u][4 * h + 1] += p[u][1] * xs1[u];
+              acc[u][4 * h + 2] += p[u][2] * xs0[u];
+              acc[u][4 * h + 3] += p[u][3] * xs1[u];
+            }
           }
         } else {
           float4 sw[2 * RB];
@@ -650,6 +685,7 @@ DEC_DEFINE(moe_gemm_dec32, DEC32_BLOCKS, DEC_RUN(1, 4, 2))
 DEC_DEFINE(moe_gemm_dec32s, DEC32_BLOCKS, DEC_RUNS(1, 4, 2, true))
 DEC_DEFINE(moe_gemm_decw, DECW_BLOCKS, DEC_SPLIT(1, 4))
 DEC_DEFINE(moe_gemm_dec1w, DEC1W_BLOCKS, DEC_RUN(1, 1, 4))
+DEC_DEFINE(moe_gemm_dec16w, DEC1W_BLOCKS, DEC_RUNS(1, 2, 4, true))
 // The 64-row kernel with the 32-token kernel's pass for heavy tiles, one launch (grid x: N / 256
 // rounded up; y: the heavy list, moe_route's tilesh, 2 entries a tile of more than 8 rows). An
 // entry with DEC_HEAVY_ROW (a tile of more than 16 rows) runs the 32-token pass of 32 weight rows a
