@@ -6,7 +6,7 @@
 # weight-layout and output-digest tests, the digests then compared with the first variant's;
 # PAR=0 runs them one after another, as TestMemoryStable needs: it compares the whole device's
 # free memory, which the other variants' tests move), then, one at a time, the bench of
-# each variant whose tests passed (SHAPES, MS, MIN, GEMM, BENCH_ARGS: more bench flags, e.g.
+# each variant whose tests passed (SHAPES, MS, MIN, GEMM, ROUTING (default uniform), BENCH_ARGS: more bench flags, e.g.
 # "--input float"; CSV per variant under $OUT). NOTEST="a b"
 # skips the tests of variants a and b; TTIME (default 300) limits each variant's tests, in
 # seconds. Prints one table at the end, rows of all variants side by side, the same relative to
@@ -74,7 +74,7 @@ bench1() { # NAME SUFFIX SHAPES TAG: one bench process, its CSV ab-NAME$SUFFIX$T
 	local n=$1 sfx=$2 tag=$4
 	export FP4MOE_FATBIN=/tmp/ab/$n/moe.fatbin
 	clocks_start "$OUT/clk-$n$sfx$tag.log"
-	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "$3" --m "${MS:-1,8,64,512,4096}" --routing uniform --gemm "${GEMM:-auto}" \
+	timeout 150 /tmp/ab/$n/bin/fp4moe bench --shapes "$3" --m "${MS:-1,8,64,512,4096}" --routing "${ROUTING:-uniform}" --gemm "${GEMM:-auto}" \
 		--min-time "${MIN:-100ms}" ${BENCH_ARGS:-} --csv "$OUT/ab-$n$sfx$tag.csv" > "$OUT/bench-$n$sfx$tag.log" 2>&1
 	local rc=$?
 	clocks_stop
