@@ -109,8 +109,9 @@ const (
 	// as fast for DeepSeek-V3: docs/perf.md v30).
 	dec32Rows = 9
 	// dec32sRows: of those, batches of at most this many rows per local expert take its instance
-	// with short passes (moe_gemm_dec32s: a tile of at most 16 rows does the 16-token MMAs only),
-	// whose second loop cost tiles of 17-32 rows 3-7 % on the H200 (docs/perf.md v30).
+	// with short passes (moe_gemm_dec32s: a tile of at most 16 rows does the 16-token MMAs only,
+	// one of at most 8 the 8-token ones), whose second loop cost tiles of 17-32 rows 3-7 % on the
+	// H200 (docs/perf.md v30; the third, v57, cost tiles of 14-16 rows nothing measurable).
 	dec32sRows = 16
 	// unsplitRows: decode batches of more than this many routed rows per local expert on average
 	// run both streaming GEMMs at split 1 (decSplits), however few their tiles. Only layers of
