@@ -507,6 +507,24 @@ func TestDecode32(t *testing.T) {
 	}
 }
 
+// scaleLayer returns a decode layer on a copy of w whose W13Scale[i13] and W2Scale[i2] are 0 (a
+// special E8M0 byte, which takes the streaming GEMM's exact scale conversion) when exact, else on
+// w itself, with the weights it holds; it fails the test unless the layer takes the exact
+// conversion exactly then.
+func scaleLayer(t *testing.T, w moe.Weights, cfg moe.Config, exact bool, i13, i2 int) (*Layer, *moe.Weights) {
+	t.Helper()
+	if exact {
+		w.W13Scale = append([]uint8(nil), w.W13Scale...)
+		w.W2Scale = append([]uint8(nil), w.W2Scale...)
+		w.W13Scale[i13], w.W2Scale[i2] = 0, 0
+	}
+	l := kernelLayer(t, &w, cfg, GEMMDecode)
+	if l.exactScales != exact {
+		t.Fatalf("exactScales %v, want %v", l.exactScales, exact)
+	}
+	return l, &w
+}
+
 // TestDecodeWideRows runs split-1 batches of at most dec16Rows rows an expert on the 64-row
 // kernel (moe_gemm_dec1w, wideRows lowered to 0 so that small GEMMs take it), on a GEMM whose
 // rows fill its last block (GEMM1, 2I = 1024 rows) and one whose last block has two warps past
@@ -522,16 +540,7 @@ func TestDecodeWideRows(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := conformance.Spec{M: 16, K: 896, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 47}
 			c := conformance.Generate(s)
-			w := c.Weights
-			if tc.exact {
-				w.W13Scale = append([]uint8(nil), w.W13Scale...)
-				w.W2Scale = append([]uint8(nil), w.W2Scale...)
-				w.W13Scale[7], w.W2Scale[11] = 0, 0
-			}
-			l := kernelLayer(t, &w, c.Config, GEMMDecode)
-			if l.exactScales != tc.exact {
-				t.Fatalf("exactScales %v, want %v", l.exactScales, tc.exact)
-			}
+			l, w := scaleLayer(t, c.Weights, c.Config, tc.exact, 7, 11)
 			p := s.M * s.TopK
 			_, tiles := l.bounds(p)
 			gemms := []struct {
@@ -553,7 +562,7 @@ func TestDecodeWideRows(t *testing.T) {
 			}
 			got := forwardTwice(t, l, &c.Batch, s.K, "64-row kernel")
 			sameBits(t, "64-row kernel against the 32-row one", got, narrow)
-			nearNative(t, got, &w, c.Config, &c.Batch)
+			nearNative(t, got, w, c.Config, &c.Batch)
 		})
 	}
 }
@@ -572,16 +581,7 @@ func TestDecodeWide16(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := conformance.Spec{M: 64, K: 896, I: 512, E: 32, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 53}
 			c := conformance.Generate(s)
-			w := c.Weights
-			if tc.exact {
-				w.W13Scale = append([]uint8(nil), w.W13Scale...)
-				w.W2Scale = append([]uint8(nil), w.W2Scale...)
-				w.W13Scale[5], w.W2Scale[9] = 0, 0
-			}
-			l := kernelLayer(t, &w, c.Config, GEMMDecode)
-			if l.exactScales != tc.exact {
-				t.Fatalf("exactScales %v, want %v", l.exactScales, tc.exact)
-			}
+			l, w := scaleLayer(t, c.Weights, c.Config, tc.exact, 5, 9)
 			p := s.M * s.TopK
 			_, tiles := l.bounds(p)
 			split1, split2, _, _ := l.decSplits(tiles, p)
@@ -604,7 +604,7 @@ func TestDecodeWide16(t *testing.T) {
 			}
 			got := forwardTwice(t, l, &c.Batch, s.K, "64-row 16-token kernel")
 			sameBits(t, "64-row 16-token kernel against the 32-row one", got, narrow)
-			nearNative(t, got, &w, c.Config, &c.Batch)
+			nearNative(t, got, w, c.Config, &c.Batch)
 		})
 	}
 }
