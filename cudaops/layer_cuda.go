@@ -102,6 +102,11 @@ const (
 	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
 	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)
 	dec16Rows = 6
+	// wide16Rows, wide32Rows: the same thresholds for GEMMs of at least wideRows rows, which take
+	// the 16-token passes on 64-row warps (moe_gemm_dec16w) where the others take
+	// moe_gemm_dec16s, and the 64-row 8-token kernels below it.
+	wide16Rows = 6
+	wide32Rows = dec32Rows
 	// dec32Rows: the 32-token kernel takes split-1 batches of more than this many routed rows per
 	// local expert on average (at 16 rows an expert over 40 % of the experts route more than 16
 	// under uniform routing, and the 16-token kernel streams their weights twice; at 12 rows
@@ -926,9 +931,9 @@ func (l *Layer) predicted(p int) bool {
 // take one 8-token pass in each of up to four blocks at once (reading the same weights at about
 // the same time) instead of up to four passes one after another in one block. The rows and every
 // sum are the same.
-func (l *Layer) chunked(g, m, p, split int) bool {
+func (l *Layer) chunked(g, m, p, split int, n int64) bool {
 	return l.kernel(p) == GEMMDecode && !l.noChunks && m > routeShortTile && p <= maxChunkPairs && (g == 2 || !l.predicted(p)) &&
-		l.decPass(split, p) == 8
+		l.decPass(split, p, n) == 8
 }
 
 // heavyWide reports whether a decode GEMM of n weight rows over a batch of m tokens and p routed
@@ -941,7 +946,7 @@ func (l *Layer) chunked(g, m, p, split int) bool {
 // others take the 64-row kernel's pass as before, in the same launch.
 func (l *Layer) heavyWide(m, p, split int, n int64) bool {
 	return l.kernel(p) == GEMMDecode && !l.noHeavy && m > 16 && p > fusedPermutePairs && p <= maxChunkPairs &&
-		l.decPass(split, p) == 8 && split == 1 && n >= l.wideRows
+		l.decPass(split, p, n) == 8 && split == 1 && n >= l.wideRows
 }
 
 // decodeList is the routing's list a streaming GEMM reads its tiles from.
@@ -960,7 +965,7 @@ func (l *Layer) decList(g, m, p, split int, n int64) decodeList {
 	switch {
 	case l.heavyWide(m, p, split, n):
 		return listHeavy
-	case l.chunked(g, m, p, split):
+	case l.chunked(g, m, p, split, n):
 		return listChunks
 	}
 	return listTiles
@@ -1014,7 +1019,7 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 	case split > 1:
 		return f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
 	}
-	switch l.decPass(split, p) {
+	switch l.decPass(split, p, n) {
 	case 32:
 		if p <= dec32sRows*l.E {
 			return f.gemmDec32s, dec32Smem, int(n) / (32 * decWarps)
@@ -1032,16 +1037,24 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 	return f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
 }
 
-// decPass returns the tokens a pass (8, 16 or 32) of the streaming kernel decKernel picks at
-// split S over p routed pairs: 8 for the split kernels, else by the average rows a local expert
-// (tok32Rows, dec16Rows).
-func (l *Layer) decPass(split, p int) int {
+// decPass returns the tokens a pass (8, 16 or 32) of the streaming kernel decKernel picks for an
+// n-row GEMM at split S over p routed pairs: 8 for the split kernels, else by the average rows
+// a local expert (tok32Rows and dec16Rows; wide32Rows and wide16Rows for GEMMs of at least
+// wideRows rows, unless tok32Rows was set otherwise).
+func (l *Layer) decPass(split, p int, n int64) int {
+	t16, t32 := dec16Rows, l.tok32Rows
+	if n >= l.wideRows {
+		t16 = wide16Rows
+		if t32 == dec32Rows {
+			t32 = wide32Rows
+		}
+	}
 	switch {
 	case split > 1:
 		return 8
-	case p > l.tok32Rows*l.E:
+	case p > t32*l.E:
 		return 32
-	case p > dec16Rows*l.E:
+	case p > t16*l.E:
 		return 16
 	}
 	return 8

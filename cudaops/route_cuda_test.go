@@ -165,11 +165,11 @@ func TestDecodeChunks(t *testing.T) {
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 			_, tiles := l.bounds(P)
 			split1, split2, _, _ := l.decSplits(tiles, P)
-			if l.chunked(1, P, P, split1) != tc.gemm1 || !l.chunked(2, P, P, split2) {
+			if l.chunked(1, P, P, split1, int64(2*s.I)) != tc.gemm1 || !l.chunked(2, P, P, split2, int64(s.K)) {
 				t.Fatalf("%d pairs over %d experts (splits %d, %d): GEMM1 on the chunks %v, GEMM2 %v; want %v and true",
-					P, tc.E, split1, split2, l.chunked(1, P, P, split1), l.chunked(2, P, P, split2), tc.gemm1)
+					P, tc.E, split1, split2, l.chunked(1, P, P, split1, int64(2*s.I)), l.chunked(2, P, P, split2, int64(s.K)), tc.gemm1)
 			}
-			if l.chunked(2, routeShortTile, P, split2) {
+			if l.chunked(2, routeShortTile, P, split2, int64(s.K)) {
 				t.Errorf("a batch of %d tokens on the chunks: its tiles are longer than 8 rows only where a token repeats an expert", routeShortTile)
 			}
 			got := forwardTwice(t, l, &c.Batch, s.K, "chunks")
