@@ -98,21 +98,6 @@ const (
 	// docs/perf.md v23.)
 	dec1wMinRows  = 4096
 	dec1wMinBytes = 16
-	// dec16Rows: the 16-token kernel takes split-1 batches of more than this many routed rows per
-	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
-	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)
-	dec16Rows = 6
-	// wide16Rows, wide32Rows: the same thresholds for GEMMs of at least wideRows rows, which take
-	// the 16-token passes on 64-row warps (moe_gemm_dec16w) where the others take
-	// moe_gemm_dec16s, and the 64-row 8-token kernels below it.
-	wide16Rows = 6
-	wide32Rows = dec32Rows
-	// dec32Rows: the 32-token kernel takes split-1 batches of more than this many routed rows per
-	// local expert on average (at 16 rows an expert over 40 % of the experts route more than 16
-	// under uniform routing, and the 16-token kernel streams their weights twice; at 12 rows
-	// about 12 %, and with short passes the 32-token kernel was 4-7 % faster there for GPT-OSS,
-	// as fast for DeepSeek-V3: docs/perf.md v30).
-	dec32Rows = 9
 	// dec32sRows: of those, batches of at most this many rows per local expert take its instance
 	// with short passes (moe_gemm_dec32s: a tile of at most 16 rows does the 16-token MMAs only),
 	// whose second loop cost tiles of 17-32 rows 3-7 % on the H200 (docs/perf.md v30).
@@ -238,8 +223,8 @@ type Layer struct {
 	// the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of dec1wMinBytes a
 	// cycle or more, else none; tests move it to run either).
 	wideRows int64
-	// tok32Rows: split-1 batches of more than this many rows an expert on average take the
-	// 32-token kernel (dec32Rows; tests raise it to run the 16-token kernel instead).
+	// tok32Rows: dec32Rows, or a test's threshold of rows an expert above which every split-1
+	// GEMM takes the 32-token kernel (raised to run the 16-token kernel instead; decPass).
 	tok32Rows int
 	// splitRows: the weight rows a warp of the split kernels (32 or 64), or 0 for splitWide's
 	// choice (devices of dec1wMinBytes a cycle or more, else 32; tests set it to compare the two).
@@ -1007,10 +992,10 @@ func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide b
 
 // decKernel picks the streaming GEMM's kernel for an n-row GEMM of split S (decSplit) over p
 // routed pairs: its function, dynamic shared memory and grid width (blocks per tile). Split-1
-// batches of more than tok32Rows (dec32Rows) rows per local expert on average take the 32-token
-// kernel (its instance with short passes up to dec32sRows), of more than dec16Rows the 16-token
-// kernel, the others the 64-row one when n >= wideRows, else the 32-row one. Split GEMMs take
-// the split kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
+// GEMMs take the kernel of decPass's tokens a pass: of 32 its instance with short passes up to
+// dec32sRows rows per local expert on average, of 16 moe_gemm_dec16w when n >= wideRows, else
+// moe_gemm_dec16s, of 8 the 64-row kernel when n >= wideRows, else the 32-row one. Split GEMMs
+// take the split kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
 func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
 	switch {
@@ -1042,22 +1027,16 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 // a local expert (tok32Rows and dec16Rows; wide32Rows and wide16Rows for GEMMs of at least
 // wideRows rows, unless tok32Rows was set otherwise).
 func (l *Layer) decPass(split, p int, n int64) int {
-	t16, t32 := dec16Rows, l.tok32Rows
-	if n >= l.wideRows {
-		t16 = wide16Rows
-		if t32 == dec32Rows {
-			t32 = wide32Rows
-		}
-	}
-	switch {
-	case split > 1:
+	if split > 1 {
 		return 8
-	case p > t32*l.E:
-		return 32
-	case p > t16*l.E:
-		return 16
 	}
-	return 8
+	wide := n >= l.wideRows
+	if l.tok32Rows != dec32Rows { // a test's override, for every GEMM
+		_, t16 := passRows(wide)
+		return passTokens(p, l.E, t16, l.tok32Rows)
+	}
+	t32, t16 := passRows(wide)
+	return passTokens(p, l.E, t16, t32)
 }
 
 // splitWide reports whether GEMM1 (n1 = 2I rows over K columns, split s1) and GEMM2 (K rows,
