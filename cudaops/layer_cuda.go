@@ -1030,12 +1030,10 @@ func (l *Layer) decPass(split, p int, n int64) int {
 	if split > 1 {
 		return 8
 	}
-	wide := n >= l.wideRows
+	t32, t16 := passRows(n >= l.wideRows)
 	if l.tok32Rows != dec32Rows { // a test's override, for every GEMM
-		_, t16 := passRows(wide)
-		return passTokens(p, l.E, t16, l.tok32Rows)
+		t32 = l.tok32Rows
 	}
-	t32, t16 := passRows(wide)
 	return passTokens(p, l.E, t16, t32)
 }
 
