@@ -207,3 +207,48 @@ const (
 func earlyTrigger(p, tiles int, k, i int64) bool {
 	return p <= earlyTriggerPairs && int64(tiles)*k*i/2 >= earlyTriggerBytes
 }
+
+// The split-1 decode kernels' tokens a pass, by the average routed rows a local expert (at 8
+// tokens a pass a tile of 9-16 rows streams its weights twice, one of 17-32 four times):
+//   - dec16Rows, dec32Rows: the 16-token kernel (moe_gemm_dec16s) takes batches of more than
+//     dec16Rows rows an expert, the 32-token kernel more than dec32Rows. (At 8 rows the 16-token
+//     kernel was 14-16 % faster than moe_gemm_dec1 for every bench shape, at 6 rows within
+//     noise, at 4 and fewer slower: docs/perf.md v22. At 16 rows an expert over 40 % of the
+//     experts route more than 16 under uniform routing, which the 16-token kernel streams twice;
+//     at 12 rows about 12 %, and the 32-token kernel with short passes was 4-7 % faster there
+//     for GPT-OSS, as fast for DeepSeek-V3: v30.)
+//   - wide16Rows, wide32Rows: the same for GEMMs of at least wideRows rows, whose 16-token
+//     passes run on 64 rows a warp (moe_gemm_dec16w) and whose 8-token ones on the 64-row
+//     kernels: 12-13 % fewer instructions a weight byte than the 32-row kernels pay
+//     off from 5 rows an expert, and up to 11 over the 32-token kernel's single stream of tiles
+//     of 17-32 rows (H200: GPT-OSS-120B and DeepSeek-V3 at 176-192 tokens 2.9-8.9 % faster,
+//     at 320-352 1.7-9.2 %, GPT-OSS-20B at 48 and 88 tokens 4.1-7.5 %; docs/perf.md, entry "The
+//     thresholds after v56").
+const (
+	dec16Rows  = 6
+	dec32Rows  = 9
+	wide16Rows = 4
+	wide32Rows = 11
+)
+
+// passRows returns the thresholds of rows an expert above which a split-1 decode GEMM takes the
+// 32- and the 16-token kernel: wide32Rows and wide16Rows for GEMMs of at least wideRows rows
+// (wide), else dec32Rows and dec16Rows.
+func passRows(wide bool) (t32, t16 int) {
+	if wide {
+		return wide32Rows, wide16Rows
+	}
+	return dec32Rows, dec16Rows
+}
+
+// passTokens returns the tokens a pass of the split-1 decode kernel over p routed pairs on e
+// local experts: 32 above t32 rows an expert on average, 16 above t16, else 8.
+func passTokens(p, e, t16, t32 int) int {
+	switch {
+	case p > t32*e:
+		return 32
+	case p > t16*e:
+		return 16
+	}
+	return 8
+}

@@ -262,3 +262,34 @@ func TestActWarps(t *testing.T) {
 		}
 	}
 }
+
+// TestPassTokens checks the split-1 decode kernels' tokens a pass at the bench shapes' batches
+// around each threshold: GPT-OSS-120B (128 experts, top-4) and DeepSeek-V3 (256, top-8), whose
+// large GEMMs are wide on an H200, and Qwen3-30B-A3B (128, top-8), whose are not.
+func TestPassTokens(t *testing.T) {
+	cases := []struct {
+		name    string
+		m, k, e int
+		wide    bool
+		want    int
+	}{
+		{"gptoss120b 128 tokens (4 rows), wide", 128, 4, 128, true, 8},
+		{"gptoss120b 160 tokens (5 rows), wide", 160, 4, 128, true, 16},
+		{"gptoss120b 160 tokens (5 rows)", 160, 4, 128, false, 8},
+		{"gptoss120b 192 tokens (6 rows)", 192, 4, 128, false, 8},
+		{"gptoss120b 224 tokens (7 rows)", 224, 4, 128, false, 16},
+		{"gptoss120b 288 tokens (9 rows)", 288, 4, 128, false, 16},
+		{"gptoss120b 320 tokens (10 rows)", 320, 4, 128, false, 32},
+		{"gptoss120b 320 tokens (10 rows), wide", 320, 4, 128, true, 16},
+		{"deepseekv3 352 tokens (11 rows), wide", 352, 8, 256, true, 16},
+		{"deepseekv3 384 tokens (12 rows), wide", 384, 8, 256, true, 32},
+		{"qwen3 80 tokens (5 rows)", 80, 8, 128, false, 8},
+		{"qwen3 160 tokens (10 rows)", 160, 8, 128, false, 32},
+	}
+	for _, c := range cases {
+		t32, t16 := passRows(c.wide)
+		if got := passTokens(c.m*c.k, c.e, t16, t32); got != c.want {
+			t.Errorf("%s: %d tokens a pass, want %d", c.name, got, c.want)
+		}
+	}
+}

@@ -98,16 +98,6 @@ const (
 	// docs/perf.md v23.)
 	dec1wMinRows  = 4096
 	dec1wMinBytes = 16
-	// dec16Rows: the 16-token kernel takes split-1 batches of more than this many routed rows per
-	// local expert on average. (At 8 rows it was 14-16 % faster than moe_gemm_dec1 for every bench
-	// shape, at 6 rows within noise, at 4 and fewer slower: docs/perf.md v22.)
-	dec16Rows = 6
-	// dec32Rows: the 32-token kernel takes split-1 batches of more than this many routed rows per
-	// local expert on average (at 16 rows an expert over 40 % of the experts route more than 16
-	// under uniform routing, and the 16-token kernel streams their weights twice; at 12 rows
-	// about 12 %, and with short passes the 32-token kernel was 4-7 % faster there for GPT-OSS,
-	// as fast for DeepSeek-V3: docs/perf.md v30).
-	dec32Rows = 9
 	// dec32sRows: of those, batches of at most this many rows per local expert take its instance
 	// with short passes (moe_gemm_dec32s: a tile of at most 16 rows does the 16-token MMAs only,
 	// one of at most 8 the 8-token ones), whose second loop cost tiles of 17-32 rows 3-7 % on the
@@ -234,8 +224,8 @@ type Layer struct {
 	// the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of dec1wMinBytes a
 	// cycle or more, else none; tests move it to run either).
 	wideRows int64
-	// tok32Rows: split-1 batches of more than this many rows an expert on average take the
-	// 32-token kernel (dec32Rows; tests raise it to run the 16-token kernel instead).
+	// tok32Rows: dec32Rows, or a test's threshold of rows an expert above which every split-1
+	// GEMM takes the 32-token kernel (raised to run the 16-token kernel instead; decPass).
 	tok32Rows int
 	// splitRows: the weight rows a warp of the split kernels (32 or 64), or 0 for splitWide's
 	// choice (devices of dec1wMinBytes a cycle or more, else 32; tests set it to compare the two).
@@ -927,9 +917,9 @@ func (l *Layer) predicted(p int) bool {
 // take one 8-token pass in each of up to four blocks at once (reading the same weights at about
 // the same time) instead of up to four passes one after another in one block. The rows and every
 // sum are the same.
-func (l *Layer) chunked(g, m, p, split int) bool {
+func (l *Layer) chunked(g, m, p, split int, n int64) bool {
 	return l.kernel(p) == GEMMDecode && !l.noChunks && m > routeShortTile && p <= maxChunkPairs && (g == 2 || !l.predicted(p)) &&
-		l.decPass(split, p) == 8
+		l.decPass(split, p, n) == 8
 }
 
 // heavyWide reports whether a decode GEMM of n weight rows over a batch of m tokens and p routed
@@ -942,7 +932,7 @@ func (l *Layer) chunked(g, m, p, split int) bool {
 // others take the 64-row kernel's pass as before, in the same launch.
 func (l *Layer) heavyWide(m, p, split int, n int64) bool {
 	return l.kernel(p) == GEMMDecode && !l.noHeavy && m > 16 && p > fusedPermutePairs && p <= maxChunkPairs &&
-		l.decPass(split, p) == 8 && split == 1 && n >= l.wideRows
+		l.decPass(split, p, n) == 8 && split == 1 && n >= l.wideRows
 }
 
 // decodeList is the routing's list a streaming GEMM reads its tiles from.
@@ -961,7 +951,7 @@ func (l *Layer) decList(g, m, p, split int, n int64) decodeList {
 	switch {
 	case l.heavyWide(m, p, split, n):
 		return listHeavy
-	case l.chunked(g, m, p, split):
+	case l.chunked(g, m, p, split, n):
 		return listChunks
 	}
 	return listTiles
@@ -1003,10 +993,10 @@ func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide b
 
 // decKernel picks the streaming GEMM's kernel for an n-row GEMM of split S (decSplit) over p
 // routed pairs: its function, dynamic shared memory and grid width (blocks per tile). Split-1
-// batches of more than tok32Rows (dec32Rows) rows per local expert on average take the 32-token
-// kernel (its instance with short passes up to dec32sRows), of more than dec16Rows the 16-token
-// kernel, the others the 64-row one when n >= wideRows, else the 32-row one. Split GEMMs take
-// the split kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
+// GEMMs take the kernel of decPass's tokens a pass: of 32 its instance with short passes up to
+// dec32sRows rows per local expert on average, of 16 moe_gemm_dec16w when n >= wideRows, else
+// moe_gemm_dec16s, of 8 the 64-row kernel when n >= wideRows, else the 32-row one. Split GEMMs
+// take the split kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
 func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
 	switch {
@@ -1015,7 +1005,7 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 	case split > 1:
 		return f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
 	}
-	switch l.decPass(split, p) {
+	switch l.decPass(split, p, n) {
 	case 32:
 		if p <= dec32sRows*l.E {
 			return f.gemmDec32s, dec32Smem, int(n) / (32 * decWarps)
@@ -1033,19 +1023,19 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 	return f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
 }
 
-// decPass returns the tokens a pass (8, 16 or 32) of the streaming kernel decKernel picks at
-// split S over p routed pairs: 8 for the split kernels, else by the average rows a local expert
-// (tok32Rows, dec16Rows).
-func (l *Layer) decPass(split, p int) int {
-	switch {
-	case split > 1:
+// decPass returns the tokens a pass (8, 16 or 32) of the streaming kernel decKernel picks for an
+// n-row GEMM at split S over p routed pairs: 8 for the split kernels, else by the average rows
+// a local expert (tok32Rows and dec16Rows; wide32Rows and wide16Rows for GEMMs of at least
+// wideRows rows, unless tok32Rows was set otherwise).
+func (l *Layer) decPass(split, p int, n int64) int {
+	if split > 1 {
 		return 8
-	case p > l.tok32Rows*l.E:
-		return 32
-	case p > dec16Rows*l.E:
-		return 16
 	}
-	return 8
+	t32, t16 := passRows(n >= l.wideRows)
+	if l.tok32Rows != dec32Rows { // a test's override, for every GEMM
+		t32 = l.tok32Rows
+	}
+	return passTokens(p, l.E, t16, t32)
 }
 
 // splitWide reports whether GEMM1 (n1 = 2I rows over K columns, split s1) and GEMM2 (K rows,

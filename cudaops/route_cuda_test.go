@@ -136,6 +136,19 @@ func hotCounts() []int {
 	return c
 }
 
+// heavyCounts returns the pairs of 64 experts of a skewed decode batch whose long tiles are
+// hotCounts' (a full tile and one of 18, a full tile and one of 8, tiles of 20, 17, 12 and 9
+// rows) and whose other experts hold 1-3 rows: 255 pairs, at most wide16Rows (4) an expert on
+// average, so that GEMMs of at least wideRows rows take the 8-token kernels at split 1 on an
+// H200.
+func heavyCounts() []int {
+	c := hotCounts()[:6]
+	for e := len(c); e < 64; e++ {
+		c = append(c, []int{2, 1, 3, 2, 1, 2}[e%6])
+	}
+	return c
+}
+
 // TestDecodeChunks runs decode batches whose routing gives a few experts tiles of more than 8 rows
 // (a full tile and one of 18, tiles of 20, 17, 12 and 9 rows) and the others few, on the
 // kernels of 8 tokens a pass (the split ones, and at split 1): it reads back the routing
@@ -165,11 +178,11 @@ func TestDecodeChunks(t *testing.T) {
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 			_, tiles := l.bounds(P)
 			split1, split2, _, _ := l.decSplits(tiles, P)
-			if l.chunked(1, P, P, split1) != tc.gemm1 || !l.chunked(2, P, P, split2) {
+			if l.chunked(1, P, P, split1, int64(2*s.I)) != tc.gemm1 || !l.chunked(2, P, P, split2, int64(s.K)) {
 				t.Fatalf("%d pairs over %d experts (splits %d, %d): GEMM1 on the chunks %v, GEMM2 %v; want %v and true",
-					P, tc.E, split1, split2, l.chunked(1, P, P, split1), l.chunked(2, P, P, split2), tc.gemm1)
+					P, tc.E, split1, split2, l.chunked(1, P, P, split1, int64(2*s.I)), l.chunked(2, P, P, split2, int64(s.K)), tc.gemm1)
 			}
-			if l.chunked(2, routeShortTile, P, split2) {
+			if l.chunked(2, routeShortTile, P, split2, int64(s.K)) {
 				t.Errorf("a batch of %d tokens on the chunks: its tiles are longer than 8 rows only where a token repeats an expert", routeShortTile)
 			}
 			got := forwardTwice(t, l, &c.Batch, s.K, "chunks")
@@ -206,7 +219,7 @@ func TestDecodeChunks(t *testing.T) {
 // same), and against moe_gemm_dec1w over the chunk list (noHeavy), bitwise: the 32-token pass
 // adds each row's terms in the order the 8-token pass does.
 func TestDecodeHeavyWide(t *testing.T) {
-	counts := hotCounts()
+	counts := heavyCounts()
 	s := conformance.Spec{K: 512, I: 256, E: len(counts), Activation: moe.SwiGLUOAI, Bias: true, Seed: 89}
 	c, P := countedCase(counts, &s, 13)
 	l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
