@@ -217,23 +217,24 @@ func earlyTrigger(p, tiles int, k, i int64) bool {
 //     experts route more than 16 under uniform routing, which the 16-token kernel streams twice;
 //     at 12 rows about 12 %, and the 32-token kernel with short passes was 4-7 % faster there
 //     for GPT-OSS, as fast for DeepSeek-V3: v30.)
-//   - wide16Rows, wide32Rows: the same for GEMMs of at least wideRows rows, whose 16-token
-//     passes run on 64 rows a warp (moe_gemm_dec16w) and whose 8-token ones on the 64-row
-//     kernels: 12-13 % fewer instructions a weight byte than the 32-row kernels pay
-//     off from 5 rows an expert, and up to 11 over the 32-token kernel's single stream of tiles
-//     of 17-32 rows (H200: GPT-OSS-120B and DeepSeek-V3 at 176-192 tokens 2.9-8.9 % faster,
-//     at 320-352 1.7-9.2 %, GPT-OSS-20B at 48 and 88 tokens 4.1-7.5 %; docs/perf.md, entry "The
-//     thresholds after v56").
+//   - wide16Rows, wide32Rows: the same on devices that take the 64-row kernels, where every
+//     GEMM's 16-token passes run on 64 rows a warp (moe_gemm_dec16w): 12-13 % fewer
+//     instructions a weight byte than the 32-row kernels pay off from 5 rows an expert, and up
+//     to 12 over the 32-token kernel's single stream of tiles of 17-32 rows (H200: GPT-OSS-120B
+//     and DeepSeek-V3 at 176-192 tokens 2.9-8.9 % faster, at 320-352 1.7-9.2 %, GPT-OSS-120B at
+//     384 7-8 %, GPT-OSS-20B at 48, 88 and 96 tokens 3-7.5 %, Qwen3-30B-A3B at 80-176 tokens
+//     2.6-6.4 %; docs/perf.md, entries "The thresholds after v56" and "The wide thresholds
+//     under Zipf routing"; at 13 rows within 0.6 %).
 const (
 	dec16Rows  = 6
 	dec32Rows  = 9
 	wide16Rows = 4
-	wide32Rows = 11
+	wide32Rows = 12
 )
 
 // passRows returns the thresholds of rows an expert above which a split-1 decode GEMM takes the
-// 32- and the 16-token kernel: wide32Rows and wide16Rows for GEMMs of at least wideRows rows
-// (wide), else dec32Rows and dec16Rows.
+// 32- and the 16-token kernel: wide32Rows and wide16Rows on devices that take the 64-row
+// kernels (wide), else dec32Rows and dec16Rows.
 func passRows(wide bool) (t32, t16 int) {
 	if wide {
 		return wide32Rows, wide16Rows

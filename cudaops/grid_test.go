@@ -264,8 +264,8 @@ func TestActWarps(t *testing.T) {
 }
 
 // TestPassTokens checks the split-1 decode kernels' tokens a pass at the bench shapes' batches
-// around each threshold: GPT-OSS-120B (128 experts, top-4) and DeepSeek-V3 (256, top-8), whose
-// large GEMMs are wide on an H200, and Qwen3-30B-A3B (128, top-8), whose are not.
+// around each threshold, on devices that take the 64-row kernels (wide) and on the others:
+// GPT-OSS-120B (128 experts, top-4), DeepSeek-V3 (256, top-8) and Qwen3-30B-A3B (128, top-8).
 func TestPassTokens(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -282,9 +282,13 @@ func TestPassTokens(t *testing.T) {
 		{"gptoss120b 320 tokens (10 rows)", 320, 4, 128, false, 32},
 		{"gptoss120b 320 tokens (10 rows), wide", 320, 4, 128, true, 16},
 		{"deepseekv3 352 tokens (11 rows), wide", 352, 8, 256, true, 16},
-		{"deepseekv3 384 tokens (12 rows), wide", 384, 8, 256, true, 32},
+		{"deepseekv3 384 tokens (12 rows), wide", 384, 8, 256, true, 16},
+		{"deepseekv3 416 tokens (13 rows), wide", 416, 8, 256, true, 32},
+		{"deepseekv3 416 tokens (13 rows)", 416, 8, 256, false, 32},
 		{"qwen3 80 tokens (5 rows)", 80, 8, 128, false, 8},
+		{"qwen3 80 tokens (5 rows), wide", 80, 8, 128, true, 16},
 		{"qwen3 160 tokens (10 rows)", 160, 8, 128, false, 32},
+		{"qwen3 160 tokens (10 rows), wide", 160, 8, 128, true, 16},
 	}
 	for _, c := range cases {
 		t32, t16 := passRows(c.wide)

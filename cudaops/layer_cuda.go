@@ -81,9 +81,9 @@ const (
 	dec1wRows = 64
 	dec1wSmem = decWarps*dec1Stages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
 	// The 64-row kernel of 16 tokens a pass (DEC16W_SMEM, moe_gemm_dec16w): the 16-token
-	// kernel's passes (short ones included) on 64 weight rows a warp, for the batches the
-	// 16-token kernel takes whose GEMMs have at least wideRows rows; a ring of dec32Stages, so
-	// that 3 blocks fit on an SM.
+	// kernel's passes (short ones included) on 64 weight rows a warp, for every GEMM's 16-token
+	// passes on devices that take the 64-row kernels (wide16); a ring of dec32Stages, so that 3
+	// blocks fit on an SM.
 	dec16wSmem = decWarps*dec32Stages*((64*64+16*128+64*4+16*4+127)/128*128) + 2*decWsc
 	// The split kernel with 64 weight rows a warp (DECW_SMEM; its partial sums in the rings).
 	decwSmem = decWarps*decStages*((64*64+8*128+64*4+8*4+127)/128*128) + 2*decWsc
@@ -220,10 +220,14 @@ type Layer struct {
 	// Whether a weight scale byte is 0 (2^-127, subnormal) or 255 (NaN): then the streaming
 	// GEMM converts scales with those cases, else straight from the exponent bits.
 	exactScales bool
-	// wideRows: split-1 GEMMs of at least this many rows not taken by the 16-token kernel take
-	// the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of dec1wMinBytes a
-	// cycle or more, else none; tests move it to run either).
+	// wideRows: split-1 GEMMs of at least this many rows not taken by the 16- or 32-token
+	// kernels take the 64-row kernel, the others the 32-row one (dec1wMinRows on devices of
+	// dec1wMinBytes a cycle or more, else none; tests move it to run either).
 	wideRows int64
+	// wide16: every split-1 GEMM's 16-token passes run on moe_gemm_dec16w, and every GEMM
+	// takes the pass thresholds wide32Rows and wide16Rows (passRows); else moe_gemm_dec16s and
+	// dec32Rows, dec16Rows. Set on the devices that take the 64-row kernels (tests move it).
+	wide16 bool
 	// tok32Rows: dec32Rows, or a test's threshold of rows an expert above which every split-1
 	// GEMM takes the 32-token kernel (raised to run the 16-token kernel instead; decPass).
 	tok32Rows int
@@ -349,9 +353,9 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
 	l.tok32Rows = dec32Rows
-	l.wideRows, l.splitRows = math.MaxInt64, 32
+	l.wideRows, l.splitRows, l.wide16 = math.MaxInt64, 32, false
 	if l.dev.BytesPerSMCycle() >= dec1wMinBytes {
-		l.wideRows, l.splitRows = dec1wMinRows, 0
+		l.wideRows, l.splitRows, l.wide16 = dec1wMinRows, 0, true
 	}
 	// A copy from pageable memory may return before its bytes land; the kernels below run on the
 	// layer's non-blocking stream, so wait for the copies first.
@@ -917,9 +921,9 @@ func (l *Layer) predicted(p int) bool {
 // take one 8-token pass in each of up to four blocks at once (reading the same weights at about
 // the same time) instead of up to four passes one after another in one block. The rows and every
 // sum are the same.
-func (l *Layer) chunked(g, m, p, split int, n int64) bool {
+func (l *Layer) chunked(g, m, p, split int) bool {
 	return l.kernel(p) == GEMMDecode && !l.noChunks && m > routeShortTile && p <= maxChunkPairs && (g == 2 || !l.predicted(p)) &&
-		l.decPass(split, p, n) == 8
+		l.decPass(split, p) == 8
 }
 
 // heavyWide reports whether a decode GEMM of n weight rows over a batch of m tokens and p routed
@@ -932,7 +936,7 @@ func (l *Layer) chunked(g, m, p, split int, n int64) bool {
 // others take the 64-row kernel's pass as before, in the same launch.
 func (l *Layer) heavyWide(m, p, split int, n int64) bool {
 	return l.kernel(p) == GEMMDecode && !l.noHeavy && m > 16 && p > fusedPermutePairs && p <= maxChunkPairs &&
-		l.decPass(split, p, n) == 8 && split == 1 && n >= l.wideRows
+		l.decPass(split, p) == 8 && split == 1 && n >= l.wideRows
 }
 
 // decodeList is the routing's list a streaming GEMM reads its tiles from.
@@ -951,7 +955,7 @@ func (l *Layer) decList(g, m, p, split int, n int64) decodeList {
 	switch {
 	case l.heavyWide(m, p, split, n):
 		return listHeavy
-	case l.chunked(g, m, p, split, n):
+	case l.chunked(g, m, p, split):
 		return listChunks
 	}
 	return listTiles
@@ -994,8 +998,9 @@ func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide b
 // decKernel picks the streaming GEMM's kernel for an n-row GEMM of split S (decSplit) over p
 // routed pairs: its function, dynamic shared memory and grid width (blocks per tile). Split-1
 // GEMMs take the kernel of decPass's tokens a pass: of 32 its instance with short passes up to
-// dec32sRows rows per local expert on average, of 16 moe_gemm_dec16w when n >= wideRows, else
-// moe_gemm_dec16s, of 8 the 64-row kernel when n >= wideRows, else the 32-row one. Split GEMMs
+// dec32sRows rows per local expert on average, of 16 moe_gemm_dec16w on devices that take the
+// 64-row kernels (wide16), else moe_gemm_dec16s, of 8 the 64-row kernel when n >= wideRows,
+// else the 32-row one. Split GEMMs
 // take the split kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
 func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
@@ -1005,14 +1010,14 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 	case split > 1:
 		return f.gemmDec, decSmem, int(n) * split / (32 * decWarps)
 	}
-	switch l.decPass(split, p, n) {
+	switch l.decPass(split, p) {
 	case 32:
 		if p <= dec32sRows*l.E {
 			return f.gemmDec32s, dec32Smem, int(n) / (32 * decWarps)
 		}
 		return f.gemmDec32, dec32Smem, int(n) / (32 * decWarps)
 	case 16:
-		if n >= l.wideRows {
+		if l.wide16 {
 			return f.gemmDec16w, dec16wSmem, (int(n) + dec1wRows*decWarps - 1) / (dec1wRows * decWarps)
 		}
 		return f.gemmDec16s, dec16Smem, int(n) / (32 * decWarps)
@@ -1023,16 +1028,16 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 	return f.gemmDec1, dec1Smem, int(n) / (32 * decWarps)
 }
 
-// decPass returns the tokens a pass (8, 16 or 32) of the streaming kernel decKernel picks for an
-// n-row GEMM at split S over p routed pairs: 8 for the split kernels, else by the average rows
-// a local expert (tok32Rows and dec16Rows; wide32Rows and wide16Rows for GEMMs of at least
-// wideRows rows, unless tok32Rows was set otherwise).
-func (l *Layer) decPass(split, p int, n int64) int {
+// decPass returns the tokens a pass (8, 16 or 32) of the streaming kernel decKernel picks for a
+// GEMM at split S over p routed pairs: 8 for the split kernels, else by the average rows a local
+// expert (passRows: wide32Rows and wide16Rows on devices that take the 64-row kernels, else
+// dec32Rows and dec16Rows; a test's tok32Rows replaces the 32-token threshold).
+func (l *Layer) decPass(split, p int) int {
 	if split > 1 {
 		return 8
 	}
-	t32, t16 := passRows(n >= l.wideRows)
-	if l.tok32Rows != dec32Rows { // a test's override, for every GEMM
+	t32, t16 := passRows(l.wide16)
+	if l.tok32Rows != dec32Rows { // a test's override
 		t32 = l.tok32Rows
 	}
 	return passTokens(p, l.E, t16, t32)

@@ -456,7 +456,8 @@ func TestDecodeDeepFirst(t *testing.T) {
 
 // TestDecodeWide runs the streaming GEMM at batch sizes of more than dec16Rows routed rows per
 // expert, against native and twice (bitwise the same): M = 64 (8 rows an expert) on the 16-token
-// kernel, moe_gemm_dec16s (passes of 16 tokens, the last one partial), M = 80 (10 rows) on the
+// kernel (passes of 16 tokens, the last one partial; moe_gemm_dec16w on devices that take the
+// 64-row kernels, else moe_gemm_dec16s), M = 80 (10 rows) on the 16-token one there, else on the
 // 32-token one with short passes, and M = 200 and 768 (25 and 96 rows, in tiles of at most 32)
 // on the 32-token one.
 func TestDecodeWide(t *testing.T) {
@@ -478,15 +479,15 @@ func TestDecodeWide(t *testing.T) {
 	}
 }
 
-// TestDecode32 runs the streaming GEMM at batch sizes of more than dec32Rows routed rows per
+// TestDecode32 runs the streaming GEMM at batch sizes of more than wide32Rows routed rows per
 // expert (the 32-token kernel: one pass of up to 32 tokens a tile, partial ones included; M =
-// 384 and 512, 12 and 16 rows an expert, on its instance with short passes, moe_gemm_dec32s, M =
+// 416 and 512, 13 and 16 rows an expert, on its instance with short passes, moe_gemm_dec32s, M =
 // 640-1024 on moe_gemm_dec32) against native, twice (bitwise the same), and against the 16-token
 // kernel, which does each token's arithmetic in the same order (bitwise the same). 128 experts,
 // so that the grids are large enough for split 1 (on 132 SMs).
 func TestDecode32(t *testing.T) {
 	n32, n32s := 0, 0 // GEMMs that ran the 32-token kernel without and with short passes
-	for _, m := range []int{384, 512, 640, 768, 1024} {
+	for _, m := range []int{416, 512, 640, 768, 1024} {
 		s := conformance.Spec{M: m, K: 1024, I: 512, E: 128, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 41}
 		c := conformance.Generate(s)
 		l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
@@ -567,12 +568,12 @@ func TestDecodeWideRows(t *testing.T) {
 	}
 }
 
-// TestDecodeWide16 runs a batch of more than dec16Rows rows an expert (8) on the 64-row kernel
-// of 16 tokens a pass (moe_gemm_dec16w, wideRows lowered to 0), on a GEMM whose rows fill its
-// last block (GEMM1, 1024 rows) and one whose last block has two warps past the rows (GEMM2,
-// 896), with and without the exact scale conversion: against native, twice (bitwise the same),
-// and bitwise against the 32-row 16-token kernel (moe_gemm_dec16s), which these GEMMs, below
-// dec1wMinRows, take by default.
+// TestDecodeWide16 runs a batch of 8 rows an expert (16 tokens a pass under either pair of
+// thresholds, passRows) on the 64-row kernel of 16 tokens a pass (moe_gemm_dec16w, wide16 set),
+// on a GEMM whose rows fill its last block (GEMM1, 1024 rows) and one whose last block has two
+// warps past the rows (GEMM2, 896), with and without the exact scale conversion: against native,
+// twice (bitwise the same), and bitwise against the 32-row 16-token kernel (moe_gemm_dec16s,
+// wide16 cleared, as on devices that do not take the 64-row kernels).
 func TestDecodeWide16(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -590,16 +591,17 @@ func TestDecodeWide16(t *testing.T) {
 				n     int64
 				split int
 			}{{"GEMM1", int64(2 * s.I), split1}, {"GEMM2", int64(s.K), split2}}
+			l.wide16 = false
 			for _, g := range gemms {
 				if fn, _, _ := l.decKernel(g.n, g.split, p, false); fn != l.dev.fn.gemmDec16s {
-					t.Fatalf("%s (%d rows, split %d) does not take the 16-token kernel", g.name, g.n, g.split)
+					t.Fatalf("%s (%d rows, split %d) does not take the 32-row 16-token kernel without wide16", g.name, g.n, g.split)
 				}
 			}
 			narrow := forward(t, l, &c.Batch, s.K)
-			l.wideRows = 0
+			l.wide16 = true
 			for _, g := range gemms {
 				if fn, _, _ := l.decKernel(g.n, g.split, p, false); fn != l.dev.fn.gemmDec16w {
-					t.Fatalf("%s (%d rows) does not take the 64-row 16-token kernel with wideRows 0", g.name, g.n)
+					t.Fatalf("%s (%d rows, split %d) does not take the 64-row 16-token kernel with wide16", g.name, g.n, g.split)
 				}
 			}
 			got := forwardTwice(t, l, &c.Batch, s.K, "64-row 16-token kernel")

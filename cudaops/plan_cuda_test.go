@@ -36,7 +36,7 @@ func TestPlan(t *testing.T) {
 				gy := tiles
 				if l.heavyWide(m, p, c.split, c.n) {
 					fn, gy = l.dev.fn.gemmDec1wh, l.heavyTiles(p)
-				} else if l.chunked(g+1, m, p, c.split, c.n) {
+				} else if l.chunked(g+1, m, p, c.split) {
 					gy = l.chunkTiles(p)
 				}
 				if got := plans[g]; got.Kernel != l.dev.names[fn] || got.Split != c.split || got.Blocks != gx*gy {

@@ -125,24 +125,12 @@ func checkList(t *testing.T, what string, list []int32, n int32, long, short []s
 	}
 }
 
-// hotCounts returns the pairs of 64 experts of a skewed decode batch (382 pairs, about 6 an expert on
-// average, split 1 for both GEMMs on an H200): a full tile and one of 18, a full tile and one of
-// 8, tiles of 20, 17, 12 and 9 rows, then experts of 2-6.
-func hotCounts() []int {
-	c := []int{50, 40, 20, 17, 12, 9}
-	for e := len(c); e < 64; e++ {
-		c = append(c, []int{5, 4, 3, 6, 2, 4}[e%6])
-	}
-	return c
-}
-
-// heavyCounts returns the pairs of 64 experts of a skewed decode batch whose long tiles are
-// hotCounts' (a full tile and one of 18, a full tile and one of 8, tiles of 20, 17, 12 and 9
-// rows) and whose other experts hold 1-3 rows: 255 pairs, at most wide16Rows (4) an expert on
-// average, so that GEMMs of at least wideRows rows take the 8-token kernels at split 1 on an
-// H200.
+// heavyCounts returns the pairs of 64 experts of a skewed decode batch: a full tile and one of
+// 18, a full tile and one of 8, tiles of 20, 17, 12 and 9 rows, then experts of 1-3 rows: 255
+// pairs, at most wide16Rows (4) an expert on average, so that every GEMM takes the 8-token
+// kernels at split 1 under either pair of thresholds (passRows).
 func heavyCounts() []int {
-	c := hotCounts()[:6]
+	c := []int{50, 40, 20, 17, 12, 9}
 	for e := len(c); e < 64; e++ {
 		c = append(c, []int{2, 1, 3, 2, 1, 2}[e%6])
 	}
@@ -159,8 +147,9 @@ func heavyCounts() []int {
 // one-block routing, and the small batches' (moe_route_small), with GEMM1 on the list and with
 // GEMM1 working out its tiles from the ids (then GEMM2 alone on the chunks).
 func TestDecodeChunks(t *testing.T) {
-	// The split-1 kernels: 64 experts, about 6 rows each on average (hotCounts).
-	c1 := hotCounts()
+	// The split-1 kernels: 64 experts, about 4 rows each on average (heavyCounts), 8 tokens a
+	// pass under either pair of thresholds (passRows).
+	c1 := heavyCounts()
 	for _, tc := range []struct {
 		name   string
 		counts []int
@@ -178,11 +167,11 @@ func TestDecodeChunks(t *testing.T) {
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMDecode)
 			_, tiles := l.bounds(P)
 			split1, split2, _, _ := l.decSplits(tiles, P)
-			if l.chunked(1, P, P, split1, int64(2*s.I)) != tc.gemm1 || !l.chunked(2, P, P, split2, int64(s.K)) {
+			if l.chunked(1, P, P, split1) != tc.gemm1 || !l.chunked(2, P, P, split2) {
 				t.Fatalf("%d pairs over %d experts (splits %d, %d): GEMM1 on the chunks %v, GEMM2 %v; want %v and true",
-					P, tc.E, split1, split2, l.chunked(1, P, P, split1, int64(2*s.I)), l.chunked(2, P, P, split2, int64(s.K)), tc.gemm1)
+					P, tc.E, split1, split2, l.chunked(1, P, P, split1), l.chunked(2, P, P, split2), tc.gemm1)
 			}
-			if l.chunked(2, routeShortTile, P, split2, int64(s.K)) {
+			if l.chunked(2, routeShortTile, P, split2) {
 				t.Errorf("a batch of %d tokens on the chunks: its tiles are longer than 8 rows only where a token repeats an expert", routeShortTile)
 			}
 			got := forwardTwice(t, l, &c.Batch, s.K, "chunks")
