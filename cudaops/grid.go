@@ -222,9 +222,9 @@ func earlyTrigger(p, tiles int, k, i int64) bool {
 //     instructions a weight byte than the 32-row kernels pay off from 5 rows an expert, and up
 //     to 12 over the 32-token kernel's single stream of tiles of 17-32 rows (H200: GPT-OSS-120B
 //     and DeepSeek-V3 at 176-192 tokens 2.9-8.9 % faster, at 320-352 1.7-9.2 %, GPT-OSS-120B at
-//     384 7-8 %, GPT-OSS-20B at 48, 88 and 96 tokens 3-7.5 %, Qwen3-30B-A3B at 80-176 tokens
+//     384 3.5-7.5 %, GPT-OSS-20B at 48, 88 and 96 tokens 3-7.5 %, Qwen3-30B-A3B at 80-176 tokens
 //     2.6-6.4 %; docs/perf.md, entries "The thresholds after v56" and "The wide thresholds
-//     under Zipf routing"; at 13 rows within 0.6 %).
+//     under Zipf routing").
 const (
 	dec16Rows  = 6
 	dec32Rows  = 9
