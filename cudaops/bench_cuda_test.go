@@ -59,7 +59,7 @@ func BenchmarkDecodeZipf(b *testing.B) {
 					b.Run(fmt.Sprintf("M=%d/pass=%s", m, pass), func(b *testing.B) {
 						if pass == "32" {
 							cl.tok32Rows = 0
-							defer func() { cl.tok32Rows = dec32Rows }()
+							defer func() { cl.tok32Rows = -1 }()
 						}
 						benchForward(b, cl, s, m, "zipf")
 					})

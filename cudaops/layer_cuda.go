@@ -228,8 +228,8 @@ type Layer struct {
 	// takes the pass thresholds wide32Rows and wide16Rows (passRows); else moe_gemm_dec16s and
 	// dec32Rows, dec16Rows. Set on the devices that take the 64-row kernels (tests move it).
 	wide16 bool
-	// tok32Rows: dec32Rows, or a test's threshold of rows an expert above which every split-1
-	// GEMM takes the 32-token kernel (raised to run the 16-token kernel instead; decPass).
+	// tok32Rows: -1, or a test's threshold of rows an expert above which every split-1 GEMM
+	// takes the 32-token kernel instead of passRows' (0: every one; MaxInt32: none; decPass).
 	tok32Rows int
 	// splitRows: the weight rows a warp of the split kernels (32 or 64), or 0 for splitWide's
 	// choice (devices of dec1wMinBytes a cycle or more, else 32; tests set it to compare the two).
@@ -352,7 +352,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
-	l.tok32Rows = dec32Rows
+	l.tok32Rows = -1
 	l.wideRows, l.splitRows, l.wide16 = math.MaxInt64, 32, false
 	if l.dev.BytesPerSMCycle() >= dec1wMinBytes {
 		l.wideRows, l.splitRows, l.wide16 = dec1wMinRows, 0, true
@@ -1000,8 +1000,8 @@ func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide b
 // GEMMs take the kernel of decPass's tokens a pass: of 32 its instance with short passes up to
 // dec32sRows rows per local expert on average, of 16 moe_gemm_dec16w on devices that take the
 // 64-row kernels (wide16), else moe_gemm_dec16s, of 8 the 64-row kernel when n >= wideRows,
-// else the 32-row one. Split GEMMs
-// take the split kernel of 64 rows a warp if wide, else the one of 32 (splitWide).
+// else the 32-row one. Split GEMMs take the split kernel of 64 rows a warp if wide, else the one
+// of 32 (splitWide).
 func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, smem, gx int) {
 	f := &l.dev.fn
 	switch {
@@ -1037,7 +1037,7 @@ func (l *Layer) decPass(split, p int) int {
 		return 8
 	}
 	t32, t16 := passRows(l.wide16)
-	if l.tok32Rows != dec32Rows { // a test's override
+	if l.tok32Rows >= 0 {
 		t32 = l.tok32Rows
 	}
 	return passTokens(p, l.E, t16, t32)
