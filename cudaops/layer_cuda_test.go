@@ -526,6 +526,24 @@ func scaleLayer(t *testing.T, w moe.Weights, cfg moe.Config, exact bool, i13, i2
 	return l, &w
 }
 
+// decGEMM is one of a decode forward's streaming GEMMs: its name, weight rows and split.
+type decGEMM struct {
+	name  string
+	n     int64
+	split int
+}
+
+// mustTake fails the test unless decKernel gives each of gemms (of a batch of p routed pairs,
+// not on the 64-row split kernel) the kernel want; when says under which setting.
+func mustTake(t *testing.T, l *Layer, gemms []decGEMM, p int, want cu.Function, when string) {
+	t.Helper()
+	for _, g := range gemms {
+		if fn, _, _ := l.decKernel(g.n, g.split, p, false); fn != want {
+			t.Fatalf("%s (%d rows, split %d) %s takes %s, want %s", g.name, g.n, g.split, when, l.dev.names[fn], l.dev.names[want])
+		}
+	}
+}
+
 // TestDecodeWideRows runs split-1 batches of at most dec16Rows rows an expert on the 64-row
 // kernel (moe_gemm_dec1w, wideRows lowered to 0 so that small GEMMs take it), on a GEMM whose
 // rows fill its last block (GEMM1, 2I = 1024 rows) and one whose last block has two warps past
@@ -544,23 +562,14 @@ func TestDecodeWideRows(t *testing.T) {
 			l, w := scaleLayer(t, c.Weights, c.Config, tc.exact, 7, 11)
 			p := s.M * s.TopK
 			_, tiles := l.bounds(p)
-			gemms := []struct {
-				name  string
-				n, kd int64
-				first bool
-			}{{"GEMM1", int64(2 * s.I), int64(s.K), true}, {"GEMM2", int64(s.K), int64(s.I), false}}
-			for _, g := range gemms {
-				if fn, _, _ := l.decKernel(g.n, l.decSplit(g.n, g.kd, tiles, g.first), p, false); fn != l.dev.fn.gemmDec1 {
-					t.Fatalf("%s (%d rows, below %d) does not take the 32-row kernel (split %d)", g.name, g.n, dec1wMinRows, l.decSplit(g.n, g.kd, tiles, g.first))
-				}
+			gemms := []decGEMM{
+				{"GEMM1", int64(2 * s.I), l.decSplit(int64(2*s.I), int64(s.K), tiles, true)},
+				{"GEMM2", int64(s.K), l.decSplit(int64(s.K), int64(s.I), tiles, false)},
 			}
+			mustTake(t, l, gemms, p, l.dev.fn.gemmDec1, fmt.Sprintf("below %d rows", dec1wMinRows))
 			narrow := forward(t, l, &c.Batch, s.K)
 			l.wideRows = 0
-			for _, g := range gemms {
-				if fn, _, _ := l.decKernel(g.n, l.decSplit(g.n, g.kd, tiles, g.first), p, false); fn != l.dev.fn.gemmDec1w {
-					t.Fatalf("%s (%d rows) does not take the 64-row kernel with wideRows 0 (split %d)", g.name, g.n, l.decSplit(g.n, g.kd, tiles, g.first))
-				}
-			}
+			mustTake(t, l, gemms, p, l.dev.fn.gemmDec1w, "with wideRows 0")
 			got := forwardTwice(t, l, &c.Batch, s.K, "64-row kernel")
 			sameBits(t, "64-row kernel against the 32-row one", got, narrow)
 			nearNative(t, got, w, c.Config, &c.Batch)
@@ -586,24 +595,12 @@ func TestDecodeWide16(t *testing.T) {
 			p := s.M * s.TopK
 			_, tiles := l.bounds(p)
 			split1, split2, _, _ := l.decSplits(tiles, p)
-			gemms := []struct {
-				name  string
-				n     int64
-				split int
-			}{{"GEMM1", int64(2 * s.I), split1}, {"GEMM2", int64(s.K), split2}}
+			gemms := []decGEMM{{"GEMM1", int64(2 * s.I), split1}, {"GEMM2", int64(s.K), split2}}
 			l.wide16 = false
-			for _, g := range gemms {
-				if fn, _, _ := l.decKernel(g.n, g.split, p, false); fn != l.dev.fn.gemmDec16s {
-					t.Fatalf("%s (%d rows, split %d) does not take the 32-row 16-token kernel without wide16", g.name, g.n, g.split)
-				}
-			}
+			mustTake(t, l, gemms, p, l.dev.fn.gemmDec16s, "without wide16")
 			narrow := forward(t, l, &c.Batch, s.K)
 			l.wide16 = true
-			for _, g := range gemms {
-				if fn, _, _ := l.decKernel(g.n, g.split, p, false); fn != l.dev.fn.gemmDec16w {
-					t.Fatalf("%s (%d rows, split %d) does not take the 64-row 16-token kernel with wide16", g.name, g.n, g.split)
-				}
-			}
+			mustTake(t, l, gemms, p, l.dev.fn.gemmDec16w, "with wide16")
 			got := forwardTwice(t, l, &c.Batch, s.K, "64-row 16-token kernel")
 			sameBits(t, "64-row 16-token kernel against the 32-row one", got, narrow)
 			nearNative(t, got, w, c.Config, &c.Batch)
