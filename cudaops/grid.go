@@ -223,13 +223,15 @@ func earlyTrigger(p, tiles int, k, i int64) bool {
 //     to 12 over the 32-token kernel's single stream of tiles of 17-32 rows (H200: GPT-OSS-120B
 //     and DeepSeek-V3 at 176-192 tokens 2.9-8.9 % faster, at 320-352 1.7-9.2 %, GPT-OSS-120B at
 //     384 3.5-7.5 %, GPT-OSS-20B at 48, 88 and 96 tokens 3-7.5 %, Qwen3-30B-A3B at 80-176 tokens
-//     2.6-6.4 %; docs/perf.md, entries "The thresholds after v56" and "The wide thresholds
-//     under Zipf routing").
+//     2.6-6.4 %; at 13 rows, decode forced, GPT-OSS-120B, DeepSeek-V3, DeepSeek-V4-Flash and
+//     Qwen3-235B-A22B 3.7-6.1 % faster, GPT-OSS-20B 1.1 % slower; docs/perf.md, entries "The
+//     thresholds after v56", "The wide thresholds under Zipf routing" and "GEMMAuto's crossover
+//     after v59").
 const (
 	dec16Rows  = 6
 	dec32Rows  = 9
 	wide16Rows = 4
-	wide32Rows = 12
+	wide32Rows = 13
 )
 
 // passRows returns the thresholds of rows an expert above which a split-1 decode GEMM takes the

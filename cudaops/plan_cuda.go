@@ -235,7 +235,7 @@ func (l *Layer) splitWide(n1, k int64, s1, s2, tiles int) (wide1, wide2 bool) {
 
 // kernel returns the grouped GEMM kernel for a batch of p routed pairs.
 func (l *Layer) kernel(p int) GEMMKernel {
-	return l.opt.GEMM.resolve(p, l.E, decodeRowsFor(l.K, l.I), l.foldable)
+	return l.opt.GEMM.resolve(p, l.E, decodeRowsFor(l.K, l.I, l.wide16), l.foldable)
 }
 
 // Kernel returns the grouped GEMM kernel a batch of m tokens with topk experts each runs.
