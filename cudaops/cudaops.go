@@ -97,7 +97,7 @@ const autoDecodeRows = 12
 // warps: with v59's kernels, decode against wgmma, both forced, uniform routing (docs/perf.md,
 // "GEMMAuto's crossover after v59"), at 13 rows an expert the decode GEMM on those passes was
 // 2.8-12.8 % faster for all five large-expert shapes (GPT-OSS-120B 668.9 against 733.2 µs,
-// DeepSeek-V3 2222.9 against 2286.2); at 14 rows DeepSeek-V3's was 4.8 % slower and
+// DeepSeek-V3 2222.9 against 2286.2); at 14 rows DeepSeek-V3's was 4.8-7.7 % slower and
 // GPT-OSS-120B's level, at 16 every large shape's was level or slower.
 const autoDecodeRowsWide = 13
 
