@@ -112,11 +112,15 @@ const (
 	autoDecodeRowsSmall = 24
 )
 
+// smallExperts reports whether a layer of hidden size k and intermediate size i has small
+// experts: K·I at most smallExpertKI.
+func smallExperts(k, i int) bool { return int64(k)*int64(i) <= smallExpertKI }
+
 // decodeRowsFor is GEMMAuto's crossover for a layer of hidden size k and intermediate size i
 // on a device that takes the 64-row kernels (wide) or not: autoDecodeRowsSmall for small
 // experts, else autoDecodeRowsWide or autoDecodeRows.
 func decodeRowsFor(k, i int, wide bool) int {
-	if int64(k)*int64(i) <= smallExpertKI {
+	if smallExperts(k, i) {
 		return autoDecodeRowsSmall
 	}
 	if wide {

@@ -227,18 +227,27 @@ func earlyTrigger(p, tiles int, k, i int64) bool {
 //     Qwen3-235B-A22B 3.7-6.1 % faster, GPT-OSS-20B 1.1 % slower; docs/perf.md, entries "The
 //     thresholds after v56", "The wide thresholds under Zipf routing" and "GEMMAuto's crossover
 //     after v59").
+//   - wide32RowsSmall: wide32Rows for layers of small experts (smallExperts), whose 13-row
+//     batches were 2.6-3.2 % slower on the 16-token passes than on the 32-token kernel
+//     (Qwen3-30B-A3B at 208 tokens, DeepSeek-V2-Lite at 138; docs/perf.md, "GEMMAuto's crossover
+//     after v59").
 const (
-	dec16Rows  = 6
-	dec32Rows  = 9
-	wide16Rows = 4
-	wide32Rows = 13
+	dec16Rows       = 6
+	dec32Rows       = 9
+	wide16Rows      = 4
+	wide32Rows      = 13
+	wide32RowsSmall = 12
 )
 
 // passRows returns the thresholds of rows an expert above which a split-1 decode GEMM takes the
-// 32- and the 16-token kernel: wide32Rows and wide16Rows on devices that take the 64-row
-// kernels (wide), else dec32Rows and dec16Rows.
-func passRows(wide bool) (t32, t16 int) {
-	if wide {
+// 32- and the 16-token kernel: on devices that take the 64-row kernels (wide) wide32Rows, or
+// wide32RowsSmall for layers of small experts (small), and wide16Rows; else dec32Rows and
+// dec16Rows.
+func passRows(wide, small bool) (t32, t16 int) {
+	switch {
+	case wide && small:
+		return wide32RowsSmall, wide16Rows
+	case wide:
 		return wide32Rows, wide16Rows
 	}
 	return dec32Rows, dec16Rows
