@@ -41,8 +41,9 @@ type GEMMKernel uint8
 
 const (
 	// GEMMAuto picks GEMMDecode when the batch routes at most 12 rows per local expert on
-	// average, or 24 for layers of small experts (K·I at most 4Mi, e.g. Qwen3-30B-A3B; the
-	// crossovers measured on an H200, docs/perf.md v45), else GEMMWgmma, or
+	// average (13 on devices that take the 64-row kernels, the H200), or 24 for layers of small
+	// experts (K·I at most 4Mi, e.g. Qwen3-30B-A3B; the crossovers measured on an H200,
+	// docs/perf.md v45 and "GEMMAuto's crossover after v59"), else GEMMWgmma, or
 	// GEMMTiled for weights the wgmma kernel cannot take exactly (see GEMMWgmma).
 	GEMMAuto GEMMKernel = iota
 	// GEMMTiled: 64 weight rows by 32 tokens per block.
@@ -91,6 +92,15 @@ func (k GEMMKernel) String() string {
 // routing runs (docs/perf.md, the crossover under Zipf).
 const autoDecodeRows = 12
 
+// autoDecodeRowsWide is GEMMAuto's crossover on devices that take the 64-row kernels (the
+// H200), where batches of up to wide32Rows rows an expert run the 16-token passes on 64-row
+// warps: with v59's kernels, decode against wgmma, both forced, uniform routing (docs/perf.md,
+// "GEMMAuto's crossover after v59"), at 13 rows an expert the decode GEMM on those passes was
+// 2.8-12.8 % faster for all five large-expert shapes (GPT-OSS-120B 668.9 against 733.2 µs,
+// DeepSeek-V3 2222.9 against 2286.2); at 14 rows DeepSeek-V3's was 4.8-7.7 % slower and
+// GPT-OSS-120B's level, at 16 every large shape's was level or slower.
+const autoDecodeRowsWide = 13
+
 // Layers of small experts, K·I at most smallExpertKI, keep the decode GEMM up to
 // autoDecodeRowsSmall rows an expert: the wgmma GEMM's tiles of short K pay their start and
 // epilogue on little work. Qwen3-30B-A3B (K·I = 1.5Mi) on an H200 with v44's kernels: decode
@@ -102,11 +112,19 @@ const (
 	autoDecodeRowsSmall = 24
 )
 
-// decodeRowsFor is GEMMAuto's crossover for a layer of hidden size k and intermediate size i:
-// autoDecodeRowsSmall for small experts, else autoDecodeRows.
-func decodeRowsFor(k, i int) int {
-	if int64(k)*int64(i) <= smallExpertKI {
+// smallExperts reports whether a layer of hidden size k and intermediate size i has small
+// experts: K·I at most smallExpertKI.
+func smallExperts(k, i int) bool { return int64(k)*int64(i) <= smallExpertKI }
+
+// decodeRowsFor is GEMMAuto's crossover for a layer of hidden size k and intermediate size i
+// on a device that takes the 64-row kernels (wide) or not: autoDecodeRowsSmall for small
+// experts, else autoDecodeRowsWide or autoDecodeRows.
+func decodeRowsFor(k, i int, wide bool) int {
+	if smallExperts(k, i) {
 		return autoDecodeRowsSmall
+	}
+	if wide {
+		return autoDecodeRowsWide
 	}
 	return autoDecodeRows
 }

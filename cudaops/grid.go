@@ -223,20 +223,31 @@ func earlyTrigger(p, tiles int, k, i int64) bool {
 //     to 12 over the 32-token kernel's single stream of tiles of 17-32 rows (H200: GPT-OSS-120B
 //     and DeepSeek-V3 at 176-192 tokens 2.9-8.9 % faster, at 320-352 1.7-9.2 %, GPT-OSS-120B at
 //     384 3.5-7.5 %, GPT-OSS-20B at 48, 88 and 96 tokens 3-7.5 %, Qwen3-30B-A3B at 80-176 tokens
-//     2.6-6.4 %; docs/perf.md, entries "The thresholds after v56" and "The wide thresholds
-//     under Zipf routing").
+//     2.6-6.4 %; at 13 rows, decode forced, GPT-OSS-120B, DeepSeek-V3, DeepSeek-V4-Flash and
+//     Qwen3-235B-A22B 3.7-6.1 % faster, GPT-OSS-20B 1.1 % slower; docs/perf.md, entries "The
+//     thresholds after v56", "The wide thresholds under Zipf routing" and "GEMMAuto's crossover
+//     after v59").
+//   - wide32RowsSmall: wide32Rows for layers of small experts (smallExperts), whose 13-row
+//     batches were 2.6-3.2 % slower on the 16-token passes than on the 32-token kernel
+//     (Qwen3-30B-A3B at 208 tokens, DeepSeek-V2-Lite at 138; docs/perf.md, "GEMMAuto's crossover
+//     after v59").
 const (
-	dec16Rows  = 6
-	dec32Rows  = 9
-	wide16Rows = 4
-	wide32Rows = 12
+	dec16Rows       = 6
+	dec32Rows       = 9
+	wide16Rows      = 4
+	wide32Rows      = 13
+	wide32RowsSmall = 12
 )
 
 // passRows returns the thresholds of rows an expert above which a split-1 decode GEMM takes the
-// 32- and the 16-token kernel: wide32Rows and wide16Rows on devices that take the 64-row
-// kernels (wide), else dec32Rows and dec16Rows.
-func passRows(wide bool) (t32, t16 int) {
-	if wide {
+// 32- and the 16-token kernel: on devices that take the 64-row kernels (wide) wide32Rows, or
+// wide32RowsSmall for layers of small experts (small), and wide16Rows; else dec32Rows and
+// dec16Rows.
+func passRows(wide, small bool) (t32, t16 int) {
+	switch {
+	case wide && small:
+		return wide32RowsSmall, wide16Rows
+	case wide:
 		return wide32Rows, wide16Rows
 	}
 	return dec32Rows, dec16Rows

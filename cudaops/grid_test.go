@@ -271,27 +271,32 @@ func TestPassTokens(t *testing.T) {
 		name    string
 		m, k, e int
 		wide    bool
+		small   bool
 		want    int
 	}{
-		{"gptoss120b 128 tokens (4 rows), wide", 128, 4, 128, true, 8},
-		{"gptoss120b 160 tokens (5 rows), wide", 160, 4, 128, true, 16},
-		{"gptoss120b 160 tokens (5 rows)", 160, 4, 128, false, 8},
-		{"gptoss120b 192 tokens (6 rows)", 192, 4, 128, false, 8},
-		{"gptoss120b 224 tokens (7 rows)", 224, 4, 128, false, 16},
-		{"gptoss120b 288 tokens (9 rows)", 288, 4, 128, false, 16},
-		{"gptoss120b 320 tokens (10 rows)", 320, 4, 128, false, 32},
-		{"gptoss120b 320 tokens (10 rows), wide", 320, 4, 128, true, 16},
-		{"deepseekv3 352 tokens (11 rows), wide", 352, 8, 256, true, 16},
-		{"deepseekv3 384 tokens (12 rows), wide", 384, 8, 256, true, 16},
-		{"deepseekv3 416 tokens (13 rows), wide", 416, 8, 256, true, 32},
-		{"deepseekv3 416 tokens (13 rows)", 416, 8, 256, false, 32},
-		{"qwen3 80 tokens (5 rows)", 80, 8, 128, false, 8},
-		{"qwen3 80 tokens (5 rows), wide", 80, 8, 128, true, 16},
-		{"qwen3 160 tokens (10 rows)", 160, 8, 128, false, 32},
-		{"qwen3 160 tokens (10 rows), wide", 160, 8, 128, true, 16},
+		{"gptoss120b 128 tokens (4 rows), wide", 128, 4, 128, true, false, 8},
+		{"gptoss120b 160 tokens (5 rows), wide", 160, 4, 128, true, false, 16},
+		{"gptoss120b 160 tokens (5 rows)", 160, 4, 128, false, false, 8},
+		{"gptoss120b 192 tokens (6 rows)", 192, 4, 128, false, false, 8},
+		{"gptoss120b 224 tokens (7 rows)", 224, 4, 128, false, false, 16},
+		{"gptoss120b 288 tokens (9 rows)", 288, 4, 128, false, false, 16},
+		{"gptoss120b 320 tokens (10 rows)", 320, 4, 128, false, false, 32},
+		{"gptoss120b 320 tokens (10 rows), wide", 320, 4, 128, true, false, 16},
+		{"gptoss120b 416 tokens (13 rows), wide", 416, 4, 128, true, false, 16},
+		{"deepseekv3 352 tokens (11 rows), wide", 352, 8, 256, true, false, 16},
+		{"deepseekv3 384 tokens (12 rows), wide", 384, 8, 256, true, false, 16},
+		{"deepseekv3 416 tokens (13 rows), wide", 416, 8, 256, true, false, 16},
+		{"deepseekv3 448 tokens (14 rows), wide", 448, 8, 256, true, false, 32},
+		{"deepseekv3 416 tokens (13 rows)", 416, 8, 256, false, false, 32},
+		{"qwen3 80 tokens (5 rows)", 80, 8, 128, false, true, 8},
+		{"qwen3 80 tokens (5 rows), wide", 80, 8, 128, true, true, 16},
+		{"qwen3 160 tokens (10 rows)", 160, 8, 128, false, true, 32},
+		{"qwen3 160 tokens (10 rows), wide", 160, 8, 128, true, true, 16},
+		{"qwen3 192 tokens (12 rows), wide", 192, 8, 128, true, true, 16},
+		{"qwen3 208 tokens (13 rows), wide", 208, 8, 128, true, true, 32},
 	}
 	for _, c := range cases {
-		t32, t16 := passRows(c.wide)
+		t32, t16 := passRows(c.wide, c.small)
 		if got := passTokens(c.m*c.k, c.e, t16, t32); got != c.want {
 			t.Errorf("%s: %d tokens a pass, want %d", c.name, got, c.want)
 		}

@@ -479,12 +479,12 @@ func TestDecodeWide(t *testing.T) {
 	}
 }
 
-// TestDecode32 runs the streaming GEMM at batch sizes of more than wide32Rows routed rows per
-// expert (the 32-token kernel: one pass of up to 32 tokens a tile, partial ones included; M =
-// 416 and 512, 13 and 16 rows an expert, on its instance with short passes, moe_gemm_dec32s, M =
-// 640-1024 on moe_gemm_dec32) against native, twice (bitwise the same), and against the 16-token
-// kernel, which does each token's arithmetic in the same order (bitwise the same). 128 experts,
-// so that the grids are large enough for split 1 (on 132 SMs).
+// TestDecode32 runs the streaming GEMM at batch sizes of more than wide32RowsSmall routed rows
+// per expert (its experts are small) on the 32-token kernel (one pass of up to 32 tokens a tile,
+// partial ones included; M = 416 and 512, 13 and 16 rows an expert, on its instance with short
+// passes, moe_gemm_dec32s, M = 640-1024 on moe_gemm_dec32) against native, twice (bitwise the
+// same), and against the 16-token kernel, which does each token's arithmetic in the same order
+// (bitwise the same). 128 experts, so that the grids are large enough for split 1 (on 132 SMs).
 func TestDecode32(t *testing.T) {
 	n32, n32s := 0, 0 // GEMMs that ran the 32-token kernel without and with short passes
 	for _, m := range []int{416, 512, 640, 768, 1024} {

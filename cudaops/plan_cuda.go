@@ -207,13 +207,14 @@ func (l *Layer) decKernel(n int64, split, p int, wide bool) (fn cu.Function, sme
 
 // decPass returns the tokens a pass (8, 16 or 32) of the streaming kernel decKernel picks for a
 // GEMM at split S over p routed pairs: 8 for the split kernels, else by the average rows a local
-// expert (passRows: wide32Rows and wide16Rows on devices that take the 64-row kernels, else
-// dec32Rows and dec16Rows; a test's tok32Rows replaces the 32-token threshold).
+// expert (passRows: wide32Rows, or wide32RowsSmall for small experts, and wide16Rows on devices
+// that take the 64-row kernels, else dec32Rows and dec16Rows; a test's tok32Rows replaces the
+// 32-token threshold).
 func (l *Layer) decPass(split, p int) int {
 	if split > 1 {
 		return 8
 	}
-	t32, t16 := passRows(l.wide16)
+	t32, t16 := passRows(l.wide16, smallExperts(l.K, l.I))
 	if l.tok32Rows >= 0 {
 		t32 = l.tok32Rows
 	}
@@ -235,7 +236,7 @@ func (l *Layer) splitWide(n1, k int64, s1, s2, tiles int) (wide1, wide2 bool) {
 
 // kernel returns the grouped GEMM kernel for a batch of p routed pairs.
 func (l *Layer) kernel(p int) GEMMKernel {
-	return l.opt.GEMM.resolve(p, l.E, decodeRowsFor(l.K, l.I), l.foldable)
+	return l.opt.GEMM.resolve(p, l.E, decodeRowsFor(l.K, l.I, l.wide16), l.foldable)
 }
 
 // Kernel returns the grouped GEMM kernel a batch of m tokens with topk experts each runs.
