@@ -41,7 +41,7 @@ type GEMMKernel uint8
 
 const (
 	// GEMMAuto picks GEMMDecode when the batch routes at most 12 rows per local expert on
-	// average (13 on devices that take the 64-row kernels, the H200), or 24 for layers of small
+	// average (14 on devices that take the 64-row kernels, the H200), or 24 for layers of small
 	// experts (K·I at most 4Mi, e.g. Qwen3-30B-A3B; the crossovers measured on an H200,
 	// docs/perf.md v45 and "GEMMAuto's crossover after v59"), else GEMMWgmma, or
 	// GEMMTiled for weights the wgmma kernel cannot take exactly (see GEMMWgmma).
@@ -94,12 +94,12 @@ const autoDecodeRows = 12
 
 // autoDecodeRowsWide is GEMMAuto's crossover on devices that take the 64-row kernels (the
 // H200), where batches of up to wide32Rows rows an expert run the 16-token passes on 64-row
-// warps: with v59's kernels, decode against wgmma, both forced, uniform routing (docs/perf.md,
-// "GEMMAuto's crossover after v59"), at 13 rows an expert the decode GEMM on those passes was
-// 2.8-12.8 % faster for all five large-expert shapes (GPT-OSS-120B 668.9 against 733.2 µs,
-// DeepSeek-V3 2222.9 against 2286.2); at 14 rows DeepSeek-V3's was 4.8-7.7 % slower and
-// GPT-OSS-120B's level, at 16 every large shape's was level or slower.
-const autoDecodeRowsWide = 13
+// warps and larger ones the 32-token kernel: with v60's kernels and plans on an H200, decode
+// against wgmma, both forced, each process's first batch a throwaway (docs/perf.md, "A check of
+// the crossover tool"), at 14 rows an expert the decode GEMM was 2.1-15.7 % faster for all five
+// large-expert shapes (GPT-OSS-120B 703.4 against 743.5 µs, DeepSeek-V3 2254.3 against 2302.6),
+// at 15 rows level (-4.6 … +4.6 %), at 16 slower or level.
+const autoDecodeRowsWide = 14
 
 // Layers of small experts, K·I at most smallExpertKI, keep the decode GEMM up to
 // autoDecodeRowsSmall rows an expert: the wgmma GEMM's tiles of short K pay their start and

@@ -62,13 +62,13 @@ func TestDecodeRowsFor(t *testing.T) {
 		{"qwen3-30b-a3b", 2048, 768, false, 24},
 		{"qwen3-30b-a3b, wide", 2048, 768, true, 24},
 		{"gptoss120b", 2944, 2944, false, 12},
-		{"gptoss120b, wide", 2944, 2944, true, 13},
+		{"gptoss120b, wide", 2944, 2944, true, 14},
 		{"deepseekv3", 7168, 2048, false, 12},
-		{"deepseekv3, wide", 7168, 2048, true, 13},
+		{"deepseekv3, wide", 7168, 2048, true, 14},
 		{"at the bound", 4096, 1024, false, 24},
 		{"at the bound, wide", 4096, 1024, true, 24},
 		{"just past the bound", 4096, 1025, false, 12},
-		{"just past the bound, wide", 4096, 1025, true, 13},
+		{"just past the bound, wide", 4096, 1025, true, 14},
 	} {
 		if got := decodeRowsFor(c.k, c.i, c.wide); got != c.want {
 			t.Errorf("%s: decodeRowsFor(%d, %d, %v) = %d, want %d", c.name, c.k, c.i, c.wide, got, c.want)
