@@ -51,7 +51,8 @@ const (
 	// GEMMDecode: FP16 mma.sync, 32 weight rows a warp, K split over up to 4 warps, weights and
 	// tokens streamed through cp.async rings in shared memory, one 8-token fragment per pass, or
 	// two (16 tokens) when the batch routes more than 6 rows per local expert on average, or
-	// four (32 tokens) above 9.
+	// four (32 tokens) above 9 (on devices that take the 64-row kernels: more than 4, on 64
+	// weight rows a warp, and above 13, or 12 for layers of small experts).
 	GEMMDecode
 	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 256 weight rows by up to 152 tokens per block,
 	// the E8M0 block scales folded exactly into the FP16 weights relative to a per-row

@@ -220,11 +220,12 @@ func earlyTrigger(p, tiles int, k, i int64) bool {
 //   - wide16Rows, wide32Rows: the same on devices that take the 64-row kernels, where every
 //     GEMM's 16-token passes run on 64 rows a warp (moe_gemm_dec16w): 12-13 % fewer
 //     instructions a weight byte than the 32-row kernels pay off from 5 rows an expert, and up
-//     to 12 over the 32-token kernel's single stream of tiles of 17-32 rows (H200: GPT-OSS-120B
+//     to 13 over the 32-token kernel's single stream of tiles of 17-32 rows (H200: GPT-OSS-120B
 //     and DeepSeek-V3 at 176-192 tokens 2.9-8.9 % faster, at 320-352 1.7-9.2 %, GPT-OSS-120B at
 //     384 3.5-7.5 %, GPT-OSS-20B at 48, 88 and 96 tokens 3-7.5 %, Qwen3-30B-A3B at 80-176 tokens
-//     2.6-6.4 %; at 13 rows, decode forced, GPT-OSS-120B, DeepSeek-V3, DeepSeek-V4-Flash and
-//     Qwen3-235B-A22B 3.7-6.1 % faster, GPT-OSS-20B 1.1 % slower; docs/perf.md, entries "The
+//     2.6-6.4 %; at 13 rows, decode forced, against the 32-token kernel GPT-OSS-120B,
+//     DeepSeek-V3, DeepSeek-V4-Flash and Qwen3-235B-A22B 3.7-6.1 % faster, GPT-OSS-20B 1.1 %
+//     slower; at 14 rows -5.1 … +6.3 %, at 16 1.1-8.9 % slower; docs/perf.md, entries "The
 //     thresholds after v56", "The wide thresholds under Zipf routing" and "GEMMAuto's crossover
 //     after v59").
 //   - wide32RowsSmall: wide32Rows for layers of small experts (smallExperts), whose 13-row
