@@ -37,39 +37,30 @@ func TestGEMMKernelResolve(t *testing.T) {
 			t.Errorf("%s: %v.resolve(%d, %d, %d, %v) = %v, want %v", c.name, c.k, c.p, c.e, autoDecodeRows, c.foldable, got, c.want)
 		}
 	}
-	// Layers of small experts keep the decode GEMM to 24 rows an expert.
+	// With the layer's own crossover (decodeRowsFor): layers of small experts keep the decode
+	// GEMM to 24 rows an expert on every device, and on devices that take the 64-row kernels
+	// large experts keep it to 14 (the bench shapes' batches at the crossover).
 	for _, c := range []struct {
 		name string
-		p    int
+		p, e int
+		k, i int
+		wide bool
 		want GEMMKernel
 	}{
-		{"small experts/decode at 24 rows per expert", 24 * 128, GEMMDecode},
-		{"small experts/wgmma above 24 rows per expert", 24*128 + 1, GEMMWgmma},
+		{"small experts/decode at 24 rows per expert", 24 * 128, 128, 2048, 768, false, GEMMDecode},
+		{"small experts/wgmma above 24 rows per expert", 24*128 + 1, 128, 2048, 768, false, GEMMWgmma},
+		{"wide/gptoss120b 448 tokens (14 rows)", 448 * 4, 128, 2880, 2880, true, GEMMDecode},
+		{"wide/gptoss120b 449 tokens", 449 * 4, 128, 2880, 2880, true, GEMMWgmma},
+		{"wide/deepseekv3 448 tokens (14 rows)", 448 * 8, 256, 7168, 2048, true, GEMMDecode},
+		{"wide/deepseekv3 480 tokens (15 rows)", 480 * 8, 256, 7168, 2048, true, GEMMWgmma},
+		{"wide/gptoss20b 112 tokens (14 rows)", 112 * 4, 32, 2880, 2880, true, GEMMDecode},
+		{"wide/gptoss20b 113 tokens", 113 * 4, 32, 2880, 2880, true, GEMMWgmma},
+		{"wide/qwen3-30b-a3b 384 tokens (24 rows)", 384 * 8, 128, 2048, 768, true, GEMMDecode},
+		{"wide/qwen3-30b-a3b above 24 rows per expert", 24*128 + 1, 128, 2048, 768, true, GEMMWgmma},
 	} {
-		if got := GEMMAuto.resolve(c.p, 128, autoDecodeRowsSmall, true); got != c.want {
-			t.Errorf("%s: resolve(%d, 128, %d, true) = %v, want %v", c.name, c.p, autoDecodeRowsSmall, got, c.want)
-		}
-	}
-	// On devices that take the 64-row kernels large experts keep it to 14 rows an expert: the
-	// bench shapes' batches at the crossover, with the layer's own crossover.
-	for _, c := range []struct {
-		name       string
-		m, topk, e int
-		k, i       int
-		want       GEMMKernel
-	}{
-		{"wide/gptoss120b 448 tokens (14 rows)", 448, 4, 128, 2880, 2880, GEMMDecode},
-		{"wide/gptoss120b 449 tokens", 449, 4, 128, 2880, 2880, GEMMWgmma},
-		{"wide/deepseekv3 448 tokens (14 rows)", 448, 8, 256, 7168, 2048, GEMMDecode},
-		{"wide/deepseekv3 480 tokens (15 rows)", 480, 8, 256, 7168, 2048, GEMMWgmma},
-		{"wide/gptoss20b 112 tokens (14 rows)", 112, 4, 32, 2880, 2880, GEMMDecode},
-		{"wide/gptoss20b 113 tokens", 113, 4, 32, 2880, 2880, GEMMWgmma},
-		{"wide/qwen3-30b-a3b 384 tokens (24 rows)", 384, 8, 128, 2048, 768, GEMMDecode},
-		{"wide/qwen3-30b-a3b 385 tokens", 385, 8, 128, 2048, 768, GEMMWgmma},
-	} {
-		rows := decodeRowsFor(c.k, c.i, true)
-		if got := GEMMAuto.resolve(c.m*c.topk, c.e, rows, true); got != c.want {
-			t.Errorf("%s: resolve(%d, %d, %d, true) = %v, want %v", c.name, c.m*c.topk, c.e, rows, got, c.want)
+		rows := decodeRowsFor(c.k, c.i, c.wide)
+		if got := GEMMAuto.resolve(c.p, c.e, rows, true); got != c.want {
+			t.Errorf("%s: resolve(%d, %d, %d, true) = %v, want %v", c.name, c.p, c.e, rows, got, c.want)
 		}
 	}
 }

@@ -196,8 +196,10 @@ type Layer struct {
 	// dec1wMinBytes a cycle or more, else none; tests move it to run either).
 	wideRows int64
 	// wide16: every split-1 GEMM's 16-token passes run on moe_gemm_dec16w, and every GEMM
-	// takes the pass thresholds wide32Rows and wide16Rows (passRows); else moe_gemm_dec16s and
-	// dec32Rows, dec16Rows. Set on the devices that take the 64-row kernels (tests move it).
+	// takes the pass thresholds wide32Rows (wide32RowsSmall for small experts) and wide16Rows
+	// (passRows), and GEMMAuto the crossover autoDecodeRowsWide for large experts
+	// (decodeRowsFor); else moe_gemm_dec16s, dec32Rows, dec16Rows and autoDecodeRows. Set on the
+	// devices that take the 64-row kernels (tests move it).
 	wide16 bool
 	// tok32Rows: -1, or a test's threshold of rows an expert above which every split-1 GEMM
 	// takes the 32-token kernel instead of passRows' (0: every one; MaxInt32: none; decPass).
