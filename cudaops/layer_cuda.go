@@ -242,8 +242,8 @@ type Layer struct {
 	// wgSmallRows: the wgmma path takes moe_gemm_wg4s, its tiles capped at wg4sTokens, for
 	// batches of at most this many routed rows a local expert (wg4sMaxRows; tests move it).
 	wgSmallRows int
-	ws       workspace
-	closed   bool
+	ws          workspace
+	closed      bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
 	events [7]cu.Event
