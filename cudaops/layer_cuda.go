@@ -58,7 +58,7 @@ const (
 	wg4sRows    = 128
 	wg4sThreads = 256
 	wg4sTokens  = 32
-	wg4sWStages = 8
+	wg4sWStages = 4
 	wg4sSmem    = wgfStages*wg4sTokens*256 + wg4sWStages*(wg4sRows*64+wg4sRows*4) + 2*wgfStages*8
 	// wg4sMaxRows: the most routed rows a local expert on average of the batches whose wgmma
 	// GEMMs run on moe_gemm_wg4s (wgSmall).

@@ -576,7 +576,7 @@ struct Wg4Stage {
 // streaming, and a weight ring of its own, WG4S_WSTAGES chunks deep, beside a token ring of
 // WGF_STAGES stages of WG4S_TOK tokens: each thread keeps WG4S_WSTAGES - 1 chunks of its weight
 // copies in flight instead of three.
-#define WG4S_WSTAGES 8   // weight ring depth, in chunks (a power of two)
+#define WG4S_WSTAGES 4   // weight ring depth, in chunks (a power of two)
 #define WG4S_TSZ (WG4S_TOK * 256)                  // a token stage
 #define WG4S_WSZ (WG4S_ROWS * 64 + WG4S_ROWS * 4)  // a weight stage: codes, then exponents
 #define WG4S_SMEM (WGF_STAGES * WG4S_TSZ + WG4S_WSTAGES * WG4S_WSZ + 2 * WGF_STAGES * 8)
@@ -841,7 +841,7 @@ moe_gemm_wg4(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
 // The small-tile folding kernel: moe_gemm_wg4's arguments, for tiles of at most WG4S_TOK tokens
 // (the route kernel's cap when the host picks this kernel); grid = (ceil(N / 128), tile bound),
 // block = WG4S_THREADS, dynamic shared memory WG4S_SMEM, two blocks an SM.
-extern "C" __global__ void __launch_bounds__(WG4S_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(WG4S_THREADS, 3)
 moe_gemm_wg4s(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
               i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
               const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
