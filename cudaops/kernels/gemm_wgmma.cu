@@ -144,7 +144,9 @@ __device__ __forceinline__ void wgf_convert_a(const uint4& pg, const uint4& ph, 
 
 template <int NT>
 __device__ __forceinline__ void wgf_mma(float (&d)[NT / 2], const uint32_t (&a)[4], uint64_t desc, int acc) {
-  if constexpr (NT == 16) wgmma_f16_n16(d, a, desc, acc);
+  if constexpr (NT == 8) wgmma_f16_n8(d, a, desc, acc);
+  else if constexpr (NT == 16) wgmma_f16_n16(d, a, desc, acc);
+  else if constexpr (NT == 24) wgmma_f16_n24(d, a, desc, acc);
   else if constexpr (NT == 32) wgmma_f16_n32(d, a, desc, acc);
   else if constexpr (NT == 48) wgmma_f16_n48(d, a, desc, acc);
   else if constexpr (NT == 64) wgmma_f16_n64(d, a, desc, acc);
@@ -806,8 +808,12 @@ __device__ __forceinline__ void wg4_block(const u8* __restrict__ W, const u8* __
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
 #define WG4_RUN(nt) wg4_run<C, nt, (nt > 128 ? 1 : 2)>(args, smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
-  if (nvalid <= 16) WG4_RUN(16);
-  else if constexpr (MAXT == 32) WG4_RUN(32);
+  if constexpr (MAXT == 32) {  // widths in steps of 8
+    if (nvalid <= 8) WG4_RUN(8);
+    else if (nvalid <= 16) WG4_RUN(16);
+    else if (nvalid <= 24) WG4_RUN(24);
+    else WG4_RUN(32);
+  } else if (nvalid <= 16) WG4_RUN(16);
   else if (nvalid <= 32) WG4_RUN(32);
   else if (nvalid <= 48) WG4_RUN(48);
   else if (nvalid <= 64) WG4_RUN(64);
