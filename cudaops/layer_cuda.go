@@ -52,17 +52,20 @@ const (
 	// WG4S_ROWS, WG4S_THREADS, WG4S_TOK, WG4S_SMEM: the small-tile folding kernel
 	// (moe_gemm_wg4s, the wgmma path's main kernel for batches of at most wg4sMaxRows routed
 	// rows a local expert, whose tiles the routing then caps at 32 tokens): 128 weight rows a
-	// block, 256 threads, two blocks an SM; a ring of wgfStages token stages (32 FP16 rows of
-	// 256 bytes) and one of wg4sWStages weight stages (128·64 code bytes and 128 scale words),
-	// then the token stages' FULL and EMPTY mbarriers.
+	// block, 256 threads, three blocks an SM (wg4sBlocks); a ring of wgfStages token stages (32
+	// FP16 rows of 256 bytes) and one of wg4sWStages weight stages (128·64 code bytes and 128
+	// scale words), then the token stages' FULL and EMPTY mbarriers.
 	wg4sRows    = 128
 	wg4sThreads = 256
 	wg4sTokens  = 32
 	wg4sWStages = 4
+	wg4sBlocks  = 3
 	wg4sSmem    = wgfStages*wg4sTokens*256 + wg4sWStages*(wg4sRows*64+wg4sRows*4) + 2*wgfStages*8
 	// wg4sMaxRows: the most routed rows a local expert on average of the batches whose wgmma
-	// GEMMs run on moe_gemm_wg4s (wgSmall).
-	wg4sMaxRows = 1 << 20
+	// GEMMs run on moe_gemm_wg4s (wgSmall). Measured on an H200 against moe_gemm_wg4
+	// (docs/perf.md, "next/wg4s3 and next/wg4s3n, measured"): 10–20 % faster at 6–24 rows, 2–16 %
+	// slower at 32–48 rows of Qwen3-30B-A3B, where the cap splits most experts' rows in two tiles.
+	wg4sMaxRows = 24
 	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
 	// scale words and 128 token scales per stage, and two FP16 token buffers.
 	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32

@@ -213,9 +213,9 @@ func TestWgmma(t *testing.T) {
 }
 
 // TestWgmmaSmallTiles runs the wgmma path on the small-tile folding kernel (moe_gemm_wg4s, its
-// tiles capped at 32 tokens) against native, and bitwise against the same layer on
+// tiles capped at 32 tokens, wg4sBlocks blocks an SM) against native, and bitwise against the same layer on
 // moe_gemm_wg4 (each output value is the same sums in the same order; only the tiles' widths
-// and splits differ): tiles of every width with -1 ids, repeats and an expert map; experts of
+// and splits differ): tiles of every width (8 … 32) with -1 ids, repeats and an expert map; experts of
 // 150 rows split into five tiles; a K of 9 chunks (the 8-deep weight ring wraps) and an I of
 // 5; float32 scales (the promoting kernel over the capped tiles). Then one layer runs a batch on
 // moe_gemm_wg4 and a smaller one on moe_gemm_wg4s: the capped tiles of fewer pairs outnumber
@@ -232,8 +232,12 @@ func TestWgmmaSmallTiles(t *testing.T) {
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMWgmma)
 			defer l.Close()
 			l.wgSmallRows = 1 << 20
-			if n := planRuns(mustPlan(t, l, s.M, s.TopK), "moe_gemm_wg4s"); n != 2 {
+			pl := mustPlan(t, l, s.M, s.TopK)
+			if n := planRuns(pl, "moe_gemm_wg4s"); n != 2 {
 				t.Fatalf("%d GEMMs on moe_gemm_wg4s, want 2", n)
+			}
+			if pl[0].BlocksPerSM != wg4sBlocks {
+				t.Fatalf("moe_gemm_wg4s holds %d blocks an SM, want %d", pl[0].BlocksPerSM, wg4sBlocks)
 			}
 			small := forwardTwice(t, l, &c.Batch, s.K, "moe_gemm_wg4s")
 			nearNative(t, small, &c.Weights, c.Config, &c.Batch)

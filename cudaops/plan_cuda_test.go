@@ -55,8 +55,8 @@ func TestPlan(t *testing.T) {
 			if want := (2*s.I + rows - 1) / rows * l.wgfTiles(p); plans[0].Kernel != name || plans[0].Blocks != want {
 				t.Errorf("M=%d GEMM1: plan %v, want %s with %d blocks", m, plans[0], name, want)
 			}
-			if name == "moe_gemm_wg4s" && plans[0].BlocksPerSM != 3 {
-				t.Errorf("M=%d GEMM1: %s holds %d blocks an SM, want 3", m, name, plans[0].BlocksPerSM)
+			if name == "moe_gemm_wg4s" && plans[0].BlocksPerSM != wg4sBlocks {
+				t.Errorf("M=%d GEMM1: %s holds %d blocks an SM, want %d", m, name, plans[0].BlocksPerSM, wg4sBlocks)
 			}
 		}
 		for g, pl := range plans {

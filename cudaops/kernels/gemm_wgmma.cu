@@ -573,11 +573,12 @@ struct Wg4Stage {
 #define WG4_SMEM (WGF_STAGES * (int)sizeof(Wg4Stage) + 2 * WGF_STAGES * 8)
 
 // The small-tile folding kernel (moe_gemm_wg4s), for batches of a few tokens an expert (the
-// route kernel's tiles then hold at most WG4S_TOK rows): 128 weight rows a block (two
-// warpgroups) and two blocks an SM, so that one block's start and epilogue overlap the other's
-// streaming, and a weight ring of its own, WG4S_WSTAGES chunks deep, beside a token ring of
-// WGF_STAGES stages of WG4S_TOK tokens: each thread keeps WG4S_WSTAGES - 1 chunks of its weight
-// copies in flight instead of three.
+// route kernel's tiles then hold at most WG4S_TOK rows): the same loop on 128 weight rows a block
+// (two warpgroups) at three blocks an SM, six warps a scheduler instead of four, for a loop whose
+// pace at such tiles is its warps' chains (expanding the weights), not the MMAs or the memory
+// (docs/perf.md, "next/wg4s3 and next/wg4s3n, measured"); its weight ring (WG4S_WSTAGES chunks
+// deep, codes and exponents) apart from a token ring of WGF_STAGES stages of WG4S_TOK tokens, so
+// that three blocks' rings fit the shared memory; MMA widths in steps of 8 tokens.
 #define WG4S_WSTAGES 4   // weight ring depth, in chunks (a power of two)
 #define WG4S_TSZ (WG4S_TOK * 256)                  // a token stage
 #define WG4S_WSZ (WG4S_ROWS * 64 + WG4S_ROWS * 4)  // a weight stage: codes, then exponents
@@ -785,9 +786,9 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // A folding kernel's block on ring C: its tile (blockIdx.y) and row block (blockIdx.x of C::ROWS
-// rows), the mbarriers, then wg4_run at the tile's instruction width, the smallest of 16 … 144
-// in steps of 16, or 152, that holds its tokens; MAXT (152 or 32) is the most tokens of a tile
-// that the host's route cap lets through.
+// rows), the mbarriers, then wg4_run at the tile's instruction width, the smallest that holds its
+// tokens: of 16 … 144 in steps of 16, or 152, when MAXT is 152; of 8 … 32 in steps of 8 when it
+// is 32 (moe_gemm_wg4s, whose tiles the host's route cap holds to 32 tokens).
 template <class C, int MAXT>
 __device__ __forceinline__ void wg4_block(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref,
                                           const u8* __restrict__ xb, i64 cstride, const int* __restrict__ tiles,
@@ -846,7 +847,7 @@ moe_gemm_wg4(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
 
 // The small-tile folding kernel: moe_gemm_wg4's arguments, for tiles of at most WG4S_TOK tokens
 // (the route kernel's cap when the host picks this kernel); grid = (ceil(N / 128), tile bound),
-// block = WG4S_THREADS, dynamic shared memory WG4S_SMEM, two blocks an SM.
+// block = WG4S_THREADS, dynamic shared memory WG4S_SMEM, three blocks an SM.
 extern "C" __global__ void __launch_bounds__(WG4S_THREADS, 3)
 moe_gemm_wg4s(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
               i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
