@@ -49,6 +49,23 @@ const (
 	wg4Rows    = 256
 	wg4Threads = 512
 	wg4Smem    = wgfStages*(wgfTokens*256+wg4Rows*64+wg4Rows*4) + 2*wgfStages*8
+	// WG4S_ROWS, WG4S_THREADS, WG4S_TOK, WG4S_SMEM: the small-tile folding kernel
+	// (moe_gemm_wg4s, the wgmma path's main kernel for batches of at most wg4sMaxRows routed
+	// rows a local expert, whose tiles the routing then caps at 32 tokens): 128 weight rows a
+	// block, 256 threads, three blocks an SM (wg4sBlocks); a ring of wgfStages token stages (32
+	// FP16 rows of 256 bytes) and one of wg4sWStages weight stages (128·64 code bytes and 128
+	// scale words), then the token stages' FULL and EMPTY mbarriers.
+	wg4sRows    = 128
+	wg4sThreads = 256
+	wg4sTokens  = 32
+	wg4sWStages = 4
+	wg4sBlocks  = 3
+	wg4sSmem    = wgfStages*wg4sTokens*256 + wg4sWStages*(wg4sRows*64+wg4sRows*4) + 2*wgfStages*8
+	// wg4sMaxRows: the most routed rows a local expert on average of the batches whose wgmma
+	// GEMMs run on moe_gemm_wg4s (wgSmall). Measured on an H200 against moe_gemm_wg4
+	// (docs/perf.md, "next/wg4s3 and next/wg4s3n, measured"): 10–20 % faster at 6–24 rows, 2–16 %
+	// slower at 32–48 rows of Qwen3-30B-A3B, where the cap splits most experts' rows in two tiles.
+	wg4sMaxRows = 24
 	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
 	// scale words and 128 token scales per stage, and two FP16 token buffers.
 	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
@@ -135,6 +152,7 @@ func layoutConsts() []layoutConst {
 		{"PS_THREADS", permScaleThreads}, {"ROUTE_SHORT_TILE", routeShortTile},
 		{"DEC_HEAVY_ROW", decHeavyRow}, {"DEC_HALF_SHIFT", decHalfShift}, {"DEC_ROWS_SHIFT", decRowsShift},
 		{"DEC16W_SMEM", dec16wSmem},
+		{"WG4S_ROWS", wg4sRows}, {"WG4S_THREADS", wg4sThreads}, {"WG4S_TOK", wg4sTokens}, {"WG4S_SMEM", wg4sSmem},
 	}
 }
 
@@ -224,8 +242,11 @@ type Layer struct {
 	// actWarps: the activation kernel's warps a block (4 or 8), or 0 for actWarps' choice (tests
 	// compare them).
 	actWarps int
-	ws       workspace
-	closed   bool
+	// wgSmallRows: the wgmma path takes moe_gemm_wg4s, its tiles capped at wg4sTokens, for
+	// batches of at most this many routed rows a local expert (wg4sMaxRows; tests move it).
+	wgSmallRows int
+	ws          workspace
+	closed      bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
 	events [7]cu.Event
@@ -325,7 +346,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
-	l.tok32Rows = -1
+	l.tok32Rows, l.wgSmallRows = -1, wg4sMaxRows
 	l.wideRows, l.splitRows, l.wide16 = math.MaxInt64, 32, false
 	if l.dev.BytesPerSMCycle() >= dec1wMinBytes {
 		l.wideRows, l.splitRows, l.wide16 = dec1wMinRows, 0, true
@@ -440,8 +461,29 @@ func (l *Layer) chunkTiles(p int) int { return chunkBound(p, l.E) }
 // grid, whose blocks past the list's end still launch (docs/perf.md v49).
 func (l *Layer) heavyTiles(p int) int { return heavyBound(p, l.E) }
 
-// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/152) <= p/152 + min(p, E).
-func (l *Layer) wgfTiles(p int) int { return p/wgfTokens + min(p, l.E) }
+// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/cap) <= p/cap +
+// min(p, E), cap the routing's most tokens a tile (wgfCap).
+func (l *Layer) wgfTiles(p int) int { return p/l.wgfCap(p) + min(p, l.E) }
+
+// wgfTilesUpTo bounds wgfTiles over batches of up to p routed pairs, the workspace's tile
+// lists: the small-tile kernel's cap makes more tiles of fewer pairs (wgfTiles is not monotonic
+// in p where wgSmall stops).
+func (l *Layer) wgfTilesUpTo(p int) int {
+	return max(p/wgfTokens, min(p, l.wgSmallRows*l.E)/wg4sTokens) + min(p, l.E)
+}
+
+// wgSmall reports whether the wgmma path's GEMMs of p routed pairs run on the small-tile
+// folding kernel (moe_gemm_wg4s): at most wgSmallRows routed rows a local expert on average.
+func (l *Layer) wgSmall(p int) bool { return p <= l.wgSmallRows*l.E }
+
+// wgfCap returns the most tokens of the wgmma GEMM's tiles of p routed pairs, the routing's cap:
+// wg4sTokens on the small-tile kernel (wgSmall), else wgfTokens.
+func (l *Layer) wgfCap(p int) int {
+	if l.wgSmall(p) {
+		return wg4sTokens
+	}
+	return wgfTokens
+}
 
 // begin binds the device to the calling goroutine's thread and grows the workspace to hold m
 // tokens with topk experts each; the returned function unbinds.
@@ -460,12 +502,12 @@ func (l *Layer) begin(m, topk int) (func(), error) {
 // ensure grows the workspace to hold m tokens with topk experts each.
 func (l *Layer) ensure(m, topk int) error {
 	p := m * topk
-	if m <= l.ws.m && p <= l.ws.p && l.ws.mem != 0 {
+	if m <= l.ws.m && p <= l.ws.p && l.wgfTilesUpTo(p) <= l.ws.wtiles && l.ws.mem != 0 {
 		return nil
 	}
 	m, p = max(m, l.ws.m, 1), max(p, l.ws.p, 1)
 	rows, tiles := l.bounds(p)
-	wtiles := l.wgfTiles(p)
+	wtiles := l.wgfTilesUpTo(p)
 	K, I := int64(l.K), int64(l.I)
 	// The wgmma GEMM's staged tokens, only when a batch this workspace holds can take that
 	// kernel (the choice only moves towards it as p grows).
@@ -724,6 +766,11 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 	}
 	meta := []uint64{u(b.TopKIDs), u(l.expertMap), i(M), i(topk), i(E), i(int64(l.eg)),
 		u(ws.counts), u(ws.offsets), u(ws.expertIDs), u(ws.rowPair), u(ws.invPerm), u(ws.tileList), u(ws.ntiles), u(ws.errs)}
+	// The wgmma path's tiles: at most wgfCap(P) tokens each (0: the routing lists none).
+	wgCap := int64(0)
+	if kernel == GEMMWgmma {
+		wgCap = int64(l.wgfCap(P))
+	}
 	var err error
 	if fused {
 		grid := routeSmallGrid(P, K, l.dev.SMs)
@@ -734,7 +781,7 @@ func (l *Layer) launchAll(b *DeviceBatch, out cu.DevicePtr) error {
 			append(meta, u(a1q), u(a1s), i(K), u(ws.a1qPerm), u(ws.a1sPerm), u(chunks))...)
 	} else {
 		err = launch(f.route, dim3{1, 1, 1}, dim3{routeThreads, 1, 1}, int(4*(2*E+33)+36*E), l.stream,
-			append(meta, u(ws.wtileList), u(ws.nwtiles), flag(kernel == GEMMWgmma), pre, u(chunks), u(heavies))...)
+			append(meta, u(ws.wtileList), u(ws.nwtiles), i(wgCap), pre, u(chunks), u(heavies))...)
 	}
 	if err != nil {
 		return fmt.Errorf("cudaops: route: %w", err)

@@ -159,14 +159,17 @@ type gemmLaunch struct {
 
 // gemmMain returns the main kernel's launch for an n-row GEMM of the given kernel over p routed
 // pairs in tiles tiles: the streaming GEMM's (decKernel, split and wide as decSplits picks
-// them), the wgmma path's moe_gemm_wg4 (after its tile and staging kernels, which launchAll sizes
-// from this grid), or the tiled moe_gemm. launchAll launches it, Layer.Plan reports it.
+// them), the wgmma path's moe_gemm_wg4 or moe_gemm_wg4s (wgSmall; after its tile and staging
+// kernels, which launchAll sizes from this grid), or the tiled moe_gemm. launchAll launches it, Layer.Plan reports it.
 func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide bool) gemmLaunch {
 	switch kernel {
 	case GEMMDecode:
 		fn, smem, gx := l.decKernel(n, split, p, wide)
 		return gemmLaunch{fn, dim3{gx, tiles, 1}, dim3{32 * decWarps, 1, 1}, smem}
 	case GEMMWgmma:
+		if l.wgSmall(p) {
+			return gemmLaunch{l.dev.fn.gemmWg4s, dim3{int((n + wg4sRows - 1) / wg4sRows), l.wgfTiles(p), 1}, dim3{wg4sThreads, 1, 1}, wg4sSmem}
+		}
 		return gemmLaunch{l.dev.fn.gemmWg4, dim3{int((n + wg4Rows - 1) / wg4Rows), l.wgfTiles(p), 1}, dim3{wg4Threads, 1, 1}, wg4Smem}
 	}
 	return gemmLaunch{l.dev.fn.gemm, dim3{int(n / gemmRows), tiles, 1}, dim3{128, 1, 1}, 0}

@@ -48,8 +48,15 @@ func TestPlan(t *testing.T) {
 				}
 			}
 		case GEMMWgmma:
-			if want := (2*s.I + wg4Rows - 1) / wg4Rows * l.wgfTiles(p); plans[0].Kernel != "moe_gemm_wg4" || plans[0].Blocks != want {
-				t.Errorf("M=%d GEMM1: plan %v, want moe_gemm_wg4 with %d blocks", m, plans[0], want)
+			name, rows := "moe_gemm_wg4", wg4Rows
+			if l.wgSmall(p) {
+				name, rows = "moe_gemm_wg4s", wg4sRows
+			}
+			if want := (2*s.I + rows - 1) / rows * l.wgfTiles(p); plans[0].Kernel != name || plans[0].Blocks != want {
+				t.Errorf("M=%d GEMM1: plan %v, want %s with %d blocks", m, plans[0], name, want)
+			}
+			if name == "moe_gemm_wg4s" && plans[0].BlocksPerSM != wg4sBlocks {
+				t.Errorf("M=%d GEMM1: %s holds %d blocks an SM, want %d", m, name, plans[0].BlocksPerSM, wg4sBlocks)
 			}
 		}
 		for g, pl := range plans {

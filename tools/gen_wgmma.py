@@ -5,7 +5,7 @@ for the token-tile widths the prefill GEMM uses. The operand lists are long and 
 they are generated rather than typed. Usage: python3 tools/gen_wgmma.py"""
 import os
 
-WIDTHS = (16, 32, 48, 64, 80, 96, 112, 128, 144, 152)
+WIDTHS = (8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 152)
 
 def wrapper(n):
     regs = n // 2

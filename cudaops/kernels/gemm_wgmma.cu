@@ -48,6 +48,9 @@
 #define WGF_XROW 144   // promoting kernel: token row bytes in the ring, padded for conflict-free reads
 #define WG4_ROWS 256     // weight rows per block of the folding kernel (moe_gemm_wg4): four warpgroups
 #define WG4_THREADS 512  // its block
+#define WG4S_ROWS 128    // weight rows per block of the small-tile folding kernel (moe_gemm_wg4s): two warpgroups
+#define WG4S_THREADS 256 // its block
+#define WG4S_TOK 32      // most tokens of its tiles (the route kernel's cap when the host picks it)
 #define WGF_SPAN 23    // the largest exponent distance the weight fold keeps exact
 
 // Promoting kernel: ring slots, then two FP16 B buffers.
@@ -141,7 +144,9 @@ __device__ __forceinline__ void wgf_convert_a(const uint4& pg, const uint4& ph, 
 
 template <int NT>
 __device__ __forceinline__ void wgf_mma(float (&d)[NT / 2], const uint32_t (&a)[4], uint64_t desc, int acc) {
-  if constexpr (NT == 16) wgmma_f16_n16(d, a, desc, acc);
+  if constexpr (NT == 8) wgmma_f16_n8(d, a, desc, acc);
+  else if constexpr (NT == 16) wgmma_f16_n16(d, a, desc, acc);
+  else if constexpr (NT == 24) wgmma_f16_n24(d, a, desc, acc);
   else if constexpr (NT == 32) wgmma_f16_n32(d, a, desc, acc);
   else if constexpr (NT == 48) wgmma_f16_n48(d, a, desc, acc);
   else if constexpr (NT == 64) wgmma_f16_n64(d, a, desc, acc);
@@ -560,13 +565,39 @@ extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* _
 // registers. Four ring stages of 152 tokens fit the shared memory (four of 160 would not). The
 // last row block of a GEMM whose N is not a multiple of 256 holds 64, 128 or 192 rows; its other
 // warpgroups only take part in the block barriers.
-#define WG4_TROW (WG4_ROWS + 4)  // the epilogue tile's row stride in floats (conflict-free writes)
 struct Wg4Stage {
   u8 b[WGF_TOK * 256];   // the tokens' FP16 values of the chunk, 8-row groups of 16 core matrices
   u8 w[WG4_ROWS * 64];   // the rows' packed E2M1 codes of the chunk
   uint32_t s[WG4_ROWS];  // the rows' 4 E8M0 exponents of the chunk
 };
 #define WG4_SMEM (WGF_STAGES * (int)sizeof(Wg4Stage) + 2 * WGF_STAGES * 8)
+
+// The small-tile folding kernel (moe_gemm_wg4s), for batches of a few tokens an expert (the
+// route kernel's tiles then hold at most WG4S_TOK rows): the same loop on 128 weight rows a block
+// (two warpgroups) at three blocks an SM, six warps a scheduler instead of four, for a loop whose
+// pace at such tiles is its warps' chains (expanding the weights), not the MMAs or the memory
+// (docs/perf.md, "next/wg4s3 and next/wg4s3n, measured"); its weight ring (WG4S_WSTAGES chunks
+// deep, codes and exponents) apart from a token ring of WGF_STAGES stages of WG4S_TOK tokens, so
+// that three blocks' rings fit the shared memory; MMA widths in steps of 8 tokens.
+#define WG4S_WSTAGES 4   // weight ring depth, in chunks (a power of two)
+#define WG4S_TSZ (WG4S_TOK * 256)                  // a token stage
+#define WG4S_WSZ (WG4S_ROWS * 64 + WG4S_ROWS * 4)  // a weight stage: codes, then exponents
+#define WG4S_SMEM (WGF_STAGES * WG4S_TSZ + WG4S_WSTAGES * WG4S_WSZ + 2 * WGF_STAGES * 8)
+
+// A folding kernel's ring in its dynamic shared memory: TS token stages of TSTR bytes from 0,
+// WS weight stages of WSTR bytes whose codes start at WOFF and exponents at SOFF, then the TS
+// FULL and TS EMPTY mbarriers at BAR; ROWS weight rows a block of THREADS threads.
+template <int ROWS_, int THREADS_, int TS_, int WS_, int TSTR_, int WSTR_, int WOFF_, int SOFF_, int BAR_>
+struct Wg4Ring {
+  static constexpr int ROWS = ROWS_, THREADS = THREADS_, TS = TS_, WS = WS_;
+  static constexpr uint32_t TSTR = TSTR_, WSTR = WSTR_, WOFF = WOFF_, SOFF = SOFF_, BAR = BAR_;
+};
+// moe_gemm_wg4: one ring of stages that hold a chunk's tokens, codes and exponents together.
+using Wg4Big = Wg4Ring<WG4_ROWS, WG4_THREADS, WGF_STAGES, WGF_STAGES, sizeof(Wg4Stage), sizeof(Wg4Stage), offsetof(Wg4Stage, w),
+                       offsetof(Wg4Stage, s), WGF_STAGES * sizeof(Wg4Stage)>;
+// moe_gemm_wg4s: the token ring, then the weight ring.
+using Wg4Small = Wg4Ring<WG4S_ROWS, WG4S_THREADS, WGF_STAGES, WG4S_WSTAGES, WG4S_TSZ, WG4S_WSZ, WGF_STAGES * WG4S_TSZ,
+                         WGF_STAGES * WG4S_TSZ + WG4S_ROWS * 64, WGF_STAGES * WG4S_TSZ + WG4S_WSTAGES * WG4S_WSZ>;
 
 // The fold multipliers (wgf_mult) of rows g and g+8 for the thread's 32-column block t of a
 // chunk, from the chunk's E8M0 exponents s: the same for every part of the chunk, so computed once
@@ -601,10 +632,11 @@ __device__ __forceinline__ void wg4_load_part(const u8* w, int wrow, int t, uint
 // store; 8 tokens a pass, each a contiguous row of up to 1024 bytes). Each value is
 // acc · 2^(R - 127 + x) plus the bias (wg_rescale, chosen per value), R the row's fold reference
 // and x the token's largest exponent less 127 (tref). A rolled loop without per-value branches on
-// the token count. nrows: the block's rows (64, 128, 192 or 256).
-template <int NT>
+// the token count. nrows: the block's rows (64, 128, 192 or 256; 64 or 128 in moe_gemm_wg4s).
+template <class C, int NT>
 __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, int nvalid, int nrows, bool active, int wrow, int t,
                                           const float (&acc)[NT / 2], const int* tref) {
+  constexpr int TROW = C::ROWS + 4;  // the tile's row stride in floats (conflict-free writes)
   float* tile = reinterpret_cast<float*>(smem);
   __syncthreads();  // every warpgroup's MMAs are done reading the ring
   if (active) {
@@ -612,21 +644,21 @@ __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, 
     for (int i = 0; i < NT / 8; i++)
 #pragma unroll
       for (int c = 0; c < 2; c++) {
-        tile[(8 * i + 2 * t + c) * WG4_TROW + wrow] = acc[4 * i + c];
-        tile[(8 * i + 2 * t + c) * WG4_TROW + wrow + 8] = acc[4 * i + 2 + c];
+        tile[(8 * i + 2 * t + c) * TROW + wrow] = acc[4 * i + c];
+        tile[(8 * i + 2 * t + c) * TROW + wrow + 8] = acc[4 * i + 2 + c];
       }
   }
   __syncthreads();
-  const int c4 = threadIdx.x % (WG4_ROWS / 4);
+  const int c4 = threadIdx.x % (C::ROWS / 4);
   if (4 * c4 >= nrows) return;
   const uint32_t r4 = *reinterpret_cast<const uint32_t*>(A.ref + A.wrow0 + 4 * c4);
   const int R[4] = {(int)(r4 & 0xff), (int)((r4 >> 8) & 0xff), (int)((r4 >> 16) & 0xff), (int)(r4 >> 24)};
   const float4 b = A.bias ? *reinterpret_cast<const float4*>(A.bias + A.wrow0 + 4 * c4) : make_float4(0.f, 0.f, 0.f, 0.f);
   const float bb[4] = {b.x, b.y, b.z, b.w};
   float* o = A.out + (i64)row0 * A.N + (A.wrow0 - (i64)A.e * A.N) + 4 * c4;
-  for (int tok = threadIdx.x / (WG4_ROWS / 4); tok < nvalid; tok += WG4_THREADS / (WG4_ROWS / 4)) {
+  for (int tok = threadIdx.x / (C::ROWS / 4); tok < nvalid; tok += C::THREADS / (C::ROWS / 4)) {
     const int v = tref[tok] - 127;
-    const float4 a = *reinterpret_cast<const float4*>(&tile[tok * WG4_TROW + 4 * c4]);
+    const float4 a = *reinterpret_cast<const float4*>(&tile[tok * TROW + 4 * c4]);
     const float av[4] = {a.x, a.y, a.z, a.w};
     float r[4];
 #pragma unroll
@@ -637,38 +669,40 @@ __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, 
   }
 }
 
-// One block's tile: the ring (tokens by thread 0's bulk copies two chunks
-// ahead on the FULL barriers, each thread's own weight and scale copies three chunks ahead, an
-// EMPTY arrival per active warp), the MMAs in parts of NW words (NW = 2: halves, 1: quarters).
-// Per chunk q, part 0: wait for the tokens; its MMAs; wait for the last part of chunk q-1, so
-// that chunk q-1's stage is released and this thread's copies of chunk q+3 go into it; part 1's
-// fragments. Each later part: its MMAs; wait for the part before; the next part's fragments (after
+// One block's tile on ring C: tokens by thread 0's bulk copies two chunks ahead on the FULL
+// barriers, each thread's own weight and scale copies C::WS - 1 chunks ahead, an EMPTY arrival
+// per active warp; the MMAs in parts of NW words (NW = 2: halves, 1: quarters). Per chunk q,
+// part 0: wait for the tokens; its MMAs; wait for the last part of chunk q-1, so that chunk
+// q-1's stages are released and this thread's copies of chunk q + C::WS - 1 go into its weight
+// stage; part 1's fragments. Each later part: its MMAs; wait for the part before; the next part's fragments (after
 // the last, once chunk q+1's copies landed, part 0 of chunk q+1).
-template <int NT, int NW>
+template <class C, int NT, int NW>
 __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xbase, i64 cstride, int row0, int nvalid, int nrows,
                                         const int (&R)[2], int* tref, const int* trow) {
   constexpr int NA = NT / 2;
-  constexpr uint32_t SSZ = sizeof(Wg4Stage);
+  constexpr int TS = C::TS, WS = C::WS;
   const int tid = threadIdx.x, t = tid & 3, lane = tid & 31;
   const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + (lane >> 2);
   const bool active = (tid / 128) * 64 < nrows;
   const u8* tsrc = xbase + (i64)(row0 >> 3) * 2048;
   const u8* wp = weight_row(A.W, A.wrow0 + wrow, A.G) + 16 * t;
   const u8* sp = scale_row(A.Ws, A.wrow0 + wrow + 8 * (t & 1), A.G);
-  const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(smem), full = s0 + WGF_STAGES * SSZ, empty = full + 8 * WGF_STAGES;
-  const uint32_t wdst = s0 + (uint32_t)offsetof(Wg4Stage, w) + wrow * 64 + 16 * t;
-  const uint32_t sdst = s0 + (uint32_t)offsetof(Wg4Stage, s) + (wrow + 8 * t) * 4;
+  const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(smem), full = s0 + C::BAR, empty = full + 8 * TS;
+  const uint32_t wdst = s0 + C::WOFF + wrow * 64 + 16 * t;
+  const uint32_t sdst = s0 + C::SOFF + (wrow + 8 * t) * 4;
   const uint64_t bdesc = wgf_desc(smem, 128, 2048);
   const int G = (int)A.G;  // a 32-bit chunk counter (a 64-bit one costs extended compares a chunk)
-  auto stage = [&](int q) -> const Wg4Stage& { return reinterpret_cast<const Wg4Stage*>(smem)[q & (WGF_STAGES - 1)]; };
+  // Chunk q's codes and exponents in the weight ring.
+  auto wcodes = [&](int q) { return smem + C::WOFF + (q & (WS - 1)) * C::WSTR; };
+  auto wexps = [&](int q) { return reinterpret_cast<const uint32_t*>(smem + C::SOFF + (q & (WS - 1)) * C::WSTR); };
   auto tokens = [&](int q) {
-    const uint32_t st = (uint32_t)(q & (WGF_STAGES - 1));
-    if (q >= WGF_STAGES) mbar_wait(empty + 8 * st, (unsigned)((q / WGF_STAGES - 1) & 1));
+    const uint32_t st = (uint32_t)(q & (TS - 1));
+    if (q >= TS) mbar_wait(empty + 8 * st, (unsigned)((q / TS - 1) & 1));
     mbar_expect(full + 8 * st, NT * 256);
-    bulk_copy(s0 + st * SSZ, tsrc + q * cstride, NT * 256, full + 8 * st);
+    bulk_copy(s0 + st * C::TSTR, tsrc + q * cstride, NT * 256, full + 8 * st);
   };
-  // This thread's copies of the next chunk in order (chunks 0, 1, 2, ... into stages 0, 1, 2, 3,
-  // 0, ...): running source pointers and stage offset, no per-chunk products.
+  // This thread's copies of the next chunk in order (chunks 0, 1, 2, ... into weight stages 0,
+  // 1, ..., WS - 1, 0, ...): running source pointers and stage offset, no per-chunk products.
   const u8* wq = wp;
   const u8* sq = sp;
   uint32_t oq = 0;
@@ -677,7 +711,7 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
     cp_async16_s(wdst + oq + 8 * 64, wq + 512);
     if (t < 2) cp_async4_s(sdst + oq, sq);
     wq += 1024, sq += 64;
-    oq = oq == (WGF_STAGES - 1) * SSZ ? 0 : oq + SSZ;
+    oq = oq == (WS - 1) * C::WSTR ? 0 : oq + C::WSTR;
   };
   float acc[NA];
 #pragma unroll
@@ -690,23 +724,23 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
       if (G > 1) tokens(1);
     }
 #pragma unroll
-    for (int q = 0; q < WGF_STAGES - 1; q++) {
+    for (int q = 0; q < WS - 1; q++) {
       if (q < G) issue();
       cp_async_commit();
     }
   }
   // While the first copies are in flight: the tile's token exponents into tref, and one block
   // barrier that publishes them and the mbarriers' initialisation.
-  for (int i = tid; i < nvalid; i += WG4_THREADS) tref[i] = trow[row0 + i];
+  for (int i = tid; i < nvalid; i += C::THREADS) tref[i] = trow[row0 + i];
   __syncthreads();
   if (active) {
-    cp_async_wait<WGF_STAGES - 2>();
+    cp_async_wait<WS - 2>();
     __syncwarp();
     uint32_t mg, mh;  // the current chunk's multipliers
-    wg4_mults(stage(0).s, wrow, t, R, mg, mh);
-    wg4_load_part<NW, 0>(stage(0).w, wrow, t, mg, mh, a0);
+    wg4_mults(wexps(0), wrow, t, R, mg, mh);
+    wg4_load_part<NW, 0>(wcodes(0), wrow, t, mg, mh, a0);
     auto mma = [&](const uint32_t(&a)[S][4], int q, int p) {
-      const uint64_t d0 = bdesc + ((uint32_t)(q & (WGF_STAGES - 1)) * SSZ >> 4) + 16 * S * p;
+      const uint64_t d0 = bdesc + ((uint32_t)(q & (TS - 1)) * C::TSTR >> 4) + 16 * S * p;
       wgf_keep(acc);
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
@@ -720,23 +754,23 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
       constexpr int p = decltype(pc)::value;
       uint32_t(&cur)[S][4] = (p & 1) ? a1 : a0;
       uint32_t(&nxt)[S][4] = (p & 1) ? a0 : a1;
-      if (p == 0) mbar_wait(full + 8 * (uint32_t)(q & (WGF_STAGES - 1)), (unsigned)((q / WGF_STAGES) & 1));
+      if (p == 0) mbar_wait(full + 8 * (uint32_t)(q & (TS - 1)), (unsigned)((q / TS) & 1));
       mma(cur, q, p);
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // the part before is done: nxt is free
       wgf_keep(nxt);
-      if (p == 0) {  // chunk q-1's MMAs are done: its stage is free
-        if (q >= 1 && lane == 0) mbar_arrive(empty + 8 * (uint32_t)((q - 1) & (WGF_STAGES - 1)));
+      if (p == 0) {  // chunk q-1's MMAs are done: its stages are free
+        if (q >= 1 && lane == 0) mbar_arrive(empty + 8 * (uint32_t)((q - 1) & (TS - 1)));
         if (tid == 0 && q + 2 < G) tokens(q + 2);
-        if (q + WGF_STAGES - 1 < G) issue();  // chunk q+3, into chunk q-1's stage
+        if (q + WS - 1 < G) issue();  // chunk q + WS - 1, into chunk q-1's weight stage
         cp_async_commit();
       }
       if constexpr (p + 1 < NP) {
-        wg4_load_part<NW, p + 1>(stage(q).w, wrow, t, mg, mh, nxt);
+        wg4_load_part<NW, p + 1>(wcodes(q), wrow, t, mg, mh, nxt);
       } else if (q + 1 < G) {
-        cp_async_wait<WGF_STAGES - 2>();  // this thread's chunk q+1
+        cp_async_wait<WS - 2>();  // this thread's chunk q+1
         __syncwarp();
-        wg4_mults(stage(q + 1).s, wrow, t, R, mg, mh);
-        wg4_load_part<NW, 0>(stage(q + 1).w, wrow, t, mg, mh, nxt);
+        wg4_mults(wexps(q + 1), wrow, t, R, mg, mh);
+        wg4_load_part<NW, 0>(wcodes(q + 1), wrow, t, mg, mh, nxt);
       }
     };
     for (int q = 0; q < G; q++) static_for<NP>([&](auto pc) { part(pc, q); });
@@ -746,7 +780,51 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
     wgf_keep(a1);
     cp_async_wait<0>();
   }
-  wg4_store<NT>(A, smem, row0, nvalid, nrows, active, wrow, t, acc, tref);
+  wg4_store<C, NT>(A, smem, row0, nvalid, nrows, active, wrow, t, acc, tref);
+}
+#endif
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// A folding kernel's block on ring C: its tile (blockIdx.y) and row block (blockIdx.x of C::ROWS
+// rows), the mbarriers, then wg4_run at the tile's instruction width, the smallest that holds its
+// tokens: of 16 … 144 in steps of 16, or 152, when MAXT is 152; of 8 … 32 in steps of 8 when it
+// is 32 (moe_gemm_wg4s, whose tiles the host's route cap holds to 32 tokens).
+template <class C, int MAXT>
+__device__ __forceinline__ void wg4_block(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref,
+                                          const u8* __restrict__ xb, i64 cstride, const int* __restrict__ tiles,
+                                          const int* __restrict__ ntiles, const int* __restrict__ flags, const int* __restrict__ trow,
+                                          const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd, u8* smem, int* tref) {
+  const int by = blockIdx.y, count = *ntiles, fl = flags[by];
+  const int e = tiles[3 * by], row0 = tiles[3 * by + 1], nvalid = tiles[3 * by + 2];
+  if (by >= count || !fl) return;
+  const int tid = threadIdx.x;
+  const int nrows = (int)min((i64)C::ROWS, N - (i64)blockIdx.x * C::ROWS);
+  const WgfArgs args{W, Ws, ref, nullptr, nullptr, bias, out, N, Kd, Kd / MOE_GROUP, (i64)e * N + (i64)blockIdx.x * C::ROWS, e};
+  const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
+  int R[2] = {0, 0};
+  if (wrow < nrows) R[0] = ref[args.wrow0 + wrow], R[1] = ref[args.wrow0 + wrow + 8];
+  if (tid == 0) {  // FULL: thread 0's arrival; EMPTY: one per warp of the active warpgroups.
+    const uint32_t bars = (uint32_t)__cvta_generic_to_shared(smem + C::BAR);
+    for (int b = 0; b < 2 * C::TS; b++) mbar_init(bars + 8 * b, b < C::TS ? 1 : nrows / 16);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+#define WG4_RUN(nt) wg4_run<C, nt, (nt > 128 ? 1 : 2)>(args, smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
+  if constexpr (MAXT == 32) {  // widths in steps of 8
+    if (nvalid <= 8) WG4_RUN(8);
+    else if (nvalid <= 16) WG4_RUN(16);
+    else if (nvalid <= 24) WG4_RUN(24);
+    else WG4_RUN(32);
+  } else if (nvalid <= 16) WG4_RUN(16);
+  else if (nvalid <= 32) WG4_RUN(32);
+  else if (nvalid <= 48) WG4_RUN(48);
+  else if (nvalid <= 64) WG4_RUN(64);
+  else if (nvalid <= 80) WG4_RUN(80);
+  else if (nvalid <= 96) WG4_RUN(96);
+  else if (nvalid <= 112) WG4_RUN(112);
+  else if (nvalid <= 128) WG4_RUN(128);
+  else if (nvalid <= 144) WG4_RUN(144);
+  else WG4_RUN(152);
+#undef WG4_RUN
 }
 #endif
 
@@ -761,33 +839,26 @@ moe_gemm_wg4(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __re
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) u8 wgf_smem[];
   __shared__ int tref[WGF_TOK];  // the tile's token exponents
-  const int by = blockIdx.y, count = *ntiles, fl = flags[by];
-  const int e = tiles[3 * by], row0 = tiles[3 * by + 1], nvalid = tiles[3 * by + 2];
-  if (by >= count || !fl) return;
-  const int tid = threadIdx.x;
-  const int nrows = (int)min((i64)WG4_ROWS, N - (i64)blockIdx.x * WG4_ROWS);
-  const WgfArgs args{W, Ws, ref, nullptr, nullptr, bias, out, N, Kd, Kd / MOE_GROUP, (i64)e * N + (i64)blockIdx.x * WG4_ROWS, e};
-  const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + ((tid & 31) >> 2);
-  int R[2] = {0, 0};
-  if (wrow < nrows) R[0] = ref[args.wrow0 + wrow], R[1] = ref[args.wrow0 + wrow + 8];
-  if (tid == 0) {  // FULL: thread 0's arrival; EMPTY: one per warp of the active warpgroups.
-    const uint32_t bars = (uint32_t)__cvta_generic_to_shared(wgf_smem + WGF_STAGES * sizeof(Wg4Stage));
-    for (int b = 0; b < 2 * WGF_STAGES; b++) mbar_init(bars + 8 * b, b < WGF_STAGES ? 1 : nrows / 16);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-#define WG4_RUN(nt) wg4_run<nt, (nt > 128 ? 1 : 2)>(args, wgf_smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
-  if (nvalid <= 16) WG4_RUN(16);
-  else if (nvalid <= 32) WG4_RUN(32);
-  else if (nvalid <= 48) WG4_RUN(48);
-  else if (nvalid <= 64) WG4_RUN(64);
-  else if (nvalid <= 80) WG4_RUN(80);
-  else if (nvalid <= 96) WG4_RUN(96);
-  else if (nvalid <= 112) WG4_RUN(112);
-  else if (nvalid <= 128) WG4_RUN(128);
-  else if (nvalid <= 144) WG4_RUN(144);
-  else WG4_RUN(152);
-#undef WG4_RUN
+  wg4_block<Wg4Big, WGF_TOK>(W, Ws, ref, xb, cstride, tiles, ntiles, flags, trow, bias, out, N, Kd, wgf_smem, tref);
 #else
   __trap();
 #endif
 }
+
+// The small-tile folding kernel: moe_gemm_wg4's arguments, for tiles of at most WG4S_TOK tokens
+// (the route kernel's cap when the host picks this kernel); grid = (ceil(N / 128), tile bound),
+// block = WG4S_THREADS, dynamic shared memory WG4S_SMEM, three blocks an SM.
+extern "C" __global__ void __launch_bounds__(WG4S_THREADS, 3)
+moe_gemm_wg4s(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
+              i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
+              const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
+  pdl_begin();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) u8 wgf_smem[];
+  __shared__ int tref[WG4S_TOK];  // the tile's token exponents
+  wg4_block<Wg4Small, WG4S_TOK>(W, Ws, ref, xb, cstride, tiles, ntiles, flags, trow, bias, out, N, Kd, wgf_smem, tref);
+#else
+  __trap();
+#endif
+}
+

@@ -181,8 +181,8 @@ __device__ __forceinline__ void list_expert(int e, int off, int c, int nl, int s
 // halves 0 and 1 of a tile of more than 16 rows, else its two 8-row chunks; then the short tiles;
 // ntiles[2] their number.
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
-// (when wg is set): each expert's real rows split into ceil(count/MOE_WG_TOK) tiles of equal size rounded
-// up to 8 rows (the last smaller). Decode batches of up to 64 pairs take moe_route_small
+// (when wg, the most rows of a tile, at most MOE_WG_TOK, is not 0): each expert's real rows split
+// into ceil(count/wg) tiles of equal size rounded up to 8 rows (the last smaller). Decode batches of up to 64 pairs take moe_route_small
 // instead. With pre set (moe_route_count ran first and left each chunk's counts there), the
 // block turns them into each chunk's counts of the chunks before it, sums the chunks' invalid
 // ids into *err, and leaves the placing of the pairs to moe_route_scatter.
@@ -258,8 +258,9 @@ moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M
   const int tiles_total = nl + ns, msum = tiles_total * MOE_BM, off = (loff + soff) * MOE_BM;
   int wtiles_total = 0, wtoff = 0;
   // Tile sizes round up to 8 rows, so every tile starts at a multiple of 8 (the staged FP16
-  // tokens' 8-row core matrices); (wn-1)·wsize < cnt still holds, as wsize <= MOE_WG_TOK.
-  const int wn = wg ? (cnt + MOE_WG_TOK - 1) / MOE_WG_TOK : 0, wsize = wn ? ((cnt + wn - 1) / wn + 7) / 8 * 8 : 0;
+  // tokens' 8-row core matrices); (wn-1)·wsize < cnt still holds, and wsize <= wg, as wg is a
+  // multiple of 8.
+  const int wcap = (int)wg, wn = wcap ? (cnt + wcap - 1) / wcap : 0, wsize = wn ? ((cnt + wn - 1) / wn + 7) / 8 * 8 : 0;
   if (wg) wtoff = block_exclusive_scan(wn, sbuf, &wtiles_total);
   if (tid < E) {
     counts[tid] = cnt;
