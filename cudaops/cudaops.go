@@ -95,12 +95,13 @@ const autoDecodeRows = 12
 
 // autoDecodeRowsWide is GEMMAuto's crossover on devices that take the 64-row kernels (the
 // H200), where batches of up to wide32Rows rows an expert run the 16-token passes on 64-row
-// warps and larger ones the 32-token kernel: with v60's kernels and plans on an H200, decode
-// against wgmma, both forced, each process's first batch a throwaway (docs/perf.md, "A check of
-// the crossover tool"), at 14 rows an expert the decode GEMM was 2.1-15.7 % faster for all five
-// large-expert shapes (GPT-OSS-120B 703.4 against 743.5 µs, DeepSeek-V3 2254.3 against 2302.6),
-// at 15 rows level (-4.6 … +4.6 %), at 16 slower or level.
-const autoDecodeRowsWide = 14
+// warps: with v62's kernels (the wgmma path's small-tile kernel at up to 24 rows) on an H200,
+// decode against wgmma, both forced (docs/perf.md, "The crossover after v62"), the decode GEMM
+// was 3.8-7.5 % faster at 12 rows and 1.5-5.2 % at 13 for the four large-expert shapes measured;
+// at 14 rows the wgmma GEMM was 6.2-11.3 % faster for GPT-OSS-120B, DeepSeek-V3 and
+// Qwen3-235B-A22B (GPT-OSS-120B 632.1 against 684.7 µs), though 5.8 % slower for GPT-OSS-20B's
+// 32 experts. (With v60's wgmma GEMM the crossover was 14.)
+const autoDecodeRowsWide = 13
 
 // Layers of small experts, K·I at most smallExpertKI, keep the decode GEMM up to
 // autoDecodeRowsSmall rows an expert: the wgmma GEMM's tiles of short K pay their start and
