@@ -136,7 +136,7 @@ var open = sync.OnceValues(func() (*Device, error) {
 	if err := setMaxDynamicSmem(d.fn.gemmWgp, wgfPSmem); err != nil {
 		return nil, err
 	}
-	// The small-tile folding kernel: two blocks an SM, so the largest carveout.
+	// The small-tile folding kernel: wg4sBlocks blocks an SM, so the largest carveout.
 	if err := setMaxDynamicSmem(d.fn.gemmWg4s, wg4sSmem); err != nil {
 		return nil, err
 	}

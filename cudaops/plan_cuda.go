@@ -160,7 +160,8 @@ type gemmLaunch struct {
 // gemmMain returns the main kernel's launch for an n-row GEMM of the given kernel over p routed
 // pairs in tiles tiles: the streaming GEMM's (decKernel, split and wide as decSplits picks
 // them), the wgmma path's moe_gemm_wg4 or moe_gemm_wg4s (wgSmall; after its tile and staging
-// kernels, which launchAll sizes from this grid), or the tiled moe_gemm. launchAll launches it, Layer.Plan reports it.
+// kernels, which launchAll sizes from this grid), or the tiled moe_gemm. launchAll launches
+// it, Layer.Plan reports it.
 func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide bool) gemmLaunch {
 	switch kernel {
 	case GEMMDecode:
