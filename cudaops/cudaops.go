@@ -41,9 +41,9 @@ type GEMMKernel uint8
 
 const (
 	// GEMMAuto picks GEMMDecode when the batch routes at most 12 rows per local expert on
-	// average (14 on devices that take the 64-row kernels, the H200), or 24 for layers of small
+	// average (13 on devices that take the 64-row kernels, the H200), or 24 for layers of small
 	// experts (K·I at most 4Mi, e.g. Qwen3-30B-A3B; the crossovers measured on an H200,
-	// docs/perf.md v45 and "GEMMAuto's crossover after v59"), else GEMMWgmma, or
+	// docs/perf.md v45 and "v62's closing run and the crossover after it"), else GEMMWgmma, or
 	// GEMMTiled for weights the wgmma kernel cannot take exactly (see GEMMWgmma).
 	GEMMAuto GEMMKernel = iota
 	// GEMMTiled: 64 weight rows by 32 tokens per block.
@@ -54,11 +54,12 @@ const (
 	// four (32 tokens) above 9 (on devices that take the 64-row kernels: more than 4, on 64
 	// weight rows a warp, and above 13, or 12 for layers of small experts).
 	GEMMDecode
-	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 256 weight rows by up to 152 tokens per block,
-	// the E8M0 block scales folded exactly into the FP16 weights relative to a per-row
-	// reference exponent. Layers whose weight rows span more than 24 binades of nonzero block
-	// scales, or hold a NaN scale, cannot be folded exactly and run GEMMTiled instead, also
-	// when this kernel is asked for.
+	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 256 weight rows by up to 152 tokens per block
+	// (128 rows by up to 32 tokens, three blocks an SM, for batches of at most 24 rows per local
+	// expert on average), the E8M0 block scales folded exactly into the FP16 weights relative
+	// to a per-row reference exponent. Layers whose weight rows span more than 24 binades of
+	// nonzero block scales, or hold a NaN scale, cannot be folded exactly and run GEMMTiled
+	// instead, also when this kernel is asked for.
 	GEMMWgmma
 )
 
