@@ -40,7 +40,6 @@ const (
 	permScaleThreads = 256
 	permScaleRun     = 1024
 	wgfRows          = 128 // WGF_ROWS: weight rows per block of the wgmma GEMM
-	wgfTokens        = 152 // WGF_TOK (MOE_WG_TOK): the most tokens of its tiles
 	wgfStages        = 4   // WGF_STAGES: the depth of both wgmma kernels' shared-memory rings
 	// WG4_ROWS, WG4_THREADS, WG4_SMEM: the folding kernel (moe_gemm_wg4, the wgmma path's main
 	// kernel): 256 weight rows a block, 512 threads; a ring of 152 FP16 token rows of a chunk
@@ -57,15 +56,9 @@ const (
 	// scale words), then the token stages' FULL and EMPTY mbarriers.
 	wg4sRows    = 128
 	wg4sThreads = 256
-	wg4sTokens  = 32
 	wg4sWStages = 4
 	wg4sBlocks  = 3
 	wg4sSmem    = wgfStages*wg4sTokens*256 + wg4sWStages*(wg4sRows*64+wg4sRows*4) + 2*wgfStages*8
-	// wg4sMaxRows: the most routed rows a local expert on average of the batches whose wgmma
-	// GEMMs run on moe_gemm_wg4s (wgSmall). Measured on an H200 against moe_gemm_wg4
-	// (docs/perf.md, "next/wg4s3 and next/wg4s3n, measured"): 10–20 % faster at 6–24 rows, 2–16 %
-	// slower at 32–48 rows of Qwen3-30B-A3B, where the cap splits most experts' rows in two tiles.
-	wg4sMaxRows = 24
 	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
 	// scale words and 128 token scales per stage, and two FP16 token buffers.
 	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
@@ -461,29 +454,20 @@ func (l *Layer) chunkTiles(p int) int { return chunkBound(p, l.E) }
 // grid, whose blocks past the list's end still launch (docs/perf.md v49).
 func (l *Layer) heavyTiles(p int) int { return heavyBound(p, l.E) }
 
-// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs: Σ_e ceil(count_e/cap) <= p/cap +
-// min(p, E), cap the routing's most tokens a tile (wgfCap).
-func (l *Layer) wgfTiles(p int) int { return p/l.wgfCap(p) + min(p, l.E) }
+// wgfTiles bounds the wgmma GEMM's tiles of p routed pairs (wgTileBound).
+func (l *Layer) wgfTiles(p int) int { return wgTileBound(p, l.E, l.wgSmallRows) }
 
 // wgfTilesUpTo bounds wgfTiles over batches of up to p routed pairs, the workspace's tile
-// lists: the small-tile kernel's cap makes more tiles of fewer pairs (wgfTiles is not monotonic
-// in p where wgSmall stops).
-func (l *Layer) wgfTilesUpTo(p int) int {
-	return max(p/wgfTokens, min(p, l.wgSmallRows*l.E)/wg4sTokens) + min(p, l.E)
-}
+// lists (wgTileBoundUpTo).
+func (l *Layer) wgfTilesUpTo(p int) int { return wgTileBoundUpTo(p, l.E, l.wgSmallRows) }
 
 // wgSmall reports whether the wgmma path's GEMMs of p routed pairs run on the small-tile
 // folding kernel (moe_gemm_wg4s): at most wgSmallRows routed rows a local expert on average.
-func (l *Layer) wgSmall(p int) bool { return p <= l.wgSmallRows*l.E }
+func (l *Layer) wgSmall(p int) bool { return wgSmallBatch(p, l.E, l.wgSmallRows) }
 
-// wgfCap returns the most tokens of the wgmma GEMM's tiles of p routed pairs, the routing's cap:
-// wg4sTokens on the small-tile kernel (wgSmall), else wgfTokens.
-func (l *Layer) wgfCap(p int) int {
-	if l.wgSmall(p) {
-		return wg4sTokens
-	}
-	return wgfTokens
-}
+// wgfCap returns the most tokens of the wgmma GEMM's tiles of p routed pairs, the routing's
+// cap (wgTileCap).
+func (l *Layer) wgfCap(p int) int { return wgTileCap(p, l.E, l.wgSmallRows) }
 
 // begin binds the device to the calling goroutine's thread and grows the workspace to hold m
 // tokens with topk experts each; the returned function unbinds.

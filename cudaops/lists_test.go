@@ -85,3 +85,65 @@ func make1(n int) []int {
 	}
 	return c
 }
+
+// wgTiles counts the wgmma path's tiles of the given rows per local expert by moe_route's rule
+// (each expert's rows in ceil(count/cap) tiles of equal size rounded up to 8 rows, the last
+// smaller), and fails the test unless every tile holds at most cap rows and the tiles cover the
+// rows exactly.
+func wgTiles(t *testing.T, counts []int, cap int) int {
+	t.Helper()
+	n := 0
+	for _, c := range counts {
+		wn := (c + cap - 1) / cap
+		if wn == 0 {
+			continue
+		}
+		wsize := ((c+wn-1)/wn + 7) / 8 * 8
+		if wsize > cap || (wn-1)*wsize >= c {
+			t.Fatalf("%d rows at cap %d: %d tiles of %d rows", c, cap, wn, wsize)
+		}
+		n += wn
+	}
+	return n
+}
+
+// TestWgTileBounds checks the bounds of the wgmma path's tile list: random batches, uniform or
+// Zipf-skewed, under the small-tile kernel's cap (32 tokens) and the 256-row kernel's (152), fit
+// wgTileBound; and wgTileBoundUpTo bounds wgTileBound over every smaller batch, which needs it:
+// at 24 rows an expert on the small-tile kernel a batch lists more tiles than one just past it.
+func TestWgTileBounds(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := 0; i < 2000; i++ {
+		e := 1 + rng.IntN(256)
+		p := 1 + rng.IntN(64*e)
+		counts := make([]int, e)
+		skew := rng.IntN(2) == 0
+		for j := 0; j < p; j++ {
+			x := rng.IntN(e)
+			if skew {
+				x = int(float64(e) * rng.Float64() * rng.Float64() * rng.Float64())
+			}
+			counts[x]++
+		}
+		for _, small := range []int{0, wg4sMaxRows, 1 << 20} {
+			cap := wgTileCap(p, e, small)
+			if n, b := wgTiles(t, counts, cap), wgTileBound(p, e, small); n > b {
+				t.Fatalf("%d pairs over %d experts, small-tile rows %d: %d tiles of at most %d, bound %d", p, e, small, n, cap, b)
+			}
+		}
+	}
+	for _, e := range []int{1, 8, 32, 128, 256} {
+		for _, small := range []int{0, wg4sMaxRows, 1 << 20} {
+			most := 0
+			for p := 1; p <= 64*e; p++ {
+				most = max(most, wgTileBound(p, e, small))
+				if up := wgTileBoundUpTo(p, e, small); up < most {
+					t.Fatalf("%d experts, small-tile rows %d: wgTileBoundUpTo(%d) = %d, below %d of a batch up to it", e, small, p, up, most)
+				}
+			}
+		}
+	}
+	if a, b := wgTileBound(24*8, 8, 24), wgTileBound(24*8+1, 8, 24); a <= b {
+		t.Fatalf("at 24 rows an expert %d tiles, just past it %d: the case the workspace's bound is for is gone", a, b)
+	}
+}
