@@ -64,17 +64,23 @@ func TestListBounds(t *testing.T) {
 	for i := 0; i < 2000; i++ {
 		e := 1 + rng.IntN(512)
 		p := 1 + rng.IntN(65535)
-		counts := make([]int, e)
-		skew := rng.IntN(2) == 0
-		for j := 0; j < p; j++ {
-			x := rng.IntN(e)
-			if skew { // a few experts take most pairs
-				x = int(float64(e) * rng.Float64() * rng.Float64() * rng.Float64())
-			}
-			counts[x]++
-		}
-		check("random", counts)
+		check("random", randomCounts(rng, p, e))
 	}
+}
+
+// randomCounts routes p pairs over e experts at random, uniformly or, half the time, skewed (a
+// few experts take most pairs), and returns each expert's count.
+func randomCounts(rng *rand.Rand, p, e int) []int {
+	counts := make([]int, e)
+	skew := rng.IntN(2) == 0
+	for j := 0; j < p; j++ {
+		x := rng.IntN(e)
+		if skew {
+			x = int(float64(e) * rng.Float64() * rng.Float64() * rng.Float64())
+		}
+		counts[x]++
+	}
+	return counts
 }
 
 // make1 returns n counts of one pair each.
@@ -116,15 +122,7 @@ func TestWgTileBounds(t *testing.T) {
 	for i := 0; i < 2000; i++ {
 		e := 1 + rng.IntN(256)
 		p := 1 + rng.IntN(64*e)
-		counts := make([]int, e)
-		skew := rng.IntN(2) == 0
-		for j := 0; j < p; j++ {
-			x := rng.IntN(e)
-			if skew {
-				x = int(float64(e) * rng.Float64() * rng.Float64() * rng.Float64())
-			}
-			counts[x]++
-		}
+		counts := randomCounts(rng, p, e)
 		for _, small := range []int{0, wg4sMaxRows, 1 << 20} {
 			cap := wgTileCap(p, e, small)
 			if n, b := wgTiles(t, counts, cap), wgTileBound(p, e, small); n > b {
