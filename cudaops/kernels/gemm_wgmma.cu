@@ -750,8 +750,9 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
     };
     // Part p of chunk q: its MMAs from one register set while the other, free once the part
     // before is done, takes the next part's fragments.
-    auto part = [&](auto pc, int q) {
+    auto part = [&](auto pc, int q, auto steady) {
       constexpr int p = decltype(pc)::value;
+      constexpr bool ST = decltype(steady)::value;  // 1 <= q and q + WS - 1 < G
       uint32_t(&cur)[S][4] = (p & 1) ? a1 : a0;
       uint32_t(&nxt)[S][4] = (p & 1) ? a0 : a1;
       if (p == 0) mbar_wait(full + 8 * (uint32_t)(q & (TS - 1)), (unsigned)((q / TS) & 1));
@@ -759,21 +760,28 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // the part before is done: nxt is free
       wgf_keep(nxt);
       if (p == 0) {  // chunk q-1's MMAs are done: its stages are free
-        if (q >= 1 && lane == 0) mbar_arrive(empty + 8 * (uint32_t)((q - 1) & (TS - 1)));
-        if (tid == 0 && q + 2 < G) tokens(q + 2);
-        if (q + WS - 1 < G) issue();  // chunk q + WS - 1, into chunk q-1's weight stage
+        if ((ST || q >= 1) && lane == 0) mbar_arrive(empty + 8 * (uint32_t)((q - 1) & (TS - 1)));
+        if (tid == 0 && (ST || q + 2 < G)) tokens(q + 2);
+        if (ST || q + WS - 1 < G) issue();  // chunk q + WS - 1, into chunk q-1's weight stage
         cp_async_commit();
       }
       if constexpr (p + 1 < NP) {
         wg4_load_part<NW, p + 1>(wcodes(q), wrow, t, mg, mh, nxt);
-      } else if (q + 1 < G) {
+      } else if (ST || q + 1 < G) {
         cp_async_wait<WS - 2>();  // this thread's chunk q+1
         __syncwarp();
         wg4_mults(wexps(q + 1), wrow, t, R, mg, mh);
         wg4_load_part<NW, 0>(wcodes(q + 1), wrow, t, mg, mh, nxt);
       }
     };
-    for (int q = 0; q < G; q++) static_for<NP>([&](auto pc) { part(pc, q); });
+    // The first chunk, the steady state (no end of the ring in sight: every condition above
+    // holds), then the last WS - 1 chunks.
+    using no = std::integral_constant<bool, false>;
+    using yes = std::integral_constant<bool, true>;
+    static_for<NP>([&](auto pc) { part(pc, 0, no{}); });
+    int q = 1;
+    for (; q + WS - 1 < G; q++) static_for<NP>([&](auto pc) { part(pc, q, yes{}); });
+    for (; q < G; q++) static_for<NP>([&](auto pc) { part(pc, q, no{}); });
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wgf_keep(acc);
     wgf_keep(a0);
