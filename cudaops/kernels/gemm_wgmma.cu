@@ -15,9 +15,10 @@
 // activation scales, one per token per 128 columns, take one of two paths (below).
 //
 // A block: 256 weight rows (four warpgroups of 64, the MMA's M; 128 rows, two warpgroups, in the
-// promoting kernel) × one tile of up to 152 tokens of an expert (N; the route kernel splits an
-// expert's rows into equal tiles that start at multiples of 8 rows, and the instruction width is
-// picked per tile: a multiple of 16 up to 144, or 152).
+// promoting kernel and the small-tile kernel) × one tile of up to 152 tokens of an expert (N; the
+// route kernel splits an expert's rows into equal tiles that start at multiples of 8 rows, at
+// most 32 for the small-tile kernel, and the instruction width is picked per tile: a multiple
+// of 16 up to 144, or 152; a multiple of 8 up to 32 in the small-tile kernel).
 //
 // Two paths, chosen per tile by moe_wg_tiles. Folded (every token's activation scales are finite
 // powers of two within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the
@@ -674,8 +675,8 @@ __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, 
 // per active warp; the MMAs in parts of NW words (NW = 2: halves, 1: quarters). Per chunk q,
 // part 0: wait for the tokens; its MMAs; wait for the last part of chunk q-1, so that chunk
 // q-1's stages are released and this thread's copies of chunk q + C::WS - 1 go into its weight
-// stage; part 1's fragments. Each later part: its MMAs; wait for the part before; the next part's fragments (after
-// the last, once chunk q+1's copies landed, part 0 of chunk q+1).
+// stage; part 1's fragments. Each later part: its MMAs; wait for the part before; the next
+// part's fragments (after the last, once chunk q+1's copies landed, part 0 of chunk q+1).
 template <class C, int NT, int NW>
 __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xbase, i64 cstride, int row0, int nvalid, int nrows,
                                         const int (&R)[2], int* tref, const int* trow) {

@@ -182,8 +182,8 @@ __device__ __forceinline__ void list_expert(int e, int off, int c, int nl, int s
 // ntiles[2] their number.
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg, the most rows of a tile, at most MOE_WG_TOK, is not 0): each expert's real rows split
-// into ceil(count/wg) tiles of equal size rounded up to 8 rows (the last smaller). Decode batches of up to 64 pairs take moe_route_small
-// instead. With pre set (moe_route_count ran first and left each chunk's counts there), the
+// into ceil(count/wg) tiles of equal size rounded up to 8 rows (the last smaller). Decode
+// batches of up to 64 pairs take moe_route_small instead. With pre set (moe_route_count ran first and left each chunk's counts there), the
 // block turns them into each chunk's counts of the chunks before it, sums the chunks' invalid
 // ids into *err, and leaves the placing of the pairs to moe_route_scatter.
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
