@@ -634,6 +634,7 @@ __device__ __forceinline__ void wg4_load_part(const u8* w, int wrow, int t, uint
 // acc · 2^(R - 127 + x) plus the bias (wg_rescale, chosen per value), R the row's fold reference
 // and x the token's largest exponent less 127 (tref). A rolled loop without per-value branches on
 // the token count. nrows: the block's rows (64, 128, 192 or 256; 64 or 128 in moe_gemm_wg4s).
+// tref: the tile's token exponents, which its first barrier publishes.
 template <class C, int NT>
 __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, int nvalid, int nrows, bool active, int wrow, int t,
                                           const float (&acc)[NT / 2], const int* tref) {
@@ -672,7 +673,10 @@ __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, 
 
 // One block's tile on ring C: tokens by thread 0's bulk copies two chunks ahead on the FULL
 // barriers, each thread's own weight and scale copies C::WS - 1 chunks ahead, an EMPTY arrival
-// per active warp; the MMAs in parts of NW words (NW = 2: halves, 1: quarters). Per chunk q,
+// per active warp; the MMAs in parts of NW words (NW = 2: halves, 1: quarters). The token
+// exponents of the epilogue are loaded at the start, into a register of the tile's first nvalid
+// threads, and stored in shared memory after the first chunk (a load before the start's barrier
+// held every warp there); the epilogue's first barrier publishes them. Per chunk q,
 // part 0: wait for the tokens; its MMAs; wait for the last part of chunk q-1, so that chunk
 // q-1's stages are released and this thread's copies of chunk q + C::WS - 1 go into its weight
 // stage; part 1's fragments. Each later part: its MMAs; wait for the part before; the next
@@ -683,6 +687,7 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
   constexpr int NA = NT / 2;
   constexpr int TS = C::TS, WS = C::WS;
   const int tid = threadIdx.x, t = tid & 3, lane = tid & 31;
+  const int tr = tid < nvalid ? trow[row0 + tid] : 0;  // into tref once the first chunk is done
   const int wrow = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + (lane >> 2);
   const bool active = (tid / 128) * 64 < nrows;
   const u8* tsrc = xbase + (i64)(row0 >> 3) * 2048;
@@ -730,10 +735,7 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
       cp_async_commit();
     }
   }
-  // While the first copies are in flight: the tile's token exponents into tref, and one block
-  // barrier that publishes them and the mbarriers' initialisation.
-  for (int i = tid; i < nvalid; i += C::THREADS) tref[i] = trow[row0 + i];
-  __syncthreads();
+  __syncthreads();  // publishes the mbarriers' initialisation
   if (active) {
     cp_async_wait<WS - 2>();
     __syncwarp();
@@ -780,6 +782,7 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
     using no = std::integral_constant<bool, false>;
     using yes = std::integral_constant<bool, true>;
     static_for<NP>([&](auto pc) { part(pc, 0, no{}); });
+    if (tid < nvalid) tref[tid] = tr;  // long landed: no wait
     int q = 1;
     for (; q + WS - 1 < G; q++) static_for<NP>([&](auto pc) { part(pc, q, yes{}); });
     for (; q < G; q++) static_for<NP>([&](auto pc) { part(pc, q, no{}); });
@@ -788,6 +791,8 @@ __device__ __forceinline__ void wg4_run(const WgfArgs& A, u8* smem, const u8* xb
     wgf_keep(a0);
     wgf_keep(a1);
     cp_async_wait<0>();
+  } else if (tid < nvalid) {
+    tref[tid] = tr;
   }
   wg4_store<C, NT>(A, smem, row0, nvalid, nrows, active, wrow, t, acc, tref);
 }
@@ -806,6 +811,7 @@ __device__ __forceinline__ void wg4_block(const u8* __restrict__ W, const u8* __
   const int by = blockIdx.y, count = *ntiles, fl = flags[by];
   const int e = tiles[3 * by], row0 = tiles[3 * by + 1], nvalid = tiles[3 * by + 2];
   if (by >= count || !fl) return;
+  static_assert(C::THREADS >= MAXT, "a thread a token for the tile's exponents");
   const int tid = threadIdx.x;
   const int nrows = (int)min((i64)C::ROWS, N - (i64)blockIdx.x * C::ROWS);
   const WgfArgs args{W, Ws, ref, nullptr, nullptr, bias, out, N, Kd, Kd / MOE_GROUP, (i64)e * N + (i64)blockIdx.x * C::ROWS, e};
