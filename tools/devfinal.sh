@@ -4,7 +4,8 @@
 # kernels from the sources (tools/devrun.sh tests: every suite, the golden files, memcheck) and,
 # while the call's time allows (BUDGET seconds, default 560), whole bench runs on those kernels.
 # Few files come back from the machine, so $OUT ends with at most eight: moe.fatbin and
-# manifest.txt (to commit), bench1.csv .. bench3.csv, summary.txt and logs.tgz (the rest).
+# manifest.txt (to commit), bench1.csv .. bench3.csv, summary.txt and logs.tgz (the rest); a
+# script that adds files after it ends with tools/outpack.sh, which keeps the fatbin in reach.
 #   [MS=1,2,4,8,...] bash tools/devfinal.sh   (MS: the bench batch sizes)
 set -uo pipefail
 . "$(dirname "$0")/clocks.sh"
