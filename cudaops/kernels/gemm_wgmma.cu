@@ -15,10 +15,11 @@
 // activation scales, one per token per 128 columns, take one of two paths (below).
 //
 // A block: 256 weight rows (four warpgroups of 64, the MMA's M; 128 rows, two warpgroups, in the
-// promoting kernel and the small-tile kernel) × one tile of up to 152 tokens of an expert (N; the
-// route kernel splits an expert's rows into equal tiles that start at multiples of 8 rows, at
-// most 32 for the small-tile kernel, and the instruction width is picked per tile: a multiple
-// of 16 up to 144, or 152; a multiple of 8 up to 32 in the small-tile kernel).
+// promoting kernel and the small-tile kernel; 384, six warpgroups, in the middle kernel) × one
+// tile of up to 152 tokens of an expert (N; the route kernel splits an expert's rows into equal
+// tiles that start at multiples of 8 rows, at most 32 for the small-tile kernel and 64 for the
+// middle one, and the instruction width is picked per tile: a multiple of 16 up to 144, or 152;
+// a multiple of 8 up to 32 in the small-tile kernel).
 //
 // Two paths, chosen per tile by moe_wg_tiles. Folded (every token's activation scales are finite
 // powers of two within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the
