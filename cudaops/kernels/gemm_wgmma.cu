@@ -864,54 +864,40 @@ __device__ __forceinline__ void wg4_block(const u8* __restrict__ W, const u8* __
 }
 #endif
 
+// The three folding kernels' entry: the same arguments, the tile's token exponents in static
+// shared memory, wg4_block on ring RING for tiles of at most MAXT tokens; BLOCKS blocks an SM in
+// the launch bounds.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG4_ENTRY(RING, MAXT)                                                                                     \
+  extern __shared__ __align__(1024) u8 wgf_smem[];                                                               \
+  __shared__ int tref[MAXT]; /* the tile's token exponents */                                                    \
+  wg4_block<RING, MAXT>(W, Ws, ref, xb, cstride, tiles, ntiles, flags, trow, bias, out, N, Kd, wgf_smem, tref);
+#else
+#define WG4_ENTRY(RING, MAXT) __trap();
+#endif
+#define WG4_KERNEL(NAME, RING, MAXT, THREADS, BLOCKS)                                                             \
+  extern "C" __global__ void __launch_bounds__(THREADS, BLOCKS)                                                  \
+      NAME(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb, \
+           i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,  \
+           const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {     \
+    pdl_begin();                                                                                                  \
+    WG4_ENTRY(RING, MAXT)                                                                                         \
+  }
+
 // The folding kernel: the tokens from xb (moe_wg_stage's staging, chunk stride cstride bytes),
 // trow from moe_wg_tiles, the rest as moe_gemm_wgp; grid = (ceil(N / 256), tile bound),
 // block = WG4_THREADS, dynamic shared memory WG4_SMEM.
-extern "C" __global__ void __launch_bounds__(WG4_THREADS, 1)
-moe_gemm_wg4(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
-             i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
-             const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
-  pdl_begin();
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(1024) u8 wgf_smem[];
-  __shared__ int tref[WGF_TOK];  // the tile's token exponents
-  wg4_block<Wg4Big, WGF_TOK>(W, Ws, ref, xb, cstride, tiles, ntiles, flags, trow, bias, out, N, Kd, wgf_smem, tref);
-#else
-  __trap();
-#endif
-}
+WG4_KERNEL(moe_gemm_wg4, Wg4Big, WGF_TOK, WG4_THREADS, 1)
 
 // The middle folding kernel: moe_gemm_wg4's arguments, for tiles of at most WG4M_TOK tokens (the
 // route kernel's cap when the host picks this kernel); grid = (ceil(N / 384), tile bound), block =
 // WG4M_THREADS, dynamic shared memory WG4M_SMEM.
-extern "C" __global__ void __launch_bounds__(WG4M_THREADS, 1)
-moe_gemm_wg4m(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
-              i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
-              const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
-  pdl_begin();
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(1024) u8 wgf_smem[];
-  __shared__ int tref[WG4M_TOK];  // the tile's token exponents
-  wg4_block<Wg4Mid, WG4M_TOK>(W, Ws, ref, xb, cstride, tiles, ntiles, flags, trow, bias, out, N, Kd, wgf_smem, tref);
-#else
-  __trap();
-#endif
-}
+WG4_KERNEL(moe_gemm_wg4m, Wg4Mid, WG4M_TOK, WG4M_THREADS, 1)
 
 // The small-tile folding kernel: moe_gemm_wg4's arguments, for tiles of at most WG4S_TOK tokens
 // (the route kernel's cap when the host picks this kernel); grid = (ceil(N / 128), tile bound),
 // block = WG4S_THREADS, dynamic shared memory WG4S_SMEM, three blocks an SM.
-extern "C" __global__ void __launch_bounds__(WG4S_THREADS, 3)
-moe_gemm_wg4s(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
-              i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
-              const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
-  pdl_begin();
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(1024) u8 wgf_smem[];
-  __shared__ int tref[WG4S_TOK];  // the tile's token exponents
-  wg4_block<Wg4Small, WG4S_TOK>(W, Ws, ref, xb, cstride, tiles, ntiles, flags, trow, bias, out, N, Kd, wgf_smem, tref);
-#else
-  __trap();
-#endif
-}
+WG4_KERNEL(moe_gemm_wg4s, Wg4Small, WG4S_TOK, WG4S_THREADS, 3)
+#undef WG4_KERNEL
+#undef WG4_ENTRY
 
