@@ -41,7 +41,7 @@ type Device struct {
 
 // kernels are the module's functions.
 type kernels struct {
-	prepare, route, routeCount, routeSmall, routeScatter, permute, permuteScales, gemm, gemmDec, gemmWg4, gemmWg4s, gemmWgp, wgTiles, wgStage, foldRef, reencode, actQuant, reduce, gemmDec1, gemmDec16s, gemmDec16w, gemmDec32, gemmDec32s, gemmDec1w, gemmDecW, gemmDec1wh cu.Function
+	prepare, route, routeCount, routeSmall, routeScatter, permute, permuteScales, gemm, gemmDec, gemmWg4, gemmWg4s, gemmWg4m, gemmWgp, wgTiles, wgStage, foldRef, reencode, actQuant, reduce, gemmDec1, gemmDec16s, gemmDec16w, gemmDec32, gemmDec32s, gemmDec1w, gemmDecW, gemmDec1wh cu.Function
 }
 
 // BytesPerSMCycle is the peak memory bandwidth per SM and SM clock cycle: what an SM must
@@ -110,7 +110,7 @@ var open = sync.OnceValues(func() (*Device, error) {
 	d.names = map[cu.Function]string{}
 	for name, f := range map[string]*cu.Function{
 		"moe_prepare": &d.fn.prepare, "moe_route": &d.fn.route, "moe_route_count": &d.fn.routeCount, "moe_route_small": &d.fn.routeSmall, "moe_route_scatter": &d.fn.routeScatter, "moe_permute": &d.fn.permute, "moe_permute_scales": &d.fn.permuteScales,
-		"moe_gemm": &d.fn.gemm, "moe_gemm_dec": &d.fn.gemmDec, "moe_gemm_wg4": &d.fn.gemmWg4, "moe_gemm_wg4s": &d.fn.gemmWg4s, "moe_gemm_wgp": &d.fn.gemmWgp, "moe_wg_tiles": &d.fn.wgTiles, "moe_wg_stage": &d.fn.wgStage, "moe_fold_ref": &d.fn.foldRef, "moe_reencode": &d.fn.reencode,
+		"moe_gemm": &d.fn.gemm, "moe_gemm_dec": &d.fn.gemmDec, "moe_gemm_wg4": &d.fn.gemmWg4, "moe_gemm_wg4s": &d.fn.gemmWg4s, "moe_gemm_wg4m": &d.fn.gemmWg4m, "moe_gemm_wgp": &d.fn.gemmWgp, "moe_wg_tiles": &d.fn.wgTiles, "moe_wg_stage": &d.fn.wgStage, "moe_fold_ref": &d.fn.foldRef, "moe_reencode": &d.fn.reencode,
 		"moe_act_quant": &d.fn.actQuant, "moe_reduce": &d.fn.reduce, "moe_gemm_dec1": &d.fn.gemmDec1, "moe_gemm_dec16s": &d.fn.gemmDec16s, "moe_gemm_dec16w": &d.fn.gemmDec16w, "moe_gemm_dec32": &d.fn.gemmDec32, "moe_gemm_dec32s": &d.fn.gemmDec32s, "moe_gemm_dec1w": &d.fn.gemmDec1w, "moe_gemm_decw": &d.fn.gemmDecW,
 		"moe_gemm_dec1wh": &d.fn.gemmDec1wh,
 	} {
@@ -134,6 +134,9 @@ var open = sync.OnceValues(func() (*Device, error) {
 		return nil, err
 	}
 	if err := setMaxDynamicSmem(d.fn.gemmWgp, wgfPSmem); err != nil {
+		return nil, err
+	}
+	if err := setMaxDynamicSmem(d.fn.gemmWg4m, wg4mSmem); err != nil {
 		return nil, err
 	}
 	// The small-tile folding kernel: wg4sBlocks blocks an SM, so the largest carveout.

@@ -59,6 +59,13 @@ const (
 	wg4sWStages = 4
 	wg4sBlocks  = 3
 	wg4sSmem    = wgfStages*wg4sTokens*256 + wg4sWStages*(wg4sRows*64+wg4sRows*4) + 2*wgfStages*8
+	// WG4M_ROWS, WG4M_THREADS, WG4M_TOK, WG4M_SMEM: the middle folding kernel (moe_gemm_wg4m,
+	// the wgmma path's main kernel for batches past wg4sMaxRows and up to wg4mMaxRows routed rows
+	// a local expert, whose tiles the routing then caps at 64 tokens): 384 weight rows a block,
+	// 768 threads; moe_gemm_wg4's ring with stages of 64 FP16 token rows.
+	wg4mRows    = 384
+	wg4mThreads = 768
+	wg4mSmem    = wgfStages*(wg4mTokens*256+wg4mRows*64+wg4mRows*4) + 2*wgfStages*8
 	// WGF_PSMEM, the promoting kernel's: a ring of 128·144 token bytes, 128·64 weight bytes, 128
 	// scale words and 128 token scales per stage, and two FP16 token buffers.
 	wgfPSmem = wgfStages*(128*144+wgfRows*64+wgfRows*4+128*4) + 2*8*128*32
@@ -146,6 +153,7 @@ func layoutConsts() []layoutConst {
 		{"DEC_HEAVY_ROW", decHeavyRow}, {"DEC_HALF_SHIFT", decHalfShift}, {"DEC_ROWS_SHIFT", decRowsShift},
 		{"DEC16W_SMEM", dec16wSmem},
 		{"WG4S_ROWS", wg4sRows}, {"WG4S_THREADS", wg4sThreads}, {"WG4S_TOK", wg4sTokens}, {"WG4S_SMEM", wg4sSmem},
+		{"WG4M_ROWS", wg4mRows}, {"WG4M_THREADS", wg4mThreads}, {"WG4M_TOK", wg4mTokens}, {"WG4M_SMEM", wg4mSmem},
 	}
 }
 
@@ -236,10 +244,12 @@ type Layer struct {
 	// compare them).
 	actWarps int
 	// wgSmallRows: the wgmma path takes moe_gemm_wg4s, its tiles capped at wg4sTokens, for
-	// batches of at most this many routed rows a local expert (wg4sMaxRows; tests move it).
-	wgSmallRows int
-	ws          workspace
-	closed      bool
+	// batches of at most this many routed rows a local expert (wg4sMaxRows; tests move it);
+	// wgMidRows: moe_gemm_wg4m, its tiles capped at wg4mTokens, past that and up to this many
+	// (wg4mMaxRows; tests move it).
+	wgSmallRows, wgMidRows int
+	ws                     workspace
+	closed                 bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
 	events [7]cu.Event
@@ -339,7 +349,7 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 		}
 	}
 	l.exactScales = specialScales(w.W13Scale) || specialScales(w.W2Scale)
-	l.tok32Rows, l.wgSmallRows = -1, wg4sMaxRows
+	l.tok32Rows, l.wgSmallRows, l.wgMidRows = -1, wg4sMaxRows, wg4mMaxRows
 	l.wideRows, l.splitRows, l.wide16 = math.MaxInt64, 32, false
 	if l.dev.BytesPerSMCycle() >= dec1wMinBytes {
 		l.wideRows, l.splitRows, l.wide16 = dec1wMinRows, 0, true
@@ -455,19 +465,23 @@ func (l *Layer) chunkTiles(p int) int { return chunkBound(p, l.E) }
 func (l *Layer) heavyTiles(p int) int { return heavyBound(p, l.E) }
 
 // wgfTiles bounds the wgmma GEMM's tiles of p routed pairs (wgTileBound).
-func (l *Layer) wgfTiles(p int) int { return wgTileBound(p, l.E, l.wgSmallRows) }
+func (l *Layer) wgfTiles(p int) int { return wgTileBound(p, l.E, l.wgSmallRows, l.wgMidRows) }
 
 // wgfTilesUpTo bounds wgfTiles over batches of up to p routed pairs, the workspace's tile
 // lists (wgTileBoundUpTo).
-func (l *Layer) wgfTilesUpTo(p int) int { return wgTileBoundUpTo(p, l.E, l.wgSmallRows) }
+func (l *Layer) wgfTilesUpTo(p int) int { return wgTileBoundUpTo(p, l.E, l.wgSmallRows, l.wgMidRows) }
 
 // wgSmall reports whether the wgmma path's GEMMs of p routed pairs run on the small-tile
 // folding kernel (moe_gemm_wg4s): at most wgSmallRows routed rows a local expert on average.
 func (l *Layer) wgSmall(p int) bool { return wgSmallBatch(p, l.E, l.wgSmallRows) }
 
+// wgMid reports whether the wgmma path's GEMMs of p routed pairs run on the middle folding
+// kernel (moe_gemm_wg4m): past wgSmallRows, at most wgMidRows routed rows a local expert.
+func (l *Layer) wgMid(p int) bool { return wgMidBatch(p, l.E, l.wgSmallRows, l.wgMidRows) }
+
 // wgfCap returns the most tokens of the wgmma GEMM's tiles of p routed pairs, the routing's
 // cap (wgTileCap).
-func (l *Layer) wgfCap(p int) int { return wgTileCap(p, l.E, l.wgSmallRows) }
+func (l *Layer) wgfCap(p int) int { return wgTileCap(p, l.E, l.wgSmallRows, l.wgMidRows) }
 
 // begin binds the device to the calling goroutine's thread and grows the workspace to hold m
 // tokens with topk experts each; the returned function unbinds.

@@ -213,64 +213,96 @@ func TestWgmma(t *testing.T) {
 }
 
 // TestWgmmaSmallTiles runs the wgmma path on the small-tile folding kernel (moe_gemm_wg4s, its
-// tiles capped at 32 tokens, wg4sBlocks blocks an SM) against native, and bitwise against the same layer on
-// moe_gemm_wg4 (each output value is the same sums in the same order; only the tiles' widths
-// and splits differ): tiles of every width (8 … 32) with -1 ids, repeats and an expert map; experts of
-// 150 rows split into five tiles; a K of 9 chunks (the 8-deep weight ring wraps) and an I of
-// 5; float32 scales (the promoting kernel over the capped tiles). Then one layer runs a batch on
-// moe_gemm_wg4 and a smaller one on moe_gemm_wg4s: the capped tiles of fewer pairs outnumber
-// the larger batch's, which its workspace must hold (wgfTilesUpTo).
+// tiles capped at 32 tokens, wg4sBlocks blocks an SM) the way testWgmmaTiles does: tiles of every
+// width (8 … 32) with -1 ids, repeats and an expert map; experts of 150 rows split into five
+// tiles; a K of 9 chunks (the rings wrap) and an I of 5 chunks; float32 scales (the promoting
+// kernel over the capped tiles). Then one layer runs a batch on moe_gemm_wg4 and smaller ones on
+// moe_gemm_wg4m and moe_gemm_wg4s: the capped tiles of fewer pairs outnumber the larger batch's,
+// which its workspace must hold (wgfTilesUpTo).
 func TestWgmmaSmallTiles(t *testing.T) {
-	for _, s := range []conformance.Spec{
+	testWgmmaTiles(t, "moe_gemm_wg4s", wg4sBlocks, func(l *Layer) { l.wgSmallRows = 1 << 20 }, []conformance.Spec{
 		{Name: "every width, map", M: 97, K: 256, I: 128, E: 16, TopK: 4, GlobalExperts: 20, NegIDs: 0.1, Dup: true, Seed: 13},
 		{Name: "150 rows an expert", M: 300, K: 512, I: 256, E: 4, TopK: 2, Activation: moe.SwiGLUOAI, Clamp: true, Limit: 7, Bias: true, HStd: 2, Seed: 11},
 		{Name: "rings that wrap", M: 64, K: 1152, I: 640, E: 8, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 19},
 		{Name: "float32 scales", M: 100, K: 384, I: 384, E: 4, TopK: 2, Activation: moe.SiLU, ScaleFormat: moe.Float32, Seed: 12},
-	} {
+	})
+	t.Run("workspace", func(t *testing.T) {
+		s := conformance.Spec{M: 200, K: 256, I: 128, E: 8, TopK: 2, Activation: moe.SwiGLUOAI, Seed: 20}
+		c := conformance.Generate(s)
+		l := kernelLayer(t, &c.Weights, c.Config, GEMMWgmma)
+		defer l.Close()
+		l.wgSmallRows, l.wgMidRows = 24, 44
+		// 50 rows an expert, on moe_gemm_wg4; it sizes the workspace.
+		if n := planRuns(mustPlan(t, l, s.M, s.TopK), "moe_gemm_wg4"); n != 2 {
+			t.Fatalf("%d GEMMs on moe_gemm_wg4 at %d tokens, want 2", n, s.M)
+		}
+		nearNative(t, forward(t, l, &c.Batch, s.K), &c.Weights, c.Config, &c.Batch)
+		// The first 176 tokens (44 rows an expert, on moe_gemm_wg4m) and the first 80 (20 rows,
+		// on moe_gemm_wg4s): more tiles than the whole batch, in its workspace.
+		for _, sub := range []struct {
+			m      int
+			kernel string
+		}{{176, "moe_gemm_wg4m"}, {80, "moe_gemm_wg4s"}} {
+			b := c.Batch
+			b.M = sub.m
+			b.A1q, b.A1qScale = b.A1q[:sub.m*s.K], b.A1qScale[:sub.m*s.K/128]
+			b.TopKIDs, b.TopKWeights = b.TopKIDs[:sub.m*s.TopK], b.TopKWeights[:sub.m*s.TopK]
+			if b.X != nil {
+				b.X = b.X[:sub.m*s.K]
+			}
+			if n := planRuns(mustPlan(t, l, b.M, s.TopK), sub.kernel); n != 2 {
+				t.Fatalf("%d GEMMs on %s at %d tokens, want 2", n, sub.kernel, sub.m)
+			}
+			if l.wgfTiles(b.M*s.TopK) <= l.wgfTiles(s.M*s.TopK) {
+				t.Fatalf("%d tiles at %d tokens, %d at %d: the case needs more at %d", l.wgfTiles(b.M*s.TopK), sub.m, l.wgfTiles(s.M*s.TopK), s.M, sub.m)
+			}
+			nearNative(t, forward(t, l, &b, s.K), &c.Weights, c.Config, &b)
+		}
+	})
+}
+
+// TestWgmmaMidTiles runs the wgmma path on the middle folding kernel (moe_gemm_wg4m, 384 rows a
+// block, its tiles capped at 64 tokens) the same way: tiles of every width (16 … 64) with -1
+// ids, repeats and an expert map, and experts of more than 64 rows split; experts of 150 rows;
+// a K of 9 chunks and GEMMs of 1280 and 256 rows (row blocks of 128 and 256 rows, whose other
+// warpgroups only join the barriers); float32 scales.
+func TestWgmmaMidTiles(t *testing.T) {
+	testWgmmaTiles(t, "moe_gemm_wg4m", 1, func(l *Layer) { l.wgSmallRows, l.wgMidRows = 0, 1<<20 }, []conformance.Spec{
+		{Name: "every width, map", M: 200, K: 256, I: 128, E: 16, TopK: 4, GlobalExperts: 20, NegIDs: 0.1, Dup: true, Seed: 23},
+		{Name: "150 rows an expert", M: 300, K: 512, I: 256, E: 4, TopK: 2, Activation: moe.SwiGLUOAI, Clamp: true, Limit: 7, Bias: true, HStd: 2, Seed: 11},
+		{Name: "rings that wrap", M: 96, K: 1152, I: 640, E: 8, TopK: 4, Activation: moe.SwiGLUOAI, Bias: true, Seed: 19},
+		{Name: "float32 scales", M: 100, K: 384, I: 384, E: 4, TopK: 2, Activation: moe.SiLU, ScaleFormat: moe.Float32, Seed: 12},
+	})
+}
+
+// testWgmmaTiles runs each spec on the wgmma path with force applied (the plan must take kernel
+// for both GEMMs, perSM blocks an SM): twice (bitwise the same), near native, and bitwise against
+// the same layer on moe_gemm_wg4 (each output value is the same sums in the same order; only the
+// tiles' widths and splits differ).
+func testWgmmaTiles(t *testing.T, kernel string, perSM int, force func(*Layer), specs []conformance.Spec) {
+	t.Helper()
+	for _, s := range specs {
 		t.Run(s.Name, func(t *testing.T) {
 			c := conformance.Generate(s)
 			l := kernelLayer(t, &c.Weights, c.Config, GEMMWgmma)
 			defer l.Close()
-			l.wgSmallRows = 1 << 20
+			force(l)
 			pl := mustPlan(t, l, s.M, s.TopK)
-			if n := planRuns(pl, "moe_gemm_wg4s"); n != 2 {
-				t.Fatalf("%d GEMMs on moe_gemm_wg4s, want 2", n)
+			if n := planRuns(pl, kernel); n != 2 {
+				t.Fatalf("%d GEMMs on %s, want 2", n, kernel)
 			}
-			if pl[0].BlocksPerSM != wg4sBlocks {
-				t.Fatalf("moe_gemm_wg4s holds %d blocks an SM, want %d", pl[0].BlocksPerSM, wg4sBlocks)
+			if pl[0].BlocksPerSM != perSM {
+				t.Fatalf("%s holds %d blocks an SM, want %d", kernel, pl[0].BlocksPerSM, perSM)
 			}
-			small := forwardTwice(t, l, &c.Batch, s.K, "moe_gemm_wg4s")
-			nearNative(t, small, &c.Weights, c.Config, &c.Batch)
-			l.wgSmallRows = 0
+			got := forwardTwice(t, l, &c.Batch, s.K, kernel)
+			nearNative(t, got, &c.Weights, c.Config, &c.Batch)
+			l.wgSmallRows, l.wgMidRows = 0, 0
 			if n := planRuns(mustPlan(t, l, s.M, s.TopK), "moe_gemm_wg4"); n != 2 {
 				t.Fatalf("%d GEMMs on moe_gemm_wg4, want 2", n)
 			}
-			sameBits(t, "moe_gemm_wg4s against moe_gemm_wg4", small, forward(t, l, &c.Batch, s.K))
+			sameBits(t, kernel+" against moe_gemm_wg4", got, forward(t, l, &c.Batch, s.K))
 		})
 	}
-	t.Run("workspace", func(t *testing.T) {
-		s := conformance.Spec{M: 160, K: 256, I: 128, E: 8, TopK: 2, Activation: moe.SwiGLUOAI, Seed: 20}
-		c := conformance.Generate(s)
-		l := kernelLayer(t, &c.Weights, c.Config, GEMMWgmma)
-		defer l.Close()
-		l.wgSmallRows = 24
-		nearNative(t, forward(t, l, &c.Batch, s.K), &c.Weights, c.Config, &c.Batch)
-		// The first 80 tokens: 20 rows an expert, on moe_gemm_wg4s.
-		b := c.Batch
-		b.M = 80
-		b.A1q, b.A1qScale = b.A1q[:80*s.K], b.A1qScale[:80*s.K/128]
-		b.TopKIDs, b.TopKWeights = b.TopKIDs[:80*s.TopK], b.TopKWeights[:80*s.TopK]
-		if b.X != nil {
-			b.X = b.X[:80*s.K]
-		}
-		if n := planRuns(mustPlan(t, l, b.M, s.TopK), "moe_gemm_wg4s"); n != 2 {
-			t.Fatalf("%d GEMMs on moe_gemm_wg4s at 80 tokens, want 2", n)
-		}
-		if l.wgfTiles(b.M*s.TopK) <= l.wgfTiles(s.M*s.TopK) {
-			t.Fatalf("%d tiles at 80 tokens, %d at 160: the case needs more at 80", l.wgfTiles(b.M*s.TopK), l.wgfTiles(s.M*s.TopK))
-		}
-		nearNative(t, forward(t, l, &b, s.K), &c.Weights, c.Config, &b)
-	})
 }
 
 // TestLargeBatch runs batches of more than scatterPairs routed pairs, where the routing block only

@@ -11,15 +11,22 @@ const (
 	// more of the 8-token decode kernels) is long; the lists hold the long tiles' entries first,
 	// so that the decode GEMMs place their blocks in the first waves.
 	routeShortTile = 8
-	// wgfTokens (WGF_TOK, MOE_WG_TOK): the most tokens of the wgmma path's tiles, and wg4sTokens
-	// (WG4S_TOK) of its small-tile kernel's (moe_gemm_wg4s), the routing's caps (moe_route's wg).
+	// wgfTokens (WGF_TOK, MOE_WG_TOK): the most tokens of the wgmma path's tiles, wg4sTokens
+	// (WG4S_TOK) of its small-tile kernel's (moe_gemm_wg4s) and wg4mTokens (WG4M_TOK) of its
+	// middle kernel's (moe_gemm_wg4m), the routing's caps (moe_route's wg).
 	wgfTokens  = 152
 	wg4sTokens = 32
+	wg4mTokens = 64
 	// wg4sMaxRows: the most routed rows a local expert on average of the batches whose wgmma
 	// GEMMs run on moe_gemm_wg4s (wgSmallBatch). Measured on an H200 against moe_gemm_wg4
 	// (docs/perf.md, "next/wg4s3 and next/wg4s3n, measured"): 10–20 % faster at 6–24 rows, 2–16 %
 	// slower at 32–48 rows of Qwen3-30B-A3B, where the cap splits most experts' rows in two tiles.
 	wg4sMaxRows = 24
+	// wg4mMaxRows: the most routed rows a local expert on average of the batches past
+	// wg4sMaxRows whose wgmma GEMMs run on moe_gemm_wg4m (wgMidBatch), its tiles capped at
+	// wg4mTokens: few experts of such batches exceed the cap, whose rows take two tiles and stream
+	// their weights twice.
+	wg4mMaxRows = 44
 )
 
 // tileBound returns, for p routed pairs over e local experts, the most rows the permuted layout
@@ -47,11 +54,22 @@ func heavyBound(p, e int) int {
 // small-tile kernel (moe_gemm_wg4s): at most smallRows routed rows a local expert on average.
 func wgSmallBatch(p, e, smallRows int) bool { return p <= smallRows*e }
 
+// wgMidBatch reports whether a wgmma batch of p routed pairs over e local experts runs on the
+// middle kernel (moe_gemm_wg4m): past the small-tile kernel's rows, at most midRows routed rows
+// a local expert on average.
+func wgMidBatch(p, e, smallRows, midRows int) bool {
+	return !wgSmallBatch(p, e, smallRows) && p <= midRows*e
+}
+
 // wgTileCap returns the routing's most tokens a wgmma tile for p routed pairs over e local
-// experts: wg4sTokens on the small-tile kernel (wgSmallBatch), else wgfTokens.
-func wgTileCap(p, e, smallRows int) int {
-	if wgSmallBatch(p, e, smallRows) {
+// experts: wg4sTokens on the small-tile kernel (wgSmallBatch), wg4mTokens on the middle one
+// (wgMidBatch), else wgfTokens.
+func wgTileCap(p, e, smallRows, midRows int) int {
+	switch {
+	case wgSmallBatch(p, e, smallRows):
 		return wg4sTokens
+	case wgMidBatch(p, e, smallRows, midRows):
+		return wg4mTokens
 	}
 	return wgfTokens
 }
@@ -59,11 +77,13 @@ func wgTileCap(p, e, smallRows int) int {
 // wgTileBound bounds the wgmma path's tile list of p routed pairs over e local experts (each
 // expert's rows in ceil(count/cap) tiles, cap = wgTileCap): Σ_x ceil(count_x/cap) <= p/cap +
 // min(p, e).
-func wgTileBound(p, e, smallRows int) int { return p/wgTileCap(p, e, smallRows) + min(p, e) }
+func wgTileBound(p, e, smallRows, midRows int) int {
+	return p/wgTileCap(p, e, smallRows, midRows) + min(p, e)
+}
 
 // wgTileBoundUpTo bounds wgTileBound over every batch of up to p routed pairs, which a workspace
-// sized for p serves: the small-tile kernel's cap makes more tiles of fewer pairs, so wgTileBound
-// is not monotonic in p where the small-tile kernel stops.
-func wgTileBoundUpTo(p, e, smallRows int) int {
-	return max(p/wgfTokens, min(p, smallRows*e)/wg4sTokens) + min(p, e)
+// sized for p serves: the smaller kernels' caps make more tiles of fewer pairs, so wgTileBound
+// is not monotonic in p where each of them stops.
+func wgTileBoundUpTo(p, e, smallRows, midRows int) int {
+	return max(p/wgfTokens, min(p, midRows*e)/wg4mTokens, min(p, smallRows*e)/wg4sTokens) + min(p, e)
 }

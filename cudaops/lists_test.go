@@ -113,35 +113,48 @@ func wgTiles(t *testing.T, counts []int, cap int) int {
 	return n
 }
 
+// wgRows lists the (small-tile, middle) kernels' row limits the bounds are checked under: both
+// off, the defaults, each alone, the middle one below the small one, and both everywhere.
+var wgRows = [][2]int{{0, 0}, {wg4sMaxRows, wg4mMaxRows}, {wg4sMaxRows, 0}, {0, wg4mMaxRows}, {40, 16}, {1 << 20, 1 << 20}, {0, 1 << 20}}
+
 // TestWgTileBounds checks the bounds of the wgmma path's tile list: random batches, uniform or
-// Zipf-skewed, under the small-tile kernel's cap (32 tokens) and the 256-row kernel's (152), fit
-// wgTileBound; and wgTileBoundUpTo bounds wgTileBound over every smaller batch, which needs it:
-// at 24 rows an expert on the small-tile kernel a batch lists more tiles than one just past it.
+// Zipf-skewed, under the small-tile kernel's cap (32 tokens), the middle kernel's (64) and the
+// 256-row kernel's (152), fit wgTileBound; and wgTileBoundUpTo bounds wgTileBound over every
+// smaller batch, which needs it: at 24 rows an expert on the small-tile kernel a batch lists more
+// tiles than one just past it, and at 44 on the middle kernel too.
 func TestWgTileBounds(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	for i := 0; i < 2000; i++ {
 		e := 1 + rng.IntN(256)
 		p := 1 + rng.IntN(64*e)
 		counts := randomCounts(rng, p, e)
-		for _, small := range []int{0, wg4sMaxRows, 1 << 20} {
-			cap := wgTileCap(p, e, small)
-			if n, b := wgTiles(t, counts, cap), wgTileBound(p, e, small); n > b {
-				t.Fatalf("%d pairs over %d experts, small-tile rows %d: %d tiles of at most %d, bound %d", p, e, small, n, cap, b)
+		for _, r := range wgRows {
+			cap := wgTileCap(p, e, r[0], r[1])
+			if n, b := wgTiles(t, counts, cap), wgTileBound(p, e, r[0], r[1]); n > b {
+				t.Fatalf("%d pairs over %d experts, kernel rows %v: %d tiles of at most %d, bound %d", p, e, r, n, cap, b)
 			}
 		}
 	}
 	for _, e := range []int{1, 8, 32, 128, 256} {
-		for _, small := range []int{0, wg4sMaxRows, 1 << 20} {
+		for _, r := range wgRows {
 			most := 0
 			for p := 1; p <= 64*e; p++ {
-				most = max(most, wgTileBound(p, e, small))
-				if up := wgTileBoundUpTo(p, e, small); up < most {
-					t.Fatalf("%d experts, small-tile rows %d: wgTileBoundUpTo(%d) = %d, below %d of a batch up to it", e, small, p, up, most)
+				most = max(most, wgTileBound(p, e, r[0], r[1]))
+				if up := wgTileBoundUpTo(p, e, r[0], r[1]); up < most {
+					t.Fatalf("%d experts, kernel rows %v: wgTileBoundUpTo(%d) = %d, below %d of a batch up to it", e, r, p, up, most)
 				}
 			}
 		}
 	}
-	if a, b := wgTileBound(24*8, 8, 24), wgTileBound(24*8+1, 8, 24); a <= b {
+	if a, b := wgTileBound(24*8, 8, 24, 0), wgTileBound(24*8+1, 8, 24, 0); a <= b {
 		t.Fatalf("at 24 rows an expert %d tiles, just past it %d: the case the workspace's bound is for is gone", a, b)
+	}
+	if a, b := wgTileBound(44*8, 8, 24, 44), wgTileBound(44*8+1, 8, 24, 44); a <= b {
+		t.Fatalf("at 44 rows an expert %d tiles, just past it %d: the middle kernel's case is gone", a, b)
+	}
+	for _, c := range []struct{ p, e, want int }{{24 * 8, 8, wg4sTokens}, {24*8 + 1, 8, wg4mTokens}, {44 * 8, 8, wg4mTokens}, {44*8 + 1, 8, wgfTokens}} {
+		if got := wgTileCap(c.p, c.e, 24, 44); got != c.want {
+			t.Fatalf("wgTileCap(%d, %d) = %d, want %d", c.p, c.e, got, c.want)
+		}
 	}
 }

@@ -159,8 +159,8 @@ type gemmLaunch struct {
 
 // gemmMain returns the main kernel's launch for an n-row GEMM of the given kernel over p routed
 // pairs in tiles tiles: the streaming GEMM's (decKernel, split and wide as decSplits picks
-// them), the wgmma path's moe_gemm_wg4 or moe_gemm_wg4s (wgSmall; after its tile and staging
-// kernels, which launchAll sizes from this grid), or the tiled moe_gemm. launchAll launches
+// them), the wgmma path's moe_gemm_wg4, moe_gemm_wg4m (wgMid) or moe_gemm_wg4s (wgSmall; after
+// its tile and staging kernels, which launchAll sizes from this grid), or the tiled moe_gemm. launchAll launches
 // it, Layer.Plan reports it.
 func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide bool) gemmLaunch {
 	switch kernel {
@@ -170,6 +170,9 @@ func (l *Layer) gemmMain(kernel GEMMKernel, n int64, split, p, tiles int, wide b
 	case GEMMWgmma:
 		if l.wgSmall(p) {
 			return gemmLaunch{l.dev.fn.gemmWg4s, dim3{int((n + wg4sRows - 1) / wg4sRows), l.wgfTiles(p), 1}, dim3{wg4sThreads, 1, 1}, wg4sSmem}
+		}
+		if l.wgMid(p) {
+			return gemmLaunch{l.dev.fn.gemmWg4m, dim3{int((n + wg4mRows - 1) / wg4mRows), l.wgfTiles(p), 1}, dim3{wg4mThreads, 1, 1}, wg4mSmem}
 		}
 		return gemmLaunch{l.dev.fn.gemmWg4, dim3{int((n + wg4Rows - 1) / wg4Rows), l.wgfTiles(p), 1}, dim3{wg4Threads, 1, 1}, wg4Smem}
 	}

@@ -49,8 +49,11 @@ func TestPlan(t *testing.T) {
 			}
 		case GEMMWgmma:
 			name, rows := "moe_gemm_wg4", wg4Rows
-			if l.wgSmall(p) {
+			switch {
+			case l.wgSmall(p):
 				name, rows = "moe_gemm_wg4s", wg4sRows
+			case l.wgMid(p):
+				name, rows = "moe_gemm_wg4m", wg4mRows
 			}
 			if want := (2*s.I + rows - 1) / rows * l.wgfTiles(p); plans[0].Kernel != name || plans[0].Blocks != want {
 				t.Errorf("M=%d GEMM1: plan %v, want %s with %d blocks", m, plans[0], name, want)

@@ -15,10 +15,11 @@
 // activation scales, one per token per 128 columns, take one of two paths (below).
 //
 // A block: 256 weight rows (four warpgroups of 64, the MMA's M; 128 rows, two warpgroups, in the
-// promoting kernel and the small-tile kernel) × one tile of up to 152 tokens of an expert (N; the
-// route kernel splits an expert's rows into equal tiles that start at multiples of 8 rows, at
-// most 32 for the small-tile kernel, and the instruction width is picked per tile: a multiple
-// of 16 up to 144, or 152; a multiple of 8 up to 32 in the small-tile kernel).
+// promoting kernel and the small-tile kernel; 384, six warpgroups, in the middle kernel) × one
+// tile of up to 152 tokens of an expert (N; the route kernel splits an expert's rows into equal
+// tiles that start at multiples of 8 rows, at most 32 for the small-tile kernel and 64 for the
+// middle one, and the instruction width is picked per tile: a multiple of 16 up to 144, or 152;
+// a multiple of 8 up to 32 in the small-tile kernel).
 //
 // Two paths, chosen per tile by moe_wg_tiles. Folded (every token's activation scales are finite
 // powers of two within 15 binades of the token's largest, as the ceil_ue8m0 format gives): the
@@ -52,6 +53,9 @@
 #define WG4S_ROWS 128    // weight rows per block of the small-tile folding kernel (moe_gemm_wg4s): two warpgroups
 #define WG4S_THREADS 256 // its block
 #define WG4S_TOK 32      // most tokens of its tiles (the route kernel's cap when the host picks it)
+#define WG4M_ROWS 384    // weight rows per block of the middle folding kernel (moe_gemm_wg4m): six warpgroups
+#define WG4M_THREADS 768 // its block
+#define WG4M_TOK 64      // most tokens of its tiles (the route kernel's cap when the host picks it)
 #define WGF_SPAN 23    // the largest exponent distance the weight fold keeps exact
 
 // Promoting kernel: ring slots, then two FP16 B buffers.
@@ -566,12 +570,22 @@ extern "C" __global__ void moe_wg_stage(const u8* __restrict__ X, const float* _
 // registers. Four ring stages of 152 tokens fit the shared memory (four of 160 would not). The
 // last row block of a GEMM whose N is not a multiple of 256 holds 64, 128 or 192 rows; its other
 // warpgroups only take part in the block barriers.
-struct Wg4Stage {
-  u8 b[WGF_TOK * 256];   // the tokens' FP16 values of the chunk, 8-row groups of 16 core matrices
-  u8 w[WG4_ROWS * 64];   // the rows' packed E2M1 codes of the chunk
-  uint32_t s[WG4_ROWS];  // the rows' 4 E8M0 exponents of the chunk
+template <int TOK, int ROWS>
+struct Wg4StageT {
+  u8 b[TOK * 256];   // the tokens' FP16 values of the chunk, 8-row groups of 16 core matrices
+  u8 w[ROWS * 64];   // the rows' packed E2M1 codes of the chunk
+  uint32_t s[ROWS];  // the rows' 4 E8M0 exponents of the chunk
 };
+using Wg4Stage = Wg4StageT<WGF_TOK, WG4_ROWS>;
 #define WG4_SMEM (WGF_STAGES * (int)sizeof(Wg4Stage) + 2 * WGF_STAGES * 8)
+
+// The middle folding kernel (moe_gemm_wg4m), for batches of a few dozen tokens an expert (the
+// route kernel's tiles then hold at most WG4M_TOK rows): moe_gemm_wg4's ring on 384 weight rows
+// a block (six warpgroups, six warps a scheduler instead of four; the token tile read from L2 once
+// per 384 rows) at the 85 registers a thread that 768 threads leave, the A fragments in quarter
+// chunks; four stages of 64 tokens.
+using Wg4MStage = Wg4StageT<WG4M_TOK, WG4M_ROWS>;
+#define WG4M_SMEM (WGF_STAGES * (int)sizeof(Wg4MStage) + 2 * WGF_STAGES * 8)
 
 // The small-tile folding kernel (moe_gemm_wg4s), for batches of a few tokens an expert (the
 // route kernel's tiles then hold at most WG4S_TOK rows): the same loop on 128 weight rows a block
@@ -596,6 +610,8 @@ struct Wg4Ring {
 // moe_gemm_wg4: one ring of stages that hold a chunk's tokens, codes and exponents together.
 using Wg4Big = Wg4Ring<WG4_ROWS, WG4_THREADS, WGF_STAGES, WGF_STAGES, sizeof(Wg4Stage), sizeof(Wg4Stage), offsetof(Wg4Stage, w),
                        offsetof(Wg4Stage, s), WGF_STAGES * sizeof(Wg4Stage)>;
+using Wg4Mid = Wg4Ring<WG4M_ROWS, WG4M_THREADS, WGF_STAGES, WGF_STAGES, sizeof(Wg4MStage), sizeof(Wg4MStage), offsetof(Wg4MStage, w),
+                       offsetof(Wg4MStage, s), WGF_STAGES * sizeof(Wg4MStage)>;
 // moe_gemm_wg4s: the token ring, then the weight ring.
 using Wg4Small = Wg4Ring<WG4S_ROWS, WG4S_THREADS, WGF_STAGES, WG4S_WSTAGES, WG4S_TSZ, WG4S_WSZ, WGF_STAGES * WG4S_TSZ,
                          WGF_STAGES * WG4S_TSZ + WG4S_ROWS * 64, WGF_STAGES * WG4S_TSZ + WG4S_WSTAGES * WG4S_WSZ>;
@@ -823,12 +839,17 @@ __device__ __forceinline__ void wg4_block(const u8* __restrict__ W, const u8* __
     for (int b = 0; b < 2 * C::TS; b++) mbar_init(bars + 8 * b, b < C::TS ? 1 : nrows / 16);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-#define WG4_RUN(nt) wg4_run<C, nt, (nt > 128 ? 1 : 2)>(args, smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
+#define WG4_RUN(nt) wg4_run<C, nt, (nt > 128 || C::THREADS > 512 ? 1 : 2)>(args, smem, xb, cstride, row0, nvalid, nrows, R, tref, trow)
   if constexpr (MAXT == 32) {  // widths in steps of 8
     if (nvalid <= 8) WG4_RUN(8);
     else if (nvalid <= 16) WG4_RUN(16);
     else if (nvalid <= 24) WG4_RUN(24);
     else WG4_RUN(32);
+  } else if constexpr (MAXT == 64) {
+    if (nvalid <= 16) WG4_RUN(16);
+    else if (nvalid <= 32) WG4_RUN(32);
+    else if (nvalid <= 48) WG4_RUN(48);
+    else WG4_RUN(64);
   } else if (nvalid <= 16) WG4_RUN(16);
   else if (nvalid <= 32) WG4_RUN(32);
   else if (nvalid <= 48) WG4_RUN(48);
@@ -843,37 +864,40 @@ __device__ __forceinline__ void wg4_block(const u8* __restrict__ W, const u8* __
 }
 #endif
 
+// The three folding kernels' entry: the same arguments, the tile's token exponents in static
+// shared memory, wg4_block on ring RING for tiles of at most MAXT tokens; BLOCKS blocks an SM in
+// the launch bounds.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG4_ENTRY(RING, MAXT)                                                                                     \
+  extern __shared__ __align__(1024) u8 wgf_smem[];                                                               \
+  __shared__ int tref[MAXT]; /* the tile's token exponents */                                                    \
+  wg4_block<RING, MAXT>(W, Ws, ref, xb, cstride, tiles, ntiles, flags, trow, bias, out, N, Kd, wgf_smem, tref);
+#else
+#define WG4_ENTRY(RING, MAXT) __trap();
+#endif
+#define WG4_KERNEL(NAME, RING, MAXT, THREADS, BLOCKS)                                                             \
+  extern "C" __global__ void __launch_bounds__(THREADS, BLOCKS)                                                  \
+      NAME(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb, \
+           i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,  \
+           const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {     \
+    pdl_begin();                                                                                                  \
+    WG4_ENTRY(RING, MAXT)                                                                                         \
+  }
+
 // The folding kernel: the tokens from xb (moe_wg_stage's staging, chunk stride cstride bytes),
 // trow from moe_wg_tiles, the rest as moe_gemm_wgp; grid = (ceil(N / 256), tile bound),
 // block = WG4_THREADS, dynamic shared memory WG4_SMEM.
-extern "C" __global__ void __launch_bounds__(WG4_THREADS, 1)
-moe_gemm_wg4(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
-             i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
-             const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
-  pdl_begin();
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(1024) u8 wgf_smem[];
-  __shared__ int tref[WGF_TOK];  // the tile's token exponents
-  wg4_block<Wg4Big, WGF_TOK>(W, Ws, ref, xb, cstride, tiles, ntiles, flags, trow, bias, out, N, Kd, wgf_smem, tref);
-#else
-  __trap();
-#endif
-}
+WG4_KERNEL(moe_gemm_wg4, Wg4Big, WGF_TOK, WG4_THREADS, 1)
+
+// The middle folding kernel: moe_gemm_wg4's arguments, for tiles of at most WG4M_TOK tokens (the
+// route kernel's cap when the host picks this kernel); grid = (ceil(N / 384), tile bound), block =
+// WG4M_THREADS, dynamic shared memory WG4M_SMEM.
+WG4_KERNEL(moe_gemm_wg4m, Wg4Mid, WG4M_TOK, WG4M_THREADS, 1)
 
 // The small-tile folding kernel: moe_gemm_wg4's arguments, for tiles of at most WG4S_TOK tokens
 // (the route kernel's cap when the host picks this kernel); grid = (ceil(N / 128), tile bound),
 // block = WG4S_THREADS, dynamic shared memory WG4S_SMEM, three blocks an SM.
-extern "C" __global__ void __launch_bounds__(WG4S_THREADS, 3)
-moe_gemm_wg4s(const u8* __restrict__ W, const u8* __restrict__ Ws, const u8* __restrict__ ref, const u8* __restrict__ xb,
-              i64 cstride, const int* __restrict__ tiles, const int* __restrict__ ntiles, const int* __restrict__ flags,
-              const int* __restrict__ trow, const float* __restrict__ bias, float* __restrict__ out, i64 N, i64 Kd) {
-  pdl_begin();
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(1024) u8 wgf_smem[];
-  __shared__ int tref[WG4S_TOK];  // the tile's token exponents
-  wg4_block<Wg4Small, WG4S_TOK>(W, Ws, ref, xb, cstride, tiles, ntiles, flags, trow, bias, out, N, Kd, wgf_smem, tref);
-#else
-  __trap();
-#endif
-}
+WG4_KERNEL(moe_gemm_wg4s, Wg4Small, WG4S_TOK, WG4S_THREADS, 3)
+#undef WG4_KERNEL
+#undef WG4_ENTRY
 

@@ -183,9 +183,10 @@ __device__ __forceinline__ void list_expert(int e, int off, int c, int nl, int s
 // wtiles receives (expert, first row, rows) for the wgmma GEMM's tiles, *nwtiles their number
 // (when wg, the most rows of a tile, at most MOE_WG_TOK, is not 0): each expert's real rows split
 // into ceil(count/wg) tiles of equal size rounded up to 8 rows (the last smaller). Decode
-// batches of up to 64 pairs take moe_route_small instead. With pre set (moe_route_count ran first and left each chunk's counts there), the
-// block turns them into each chunk's counts of the chunks before it, sums the chunks' invalid
-// ids into *err, and leaves the placing of the pairs to moe_route_scatter.
+// batches of up to 64 pairs take moe_route_small instead. With pre set (moe_route_count ran
+// first and left each chunk's counts there), the block turns them into each chunk's counts of
+// the chunks before it, sums the chunks' invalid ids into *err, and leaves the placing of the
+// pairs to moe_route_scatter.
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS, 1)
 moe_route(const int* __restrict__ ids, const int* __restrict__ expert_map, i64 M, i64 topk, i64 E, i64 Eg,
           int* __restrict__ counts, int* __restrict__ offsets, int* __restrict__ expert_ids,
