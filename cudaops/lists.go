@@ -26,7 +26,7 @@ const (
 	// wg4sMaxRows whose wgmma GEMMs run on moe_gemm_wg4m (wgMidBatch), its tiles capped at
 	// wg4mTokens: few experts of such batches exceed the cap, whose rows take two tiles and stream
 	// their weights twice.
-	wg4mMaxRows = 44
+	wg4mMaxRows = 48
 )
 
 // tileBound returns, for p routed pairs over e local experts, the most rows the permuted layout
