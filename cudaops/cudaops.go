@@ -56,10 +56,10 @@ const (
 	GEMMDecode
 	// GEMMWgmma: FP16 warpgroup MMA (sm_90a), 256 weight rows by up to 152 tokens per block
 	// (128 rows by up to 32 tokens, three blocks an SM, for batches of at most 24 rows per local
-	// expert on average; 384 rows by up to 64 tokens, one block an SM, up to 44 rows, where
+	// expert on average; 384 rows by up to 64 tokens, one block an SM, up to 48 rows, where
 	// experts of more than 64 rows take two tiles or more, each folding the weights again: on an
-	// H200 under uniform routing GPT-OSS-120B 3-4 % and Qwen3-30B-A3B 5-6 % faster there than on
-	// the 256-row blocks, GPT-OSS-120B 5-7 % slower under the bench's Zipf routing), the E8M0
+	// H200 under uniform routing GPT-OSS-120B 3-4 % and Qwen3-30B-A3B 4-6 % faster there than on
+	// the 256-row blocks, GPT-OSS-120B 5-8.5 % slower under the bench's Zipf routing), the E8M0
 	// block scales folded exactly into the FP16 weights relative to a per-row reference
 	// exponent. Layers whose weight rows span more than 24 binades of nonzero block scales, or
 	// hold a NaN scale, cannot be folded exactly and run GEMMTiled instead, also when this

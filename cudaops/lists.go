@@ -20,12 +20,16 @@ const (
 	// wg4sMaxRows: the most routed rows a local expert on average of the batches whose wgmma
 	// GEMMs run on moe_gemm_wg4s (wgSmallBatch). Measured on an H200 against moe_gemm_wg4
 	// (docs/perf.md, "next/wg4s3 and next/wg4s3n, measured"): 10–20 % faster at 6–24 rows, 2–16 %
-	// slower at 32–48 rows of Qwen3-30B-A3B, where the cap splits most experts' rows in two tiles.
+	// slower at 32–48 rows of Qwen3-30B-A3B, where the cap splits most experts' rows in two tiles;
+	// 5–14 % faster than moe_gemm_wg4m at 22–24 rows ("The middle kernel's tier edges").
 	wg4sMaxRows = 24
 	// wg4mMaxRows: the most routed rows a local expert on average of the batches past
 	// wg4sMaxRows whose wgmma GEMMs run on moe_gemm_wg4m (wgMidBatch), its tiles capped at
 	// wg4mTokens: few experts of such batches exceed the cap, whose rows take two tiles and stream
-	// their weights twice.
+	// their weights twice. Measured on an H200 under GEMMAuto (docs/perf.md, "next/wgloop,
+	// next/wg4x6b and next/wg4m, measured" and "The middle kernel's tier edges"): 2.9–5.6 % faster
+	// than moe_gemm_wg4 at 26–48 rows an expert for GPT-OSS-120B and Qwen3-30B-A3B, 5–8.5 %
+	// slower for GPT-OSS-120B under Zipf routing; at 56 rows −1.4 … +2.8 % (both forced).
 	wg4mMaxRows = 48
 )
 
