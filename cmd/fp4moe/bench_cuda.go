@@ -21,7 +21,7 @@ import (
 // benchUsage is the bench's help; %[1]s stands for the default shapes, %[2]s for every shape
 // (benchShapes).
 const benchUsage = `usage: fp4moe bench [--shapes %[1]s] [--m 1,8,64,512,4096,16384]
-                    [--routing uniform,zipf] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
+                    [--routing uniform,zipf,zipf:S] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
                     [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--plan] [--trace N] [--trace-blocks FILE]
                     [--graph-floor=false]
 
@@ -43,6 +43,9 @@ while the earlier copies stay allocated, every row is timed on each copy, and th
 copy with the median time, with the fastest and slowest copies' times beside it (CSV columns
 uploads, min_upload_us, max_upload_us): the spread that where the weights land in memory
 gives, which a single upload cannot show.
+--routing takes uniform (each token's experts drawn uniformly), zipf (expert popularity ∝
+1/rank^1.2: a few experts take most rows) and zipf:S (popularity ∝ 1/rank^S, e.g. zipf:0.4, a
+milder skew), comma-separated.
 --input float gives the layer float32 tokens, which it quantizes to FP8 itself, instead of FP8
 tokens with their scales (the default); the CSV's input column says which.
 With --plan each row is followed by how its two grouped GEMMs run: the kernel and split the layer
@@ -82,7 +85,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() { fmt.Fprintf(stderr, benchUsage, defaults, all) }
 	shapes := fs.String("shapes", defaults, "shapes to run")
 	ms := fs.String("m", "1,8,64,512,4096,16384", "token counts")
-	routings := fs.String("routing", "uniform,zipf", "routings: uniform, zipf")
+	routings := fs.String("routing", "uniform,zipf", "routings: uniform, zipf, zipf:S (popularity exponent S)")
 	csvPath := fs.String("csv", "", "write the rows as CSV to this file")
 	minTime := fs.Duration("min-time", 300*time.Millisecond, "time spent timing each row, at least")
 	seed := fs.Uint64("seed", 1, "seed of weights, inputs and routing")

@@ -9,6 +9,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"sort"
+	"strconv"
+	"strings"
 
 	"github.com/fp4moe/fp4moe/moe"
 )
@@ -92,8 +94,9 @@ func Weights(s Shape, seed uint64) *moe.Weights {
 // Batch draws m tokens and their routing. input "fp8" gives E4M3 codes (no NaN) with group
 // scales of 1/64, "float" standard-normal float32 values. routing "uniform" gives each token
 // TopK distinct experts drawn uniformly, "zipf" TopK distinct experts by popularity ∝ 1/rank^1.2
-// (the ranks a random permutation of the experts); every router weight is 1/TopK. It returns
-// the batch and how many distinct experts it touches.
+// (the ranks a random permutation of the experts), "zipf:S" by popularity ∝ 1/rank^S for an
+// exponent S in (0, 8] (e.g. "zipf:0.4", milder); every router weight is 1/TopK. It returns the
+// batch and how many distinct experts it touches.
 func Batch(s Shape, routing, input string, m int, seed uint64) (*moe.Batch, int, error) {
 	if input != "fp8" && input != "float" {
 		return nil, 0, fmt.Errorf("unknown input %q (want fp8 or float)", input)
@@ -116,19 +119,19 @@ func Batch(s Shape, routing, input string, m int, seed uint64) (*moe.Batch, int,
 	}
 	var cdf []float64
 	perm := rng.Perm(s.E)
-	switch routing {
-	case "uniform":
-	case "zipf":
+	if routing != "uniform" {
+		exp, err := zipfExponent(routing)
+		if err != nil {
+			return nil, 0, err
+		}
 		sum := 0.0
 		for r := range s.E {
-			sum += 1 / math.Pow(float64(r+1), 1.2)
+			sum += 1 / math.Pow(float64(r+1), exp)
 			cdf = append(cdf, sum)
 		}
 		for r := range cdf {
 			cdf[r] /= sum
 		}
-	default:
-		return nil, 0, fmt.Errorf("unknown routing %q (want uniform or zipf)", routing)
 	}
 	touched := map[int32]bool{}
 	for t := range m {
@@ -150,4 +153,19 @@ func Batch(s Shape, routing, input string, m int, seed uint64) (*moe.Batch, int,
 		}
 	}
 	return b, len(touched), nil
+}
+
+// zipfExponent returns the popularity exponent of a Zipf routing's name: 1.2 for "zipf", S for
+// "zipf:S" with S in (0, 8].
+func zipfExponent(routing string) (float64, error) {
+	if routing == "zipf" {
+		return 1.2, nil
+	}
+	if v, ok := strings.CutPrefix(routing, "zipf:"); ok {
+		if exp, err := strconv.ParseFloat(v, 64); err == nil && exp > 0 && exp <= 8 {
+			return exp, nil
+		}
+		return 0, fmt.Errorf("routing %q: the Zipf exponent must be a number in (0, 8]", routing)
+	}
+	return 0, fmt.Errorf("unknown routing %q (want uniform, zipf or zipf:S)", routing)
 }

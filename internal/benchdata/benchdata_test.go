@@ -113,7 +113,21 @@ func TestBatch(t *testing.T) {
 	if uniform := 2048 * 4 / 16; float64(top) < 1.5*float64(uniform) {
 		t.Errorf("zipf: the most used expert has %d rows, uniform would give %d", top, uniform)
 	}
-	for _, c := range []struct{ routing, input string }{{"round-robin", "fp8"}, {"uniform", "bf16"}} {
+	// A milder exponent concentrates less: the top expert's share between uniform and zipf's.
+	mild, _, err := Batch(s, "zipf:0.4", "fp8", 2048, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mcount := map[int32]int{}
+	mtop := 0
+	for _, id := range mild.TopKIDs {
+		mcount[id]++
+		mtop = max(mtop, mcount[id])
+	}
+	if uniform := 2048 * 4 / 16; mtop >= top || float64(mtop) < 1.1*float64(uniform) {
+		t.Errorf("zipf:0.4: the most used expert has %d rows, want between %d (uniform) and %d (zipf)", mtop, uniform, top)
+	}
+	for _, c := range []struct{ routing, input string }{{"round-robin", "fp8"}, {"uniform", "bf16"}, {"zipf:0", "fp8"}, {"zipf:-1", "fp8"}, {"zipf:x", "fp8"}, {"zipf:9", "fp8"}, {"zipf:NaN", "fp8"}} {
 		if _, _, err := Batch(s, c.routing, c.input, 1, 1); err == nil {
 			t.Errorf("Batch(%s, %s) gave no error", c.routing, c.input)
 		}
