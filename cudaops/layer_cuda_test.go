@@ -243,20 +243,14 @@ func TestWgmmaSmallTiles(t *testing.T) {
 			m      int
 			kernel string
 		}{{176, "moe_gemm_wg4m"}, {80, "moe_gemm_wg4s"}} {
-			b := c.Batch
-			b.M = sub.m
-			b.A1q, b.A1qScale = b.A1q[:sub.m*s.K], b.A1qScale[:sub.m*s.K/128]
-			b.TopKIDs, b.TopKWeights = b.TopKIDs[:sub.m*s.TopK], b.TopKWeights[:sub.m*s.TopK]
-			if b.X != nil {
-				b.X = b.X[:sub.m*s.K]
-			}
+			b := c.Batch.Slice(s.K, 0, sub.m)
 			if n := planRuns(mustPlan(t, l, b.M, s.TopK), sub.kernel); n != 2 {
 				t.Fatalf("%d GEMMs on %s at %d tokens, want 2", n, sub.kernel, sub.m)
 			}
 			if l.wgfTiles(b.M*s.TopK) <= l.wgfTiles(s.M*s.TopK) {
 				t.Fatalf("%d tiles at %d tokens, %d at %d: the case needs more at %d", l.wgfTiles(b.M*s.TopK), sub.m, l.wgfTiles(s.M*s.TopK), s.M, sub.m)
 			}
-			nearNative(t, forward(t, l, &b, s.K), &c.Weights, c.Config, &b)
+			nearNative(t, forward(t, l, b, s.K), &c.Weights, c.Config, b)
 		}
 	})
 }
