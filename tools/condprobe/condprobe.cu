@@ -91,6 +91,20 @@ static double time_graph(cudaGraph_t g, cudaStream_t s) {
   return r[r.size() / 2];
 }
 
+// One stage kernel on s, under programmatic launch when pdl is set.
+static void launch_stage(cudaStream_t s, unsigned grid, bool pdl, int* buf, int tag) {
+  cudaLaunchConfig_t c = {};
+  c.gridDim = dim3(grid);
+  c.blockDim = dim3(128);
+  c.stream = s;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  c.attrs = at;
+  c.numAttrs = pdl ? 1 : 0;
+  CK(cudaLaunchKernelEx(&c, stage, buf, tag));
+}
+
 // A chain of n stage kernels after head, captured with programmatic launch (pdl) or plain.
 static cudaGraph_t captured_chain(cudaStream_t s, Bufs b, int n, bool pdl, unsigned grid, long long spin) {
   CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
@@ -99,16 +113,7 @@ static cudaGraph_t captured_chain(cudaStream_t s, Bufs b, int n, bool pdl, unsig
   int set = 0;
   head<<<1, 128, 0, s>>>(h0, v, set, b.flag, spin);
   for (int i = 0; i < n; i++) {
-    cudaLaunchConfig_t c = {};
-    c.gridDim = dim3(grid);
-    c.blockDim = dim3(128);
-    c.stream = s;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    c.attrs = at;
-    c.numAttrs = pdl ? 1 : 0;
-    CK(cudaLaunchKernelEx(&c, stage, b.buf, i));
+    launch_stage(s, grid, pdl, b.buf, i);
   }
   cudaGraph_t g;
   CK(cudaStreamEndCapture(s, &g));
@@ -140,16 +145,7 @@ static cudaGraph_t cond_graph(cudaStream_t s, Bufs b, int nbody, unsigned v, int
     cudaGraph_t body = cp.conditional.phGraph_out[k];
     CK(cudaStreamBeginCaptureToGraph(s, body, nullptr, nullptr, 0, cudaStreamCaptureModeThreadLocal));
     for (int i = 0; i < inner; i++) {
-      cudaLaunchConfig_t c = {};
-      c.gridDim = dim3(grid);
-      c.blockDim = dim3(128);
-      c.stream = s;
-      cudaLaunchAttribute at[1];
-      at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      at[0].val.programmaticStreamSerializationAllowed = 1;
-      c.attrs = at;
-      c.numAttrs = i > 0 ? 1 : 0;
-      CK(cudaLaunchKernelEx(&c, stage, b.buf, (int)(100 * k + i)));
+      launch_stage(s, grid, i > 0, b.buf, (int)(100 * k + i));
     }
     cudaGraph_t out = nullptr;
     CK(cudaStreamEndCapture(s, &out));
