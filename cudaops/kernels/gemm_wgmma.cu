@@ -683,7 +683,9 @@ __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, 
     for (int k = 0; k < 4; k++) {
       r[k] = wg_rescale(av[k], R[k] + v, bb[k]);
     }
-    *reinterpret_cast<float4*>(o + (i64)tok * A.N) = make_float4(r[0], r[1], r[2], r[3]);
+    // One 16-byte store (PTX's v4 store: the compiler split the float4 assignment into four).
+    asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(o + (i64)tok * A.N), "f"(r[0]), "f"(r[1]), "f"(r[2]), "f"(r[3])
+                 : "memory");
   }
 }
 
