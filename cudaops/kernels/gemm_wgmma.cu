@@ -674,14 +674,20 @@ __device__ __forceinline__ void wg4_store(const WgfArgs& A, u8* smem, int row0, 
   const float4 b = A.bias ? *reinterpret_cast<const float4*>(A.bias + A.wrow0 + 4 * c4) : make_float4(0.f, 0.f, 0.f, 0.f);
   const float bb[4] = {b.x, b.y, b.z, b.w};
   float* o = A.out + (i64)row0 * A.N + (A.wrow0 - (i64)A.e * A.N) + 4 * c4;
+  // The four rows' exponents of a token are all normal (wg_rescale's first form) unless the
+  // token's or a row's exponent is extreme: one test a token instead of one a value.
+  const int rlo = min(min(R[0], R[1]), min(R[2], R[3])), rhi = max(max(R[0], R[1]), max(R[2], R[3]));
   for (int tok = threadIdx.x / (C::ROWS / 4); tok < nvalid; tok += C::THREADS / (C::ROWS / 4)) {
     const int v = tref[tok] - 127;
     const float4 a = *reinterpret_cast<const float4*>(&tile[tok * TROW + 4 * c4]);
     const float av[4] = {a.x, a.y, a.z, a.w};
     float r[4];
+    if (rlo + v >= 1 && rhi + v <= 254) {
 #pragma unroll
-    for (int k = 0; k < 4; k++) {
-      r[k] = wg_rescale(av[k], R[k] + v, bb[k]);
+      for (int k = 0; k < 4; k++) r[k] = wg_rescale_normal(av[k], R[k] + v, bb[k]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; k++) r[k] = wg_rescale(av[k], R[k] + v, bb[k]);
     }
     // One 16-byte store (PTX's v4 store: the compiler split the float4 assignment into four).
     asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(o + (i64)tok * A.N), "f"(r[0]), "f"(r[1]), "f"(r[2]), "f"(r[3])
