@@ -13,12 +13,12 @@ GEMMs' summed times. Runs on the GPU machine (torch is there); prints one line a
 kind, and the dense square rates of tools/matmul_rate.py first.
 
 Usage: python3 tools/grouped_rate.py [M ...]   (default 4096 16384)"""
-import statistics
 import sys
 
 import torch
 
 from matmul_rate import main as dense_rates
+from matmul_rate import median_ms as timed
 
 # (name, K, I, E, topk), the dimensions fp4moe bench uses (GPT-OSS-120B padded to 128).
 SHAPES = [
@@ -28,20 +28,9 @@ SHAPES = [
 ]
 
 
-def median_ms(fn, reps=20):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def median_ms(fn):
+    """tools/matmul_rate.py's timing: 20 timed calls after 3 untimed ones, their median in ms."""
+    return timed(fn, reps=20, warmup=3)
 
 
 def fp16_bmm(e, rows, k, n):

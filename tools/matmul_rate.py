@@ -11,8 +11,9 @@ import sys
 import torch
 
 
-def rate(fn, flops, reps=50):
-    for _ in range(10):
+def median_ms(fn, reps=50, warmup=10):
+    """The median of reps timed calls of fn after warmup untimed ones, in ms (CUDA events)."""
+    for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
@@ -24,7 +25,11 @@ def rate(fn, flops, reps=50):
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))  # ms
-    return flops / (statistics.median(times) * 1e-3) / 1e12
+    return statistics.median(times)
+
+
+def rate(fn, flops, reps=50):
+    return flops / (median_ms(fn, reps) * 1e-3) / 1e12
 
 
 def main():
