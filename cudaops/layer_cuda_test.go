@@ -5,6 +5,7 @@ package cudaops
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -418,6 +419,100 @@ func TestWgmmaFoldFallback(t *testing.T) {
 		t.Fatalf("kernel %d, want the tiled GEMM for weights the fold cannot hold", k)
 	}
 	nearNative(t, forward(t, l, &c.Batch, 256), &w, c.Config, &c.Batch)
+}
+
+// TestWgmmaTinyScales runs the folding kernels where the epilogue's power of two 2^(R + x - 254)
+// (R a weight row's fold reference, x its token's largest scale exponent, both biased) is not a
+// normal float, so that wg4_store takes wg_rescale's second form (ldexpf): the tokens' scales are
+// divided by 2^d (d about 115, chosen from the case's exponents), every one still a normal power
+// of two (the tiles fold) and the outputs still normal floats. The case is checked to hold token
+// and four-row pairs of each kind: every row below (the second form), some below (a choice per
+// value), none below. The device's fold references against the host's; each kernel twice
+// (bitwise), near native and the float64 reference, and bitwise against moe_gemm_wg4.
+func TestWgmmaTinyScales(t *testing.T) {
+	s := conformance.Spec{M: 300, K: 512, I: 256, E: 4, TopK: 2, Activation: moe.SwiGLUOAI, Seed: 41}
+	c := conformance.Generate(s)
+	w, b := &c.Weights, c.Batch
+	G := s.K / 128
+	R := foldRefs(w.W13, w.W13Scale, s.E*2*s.I, s.K)
+	l := kernelLayer(t, w, c.Config, GEMMWgmma)
+	for r, v := range download[uint8](t, l, l.ref13, len(R)) {
+		if int(v) != R[r] {
+			t.Fatalf("W13 row %d: device fold reference %d, want %d", r, v, R[r])
+		}
+	}
+	exp := func(f float32) int { return int(math.Float32bits(f)>>23) & 0xff }
+	tref := make([]int, s.M)
+	for i, v := range b.A1qScale {
+		tref[i/G] = max(tref[i/G], exp(v))
+	}
+	d := (slices.Min(R)+slices.Max(R)+slices.Min(tref)+slices.Max(tref)+1)/2 - 127
+	b.A1qScale = append([]float32(nil), b.A1qScale...)
+	for i, v := range b.A1qScale {
+		b.A1qScale[i] = float32(math.Ldexp(float64(v), -d))
+		if e := exp(b.A1qScale[i]); e < 1 || e != exp(v)-d {
+			t.Fatalf("scale %d: %v / 2^%d has exponent %d, want a normal float", i, v, d, e)
+		}
+	}
+	var kinds [3]int // token and four rows: all below the normal floats, some, none
+	for p, id := range b.TopKIDs {
+		v := tref[p/s.TopK] - d - 127
+		for q := int(id) * 2 * s.I; q < (int(id)+1)*2*s.I; q += 4 {
+			lo, hi := slices.Min(R[q:q+4]), slices.Max(R[q:q+4])
+			kinds[btoi(lo+v < 1)+btoi(hi+v < 1)]++
+		}
+	}
+	t.Logf("d = %d: %d token and four-row pairs with every power of two subnormal, %d with some, %d with none", d, kinds[2], kinds[1], kinds[0])
+	if kinds[0] == 0 || kinds[1] == 0 || kinds[2] == 0 {
+		t.Fatalf("pairs of each kind %v, want all three", kinds)
+	}
+	want64 := make([]float32, s.M*s.K)
+	for i, v := range conformance.Reference(w, &c.Config, &b) {
+		want64[i] = float32(v)
+	}
+	var ref []float32
+	for _, k := range []struct {
+		name       string
+		small, mid int
+	}{{"moe_gemm_wg4", 0, 0}, {"moe_gemm_wg4m", 0, 1 << 20}, {"moe_gemm_wg4s", 1 << 20, 0}} {
+		l.wgSmallRows, l.wgMidRows = k.small, k.mid
+		if n := planRuns(mustPlan(t, l, s.M, s.TopK), k.name); n != 2 {
+			t.Fatalf("%d GEMMs on %s, want 2", n, k.name)
+		}
+		got := forwardTwice(t, l, &b, s.K, k.name)
+		nearNative(t, got, w, c.Config, &b)
+		if e := conformance.RelL2(got, want64); e > 1e-3 {
+			t.Fatalf("%s: rel L2 %.3e against float64", k.name, e)
+		}
+		if ref == nil {
+			ref = got
+		} else {
+			sameBits(t, k.name+" against moe_gemm_wg4", got, ref)
+		}
+	}
+}
+
+// foldRefs returns the wgmma GEMM's fold reference of each of rows MXFP4 rows of k values (packed
+// codes, E8M0 scales): the largest scale byte among the row's blocks that hold a nonzero value,
+// 127 for a row of zeros.
+func foldRefs(packed, scales []uint8, rows, k int) []int {
+	R := make([]int, rows)
+	for r := range R {
+		R[r] = 127
+		best := -1
+		for blk := range k / 32 {
+			for _, p := range packed[r*k/2+16*blk : r*k/2+16*blk+16] {
+				if p&0x77 != 0 { // a code other than ±0
+					best = max(best, int(scales[r*k/32+blk]))
+					break
+				}
+			}
+		}
+		if best >= 0 {
+			R[r] = best
+		}
+	}
+	return R
 }
 
 // TestDecodeScales runs the streaming GEMM on weights without and with special E8M0 scale
