@@ -421,56 +421,138 @@ func TestWgmmaFoldFallback(t *testing.T) {
 	nearNative(t, forward(t, l, &c.Batch, 256), &w, c.Config, &c.Batch)
 }
 
-// TestWgmmaTinyScales runs the folding kernels where the epilogue's power of two 2^(R + x - 254)
-// (R a weight row's fold reference, x its token's largest scale exponent, both biased) is not a
-// normal float, so that wg4_store takes wg_rescale's second form (ldexpf): the tokens' scales are
-// divided by 2^d (d about 115, chosen from the case's exponents), every one still a normal power
-// of two (the tiles fold) and the outputs still normal floats. The case is checked to hold token
-// and four-row pairs of each kind: every row below (the second form), some below (a choice per
-// value), none below. The device's fold references against the host's; each kernel twice
-// (bitwise), near native and the float64 reference, and bitwise against moe_gemm_wg4.
+// TestWgmmaTinyScales runs the folding kernels where the epilogue's power of two 2^(e - 127),
+// e = R + x - 127 (R a weight row's fold reference, x the largest scale exponent of its token,
+// both biased), is not a normal float, so that wg4_store takes wg_rescale's second form
+// (ldexpf). Each case lowers one GEMM's exponents by d binades (d about 115, chosen from the
+// case's exponents so that e straddles 1), every scale still a normal power of two (the tiles
+// fold), and is checked to hold token and four-row pairs of each kind: every power of two
+// subnormal (the second form), some (a choice per value), none. GEMM1: the tokens' scales
+// divided by 2^d; its outputs (about 2^-115) lie below the activation's amax floor of 1e-10, so
+// the layer's output is 0 and GEMM1's output is checked against the host's float64 GEMM1.
+// GEMM2: W2's scale bytes less d; its outputs reach the layer's output, checked against native
+// and the float64 reference. The device's fold references against the host's; every case on
+// moe_gemm_wg4, moe_gemm_wg4m and moe_gemm_wg4s, each twice (bitwise) and bitwise against
+// moe_gemm_wg4.
 func TestWgmmaTinyScales(t *testing.T) {
 	s := conformance.Spec{M: 300, K: 512, I: 256, E: 4, TopK: 2, Activation: moe.SwiGLUOAI, Seed: 41}
 	c := conformance.Generate(s)
-	w, b := &c.Weights, c.Batch
-	G := s.K / 128
-	R := foldRefs(w.W13, w.W13Scale, s.E*2*s.I, s.K)
+	w, P := &c.Weights, s.M*s.TopK
+	R1 := foldRefs(w.W13, w.W13Scale, s.E*2*s.I, s.K)
+	R2 := foldRefs(w.W2, w.W2Scale, s.E*s.K, s.I)
 	l := kernelLayer(t, w, c.Config, GEMMWgmma)
-	for r, v := range download[uint8](t, l, l.ref13, len(R)) {
-		if int(v) != R[r] {
-			t.Fatalf("W13 row %d: device fold reference %d, want %d", r, v, R[r])
+	sameRefs(t, "W13", download[uint8](t, l, l.ref13, len(R1)), R1)
+	sameRefs(t, "W2", download[uint8](t, l, l.ref2, len(R2)), R2)
+	// The routed rows (the same for every batch of these ids) and GEMM2's tokens' scales.
+	forward(t, l, &c.Batch, s.K)
+	rows, _ := l.bounds(P)
+	rowPair := download[int32](t, l, l.ws.rowPair, rows)
+	n := int(download[int32](t, l, l.ws.offsets, s.E+1)[s.E])
+	a2s := download[float32](t, l, l.ws.a2s, n*s.I/128)
+
+	t.Run("GEMM1", func(t *testing.T) {
+		b := c.Batch
+		x := rowExponents(b.A1qScale, s.K/128)
+		var pairs [][2]int
+		for p, id := range b.TopKIDs {
+			pairs = append(pairs, [2]int{int(id), x[p/s.TopK]})
 		}
-	}
-	exp := func(f float32) int { return int(math.Float32bits(f)>>23) & 0xff }
-	tref := make([]int, s.M)
-	for i, v := range b.A1qScale {
-		tref[i/G] = max(tref[i/G], exp(v))
-	}
-	d := (slices.Min(R)+slices.Max(R)+slices.Min(tref)+slices.Max(tref)+1)/2 - 127
-	b.A1qScale = append([]float32(nil), b.A1qScale...)
-	for i, v := range b.A1qScale {
-		b.A1qScale[i] = float32(math.Ldexp(float64(v), -d))
-		if e := exp(b.A1qScale[i]); e < 1 || e != exp(v)-d {
-			t.Fatalf("scale %d: %v / 2^%d has exponent %d, want a normal float", i, v, d, e)
+		d := lowering(t, R1, 2*s.I, pairs)
+		b.A1qScale = append([]float32(nil), b.A1qScale...)
+		for i, v := range b.A1qScale {
+			b.A1qScale[i] = float32(math.Ldexp(float64(v), -d))
+			if e := biasedExp(b.A1qScale[i]); e < 1 || e != biasedExp(v)-d {
+				t.Fatalf("token scale %d: %v / 2^%d has exponent %d, want a normal float", i, v, d, e)
+			}
 		}
-	}
-	var kinds [3]int // token and four rows: all below the normal floats, some, none
-	for p, id := range b.TopKIDs {
-		v := tref[p/s.TopK] - d - 127
-		for q := int(id) * 2 * s.I; q < (int(id)+1)*2*s.I; q += 4 {
-			lo, hi := slices.Min(R[q:q+4]), slices.Max(R[q:q+4])
-			kinds[btoi(lo+v < 1)+btoi(hi+v < 1)]++
+		// GEMM1's output row r (pair rowPair[r]) in float64 from the decoded operands.
+		want := make([]float64, n*2*s.I)
+		wrow, xrow := make([]float32, s.K), make([]float64, s.K)
+		for r := range n {
+			p := int(rowPair[r])
+			if p < 0 {
+				continue
+			}
+			tok, e := p/s.TopK, int(b.TopKIDs[p])
+			for j := range xrow {
+				xrow[j] = float64(native.DecodeE4M3(b.A1q[tok*s.K+j])) * float64(b.A1qScale[tok*s.K/128+j/128])
+			}
+			for o := range 2 * s.I {
+				row := e*2*s.I + o
+				native.DequantizeMXFP4(wrow, w.W13[row*s.K/2:(row+1)*s.K/2], w.W13Scale[row*s.K/32:(row+1)*s.K/32])
+				var acc float64
+				for j, v := range wrow {
+					acc += float64(v) * xrow[j]
+				}
+				want[r*2*s.I+o] = acc
+			}
 		}
-	}
-	t.Logf("d = %d: %d token and four-row pairs with every power of two subnormal, %d with some, %d with none", d, kinds[2], kinds[1], kinds[0])
-	if kinds[0] == 0 || kinds[1] == 0 || kinds[2] == 0 {
-		t.Fatalf("pairs of each kind %v, want all three", kinds)
-	}
-	want64 := make([]float32, s.M*s.K)
-	for i, v := range conformance.Reference(w, &c.Config, &b) {
-		want64[i] = float32(v)
-	}
-	var ref []float32
+		onFoldingKernels(t, l, s, func(name string) []float32 {
+			got := forwardTwice(t, l, &b, s.K, name)
+			nearNative(t, got, w, c.Config, &b)
+			got = download[float32](t, l, l.ws.h, n*2*s.I)
+			for r := range n {
+				if rowPair[r] < 0 { // padding rows: never read
+					clear(got[r*2*s.I : (r+1)*2*s.I])
+				}
+			}
+			e := conformance.RelL2(got, want)
+			t.Logf("%s: GEMM1's output, largest %.3g, rel L2 against float64 %.2e", name, slices.Max(got), e)
+			if e > 1e-5 {
+				t.Fatalf("%s: GEMM1's output rel L2 %.3e against float64", name, e)
+			}
+			return got
+		})
+	})
+
+	t.Run("GEMM2", func(t *testing.T) {
+		// The real rows' exponents (the padding rows' scales are never written).
+		x := rowExponents(a2s, s.I/128)
+		var pairs [][2]int
+		for r, p := range rowPair[:n] {
+			if p >= 0 {
+				pairs = append(pairs, [2]int{int(c.Batch.TopKIDs[p]), x[r]})
+			}
+		}
+		d := lowering(t, R2, s.K, pairs)
+		w2 := *w
+		w2.W2Scale = append([]uint8(nil), w.W2Scale...)
+		for i, v := range w2.W2Scale {
+			if int(v)-d < 1 {
+				t.Fatalf("W2 scale %d: byte %d less %d is not a normal power of two", i, v, d)
+			}
+			w2.W2Scale[i] = v - uint8(d)
+		}
+		l2 := kernelLayer(t, &w2, c.Config, GEMMWgmma)
+		want := make([]float32, s.M*s.K)
+		for i, v := range conformance.Reference(&w2, &c.Config, &c.Batch) {
+			want[i] = float32(v)
+		}
+		onFoldingKernels(t, l2, s, func(name string) []float32 {
+			got := forwardTwice(t, l2, &c.Batch, s.K, name)
+			for r, v := range rowExponents(download[float32](t, l2, l2.ws.a2s, len(a2s)), s.I/128) {
+				if rowPair[r] >= 0 && v != x[r] {
+					t.Fatalf("%s: row %d's GEMM2 token exponent %d, want %d (as with W2 unchanged)", name, r, v, x[r])
+				}
+			}
+			nearNative(t, got, &w2, c.Config, &c.Batch)
+			e := conformance.RelL2(got, want)
+			t.Logf("%s: output largest %.3g, rel L2 against float64 %.2e", name, slices.Max(got), e)
+			if e > 1e-3 {
+				t.Fatalf("%s: rel L2 %.3e against float64", name, e)
+			}
+			return got
+		})
+	})
+}
+
+// onFoldingKernels runs check on l with the plan forced onto each folding kernel in turn
+// (moe_gemm_wg4, moe_gemm_wg4m, moe_gemm_wg4s; both GEMMs), and fails the test unless each
+// kernel's result is bitwise moe_gemm_wg4's.
+func onFoldingKernels(t *testing.T, l *Layer, s conformance.Spec, check func(kernel string) []float32) {
+	t.Helper()
+	defer func() { l.wgSmallRows, l.wgMidRows = 0, 0 }()
+	var first []float32
 	for _, k := range []struct {
 		name       string
 		small, mid int
@@ -479,15 +561,63 @@ func TestWgmmaTinyScales(t *testing.T) {
 		if n := planRuns(mustPlan(t, l, s.M, s.TopK), k.name); n != 2 {
 			t.Fatalf("%d GEMMs on %s, want 2", n, k.name)
 		}
-		got := forwardTwice(t, l, &b, s.K, k.name)
-		nearNative(t, got, w, c.Config, &b)
-		if e := conformance.RelL2(got, want64); e > 1e-3 {
-			t.Fatalf("%s: rel L2 %.3e against float64", k.name, e)
-		}
-		if ref == nil {
-			ref = got
+		got := check(k.name)
+		if first == nil {
+			first = got
 		} else {
-			sameBits(t, k.name+" against moe_gemm_wg4", got, ref)
+			sameBits(t, k.name+" against moe_gemm_wg4", got, first)
+		}
+	}
+}
+
+// lowering returns the binades d by which to lower a GEMM's exponents so that its token and
+// four-row pairs hold the most of the rarest of three kinds: e = R + x - 127 - d below 1 for all
+// four rows (every power of two subnormal), for some, for none (R the fold references, rowsPer
+// rows an expert; pairs of an expert and its token's largest biased scale exponent x). It fails
+// the test unless each kind occurs.
+func lowering(t *testing.T, R []int, rowsPer int, pairs [][2]int) int {
+	t.Helper()
+	kinds := func(d int) (k [3]int) {
+		for _, p := range pairs {
+			v := p[1] - 127 - d
+			for q := p[0] * rowsPer; q < (p[0]+1)*rowsPer; q += 4 {
+				k[btoi(slices.Min(R[q:q+4])+v < 1)+btoi(slices.Max(R[q:q+4])+v < 1)]++
+			}
+		}
+		return k
+	}
+	best, bestMin := 0, -1
+	for d := range 254 {
+		if k := kinds(d); slices.Min(k[:]) > bestMin {
+			best, bestMin = d, slices.Min(k[:])
+		}
+	}
+	k := kinds(best)
+	t.Logf("d = %d: %d token and four-row pairs with every power of two subnormal, %d with some, %d with none", best, k[2], k[1], k[0])
+	if bestMin == 0 {
+		t.Fatalf("no lowering gives pairs of each kind")
+	}
+	return best
+}
+
+// biasedExp returns a float32's biased exponent.
+func biasedExp(f float32) int { return int(math.Float32bits(f)>>23) & 0xff }
+
+// rowExponents returns each row's largest biased exponent of scales (rows of g).
+func rowExponents(scales []float32, g int) []int {
+	x := make([]int, len(scales)/g)
+	for i, v := range scales {
+		x[i/g] = max(x[i/g], biasedExp(v))
+	}
+	return x
+}
+
+// sameRefs fails the test unless the device's fold references are the host's.
+func sameRefs(t *testing.T, what string, got []uint8, want []int) {
+	t.Helper()
+	for r, v := range got {
+		if int(v) != want[r] {
+			t.Fatalf("%s row %d: device fold reference %d, want %d", what, r, v, want[r])
 		}
 	}
 }
