@@ -226,7 +226,9 @@ func mxfp4Row(dst []float64, packed, scales []uint8) {
 	}
 }
 
-// RelL2 returns ||got - want|| / ||want|| (or ||got|| when want is all zeros).
+// RelL2 returns ||got - want|| / ||want|| (or ||got|| when want is all zeros). A NaN in
+// either slice, or infinities that cancel, give +Inf rather than NaN, so that a check
+// written e > tol fails as surely as one written !(e <= tol).
 func RelL2[T float32 | float64](got []float32, want []T) float64 {
 	var num, den float64
 	for i, g := range got {
@@ -234,8 +236,12 @@ func RelL2[T float32 | float64](got []float32, want []T) float64 {
 		num += d * d
 		den += float64(want[i]) * float64(want[i])
 	}
-	if den == 0 {
-		return math.Sqrt(num)
+	e := math.Sqrt(num)
+	if den != 0 {
+		e = math.Sqrt(num / den)
 	}
-	return math.Sqrt(num / den)
+	if math.IsNaN(e) {
+		return math.Inf(1)
+	}
+	return e
 }

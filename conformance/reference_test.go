@@ -183,3 +183,28 @@ func TestQuantizeRows(t *testing.T) {
 		}
 	}
 }
+
+// TestRelL2 checks RelL2's value on named cases, NaN and cancelling infinities included (+Inf,
+// so that a check written e > tol fails).
+func TestRelL2(t *testing.T) {
+	inf, nan := float32(math.Inf(1)), float32(math.NaN())
+	for _, c := range []struct {
+		name      string
+		got, want []float32
+		e         float64
+	}{
+		{"equal", []float32{1, -2, 3}, []float32{1, -2, 3}, 0},
+		{"3-4-5", []float32{3, 4}, []float32{0, 8}, 5.0 / 8},
+		{"zero want", []float32{3, -4}, []float32{0, 0}, 5},
+		{"both zero", []float32{0, 0}, []float32{0, 0}, 0},
+		{"NaN got", []float32{nan, 1}, []float32{1, 1}, math.Inf(1)},
+		{"NaN want", []float32{1, 1}, []float32{1, nan}, math.Inf(1)},
+		{"NaN both", []float32{nan}, []float32{nan}, math.Inf(1)},
+		{"Inf got", []float32{inf, 1}, []float32{1, 1}, math.Inf(1)},
+		{"Inf both", []float32{inf}, []float32{inf}, math.Inf(1)},
+	} {
+		if e := RelL2(c.got, c.want); e != c.e {
+			t.Errorf("%s: RelL2 = %v, want %v", c.name, e, c.e)
+		}
+	}
+}
