@@ -23,7 +23,7 @@ import (
 const benchUsage = `usage: fp4moe bench [--shapes %[1]s] [--m 1,8,64,512,4096,16384]
                     [--routing uniform,zipf,zipf:S] [--gemm auto|tiled|decode|wgmma] [--stages] [--csv FILE]
                     [--min-time 300ms] [--seed 1] [--uploads 1] [--input fp8|float] [--plan] [--trace N] [--trace-blocks FILE]
-                    [--graph-floor=false]
+                    [--graph-floor=false] [--host]
 
 Shapes: %[2]s.
 Times the whole layer (routing metadata to reduce) per call with CUDA-graph replay, rotating
@@ -48,6 +48,11 @@ gives, which a single upload cannot show.
 milder skew), comma-separated.
 --input float gives the layer float32 tokens, which it quantizes to FP8 itself, instead of FP8
 tokens with their scales (the default); the CSV's input column says which.
+With --host each row is followed by the host path's time a call: Forward from Go slices to Go
+slices, as the Gorgonia ops call it (the batch validated, copied to the device through pinned
+memory, every stage, the output copied back and the stream synchronized), wall time, median and
+10th and 90th percentiles over calls that rotate over the row's batches, and its ratio to the
+graph replay's median (CSV columns host_us, host_p10_us, host_p90_us; empty without --host).
 With --plan each row is followed by how its two grouped GEMMs run: the kernel and split the layer
 picks, the grid's blocks (for the batch's tile bound; blocks without a tile return at once), the
 blocks a multiprocessor holds at once (the driver's occupancy) and the waves they make.
@@ -95,6 +100,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	uploads := fs.Int("uploads", 1, "uploads of each shape's weights, each timed (median reported)")
 	input := fs.String("input", "fp8", "the tokens: fp8 (quantized, with scales) or float (float32, quantized by the layer)")
 	graphFloor := fs.Bool("graph-floor", true, "measure the graph replay's floor first (thousands of one-block launches)")
+	host := fs.Bool("host", false, "also time the host path (Forward from and to Go slices, wall time a call)")
 	trace := fs.Int("trace", 0, "also print each row's stage timeline over this many replays of each batch (kernels built with MOE_TRACE)")
 	traceBlocks := fs.String("trace-blocks", "", "write every traced block's span and SM, one replay of each row, as CSV to this file (kernels built with MOE_TRACE and MOE_TRACE_BLOCKS)")
 	if err := fs.Parse(args); err != nil {
@@ -154,7 +160,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	run := benchRun{device: d.Name, copyBW: copyBW, graph: floors}
 	w, closeCSV, err := createCSV(*csvPath, []string{"device", "date", "shape", "K", "I", "E", "topk", "routing", "M", "experts_touched", "weight_bytes",
 		"median_us", "p10_us", "p90_us", "weight_GBps", "TFLOPs", "copy_GBps", "floor_us", "ratio_to_floor", "launches", "gemm",
-		"uploads", "min_upload_us", "max_upload_us", "input", "graph1_us", "graph5_us"})
+		"uploads", "min_upload_us", "max_upload_us", "input", "graph1_us", "graph5_us", "host_us", "host_p10_us", "host_p90_us"})
 	if err != nil {
 		fmt.Fprintf(stderr, "fp4moe bench: %v\n", err)
 		return 2
@@ -180,7 +186,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fp4moe bench: %s: %v\n", s.Name, err)
 			return 2
 		}
-		code := benchShapeRows(layers, s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, run, *stages, *plan, tr, w, stdout, stderr)
+		code := benchShapeRows(layers, s, strings.Split(*routings, ","), *input, mvals, *seed, *minTime, run, rowOpts{*stages, *plan, *host}, tr, w, stdout, stderr)
 		closeLayers(layers)
 		if code != 0 {
 			return code
@@ -219,10 +225,14 @@ type benchRun struct {
 	graph  [2]time.Duration
 }
 
+// rowOpts are the bench's per-row extras: stage times (--stages), the GEMMs' plans (--plan) and
+// the host path's time (--host).
+type rowOpts struct{ stages, plan, host bool }
+
 // benchShapeRows times every (routing, M) of one shape on each of its uploads and prints (and
 // writes, when w is set) the rows; it returns the command's exit code.
 func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []string, input string, ms []int, seed uint64, minTime time.Duration, run benchRun,
-	stages, plan bool, tr traceOpts, w *csv.Writer, stdout, stderr io.Writer) int {
+	opts rowOpts, tr traceOpts, w *csv.Writer, stdout, stderr io.Writer) int {
 	l := layers[0]
 	for _, routing := range routings {
 		for _, m := range ms {
@@ -243,7 +253,7 @@ func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []strin
 			}
 			fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f  %-7s %s\n", s.Name, routing, m, r.experts,
 				r.bytes/1e6, us(r.median), r.bytes/r.median.Seconds()/1e9, r.flops/r.median.Seconds()/1e12, us(r.floor), r.median.Seconds()/r.floor.Seconds(), gemm, spread)
-			if stages {
+			if opts.stages {
 				st, err := stageTimes(l, s, routing, input, m, seed)
 				if err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: stages: %v\n", err)
@@ -252,7 +262,7 @@ func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []strin
 				fmt.Fprintf(stdout, "    stages µs: permute+route %.1f  GEMM1 %.1f  activation %.1f  GEMM2 %.1f  reduce %.1f  (sum %.1f)\n",
 					us(st.Permute), us(st.GEMM1), us(st.Activation), us(st.GEMM2), us(st.Reduce), us(st.Total()))
 			}
-			if plan {
+			if opts.plan {
 				p, err := l.Plan(m, s.TopK)
 				if err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: plan: %v\n", err)
@@ -263,6 +273,17 @@ func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []strin
 			if tr.n > 0 {
 				printTrace(stdout, r.trace)
 			}
+			hostCols := []string{"", "", ""}
+			if opts.host {
+				h, err := hostTimes(l, s, routing, input, m, seed, minTime)
+				if err != nil {
+					fmt.Fprintf(stderr, "fp4moe bench: host path: %v\n", err)
+					return 2
+				}
+				fmt.Fprintf(stdout, "    host path µs: median %.1f (p10 %.1f, p90 %.1f), %.2f× the graph replay\n",
+					us(h.median), us(h.p10), us(h.p90), h.median.Seconds()/r.median.Seconds())
+				hostCols = []string{ff(us(h.median)), ff(us(h.p10)), ff(us(h.p90))}
+			}
 			for _, b := range r.blocks {
 				tr.blocks.Write([]string{s.Name, routing, itoa(m), cudaops.TraceStages[b.Stage], itoa(b.X), itoa(b.Y), itoa(b.SM), ff(us(b.Start)), ff(us(b.End))})
 			}
@@ -270,7 +291,7 @@ func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []strin
 				w.Write([]string{run.device, time.Now().UTC().Format("2006-01-02"), s.Name, itoa(s.K), itoa(s.I), itoa(s.E), itoa(s.TopK), routing, itoa(m),
 					ff(r.experts), ff(r.bytes), ff(us(r.median)), ff(us(r.p10)), ff(us(r.p90)), ff(r.bytes / r.median.Seconds() / 1e9),
 					ff(r.flops / r.median.Seconds() / 1e12), ff(run.copyBW / 1e9), ff(us(r.floor)), ff(r.median.Seconds() / r.floor.Seconds()), itoa(r.launches), gemm,
-					itoa(len(rs)), ff(us(lo)), ff(us(hi)), input, ff(us(run.graph[0])), ff(us(run.graph[1]))})
+					itoa(len(rs)), ff(us(lo)), ff(us(hi)), input, ff(us(run.graph[0])), ff(us(run.graph[1])), hostCols[0], hostCols[1], hostCols[2]})
 			}
 		}
 	}
@@ -388,6 +409,48 @@ func benchRow(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int,
 			return res, err
 		}
 	}
+	return res, nil
+}
+
+// hostTimes times the host path of one (shape, routing, M): Forward from the row's batches (the
+// benchmark's rotation, in Go slices) into a Go slice, wall time a call, after three warm-up
+// calls; at least 10 calls and as many as fit in minTime (at most 200). It returns the median,
+// 10th and 90th percentiles.
+func hostTimes(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int, seed uint64, minTime time.Duration) (benchResult, error) {
+	var res benchResult
+	batches := make([]*moe.Batch, s.Rotations(m))
+	for r := range batches {
+		b, _, err := benchdata.Batch(s, routing, input, m, seed+uint64(1000*m+r))
+		if err != nil {
+			return res, err
+		}
+		batches[r] = b
+	}
+	out := make([]float32, m*s.K)
+	call := func(i int) (time.Duration, error) {
+		t0 := time.Now()
+		err := l.Forward(out, batches[i%len(batches)])
+		return time.Since(t0), err
+	}
+	var warm time.Duration
+	for i := range 3 {
+		d, err := call(i)
+		if err != nil {
+			return res, err
+		}
+		warm = d
+	}
+	n := max(10, min(200, int(minTime/max(warm, time.Microsecond))))
+	ts := make([]time.Duration, n)
+	for i := range ts {
+		d, err := call(i)
+		if err != nil {
+			return res, err
+		}
+		ts[i] = d
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+	res.median, res.p10, res.p90 = ts[len(ts)/2], ts[len(ts)/10], ts[len(ts)*9/10]
 	return res, nil
 }
 
