@@ -255,6 +255,9 @@ type Layer struct {
 	events [7]cu.Event
 	timing bool
 	times  moe.StageTimes
+	// Forward's output comes back in pieces, each followed by one of these events, so that the
+	// host copies a piece while the next one is still in transit.
+	pieceEvents [outPieces]cu.Event
 }
 
 // NewLayer is Backend.NewLayer with the concrete type.
@@ -279,6 +282,12 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 	}
 	for i := range l.events {
 		if l.events[i], err = cu.MakeEvent(cu.DefaultEvent); err != nil {
+			l.stream.Destroy()
+			return nil, fmt.Errorf("cudaops: event: %v", err)
+		}
+	}
+	for i := range l.pieceEvents {
+		if l.pieceEvents[i], err = cu.MakeEvent(cu.DisableTiming); err != nil {
 			l.stream.Destroy()
 			return nil, fmt.Errorf("cudaops: event: %v", err)
 		}
@@ -566,7 +575,11 @@ type DeviceBatch struct {
 }
 
 // Forward validates the batch on the host, copies it to the device through pinned memory, runs
-// the layer and copies the output back. On error out is untouched.
+// the layer and copies the output back. On error out is untouched (but for a device fault while
+// the output is in transit, after every stage has run: out may then hold part of it).
+// Large inputs and outputs move in pieces (hostPiece bytes in; up to outPieces pieces out), the
+// host's copy of one piece overlapping the device copy of the next, each host copy spread over
+// several goroutines (parallelCopy).
 func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	if l.closed {
 		return fmt.Errorf("cudaops: layer is closed")
@@ -586,14 +599,19 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	}
 	defer unbind()
 	ws := &l.ws
-	// Stage the inputs in pinned memory, then copy them asynchronously.
+	// Stage the inputs in pinned memory, then copy them asynchronously, a piece at a time.
 	host := ws.host.bytes()
 	off := 0
 	stage := func(dst cu.DevicePtr, src unsafe.Pointer, n int) error {
-		copy(host[off:off+n], unsafe.Slice((*byte)(src), n))
-		err := cu.MemcpyHtoDAsync(dst, unsafe.Pointer(&host[off]), int64(n), l.stream)
-		off += n
-		return err
+		for lo := 0; lo < n; lo += hostPiece {
+			m := min(hostPiece, n-lo)
+			parallelCopy(host[off:off+m], unsafe.Slice((*byte)(unsafe.Add(src, lo)), m))
+			if err := cu.MemcpyHtoDAsync(dst+cu.DevicePtr(lo), unsafe.Pointer(&host[off]), int64(m), l.stream); err != nil {
+				return err
+			}
+			off += m
+		}
+		return nil
 	}
 	db := DeviceBatch{M: b.M, TopK: b.TopK, TopKIDs: ws.ids, TopKWeights: ws.tw}
 	errs := []error{
@@ -619,14 +637,27 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	if err != nil {
 		return err
 	}
+	// The output in pieces, each followed by an event; the first piece's event also tells that
+	// every stage ran without a fault before out is touched.
 	res := host[:4*len(out)]
-	if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&res[0]), ws.out, int64(len(res)), l.stream); err != nil {
-		return fmt.Errorf("cudaops: copying the output: %v", err)
+	piece := outPiece(len(res))
+	for i, lo := 0, 0; lo < len(res); i, lo = i+1, lo+piece {
+		m := min(piece, len(res)-lo)
+		if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&res[lo]), ws.out+cu.DevicePtr(lo), int64(m), l.stream); err != nil {
+			return fmt.Errorf("cudaops: copying the output: %v", err)
+		}
+		if err := l.pieceEvents[i].Record(l.stream); err != nil {
+			return fmt.Errorf("cudaops: event: %v", err)
+		}
 	}
-	if err := l.stream.Synchronize(); err != nil {
-		return fmt.Errorf("cudaops: forward: %v", err)
+	ob := unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), len(res))
+	for i, lo := 0, 0; lo < len(res); i, lo = i+1, lo+piece {
+		if err := l.pieceEvents[i].Synchronize(); err != nil {
+			return fmt.Errorf("cudaops: forward: %v", err)
+		}
+		hi := min(lo+piece, len(res))
+		parallelCopy(ob[lo:hi], res[lo:hi])
 	}
-	copy(out, unsafe.Slice((*float32)(unsafe.Pointer(&res[0])), len(out)))
 	l.readTimes(b.X != nil)
 	return nil
 }
@@ -948,6 +979,9 @@ func (l *Layer) release() {
 	}
 	for i := range l.events {
 		cu.DestroyEvent(&l.events[i])
+	}
+	for i := range l.pieceEvents {
+		cu.DestroyEvent(&l.pieceEvents[i])
 	}
 	l.stream.Destroy()
 }

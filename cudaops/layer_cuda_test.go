@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/fp4moe/fp4moe/conformance"
+	"github.com/fp4moe/fp4moe/internal/benchdata"
 	"github.com/fp4moe/fp4moe/moe"
 	"github.com/fp4moe/fp4moe/native"
 	"gorgonia.org/cu"
@@ -1151,6 +1152,59 @@ func memInfo(t *testing.T, l *Layer) (int64, int64, error) {
 	}
 	defer unbind()
 	return cu.MemInfo()
+}
+
+// TestForwardPieces runs host-path forwards whose inputs and output move in several pieces
+// (hostPiece, outPiece): 2048 tokens of a layer with K = 2944, an output of 24 MB. FP8 input:
+// the host path bitwise against ForwardDevice on the same batch in device memory. Float32 input
+// (24 MB, three pieces): bitwise against the host path on its FP8 quantization (the float path
+// quantizes on the device exactly as the host does). Twice each, into an output first filled
+// with NaN.
+func TestForwardPieces(t *testing.T) {
+	s := benchdata.Shape{Name: "pieces", K: 2944, I: 256, E: 8, TopK: 2}
+	const m = 2048
+	if n := 4 * m * s.K; (n+outPiece(n)-1)/outPiece(n) < 2 || 4*m*s.K < 2*hostPiece {
+		t.Fatalf("a %d-byte output and input take one piece; the case needs several", n)
+	}
+	l := mustLayer(t, benchdata.Weights(s, 3), moe.GPTOSSConfig())
+	run := func(b *moe.Batch, label string) []float32 {
+		var first []float32
+		for range 2 {
+			out := make([]float32, m*s.K)
+			for i := range out {
+				out[i] = float32(math.NaN())
+			}
+			if err := l.Forward(out, b); err != nil {
+				t.Fatal(err)
+			}
+			if first == nil {
+				first = out
+			} else {
+				sameBits(t, label+": second forward against the first", out, first)
+			}
+		}
+		return first
+	}
+	b8, _, err := benchdata.Batch(s, "uniform", "fp8", m, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got8 := run(b8, "FP8 input")
+	db, dout, read := uploadBatch(t, l, b8, s.K)
+	if err := l.ForwardDevice(dout, db); err != nil {
+		t.Fatal(err)
+	}
+	sameBits(t, "FP8 input: host path against ForwardDevice", got8, read())
+	bf, _, err := benchdata.Batch(s, "uniform", "float", m, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotf := run(bf, "float input")
+	bq := *bf
+	bq.X = nil
+	bq.A1q, bq.A1qScale = make([]uint8, m*s.K), make([]float32, m*s.K/moe.ActGroup)
+	native.QuantizeFP8Rows(bq.A1q, bq.A1qScale, bf.X, m, s.K, moe.ActGroup, moe.GPTOSSConfig().ScaleFormat)
+	sameBits(t, "float input against its FP8 quantization", gotf, run(&bq, "quantized input"))
 }
 
 // uploadBatch copies batch b into device memory of its own for l's device (freed when the test

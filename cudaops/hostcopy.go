@@ -1,0 +1,53 @@
+package cudaops
+
+import (
+	"runtime"
+	"sync"
+)
+
+// The host path's copies between Go slices and pinned staging memory: a copy of at least
+// parallelCopyMin bytes is split into pieces of at least parallelCopyPiece bytes over up to
+// parallelCopyWorkers goroutines (one core's copy moves about 10 GB/s; the batch in and the
+// output out of a prefill-sized forward are tens to hundreds of MB).
+const (
+	parallelCopyMin     = 1 << 20
+	parallelCopyPiece   = 256 << 10
+	parallelCopyWorkers = 8
+)
+
+// parallelCopy copies src into dst (len(dst) >= len(src)), in parallel when src is large, and
+// returns when every byte is copied.
+func parallelCopy(dst, src []byte) {
+	n := len(src)
+	workers := min(parallelCopyWorkers, runtime.GOMAXPROCS(0), n/parallelCopyPiece)
+	if n < parallelCopyMin || workers < 2 {
+		copy(dst, src)
+		return
+	}
+	// Equal pieces, each a multiple of 64 bytes (a cache line) but the last.
+	piece := (n/workers + 63) &^ 63
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += piece {
+		hi := min(lo+piece, n)
+		wg.Go(func() { copy(dst[lo:hi], src[lo:hi]) })
+	}
+	wg.Wait()
+}
+
+// Forward's pieces: its inputs go to the device hostPiece bytes at a time, and its output comes
+// back in at most outPieces pieces of at least hostPiece bytes (one piece below that).
+const (
+	hostPiece = 8 << 20
+	outPieces = 8
+)
+
+// outPiece returns the size of Forward's output pieces for an n-byte output: n itself up to
+// 2·hostPiece, else n split into outPieces (at most) pieces of at least hostPiece bytes, each a
+// multiple of 4096 bytes but the last.
+func outPiece(n int) int {
+	if n <= 2*hostPiece {
+		return max(n, 1)
+	}
+	p := max(hostPiece, (n+outPieces-1)/outPieces)
+	return (p + 4095) &^ 4095
+}

@@ -1,0 +1,71 @@
+package cudaops
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"testing"
+)
+
+// TestParallelCopy copies sizes below, at and above the parallel threshold (odd sizes among
+// them) into a longer destination and checks every byte, and that the bytes past the source's
+// length are untouched.
+func TestParallelCopy(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, c := range []struct {
+		name string
+		n    int
+	}{
+		{"empty", 0},
+		{"one byte", 1},
+		{"small", 4099},
+		{"below the threshold", parallelCopyMin - 1},
+		{"at the threshold", parallelCopyMin},
+		{"odd, two pieces", 2*parallelCopyPiece + 17},
+		{"large odd", 3*parallelCopyMin + 12345},
+		{"many pieces", 9*parallelCopyMin + 3},
+	} {
+		src := make([]byte, c.n)
+		for i := range src {
+			src[i] = byte(rng.Uint32())
+		}
+		dst := make([]byte, c.n+100)
+		for i := range dst {
+			dst[i] = 0xA5
+		}
+		parallelCopy(dst, src)
+		if !bytes.Equal(dst[:c.n], src) {
+			t.Fatalf("%s (%d bytes): copy differs from the source", c.name, c.n)
+		}
+		for i, v := range dst[c.n:] {
+			if v != 0xA5 {
+				t.Fatalf("%s: byte %d past the source changed to %#x", c.name, c.n+i, v)
+			}
+		}
+	}
+}
+
+// TestOutPiece checks Forward's output pieces on named sizes: one piece up to 2·hostPiece, else
+// at most outPieces pieces, each at least hostPiece bytes and a multiple of 4096 that cover n.
+func TestOutPiece(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		n      int
+		pieces int
+	}{
+		{"one float", 4, 1},
+		{"one token of GPT-OSS-120B", 4 * 2944, 1},
+		{"two pieces' worth", 2 * hostPiece, 1},
+		{"just above", 2*hostPiece + 4, 3},
+		{"GPT-OSS-120B at 4096 tokens", 4 * 4096 * 2944, 6},
+		{"DeepSeek-V3 at 16384 tokens", 4 * 16384 * 7168, 8},
+	} {
+		p := outPiece(c.n)
+		pieces := (c.n + p - 1) / p
+		if pieces != c.pieces {
+			t.Errorf("%s (%d bytes): %d pieces of %d, want %d", c.name, c.n, pieces, p, c.pieces)
+		}
+		if pieces > 1 && (p < hostPiece || p%4096 != 0) {
+			t.Errorf("%s: piece %d bytes, want a multiple of 4096 of at least %d", c.name, p, hostPiece)
+		}
+	}
+}
