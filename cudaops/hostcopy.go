@@ -51,3 +51,22 @@ func outPiece(n int) int {
 	p := max(hostPiece, (n+outPieces-1)/outPieces)
 	return (p + 4095) &^ 4095
 }
+
+// A host-path Forward of at least 2·chunkTokens tokens runs in up to maxChunks chunks of at least
+// chunkTokens tokens, so that a chunk's output travels back to the host while the next chunk's
+// stages run (chunkTokens: the batches from which the layer's GEMMs run near their prefill rate).
+const (
+	chunkTokens = 4096
+	maxChunks   = 4
+)
+
+// forwardChunks returns how many chunks Forward runs a batch of m tokens with k output columns
+// in: m/chunkTokens, at most maxChunks, when each chunk's output is at least 2·hostPiece bytes;
+// else 1.
+func forwardChunks(m, k int) int {
+	n := min(maxChunks, m/chunkTokens)
+	if n < 2 || 4*(m/n)*k < 2*hostPiece {
+		return 1
+	}
+	return n
+}

@@ -69,3 +69,24 @@ func TestOutPiece(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardChunks checks forwardChunks on named batches.
+func TestForwardChunks(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		m, k int
+		want int
+	}{
+		{"one token", 1, 2944, 1},
+		{"GPT-OSS-120B, 4096 tokens", 4096, 2944, 1},
+		{"GPT-OSS-120B, 8191 tokens", 8191, 2944, 1},
+		{"GPT-OSS-120B, 8192 tokens", 8192, 2944, 2},
+		{"GPT-OSS-120B, 16384 tokens", 16384, 2944, 4},
+		{"DeepSeek-V3, 65536 tokens", 65536, 7168, 4},
+		{"narrow rows", 16384, 256, 1},
+	} {
+		if got := forwardChunks(c.m, c.k); got != c.want {
+			t.Errorf("%s: forwardChunks(%d, %d) = %d, want %d", c.name, c.m, c.k, got, c.want)
+		}
+	}
+}

@@ -258,6 +258,14 @@ type Layer struct {
 	// Forward's output comes back in pieces, each followed by one of these events, so that the
 	// host copies a piece while the next one is still in transit.
 	pieceEvents [outPieces]cu.Event
+	// A chunked Forward (forwardChunks): each chunk's timing events, an event after each chunk's
+	// stages, and the stream its output travels back on (made at the first chunked Forward).
+	chunkTiming [maxChunks][7]cu.Event
+	chunkDone   [maxChunks]cu.Event
+	copyStream  cu.Stream
+	chunkReady  bool
+	// markSet: the timing events mark records (nil: events).
+	markSet *[7]cu.Event
 }
 
 // NewLayer is Backend.NewLayer with the concrete type.
@@ -579,7 +587,12 @@ type DeviceBatch struct {
 // the output is in transit, after every stage has run: out may then hold part of it).
 // Large inputs and outputs move in pieces (hostPiece bytes in; up to outPieces pieces out), the
 // host's copy of one piece overlapping the device copy of the next, each host copy spread over
-// several goroutines (parallelCopy).
+// several goroutines (parallelCopy). A batch of at least 2·chunkTokens tokens runs in chunks
+// (forwardChunks), each chunk's output copied back on a second stream while the next chunk's
+// stages run; StageTimes then sums the chunks' stages. A token's output is the same as from one
+// forward of the whole batch unless the chunking changes whether its tile's activation scales
+// fold (moe_wg_tiles; a tile holding a token whose scales do not fold takes the promoting
+// kernel), which rounds within the contract.
 func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	if l.closed {
 		return fmt.Errorf("cudaops: layer is closed")
@@ -631,6 +644,9 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 			return fmt.Errorf("cudaops: copying the batch: %v", e)
 		}
 	}
+	if n := forwardChunks(b.M, l.K); n > 1 {
+		return l.runChunks(out, b, &db, host[:4*len(out)], n)
+	}
 	l.timing = true
 	err = l.launchAll(&db, ws.out)
 	l.timing = false
@@ -662,21 +678,130 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	return nil
 }
 
+// runChunks is Forward's run of a batch already in the workspace (db) in n chunks of tokens:
+// chunk c's stages on the layer's stream, then its output back into res (pinned, the whole
+// output's size) on the copy stream once they ran, while chunk c+1's stages run; the host copies
+// chunk c into out once it is back.
+func (l *Layer) runChunks(out []float32, b *moe.Batch, db *DeviceBatch, res []byte, n int) error {
+	if err := l.makeChunkResources(); err != nil {
+		return err
+	}
+	ws := &l.ws
+	K, topk := l.K, b.TopK
+	bound := func(c int) int { return c * b.M / n }
+	for c := range n {
+		t0, t1 := bound(c), bound(c+1)
+		cb := DeviceBatch{M: t1 - t0, TopK: topk,
+			TopKIDs: db.TopKIDs + cu.DevicePtr(4*t0*topk), TopKWeights: db.TopKWeights + cu.DevicePtr(4*t0*topk)}
+		if db.X != 0 {
+			cb.X = db.X + cu.DevicePtr(4*t0*K)
+		} else {
+			cb.A1q, cb.A1qScale = db.A1q+cu.DevicePtr(t0*K), db.A1qScale+cu.DevicePtr(4*t0*K/moe.ActGroup)
+		}
+		off := 4 * t0 * K
+		l.timing, l.markSet = true, &l.chunkTiming[c]
+		err := l.launchAll(&cb, ws.out+cu.DevicePtr(off))
+		l.timing, l.markSet = false, nil
+		if err != nil {
+			return err
+		}
+		if err := l.chunkDone[c].Record(l.stream); err != nil {
+			return fmt.Errorf("cudaops: event: %v", err)
+		}
+		if err := l.copyStream.Wait(l.chunkDone[c], 0); err != nil {
+			return fmt.Errorf("cudaops: stream wait: %v", err)
+		}
+		if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&res[off]), ws.out+cu.DevicePtr(off), int64(4*(t1-t0)*K), l.copyStream); err != nil {
+			return fmt.Errorf("cudaops: copying the output: %v", err)
+		}
+		if err := l.pieceEvents[c].Record(l.copyStream); err != nil {
+			return fmt.Errorf("cudaops: event: %v", err)
+		}
+	}
+	ob := unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), len(res))
+	for c := range n {
+		if err := l.pieceEvents[c].Synchronize(); err != nil {
+			return fmt.Errorf("cudaops: forward: %v", err)
+		}
+		lo, hi := 4*bound(c)*K, 4*bound(c+1)*K
+		parallelCopy(ob[lo:hi], res[lo:hi])
+	}
+	var sum moe.StageTimes
+	for c := range n {
+		t := l.stageTimes(&l.chunkTiming[c], b.X != nil)
+		sum.Prepare += t.Prepare
+		sum.Permute += t.Permute
+		sum.GEMM1 += t.GEMM1
+		sum.Activation += t.Activation
+		sum.GEMM2 += t.GEMM2
+		sum.Reduce += t.Reduce
+	}
+	l.times = sum
+	return nil
+}
+
+// makeChunkResources makes the events and the copy stream of chunked forwards, once.
+func (l *Layer) makeChunkResources() error {
+	if l.chunkReady {
+		return nil
+	}
+	var made []*cu.Event
+	undo := func() {
+		for _, e := range made {
+			cu.DestroyEvent(e)
+		}
+	}
+	for c := range l.chunkDone {
+		for _, e := range append([]*cu.Event{&l.chunkDone[c]}, pointers(l.chunkTiming[c][:])...) {
+			flags := cu.DefaultEvent
+			if e == &l.chunkDone[c] {
+				flags = cu.DisableTiming
+			}
+			var err error
+			if *e, err = cu.MakeEvent(flags); err != nil {
+				undo()
+				return fmt.Errorf("cudaops: event: %v", err)
+			}
+			made = append(made, e)
+		}
+	}
+	s, err := cu.MakeStream(cu.NonBlocking)
+	if err != nil {
+		undo()
+		return fmt.Errorf("cudaops: stream: %v", err)
+	}
+	l.copyStream, l.chunkReady = s, true
+	return nil
+}
+
+// pointers returns a pointer to each element of v.
+func pointers[T any](v []T) []*T {
+	p := make([]*T, len(v))
+	for i := range v {
+		p[i] = &v[i]
+	}
+	return p
+}
+
 // StageTimes returns the device time of each stage of the last host-path Forward, measured
 // with events between the stages (Permute includes routing).
 func (l *Layer) StageTimes() moe.StageTimes { return l.times }
 
-func (l *Layer) readTimes(prepared bool) {
+func (l *Layer) readTimes(prepared bool) { l.times = l.stageTimes(&l.events, prepared) }
+
+// stageTimes reads the stage times from a set of timing events (recorded by mark).
+func (l *Layer) stageTimes(ev *[7]cu.Event, prepared bool) moe.StageTimes {
 	var d [6]time.Duration
 	for i := range d {
-		if ms, err := l.events[i].Elapsed(l.events[i+1]); err == nil {
+		if ms, err := ev[i].Elapsed(ev[i+1]); err == nil {
 			d[i] = time.Duration(ms * float64(time.Millisecond))
 		}
 	}
-	l.times = moe.StageTimes{Prepare: d[0], Permute: d[1], GEMM1: d[2], Activation: d[3], GEMM2: d[4], Reduce: d[5]}
+	t := moe.StageTimes{Prepare: d[0], Permute: d[1], GEMM1: d[2], Activation: d[3], GEMM2: d[4], Reduce: d[5]}
 	if !prepared {
-		l.times.Prepare = 0
+		t.Prepare = 0
 	}
+	return t
 }
 
 // mark records timing event i on the stream during a host-path Forward.
@@ -684,7 +809,11 @@ func (l *Layer) mark(i int) error {
 	if !l.timing {
 		return nil
 	}
-	if err := l.events[i].Record(l.stream); err != nil {
+	ev := &l.events
+	if l.markSet != nil {
+		ev = l.markSet
+	}
+	if err := ev[i].Record(l.stream); err != nil {
 		return fmt.Errorf("cudaops: event: %v", err)
 	}
 	return nil
@@ -982,6 +1111,15 @@ func (l *Layer) release() {
 	}
 	for i := range l.pieceEvents {
 		cu.DestroyEvent(&l.pieceEvents[i])
+	}
+	if l.chunkReady {
+		for c := range l.chunkDone {
+			cu.DestroyEvent(&l.chunkDone[c])
+			for i := range l.chunkTiming[c] {
+				cu.DestroyEvent(&l.chunkTiming[c][i])
+			}
+		}
+		l.copyStream.Destroy()
 	}
 	l.stream.Destroy()
 }

@@ -1155,56 +1155,69 @@ func memInfo(t *testing.T, l *Layer) (int64, int64, error) {
 }
 
 // TestForwardPieces runs host-path forwards whose inputs and output move in several pieces
-// (hostPiece, outPiece): 2048 tokens of a layer with K = 2944, an output of 24 MB. FP8 input:
-// the host path bitwise against ForwardDevice on the same batch in device memory. Float32 input
-// (24 MB, three pieces): bitwise against the host path on its FP8 quantization (the float path
+// (hostPiece, outPiece; 2048 tokens of a layer with K = 2944: 24 MB out) and in chunks of tokens
+// (forwardChunks; 8192 tokens: two chunks of 4096). FP8 input: the host path bitwise against
+// ForwardDevice of the whole batch in device memory (one run of every stage: the chunks' tiles
+// differ, every token's sums do not, as every tile's scales fold here). Float32 input (three or
+// more input pieces): bitwise against the host path on its FP8 quantization (the float path
 // quantizes on the device exactly as the host does). Twice each, into an output first filled
-// with NaN.
+// with NaN; the stage times of a chunked forward are its chunks' sums, none of them zero.
 func TestForwardPieces(t *testing.T) {
 	s := benchdata.Shape{Name: "pieces", K: 2944, I: 256, E: 8, TopK: 2}
-	const m = 2048
-	if n := 4 * m * s.K; (n+outPiece(n)-1)/outPiece(n) < 2 || 4*m*s.K < 2*hostPiece {
-		t.Fatalf("a %d-byte output and input take one piece; the case needs several", n)
-	}
 	l := mustLayer(t, benchdata.Weights(s, 3), moe.GPTOSSConfig())
-	run := func(b *moe.Batch, label string) []float32 {
-		var first []float32
-		for range 2 {
-			out := make([]float32, m*s.K)
-			for i := range out {
-				out[i] = float32(math.NaN())
+	for _, c := range []struct {
+		name   string
+		m      int
+		chunks int
+	}{{"pieces", 2048, 1}, {"chunks", 8192, 2}} {
+		t.Run(c.name, func(t *testing.T) {
+			m := c.m
+			if n := 4 * m * s.K; forwardChunks(m, s.K) != c.chunks || (n+outPiece(n)-1)/outPiece(n) < 2 || n < 2*hostPiece {
+				t.Fatalf("%d tokens: %d chunks, want %d, and an output and input of several pieces", m, forwardChunks(m, s.K), c.chunks)
 			}
-			if err := l.Forward(out, b); err != nil {
+			run := func(b *moe.Batch, label string) []float32 {
+				var first []float32
+				for range 2 {
+					out := make([]float32, m*s.K)
+					for i := range out {
+						out[i] = float32(math.NaN())
+					}
+					if err := l.Forward(out, b); err != nil {
+						t.Fatal(err)
+					}
+					if first == nil {
+						first = out
+					} else {
+						sameBits(t, label+": second forward against the first", out, first)
+					}
+				}
+				return first
+			}
+			b8, _, err := benchdata.Batch(s, "uniform", "fp8", m, 5)
+			if err != nil {
 				t.Fatal(err)
 			}
-			if first == nil {
-				first = out
-			} else {
-				sameBits(t, label+": second forward against the first", out, first)
+			got8 := run(b8, "FP8 input")
+			if st := l.StageTimes(); st.Permute <= 0 || st.GEMM1 <= 0 || st.Activation <= 0 || st.GEMM2 <= 0 || st.Reduce <= 0 {
+				t.Fatalf("stage times %+v, want every stage's", st)
 			}
-		}
-		return first
+			db, dout, read := uploadBatch(t, l, b8, s.K)
+			if err := l.ForwardDevice(dout, db); err != nil {
+				t.Fatal(err)
+			}
+			sameBits(t, "FP8 input: host path against ForwardDevice", got8, read())
+			bf, _, err := benchdata.Batch(s, "uniform", "float", m, 6)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gotf := run(bf, "float input")
+			bq := *bf
+			bq.X = nil
+			bq.A1q, bq.A1qScale = make([]uint8, m*s.K), make([]float32, m*s.K/moe.ActGroup)
+			native.QuantizeFP8Rows(bq.A1q, bq.A1qScale, bf.X, m, s.K, moe.ActGroup, moe.GPTOSSConfig().ScaleFormat)
+			sameBits(t, "float input against its FP8 quantization", gotf, run(&bq, "quantized input"))
+		})
 	}
-	b8, _, err := benchdata.Batch(s, "uniform", "fp8", m, 5)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got8 := run(b8, "FP8 input")
-	db, dout, read := uploadBatch(t, l, b8, s.K)
-	if err := l.ForwardDevice(dout, db); err != nil {
-		t.Fatal(err)
-	}
-	sameBits(t, "FP8 input: host path against ForwardDevice", got8, read())
-	bf, _, err := benchdata.Batch(s, "uniform", "float", m, 6)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gotf := run(bf, "float input")
-	bq := *bf
-	bq.X = nil
-	bq.A1q, bq.A1qScale = make([]uint8, m*s.K), make([]float32, m*s.K/moe.ActGroup)
-	native.QuantizeFP8Rows(bq.A1q, bq.A1qScale, bf.X, m, s.K, moe.ActGroup, moe.GPTOSSConfig().ScaleFormat)
-	sameBits(t, "float input against its FP8 quantization", gotf, run(&bq, "quantized input"))
 }
 
 // uploadBatch copies batch b into device memory of its own for l's device (freed when the test
