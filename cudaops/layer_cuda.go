@@ -659,10 +659,14 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	piece := outPiece(len(res))
 	for i, lo := 0, 0; lo < len(res); i, lo = i+1, lo+piece {
 		m := min(piece, len(res)-lo)
+		// On an error, the copies already queued finish before the call returns (the next call
+		// stages its batch in the same pinned memory).
 		if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&res[lo]), ws.out+cu.DevicePtr(lo), int64(m), l.stream); err != nil {
+			l.stream.Synchronize()
 			return fmt.Errorf("cudaops: copying the output: %v", err)
 		}
 		if err := l.pieceEvents[i].Record(l.stream); err != nil {
+			l.stream.Synchronize()
 			return fmt.Errorf("cudaops: event: %v", err)
 		}
 	}
@@ -682,10 +686,18 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 // chunk c's stages on the layer's stream, then its output back into res (pinned, the whole
 // output's size) on the copy stream once they ran, while chunk c+1's stages run; the host copies
 // chunk c into out once it is back.
-func (l *Layer) runChunks(out []float32, b *moe.Batch, db *DeviceBatch, res []byte, n int) error {
+func (l *Layer) runChunks(out []float32, b *moe.Batch, db *DeviceBatch, res []byte, n int) (err error) {
 	if err := l.makeChunkResources(); err != nil {
 		return err
 	}
+	// On an error, the copies already queued finish before the call returns: the next call
+	// stages its batch in the same pinned memory.
+	defer func() {
+		if err != nil {
+			l.stream.Synchronize()
+			l.copyStream.Synchronize()
+		}
+	}()
 	ws := &l.ws
 	K, topk := l.K, b.TopK
 	bound := func(c int) int { return c * b.M / n }
@@ -700,7 +712,7 @@ func (l *Layer) runChunks(out []float32, b *moe.Batch, db *DeviceBatch, res []by
 		}
 		off := 4 * t0 * K
 		l.timing, l.markSet = true, &l.chunkTiming[c]
-		err := l.launchAll(&cb, ws.out+cu.DevicePtr(off))
+		err = l.launchAll(&cb, ws.out+cu.DevicePtr(off))
 		l.timing, l.markSet = false, nil
 		if err != nil {
 			return err
