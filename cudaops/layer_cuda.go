@@ -249,6 +249,7 @@ type Layer struct {
 	// (wg4mMaxRows; tests move it).
 	wgSmallRows, wgMidRows int
 	ws                     workspace
+	wsAllocs               uint64 // workspaces allocated so far (workspace.gen)
 	closed                 bool
 	// Host-path stage timing: events recorded between the stages of Forward, read after its
 	// final synchronization (never recorded by ForwardDevice or Capture).
@@ -447,6 +448,9 @@ type workspace struct {
 	m, p, rows, tiles, wtiles int
 	mem                       cu.DevicePtr
 	size                      int64
+	// gen counts the layer's workspace allocations: a graph captured with one is replayed only
+	// while it is the current one (a new allocation may reuse the old one's address).
+	gen uint64
 	// inputs and output
 	x, a1q, a1s, ids, tw, out cu.DevicePtr
 	// permuted layout and intermediates
@@ -561,6 +565,8 @@ func (l *Layer) ensure(m, topk int) error {
 	// A tile's last MMA columns may lie past the layout's rows (they are never stored): the
 	// staging keeps wgfTokens spare rows per chunk.
 	ws.xbStride = int64(rows+wgfTokens) * 256
+	l.wsAllocs++
+	ws.gen = l.wsAllocs
 	l.ws = ws
 	return nil
 }
@@ -1157,7 +1163,7 @@ func (l *Layer) Close() error {
 type Graph struct {
 	l    *Layer
 	exec *graphExec
-	mem  cu.DevicePtr
+	gen  uint64 // the workspace's (workspace.gen)
 }
 
 // Capture records a ForwardDevice of b into out as a graph (nothing runs until Launch).
@@ -1182,13 +1188,13 @@ func (l *Layer) Capture(out cu.DevicePtr, b DeviceBatch) (*Graph, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Graph{l: l, exec: exec, mem: l.ws.mem}, nil
+	return &Graph{l: l, exec: exec, gen: l.ws.gen}, nil
 }
 
 // replayable reports an error unless g was captured by l with its current workspace and is open
 // (TimeGraphs, TraceGraphs and TraceBlocks replay only such graphs).
 func (l *Layer) replayable(g *Graph) error {
-	if g.l != l || g.exec == nil || g.mem != l.ws.mem {
+	if g.l != l || g.exec == nil || g.gen != l.ws.gen {
 		return fmt.Errorf("cudaops: a graph does not belong to this layer's current workspace")
 	}
 	return nil
@@ -1196,7 +1202,7 @@ func (l *Layer) replayable(g *Graph) error {
 
 // Launch replays the captured forward on the layer's stream.
 func (g *Graph) Launch() error {
-	if g.exec == nil || g.l.closed || g.l.ws.mem != g.mem {
+	if g.exec == nil || g.l.closed || g.l.ws.gen != g.gen {
 		return fmt.Errorf("cudaops: graph is closed or its layer's workspace changed; capture again")
 	}
 	unbind, err := g.l.dev.bind()

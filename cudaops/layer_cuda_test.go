@@ -1220,6 +1220,40 @@ func TestForwardPieces(t *testing.T) {
 	}
 }
 
+// TestGraphAfterGrowth captures a forward, lets a larger batch grow the workspace, and checks
+// that the graph is refused from then on (its pointers are into the freed workspace, whatever
+// address the new one got), and that a graph captured again replays the captured output.
+func TestGraphAfterGrowth(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 300, K: 256, I: 128, E: 6, TopK: 2, Seed: 7})
+	l := mustLayer(t, &c.Weights, c.Config)
+	K := c.Weights.K
+	small := c.Batch.Slice(K, 0, 4)
+	want := forward(t, l, small, K)
+	db, out, read := uploadBatch(t, l, small, K)
+	g, err := l.Capture(out, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if err := g.Launch(); err != nil {
+		t.Fatal(err)
+	}
+	sameBits(t, "graph before the workspace grew", read(), want)
+	forward(t, l, &c.Batch, K) // 300 tokens: a larger workspace
+	if err := g.Launch(); err == nil {
+		t.Fatal("a graph of the old workspace launched; want an error")
+	}
+	g2, err := l.Capture(out, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g2.Close()
+	if err := g2.Launch(); err != nil {
+		t.Fatal(err)
+	}
+	sameBits(t, "graph captured again", read(), want)
+}
+
 // uploadBatch copies batch b into device memory of its own for l's device (freed when the test
 // ends) and allocates an output for it; read waits for l's stream and returns that output.
 func uploadBatch(t *testing.T, l *Layer, b *moe.Batch, K int) (db DeviceBatch, out cu.DevicePtr, read func() []float32) {
