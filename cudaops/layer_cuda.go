@@ -289,17 +289,14 @@ func NewLayer(w *moe.Weights, cfg moe.Config) (*Layer, error) {
 	if l.stream, err = cu.MakeStream(cu.NonBlocking); err != nil {
 		return nil, fmt.Errorf("cudaops: stream: %v", err)
 	}
-	for i := range l.events {
-		if l.events[i], err = cu.MakeEvent(cu.DefaultEvent); err != nil {
-			l.stream.Destroy()
-			return nil, fmt.Errorf("cudaops: event: %v", err)
-		}
+	if err := makeEvents(cu.DefaultEvent, l.events[:]); err != nil {
+		l.stream.Destroy()
+		return nil, err
 	}
-	for i := range l.pieceEvents {
-		if l.pieceEvents[i], err = cu.MakeEvent(cu.DisableTiming); err != nil {
-			l.stream.Destroy()
-			return nil, fmt.Errorf("cudaops: event: %v", err)
-		}
+	if err := makeEvents(cu.DisableTiming, l.pieceEvents[:]); err != nil {
+		destroyEvents(l.events[:])
+		l.stream.Destroy()
+		return nil, err
 	}
 	// One allocation for every weight tensor, each at a 256-byte aligned offset.
 	var a arena
@@ -662,12 +659,16 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	// The output in pieces, each followed by an event; the first piece's event also tells that
 	// every stage ran without a fault before out is touched.
 	res := host[:4*len(out)]
-	piece := outPiece(len(res))
-	for i, lo := 0, 0; lo < len(res); i, lo = i+1, lo+piece {
-		m := min(piece, len(res)-lo)
+	var bounds []int
+	for lo, piece := 0, outPiece(len(res)); lo < len(res); lo += piece {
+		bounds = append(bounds, lo)
+	}
+	bounds = append(bounds, len(res))
+	for i := range len(bounds) - 1 {
+		lo, hi := bounds[i], bounds[i+1]
 		// On an error, the copies already queued finish before the call returns (the next call
 		// stages its batch in the same pinned memory).
-		if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&res[lo]), ws.out+cu.DevicePtr(lo), int64(m), l.stream); err != nil {
+		if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&res[lo]), ws.out+cu.DevicePtr(lo), int64(hi-lo), l.stream); err != nil {
 			l.stream.Synchronize()
 			return fmt.Errorf("cudaops: copying the output: %v", err)
 		}
@@ -676,15 +677,24 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 			return fmt.Errorf("cudaops: event: %v", err)
 		}
 	}
+	if err := l.copyBack(out, res, bounds); err != nil {
+		return err
+	}
+	l.times = stageTimes([][7]cu.Event{l.events}, b.X != nil)
+	return nil
+}
+
+// copyBack copies Forward's output from the pinned res into out, piece i (res[bounds[i]:
+// bounds[i+1]]) once pieceEvents[i] has passed, so that a piece is copied while the next one is
+// still in transit.
+func (l *Layer) copyBack(out []float32, res []byte, bounds []int) error {
 	ob := unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), len(res))
-	for i, lo := 0, 0; lo < len(res); i, lo = i+1, lo+piece {
+	for i := range len(bounds) - 1 {
 		if err := l.pieceEvents[i].Synchronize(); err != nil {
 			return fmt.Errorf("cudaops: forward: %v", err)
 		}
-		hi := min(lo+piece, len(res))
-		parallelCopy(ob[lo:hi], res[lo:hi])
+		parallelCopy(ob[bounds[i]:bounds[i+1]], res[bounds[i]:bounds[i+1]])
 	}
-	l.readTimes(b.X != nil)
 	return nil
 }
 
@@ -736,25 +746,14 @@ func (l *Layer) runChunks(out []float32, b *moe.Batch, db *DeviceBatch, res []by
 			return fmt.Errorf("cudaops: event: %v", err)
 		}
 	}
-	ob := unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), len(res))
-	for c := range n {
-		if err := l.pieceEvents[c].Synchronize(); err != nil {
-			return fmt.Errorf("cudaops: forward: %v", err)
-		}
-		lo, hi := 4*bound(c)*K, 4*bound(c+1)*K
-		parallelCopy(ob[lo:hi], res[lo:hi])
+	bounds := make([]int, n+1)
+	for c := range bounds {
+		bounds[c] = 4 * bound(c) * K
 	}
-	var sum moe.StageTimes
-	for c := range n {
-		t := l.stageTimes(&l.chunkTiming[c], b.X != nil)
-		sum.Prepare += t.Prepare
-		sum.Permute += t.Permute
-		sum.GEMM1 += t.GEMM1
-		sum.Activation += t.Activation
-		sum.GEMM2 += t.GEMM2
-		sum.Reduce += t.Reduce
+	if err := l.copyBack(out, res, bounds); err != nil {
+		return err
 	}
-	l.times = sum
+	l.times = stageTimes(l.chunkTiming[:n], b.X != nil)
 	return nil
 }
 
@@ -763,56 +762,63 @@ func (l *Layer) makeChunkResources() error {
 	if l.chunkReady {
 		return nil
 	}
-	var made []*cu.Event
-	undo := func() {
-		for _, e := range made {
-			cu.DestroyEvent(e)
-		}
+	if err := makeEvents(cu.DisableTiming, l.chunkDone[:]); err != nil {
+		return err
 	}
-	for c := range l.chunkDone {
-		for _, e := range append([]*cu.Event{&l.chunkDone[c]}, pointers(l.chunkTiming[c][:])...) {
-			flags := cu.DefaultEvent
-			if e == &l.chunkDone[c] {
-				flags = cu.DisableTiming
-			}
-			var err error
-			if *e, err = cu.MakeEvent(flags); err != nil {
-				undo()
-				return fmt.Errorf("cudaops: event: %v", err)
-			}
-			made = append(made, e)
+	for c := range l.chunkTiming {
+		if err := makeEvents(cu.DefaultEvent, l.chunkTiming[c][:]); err != nil {
+			l.destroyChunkEvents(c)
+			return err
 		}
 	}
 	s, err := cu.MakeStream(cu.NonBlocking)
 	if err != nil {
-		undo()
+		l.destroyChunkEvents(len(l.chunkTiming))
 		return fmt.Errorf("cudaops: stream: %v", err)
 	}
 	l.copyStream, l.chunkReady = s, true
 	return nil
 }
 
-// pointers returns a pointer to each element of v.
-func pointers[T any](v []T) []*T {
-	p := make([]*T, len(v))
-	for i := range v {
-		p[i] = &v[i]
+// destroyChunkEvents destroys chunkDone and the first n sets of chunkTiming.
+func (l *Layer) destroyChunkEvents(n int) {
+	destroyEvents(l.chunkDone[:])
+	for c := range n {
+		destroyEvents(l.chunkTiming[c][:])
 	}
-	return p
+}
+
+// makeEvents makes every event of ev with flags, or none: on an error it destroys the ones made.
+func makeEvents(flags cu.EventFlags, ev []cu.Event) error {
+	for i := range ev {
+		var err error
+		if ev[i], err = cu.MakeEvent(flags); err != nil {
+			destroyEvents(ev[:i])
+			return fmt.Errorf("cudaops: event: %v", err)
+		}
+	}
+	return nil
+}
+
+func destroyEvents(ev []cu.Event) {
+	for i := range ev {
+		cu.DestroyEvent(&ev[i])
+	}
 }
 
 // StageTimes returns the device time of each stage of the last host-path Forward, measured
 // with events between the stages (Permute includes routing).
 func (l *Layer) StageTimes() moe.StageTimes { return l.times }
 
-func (l *Layer) readTimes(prepared bool) { l.times = l.stageTimes(&l.events, prepared) }
-
-// stageTimes reads the stage times from a set of timing events (recorded by mark).
-func (l *Layer) stageTimes(ev *[7]cu.Event, prepared bool) moe.StageTimes {
+// stageTimes reads the stage times from sets of timing events (recorded by mark), each stage's
+// summed over the sets (a chunked Forward's chunks).
+func stageTimes(sets [][7]cu.Event, prepared bool) moe.StageTimes {
 	var d [6]time.Duration
-	for i := range d {
-		if ms, err := ev[i].Elapsed(ev[i+1]); err == nil {
-			d[i] = time.Duration(ms * float64(time.Millisecond))
+	for _, ev := range sets {
+		for i := range d {
+			if ms, err := ev[i].Elapsed(ev[i+1]); err == nil {
+				d[i] += time.Duration(ms * float64(time.Millisecond))
+			}
 		}
 	}
 	t := moe.StageTimes{Prepare: d[0], Permute: d[1], GEMM1: d[2], Activation: d[3], GEMM2: d[4], Reduce: d[5]}
@@ -1124,19 +1130,10 @@ func (l *Layer) release() {
 		cu.MemFree(l.weights)
 		l.weights = 0
 	}
-	for i := range l.events {
-		cu.DestroyEvent(&l.events[i])
-	}
-	for i := range l.pieceEvents {
-		cu.DestroyEvent(&l.pieceEvents[i])
-	}
+	destroyEvents(l.events[:])
+	destroyEvents(l.pieceEvents[:])
 	if l.chunkReady {
-		for c := range l.chunkDone {
-			cu.DestroyEvent(&l.chunkDone[c])
-			for i := range l.chunkTiming[c] {
-				cu.DestroyEvent(&l.chunkTiming[c][i])
-			}
-		}
+		l.destroyChunkEvents(len(l.chunkTiming))
 		l.copyStream.Destroy()
 	}
 	l.stream.Destroy()
