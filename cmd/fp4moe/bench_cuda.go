@@ -236,10 +236,14 @@ func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []strin
 	l := layers[0]
 	for _, routing := range routings {
 		for _, m := range ms {
+			batches, experts, err := rowBatches(s, routing, input, m, seed)
+			if err != nil {
+				fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.Name, routing, m, err)
+				return 2
+			}
 			rs := make([]benchResult, len(layers))
 			for i, li := range layers {
-				var err error
-				if rs[i], err = benchRow(li, s, routing, input, m, seed, minTime, run.copyBW, tr); err != nil {
+				if rs[i], err = benchRow(li, s, batches, experts, minTime, run.copyBW, tr); err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: %s %s M=%d: %v\n", s.Name, routing, m, err)
 					return 2
 				}
@@ -254,7 +258,7 @@ func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []strin
 			fmt.Fprintf(stdout, "%-14s %-8s %6d %5.0f %9.1f %11.1f %9.0f %8.1f %9.1f %7.2f  %-7s %s\n", s.Name, routing, m, r.experts,
 				r.bytes/1e6, us(r.median), r.bytes/r.median.Seconds()/1e9, r.flops/r.median.Seconds()/1e12, us(r.floor), r.median.Seconds()/r.floor.Seconds(), gemm, spread)
 			if opts.stages {
-				st, err := stageTimes(l, s, routing, input, m, seed)
+				st, err := stageTimes(l, batches[0], s.K)
 				if err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: stages: %v\n", err)
 					return 2
@@ -275,7 +279,7 @@ func benchShapeRows(layers []*cudaops.Layer, s benchdata.Shape, routings []strin
 			}
 			hostCols := []string{"", "", ""}
 			if opts.host {
-				h, err := hostTimes(l, s, routing, input, m, seed, minTime)
+				h, err := hostTimes(l, batches, s.K, minTime)
 				if err != nil {
 					fmt.Fprintf(stderr, "fp4moe bench: host path: %v\n", err)
 					return 2
@@ -361,20 +365,34 @@ func printTrace(w io.Writer, sp [len(cudaops.TraceStages)]cudaops.StageSpan) {
 	}
 }
 
-// benchRow times one (shape, routing, M) over rotated batches (and, with tr.n > 0, traces that
-// many replays of each; with tr.blocks, the blocks of one replay of the first).
-func benchRow(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int, seed uint64, minTime time.Duration, copyBW float64, tr traceOpts) (benchResult, error) {
-	rotate := s.Rotations(m)
-	var res benchResult
-	batches := make([]*moe.Batch, rotate)
-	for r := range rotate {
+// rowBatches draws one (shape, routing, M) row's rotated batches (s.Rotations) and returns them
+// with the mean number of experts they touch.
+func rowBatches(s benchdata.Shape, routing, input string, m int, seed uint64) ([]*moe.Batch, float64, error) {
+	batches := make([]*moe.Batch, s.Rotations(m))
+	experts := 0.0
+	for r := range batches {
 		b, touched, err := benchdata.Batch(s, routing, input, m, seed+uint64(1000*m+r))
 		if err != nil {
-			return res, err
+			return nil, 0, err
 		}
-		res.experts += float64(touched) / float64(rotate)
+		experts += float64(touched) / float64(len(batches))
 		batches[r] = b
 	}
+	return batches, experts, nil
+}
+
+// percentiles returns the median, 10th and 90th percentiles of ts (sorted in place).
+func percentiles(ts []time.Duration) (median, p10, p90 time.Duration) {
+	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+	return ts[len(ts)/2], ts[len(ts)/10], ts[len(ts)*9/10]
+}
+
+// benchRow times one (shape, routing, M) over its rotated batches (rowBatches; experts: the
+// experts they touch) by graph replay (and, with tr.n > 0, traces that many replays of each;
+// with tr.blocks, the blocks of one replay of the first).
+func benchRow(l *cudaops.Layer, s benchdata.Shape, batches []*moe.Batch, experts float64, minTime time.Duration, copyBW float64, tr traceOpts) (benchResult, error) {
+	res := benchResult{experts: experts}
+	m := batches[0].M
 	graphs, _, release, err := l.CaptureBatches(batches)
 	if err != nil {
 		return res, err
@@ -392,8 +410,8 @@ func benchRow(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int,
 	if err != nil {
 		return res, err
 	}
-	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
-	res.median, res.p10, res.p90, res.launches = ts[len(ts)/2], ts[len(ts)/10], ts[len(ts)*9/10], n*len(graphs)
+	res.median, res.p10, res.p90 = percentiles(ts)
+	res.launches = n * len(graphs)
 	res.bytes = res.experts * s.ExpertBytes()
 	res.flops = s.FLOPs(m)
 	res.floor = time.Duration(res.bytes / copyBW * 1e9)
@@ -412,21 +430,13 @@ func benchRow(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int,
 	return res, nil
 }
 
-// hostTimes times the host path of one (shape, routing, M): Forward from the row's batches (the
-// benchmark's rotation, in Go slices) into a Go slice, wall time a call, after three warm-up
-// calls; at least 10 calls and as many as fit in minTime (at most 200). It returns the median,
-// 10th and 90th percentiles.
-func hostTimes(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int, seed uint64, minTime time.Duration) (benchResult, error) {
+// hostTimes times the host path of one row: Forward from the row's batches (rowBatches, in Go
+// slices) into a Go slice of k columns, wall time a call, after three warm-up calls; at least 10
+// calls and as many as fit in minTime (at most 200). It returns the median, 10th and 90th
+// percentiles.
+func hostTimes(l *cudaops.Layer, batches []*moe.Batch, k int, minTime time.Duration) (benchResult, error) {
 	var res benchResult
-	batches := make([]*moe.Batch, s.Rotations(m))
-	for r := range batches {
-		b, _, err := benchdata.Batch(s, routing, input, m, seed+uint64(1000*m+r))
-		if err != nil {
-			return res, err
-		}
-		batches[r] = b
-	}
-	out := make([]float32, m*s.K)
+	out := make([]float32, batches[0].M*k)
 	call := func(i int) (time.Duration, error) {
 		t0 := time.Now()
 		err := l.Forward(out, batches[i%len(batches)])
@@ -449,19 +459,14 @@ func hostTimes(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int
 		}
 		ts[i] = d
 	}
-	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
-	res.median, res.p10, res.p90 = ts[len(ts)/2], ts[len(ts)/10], ts[len(ts)*9/10]
+	res.median, res.p10, res.p90 = percentiles(ts)
 	return res, nil
 }
 
-// stageTimes runs the first batch of a row through the host path five times and returns the
-// median device time of each stage.
-func stageTimes(l *cudaops.Layer, s benchdata.Shape, routing, input string, m int, seed uint64) (moe.StageTimes, error) {
-	b, _, err := benchdata.Batch(s, routing, input, m, seed+uint64(1000*m))
-	if err != nil {
-		return moe.StageTimes{}, err
-	}
-	out := make([]float32, m*s.K)
+// stageTimes runs a row's first batch b (k output columns) through the host path five times and
+// returns the median device time of each stage.
+func stageTimes(l *cudaops.Layer, b *moe.Batch, k int) (moe.StageTimes, error) {
+	out := make([]float32, b.M*k)
 	var all []moe.StageTimes
 	for range 5 {
 		if err := l.Forward(out, b); err != nil {
