@@ -1230,28 +1230,25 @@ func TestGraphAfterGrowth(t *testing.T) {
 	small := c.Batch.Slice(K, 0, 4)
 	want := forward(t, l, small, K)
 	db, out, read := uploadBatch(t, l, small, K)
-	g, err := l.Capture(out, db)
-	if err != nil {
-		t.Fatal(err)
+	// Captures the small batch, replays it and checks its output.
+	captureAndLaunch := func(label string) *Graph {
+		g, err := l.Capture(out, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Close() })
+		if err := g.Launch(); err != nil {
+			t.Fatal(err)
+		}
+		sameBits(t, label, read(), want)
+		return g
 	}
-	defer g.Close()
-	if err := g.Launch(); err != nil {
-		t.Fatal(err)
-	}
-	sameBits(t, "graph before the workspace grew", read(), want)
+	g := captureAndLaunch("graph before the workspace grew")
 	forward(t, l, &c.Batch, K) // 300 tokens: a larger workspace
 	if err := g.Launch(); err == nil {
 		t.Fatal("a graph of the old workspace launched; want an error")
 	}
-	g2, err := l.Capture(out, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g2.Close()
-	if err := g2.Launch(); err != nil {
-		t.Fatal(err)
-	}
-	sameBits(t, "graph captured again", read(), want)
+	captureAndLaunch("graph captured again")
 }
 
 // uploadBatch copies batch b into device memory of its own for l's device (freed when the test
