@@ -9,6 +9,7 @@ import (
 
 	"github.com/fp4moe/fp4moe/internal/benchdata"
 	"github.com/fp4moe/fp4moe/moe"
+	"gorgonia.org/cu"
 )
 
 // BenchmarkForward times the whole layer per call (routing metadata, permute, GEMM1, activation
@@ -120,4 +121,149 @@ func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int, routing stri
 	}
 	b.ReportMetric(float64(ts[0].Nanoseconds())/1e3, "device-µs/call")
 	b.ReportMetric(bytes/ts[0].Seconds()/1e9, "weight-GB/s")
+}
+
+// BenchmarkHostPath takes the host path (Forward from Go slices into a Go slice) apart, wall
+// time a call of each part, at the shapes of GPT-OSS-120B and Qwen3-30B-A3B for 1 and 64 tokens
+// of FP8 input (benchdata's batch, one routing, so the weights may sit in L2): forward (the whole
+// Forward), bind (the context made current on a locked thread, and released), sync (a
+// synchronization of the idle stream), stage (the batch copied into the workspace, then a
+// synchronization), stages (every stage launched, no timing events, then a synchronization),
+// stages+events (the same with Forward's seven timing events), replay (the same stages as one
+// captured graph, launched and synchronized), output (the output copied back through pinned
+// memory, after its event) and stagetimes (the six elapsed times read from the events):
+// BenchmarkHostPath/gptoss120b/M=1/stage and so on. forward is about bind + stage +
+// stages+events + output + stagetimes less the two synchronizations that stage and the stages
+// end with and Forward does not.
+func BenchmarkHostPath(b *testing.B) {
+	for _, s := range benchdata.Shapes {
+		if s.Name != "gptoss120b" && s.Name != "qwen3-30b-a3b" {
+			continue
+		}
+		b.Run(s.Name, func(b *testing.B) {
+			l, err := NewLayer(benchdata.Weights(s, 1), moe.GPTOSSConfig())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			for _, m := range []int{1, 64} {
+				b.Run(fmt.Sprintf("M=%d", m), func(b *testing.B) { benchHostParts(b, l, s, m) })
+			}
+		})
+	}
+}
+
+func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
+	batch, _, err := benchdata.Batch(s, "uniform", "fp8", m, 1+uint64(1000*m))
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := make([]float32, m*s.K)
+	if err := l.Forward(out, batch); err != nil { // grows the workspace; never time zeros
+		b.Fatal(err)
+	}
+	nonzero := 0
+	for _, v := range out {
+		if v != 0 {
+			nonzero++
+		}
+	}
+	if nonzero < len(out)/2 {
+		b.Fatalf("%d of %d outputs nonzero", nonzero, len(out))
+	}
+	g, err := l.Capture(l.ws.out, DeviceBatch{M: m, TopK: batch.TopK, TopKIDs: l.ws.ids, TopKWeights: l.ws.tw, A1q: l.ws.a1q, A1qScale: l.ws.a1s})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer g.Close()
+	res := l.ws.host.bytes()[:4*len(out)]
+	// Every part but forward and bind runs with the context bound.
+	stages := func(b *testing.B, timing bool) error {
+		db, err := l.stageBatch(batch) // staged once, outside the timer
+		if err == nil {
+			err = l.stream.Synchronize()
+		}
+		b.ResetTimer()
+		for i := 0; i < b.N && err == nil; i++ {
+			l.timing = timing
+			err = l.launchAll(&db, l.ws.out)
+			l.timing = false
+			if err == nil {
+				err = l.stream.Synchronize()
+			}
+		}
+		return err
+	}
+	parts := []struct {
+		name string
+		run  func(b *testing.B) error
+	}{
+		{"forward", func(b *testing.B) (err error) {
+			for i := 0; i < b.N && err == nil; i++ {
+				err = l.Forward(out, batch)
+			}
+			return err
+		}},
+		{"bind", func(b *testing.B) error {
+			for range b.N {
+				unbind, err := l.dev.bind()
+				if err != nil {
+					return err
+				}
+				unbind()
+			}
+			return nil
+		}},
+		{"sync", func(b *testing.B) (err error) {
+			for i := 0; i < b.N && err == nil; i++ {
+				err = l.stream.Synchronize()
+			}
+			return err
+		}},
+		{"stage", func(b *testing.B) (err error) {
+			for i := 0; i < b.N && err == nil; i++ {
+				if _, err = l.stageBatch(batch); err == nil {
+					err = l.stream.Synchronize()
+				}
+			}
+			return err
+		}},
+		{"stages", func(b *testing.B) error { return stages(b, false) }},
+		{"stages+events", func(b *testing.B) error { return stages(b, true) }},
+		{"replay", func(b *testing.B) (err error) {
+			for i := 0; i < b.N && err == nil; i++ {
+				if err = g.exec.launch(l.stream); err == nil {
+					err = l.stream.Synchronize()
+				}
+			}
+			return err
+		}},
+		{"output", func(b *testing.B) (err error) {
+			for i := 0; i < b.N && err == nil; i++ {
+				err = l.returnOutput(out, res)
+			}
+			return err
+		}},
+		{"stagetimes", func(b *testing.B) error {
+			for range b.N {
+				l.times = stageTimes([][7]cu.Event{l.events}, false)
+			}
+			return nil
+		}},
+	}
+	for _, p := range parts {
+		b.Run(p.name, func(b *testing.B) {
+			if p.name != "forward" && p.name != "bind" {
+				unbind, err := l.dev.bind()
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer unbind()
+			}
+			b.ResetTimer()
+			if err := p.run(b); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
 }

@@ -614,8 +614,33 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 		return err
 	}
 	defer unbind()
+	db, err := l.stageBatch(b)
+	if err != nil {
+		return err
+	}
+	res := l.ws.host.bytes()[:4*len(out)]
+	if n := forwardChunks(b.M, l.K); n > 1 {
+		return l.runChunks(out, b, &db, res, n)
+	}
+	l.timing = true
+	err = l.launchAll(&db, l.ws.out)
+	l.timing = false
+	if err != nil {
+		l.stream.Synchronize() // the batch's copies finish before the call returns
+		return err
+	}
+	if err := l.returnOutput(out, res); err != nil {
+		return err
+	}
+	l.times = stageTimes([][7]cu.Event{l.events}, b.X != nil)
+	return nil
+}
+
+// stageBatch copies a host batch into the workspace (bound, grown to hold it): the inputs
+// through the pinned staging memory, a piece (hostPiece) at a time, each piece's H2D copy on the
+// stream overlapping the next piece's staging. It returns the batch as the stages read it.
+func (l *Layer) stageBatch(b *moe.Batch) (DeviceBatch, error) {
 	ws := &l.ws
-	// Stage the inputs in pinned memory, then copy them asynchronously, a piece at a time.
 	host := ws.host.bytes()
 	off := 0
 	stage := func(dst cu.DevicePtr, src unsafe.Pointer, n int) error {
@@ -644,21 +669,20 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	}
 	for _, e := range errs {
 		if e != nil {
-			return fmt.Errorf("cudaops: copying the batch: %v", e)
+			// The copies already queued finish before the call returns (the next call stages
+			// its batch in the same pinned memory).
+			l.stream.Synchronize()
+			return DeviceBatch{}, fmt.Errorf("cudaops: copying the batch: %v", e)
 		}
 	}
-	if n := forwardChunks(b.M, l.K); n > 1 {
-		return l.runChunks(out, b, &db, host[:4*len(out)], n)
-	}
-	l.timing = true
-	err = l.launchAll(&db, ws.out)
-	l.timing = false
-	if err != nil {
-		return err
-	}
-	// The output in pieces, each followed by an event; the first piece's event also tells that
-	// every stage ran without a fault before out is touched.
-	res := host[:4*len(out)]
+	return db, nil
+}
+
+// returnOutput copies the workspace's output, after the stages queued on the stream, into out
+// through res (the pinned memory, len(out)·4 bytes): in pieces (outPiece), each followed by an
+// event, so that a piece is copied into out while the next is in transit; the first piece's
+// event also tells that every stage ran without a fault before out is touched.
+func (l *Layer) returnOutput(out []float32, res []byte) error {
 	var bounds []int
 	for lo, piece := 0, outPiece(len(res)); lo < len(res); lo += piece {
 		bounds = append(bounds, lo)
@@ -666,9 +690,8 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	bounds = append(bounds, len(res))
 	for i := range len(bounds) - 1 {
 		lo, hi := bounds[i], bounds[i+1]
-		// On an error, the copies already queued finish before the call returns (the next call
-		// stages its batch in the same pinned memory).
-		if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&res[lo]), ws.out+cu.DevicePtr(lo), int64(hi-lo), l.stream); err != nil {
+		// On an error, the copies already queued finish before the call returns.
+		if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&res[lo]), l.ws.out+cu.DevicePtr(lo), int64(hi-lo), l.stream); err != nil {
 			l.stream.Synchronize()
 			return fmt.Errorf("cudaops: copying the output: %v", err)
 		}
@@ -677,11 +700,7 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 			return fmt.Errorf("cudaops: event: %v", err)
 		}
 	}
-	if err := l.copyBack(out, res, bounds); err != nil {
-		return err
-	}
-	l.times = stageTimes([][7]cu.Event{l.events}, b.X != nil)
-	return nil
+	return l.copyBack(out, res, bounds)
 }
 
 // copyBack copies Forward's output from the pinned res into out, piece i (res[bounds[i]:
