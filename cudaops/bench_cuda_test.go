@@ -171,7 +171,18 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 	if nonzero < len(out)/2 {
 		b.Fatalf("%d of %d outputs nonzero", nonzero, len(out))
 	}
-	g, err := l.Capture(l.ws.out, DeviceBatch{M: m, TopK: batch.TopK, TopKIDs: l.ws.ids, TopKWeights: l.ws.tw, A1q: l.ws.a1q, A1qScale: l.ws.a1s})
+	db, err := func() (DeviceBatch, error) {
+		unbind, err := l.dev.bind()
+		if err != nil {
+			return DeviceBatch{}, err
+		}
+		defer unbind()
+		return l.stageBatch(batch)
+	}()
+	if err != nil {
+		b.Fatal(err)
+	}
+	g, err := l.Capture(l.ws.out, db)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -246,7 +257,7 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 		}},
 		{"stagetimes", func(b *testing.B) error {
 			for range b.N {
-				l.times = stageTimes([][7]cu.Event{l.events}, false)
+				_ = stageTimes([][7]cu.Event{l.events}, false)
 			}
 			return nil
 		}},

@@ -3,6 +3,9 @@ package cudaops
 import (
 	"runtime"
 	"sync"
+	"unsafe"
+
+	"github.com/fp4moe/fp4moe/moe"
 )
 
 // The host path's copies between Go slices and pinned staging memory: a copy of at least
@@ -70,3 +73,34 @@ func forwardChunks(m, k int) int {
 	}
 	return n
 }
+
+// inputSeg is one input tensor of a host batch in inputLayout: n bytes from src, at off.
+type inputSeg struct {
+	src    unsafe.Pointer
+	off, n int
+}
+
+// inputLayout lays a host batch's tensors out one after another, each at a multiple of 256
+// bytes: TopKIDs, TopKWeights, then X or A1q and A1qScale; total is where the last one ends.
+// It fits in inputBytes(b.M, b.M·b.TopK, K) bytes.
+func inputLayout(b *moe.Batch) (segs []inputSeg, total int) {
+	add := func(src unsafe.Pointer, n int) {
+		off := (total + 255) &^ 255
+		segs = append(segs, inputSeg{src, off, n})
+		total = off + n
+	}
+	add(unsafe.Pointer(&b.TopKIDs[0]), 4*len(b.TopKIDs))
+	add(unsafe.Pointer(&b.TopKWeights[0]), 4*len(b.TopKWeights))
+	if b.X != nil {
+		add(unsafe.Pointer(&b.X[0]), 4*len(b.X))
+	} else {
+		add(unsafe.Pointer(&b.A1q[0]), len(b.A1q))
+		add(unsafe.Pointer(&b.A1qScale[0]), 4*len(b.A1qScale))
+	}
+	return segs, total
+}
+
+// inputBytes bounds inputLayout's total for m tokens of p routed pairs and K columns (float32
+// input, the larger kind, and the alignment of three tensors); it is also at least the output's
+// 4·m·K bytes.
+func inputBytes(m, p, K int) int { return 8*p + 4*m*K + 3*256 }

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"testing"
+	"unsafe"
+
+	"github.com/fp4moe/fp4moe/moe"
 )
 
 // TestParallelCopy copies sizes below, at and above the parallel threshold (odd sizes among
@@ -88,5 +91,56 @@ func TestForwardChunks(t *testing.T) {
 		if got := forwardChunks(c.m, c.k); got != c.want {
 			t.Errorf("%s: forwardChunks(%d, %d) = %d, want %d", c.name, c.m, c.k, got, c.want)
 		}
+	}
+}
+
+// TestInputLayout lays out batches of both input kinds at assorted sizes: every tensor at a
+// multiple of 256 bytes, in order, the next one past its end, its source and length the
+// batch's, and the whole within inputBytes.
+func TestInputLayout(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		m, topk, k int
+		float      bool
+	}{
+		{"one token, FP8", 1, 4, 2944, false},
+		{"one token, float", 1, 4, 2944, true},
+		{"odd pairs, FP8", 3, 1, 256, false},
+		{"odd pairs, float", 7, 3, 128, true},
+		{"prefill, FP8", 4096, 8, 7168, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := c.m * c.topk
+			b := &moe.Batch{M: c.m, TopK: c.topk, TopKIDs: make([]int32, p), TopKWeights: make([]float32, p)}
+			type tensor struct {
+				src unsafe.Pointer
+				n   int
+			}
+			want := []tensor{{unsafe.Pointer(&b.TopKIDs[0]), 4 * p}, {unsafe.Pointer(&b.TopKWeights[0]), 4 * p}}
+			if c.float {
+				b.X = make([]float32, c.m*c.k)
+				want = append(want, tensor{unsafe.Pointer(&b.X[0]), 4 * c.m * c.k})
+			} else {
+				b.A1q, b.A1qScale = make([]uint8, c.m*c.k), make([]float32, c.m*c.k/128)
+				want = append(want, tensor{unsafe.Pointer(&b.A1q[0]), c.m * c.k}, tensor{unsafe.Pointer(&b.A1qScale[0]), 4 * c.m * c.k / 128})
+			}
+			segs, total := inputLayout(b)
+			if len(segs) != len(want) {
+				t.Fatalf("%d tensors, want %d", len(segs), len(want))
+			}
+			end := 0
+			for i, sg := range segs {
+				if sg.src != want[i].src || sg.n != want[i].n {
+					t.Fatalf("tensor %d: %d bytes from %p, want %d from %p", i, sg.n, sg.src, want[i].n, want[i].src)
+				}
+				if sg.off%256 != 0 || sg.off < end || sg.off >= end+256 {
+					t.Fatalf("tensor %d at %d, want the first multiple of 256 from %d", i, sg.off, end)
+				}
+				end = sg.off + sg.n
+			}
+			if total != end || total > inputBytes(c.m, p, c.k) || 4*c.m*c.k > inputBytes(c.m, p, c.k) {
+				t.Fatalf("total %d (last end %d), inputBytes %d, output %d", total, end, inputBytes(c.m, p, c.k), 4*c.m*c.k)
+			}
+		})
 	}
 }

@@ -251,11 +251,14 @@ type Layer struct {
 	ws                     workspace
 	wsAllocs               uint64 // workspaces allocated so far (workspace.gen)
 	closed                 bool
-	// Host-path stage timing: events recorded between the stages of Forward, read after its
-	// final synchronization (never recorded by ForwardDevice or Capture).
-	events [7]cu.Event
-	timing bool
-	times  moe.StageTimes
+	// Host-path stage timing (Options.StageTimes): events recorded between the stages of
+	// Forward (never by ForwardDevice or Capture); timed: the sets of them that the last Forward
+	// recorded, read by StageTimes (the read costs a few µs, so a Forward does not do it);
+	// timedFloat: that Forward quantized its input (its Prepare stage ran).
+	events     [7]cu.Event
+	timing     bool
+	timed      [][7]cu.Event
+	timedFloat bool
 	// Forward's output comes back in pieces, each followed by one of these events, so that the
 	// host copies a piece while the next one is still in transit.
 	pieceEvents [outPieces]cu.Event
@@ -448,8 +451,10 @@ type workspace struct {
 	// gen counts the layer's workspace allocations: a graph captured with one is replayed only
 	// while it is the current one (a new allocation may reuse the old one's address).
 	gen uint64
-	// inputs and output
-	x, a1q, a1s, ids, tw, out cu.DevicePtr
+	// in: the host path's batch, laid out as in its pinned staging memory (inputLayout), so that
+	// it moves in one copy (or in pieces of one range); a1q, a1s: the float path's quantized
+	// tokens; out: the output
+	in, a1q, a1s, out cu.DevicePtr
 	// permuted layout and intermediates
 	a1qPerm, a1sPerm, h, a2q, a2s, z cu.DevicePtr
 	// routing metadata
@@ -534,7 +539,7 @@ func (l *Layer) ensure(m, topk int) error {
 	var a arena
 	ws := workspace{m: m, p: p, rows: rows, tiles: tiles, wtiles: wtiles}
 	offs := []int64{
-		a.take(m * l.K * 4), a.take(m * l.K), a.take(m * l.K / 32), a.take(p * 4), a.take(p * 4), a.take(m * l.K * 4),
+		a.take(inputBytes(m, p, l.K)), a.take(m * l.K), a.take(m * l.K / 32), a.take(m * l.K * 4),
 		a.take(rows * l.K), a.take(rows * l.K / 32), a.take(int(int64(rows) * 2 * I * 4)), a.take(rows * l.I), a.take(rows * l.I / 32),
 		a.take(int(int64(rows) * K * 4)),
 		a.take(l.E * 4), a.take((l.E + 1) * 4), a.take(rows * 4), a.take(rows * 4), a.take(p * 4), a.take(tiles * 8), a.take(l.chunkTiles(p) * 8), a.take(l.heavyTiles(p) * 8), a.take(12), a.take(4),
@@ -546,14 +551,14 @@ func (l *Layer) ensure(m, topk int) error {
 	if err != nil {
 		return fmt.Errorf("cudaops: allocating a %d-byte workspace for %d tokens × %d experts: %v", a.size, m, topk, err)
 	}
-	host, err := allocPinned(m*l.K*4 + m*l.K + m*l.K/32 + 2*p*4)
+	host, err := allocPinned(inputBytes(m, p, l.K)) // also the output's 4·m·K bytes
 	if err != nil {
 		cu.MemFree(mem)
 		return err
 	}
 	l.freeWorkspace()
 	ws.mem, ws.size, ws.host = mem, a.size, host
-	ptrs := []*cu.DevicePtr{&ws.x, &ws.a1q, &ws.a1s, &ws.ids, &ws.tw, &ws.out, &ws.a1qPerm, &ws.a1sPerm, &ws.h, &ws.a2q, &ws.a2s, &ws.z,
+	ptrs := []*cu.DevicePtr{&ws.in, &ws.a1q, &ws.a1s, &ws.out, &ws.a1qPerm, &ws.a1sPerm, &ws.h, &ws.a2q, &ws.a2s, &ws.z,
 		&ws.counts, &ws.offsets, &ws.expertIDs, &ws.rowPair, &ws.invPerm, &ws.tileList, &ws.chunkList, &ws.heavyList, &ws.ntiles, &ws.errs,
 		&ws.wtileList, &ws.nwtiles, &ws.wflags, &ws.wtrow, &ws.wplist, &ws.nwplist, &ws.routePre, &ws.xb}
 	for i, p := range ptrs {
@@ -592,7 +597,7 @@ type DeviceBatch struct {
 // host's copy of one piece overlapping the device copy of the next, each host copy spread over
 // several goroutines (parallelCopy). A batch of at least 2·chunkTokens tokens runs in chunks
 // (forwardChunks), each chunk's output copied back on a second stream while the next chunk's
-// stages run; StageTimes then sums the chunks' stages. A token's output is the same as from one
+// stages run. With Options.StageTimes the stages are timed (StageTimes). A token's output is the same as from one
 // forward of the whole batch unless the chunking changes whether its tile's activation scales
 // fold (moe_wg_tiles; a tile holding a token whose scales do not fold takes the promoting
 // kernel), which rounds within the contract.
@@ -600,6 +605,7 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	if l.closed {
 		return fmt.Errorf("cudaops: layer is closed")
 	}
+	l.timed = nil
 	if err := b.Validate(&moe.Weights{E: l.E, K: l.K, I: l.I}, &l.cfg); err != nil {
 		return err
 	}
@@ -622,7 +628,7 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	if n := forwardChunks(b.M, l.K); n > 1 {
 		return l.runChunks(out, b, &db, res, n)
 	}
-	l.timing = true
+	l.timing = l.opt.StageTimes
 	err = l.launchAll(&db, l.ws.out)
 	l.timing = false
 	if err != nil {
@@ -632,48 +638,41 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	if err := l.returnOutput(out, res); err != nil {
 		return err
 	}
-	l.times = stageTimes([][7]cu.Event{l.events}, b.X != nil)
+	if l.opt.StageTimes {
+		l.timed, l.timedFloat = [][7]cu.Event{l.events}, b.X != nil
+	}
 	return nil
 }
 
-// stageBatch copies a host batch into the workspace (bound, grown to hold it): the inputs
-// through the pinned staging memory, a piece (hostPiece) at a time, each piece's H2D copy on the
-// stream overlapping the next piece's staging. It returns the batch as the stages read it.
+// stageBatch copies a host batch into the workspace (bound, grown to hold it): laid out as
+// inputLayout says, in the pinned staging memory and then in ws.in by one copy, or, for a
+// batch above hostPiece bytes, by one copy a piece, each piece's H2D copy on the stream
+// overlapping the next piece's staging. It returns the batch as the stages read it.
 func (l *Layer) stageBatch(b *moe.Batch) (DeviceBatch, error) {
 	ws := &l.ws
 	host := ws.host.bytes()
-	off := 0
-	stage := func(dst cu.DevicePtr, src unsafe.Pointer, n int) error {
-		for lo := 0; lo < n; lo += hostPiece {
-			m := min(hostPiece, n-lo)
-			parallelCopy(host[off:off+m], unsafe.Slice((*byte)(unsafe.Add(src, lo)), m))
-			if err := cu.MemcpyHtoDAsync(dst+cu.DevicePtr(lo), unsafe.Pointer(&host[off]), int64(m), l.stream); err != nil {
-				return err
+	segs, total := inputLayout(b)
+	for lo := 0; lo < total; lo += hostPiece {
+		hi := min(lo+hostPiece, total)
+		for _, sg := range segs {
+			a, z := max(lo, sg.off), min(hi, sg.off+sg.n)
+			if a < z {
+				parallelCopy(host[a:z], unsafe.Slice((*byte)(unsafe.Add(sg.src, a-sg.off)), z-a))
 			}
-			off += m
 		}
-		return nil
-	}
-	db := DeviceBatch{M: b.M, TopK: b.TopK, TopKIDs: ws.ids, TopKWeights: ws.tw}
-	errs := []error{
-		stage(ws.ids, unsafe.Pointer(&b.TopKIDs[0]), 4*len(b.TopKIDs)),
-		stage(ws.tw, unsafe.Pointer(&b.TopKWeights[0]), 4*len(b.TopKWeights)),
-	}
-	if b.X != nil {
-		db.X = ws.x
-		errs = append(errs, stage(ws.x, unsafe.Pointer(&b.X[0]), 4*len(b.X)))
-	} else {
-		db.A1q, db.A1qScale = ws.a1q, ws.a1s
-		errs = append(errs, stage(ws.a1q, unsafe.Pointer(&b.A1q[0]), len(b.A1q)),
-			stage(ws.a1s, unsafe.Pointer(&b.A1qScale[0]), 4*len(b.A1qScale)))
-	}
-	for _, e := range errs {
-		if e != nil {
+		if err := cu.MemcpyHtoDAsync(ws.in+cu.DevicePtr(lo), unsafe.Pointer(&host[lo]), int64(hi-lo), l.stream); err != nil {
 			// The copies already queued finish before the call returns (the next call stages
 			// its batch in the same pinned memory).
 			l.stream.Synchronize()
-			return DeviceBatch{}, fmt.Errorf("cudaops: copying the batch: %v", e)
+			return DeviceBatch{}, fmt.Errorf("cudaops: copying the batch: %v", err)
 		}
+	}
+	at := func(i int) cu.DevicePtr { return ws.in + cu.DevicePtr(segs[i].off) }
+	db := DeviceBatch{M: b.M, TopK: b.TopK, TopKIDs: at(0), TopKWeights: at(1)}
+	if b.X != nil {
+		db.X = at(2)
+	} else {
+		db.A1q, db.A1qScale = at(2), at(3)
 	}
 	return db, nil
 }
@@ -746,7 +745,7 @@ func (l *Layer) runChunks(out []float32, b *moe.Batch, db *DeviceBatch, res []by
 			cb.A1q, cb.A1qScale = db.A1q+cu.DevicePtr(t0*K), db.A1qScale+cu.DevicePtr(4*t0*K/moe.ActGroup)
 		}
 		off := 4 * t0 * K
-		l.timing, l.markSet = true, &l.chunkTiming[c]
+		l.timing, l.markSet = l.opt.StageTimes, &l.chunkTiming[c]
 		err = l.launchAll(&cb, ws.out+cu.DevicePtr(off))
 		l.timing, l.markSet = false, nil
 		if err != nil {
@@ -772,7 +771,9 @@ func (l *Layer) runChunks(out []float32, b *moe.Batch, db *DeviceBatch, res []by
 	if err := l.copyBack(out, res, bounds); err != nil {
 		return err
 	}
-	l.times = stageTimes(l.chunkTiming[:n], b.X != nil)
+	if l.opt.StageTimes {
+		l.timed, l.timedFloat = l.chunkTiming[:n], b.X != nil
+	}
 	return nil
 }
 
@@ -826,8 +827,28 @@ func destroyEvents(ev []cu.Event) {
 }
 
 // StageTimes returns the device time of each stage of the last host-path Forward, measured
-// with events between the stages (Permute includes routing).
-func (l *Layer) StageTimes() moe.StageTimes { return l.times }
+// with events between the stages (Permute includes routing; a Forward in chunks sums its
+// chunks'), on a layer made with Options.StageTimes; zero on others, before the first Forward
+// and after a failed one.
+func (l *Layer) StageTimes() moe.StageTimes {
+	if len(l.timed) == 0 || l.closed {
+		return moe.StageTimes{}
+	}
+	unbind, err := l.dev.bind()
+	if err != nil {
+		return moe.StageTimes{}
+	}
+	defer unbind()
+	return stageTimes(l.timed, l.timedFloat)
+}
+
+// RecordsStageTimes reports whether the layer times its stages (Options.StageTimes,
+// SetStageTimes).
+func (l *Layer) RecordsStageTimes() bool { return l.opt.StageTimes }
+
+// SetStageTimes turns the timing of the host path's stages on or off (Options.StageTimes) from
+// the next Forward on.
+func (l *Layer) SetStageTimes(on bool) { l.opt.StageTimes = on }
 
 // stageTimes reads the stage times from sets of timing events (recorded by mark), each stage's
 // summed over the sets (a chunked Forward's chunks).

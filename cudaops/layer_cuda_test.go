@@ -1145,6 +1145,56 @@ func TestMemoryStable(t *testing.T) {
 	}
 }
 
+// TestStageTimesOptIn checks that only a layer made with Options.StageTimes times its stages:
+// every stage's time after a Forward of float input there, zero on the default layer; zero
+// again after a Forward that fails validation, and after ForwardDevice the last Forward's.
+func TestStageTimesOptIn(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 16, K: 256, I: 128, E: 8, TopK: 2, Seed: 3})
+	plain := mustLayer(t, &c.Weights, c.Config)
+	ml, err := Backend{Options: Options{StageTimes: true}}.NewLayer(&c.Weights, c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ml.Close() })
+	timed := ml.(*Layer)
+	if plain.RecordsStageTimes() || !timed.RecordsStageTimes() {
+		t.Fatalf("RecordsStageTimes: %v without the option, %v with it", plain.RecordsStageTimes(), timed.RecordsStageTimes())
+	}
+	if st := timed.StageTimes(); st != (moe.StageTimes{}) {
+		t.Fatalf("stage times before any Forward %+v, want zero", st)
+	}
+	out := make([]float32, 16*256)
+	fb := &moe.Batch{M: 16, TopK: 2, X: c.X, TopKIDs: c.Batch.TopKIDs, TopKWeights: c.Batch.TopKWeights}
+	for _, l := range []*Layer{plain, timed} {
+		if err := l.Forward(out, fb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := plain.StageTimes(); st != (moe.StageTimes{}) {
+		t.Fatalf("stage times without the option %+v, want zero", st)
+	}
+	st := timed.StageTimes()
+	if st.Prepare <= 0 || st.Permute <= 0 || st.GEMM1 <= 0 || st.Activation <= 0 || st.GEMM2 <= 0 || st.Reduce <= 0 {
+		t.Fatalf("stage times %+v, want every stage's", st)
+	}
+	if again := timed.StageTimes(); again != st {
+		t.Fatalf("stage times read again %+v, want %+v", again, st)
+	}
+	db, dout, _ := uploadBatch(t, timed, &c.Batch, 256)
+	if err := timed.ForwardDevice(dout, db); err != nil {
+		t.Fatal(err)
+	}
+	if again := timed.StageTimes(); again != st {
+		t.Fatalf("stage times after ForwardDevice %+v, want the last Forward's %+v", again, st)
+	}
+	if err := timed.Forward(out[:5], &c.Batch); err == nil {
+		t.Fatal("Forward into a short output: no error")
+	}
+	if st := timed.StageTimes(); st != (moe.StageTimes{}) {
+		t.Fatalf("stage times after a failed Forward %+v, want zero", st)
+	}
+}
+
 func memInfo(t *testing.T, l *Layer) (int64, int64, error) {
 	unbind, err := l.dev.bind()
 	if err != nil {
@@ -1161,10 +1211,16 @@ func memInfo(t *testing.T, l *Layer) (int64, int64, error) {
 // differ, every token's sums do not, as every tile's scales fold here). Float32 input (three or
 // more input pieces): bitwise against the host path on its FP8 quantization (the float path
 // quantizes on the device exactly as the host does). Twice each, into an output first filled
-// with NaN; the stage times of a chunked forward are its chunks' sums, none of them zero.
+// with NaN; with Options.StageTimes, the stage times of a chunked forward are its chunks'
+// sums, none of them zero.
 func TestForwardPieces(t *testing.T) {
 	s := benchdata.Shape{Name: "pieces", K: 2944, I: 256, E: 8, TopK: 2}
-	l := mustLayer(t, benchdata.Weights(s, 3), moe.GPTOSSConfig())
+	ml, err := Backend{Options: Options{StageTimes: true}}.NewLayer(benchdata.Weights(s, 3), moe.GPTOSSConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ml.Close() })
+	l := ml.(*Layer)
 	for _, c := range []struct {
 		name   string
 		m      int

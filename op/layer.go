@@ -39,6 +39,8 @@ type Layer struct {
 	backend moe.Backend
 	digest  string // fingerprint of every parameter, for WriteHash
 
+	stageTimes bool // WithStageTimes
+
 	mu   sync.Mutex
 	impl moe.Layer // created by the backend on first use
 	err  error
@@ -49,6 +51,18 @@ type Option func(*Layer)
 
 // WithBackend selects the backend that runs the layer (default: DefaultBackend()).
 func WithBackend(b moe.Backend) Option { return func(l *Layer) { l.backend = b } }
+
+// WithStageTimes asks the backend's layer to time its stages (StageTimes) on every run, where
+// it does so only when asked: the CUDA backend's events between the stages cost device time
+// (cudaops.Options.StageTimes). The pure-Go backend always times its stages.
+func WithStageTimes() Option { return func(l *Layer) { l.stageTimes = true } }
+
+// stageTimeSwitch is implemented by backend layers that time their stages only when asked
+// (cudaops.Layer).
+type stageTimeSwitch interface {
+	SetStageTimes(on bool)
+	RecordsStageTimes() bool
+}
 
 // BackendEnv names the environment variable that forces a backend: "native" or "cuda".
 const BackendEnv = "FP4MOE_BACKEND"
@@ -82,10 +96,14 @@ func (l *Layer) Config() moe.Config { return l.cfg }
 // Backend returns the layer's backend.
 func (l *Layer) Backend() moe.Backend { return l.backend }
 
-// StageTimes returns the stage times of the layer's last run, when its backend records them.
+// StageTimes returns the stage times of the layer's last run and true, when its backend records
+// them (the CUDA backend with WithStageTimes, the pure-Go backend always); else zero and false.
 func (l *Layer) StageTimes() (moe.StageTimes, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if sw, ok := l.impl.(stageTimeSwitch); ok && !sw.RecordsStageTimes() {
+		return moe.StageTimes{}, false
+	}
 	if st, ok := l.impl.(moe.StageTimer); ok {
 		return st.StageTimes(), true
 	}
@@ -98,6 +116,9 @@ func (l *Layer) forward(out []float32, b *moe.Batch) error {
 	defer l.mu.Unlock()
 	if l.impl == nil && l.err == nil {
 		l.impl, l.err = l.backend.NewLayer(l.w, l.cfg)
+		if sw, ok := l.impl.(stageTimeSwitch); ok && l.err == nil && l.stageTimes {
+			sw.SetStageTimes(true)
+		}
 	}
 	if l.err != nil {
 		return fmt.Errorf("op: %s backend: %w", l.backend.Name(), l.err)

@@ -464,8 +464,10 @@ func hostTimes(l *cudaops.Layer, batches []*moe.Batch, k int, minTime time.Durat
 }
 
 // stageTimes runs a row's first batch b (k output columns) through the host path five times and
-// returns the median device time of each stage.
+// returns the median device time of each stage (the layer's stage timing on for these five).
 func stageTimes(l *cudaops.Layer, b *moe.Batch, k int) (moe.StageTimes, error) {
+	l.SetStageTimes(true)
+	defer l.SetStageTimes(false)
 	out := make([]float32, b.M*k)
 	var all []moe.StageTimes
 	for range 5 {

@@ -55,7 +55,7 @@ func run(m, e int, seed uint64) error {
 	genTime := time.Since(start)
 	weightBytes := len(w.W13) + len(w.W13Scale) + len(w.W2) + len(w.W2Scale)
 
-	layer, err := op.NewLayer(w, moe.GPTOSSConfig())
+	layer, err := op.NewLayer(w, moe.GPTOSSConfig(), op.WithStageTimes())
 	if err != nil {
 		return err
 	}
