@@ -265,6 +265,7 @@ func TestBlockGraph(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
+	l.StageTimes = true
 	const m = 6
 	x := randomHidden(m, small.Hidden, 9)
 	g := G.NewGraph()
@@ -293,8 +294,8 @@ func TestBlockGraph(t *testing.T) {
 	if e := conformance.RelL2(got, want); e > 1e-3 {
 		t.Fatalf("graph: rel L2 %.3e against the float64 GPT-OSS formula", e)
 	}
-	if _, ok := l.GraphStageTimes(); !ok {
-		t.Fatal("no stage times from the graph's layer")
+	if st, ok := l.GraphStageTimes(); !ok || st.GEMM1 <= 0 || st.GEMM2 <= 0 {
+		t.Fatalf("stage times from the graph's layer %+v (ok %v), want the GEMMs' nonzero", st, ok)
 	}
 	if _, err := l.Block(G.NewMatrix(g, tensor.Float32, G.WithShape(m, 256), G.WithName("wrong"))); err == nil {
 		t.Fatal("Block accepted (m, 256) hidden states")

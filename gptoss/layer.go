@@ -33,10 +33,13 @@ type Layer struct {
 	// Backend runs the experts (nil: op.DefaultBackend()). Set it before the first Forward or
 	// Block.
 	Backend moe.Backend
+	// StageTimes asks the backend to time the expert layer's stages (StageTimes,
+	// GraphStageTimes), where it does so only when asked: the CUDA backend's timing events cost
+	// device time (cudaops.Options.StageTimes). Set it before the first Forward or Block.
+	StageTimes bool
 
 	direct moe.Layer
 	graph  *op.Layer
-	times  moe.StageTimes
 }
 
 // LoadLayer reads layer n's MoE tensors (and nothing else) and converts them.
@@ -240,6 +243,9 @@ func (l *Layer) Forward(x []float32, m int) ([]float32, error) {
 		if l.direct, err = l.backend().NewLayer(&l.Weights, l.Config); err != nil {
 			return nil, err
 		}
+		if sw, ok := l.direct.(interface{ SetStageTimes(bool) }); ok && l.StageTimes {
+			sw.SetStageTimes(true)
+		}
 	}
 	Kp := l.Weights.K
 	xp := l.padRows(x, m)
@@ -247,15 +253,20 @@ func (l *Layer) Forward(x []float32, m int) ([]float32, error) {
 	if err := l.direct.Forward(out, &moe.Batch{M: m, TopK: l.TopK, X: xp, TopKIDs: ids, TopKWeights: weights}); err != nil {
 		return nil, err
 	}
-	if st, ok := l.direct.(moe.StageTimer); ok {
-		l.times = st.StageTimes()
-	}
 	return l.unpadRows(out, m), nil
 }
 
-// StageTimes returns the expert layer's stage times of the last Forward, when the backend
-// records them.
-func (l *Layer) StageTimes() moe.StageTimes { return l.times }
+// ForwardStageTimes returns the expert layer's stage times of the last Forward and true, when
+// the backend records them (see the StageTimes field); else zero and false.
+func (l *Layer) ForwardStageTimes() (moe.StageTimes, bool) {
+	if sw, ok := l.direct.(interface{ RecordsStageTimes() bool }); ok && !sw.RecordsStageTimes() {
+		return moe.StageTimes{}, false
+	}
+	if st, ok := l.direct.(moe.StageTimer); ok {
+		return st.StageTimes(), true
+	}
+	return moe.StageTimes{}, false
+}
 
 // padRows returns x (m, Hidden) with zero columns up to Weights.K.
 func (l *Layer) padRows(x []float32, m int) []float32 {
@@ -294,7 +305,11 @@ func (l *Layer) Block(x *G.Node) (*G.Node, error) {
 	}
 	if l.graph == nil {
 		var err error
-		if l.graph, err = op.NewLayer(&l.Weights, l.Config, op.WithBackend(l.backend())); err != nil {
+		opts := []op.Option{op.WithBackend(l.backend())}
+		if l.StageTimes {
+			opts = append(opts, op.WithStageTimes())
+		}
+		if l.graph, err = op.NewLayer(&l.Weights, l.Config, opts...); err != nil {
 			return nil, err
 		}
 	}
@@ -341,8 +356,8 @@ func (l *Layer) Block(x *G.Node) (*G.Node, error) {
 	return G.Slice(y, nil, G.S(0, l.Hidden))
 }
 
-// GraphStageTimes returns the expert layer's stage times of the last graph run, when the
-// backend records them.
+// GraphStageTimes returns the expert layer's stage times of the last graph run and true, when
+// the backend records them (see the StageTimes field); else zero and false.
 func (l *Layer) GraphStageTimes() (moe.StageTimes, bool) {
 	if l.graph == nil {
 		return moe.StageTimes{}, false

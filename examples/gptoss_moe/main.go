@@ -69,6 +69,7 @@ func run(path string, n, m int, layoutName string) error {
 		return err
 	}
 	defer l.Close()
+	l.StageTimes = true // the stage times printed at the end
 	load := time.Since(t0)
 	fmt.Printf("%s: %v layout, %d MoE layers; layer %d: %d experts, top-%d, hidden %d (padded to %d), intermediate %d (padded to %d)\n",
 		path, ck.Layout, ck.Layers, n, l.Experts, l.TopK, l.Hidden, l.Weights.K, l.Intermediate, l.Weights.I)
