@@ -104,3 +104,11 @@ func inputLayout(b *moe.Batch) (segs []inputSeg, total int) {
 // input, the larger kind, and the alignment of three tensors); it is also at least the output's
 // 4·m·K bytes.
 func inputBytes(m, p, K int) int { return 8*p + 4*m*K + 3*256 }
+
+// A host-path Forward of at most hostGraphTokens tokens without stage timing replays a captured
+// graph of its copies and stages (Layer.forwardGraph); a layer keeps at most maxHostGraphs of
+// them (all dropped when full).
+const (
+	hostGraphTokens = 512
+	maxHostGraphs   = 32
+)

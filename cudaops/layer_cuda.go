@@ -270,6 +270,113 @@ type Layer struct {
 	chunkReady  bool
 	// markSet: the timing events mark records (nil: events).
 	markSet *[7]cu.Event
+	// Forward's graphs for batches of at most hostGraphTokens tokens (forwardGraph, hostGraph),
+	// by batch shape and plan knobs, valid for the workspace of allocation graphGen.
+	graphs   map[graphKey]*graphExec
+	graphGen uint64
+	// noGraphs: Forward launches every stage itself (tests compare the two).
+	noGraphs bool
+}
+
+// graphKey identifies a host-path Forward's captured graph: the batch's tokens, experts a token
+// and input kind (which set inputLayout's offsets), and every plan knob of the layer
+// (planKnobs).
+type graphKey struct {
+	m, topk int
+	float   bool
+	knobs   planKnobs
+}
+
+// planKnobs are the Layer's fields that tests move to steer the plan; a captured graph is only
+// replayed with the knobs it was captured with (TestPlanKnobsComplete lists the fields).
+type planKnobs struct {
+	opt                                  Options
+	wideRows                             int64
+	wide16, noPredict, noChunks, noHeavy bool
+	tok32Rows, splitRows, trigger        int
+	routeGrid, actWarps                  int
+	wgSmallRows, wgMidRows               int
+}
+
+func (l *Layer) knobs() planKnobs {
+	return planKnobs{opt: l.opt, wideRows: l.wideRows, wide16: l.wide16, noPredict: l.noPredict, noChunks: l.noChunks,
+		noHeavy: l.noHeavy, tok32Rows: l.tok32Rows, splitRows: l.splitRows, trigger: l.trigger, routeGrid: l.routeGrid,
+		actWarps: l.actWarps, wgSmallRows: l.wgSmallRows, wgMidRows: l.wgMidRows}
+}
+
+// forwardGraph is Forward of a batch of at most hostGraphTokens tokens without stage timing
+// (bound, the workspace grown to hold it): the batch laid out in the pinned memory
+// (inputLayout), then one graph of the whole forward, its H2D copy, every stage and the
+// output's D2H copy, captured the first time its batch shape comes with the layer's knobs
+// (hostGraph) and replayed after that (one launch instead of a dozen launches and copies), then
+// one synchronization and the output copied out of the pinned memory.
+func (l *Layer) forwardGraph(out []float32, b *moe.Batch) error {
+	host := l.ws.host.bytes()
+	segs, total := inputLayout(b)
+	for _, sg := range segs {
+		parallelCopy(host[sg.off:sg.off+sg.n], unsafe.Slice((*byte)(sg.src), sg.n))
+	}
+	g, err := l.hostGraph(b, segs, total, 4*len(out))
+	if err != nil {
+		return err
+	}
+	if err := g.launch(l.stream); err != nil {
+		l.stream.Synchronize() // the pinned memory is free again before the call returns
+		return err
+	}
+	if err := l.stream.Synchronize(); err != nil {
+		return fmt.Errorf("cudaops: forward: %v", err)
+	}
+	parallelCopy(unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), 4*len(out)), host[:4*len(out)])
+	return nil
+}
+
+// hostGraph returns forwardGraph's graph for batch b (laid out as segs, total bytes; outBytes of
+// output), capturing it if the layer has none for b's shape and its knobs. The graphs are
+// dropped with the workspace they were captured on, and all of them when maxHostGraphs are held.
+func (l *Layer) hostGraph(b *moe.Batch, segs []inputSeg, total, outBytes int) (*graphExec, error) {
+	if l.graphGen != l.ws.gen || len(l.graphs) >= maxHostGraphs {
+		l.dropGraphs()
+		l.graphGen = l.ws.gen
+	}
+	key := graphKey{m: b.M, topk: b.TopK, float: b.X != nil, knobs: l.knobs()}
+	if g := l.graphs[key]; g != nil {
+		return g, nil
+	}
+	ws := &l.ws
+	host := ws.host.bytes()
+	db := ws.inputBatch(b, segs)
+	if err := beginCapture(l.stream); err != nil {
+		return nil, err
+	}
+	err := cu.MemcpyHtoDAsync(ws.in, unsafe.Pointer(&host[0]), int64(total), l.stream)
+	if err == nil {
+		err = l.launchAll(&db, ws.out)
+	}
+	if err == nil {
+		err = cu.MemcpyDtoHAsync(unsafe.Pointer(&host[0]), ws.out, int64(outBytes), l.stream)
+	}
+	g, cerr := endCapture(l.stream) // always, so that the stream leaves the capture
+	if err == nil {
+		err = cerr
+	}
+	if err != nil {
+		g.destroy()
+		return nil, fmt.Errorf("cudaops: capturing the forward: %v", err)
+	}
+	if l.graphs == nil {
+		l.graphs = map[graphKey]*graphExec{}
+	}
+	l.graphs[key] = g
+	return g, nil
+}
+
+// dropGraphs destroys Forward's captured graphs.
+func (l *Layer) dropGraphs() {
+	for k, g := range l.graphs {
+		g.destroy()
+		delete(l.graphs, k)
+	}
 }
 
 // NewLayer is Backend.NewLayer with the concrete type.
@@ -593,7 +700,10 @@ type DeviceBatch struct {
 // Forward validates the batch on the host, copies it to the device through pinned memory, runs
 // the layer and copies the output back. On error out is untouched (but for a device fault while
 // the output is in transit, after every stage has run: out may then hold part of it).
-// Large inputs and outputs move in pieces (hostPiece bytes in; up to outPieces pieces out), the
+// A batch of at most hostGraphTokens tokens, on a layer without stage timing, runs as one CUDA
+// graph of its copies and stages, captured the first time its shape comes (forwardGraph; the
+// capture costs that call a few hundred µs more, measured in docs/perf.md).
+// Larger inputs and outputs move in pieces (hostPiece bytes in; up to outPieces pieces out), the
 // host's copy of one piece overlapping the device copy of the next, each host copy spread over
 // several goroutines (parallelCopy). A batch of at least 2·chunkTokens tokens runs in chunks
 // (forwardChunks), each chunk's output copied back on a second stream while the next chunk's
@@ -620,6 +730,9 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 		return err
 	}
 	defer unbind()
+	if b.M <= hostGraphTokens && !l.opt.StageTimes && !l.noGraphs {
+		return l.forwardGraph(out, b)
+	}
 	db, err := l.stageBatch(b)
 	if err != nil {
 		return err
@@ -667,6 +780,12 @@ func (l *Layer) stageBatch(b *moe.Batch) (DeviceBatch, error) {
 			return DeviceBatch{}, fmt.Errorf("cudaops: copying the batch: %v", err)
 		}
 	}
+	return ws.inputBatch(b, segs), nil
+}
+
+// inputBatch returns host batch b, laid out as segs (inputLayout) in ws.in, as the stages read
+// it.
+func (ws *workspace) inputBatch(b *moe.Batch, segs []inputSeg) DeviceBatch {
 	at := func(i int) cu.DevicePtr { return ws.in + cu.DevicePtr(segs[i].off) }
 	db := DeviceBatch{M: b.M, TopK: b.TopK, TopKIDs: at(0), TopKWeights: at(1)}
 	if b.X != nil {
@@ -674,7 +793,7 @@ func (l *Layer) stageBatch(b *moe.Batch) (DeviceBatch, error) {
 	} else {
 		db.A1q, db.A1qScale = at(2), at(3)
 	}
-	return db, nil
+	return db
 }
 
 // returnOutput copies the workspace's output, after the stages queued on the stream, into out
@@ -1172,6 +1291,7 @@ func (l *Layer) release() {
 	}
 	destroyEvents(l.events[:])
 	destroyEvents(l.pieceEvents[:])
+	l.dropGraphs()
 	if l.chunkReady {
 		l.destroyChunkEvents(len(l.chunkTiming))
 		l.copyStream.Destroy()

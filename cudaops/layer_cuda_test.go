@@ -5,6 +5,7 @@ package cudaops
 import (
 	"fmt"
 	"math"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -1127,6 +1128,7 @@ func TestPoisonedWorkspace(t *testing.T) {
 func TestMemoryStable(t *testing.T) {
 	c := conformance.Generate(conformance.Spec{M: 64, K: 256, I: 256, E: 8, TopK: 2, Seed: 5})
 	l := mustLayer(t, &c.Weights, c.Config)
+	l.noGraphs = true // the stages launched one by one (TestHostGraphs: the graphs' memory)
 	out := make([]float32, 64*256)
 	// The first forward has the largest batch, so the workspace has its final size after it.
 	if err := l.Forward(out, &c.Batch); err != nil {
@@ -1305,6 +1307,102 @@ func TestGraphAfterGrowth(t *testing.T) {
 		t.Fatal("a graph of the old workspace launched; want an error")
 	}
 	captureAndLaunch("graph captured again")
+}
+
+// TestHostGraphs runs host-path forwards of 1 to 20 and of 300 tokens, FP8 and float input,
+// through the captured graphs of the whole forward (forwardGraph) and without them: bitwise the
+// same output, into an output first filled with NaN; with stage timing on, no graph is captured
+// and the stages are timed; a knob moved (the activation's warps) captures a graph of its own; a
+// larger workspace drops the graphs; and, once each size has its graph, two more rounds of the
+// same sizes leave the device's free memory as it was.
+func TestHostGraphs(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{M: 300, K: 256, I: 128, E: 8, TopK: 2, Activation: moe.SwiGLUOAI, Bias: true, Seed: 9})
+	l := mustLayer(t, &c.Weights, c.Config)
+	K := c.Weights.K
+	batch := func(m int, float bool) *moe.Batch {
+		b := c.Batch.Slice(K, 0, m)
+		if float {
+			b = &moe.Batch{M: m, TopK: b.TopK, X: c.X[:m*K], TopKIDs: b.TopKIDs, TopKWeights: b.TopKWeights}
+		}
+		return b
+	}
+	run := func(m int, float, graphs bool) []float32 {
+		l.noGraphs = !graphs
+		defer func() { l.noGraphs = false }()
+		out := make([]float32, m*K)
+		for i := range out {
+			out[i] = float32(math.NaN())
+		}
+		if err := l.Forward(out, batch(m, float)); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	for _, float := range []bool{false, true} {
+		for _, m := range []int{1, 3, 8, 20, 300} {
+			want := run(m, float, false)
+			for pass := range 2 { // capture, then replay
+				sameBits(t, fmt.Sprintf("M=%d float %v pass %d: graph against the stages launched one by one", m, float, pass), run(m, float, true), want)
+			}
+		}
+	}
+	if len(l.graphs) != 10 {
+		t.Fatalf("%d graphs after five sizes of two input kinds, want 10", len(l.graphs))
+	}
+	n := len(l.graphs)
+	l.SetStageTimes(true)
+	run(5, false, true)
+	if st := l.StageTimes(); len(l.graphs) != n || st.Permute <= 0 || st.GEMM1 <= 0 || st.GEMM2 <= 0 || st.Reduce <= 0 {
+		t.Fatalf("with stage timing: %d graphs (want %d), stage times %+v (want every stage's)", len(l.graphs), n, st)
+	}
+	l.SetStageTimes(false)
+	l.actWarps = 8
+	run(3, false, true)
+	l.actWarps = 0
+	if len(l.graphs) != n+1 {
+		t.Fatalf("%d graphs after a knob moved, want %d", len(l.graphs), n+1)
+	}
+	// A larger batch (past hostGraphTokens: no graph) grows the workspace: every graph is
+	// dropped at the next graph forward.
+	big := conformance.Generate(conformance.Spec{M: 600, K: 256, I: 128, E: 8, TopK: 2, Activation: moe.SwiGLUOAI, Bias: true, Seed: 9})
+	forward(t, l, &big.Batch, K)
+	run(2, false, true)
+	if len(l.graphs) != 1 {
+		t.Fatalf("%d graphs after the workspace grew, want 1", len(l.graphs))
+	}
+	for m := 1; m <= 20; m++ {
+		run(m, false, true)
+	}
+	free0, _, _ := memInfo(t, l)
+	for range 2 {
+		for m := 1; m <= 20; m++ {
+			run(m, false, true)
+		}
+	}
+	if free1, _, _ := memInfo(t, l); free1 != free0 {
+		t.Fatalf("free device memory went from %d to %d bytes over replays", free0, free1)
+	}
+}
+
+// TestPlanKnobsComplete checks that every field of Layer is either one of planKnobs' (a captured
+// graph is replayed only with the knobs it was captured with) or named here as not a knob.
+func TestPlanKnobsComplete(t *testing.T) {
+	notKnobs := map[string]bool{"dev": true, "E": true, "K": true, "I": true, "cfg": true, "eg": true, "stream": true,
+		"weights": true, "w13": true, "s13": true, "w2": true, "s2": true, "b13": true, "b2": true, "expertMap": true,
+		"ref13": true, "ref2": true, "foldable": true, "exactScales": true, "ws": true, "wsAllocs": true, "closed": true,
+		"events": true, "timing": true, "timed": true, "timedFloat": true, "pieceEvents": true, "chunkTiming": true, "chunkDone": true,
+		"copyStream": true, "chunkReady": true, "markSet": true, "graphs": true, "graphGen": true, "noGraphs": true}
+	knobs := map[string]bool{}
+	kt := reflect.TypeOf(planKnobs{})
+	for i := range kt.NumField() {
+		knobs[kt.Field(i).Name] = true
+	}
+	lt := reflect.TypeOf(Layer{})
+	for i := range lt.NumField() {
+		if f := lt.Field(i).Name; !notKnobs[f] && !knobs[f] {
+			t.Errorf("Layer.%s is neither a plan knob (planKnobs) nor listed as not one", f)
+		}
+	}
 }
 
 // uploadBatch copies batch b into device memory of its own for l's device (freed when the test
