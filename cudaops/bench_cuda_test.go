@@ -5,6 +5,7 @@ package cudaops
 import (
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/fp4moe/fp4moe/internal/benchdata"
@@ -131,7 +132,9 @@ func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int, routing stri
 // synchronization), stages (every stage launched, no timing events, then a synchronization),
 // stages+events (the same with Forward's seven timing events), replay (the same stages as one
 // captured graph, launched and synchronized), output (the output copied back through pinned
-// memory, after its event) and stagetimes (the six elapsed times read from the events):
+// memory, after its event) and stagetimes (the six elapsed times read from the events);
+// forward-nograph is Forward without its graph (forwardGraph), the stages launched one by one,
+// and forward+capture Forward with its graph captured anew each call:
 // BenchmarkHostPath/gptoss120b/M=1/stage and so on. forward is about bind + stage +
 // stages+events + output + stagetimes less the two synchronizations that stage and the stages
 // end with and Forward does not.
@@ -215,6 +218,21 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 			}
 			return err
 		}},
+		{"forward-nograph", func(b *testing.B) (err error) {
+			l.noGraphs = true
+			defer func() { l.noGraphs = false }()
+			for i := 0; i < b.N && err == nil; i++ {
+				err = l.Forward(out, batch)
+			}
+			return err
+		}},
+		{"forward+capture", func(b *testing.B) (err error) {
+			for i := 0; i < b.N && err == nil; i++ {
+				l.graphGen = 0 // the next graph forward drops the graphs and captures its own
+				err = l.Forward(out, batch)
+			}
+			return err
+		}},
 		{"bind", func(b *testing.B) error {
 			for range b.N {
 				unbind, err := l.dev.bind()
@@ -264,7 +282,7 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 	}
 	for _, p := range parts {
 		b.Run(p.name, func(b *testing.B) {
-			if p.name != "forward" && p.name != "bind" {
+			if !strings.HasPrefix(p.name, "forward") && p.name != "bind" {
 				unbind, err := l.dev.bind()
 				if err != nil {
 					b.Fatal(err)
