@@ -133,8 +133,9 @@ func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int, routing stri
 // stages+events (the same with Forward's seven timing events), replay (the same stages as one
 // captured graph, launched and synchronized), output (the output copied back through pinned
 // memory, after its event) and stagetimes (the six elapsed times read from the events);
-// forward-nograph is Forward without its graph (forwardGraph), the stages launched one by one,
-// and forward+capture Forward with its graph captured anew each call:
+// forward-nograph is Forward without its graph (forwardGraph, batches of at most
+// hostGraphTokens tokens), the stages launched one by one, and forward+capture Forward with its
+// graph captured anew each call:
 // BenchmarkHostPath/gptoss120b/M=1/stage and so on. forward is about bind + stage +
 // stages+events + output + stagetimes less the two synchronizations that stage and the stages
 // end with and Forward does not.
