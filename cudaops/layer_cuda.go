@@ -707,10 +707,10 @@ type DeviceBatch struct {
 // host's copy of one piece overlapping the device copy of the next, each host copy spread over
 // several goroutines (parallelCopy). A batch of at least 2·chunkTokens tokens runs in chunks
 // (forwardChunks), each chunk's output copied back on a second stream while the next chunk's
-// stages run. With Options.StageTimes the stages are timed (StageTimes). A token's output is the same as from one
-// forward of the whole batch unless the chunking changes whether its tile's activation scales
-// fold (moe_wg_tiles; a tile holding a token whose scales do not fold takes the promoting
-// kernel), which rounds within the contract.
+// stages run. With Options.StageTimes the stages are timed (StageTimes). A token's output is the
+// same as from one forward of the whole batch unless the chunking changes whether its tile's
+// activation scales fold (moe_wg_tiles; a tile holding a token whose scales do not fold takes
+// the promoting kernel), which rounds within the contract.
 func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	if l.closed {
 		return fmt.Errorf("cudaops: layer is closed")
