@@ -113,6 +113,8 @@ cat "$OUT"/reg-*.txt | grep -E "gemm|spill|serializ" | cut -c1-160
 # Few files come back from the machine: the variants' CSVs travel as one archive (ab.tgz) when
 # there are more than four, the logs always.
 [ $# -gt 4 ] && (cd "$OUT" && tar czf ab.tgz --remove-files ab-*.csv)
-(cd "$OUT" && tar czf logs.tgz --remove-files test-*.log bench-*.log clk-*.log reg-*.txt)
+# An archive an earlier step of the same call left (tools/devrun.sh's) goes inside, under more/.
+(cd "$OUT" && mkdir -p more && { mv -f logs.tgz more/ 2> /dev/null || true; } &&
+	tar czf logs.tgz --remove-files test-*.log bench-*.log clk-*.log reg-*.txt more)
 # Each variant's fatbin and manifest (to commit the winner's without rebuilding it).
 (cd /tmp/ab && tar czf "$OUT/fatbins.tgz" $(for n in "$@"; do [ -f $n/moe.fatbin ] && echo $n/moe.fatbin $n/manifest.txt; done))
