@@ -203,9 +203,13 @@ func TestLoadAndRun(t *testing.T) {
 				}
 				const m = 11
 				x := randomHidden(m, small.Hidden, uint64(n))
+				l.StageTimes = n == 0 // asked for on one layer: every backend then records them
 				got, err := l.Forward(x, m)
 				if err != nil {
 					t.Fatal(err)
+				}
+				if st, ok := l.ForwardStageTimes(); n == 0 && (!ok || st.GEMM1 <= 0 || st.GEMM2 <= 0) {
+					t.Fatalf("layer %d: stage times %+v (ok %v), want the GEMMs' nonzero", n, st, ok)
 				}
 				want, _ := gptossMoE(readRaw(t, dir, layout, n), small, x, m)
 				if e := conformance.RelL2(got, want); e > 1e-3 {
