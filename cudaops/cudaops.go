@@ -37,7 +37,7 @@ type Options struct {
 	// StageTimes makes every host-path Forward time its stages (Layer.StageTimes) with events
 	// between them. Off by default: the events cost device time, as they end each stage's
 	// overlap with the next (on an H200 about 16 µs a call at one and at 64 tokens of
-	// GPT-OSS-120B, against a one-token Forward of about 90 µs; docs/perf.md).
+	// GPT-OSS-120B, BenchmarkHostPath), and a layer that records them runs no graph (Forward).
 	StageTimes bool
 }
 
