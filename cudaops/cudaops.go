@@ -35,9 +35,9 @@ type Options struct {
 	// GEMM selects the grouped GEMM kernel (default GEMMAuto).
 	GEMM GEMMKernel
 	// StageTimes makes every host-path Forward time its stages (Layer.StageTimes) with events
-	// between them. Off by default: the events cost device time, as they end each stage's
-	// overlap with the next (on an H200 about 16 µs a call at one and at 64 tokens of
-	// GPT-OSS-120B, BenchmarkHostPath), and a layer that records them runs no graph (Forward).
+	// between them. Off by default: the events cost time (on an H200 about 16 µs a call at one
+	// and at 64 tokens of GPT-OSS-120B, BenchmarkHostPath; likely because each ends a stage's
+	// programmatic overlap with the next), and a layer that records them runs no graph (Forward).
 	StageTimes bool
 }
 
