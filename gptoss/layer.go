@@ -243,7 +243,7 @@ func (l *Layer) Forward(x []float32, m int) ([]float32, error) {
 		if l.direct, err = l.backend().NewLayer(&l.Weights, l.Config); err != nil {
 			return nil, err
 		}
-		if sw, ok := l.direct.(interface{ SetStageTimes(bool) }); ok && l.StageTimes {
+		if sw, ok := l.direct.(moe.StageTimeSwitch); ok && l.StageTimes {
 			sw.SetStageTimes(true)
 		}
 	}
@@ -258,15 +258,7 @@ func (l *Layer) Forward(x []float32, m int) ([]float32, error) {
 
 // ForwardStageTimes returns the expert layer's stage times of the last Forward and true, when
 // the backend records them (see the StageTimes field); else zero and false.
-func (l *Layer) ForwardStageTimes() (moe.StageTimes, bool) {
-	if sw, ok := l.direct.(interface{ RecordsStageTimes() bool }); ok && !sw.RecordsStageTimes() {
-		return moe.StageTimes{}, false
-	}
-	if st, ok := l.direct.(moe.StageTimer); ok {
-		return st.StageTimes(), true
-	}
-	return moe.StageTimes{}, false
-}
+func (l *Layer) ForwardStageTimes() (moe.StageTimes, bool) { return moe.RecordedStageTimes(l.direct) }
 
 // padRows returns x (m, Hidden) with zero columns up to Weights.K.
 func (l *Layer) padRows(x []float32, m int) []float32 {

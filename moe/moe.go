@@ -259,6 +259,26 @@ type StageTimer interface {
 	StageTimes() StageTimes
 }
 
+// StageTimeSwitch is implemented by layers that time their stages only when asked
+// (cudaops.Layer, whose timing events cost device time).
+type StageTimeSwitch interface {
+	SetStageTimes(on bool)
+	RecordsStageTimes() bool
+}
+
+// RecordedStageTimes returns l's stage times of its last Forward and true when l records them:
+// it is a StageTimer and, if a StageTimeSwitch, switched on. Else zero and false (also for a
+// nil l).
+func RecordedStageTimes(l Layer) (StageTimes, bool) {
+	if sw, ok := l.(StageTimeSwitch); ok && !sw.RecordsStageTimes() {
+		return StageTimes{}, false
+	}
+	if st, ok := l.(StageTimer); ok {
+		return st.StageTimes(), true
+	}
+	return StageTimes{}, false
+}
+
 // Slice returns tokens [t0, t1) of a batch whose rows have k columns, sharing its memory.
 func (b *Batch) Slice(k, t0, t1 int) *Batch {
 	s := &Batch{M: t1 - t0, TopK: b.TopK,

@@ -57,13 +57,6 @@ func WithBackend(b moe.Backend) Option { return func(l *Layer) { l.backend = b }
 // (cudaops.Options.StageTimes). The pure-Go backend always times its stages.
 func WithStageTimes() Option { return func(l *Layer) { l.stageTimes = true } }
 
-// stageTimeSwitch is implemented by backend layers that time their stages only when asked
-// (cudaops.Layer).
-type stageTimeSwitch interface {
-	SetStageTimes(on bool)
-	RecordsStageTimes() bool
-}
-
 // BackendEnv names the environment variable that forces a backend: "native" or "cuda".
 const BackendEnv = "FP4MOE_BACKEND"
 
@@ -101,13 +94,7 @@ func (l *Layer) Backend() moe.Backend { return l.backend }
 func (l *Layer) StageTimes() (moe.StageTimes, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if sw, ok := l.impl.(stageTimeSwitch); ok && !sw.RecordsStageTimes() {
-		return moe.StageTimes{}, false
-	}
-	if st, ok := l.impl.(moe.StageTimer); ok {
-		return st.StageTimes(), true
-	}
-	return moe.StageTimes{}, false
+	return moe.RecordedStageTimes(l.impl)
 }
 
 // forward runs the backend's layer, creating it on first use.
@@ -116,7 +103,7 @@ func (l *Layer) forward(out []float32, b *moe.Batch) error {
 	defer l.mu.Unlock()
 	if l.impl == nil && l.err == nil {
 		l.impl, l.err = l.backend.NewLayer(l.w, l.cfg)
-		if sw, ok := l.impl.(stageTimeSwitch); ok && l.err == nil && l.stageTimes {
+		if sw, ok := l.impl.(moe.StageTimeSwitch); ok && l.err == nil && l.stageTimes {
 			sw.SetStageTimes(true)
 		}
 	}
