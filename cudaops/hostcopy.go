@@ -100,6 +100,16 @@ func inputLayout(b *moe.Batch) (segs []inputSeg, total int) {
 	return segs, total
 }
 
+// stageRange copies bytes [lo, hi) of inputLayout's layout (segs) from the batch's tensors into
+// host, the pinned staging memory; the bytes between the tensors are left as they are.
+func stageRange(host []byte, segs []inputSeg, lo, hi int) {
+	for _, sg := range segs {
+		if a, z := max(lo, sg.off), min(hi, sg.off+sg.n); a < z {
+			parallelCopy(host[a:z], unsafe.Slice((*byte)(unsafe.Add(sg.src, a-sg.off)), z-a))
+		}
+	}
+}
+
 // inputBytes bounds inputLayout's total for m tokens of p routed pairs and K columns (float32
 // input, the larger kind, and the alignment of three tensors); it is also at least the output's
 // 4·m·K bytes.

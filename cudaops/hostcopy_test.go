@@ -171,3 +171,28 @@ func BenchmarkParallelCopy(b *testing.B) {
 		}
 	}
 }
+
+// TestStageRange stages a float batch's layout in pieces that cross its tensors' bounds (and the
+// padding between them) and checks every tensor's bytes at its offset and the padding untouched.
+func TestStageRange(t *testing.T) {
+	const m, topk, k = 3, 3, 128
+	b := &moe.Batch{M: m, TopK: topk, TopKIDs: make([]int32, m*topk), TopKWeights: make([]float32, m*topk), X: make([]float32, m*k)}
+	for i := range b.TopKIDs {
+		b.TopKIDs[i], b.TopKWeights[i] = int32(i+1), float32(i)+0.5
+	}
+	for i := range b.X {
+		b.X[i] = float32(i) - 7.25
+	}
+	segs, total := inputLayout(b)
+	host := bytes.Repeat([]byte{0xAB}, total+64)
+	for lo := 0; lo < total; lo += 100 { // 100-byte pieces: none on a tensor's bound
+		stageRange(host, segs, lo, min(lo+100, total))
+	}
+	want := bytes.Repeat([]byte{0xAB}, total+64)
+	for _, sg := range segs {
+		copy(want[sg.off:], unsafe.Slice((*byte)(sg.src), sg.n))
+	}
+	if !bytes.Equal(host, want) {
+		t.Fatal("the staged bytes differ from the tensors laid out at their offsets")
+	}
+}

@@ -313,9 +313,7 @@ func (l *Layer) knobs() planKnobs {
 func (l *Layer) forwardGraph(out []float32, b *moe.Batch) error {
 	host := l.ws.host.bytes()
 	segs, total := inputLayout(b)
-	for _, sg := range segs {
-		parallelCopy(host[sg.off:sg.off+sg.n], unsafe.Slice((*byte)(sg.src), sg.n))
-	}
+	stageRange(host, segs, 0, total)
 	g, err := l.hostGraph(b, segs, total, 4*len(out))
 	if err != nil {
 		return err
@@ -327,7 +325,7 @@ func (l *Layer) forwardGraph(out []float32, b *moe.Batch) error {
 	if err := l.stream.Synchronize(); err != nil {
 		return fmt.Errorf("cudaops: forward: %v", err)
 	}
-	parallelCopy(unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), 4*len(out)), host[:4*len(out)])
+	parallelCopy(floatBytes(out), host[:4*len(out)])
 	return nil
 }
 
@@ -767,12 +765,7 @@ func (l *Layer) stageBatch(b *moe.Batch) (DeviceBatch, error) {
 	segs, total := inputLayout(b)
 	for lo := 0; lo < total; lo += hostPiece {
 		hi := min(lo+hostPiece, total)
-		for _, sg := range segs {
-			a, z := max(lo, sg.off), min(hi, sg.off+sg.n)
-			if a < z {
-				parallelCopy(host[a:z], unsafe.Slice((*byte)(unsafe.Add(sg.src, a-sg.off)), z-a))
-			}
-		}
+		stageRange(host, segs, lo, hi)
 		if err := cu.MemcpyHtoDAsync(ws.in+cu.DevicePtr(lo), unsafe.Pointer(&host[lo]), int64(hi-lo), l.stream); err != nil {
 			// The copies already queued finish before the call returns (the next call stages
 			// its batch in the same pinned memory).
@@ -821,11 +814,14 @@ func (l *Layer) returnOutput(out []float32, res []byte) error {
 	return l.copyBack(out, res, bounds)
 }
 
+// floatBytes returns the bytes of v (len(v) > 0), sharing its memory.
+func floatBytes(v []float32) []byte { return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v)) }
+
 // copyBack copies Forward's output from the pinned res into out, piece i (res[bounds[i]:
 // bounds[i+1]]) once pieceEvents[i] has passed, so that a piece is copied while the next one is
 // still in transit.
 func (l *Layer) copyBack(out []float32, res []byte, bounds []int) error {
-	ob := unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), len(res))
+	ob := floatBytes(out)
 	for i := range len(bounds) - 1 {
 		if err := l.pieceEvents[i].Synchronize(); err != nil {
 			return fmt.Errorf("cudaops: forward: %v", err)
