@@ -40,7 +40,13 @@ func mustLayer(t *testing.T, w *moe.Weights, cfg moe.Config) *Layer {
 // kernelLayer is mustLayer with the grouped GEMM kernel k asked for.
 func kernelLayer(t *testing.T, w *moe.Weights, cfg moe.Config, k GEMMKernel) *Layer {
 	t.Helper()
-	ml, err := Backend{Options: Options{GEMM: k}}.NewLayer(w, cfg)
+	return optionsLayer(t, w, cfg, Options{GEMM: k})
+}
+
+// optionsLayer is mustLayer with the given options.
+func optionsLayer(t *testing.T, w *moe.Weights, cfg moe.Config, o Options) *Layer {
+	t.Helper()
+	ml, err := Backend{Options: o}.NewLayer(w, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1153,12 +1159,7 @@ func TestMemoryStable(t *testing.T) {
 func TestStageTimesOptIn(t *testing.T) {
 	c := conformance.Generate(conformance.Spec{M: 16, K: 256, I: 128, E: 8, TopK: 2, Seed: 3})
 	plain := mustLayer(t, &c.Weights, c.Config)
-	ml, err := Backend{Options: Options{StageTimes: true}}.NewLayer(&c.Weights, c.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ml.Close() })
-	timed := ml.(*Layer)
+	timed := optionsLayer(t, &c.Weights, c.Config, Options{StageTimes: true})
 	if plain.RecordsStageTimes() || !timed.RecordsStageTimes() {
 		t.Fatalf("RecordsStageTimes: %v without the option, %v with it", plain.RecordsStageTimes(), timed.RecordsStageTimes())
 	}
@@ -1217,12 +1218,7 @@ func memInfo(t *testing.T, l *Layer) (int64, int64, error) {
 // sums, none of them zero.
 func TestForwardPieces(t *testing.T) {
 	s := benchdata.Shape{Name: "pieces", K: 2944, I: 256, E: 8, TopK: 2}
-	ml, err := Backend{Options: Options{StageTimes: true}}.NewLayer(benchdata.Weights(s, 3), moe.GPTOSSConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ml.Close() })
-	l := ml.(*Layer)
+	l := optionsLayer(t, benchdata.Weights(s, 3), moe.GPTOSSConfig(), Options{StageTimes: true})
 	for _, c := range []struct {
 		name   string
 		m      int
