@@ -55,8 +55,8 @@ func outPiece(n int) int {
 	return (p + 4095) &^ 4095
 }
 
-// A host-path Forward of at least 2·chunkTokens tokens runs in up to maxChunks chunks of at least
-// chunkTokens tokens, so that a chunk's output travels back to the host while the next chunk's
+// A host-path Forward of at least chunkTokens tokens runs in two to maxChunks chunks of at least
+// chunkTokens/2 tokens, so that a chunk's output travels back to the host while the next chunk's
 // stages run (chunkTokens: the batches from which the layer's GEMMs run near their prefill rate).
 const (
 	chunkTokens = 4096
@@ -64,10 +64,13 @@ const (
 )
 
 // forwardChunks returns how many chunks Forward runs a batch of m tokens with k output columns
-// in: m/chunkTokens, at most maxChunks, when each chunk's output is at least 2·hostPiece bytes;
-// else 1.
+// in: m/chunkTokens, at most maxChunks, or two from chunkTokens to 2·chunkTokens tokens, when
+// each chunk's output is at least 2·hostPiece bytes; else 1.
 func forwardChunks(m, k int) int {
 	n := min(maxChunks, m/chunkTokens)
+	if n == 1 {
+		n = 2
+	}
 	if n < 2 || 4*(m/n)*k < 2*hostPiece {
 		return 1
 	}

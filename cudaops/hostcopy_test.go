@@ -82,8 +82,11 @@ func TestForwardChunks(t *testing.T) {
 		want int
 	}{
 		{"one token", 1, 2944, 1},
-		{"GPT-OSS-120B, 4096 tokens", 4096, 2944, 1},
-		{"GPT-OSS-120B, 8191 tokens", 8191, 2944, 1},
+		{"GPT-OSS-120B, 4095 tokens", 4095, 2944, 1},
+		{"GPT-OSS-120B, 4096 tokens", 4096, 2944, 2},
+		{"GPT-OSS-120B, 8191 tokens", 8191, 2944, 2},
+		{"Qwen3-30B-A3B, 4096 tokens", 4096, 2048, 2},
+		{"narrow rows, 4096 tokens", 4096, 512, 1},
 		{"GPT-OSS-120B, 8192 tokens", 8192, 2944, 2},
 		{"GPT-OSS-120B, 16384 tokens", 16384, 2944, 4},
 		{"DeepSeek-V3, 65536 tokens", 65536, 7168, 4},

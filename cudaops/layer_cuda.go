@@ -703,7 +703,7 @@ type DeviceBatch struct {
 // capture cost that call 35-40 µs more at one token on an H200, docs/perf.md).
 // Larger inputs and outputs move in pieces (hostPiece bytes in; up to outPieces pieces out), the
 // host's copy of one piece overlapping the device copy of the next, each host copy spread over
-// several goroutines (parallelCopy). A batch of at least 2·chunkTokens tokens runs in chunks
+// several goroutines (parallelCopy). A batch of at least chunkTokens tokens runs in chunks
 // (forwardChunks), each chunk's output copied back on a second stream while the next chunk's
 // stages run. With Options.StageTimes the stages are timed (StageTimes). A token's output is the
 // same as from one forward of the whole batch unless the chunking changes whether its tile's
