@@ -49,7 +49,8 @@ static CUresult fp4_prefer_shared(CUfunction f) {
 	return cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100);
 }
 
-static CUresult fp4_host_alloc(void** p, size_t n) { return cuMemHostAlloc(p, n, 0); }
+static CUresult fp4_host_alloc(void** p, size_t n) { return cuMemHostAlloc(p, n, CU_MEMHOSTALLOC_DEVICEMAP); }
+static CUresult fp4_host_device_ptr(CUdeviceptr* d, void* p) { return cuMemHostGetDevicePointer(d, p, 0); }
 static CUresult fp4_host_free(void* p) { return cuMemFreeHost(p); }
 
 static CUresult fp4_begin_capture(CUstream s) { return cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL); }
@@ -156,6 +157,16 @@ func (h *pinned) free() error {
 	err := check("cuMemFreeHost", C.fp4_host_free(h.p))
 	*h = pinned{}
 	return err
+}
+
+// device returns the device's address of the pinned memory (mapped into the device's address
+// space: kernels read and write it over the host link).
+func (h pinned) device() (cu.DevicePtr, error) {
+	var d C.CUdeviceptr
+	if err := check("cuMemHostGetDevicePointer", C.fp4_host_device_ptr(&d, h.p)); err != nil {
+		return 0, err
+	}
+	return cu.DevicePtr(d), nil
 }
 
 // bytes returns the pinned memory as a byte slice.

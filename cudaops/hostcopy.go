@@ -119,7 +119,8 @@ func stageRange(host []byte, segs []inputSeg, lo, hi int) {
 func inputBytes(m, p, K int) int { return 8*p + 4*m*K + 3*256 }
 
 // A host-path Forward of at most hostGraphTokens tokens without stage timing replays a captured
-// graph of its copies and stages (Layer.forwardGraph); a layer keeps at most maxHostGraphs of
+// graph of its H2D copy and stages, the reduce writing the output over the host link
+// (Layer.forwardGraph); a layer keeps at most maxHostGraphs of
 // them (all dropped when full). On an H200 the graph took 7-25 % off the host path at one token
 // and nothing at 8 (GPT-OSS-120B, DeepSeek-V3, Qwen3-30B-A3B; at 64 tokens 0-5 % more, where the
 // launches already hide behind the GPU's work; docs/perf.md).

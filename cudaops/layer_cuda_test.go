@@ -1396,7 +1396,8 @@ func TestPlanKnobsComplete(t *testing.T) {
 		"weights": true, "w13": true, "s13": true, "w2": true, "s2": true, "b13": true, "b2": true, "expertMap": true,
 		"ref13": true, "ref2": true, "foldable": true, "exactScales": true, "ws": true, "wsAllocs": true, "closed": true,
 		"events": true, "timing": true, "timed": true, "timedFloat": true, "pieceEvents": true, "chunkTiming": true, "chunkDone": true,
-		"copyStream": true, "chunkReady": true, "markSet": true, "graphs": true, "graphGen": true, "noGraphs": true}
+		"copyStream": true, "chunkReady": true, "markSet": true, "graphs": true, "graphGen": true, "noGraphs": true,
+		"graphOut": true, "graphOutDev": true}
 	knobs := map[string]bool{}
 	kt := reflect.TypeOf(planKnobs{})
 	for i := range kt.NumField() {
