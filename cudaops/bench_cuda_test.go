@@ -7,6 +7,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/fp4moe/fp4moe/internal/benchdata"
 	"github.com/fp4moe/fp4moe/moe"
@@ -125,20 +126,22 @@ func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int, routing stri
 }
 
 // BenchmarkHostPath takes the host path (Forward from Go slices into a Go slice) apart, wall
-// time a call of each part, at the shapes of GPT-OSS-120B and Qwen3-30B-A3B for 1 and 64 tokens
+// time a call of each part, at the shapes of GPT-OSS-120B and Qwen3-30B-A3B for 1, 64 and 512 tokens
 // of FP8 input (benchdata's batch, one routing, so the weights may sit in L2): forward (the whole
 // Forward), bind (the context made current on a locked thread, and released), sync (a
 // synchronization of the idle stream), stage (the batch copied into the workspace, then a
 // synchronization), stages (every stage launched, no timing events, then a synchronization),
 // stages+events (the same with Forward's seven timing events), replay (the same stages as one
 // captured graph, launched and synchronized), output (the output copied back through pinned
-// memory, after its event) and stagetimes (the six elapsed times read from the events);
+// memory, after its event), d2h (that output's D2H copy alone, one copy, synchronized), copyout
+// (its host copy into the caller's slice alone) and stagetimes (the six elapsed times read from
+// the events);
 // forward-nograph is Forward without its graph (forwardGraph, batches of at most
 // hostGraphTokens tokens), the stages launched one by one, and forward+capture Forward with its
 // graph captured anew each call:
-// BenchmarkHostPath/gptoss120b/M=1/stage and so on. forward is about bind + stage +
-// stages+events + output + stagetimes less the two synchronizations that stage and the stages
-// end with and Forward does not.
+// BenchmarkHostPath/gptoss120b/M=1/stage and so on. Without the graph, forward is about bind +
+// stage + stages + output less the two synchronizations that stage and the stages end with and
+// Forward does not.
 func BenchmarkHostPath(b *testing.B) {
 	for _, s := range benchdata.Shapes {
 		if s.Name != "gptoss120b" && s.Name != "qwen3-30b-a3b" {
@@ -150,7 +153,7 @@ func BenchmarkHostPath(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer l.Close()
-			for _, m := range []int{1, 64} {
+			for _, m := range []int{1, 64, 512} {
 				b.Run(fmt.Sprintf("M=%d", m), func(b *testing.B) { benchHostParts(b, l, s, m) })
 			}
 		})
@@ -273,6 +276,20 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 				err = l.returnOutput(out, res)
 			}
 			return err
+		}},
+		{"d2h", func(b *testing.B) (err error) { // the output's D2H copy alone, one copy
+			for i := 0; i < b.N && err == nil; i++ {
+				if err = cu.MemcpyDtoHAsync(unsafe.Pointer(&res[0]), l.ws.out, int64(len(res)), l.stream); err == nil {
+					err = l.stream.Synchronize()
+				}
+			}
+			return err
+		}},
+		{"copyout", func(b *testing.B) error { // the output's host copy alone
+			for range b.N {
+				parallelCopy(floatBytes(out), res)
+			}
+			return nil
 		}},
 		{"stagetimes", func(b *testing.B) error {
 			for range b.N {
