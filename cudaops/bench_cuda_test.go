@@ -133,8 +133,10 @@ func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int, routing stri
 // synchronization), stages (every stage launched, no timing events, then a synchronization),
 // stages+events (the same with Forward's seven timing events), replay (the same stages as one
 // captured graph, launched and synchronized), output (the output copied back through pinned
-// memory, after its event), d2h (that output's D2H copy alone, one copy, synchronized), copyout
-// (its host copy into the caller's slice alone) and stagetimes (the six elapsed times read from
+// memory, after its event), d2h (that output's D2H copy alone, one copy, synchronized),
+// d2h-pageable (the same copy straight into the caller's slice, pageable memory), h2d-pageable
+// (the batch's FP8 tokens copied to the device straight from the caller's slice), copyout (the
+// output's host copy into the caller's slice alone) and stagetimes (the six elapsed times read from
 // the events);
 // forward-nograph is Forward without its graph (forwardGraph, batches of at most
 // hostGraphTokens tokens), the stages launched one by one, and forward+capture Forward with its
@@ -280,6 +282,22 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 		{"d2h", func(b *testing.B) (err error) { // the output's D2H copy alone, one copy
 			for i := 0; i < b.N && err == nil; i++ {
 				if err = cu.MemcpyDtoHAsync(unsafe.Pointer(&res[0]), l.ws.out, int64(len(res)), l.stream); err == nil {
+					err = l.stream.Synchronize()
+				}
+			}
+			return err
+		}},
+		{"d2h-pageable", func(b *testing.B) (err error) { // the output's D2H copy straight into out
+			for i := 0; i < b.N && err == nil; i++ {
+				if err = cu.MemcpyDtoHAsync(unsafe.Pointer(&out[0]), l.ws.out, int64(len(res)), l.stream); err == nil {
+					err = l.stream.Synchronize()
+				}
+			}
+			return err
+		}},
+		{"h2d-pageable", func(b *testing.B) (err error) { // the batch's tokens straight from the caller's slice
+			for i := 0; i < b.N && err == nil; i++ {
+				if err = cu.MemcpyHtoDAsync(l.ws.in, unsafe.Pointer(&batch.A1q[0]), int64(len(batch.A1q)), l.stream); err == nil {
 					err = l.stream.Synchronize()
 				}
 			}
