@@ -5,7 +5,9 @@ package cudaops
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"unsafe"
 
@@ -134,7 +136,9 @@ func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int, routing stri
 // stages+events (the same with Forward's seven timing events), replay (the same stages as one
 // captured graph, launched and synchronized), output (the output copied back through pinned
 // memory, after its event), d2h (that output's D2H copy alone, one copy, synchronized),
-// d2h-pageable (the same copy straight into the caller's slice, pageable memory), h2d-pageable
+// d2h+copyout (that copy, then the host copy reading what it wrote), d2h+read (that copy, then
+// the host reading it over the same goroutines, no stores), d2h-pageable (the same copy straight
+// into the caller's slice, pageable memory), h2d-pageable
 // (the batch's FP8 tokens copied to the device straight from the caller's slice), copyout (the
 // output's host copy into the caller's slice alone) and stagetimes (the six elapsed times read from
 // the events);
@@ -303,6 +307,28 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 			}
 			return err
 		}},
+		{"d2h+copyout", func(b *testing.B) (err error) { // the two, the host copy reading what the device wrote
+			for i := 0; i < b.N && err == nil; i++ {
+				if err = cu.MemcpyDtoHAsync(unsafe.Pointer(&res[0]), l.ws.out, int64(len(res)), l.stream); err == nil {
+					err = l.stream.Synchronize()
+				}
+				parallelCopy(floatBytes(out), res)
+			}
+			return err
+		}},
+		{"d2h+read", func(b *testing.B) (err error) { // the same with the host reading it only
+			var sink uint64
+			for i := 0; i < b.N && err == nil; i++ {
+				if err = cu.MemcpyDtoHAsync(unsafe.Pointer(&res[0]), l.ws.out, int64(len(res)), l.stream); err == nil {
+					err = l.stream.Synchronize()
+				}
+				sink += readBytes(res)
+			}
+			if sink == 1 {
+				b.Log(sink)
+			}
+			return err
+		}},
 		{"copyout", func(b *testing.B) error { // the output's host copy alone
 			for range b.N {
 				parallelCopy(floatBytes(out), res)
@@ -331,4 +357,30 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 			}
 		})
 	}
+}
+
+// readBytes reads p (8 bytes at a time) over the goroutines parallelCopy would copy it on and
+// returns a sum of what it read.
+func readBytes(p []byte) uint64 {
+	n := len(p) / 8
+	workers := max(1, min(parallelCopyWorkers, runtime.GOMAXPROCS(0), len(p)/parallelCopyPiece))
+	w := unsafe.Slice((*uint64)(unsafe.Pointer(&p[0])), n)
+	sums := make([]uint64, workers)
+	var wg sync.WaitGroup
+	piece := (n + workers - 1) / workers
+	for k := range workers {
+		wg.Go(func() {
+			var s uint64
+			for _, v := range w[min(k*piece, n):min((k+1)*piece, n)] {
+				s += v
+			}
+			sums[k] = s
+		})
+	}
+	wg.Wait()
+	var s uint64
+	for _, v := range sums {
+		s += v
+	}
+	return s
 }
