@@ -138,7 +138,8 @@ func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int, routing stri
 // memory, after its event), d2h (that output's D2H copy alone, one copy, synchronized),
 // d2h+copyout (that copy, then the host copy reading what it wrote), d2h+read (that copy, then
 // the host reading it over the same goroutines, no stores), d2h-pageable (the same copy straight
-// into the caller's slice, pageable memory), h2d-pageable
+// into the caller's slice, pageable memory), register (the caller's slice page-locked and
+// released), d2h-registered (the D2H copy straight into it, page-locked for the copy), h2d-pageable
 // (the batch's FP8 tokens copied to the device straight from the caller's slice), copyout (the
 // output's host copy into the caller's slice alone) and stagetimes (the six elapsed times read from
 // the events);
@@ -326,6 +327,28 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 			}
 			if sink == 1 {
 				b.Log(sink)
+			}
+			return err
+		}},
+		{"register", func(b *testing.B) (err error) { // out page-locked and released
+			for i := 0; i < b.N && err == nil; i++ {
+				if err = registerHost(unsafe.Pointer(&out[0]), 4*len(out)); err == nil {
+					err = unregisterHost(unsafe.Pointer(&out[0]))
+				}
+			}
+			return err
+		}},
+		{"d2h-registered", func(b *testing.B) (err error) { // the same around a D2H copy straight into out
+			for i := 0; i < b.N && err == nil; i++ {
+				if err = registerHost(unsafe.Pointer(&out[0]), 4*len(out)); err != nil {
+					break
+				}
+				if err = cu.MemcpyDtoHAsync(unsafe.Pointer(&out[0]), l.ws.out, int64(len(res)), l.stream); err == nil {
+					err = l.stream.Synchronize()
+				}
+				if uerr := unregisterHost(unsafe.Pointer(&out[0])); err == nil {
+					err = uerr
+				}
 			}
 			return err
 		}},

@@ -52,6 +52,8 @@ static CUresult fp4_prefer_shared(CUfunction f) {
 static CUresult fp4_host_alloc(void** p, size_t n) { return cuMemHostAlloc(p, n, CU_MEMHOSTALLOC_DEVICEMAP); }
 static CUresult fp4_host_device_ptr(CUdeviceptr* d, void* p) { return cuMemHostGetDevicePointer(d, p, 0); }
 static CUresult fp4_host_free(void* p) { return cuMemFreeHost(p); }
+static CUresult fp4_host_register(void* p, size_t n) { return cuMemHostRegister(p, n, 0); }
+static CUresult fp4_host_unregister(void* p) { return cuMemHostUnregister(p); }
 
 static CUresult fp4_begin_capture(CUstream s) { return cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL); }
 
@@ -157,6 +159,17 @@ func (h *pinned) free() error {
 	err := check("cuMemFreeHost", C.fp4_host_free(h.p))
 	*h = pinned{}
 	return err
+}
+
+// registerHost page-locks n bytes of host memory at p (memory of the caller's, e.g. a Go slice)
+// so that the device copies straight into or out of it; unregisterHost undoes it. A Go slice
+// must stay registered only while its call holds it (BenchmarkHostPath times the cost).
+func registerHost(p unsafe.Pointer, n int) error {
+	return check("cuMemHostRegister", C.fp4_host_register(p, C.size_t(n)))
+}
+
+func unregisterHost(p unsafe.Pointer) error {
+	return check("cuMemHostUnregister", C.fp4_host_unregister(p))
 }
 
 // device returns the device's address of the pinned memory (mapped into the device's address
