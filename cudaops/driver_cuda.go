@@ -163,7 +163,8 @@ func (h *pinned) free() error {
 
 // registerHost page-locks n bytes of host memory at p (memory of the caller's, e.g. a Go slice)
 // so that the device copies straight into or out of it; unregisterHost undoes it. A Go slice
-// must stay registered only while its call holds it (BenchmarkHostPath times the cost).
+// stays registered only while the call that holds it runs (Forward's output, registerOutMin):
+// once its caller lets it go, its pages may be handed back to the system.
 func registerHost(p unsafe.Pointer, n int) error {
 	return check("cuMemHostRegister", C.fp4_host_register(p, C.size_t(n)))
 }

@@ -124,6 +124,14 @@ func inputBytes(m, p, K int) int { return 8*p + 4*m*K + 3*256 }
 // them (all dropped when full). On an H200 the graph took 7-25 % off the host path at one token
 // and nothing at 8 (GPT-OSS-120B, DeepSeek-V3, Qwen3-30B-A3B; at 64 tokens 0-5 % more, where the
 // launches already hide behind the GPU's work; docs/perf.md).
+// registerOutMin: an output of registerOutMin to 2·hostPiece bytes outside the graph and the
+// chunks is copied straight into the caller's slice, page-locked for the call (cuMemHostRegister,
+// 62-65 µs a MB to lock and release on an H200's host), instead of through the pinned memory,
+// whose host copy reads what the device has just written at 9-14 GB/s there: at 512 tokens
+// 5-20 % less host time (GPT-OSS-120B, DeepSeek-V3, Qwen3-30B-A3B), at 64 tokens the locking
+// alone costs more than the copy it saves (docs/perf.md).
+const registerOutMin = 4 << 20
+
 const (
 	hostGraphTokens = 8
 	maxHostGraphs   = 32

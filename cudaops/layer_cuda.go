@@ -727,6 +727,8 @@ type DeviceBatch struct {
 // graph of its H2D copy and stages, the reduce writing the output into mapped pinned memory,
 // captured the first time its shape comes (forwardGraph; the capture cost that call 35-40 µs
 // more at one token on an H200, docs/perf.md).
+// An output of 4 to 16 MiB (registerOutMin) is copied straight into out, page-locked for the
+// call (through the pinned memory where locking fails, e.g. out already page-locked).
 // Larger inputs and outputs move in pieces (hostPiece bytes in; up to outPieces pieces out), the
 // host's copy of one piece overlapping the device copy of the next, each host copy spread over
 // several goroutines (parallelCopy). A batch of at least chunkTokens tokens runs in chunks
@@ -771,6 +773,27 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 	if err != nil {
 		l.stream.Synchronize() // the batch's copies finish before the call returns
 		return err
+	}
+	if n := 4 * len(out); n >= registerOutMin && n <= 2*hostPiece {
+		// The caller's slice page-locked for this call, the output copied straight into it (no
+		// host copy reading what the device wrote); where that fails, through the pinned memory.
+		p := unsafe.Pointer(&out[0])
+		if registerHost(p, n) == nil {
+			err := cu.MemcpyDtoHAsync(p, l.ws.out, int64(n), l.stream)
+			if serr := l.stream.Synchronize(); err == nil && serr != nil {
+				err = fmt.Errorf("cudaops: forward: %v", serr)
+			}
+			if uerr := unregisterHost(p); err == nil && uerr != nil {
+				err = uerr
+			}
+			if err != nil {
+				return fmt.Errorf("cudaops: copying the output: %v", err)
+			}
+			if l.opt.StageTimes {
+				l.timed, l.timedFloat = [][7]cu.Event{l.events}, b.X != nil
+			}
+			return nil
+		}
 	}
 	if err := l.returnOutput(out, res); err != nil {
 		return err

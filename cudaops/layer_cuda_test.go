@@ -1595,3 +1595,60 @@ func TestLayoutCheck(t *testing.T) {
 		t.Fatalf("after restoring the table: %v", err)
 	}
 }
+
+// TestForwardRegistered runs host-path forwards whose output (512 tokens, K = 2944: 6 MB) is
+// copied straight into the caller's slice, page-locked for the call: bitwise against
+// ForwardDevice, twice into an output first filled with NaN, and once into a slice already
+// page-locked (the registration fails, the pinned path serves it).
+func TestForwardRegistered(t *testing.T) {
+	s := benchdata.Shape{Name: "registered", K: 2944, I: 256, E: 8, TopK: 2}
+	l := optionsLayer(t, benchdata.Weights(s, 3), moe.GPTOSSConfig(), Options{})
+	m := 512
+	if n := 4 * m * s.K; n < registerOutMin || n > 2*hostPiece || forwardChunks(m, s.K) != 1 {
+		t.Fatalf("%d output bytes: not the registered path's", n)
+	}
+	b8, _, err := benchdata.Batch(s, "uniform", "fp8", m, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, dout, read := uploadBatch(t, l, b8, s.K)
+	if err := l.ForwardDevice(dout, db); err != nil {
+		t.Fatal(err)
+	}
+	want := read()
+	fresh := func() []float32 {
+		out := make([]float32, m*s.K)
+		for i := range out {
+			out[i] = float32(math.NaN())
+		}
+		return out
+	}
+	for i := range 2 {
+		out := fresh()
+		if err := l.Forward(out, b8); err != nil {
+			t.Fatal(err)
+		}
+		sameBits(t, fmt.Sprintf("forward %d against ForwardDevice", i), out, want)
+	}
+	out := fresh()
+	unbind, err := l.dev.bind()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := registerHost(unsafe.Pointer(&out[0]), 4*len(out)); err != nil {
+		unbind()
+		t.Fatal(err)
+	}
+	unbind()
+	err = l.Forward(out, b8)
+	unbind, berr := l.dev.bind()
+	if berr != nil {
+		t.Fatal(berr)
+	}
+	uerr := unregisterHost(unsafe.Pointer(&out[0]))
+	unbind()
+	if err != nil || uerr != nil {
+		t.Fatal(err, uerr)
+	}
+	sameBits(t, "forward into a page-locked slice against ForwardDevice", out, want)
+}
