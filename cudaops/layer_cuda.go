@@ -355,8 +355,9 @@ func (l *Layer) allocGraphOut() error {
 	return nil
 }
 
-// hostGraph returns forwardGraph's graph for batch b (laid out as segs), capturing it if the layer has none for b's shape and its knobs. The graphs are
-// dropped with the workspace they were captured on, and all of them when maxHostGraphs are held.
+// hostGraph returns forwardGraph's graph for batch b (laid out as segs), capturing it if the
+// layer has none for b's shape and its knobs. The graphs are dropped with the workspace they were
+// captured on, and all of them when maxHostGraphs are held.
 func (l *Layer) hostGraph(b *moe.Batch, segs []inputSeg) (*graphExec, error) {
 	if l.graphGen != l.ws.gen || len(l.graphs) >= maxHostGraphs {
 		l.dropGraphs()
@@ -774,28 +775,14 @@ func (l *Layer) Forward(out []float32, b *moe.Batch) error {
 		l.stream.Synchronize() // the batch's copies finish before the call returns
 		return err
 	}
+	done := false
 	if n := 4 * len(out); n >= registerOutMin && n <= 2*hostPiece {
-		// The caller's slice page-locked for this call, the output copied straight into it (no
-		// host copy reading what the device wrote); where that fails, through the pinned memory.
-		p := unsafe.Pointer(&out[0])
-		if registerHost(p, n) == nil {
-			err := cu.MemcpyDtoHAsync(p, l.ws.out, int64(n), l.stream)
-			if serr := l.stream.Synchronize(); err == nil && serr != nil {
-				err = fmt.Errorf("cudaops: forward: %v", serr)
-			}
-			if uerr := unregisterHost(p); err == nil && uerr != nil {
-				err = uerr
-			}
-			if err != nil {
-				return fmt.Errorf("cudaops: copying the output: %v", err)
-			}
-			if l.opt.StageTimes {
-				l.timed, l.timedFloat = [][7]cu.Event{l.events}, b.X != nil
-			}
-			return nil
-		}
+		done, err = l.returnLocked(out)
 	}
-	if err := l.returnOutput(out, res); err != nil {
+	if err == nil && !done {
+		err = l.returnOutput(out, res)
+	}
+	if err != nil {
 		return err
 	}
 	if l.opt.StageTimes {
@@ -861,6 +848,27 @@ func (l *Layer) returnOutput(out []float32, res []byte) error {
 		}
 	}
 	return l.copyBack(out, res, bounds)
+}
+
+// returnLocked copies the workspace's output, after the stages queued on the stream, straight
+// into out, page-locked for the copy (registerHost: no host copy then reads what the device
+// wrote), and synchronizes the stream; done is false, and nothing done, where locking fails.
+func (l *Layer) returnLocked(out []float32) (done bool, err error) {
+	p, n := unsafe.Pointer(&out[0]), 4*len(out)
+	if registerHost(p, n) != nil {
+		return false, nil
+	}
+	if err = cu.MemcpyDtoHAsync(p, l.ws.out, int64(n), l.stream); err != nil {
+		err = fmt.Errorf("cudaops: copying the output: %v", err)
+	}
+	// Every copy into out finishes before it is unlocked.
+	if serr := l.stream.Synchronize(); err == nil && serr != nil {
+		err = fmt.Errorf("cudaops: forward: %v", serr)
+	}
+	if uerr := unregisterHost(p); err == nil && uerr != nil {
+		err = uerr
+	}
+	return true, err
 }
 
 // floatBytes returns the bytes of v (len(v) > 0), sharing its memory.
