@@ -722,8 +722,9 @@ type DeviceBatch struct {
 }
 
 // Forward validates the batch on the host, copies it to the device through pinned memory, runs
-// the layer and copies the output back. On error out is untouched (but for a device fault while
-// the output is in transit, after every stage has run: out may then hold part of it).
+// the layer and copies the output back. On error out is untouched, but for a device fault once
+// output has started coming back (after every stage has run, or, in chunks, after the first
+// chunk's): out may then hold part of it.
 // A batch of at most hostGraphTokens tokens, on a layer without stage timing, runs as one CUDA
 // graph of its H2D copy and stages, the reduce writing the output into mapped pinned memory,
 // captured the first time its shape comes (forwardGraph; the capture cost that call 35-40 µs
