@@ -110,9 +110,10 @@ done | sort -k2,2 -k3,3 -s | tee -a "$OUT/summary.txt"
 # The same rows side by side, relative to the first variant's first pass.
 python3 "$(dirname "$0")/abpivot.py" "$OUT" "$@" | tee -a "$OUT/summary.txt"
 cat "$OUT"/reg-*.txt | grep -E "gemm|spill|serializ" | cut -c1-160
-# Few files come back from the machine: the variants' CSVs travel as one archive (ab.tgz) when
-# there are more than four, the logs always.
-[ $# -gt 4 ] && (cd "$OUT" && tar czf ab.tgz --remove-files ab-*.csv)
+# Few files come back from the machine (eight at most): the variants' CSVs travel as one archive
+# (ab.tgz) when there are more than four of them (three variants of two passes are six), the logs
+# always.
+[ "$(ls "$OUT"/ab-*.csv 2> /dev/null | wc -l)" -gt 4 ] && (cd "$OUT" && tar czf ab.tgz --remove-files ab-*.csv)
 # An archive an earlier step of the same call left (tools/devrun.sh's) goes inside, under more/.
 (cd "$OUT" && mkdir -p more && { mv -f logs.tgz more/ 2> /dev/null || true; } &&
 	tar czf logs.tgz --remove-files test-*.log bench-*.log clk-*.log reg-*.txt more)
