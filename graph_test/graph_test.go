@@ -193,6 +193,72 @@ func TestTwoLayersNotMerged(t *testing.T) {
 	}
 }
 
+// TestReusedOutput runs the experts op of a layer made WithReusedOutput under a tape machine:
+// every run returns the same tensor (also after M changes back), holding that run's output
+// (bitwise the backend layer's), while an op of a layer without it returns a new tensor each
+// run; the two are not merged into one node.
+func TestReusedOutput(t *testing.T) {
+	c := conformance.Generate(conformance.Spec{Name: "reuse", M: 64, K: 256, I: 128, E: 8, TopK: 2, Seed: 3})
+	K := c.Weights.K
+	reused, err := op.NewLayer(&c.Weights, c.Config, op.WithReusedOutput())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reused.Close()
+	plain, err := op.NewLayer(&c.Weights, c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	for _, m := range []int{16, 16, 5, 16} {
+		g := G.NewGraph()
+		in := newInputs(g, m, K, c.Batch.TopK)
+		nr, err := op.Experts(reused, in.a1q, in.scale, in.ids, in.w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		np, err := op.Experts(plain, in.a1q, in.scale, in.ids, in.w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nr == np {
+			t.Fatal("the ops of a layer with WithReusedOutput and of one without were merged into one node")
+		}
+		machine := G.NewTapeMachine(g)
+		var first, firstPlain G.Value
+		for run, off := range []int{0, 64 - m} {
+			b := c.Batch.Slice(K, off, off+m)
+			in.let(t, b, K)
+			if err := machine.RunAll(); err != nil {
+				t.Fatal(err)
+			}
+			want := backendOutput(t, c, b)
+			// The nodes' values are the ops' own outputs (G.Read would copy them).
+			vr, vp := nr.Value(), np.Value()
+			for name, v := range map[string]G.Value{"reused": vr, "plain": vp} {
+				got := read(t, v)
+				for i := range want {
+					if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+						t.Fatalf("M=%d run %d, %s: output[%d] = %v, the backend's layer gives %v", m, run, name, i, got[i], want[i])
+					}
+				}
+			}
+			if run == 0 {
+				first, firstPlain = vr, vp
+			} else {
+				if vr != first {
+					t.Fatalf("M=%d: the reused output's second run returned another tensor", m)
+				}
+				if vp == firstPlain {
+					t.Fatalf("M=%d: the plain op's second run returned the first run's tensor", m)
+				}
+			}
+			machine.Reset()
+		}
+		machine.Close()
+	}
+}
+
 // TestBuildErrors checks that wrong dtypes and shapes fail when the graph is built, with an
 // error naming the tensor.
 func TestBuildErrors(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash"
 	"hash/fnv"
+	"sync"
 
 	"github.com/chewxy/hm"
 	"github.com/fp4moe/fp4moe/moe"
@@ -108,6 +109,9 @@ func checkNodes(l *Layer, specs []nodeSpec) (int, error) {
 type expertsOp struct {
 	l     *Layer
 	float bool // input is float32 x instead of a1q and a1q_scale
+
+	mu   sync.Mutex
+	last *tensor.Dense // the output of the last run, with the layer's WithReusedOutput
 }
 
 var (
@@ -187,10 +191,20 @@ func (o *expertsOp) run(prealloc G.Value, in []G.Value) (G.Value, error) {
 	if err := b.Validate(o.l.w, &o.l.cfg); err != nil {
 		return nil, err
 	}
-	var out *tensor.Dense
-	if d, ok := prealloc.(*tensor.Dense); ok && d.Dtype() == tensor.Float32 && d.Shape().Eq(tensor.Shape{b.M, K}) && !d.RequiresIterator() {
-		out = d
-	} else {
+	usable := func(v G.Value) (*tensor.Dense, bool) {
+		d, ok := v.(*tensor.Dense)
+		return d, ok && d != nil && d.Dtype() == tensor.Float32 && d.Shape().Eq(tensor.Shape{b.M, K}) && !d.RequiresIterator()
+	}
+	out, ok := usable(prealloc)
+	if !ok && o.l.reuseOutput {
+		o.mu.Lock()
+		if out, ok = usable(o.last); !ok {
+			out, ok = tensor.New(tensor.Of(tensor.Float32), tensor.WithShape(b.M, K)), true
+			o.last = out
+		}
+		o.mu.Unlock()
+	}
+	if !ok {
 		out = tensor.New(tensor.Of(tensor.Float32), tensor.WithShape(b.M, K))
 	}
 	if err := o.l.forward(out.Data().([]float32)[:b.M*K], &b); err != nil {
@@ -226,7 +240,7 @@ func (o *expertsOp) CallsExtern() bool    { return false }
 func (o *expertsOp) OverwritesInput() int { return -1 }
 
 func (o *expertsOp) WriteHash(h hash.Hash) {
-	fmt.Fprintf(h, "fp4moe.Experts{float=%v,%s}", o.float, o.l.digest)
+	fmt.Fprintf(h, "fp4moe.Experts{float=%v,reuse=%v,%s}", o.float, o.l.reuseOutput, o.l.digest)
 }
 
 func (o *expertsOp) Hashcode() uint32 {

@@ -39,7 +39,8 @@ type Layer struct {
 	backend moe.Backend
 	digest  string // fingerprint of every parameter, for WriteHash
 
-	stageTimes bool // WithStageTimes
+	stageTimes  bool // WithStageTimes
+	reuseOutput bool // WithReusedOutput
 
 	mu   sync.Mutex
 	impl moe.Layer // created by the backend on first use
@@ -56,6 +57,14 @@ func WithBackend(b moe.Backend) Option { return func(l *Layer) { l.backend = b }
 // it does so only when asked: the CUDA backend's events between the stages cost device time
 // (cudaops.Options.StageTimes). The pure-Go backend always times its stages.
 func WithStageTimes() Option { return func(l *Layer) { l.stageTimes = true } }
+
+// WithReusedOutput makes each experts op of the layer return the same output tensor on every
+// run of its graph (one per op node, allocated on the first run and again when M changes),
+// instead of a new one: a run then allocates nothing of the output's size (a Gorgonia tape
+// machine's Reset drops the values it held, so the op never gets its last output back as
+// preallocated memory). The next run overwrites the value a run returned: copy it first to keep
+// it. A graph with such an op must not run in two machines at once.
+func WithReusedOutput() Option { return func(l *Layer) { l.reuseOutput = true } }
 
 // BackendEnv names the environment variable that forces a backend: "native" or "cuda".
 const BackendEnv = "FP4MOE_BACKEND"
