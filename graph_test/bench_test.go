@@ -16,7 +16,10 @@ import (
 // GPU: GPT-OSS-120B's and Qwen3-30B-A3B's shapes; else the pure-Go backend on a small layer of
 // 16 experts), FP8 input, uniform routing, for 1, 64 and 512 tokens:
 //   - forward: the backend layer's Forward on Go slices (the host path);
-//   - graph: a tape machine over one Experts node: the four inputs bound (G.Let), RunAll, Reset.
+//   - graph: a tape machine over one Experts node: the four inputs bound (G.Let), RunAll, the
+//     output read as the node's value, Reset;
+//   - graph-read: the same with the output read through G.Read (which copies it every run);
+//   - graph-reuse: graph with the layer made WithReusedOutput (no new output each run).
 //
 // graph less forward is what the graph adds a call. BenchmarkExpertsGraph/gptoss120b/M=1/graph
 // and so on.
@@ -40,7 +43,9 @@ func BenchmarkExpertsGraph(b *testing.B) {
 				}
 				b.Run(fmt.Sprintf("M=%d", m), func(b *testing.B) {
 					b.Run("forward", func(b *testing.B) { benchForward(b, w, cfg, batch) })
-					b.Run("graph", func(b *testing.B) { benchGraph(b, w, cfg, batch) })
+					b.Run("graph", func(b *testing.B) { benchGraph(b, w, cfg, batch, false) })
+					b.Run("graph-read", func(b *testing.B) { benchGraph(b, w, cfg, batch, true) })
+					b.Run("graph-reuse", func(b *testing.B) { benchGraph(b, w, cfg, batch, false, op.WithReusedOutput()) })
 				})
 			}
 		})
@@ -67,9 +72,10 @@ func benchForward(b *testing.B, w *moe.Weights, cfg moe.Config, batch *moe.Batch
 	}
 }
 
-// benchGraph times a tape machine over one Experts node on batch.
-func benchGraph(b *testing.B, w *moe.Weights, cfg moe.Config, batch *moe.Batch) {
-	l, err := op.NewLayer(w, cfg)
+// benchGraph times a tape machine over one Experts node on batch, its output read through
+// G.Read (read) or as the node's value.
+func benchGraph(b *testing.B, w *moe.Weights, cfg moe.Config, batch *moe.Batch, read bool, opts ...op.Option) {
+	l, err := op.NewLayer(w, cfg, opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -82,7 +88,9 @@ func benchGraph(b *testing.B, w *moe.Weights, cfg moe.Config, batch *moe.Batch) 
 		b.Fatal(err)
 	}
 	var got G.Value
-	G.Read(out, &got)
+	if read {
+		G.Read(out, &got)
+	}
 	machine := G.NewTapeMachine(g)
 	defer machine.Close()
 	vals := []struct {
@@ -102,6 +110,9 @@ func benchGraph(b *testing.B, w *moe.Weights, cfg moe.Config, batch *moe.Batch) 
 		}
 		if err := machine.RunAll(); err != nil {
 			b.Fatal(err)
+		}
+		if !read {
+			got = out.Value()
 		}
 		machine.Reset()
 	}
