@@ -128,24 +128,28 @@ func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int, routing stri
 }
 
 // BenchmarkHostPath takes the host path (Forward from Go slices into a Go slice) apart, wall
-// time a call of each part, at the shapes of GPT-OSS-120B and Qwen3-30B-A3B for 1, 64 and 512 tokens
-// of FP8 input (benchdata's batch, one routing, so the weights may sit in L2): forward (the whole
-// Forward), bind (the context made current on a locked thread, and released), sync (a
-// synchronization of the idle stream), stage (the batch copied into the workspace, then a
-// synchronization), stages (every stage launched, no timing events, then a synchronization),
-// stages+events (the same with Forward's seven timing events), replay (the same stages as one
-// captured graph, launched and synchronized), output (the output copied back through pinned
-// memory, after its event), d2h (that output's D2H copy alone, one copy, synchronized),
-// d2h+copyout (that copy, then the host copy reading what it wrote), d2h+read (that copy, then
-// the host reading it over the same goroutines, no stores), d2h-pageable (the same copy straight
-// into the caller's slice, pageable memory), register (the caller's slice page-locked and
-// released), d2h-registered (the D2H copy straight into it, page-locked for the copy), h2d-pageable
-// (the batch's FP8 tokens copied to the device straight from the caller's slice), copyout (the
-// output's host copy into the caller's slice alone) and stagetimes (the six elapsed times read from
-// the events);
-// forward-nograph is Forward without its graph (forwardGraph, batches of at most
-// hostGraphTokens tokens), the stages launched one by one, and forward+capture Forward with its
-// graph captured anew each call:
+// time a call of each part, at the shapes of GPT-OSS-120B and Qwen3-30B-A3B for 1, 64 and 512
+// tokens of FP8 input (benchdata's batch, one routing, so the weights may sit in L2):
+//   - forward: the whole Forward; forward-nograph: without its graph (forwardGraph, batches of
+//     at most hostGraphTokens tokens), the stages launched one by one; forward+capture: with
+//     its graph captured anew each call;
+//   - bind: the context made current on a locked thread, and released; sync: a
+//     synchronization of the idle stream;
+//   - stage: the batch copied into the workspace, then a synchronization; stage-copy: the batch
+//     laid out in the pinned memory alone; h2d: its H2D copy alone, one copy, synchronized;
+//     h2d-pageable: the batch's FP8 tokens copied to the device straight from the caller's slice;
+//   - stages: every stage launched, no timing events, then a synchronization; stages+events: the
+//     same with Forward's seven timing events; replay: the same stages as one captured graph,
+//     launched and synchronized;
+//   - output: the output copied back through pinned memory, after its event; d2h: that output's
+//     D2H copy alone, one copy, synchronized; d2h+copyout: that copy, then the host copy reading
+//     what it wrote; d2h+read: that copy, then the host reading it over the same goroutines, no
+//     stores; d2h-pageable: the same copy straight into the caller's slice, pageable memory;
+//     register: the caller's slice page-locked and released; d2h-registered: the D2H copy
+//     straight into it, page-locked for the copy; copyout: the output's host copy into the
+//     caller's slice alone;
+//   - stagetimes: the six elapsed times read from the events.
+//
 // BenchmarkHostPath/gptoss120b/M=1/stage and so on. Without the graph, forward is about bind +
 // stage + stages + output less the two synchronizations that stage and the stages end with and
 // Forward does not.
@@ -263,6 +267,22 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 		{"stage", func(b *testing.B) (err error) {
 			for i := 0; i < b.N && err == nil; i++ {
 				if _, err = l.stageBatch(batch); err == nil {
+					err = l.stream.Synchronize()
+				}
+			}
+			return err
+		}},
+		{"stage-copy", func(b *testing.B) error { // the batch laid out in the pinned memory alone
+			segs, total := inputLayout(batch)
+			for range b.N {
+				stageRange(l.ws.host.bytes(), segs, 0, total)
+			}
+			return nil
+		}},
+		{"h2d", func(b *testing.B) (err error) { // the laid-out batch's H2D copy alone, one copy
+			_, total := inputLayout(batch)
+			for i := 0; i < b.N && err == nil; i++ {
+				if err = cu.MemcpyHtoDAsync(l.ws.in, unsafe.Pointer(&l.ws.host.bytes()[0]), int64(total), l.stream); err == nil {
 					err = l.stream.Synchronize()
 				}
 			}
