@@ -118,12 +118,6 @@ func stageRange(host []byte, segs []inputSeg, lo, hi int) {
 // 4·m·K bytes.
 func inputBytes(m, p, K int) int { return 8*p + 4*m*K + 3*256 }
 
-// A host-path Forward of at most hostGraphTokens tokens without stage timing replays a captured
-// graph of its H2D copy and stages, the reduce writing the output over the host link
-// (Layer.forwardGraph); a layer keeps at most maxHostGraphs of
-// them (all dropped when full). On an H200 the graph took 7-25 % off the host path at one token
-// and nothing at 8 (GPT-OSS-120B, DeepSeek-V3, Qwen3-30B-A3B; at 64 tokens 0-5 % more, where the
-// launches already hide behind the GPU's work; docs/perf.md).
 // registerOutMin: an output of registerOutMin to 2·hostPiece bytes outside the graph and the
 // chunks is copied straight into the caller's slice, page-locked for the call (cuMemHostRegister,
 // 62-65 µs a MB to lock and release on an H200's host), instead of through the pinned memory,
@@ -132,6 +126,13 @@ func inputBytes(m, p, K int) int { return 8*p + 4*m*K + 3*256 }
 // alone costs more than the copy it saves (docs/perf.md).
 const registerOutMin = 4 << 20
 
+// A host-path Forward of at most hostGraphTokens tokens without stage timing replays a captured
+// graph of its H2D copy and stages, the reduce writing the output over the host link
+// (Layer.forwardGraph); a layer keeps at most maxHostGraphs of them (all dropped when full). On
+// an H200 the graph took 7-25 % off the host path at one token and nothing at 8 (GPT-OSS-120B,
+// DeepSeek-V3, Qwen3-30B-A3B; at 64 tokens 0-5 % more, where the launches already hide behind the
+// GPU's work), and its output written by the reduce over the host link, without a D2H copy node,
+// 6.5-8.5 µs more at one and two tokens (docs/perf.md).
 const (
 	hostGraphTokens = 8
 	maxHostGraphs   = 32
