@@ -103,17 +103,13 @@ func benchForward(b *testing.B, l *Layer, s benchdata.Shape, m int, routing stri
 	if err != nil {
 		b.Fatal(err)
 	}
-	nonzero := 0
 	for i, v := range out {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 			b.Fatalf("output[%d] = %v", i, v)
 		}
-		if v != 0 {
-			nonzero++
-		}
 	}
-	if nonzero < len(out)/2 {
-		b.Fatalf("%d of %d outputs nonzero", nonzero, len(out))
+	if err := benchdata.CheckNonzero(out); err != nil {
+		b.Fatal(err)
 	}
 	bytes := float64(touched) / float64(rotate) * s.ExpertBytes()
 	b.SetBytes(int64(bytes))
@@ -180,14 +176,8 @@ func benchHostParts(b *testing.B, l *Layer, s benchdata.Shape, m int) {
 	if err := l.Forward(out, batch); err != nil { // grows the workspace; never time zeros
 		b.Fatal(err)
 	}
-	nonzero := 0
-	for _, v := range out {
-		if v != 0 {
-			nonzero++
-		}
-	}
-	if nonzero < len(out)/2 {
-		b.Fatalf("%d of %d outputs nonzero", nonzero, len(out))
+	if err := benchdata.CheckNonzero(out); err != nil {
+		b.Fatal(err)
 	}
 	db, err := func() (DeviceBatch, error) {
 		unbind, err := l.dev.bind()

@@ -63,7 +63,9 @@ func benchForward(b *testing.B, w *moe.Weights, cfg moe.Config, batch *moe.Batch
 	if err := l.Forward(out, batch); err != nil { // grows the workspace; never time zeros
 		b.Fatal(err)
 	}
-	checkNonzero(b, out)
+	if err := benchdata.CheckNonzero(out); err != nil {
+		b.Fatal(err)
+	}
 	b.ResetTimer()
 	for range b.N {
 		if err := l.Forward(out, batch); err != nil {
@@ -117,23 +119,11 @@ func benchGraph(b *testing.B, w *moe.Weights, cfg moe.Config, batch *moe.Batch, 
 		machine.Reset()
 	}
 	run()
-	checkNonzero(b, got.Data().([]float32))
+	if err := benchdata.CheckNonzero(got.Data().([]float32)); err != nil {
+		b.Fatal(err)
+	}
 	b.ResetTimer()
 	for range b.N {
 		run()
-	}
-}
-
-// checkNonzero fails b unless most of out is nonzero (a benchmark never times zeros).
-func checkNonzero(b *testing.B, out []float32) {
-	b.Helper()
-	nonzero := 0
-	for _, v := range out {
-		if v != 0 {
-			nonzero++
-		}
-	}
-	if nonzero < len(out)/2 {
-		b.Fatalf("%d of %d outputs nonzero", nonzero, len(out))
 	}
 }

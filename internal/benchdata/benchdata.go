@@ -169,3 +169,18 @@ func zipfExponent(routing string) (float64, error) {
 	}
 	return 0, fmt.Errorf("unknown routing %q (want uniform, zipf or zipf:S)", routing)
 }
+
+// CheckNonzero returns an error unless at least half of out is nonzero: a benchmark checks its
+// layer's output with it before timing, so as never to time a layer that writes nothing.
+func CheckNonzero(out []float32) error {
+	nonzero := 0
+	for _, v := range out {
+		if v != 0 {
+			nonzero++
+		}
+	}
+	if nonzero < len(out)/2 {
+		return fmt.Errorf("%d of %d outputs nonzero", nonzero, len(out))
+	}
+	return nil
+}

@@ -133,3 +133,21 @@ func TestBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckNonzero checks CheckNonzero on named outputs: at least half nonzero passes.
+func TestCheckNonzero(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		out  []float32
+		ok   bool
+	}{
+		{"all nonzero", []float32{1, -2, 3, 4}, true},
+		{"half nonzero", []float32{1, 0, 3, 0}, true},
+		{"under half", []float32{0, 0, 3, 0}, false},
+		{"all zero", []float32{0, 0, 0, 0}, false},
+	} {
+		if err := CheckNonzero(c.out); (err == nil) != c.ok {
+			t.Errorf("%s: CheckNonzero = %v, want ok %v", c.name, err, c.ok)
+		}
+	}
+}
