@@ -325,7 +325,7 @@ func (l *Layer) forwardGraph(out []float32, b *moe.Batch) error {
 			return err
 		}
 	}
-	g, err := l.hostGraph(b, segs)
+	g, err := l.hostGraph(b, segs, total)
 	if err != nil {
 		return err
 	}
@@ -355,10 +355,10 @@ func (l *Layer) allocGraphOut() error {
 	return nil
 }
 
-// hostGraph returns forwardGraph's graph for batch b (laid out as segs), capturing it if the
-// layer has none for b's shape and its knobs. The graphs are dropped with the workspace they were
-// captured on, and all of them when maxHostGraphs are held.
-func (l *Layer) hostGraph(b *moe.Batch, segs []inputSeg) (*graphExec, error) {
+// hostGraph returns forwardGraph's graph for batch b (laid out as segs, total bytes), capturing
+// it if the layer has none for b's shape and its knobs. The graphs are dropped with the workspace
+// they were captured on, and all of them when maxHostGraphs are held.
+func (l *Layer) hostGraph(b *moe.Batch, segs []inputSeg, total int) (*graphExec, error) {
 	if l.graphGen != l.ws.gen || len(l.graphs) >= maxHostGraphs {
 		l.dropGraphs()
 		l.graphGen = l.ws.gen
@@ -375,7 +375,6 @@ func (l *Layer) hostGraph(b *moe.Batch, segs []inputSeg) (*graphExec, error) {
 	if err := beginCapture(l.stream); err != nil {
 		return nil, err
 	}
-	_, total := inputLayout(b)
 	err := cu.MemcpyHtoDAsync(ws.in, unsafe.Pointer(&ws.host.bytes()[0]), int64(total), l.stream)
 	if err == nil {
 		err = l.launchAll(&db, l.graphOutDev)
