@@ -243,8 +243,8 @@ func (l *Layer) Forward(x []float32, m int) ([]float32, error) {
 		if l.direct, err = l.backend().NewLayer(&l.Weights, l.Config); err != nil {
 			return nil, err
 		}
-		if sw, ok := l.direct.(moe.StageTimeSwitch); ok && l.StageTimes {
-			sw.SetStageTimes(true)
+		if l.StageTimes {
+			moe.AskStageTimes(l.direct)
 		}
 	}
 	Kp := l.Weights.K

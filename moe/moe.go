@@ -266,6 +266,14 @@ type StageTimeSwitch interface {
 	RecordsStageTimes() bool
 }
 
+// AskStageTimes switches on the stage timing of l where it times its stages only when asked (a
+// StageTimeSwitch); other layers are left as they are.
+func AskStageTimes(l Layer) {
+	if sw, ok := l.(StageTimeSwitch); ok {
+		sw.SetStageTimes(true)
+	}
+}
+
 // RecordedStageTimes returns l's stage times of its last Forward and true when l records them:
 // it is a StageTimer and, if a StageTimeSwitch, switched on. Else zero and false (also for a
 // nil l).

@@ -112,8 +112,8 @@ func (l *Layer) forward(out []float32, b *moe.Batch) error {
 	defer l.mu.Unlock()
 	if l.impl == nil && l.err == nil {
 		l.impl, l.err = l.backend.NewLayer(l.w, l.cfg)
-		if sw, ok := l.impl.(moe.StageTimeSwitch); ok && l.err == nil && l.stageTimes {
-			sw.SetStageTimes(true)
+		if l.err == nil && l.stageTimes {
+			moe.AskStageTimes(l.impl)
 		}
 	}
 	if l.err != nil {
